@@ -1,1 +1,11 @@
-mod x {}
+//! The one integration-test binary: every module below links Lance once.
+//! Protocol tests run on each backend (local files, memory, the local S3
+//! server when `SLUICE_TEST_S3` is set, as `scripts/test.sh` does).
+
+mod common;
+
+mod bad_input;
+mod formats;
+mod processes;
+mod protocol;
+mod requests;

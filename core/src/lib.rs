@@ -1,1 +1,21 @@
-pub fn hello() {}
+//! sluice: stateless workers that keep a lake of Lance tables on an object
+//! store correct under concurrent writers, coordinating only through
+//! conditional PUTs. See docs/PROTOCOL.md for the protocol.
+
+pub mod counting;
+pub mod deadline;
+pub mod decode;
+pub mod error;
+pub mod failpoints;
+pub mod ingest;
+pub mod lake;
+pub mod manifest;
+pub mod read;
+pub mod sidecar;
+pub mod source;
+
+pub use error::{Error, Result};
+pub use lake::Lake;
+
+/// Default operation budget: the longest a Lambda invocation can run.
+pub const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15 * 60);

@@ -1,1 +1,294 @@
-fn main() {}
+//! `sluice`: the command-line face of the workers. Exit codes: 0 success (also
+//! "already ingested"), 1 failure, 2 usage, 3 bad input.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use futures::StreamExt;
+use serde::Deserialize;
+use serde_json::json;
+use sluice::decode::{Format, Progress};
+use sluice::ingest::{self, Report, SourceStatus, TableRequest};
+use sluice::manifest::{self, Mode};
+use sluice::{Error, Lake, Result, read};
+
+#[derive(Parser)]
+#[command(name = "sluice", version, about = "Ingest files into Lance tables on S3, exactly once, with no server")]
+struct Cli {
+    /// Lake root: s3://BUCKET/PREFIX, memory://NAME or a local path.
+    #[arg(long, global = true, env = "SLUICE_ROOT", default_value = "./lake")]
+    root: String,
+    /// Print machine-readable JSON.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ModeArg {
+    Append,
+    Upsert,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum OutFormat {
+    Jsonl,
+    Csv,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create the lake (idempotent).
+    Init,
+    /// Ingest source files (local paths or s3:// URLs) into a table, exactly once.
+    Ingest {
+        /// Target table; default: each source's folder name (.../<table>/<file>).
+        #[arg(long)]
+        table: Option<String>,
+        /// Input format: jsonl, csv, parquet, arrow, arrow-stream; default: from the name.
+        #[arg(long)]
+        format: Option<String>,
+        /// How a new table takes rows (kept in the lake).
+        #[arg(long, value_enum)]
+        mode: Option<ModeArg>,
+        /// Key column for --mode upsert.
+        #[arg(long)]
+        key: Option<String>,
+        /// Budget for the whole operation, e.g. 90s, 15m.
+        #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+        #[arg(required = true)]
+        sources: Vec<String>,
+    },
+    /// Load several tables from a JSON descriptor: all visible at once, or none.
+    Load {
+        descriptor: PathBuf,
+        #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+    /// Manifest version, tables, and operations in flight.
+    Status,
+    /// Rows of a table as a manifest version pins it.
+    Scan {
+        table: String,
+        /// Manifest version (default: latest).
+        #[arg(long)]
+        at: Option<u64>,
+        #[arg(long, value_enum, default_value = "jsonl")]
+        format: OutFormat,
+        #[arg(long)]
+        limit: Option<u64>,
+    },
+    /// Manifest versions, newest first, with what each published.
+    History {
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    let _failpoints = fail::FailScenario::setup();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let json = cli.json;
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if json {
+                let body = json!({"error": {"message": e.to_string(), "exit_code": e.exit_code(), "bad_input": match &e {
+                    Error::BadInput(b) => serde_json::to_value(b).ok(),
+                    _ => None,
+                }}});
+                println!("{body}");
+            }
+            eprintln!("sluice: error: {e}");
+            ExitCode::from(e.exit_code() as u8)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let lake = Lake::open(&cli.root)?;
+    match cli.command {
+        Command::Init => {
+            let m = manifest::init(&lake).await?;
+            emit(cli.json, &json!({"root": lake.uri(), "manifest_version": m.version}), || {
+                format!("lake ready at {} (manifest version {})", lake.uri(), m.version)
+            });
+        }
+        Command::Ingest { table, format, mode, key, timeout, sources } => {
+            let format = format.as_deref().map(str::parse::<Format>).transpose()?;
+            let mode = mode.map(|m| match m {
+                ModeArg::Append => Mode::Append,
+                ModeArg::Upsert => Mode::Upsert,
+            });
+            for (table, sources) in ingest::route(&sources, table.as_deref())? {
+                let request = TableRequest { table, sources, format, mode, key: key.clone() };
+                let report = with_progress(ingest::run(&lake, vec![request], timeout, progress_for(cli.json))).await?;
+                print_report(cli.json, &report);
+            }
+        }
+        Command::Load { descriptor, timeout } => {
+            let requests = read_descriptor(&descriptor)?;
+            let report = with_progress(ingest::run(&lake, requests, timeout, progress_for(cli.json))).await?;
+            print_report(cli.json, &report);
+        }
+        Command::Status => {
+            let s = read::status(&lake).await?;
+            emit(cli.json, &s, || {
+                let mut out = format!("lake {}\nmanifest version {} published {}\n", s.root, s.manifest_version, s.published_at);
+                if s.tables.is_empty() {
+                    out.push_str("no tables yet\n");
+                }
+                for t in &s.tables {
+                    let key = t.key.as_deref().map(|k| format!(" key={k}")).unwrap_or_default();
+                    out.push_str(&format!(
+                        "  table {:<24} lance v{:<6} {:>12} rows {:>6} fragments  {}{key}\n",
+                        t.name, t.pinned_version, t.rows, t.fragments, t.mode
+                    ));
+                }
+                if s.pending.is_empty() {
+                    out.push_str("no operations in flight\n");
+                }
+                for p in &s.pending {
+                    out.push_str(&format!(
+                        "  pending {} {} on {:?}: {} source(s), worker {}, age {}s, deadline {}{}\n",
+                        p.kind, p.op, p.tables, p.sources, p.worker, p.age_seconds, p.deadline,
+                        if p.expired { " (EXPIRED: run recovery)" } else { "" }
+                    ));
+                }
+                out.trim_end().to_string()
+            });
+        }
+        Command::Scan { table, at, format, limit } => {
+            let (_, mut batches) = read::scan(&lake, &table, at, limit).await?;
+            let stdout = std::io::stdout().lock();
+            let io_err = |e: arrow::error::ArrowError| Error::Io { path: "stdout".into(), source: std::io::Error::other(e) };
+            match format {
+                OutFormat::Jsonl => {
+                    let mut w = arrow::json::LineDelimitedWriter::new(stdout);
+                    while let Some(b) = batches.next().await {
+                        w.write(&b?).map_err(io_err)?;
+                    }
+                    w.finish().map_err(io_err)?;
+                }
+                OutFormat::Csv => {
+                    let mut w = arrow::csv::Writer::new(stdout);
+                    while let Some(b) = batches.next().await {
+                        w.write(&b?).map_err(io_err)?;
+                    }
+                }
+            }
+        }
+        Command::History { limit } => {
+            let versions = manifest::history(&lake, limit).await?;
+            emit(cli.json, &versions, || {
+                versions
+                    .iter()
+                    .map(|m| {
+                        let what: Vec<String> = m
+                            .published
+                            .iter()
+                            .map(|p| format!("{} {} ({} source(s)) -> {:?}", p.kind, p.op, p.sources, p.tables))
+                            .collect();
+                        let what = if what.is_empty() { "lake created".to_string() } else { what.join("; ") };
+                        format!("v{:<6} {}  {}", m.version, m.published_at.format("%Y-%m-%d %H:%M:%S"), what)
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+        }
+    }
+    Ok(())
+}
+
+fn emit<T: serde::Serialize>(json: bool, value: &T, text: impl FnOnce() -> String) {
+    let mut out = std::io::stdout().lock();
+    let line = if json { serde_json::to_string(value).expect("serializable") } else { text() };
+    let _ = writeln!(out, "{line}");
+}
+
+fn print_report(json: bool, r: &Report) {
+    emit(json, r, || {
+        let mut out = String::new();
+        for s in &r.sources {
+            let what = match s.status {
+                SourceStatus::Ingested => "ingested",
+                SourceStatus::AlreadyIngested => "already ingested",
+            };
+            out.push_str(&format!("{what}: {} -> table {} (op {})\n", s.uri, s.table, s.op));
+        }
+        for (t, rep) in &r.tables {
+            out.push_str(&format!(
+                "table {t}: +{} rows inserted, {} updated, lance v{}\n",
+                rep.rows_inserted, rep.rows_updated, rep.lance_version
+            ));
+        }
+        if let Some(v) = r.manifest_version {
+            out.push_str(&format!("visible in manifest version {v}"));
+        }
+        out.trim_end().to_string()
+    });
+}
+
+fn progress_for(json: bool) -> Arc<Progress> {
+    let _ = json;
+    Arc::new(Progress::default())
+}
+
+/// Runs `work`, drawing a spinner with rows read on stderr when it is a terminal.
+async fn with_progress<T>(work: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    if !std::io::stderr().is_terminal() {
+        return work.await;
+    }
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_message("ingesting");
+    bar.enable_steady_tick(Duration::from_millis(120));
+    let out = work.await;
+    bar.finish_and_clear();
+    out
+}
+
+/// A load descriptor: `{"tables": [{"table": "t", "sources": [...], "format"?, "mode"?, "key"?}]}`.
+/// Relative source paths are relative to the descriptor's folder.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Descriptor {
+    tables: Vec<DescriptorTable>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DescriptorTable {
+    table: String,
+    sources: Vec<String>,
+    format: Option<String>,
+    mode: Option<Mode>,
+    key: Option<String>,
+}
+
+fn read_descriptor(path: &Path) -> Result<Vec<TableRequest>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::Usage(format!("load descriptor {}: {e}", path.display())))?;
+    let d: Descriptor = serde_json::from_str(&text).map_err(|e| Error::Usage(format!("load descriptor {}: {e}", path.display())))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    d.tables
+        .into_iter()
+        .map(|t| {
+            let sources = t
+                .sources
+                .into_iter()
+                .map(|s| if s.contains("://") || Path::new(&s).is_absolute() { s } else { dir.join(s).display().to_string() })
+                .collect();
+            Ok(TableRequest { table: t.table, sources, format: t.format.as_deref().map(str::parse).transpose()?, mode: t.mode, key: t.key })
+        })
+        .collect()
+}

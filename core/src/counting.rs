@@ -1,0 +1,204 @@
+//! A request-counting `ObjectStore` wrapper, in the style of object_store's own
+//! `limit.rs`: it changes nothing, it only counts what passes through it.
+//!
+//! The lake wraps both its own store and Lance's stores in one shared
+//! [`RequestCounts`], so a test or the benchmark can measure what one operation
+//! costs in requests, whoever sent them.
+
+use std::fmt;
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use object_store::path::Path;
+use object_store::{
+    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
+    PutMultipartOptions, PutOptions, PutPayload, PutResult, Result, UploadPart,
+};
+use serde::Serialize;
+
+/// Requests seen, by kind. A LIST counts once per call (our listings are single-page).
+#[derive(Debug, Default)]
+pub struct RequestCounts {
+    get: AtomicU64,
+    head: AtomicU64,
+    put: AtomicU64,
+    list: AtomicU64,
+    delete: AtomicU64,
+    copy: AtomicU64,
+}
+
+/// A point-in-time copy of [`RequestCounts`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct RequestSnapshot {
+    pub get: u64,
+    pub head: u64,
+    pub put: u64,
+    pub list: u64,
+    pub delete: u64,
+    pub copy: u64,
+}
+
+impl RequestSnapshot {
+    pub fn total(&self) -> u64 {
+        self.get + self.head + self.put + self.list + self.delete + self.copy
+    }
+
+    /// Requests made between `earlier` and `self`.
+    pub fn since(&self, earlier: &RequestSnapshot) -> RequestSnapshot {
+        RequestSnapshot {
+            get: self.get - earlier.get,
+            head: self.head - earlier.head,
+            put: self.put - earlier.put,
+            list: self.list - earlier.list,
+            delete: self.delete - earlier.delete,
+            copy: self.copy - earlier.copy,
+        }
+    }
+}
+
+impl RequestCounts {
+    pub fn snapshot(&self) -> RequestSnapshot {
+        RequestSnapshot {
+            get: self.get.load(Ordering::Relaxed),
+            head: self.head.load(Ordering::Relaxed),
+            put: self.put.load(Ordering::Relaxed),
+            list: self.list.load(Ordering::Relaxed),
+            delete: self.delete.load(Ordering::Relaxed),
+            copy: self.copy.load(Ordering::Relaxed),
+        }
+    }
+
+    fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Counts every request to `inner` into a shared [`RequestCounts`].
+#[derive(Debug)]
+pub struct CountingStore {
+    inner: Arc<dyn ObjectStore>,
+    counts: Arc<RequestCounts>,
+}
+
+impl CountingStore {
+    pub fn new(inner: Arc<dyn ObjectStore>, counts: Arc<RequestCounts>) -> Self {
+        Self { inner, counts }
+    }
+}
+
+impl fmt::Display for CountingStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CountingStore({})", self.inner)
+    }
+}
+
+#[async_trait]
+impl ObjectStore for CountingStore {
+    async fn put_opts(&self, location: &Path, payload: PutPayload, opts: PutOptions) -> Result<PutResult> {
+        RequestCounts::bump(&self.counts.put);
+        self.inner.put_opts(location, payload, opts).await
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> Result<Box<dyn MultipartUpload>> {
+        RequestCounts::bump(&self.counts.put);
+        let upload = self.inner.put_multipart_opts(location, opts).await?;
+        Ok(Box::new(CountingUpload { upload, counts: Arc::clone(&self.counts) }))
+    }
+
+    async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
+        let counter = if options.head { &self.counts.head } else { &self.counts.get };
+        RequestCounts::bump(counter);
+        self.inner.get_opts(location, options).await
+    }
+
+    async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
+        // Stores coalesce ranges into GETs; one call is at least one request.
+        RequestCounts::bump(&self.counts.get);
+        self.inner.get_ranges(location, ranges).await
+    }
+
+    fn delete_stream(&self, locations: BoxStream<'static, Result<Path>>) -> BoxStream<'static, Result<Path>> {
+        let counts = Arc::clone(&self.counts);
+        let locations = locations
+            .inspect(move |_| RequestCounts::bump(&counts.delete))
+            .boxed();
+        self.inner.delete_stream(locations)
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
+        RequestCounts::bump(&self.counts.list);
+        self.inner.list(prefix)
+    }
+
+    fn list_with_offset(&self, prefix: Option<&Path>, offset: &Path) -> BoxStream<'static, Result<ObjectMeta>> {
+        RequestCounts::bump(&self.counts.list);
+        self.inner.list_with_offset(prefix, offset)
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
+        RequestCounts::bump(&self.counts.list);
+        self.inner.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {
+        RequestCounts::bump(&self.counts.copy);
+        self.inner.copy_opts(from, to, options).await
+    }
+}
+
+#[derive(Debug)]
+struct CountingUpload {
+    upload: Box<dyn MultipartUpload>,
+    counts: Arc<RequestCounts>,
+}
+
+#[async_trait]
+impl MultipartUpload for CountingUpload {
+    fn put_part(&mut self, data: PutPayload) -> UploadPart {
+        RequestCounts::bump(&self.counts.put);
+        self.upload.put_part(data)
+    }
+
+    async fn complete(&mut self) -> Result<PutResult> {
+        RequestCounts::bump(&self.counts.put);
+        self.upload.complete().await
+    }
+
+    async fn abort(&mut self) -> Result<()> {
+        RequestCounts::bump(&self.counts.delete);
+        self.upload.abort().await
+    }
+}
+
+/// Counts paged listings that Lance pushes down past the wrapped store.
+pub struct CountingLister {
+    inner: Arc<dyn object_store::list::PaginatedListStore>,
+    counts: Arc<RequestCounts>,
+}
+
+impl CountingLister {
+    pub fn new(inner: Arc<dyn object_store::list::PaginatedListStore>, counts: Arc<RequestCounts>) -> Self {
+        Self { inner, counts }
+    }
+}
+
+#[async_trait]
+impl object_store::list::PaginatedListStore for CountingLister {
+    async fn list_paginated(
+        &self,
+        prefix: Option<&str>,
+        opts: object_store::list::PaginatedListOptions,
+    ) -> Result<object_store::list::PaginatedListResult> {
+        RequestCounts::bump(&self.counts.list);
+        self.inner.list_paginated(prefix, opts).await
+    }
+}

@@ -1,0 +1,541 @@
+//! Turning source bytes into Arrow batches of a table's schema, streaming with
+//! bounded memory, with every failure located (source, line or row, column).
+//!
+//! Parsing is arrow's and parquet's; this module only chooses the reader,
+//! decompresses, conforms columns to the table schema and locates errors.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arrow::array::{Array, ArrayRef, RecordBatch, RecordBatchReader, new_null_array};
+use arrow::compute::{CastOptions, cast_with_options};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::error::ArrowError;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{BadInput, Error, Location, Result};
+use crate::source::Source;
+
+/// Rows per batch handed to Lance.
+const BATCH_ROWS: usize = 8192;
+/// Records read to infer a new table's schema.
+const INFER_RECORDS: usize = 1000;
+/// Read buffer for text sources.
+const READ_BUFFER: usize = 1 << 20;
+/// Lance's marker for the key column merge-insert detects conflicts on.
+const PRIMARY_KEY_META: &str = "lance-schema:unenforced-primary-key";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Format {
+    Jsonl,
+    Csv,
+    Parquet,
+    /// Arrow IPC file format.
+    Arrow,
+    /// Arrow IPC stream format.
+    ArrowStream,
+}
+
+impl FromStr for Format {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Format> {
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "jsonl" | "ndjson" | "json" => Format::Jsonl,
+            "csv" => Format::Csv,
+            "parquet" | "pq" => Format::Parquet,
+            "arrow" | "ipc" | "feather" => Format::Arrow,
+            "arrows" | "arrow-stream" => Format::ArrowStream,
+            other => {
+                return Err(Error::Usage(format!(
+                    "unknown format '{other}': use jsonl, csv, parquet, arrow or arrow-stream"
+                )));
+            }
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Detected {
+    pub format: Format,
+    pub compression: Compression,
+}
+
+/// Format and compression from the file name (`x.jsonl.gz`), `forced` overriding the format.
+pub fn detect(source: &Source, forced: Option<Format>) -> Result<Detected> {
+    let name = source.file_name().to_ascii_lowercase();
+    let (stem, compression) = if let Some(s) = name.strip_suffix(".gz").or_else(|| name.strip_suffix(".gzip")) {
+        (s, Compression::Gzip)
+    } else if let Some(s) = name.strip_suffix(".zst").or_else(|| name.strip_suffix(".zstd")) {
+        (s, Compression::Zstd)
+    } else {
+        (name.as_str(), Compression::None)
+    };
+    if let Some(format) = forced {
+        return Ok(Detected { format, compression });
+    }
+    let ext = stem.rsplit_once('.').map(|(_, e)| e).unwrap_or("");
+    let format = Format::from_str(ext).map_err(|_| {
+        Error::Usage(format!(
+            "cannot tell the format of {} from its name: pass --format jsonl|csv|parquet|arrow|arrow-stream",
+            source.uri
+        ))
+    })?;
+    Ok(Detected { format, compression })
+}
+
+fn bad(source: &Source, line: Option<u64>, column: Option<String>, reason: impl Into<String>) -> Error {
+    Error::BadInput(BadInput { source_uri: source.uri.clone(), location: Location { line, column }, reason: reason.into() })
+}
+
+/// The decompressed bytes of a text source.
+fn text_reader(source: &Source, compression: Compression, handle: &tokio::runtime::Handle) -> Result<Box<dyn BufRead + Send>> {
+    let raw = source.open_blocking(handle)?;
+    let inner: Box<dyn Read + Send> = match compression {
+        Compression::None => raw,
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(raw)),
+        Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(raw).map_err(|e| bad(source, None, None, format!("zstd: {e}")))?),
+    };
+    Ok(Box::new(BufReader::with_capacity(READ_BUFFER, inner)))
+}
+
+/// A local, decompressed file for the formats that seek (Parquet, Arrow file).
+fn seekable_file(source: &Source, compression: Compression, handle: &tokio::runtime::Handle) -> Result<(std::fs::File, Vec<tempfile::TempPath>)> {
+    let (path, copy) = source.local_copy_blocking(handle)?;
+    let mut keep: Vec<tempfile::TempPath> = copy.into_iter().collect();
+    if compression == Compression::None {
+        return Ok((std::fs::File::open(&path).map_err(|e| Error::io(&source.uri, e))?, keep));
+    }
+    let mut text = text_reader(source, compression, handle)?;
+    let mut out = tempfile::NamedTempFile::new().map_err(|e| Error::io("temporary file", e))?;
+    std::io::copy(&mut text, &mut out).map_err(|e| bad(source, None, None, format!("decompressing: {e}")))?;
+    let file = out.reopen().map_err(|e| Error::io("temporary file", e))?;
+    keep.push(out.into_temp_path());
+    Ok((file, keep))
+}
+
+/// A schema for a new table, inferred from the start of `source`. Every column
+/// is nullable except an upsert key, which Lance marks as the primary key.
+pub fn infer_schema(source: &Source, detected: Detected, key: Option<&str>, handle: &tokio::runtime::Handle) -> Result<SchemaRef> {
+    let schema = match detected.format {
+        Format::Jsonl => {
+            let reader = text_reader(source, detected.compression, handle)?;
+            let (schema, _) = arrow::json::reader::infer_json_schema(reader, Some(INFER_RECORDS))
+                .map_err(|e| bad(source, None, None, format!("cannot infer a schema: {e}")))?;
+            schema
+        }
+        Format::Csv => {
+            let mut reader = text_reader(source, detected.compression, handle)?;
+            reject_binary(source, &mut reader)?;
+            let (schema, _) = arrow::csv::reader::Format::default()
+                .with_header(true)
+                .infer_schema(reader, Some(INFER_RECORDS))
+                .map_err(|e| bad(source, None, None, format!("cannot infer a schema: {e}")))?;
+            schema
+        }
+        Format::Parquet | Format::Arrow | Format::ArrowStream => open_columnar(source, detected, handle)?.0.as_ref().clone(),
+    };
+    if schema.fields().is_empty() {
+        return Err(bad(source, None, None, "empty: no columns (an empty file?)"));
+    }
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            // Lance cannot store the Null type an all-null JSON column infers to.
+            let data_type = if f.data_type() == &DataType::Null { DataType::Utf8 } else { f.data_type().clone() };
+            let field = Field::new(f.name(), data_type, true);
+            if Some(f.name().as_str()) == key {
+                field.with_nullable(false).with_metadata(HashMap::from([(PRIMARY_KEY_META.to_string(), "true".to_string())]))
+            } else {
+                field
+            }
+        })
+        .collect();
+    if let Some(key) = key
+        && !fields.iter().any(|f| f.name() == key)
+    {
+        return Err(bad(source, None, Some(key.to_string()), "the upsert key column is not in the source"));
+    }
+    Ok(Arc::new(Schema::new(fields)))
+}
+
+/// A text file whose first bytes hold NUL is binary, not CSV.
+fn reject_binary(source: &Source, reader: &mut Box<dyn BufRead + Send>) -> Result<()> {
+    let head = reader.fill_buf().map_err(|e| bad(source, Some(1), None, format!("reading: {e}")))?;
+    if head.contains(&0) {
+        return Err(bad(source, Some(1), None, "binary data (NUL bytes) in a text file"));
+    }
+    Ok(())
+}
+
+/// Batches of one source, conformed to the table schema.
+type Batches = Box<dyn Iterator<Item = Result<RecordBatch>> + Send>;
+
+fn open_columnar(source: &Source, detected: Detected, handle: &tokio::runtime::Handle) -> Result<(SchemaRef, Batches)> {
+    let wrap = |e: ArrowError| bad(source, None, None, e.to_string());
+    match detected.format {
+        Format::Parquet => {
+            let (file, temps) = seekable_file(source, detected.compression, handle)?;
+            let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+                .map_err(|e| bad(source, None, None, format!("not a readable Parquet file: {e}")))?;
+            let reader = builder.with_batch_size(BATCH_ROWS).build().map_err(|e| bad(source, None, None, e.to_string()))?;
+            let schema = reader.schema();
+            let src = source.clone();
+            Ok((schema, Box::new(reader.map(move |b| { let _keep = &temps; b.map_err(|e| bad(&src, None, None, e.to_string())) }))))
+        }
+        Format::Arrow => {
+            let (file, temps) = seekable_file(source, detected.compression, handle)?;
+            let reader = arrow::ipc::reader::FileReader::try_new(file, None)
+                .map_err(|e| bad(source, None, None, format!("not a readable Arrow IPC file: {e}")))?;
+            let schema = reader.schema();
+            let src = source.clone();
+            Ok((schema, Box::new(reader.map(move |b| { let _keep = &temps; b.map_err(|e| bad(&src, None, None, e.to_string())) }))))
+        }
+        Format::ArrowStream => {
+            let reader = arrow::ipc::reader::StreamReader::try_new(text_reader(source, detected.compression, handle)?, None)
+                .map_err(|e| bad(source, None, None, format!("not a readable Arrow IPC stream: {e}")))?;
+            let schema = reader.schema();
+            let src = source.clone();
+            Ok((schema, Box::new(reader.map(move |b| b.map_err(|e| bad(&src, None, None, e.to_string()))))))
+        }
+        Format::Jsonl | Format::Csv => Err(wrap(ArrowError::InvalidArgumentError("not a columnar format".into()))),
+    }
+}
+
+/// Maps a file's columns onto the table's: reorders, casts, fills missing
+/// nullable columns with nulls; refuses unknown columns.
+struct Conform {
+    source: Source,
+    target: SchemaRef,
+    /// For each target column, its index in the file, if present.
+    slots: Vec<Option<usize>>,
+}
+
+impl Conform {
+    fn plan(source: &Source, file: &Schema, target: &SchemaRef) -> Result<Conform> {
+        for f in file.fields() {
+            if target.field_with_name(f.name()).is_err() {
+                return Err(bad(source, Some(1), Some(f.name().clone()), "unknown column: not in the table's schema"));
+            }
+        }
+        let slots = target
+            .fields()
+            .iter()
+            .map(|t| {
+                let slot = file.index_of(t.name()).ok();
+                if slot.is_none() && !t.is_nullable() {
+                    return Err(bad(source, Some(1), Some(t.name().clone()), "required column is missing"));
+                }
+                Ok(slot)
+            })
+            .collect::<Result<_>>()?;
+        Ok(Conform { source: source.clone(), target: Arc::clone(target), slots })
+    }
+
+    /// `first_row` is the 1-based row (or line) number of the batch's first row.
+    fn apply(&self, batch: RecordBatch, first_row: u64) -> Result<RecordBatch> {
+        let columns = self
+            .target
+            .fields()
+            .iter()
+            .zip(&self.slots)
+            .map(|(field, slot)| match slot {
+                None => Ok(new_null_array(field.data_type(), batch.num_rows())),
+                Some(i) => self.cast(batch.column(*i), field, first_row),
+            })
+            .collect::<Result<Vec<ArrayRef>>>()?;
+        RecordBatch::try_new(Arc::clone(&self.target), columns).map_err(|e| bad(&self.source, Some(first_row), None, e.to_string()))
+    }
+
+    fn cast(&self, column: &ArrayRef, field: &Field, first_row: u64) -> Result<ArrayRef> {
+        let out = if column.data_type() == field.data_type() {
+            Arc::clone(column)
+        } else {
+            let safe = CastOptions { safe: true, ..Default::default() };
+            let cast = cast_with_options(column, field.data_type(), &safe).map_err(|e| {
+                bad(&self.source, Some(first_row), Some(field.name().clone()), format!("cannot cast {} to {}: {e}", column.data_type(), field.data_type()))
+            })?;
+            // A safe cast turns failures into nulls: the first new null is the bad row.
+            if let Some(row) = (0..column.len()).find(|&r| column.is_valid(r) && cast.is_null(r)) {
+                return Err(bad(
+                    &self.source,
+                    Some(first_row + row as u64),
+                    Some(field.name().clone()),
+                    format!("value does not cast from {} to {}", column.data_type(), field.data_type()),
+                ));
+            }
+            cast
+        };
+        if !field.is_nullable()
+            && let Some(row) = (0..out.len()).find(|&r| out.is_null(r))
+        {
+            return Err(bad(&self.source, Some(first_row + row as u64), Some(field.name().clone()), "null in a required column"));
+        }
+        Ok(out)
+    }
+}
+
+/// JSON Lines, decoded line by line so an error names its line.
+struct JsonLines {
+    source: Source,
+    reader: Box<dyn BufRead + Send>,
+    decoder: arrow::json::reader::Decoder,
+    schema: SchemaRef,
+    line: u64,
+    /// The lines behind the rows buffered in `decoder`, to locate a type error.
+    pending: Vec<(u64, Vec<u8>)>,
+    done: bool,
+}
+
+impl JsonLines {
+    fn new(source: &Source, reader: Box<dyn BufRead + Send>, schema: SchemaRef) -> Result<JsonLines> {
+        Ok(JsonLines {
+            source: source.clone(),
+            reader,
+            decoder: Self::decoder(&schema)?,
+            schema,
+            line: 0,
+            pending: Vec::with_capacity(BATCH_ROWS),
+            done: false,
+        })
+    }
+
+    fn decoder(schema: &SchemaRef) -> Result<arrow::json::reader::Decoder> {
+        arrow::json::ReaderBuilder::new(Arc::clone(schema))
+            .with_batch_size(BATCH_ROWS)
+            .with_strict_mode(true)
+            .with_coerce_primitive(true)
+            .build_decoder()
+            .map_err(|e| Error::Usage(format!("table schema unusable for JSON: {e}")))
+    }
+
+    fn error(&self, line: u64, e: &ArrowError) -> Error {
+        let msg = e.to_string();
+        let msg = msg.strip_prefix("Json error: ").unwrap_or(&msg);
+        let column = quoted_after(msg, "whilst decoding field '").or_else(|| quoted_after(msg, "column '"));
+        bad(&self.source, Some(line), column, msg)
+    }
+
+    /// A type error surfaced at flush: find the first line that fails alone.
+    fn locate(&self, e: ArrowError) -> Error {
+        for (line, bytes) in &self.pending {
+            let mut one = match Self::decoder(&self.schema) {
+                Ok(d) => d,
+                Err(err) => return err,
+            };
+            if let Err(err) = one.decode(bytes).and_then(|_| one.flush()) {
+                return self.error(*line, &err);
+            }
+        }
+        bad(&self.source, None, None, e.to_string())
+    }
+
+    fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
+        let mut buf = Vec::new();
+        while !self.done && self.decoder.len() < BATCH_ROWS {
+            buf.clear();
+            let n = self
+                .reader
+                .read_until(b'\n', &mut buf)
+                .map_err(|e| bad(&self.source, Some(self.line + 1), None, format!("reading (truncated or corrupt file?): {e}")))?;
+            if n == 0 {
+                self.done = true;
+                break;
+            }
+            self.line += 1;
+            if buf.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let used = self.decoder.decode(&buf).map_err(|e| self.error(self.line, &e))?;
+            debug_assert_eq!(used, buf.len(), "decoder has room for the whole line");
+            if self.decoder.has_partial_record() {
+                return Err(bad(&self.source, Some(self.line), None, "not one complete JSON object on this line (truncated?)"));
+            }
+            self.pending.push((self.line, std::mem::take(&mut buf)));
+        }
+        let batch = match self.decoder.flush() {
+            Ok(b) => b,
+            Err(e) => return Err(self.locate(e)),
+        };
+        self.pending.clear();
+        Ok(batch)
+    }
+}
+
+impl Iterator for JsonLines {
+    type Item = Result<RecordBatch>;
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_batch().transpose()
+    }
+}
+
+fn quoted_after(msg: &str, marker: &str) -> Option<String> {
+    let rest = &msg[msg.find(marker)? + marker.len()..];
+    Some(rest[..rest.find('\'')?].to_string())
+}
+
+/// CSV with a header row: columns matched to the table by name.
+fn open_csv(source: &Source, compression: Compression, target: &SchemaRef, handle: &tokio::runtime::Handle) -> Result<Batches> {
+    let mut reader = text_reader(source, compression, handle)?;
+    reject_binary(source, &mut reader)?;
+    let mut header = String::new();
+    reader.read_line(&mut header).map_err(|e| bad(source, Some(1), None, format!("reading the header: {e}")))?;
+    let names: Vec<String> = header.trim_end_matches(['\r', '\n']).split(',').map(|s| s.trim().trim_matches('"').to_string()).collect();
+    if names.iter().all(String::is_empty) {
+        return Err(bad(source, Some(1), None, "empty: no header row"));
+    }
+    let mut fields = Vec::with_capacity(names.len());
+    for name in &names {
+        let field = target
+            .field_with_name(name)
+            .map_err(|_| bad(source, Some(1), Some(name.clone()), "unknown column: not in the table's schema"))?;
+        fields.push(Field::new(name, field.data_type().clone(), true));
+    }
+    let file_schema = Arc::new(Schema::new(fields));
+    let conform = Conform::plan(source, &file_schema, target)?;
+    let csv = arrow::csv::ReaderBuilder::new(Arc::clone(&file_schema))
+        .with_header(false)
+        .with_batch_size(BATCH_ROWS)
+        .build(reader)
+        .map_err(|e| bad(source, None, None, e.to_string()))?;
+    let src = source.clone();
+    let mut next_line = 2u64;
+    Ok(Box::new(csv.map(move |b| {
+        let batch = b.map_err(|e| csv_error(&src, &names, &e, next_line))?;
+        let first = next_line;
+        next_line += batch.num_rows() as u64;
+        conform.apply(batch, first)
+    })))
+}
+
+/// arrow-csv says "for column N at line M" (M counts data rows from 0 here,
+/// since the header was read separately): turn that into file line and name.
+fn csv_error(source: &Source, names: &[String], e: &ArrowError, batch_first_line: u64) -> Error {
+    let msg = e.to_string();
+    let number_after = |marker: &str| -> Option<u64> {
+        let rest = &msg[msg.find(marker)? + marker.len()..];
+        rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+    };
+    let column = number_after("for column ").or_else(|| number_after("parsing column ")).and_then(|i| names.get(i as usize).cloned());
+    let line = number_after("at line ").map(|l| l + 2).unwrap_or(batch_first_line);
+    bad(source, Some(line), column, msg)
+}
+
+/// Open one source as batches of `target`.
+fn open_source(source: &Source, detected: Detected, target: &SchemaRef, handle: &tokio::runtime::Handle) -> Result<Batches> {
+    match detected.format {
+        Format::Jsonl => Ok(Box::new(JsonLines::new(source, text_reader(source, detected.compression, handle)?, Arc::clone(target))?)),
+        Format::Csv => open_csv(source, detected.compression, target, handle),
+        Format::Parquet | Format::Arrow | Format::ArrowStream => {
+            let (schema, batches) = open_columnar(source, detected, handle)?;
+            let conform = Conform::plan(source, &schema, target)?;
+            let mut next_row = 1u64;
+            Ok(Box::new(batches.map(move |b| {
+                let batch = b?;
+                let first = next_row;
+                next_row += batch.num_rows() as u64;
+                conform.apply(batch, first)
+            })))
+        }
+    }
+}
+
+/// Rows and sources read so far, for progress reporting.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub rows: AtomicU64,
+    pub sources_done: AtomicU64,
+}
+
+/// The first typed error a reader met. Lance only sees an opaque Arrow error.
+pub type ErrorSlot = Arc<Mutex<Option<Error>>>;
+
+/// Every source in turn, as one stream of batches of the table schema; what
+/// Lance writes as one commit. Decoding runs on Lance's blocking reader thread.
+pub struct SourcesReader {
+    sources: std::vec::IntoIter<(Source, Detected)>,
+    current: Option<(Source, Batches, u64)>,
+    target: SchemaRef,
+    handle: tokio::runtime::Handle,
+    error: ErrorSlot,
+    progress: Arc<Progress>,
+}
+
+impl SourcesReader {
+    pub fn new(sources: Vec<(Source, Detected)>, target: SchemaRef, progress: Arc<Progress>) -> (SourcesReader, ErrorSlot) {
+        let error: ErrorSlot = Arc::default();
+        let reader = SourcesReader {
+            sources: sources.into_iter(),
+            current: None,
+            target,
+            handle: tokio::runtime::Handle::current(),
+            error: Arc::clone(&error),
+            progress,
+        };
+        (reader, error)
+    }
+
+    fn fail(&mut self, e: Error) -> ArrowError {
+        let msg = e.to_string();
+        self.error.lock().expect("error slot poisoned").get_or_insert(e);
+        // Stop: nothing after a bad source may be written.
+        self.sources = Vec::new().into_iter();
+        self.current = None;
+        ArrowError::ExternalError(msg.into())
+    }
+
+    fn step(&mut self) -> Result<Option<RecordBatch>> {
+        loop {
+            if self.current.is_none() {
+                let Some((source, detected)) = self.sources.next() else { return Ok(None) };
+                let batches = open_source(&source, detected, &self.target, &self.handle)?;
+                self.current = Some((source, batches, 0));
+            }
+            let (source, batches, rows) = self.current.as_mut().expect("a source is open");
+            match batches.next() {
+                Some(batch) => {
+                    let batch = batch?;
+                    *rows += batch.num_rows() as u64;
+                    self.progress.rows.fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
+                    if batch.num_rows() > 0 {
+                        return Ok(Some(batch));
+                    }
+                }
+                None => {
+                    if *rows == 0 {
+                        return Err(bad(source, None, None, "empty: no rows"));
+                    }
+                    self.progress.sources_done.fetch_add(1, Ordering::Relaxed);
+                    self.current = None;
+                }
+            }
+        }
+    }
+}
+
+impl Iterator for SourcesReader {
+    type Item = Result<RecordBatch, ArrowError>;
+    fn next(&mut self) -> Option<Self::Item> {
+        match self.step() {
+            Ok(batch) => batch.map(Ok),
+            Err(e) => Some(Err(self.fail(e))),
+        }
+    }
+}
+
+impl RecordBatchReader for SourcesReader {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.target)
+    }
+}

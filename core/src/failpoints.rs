@@ -1,0 +1,38 @@
+//! The failpoint catalog: one name between every two durable steps of the door.
+//! Compiled in only with the `failpoints` feature; the tests' crash matrix
+//! iterates [`ALL`], so a new failpoint joins the matrix by being listed here.
+//!
+//! Actions come from the `FAILPOINTS` environment variable (the `fail` crate's
+//! syntax, e.g. `ingest.after-commit=return` or `...=sleep(60000)`). With
+//! `SLUICE_TRACE_FAILPOINTS=1` every failpoint reached prints `failpoint: NAME`
+//! on stderr, so a test can `kill -9` a child exactly there.
+
+use crate::error::{Error, Result};
+
+/// Intent sidecar written; no claim, no Lance commit yet.
+pub const AFTER_INTENT: &str = "ingest.after-intent";
+/// Sources claimed in the exactly-once ledger; no Lance commit yet.
+pub const AFTER_CLAIMS: &str = "ingest.after-claims";
+/// A table's Lance commit landed (for a load: before the next table's commit).
+pub const AFTER_COMMIT: &str = "ingest.after-commit";
+/// A multi-table load recorded its forward decision; nothing published yet.
+pub const AFTER_DECISION: &str = "load.after-decision";
+/// Publish is about to create the next manifest version.
+pub const BEFORE_PUBLISH: &str = "publish.before-put";
+/// The manifest version was created; the latest-hint is not yet updated.
+pub const AFTER_PUBLISH: &str = "publish.after-put";
+/// Published and hinted; the intent sidecar is not yet removed.
+pub const BEFORE_FINISH: &str = "ingest.before-finish";
+
+pub const ALL: &[&str] =
+    &[AFTER_INTENT, AFTER_CLAIMS, AFTER_COMMIT, AFTER_DECISION, BEFORE_PUBLISH, AFTER_PUBLISH, BEFORE_FINISH];
+
+/// Evaluate failpoint `name`: a `return` action becomes [`Error::Injected`].
+pub fn hit(name: &'static str) -> Result<()> {
+    debug_assert!(ALL.contains(&name), "failpoint {name} is not in the catalog");
+    if cfg!(feature = "failpoints") && std::env::var_os("SLUICE_TRACE_FAILPOINTS").is_some() {
+        eprintln!("failpoint: {name}");
+    }
+    fail::fail_point!(name, |_| Err(Error::Injected(name.to_string())));
+    Ok(())
+}

@@ -1,0 +1,736 @@
+//! Ingest and multi-table load: DESIGN.md's door for operations that add rows.
+//!
+//! 1. resolve sources (identity) — read only;
+//! 2. intent sidecar, create-only, keyed by the source identities, so duplicate
+//!    deliveries collide here and wait for the winner;
+//! 3. claims in the exactly-once ledger;
+//! 4. every table's data written *uncommitted* (bad input stops here, with
+//!    nothing committed);
+//! 5. Lance commits, tagged with the operation and attempt;
+//! 6. for a multi-table load, the forward decision (create-only, so recovery
+//!    and the writer cannot both decide);
+//! 7. one manifest publish covering every table;
+//! 8. the intent is removed; the claims stay as the ledger.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::RecordBatchReader;
+use arrow::datatypes::SchemaRef;
+use chrono::Utc;
+use lance::Dataset;
+use lance::dataset::transaction::{Operation, Transaction};
+use lance::dataset::{CommitBuilder, InsertBuilder, MergeInsertBuilder, WhenMatched, WhenNotMatched, WriteMode, WriteParams};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::counting::RequestSnapshot;
+use crate::deadline::Deadline;
+use crate::decode::{self, Detected, Format, Progress, SourcesReader};
+use crate::error::{BadInput, Error, Result};
+use crate::failpoints;
+use crate::lake::{Created, Lake};
+use crate::manifest::{self, Goal, Manifest, Mode, Published, TablePin};
+use crate::sidecar::{self, Claim, Decision, Intent, IntentTable, Outcome, PROP_ATTEMPT, PROP_OP, PROP_SCOPE, SourceRef};
+use crate::source::Source;
+
+/// Schema metadata keys that keep a table's mode inside the Lance table itself.
+const META_MODE: &str = "sluice.mode";
+const META_KEY: &str = "sluice.key";
+/// Redos of an upsert whose commit conflicted with a concurrent update.
+const MAX_UPSERT_ATTEMPTS: u32 = 5;
+/// Longest pause between polls of another operation's progress.
+const MAX_POLL: Duration = Duration::from_secs(1);
+
+/// Rows for one table, as the caller asks for them.
+#[derive(Debug, Clone)]
+pub struct TableRequest {
+    pub table: String,
+    pub sources: Vec<String>,
+    pub format: Option<Format>,
+    pub mode: Option<Mode>,
+    pub key: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceStatus {
+    Ingested,
+    AlreadyIngested,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceReport {
+    pub table: String,
+    pub uri: String,
+    pub status: SourceStatus,
+    /// The operation that ingested it.
+    pub op: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TableReport {
+    pub lance_version: u64,
+    pub rows_inserted: u64,
+    pub rows_updated: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub op: String,
+    /// The manifest version that shows every source of this call.
+    pub manifest_version: Option<u64>,
+    pub tables: BTreeMap<String, TableReport>,
+    pub sources: Vec<SourceReport>,
+    /// Requests this call sent to the lake (sluice and Lance).
+    pub requests: RequestSnapshot,
+}
+
+impl Report {
+    pub fn all_already_ingested(&self) -> bool {
+        self.sources.iter().all(|s| s.status == SourceStatus::AlreadyIngested)
+    }
+}
+
+/// Route sources to tables: `--table` if given, else each source's folder name.
+pub fn route(sources: &[String], table: Option<&str>) -> Result<BTreeMap<String, Vec<String>>> {
+    let mut routed: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for uri in sources {
+        let name = match table {
+            Some(t) => t.to_string(),
+            None => {
+                let mut parts = uri.trim_end_matches('/').rsplit('/');
+                parts.next();
+                parts.next().filter(|p| !p.is_empty() && !p.ends_with(':')).map(str::to_string).ok_or_else(|| {
+                    Error::Usage(format!("cannot route {uri}: it is not inside a folder named for its table; pass --table"))
+                })?
+            }
+        };
+        validate_table_name(&name)?;
+        routed.entry(name).or_default().push(uri.clone());
+    }
+    Ok(routed)
+}
+
+pub fn validate_table_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        && !name.starts_with('-');
+    if !ok {
+        return Err(Error::Usage(format!("table name '{name}': use 1-128 letters, digits, '_' or '-'")));
+    }
+    Ok(())
+}
+
+/// One table's part of an operation, as it moves through the door.
+struct TableWork {
+    request: TableRequest,
+    sources: Vec<(Source, Detected)>,
+    mode: Mode,
+    key: Option<String>,
+    /// The pin in the manifest the operation started from.
+    start_pin: Option<u64>,
+    committed: Option<u64>,
+    report: Option<TableReport>,
+}
+
+struct Door<'a> {
+    lake: &'a Lake,
+    op: String,
+    attempt: String,
+    deadline: Deadline,
+    progress: Arc<Progress>,
+    multi: bool,
+}
+
+/// Ingest the tables' sources as one operation: all of it visible in one
+/// manifest version, or none of it. A single table is an `ingest`; several a `load`.
+pub async fn run(lake: &Lake, requests: Vec<TableRequest>, timeout: Duration, progress: Arc<Progress>) -> Result<Report> {
+    let before = lake.requests();
+    let deadline = Deadline::after(timeout);
+    if requests.is_empty() || requests.iter().any(|r| r.sources.is_empty()) {
+        return Err(Error::Usage("nothing to ingest: give at least one source per table".into()));
+    }
+    let mut tables = Vec::with_capacity(requests.len());
+    for request in requests {
+        validate_table_name(&request.table)?;
+        if request.mode == Some(Mode::Upsert) && request.key.is_none() {
+            return Err(Error::Usage(format!("table '{}': --mode upsert needs --key COLUMN", request.table)));
+        }
+        let mut sources = Vec::with_capacity(request.sources.len());
+        for uri in &request.sources {
+            let source = Source::resolve(uri).await?;
+            let detected = decode::detect(&source, request.format)?;
+            sources.push((source, detected));
+        }
+        tables.push(TableWork {
+            mode: request.mode.unwrap_or(Mode::Append),
+            key: request.key.clone(),
+            request,
+            sources,
+            start_pin: None,
+            committed: None,
+            report: None,
+        });
+    }
+    let op = operation_id(&tables);
+    let door = Door {
+        lake,
+        op: op.clone(),
+        attempt: uuid::Uuid::now_v7().to_string(),
+        deadline,
+        progress,
+        multi: tables.len() > 1,
+    };
+    let mut report = door.run(tables).await?;
+    report.requests = lake.requests().since(&before);
+    Ok(report)
+}
+
+/// Deterministic from the sources' identities: a redelivery is the same operation.
+fn operation_id(tables: &[TableWork]) -> String {
+    let mut pairs: Vec<(String, String)> =
+        tables.iter().flat_map(|t| t.sources.iter().map(|(s, _)| (t.request.table.clone(), s.id.clone()))).collect();
+    pairs.sort();
+    pairs.dedup();
+    let mut hasher = Sha256::new();
+    for (table, id) in &pairs {
+        hasher.update(table.as_bytes());
+        hasher.update([0]);
+        hasher.update(id.as_bytes());
+        hasher.update([0]);
+    }
+    format!("op-{}", &hex::encode(hasher.finalize())[..24])
+}
+
+impl Door<'_> {
+    async fn run(&self, mut tables: Vec<TableWork>) -> Result<Report> {
+        let base = manifest::writer_base(self.lake).await?;
+        for t in &mut tables {
+            self.settle_mode(t, &base)?;
+        }
+        let intent = self.intent(&tables);
+        if sidecar::create_intent(self.lake, &intent).await? == Created::AlreadyExists {
+            return self.await_duplicate(&tables).await;
+        }
+        failpoints::hit(failpoints::AFTER_INTENT)?;
+
+        let (claimed, others) = match self.claim(&mut tables).await {
+            Ok(claims) => claims,
+            Err(e) => return Err(self.abandon(&[], e).await),
+        };
+        tables.retain(|t| !t.sources.is_empty());
+        if tables.is_empty() {
+            sidecar::finish(self.lake, &self.op).await?;
+            return self.report(None, &tables, others).await;
+        }
+        if let Err(e) = failpoints::hit(failpoints::AFTER_CLAIMS) {
+            return Err(self.abandon(&claimed, e).await);
+        }
+
+        // Write everything uncommitted first: bad input stops before any commit.
+        let mut staged = Vec::with_capacity(tables.len());
+        for t in &mut tables {
+            match self.stage(t).await {
+                Ok(s) => staged.push(s),
+                Err(e) => return Err(self.abandon(&claimed, e).await),
+            }
+        }
+        let mut any_committed = false;
+        for (t, stage) in tables.iter_mut().zip(staged) {
+            match self.commit(t, stage).await {
+                Ok(()) => {
+                    any_committed = true;
+                    failpoints::hit(failpoints::AFTER_COMMIT)?;
+                }
+                // Provably nothing of this operation is in Lance: give the sources back.
+                Err(e) if !any_committed && e.surely_uncommitted() => return Err(self.abandon(&claimed, e).await),
+                // A commit may have landed: the intent stays for recovery to decide.
+                Err(e) => return Err(e),
+            }
+        }
+        if self.multi {
+            self.decide_forward(&tables).await?;
+            failpoints::hit(failpoints::AFTER_DECISION)?;
+        }
+        let version = self.publish(&tables, base).await?;
+        failpoints::hit(failpoints::BEFORE_FINISH)?;
+        sidecar::finish(self.lake, &self.op).await?;
+        self.report(Some(version), &tables, others).await
+    }
+
+    /// The table's mode and key: the lake's if it knows the table, else the request's.
+    fn settle_mode(&self, t: &mut TableWork, base: &Manifest) -> Result<()> {
+        let Some(pin) = base.tables.get(&t.request.table) else { return Ok(()) };
+        check_mode(&t.request, pin.mode, pin.key.as_deref())?;
+        t.mode = pin.mode;
+        t.key = pin.key.clone();
+        t.start_pin = Some(pin.version);
+        Ok(())
+    }
+
+    fn intent(&self, tables: &[TableWork]) -> Intent {
+        Intent {
+            op: self.op.clone(),
+            attempt: self.attempt.clone(),
+            kind: if self.multi { "load" } else { "ingest" }.into(),
+            tables: tables
+                .iter()
+                .map(|t| (t.request.table.clone(), IntentTable { start_pin: t.start_pin, mode: t.mode, key: t.key.clone() }))
+                .collect(),
+            sources: tables
+                .iter()
+                .flat_map(|t| {
+                    t.sources.iter().map(|(s, _)| SourceRef {
+                        table: t.request.table.clone(),
+                        uri: s.uri.clone(),
+                        id: s.id.clone(),
+                        identity: s.identity.clone(),
+                    })
+                })
+                .collect(),
+            started_at: Utc::now(),
+            deadline: self.deadline.at(),
+            worker: sidecar::worker_name(),
+        }
+    }
+
+    /// Claim every source. Sources done or in flight elsewhere leave the plan;
+    /// returns the ids we claimed and (source, other op) for those in flight.
+    async fn claim(&self, tables: &mut [TableWork]) -> Result<(Vec<String>, Vec<(SourceReport, bool)>)> {
+        let mut claimed = Vec::new();
+        let mut others = Vec::new();
+        for t in tables.iter_mut() {
+            let mut keep = Vec::with_capacity(t.sources.len());
+            for (source, detected) in std::mem::take(&mut t.sources) {
+                let claim = Claim { op: self.op.clone(), attempt: self.attempt.clone(), source: source.uri.clone(), claimed_at: Utc::now() };
+                match sidecar::claim(self.lake, &source.id, &claim).await? {
+                    Created::Created => {
+                        claimed.push(source.id.clone());
+                        keep.push((source, detected));
+                    }
+                    Created::AlreadyExists => {
+                        let Some(existing) = sidecar::read_claim(self.lake, &source.id).await? else {
+                            // Released between our PUT and GET: an aborted attempt; claim again next run.
+                            return Err(Error::Blocked(format!("source {} was released while being claimed; retry", source.uri)));
+                        };
+                        let in_flight = existing.op != self.op && sidecar::intent_exists(self.lake, &existing.op).await?;
+                        let report = SourceReport { table: t.request.table.clone(), uri: source.uri.clone(), status: SourceStatus::AlreadyIngested, op: existing.op };
+                        others.push((report, in_flight));
+                    }
+                }
+            }
+            t.sources = keep;
+        }
+        Ok((claimed, others))
+    }
+
+    /// Give up before any commit: quarantine bad input, release claims, remove the intent.
+    async fn abandon(&self, claimed: &[String], error: Error) -> Error {
+        if let Error::BadInput(bad) = &error
+            && let Err(e) = self.quarantine(bad).await
+        {
+            tracing::error!(error = %e, source = %bad.source_uri, "could not quarantine the bad source");
+        }
+        for id in claimed {
+            if let Err(e) = sidecar::release_claim(self.lake, id).await {
+                return chain(error, e);
+            }
+        }
+        if let Err(e) = sidecar::finish(self.lake, &self.op).await {
+            return chain(error, e);
+        }
+        error
+    }
+
+    async fn quarantine(&self, bad: &BadInput) -> Result<()> {
+        let source = Source::resolve(&bad.source_uri).await?;
+        let dir = format!("_quarantine/{}", source.id);
+        source.copy_into(self.lake, &format!("{dir}/{}", source.file_name())).await?;
+        #[derive(Serialize)]
+        struct Reason<'a> {
+            op: &'a str,
+            at: chrono::DateTime<Utc>,
+            identity: &'a str,
+            error: &'a BadInput,
+            message: String,
+        }
+        let reason = Reason { op: &self.op, at: Utc::now(), identity: &source.identity, error: bad, message: bad.to_string() };
+        self.lake.put_json(&format!("{dir}/reason.json"), &reason).await
+    }
+
+    fn properties(&self) -> HashMap<String, String> {
+        HashMap::from([
+            (PROP_OP.to_string(), self.op.clone()),
+            (PROP_ATTEMPT.to_string(), self.attempt.clone()),
+            (PROP_SCOPE.to_string(), if self.multi { "multi" } else { "single" }.to_string()),
+        ])
+    }
+
+    /// The table's dataset to write on: at its pin, or Lance's latest, or new.
+    async fn dataset(&self, t: &mut TableWork, latest: bool) -> Result<Arc<Dataset>> {
+        let name = &t.request.table;
+        let version = if latest { None } else { t.start_pin };
+        match self.lake.open_table(name, version).await {
+            Ok(ds) => {
+                self.adopt_table_mode(t, &ds)?;
+                return Ok(Arc::new(ds));
+            }
+            Err(Error::Lance { source: lance::Error::DatasetNotFound { .. } | lance::Error::NotFound { .. }, .. }) if t.start_pin.is_none() => {}
+            Err(e) => return Err(e),
+        }
+        self.deadline.check("creating the table")?;
+        let (first, detected) = &t.sources[0];
+        let schema = {
+            let (first, detected, key) = (first.clone(), *detected, t.key.clone());
+            let handle = tokio::runtime::Handle::current();
+            tokio::task::spawn_blocking(move || decode::infer_schema(&first, detected, key.as_deref(), &handle))
+                .await
+                .expect("schema inference panicked")?
+        };
+        let mut metadata = HashMap::from([(META_MODE.to_string(), t.mode.to_string())]);
+        if let Some(key) = &t.key {
+            metadata.insert(META_KEY.to_string(), key.clone());
+        }
+        let schema = schema.as_ref().clone().with_metadata(metadata);
+        let lance_schema = lance::datatypes::Schema::try_from(&schema).map_err(|e| Error::lance(name, e))?;
+        // Read version 0: if anyone created the table meanwhile, Lance refuses this
+        // overwrite instead of replacing their table.
+        let create = lance::dataset::transaction::TransactionBuilder::new(
+            0,
+            Operation::Overwrite { fragments: vec![], schema: lance_schema, config_upsert_values: None, initial_bases: None },
+        )
+        .transaction_properties(Some(Arc::new(self.properties())))
+        .build();
+        let created = CommitBuilder::new(self.lake.table_uri(name).as_str())
+            .with_store_params(self.lake.store_params())
+            .with_session(self.lake.session())
+            .execute(create)
+            .await;
+        if let Err(e) = created {
+            tracing::info!(table = %name, error = %e, "table creation lost a race; using the winner's table");
+        }
+        let ds = self.lake.open_table(name, None).await?;
+        self.adopt_table_mode(t, &ds)?;
+        Ok(Arc::new(ds))
+    }
+
+    /// A table created but not yet published carries its mode in its schema.
+    fn adopt_table_mode(&self, t: &mut TableWork, ds: &Dataset) -> Result<()> {
+        let meta = &ds.schema().metadata;
+        let mode = match meta.get(META_MODE).map(String::as_str) {
+            Some("upsert") => Mode::Upsert,
+            _ => Mode::Append,
+        };
+        let key = meta.get(META_KEY).cloned();
+        check_mode(&t.request, mode, key.as_deref())?;
+        t.mode = mode;
+        t.key = key;
+        Ok(())
+    }
+
+    fn reader(&self, t: &TableWork, ds: &Dataset) -> (Box<dyn RecordBatchReader + Send>, decode::ErrorSlot) {
+        let target: SchemaRef = Arc::new(arrow::datatypes::Schema::from(ds.schema()));
+        let (reader, slot) = SourcesReader::new(t.sources.clone(), target, Arc::clone(&self.progress));
+        (Box::new(reader), slot)
+    }
+
+    /// Write the table's rows as an uncommitted Lance transaction.
+    async fn stage(&self, t: &mut TableWork) -> Result<Staged> {
+        let ds = self.dataset(t, t.mode == Mode::Upsert).await?;
+        let name = t.request.table.clone();
+        let (reader, slot) = self.reader(t, &ds);
+        let result = match t.mode {
+            Mode::Append => {
+                let params = WriteParams {
+                    mode: WriteMode::Append,
+                    transaction_properties: Some(Arc::new(self.properties())),
+                    ..Default::default()
+                };
+                InsertBuilder::new(Arc::clone(&ds)).with_params(&params).execute_uncommitted_stream(reader).await.map(|txn| Staged {
+                    ds: Arc::clone(&ds),
+                    txn,
+                    affected: None,
+                    updated: 0,
+                })
+            }
+            Mode::Upsert => self.stage_upsert(&ds, t, reader).await,
+        };
+        let staged = result.map_err(|e| slot.lock().expect("error slot poisoned").take().unwrap_or_else(|| Error::lance(&name, e)))?;
+        Ok(staged)
+    }
+
+    async fn stage_upsert(&self, ds: &Arc<Dataset>, t: &TableWork, reader: Box<dyn RecordBatchReader + Send>) -> lance::Result<Staged> {
+        let key = t.key.clone().expect("upsert tables have a key");
+        let mut builder = MergeInsertBuilder::try_new(Arc::clone(ds), vec![key])?;
+        builder.when_matched(WhenMatched::UpdateAll).when_not_matched(WhenNotMatched::InsertAll);
+        let mut uncommitted = builder.try_build()?.execute_uncommitted(reader).await?;
+        uncommitted.transaction.transaction_properties = Some(Arc::new(self.properties()));
+        Ok(Staged {
+            ds: Arc::clone(ds),
+            txn: uncommitted.transaction,
+            affected: uncommitted.affected_rows,
+            updated: uncommitted.stats.num_updated_rows,
+        })
+    }
+
+    /// Commit the staged transaction; an upsert that conflicts with a concurrent
+    /// update of the same rows is redone from Lance's latest version (bounded).
+    async fn commit(&self, t: &mut TableWork, mut stage: Staged) -> Result<()> {
+        let name = t.request.table.clone();
+        for attempt in 1..=MAX_UPSERT_ATTEMPTS {
+            self.deadline.check("a Lance commit")?;
+            let rows_inserted = inserted_rows(&stage.txn);
+            let left = self.deadline.remaining();
+            let mut builder = CommitBuilder::new(Arc::clone(&stage.ds))
+                .with_timeout(Some(left))
+                .with_retry_timeout(left.min(Duration::from_secs(30)));
+            if let Some(rows) = stage.affected.take() {
+                builder = builder.with_affected_rows(rows);
+            }
+            match builder.execute(stage.txn).await {
+                Ok(ds) => {
+                    let version = ds.version().version;
+                    t.committed = Some(version);
+                    t.report = Some(TableReport { lance_version: version, rows_inserted, rows_updated: stage.updated });
+                    return Ok(());
+                }
+                Err(lance::Error::RetryableCommitConflict { .. }) if t.mode == Mode::Upsert && attempt < MAX_UPSERT_ATTEMPTS => {
+                    tracing::info!(table = %name, attempt, "upsert conflicted with a concurrent update; redoing it");
+                    let ds = self.dataset(t, true).await?;
+                    let (reader, slot) = self.reader(t, &ds);
+                    stage = self
+                        .stage_upsert(&ds, t, reader)
+                        .await
+                        .map_err(|e| slot.lock().expect("error slot poisoned").take().unwrap_or_else(|| Error::lance(&name, e)))?;
+                }
+                Err(e) => return Err(Error::lance(&name, e)),
+            }
+        }
+        unreachable!("the last attempt returns")
+    }
+
+    async fn decide_forward(&self, tables: &[TableWork]) -> Result<()> {
+        let decision = Decision {
+            op: self.op.clone(),
+            attempt: self.attempt.clone(),
+            outcome: Outcome::Forward,
+            by: "writer".into(),
+            at: Utc::now(),
+            versions: tables.iter().map(|t| (t.request.table.clone(), t.committed.expect("committed before deciding"))).collect(),
+        };
+        self.deadline.check("recording the decision")?;
+        if sidecar::decide(self.lake, &decision).await? == Created::AlreadyExists {
+            let existing = sidecar::read_decision(self.lake, &self.op).await?;
+            if existing.as_ref().is_none_or(|d| d.attempt != self.attempt || d.outcome != Outcome::Forward) {
+                return Err(Error::Blocked(format!(
+                    "operation {} was decided by someone else ({existing:?}); this worker must not publish it",
+                    self.op
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Publish every table at its commit, after checking that no undecided
+    /// operation's commit lies between the pin and ours (invariant 3).
+    async fn publish(&self, tables: &[TableWork], base: Manifest) -> Result<u64> {
+        let mut pins = BTreeMap::new();
+        for t in tables {
+            let version = t.committed.expect("committed before publishing");
+            self.check_between(t, base.tables.get(&t.request.table).map(|p| p.version).unwrap_or(0), version).await?;
+            pins.insert(t.request.table.clone(), TablePin { version, mode: t.mode, key: t.key.clone() });
+        }
+        let goal = Goal {
+            published: Published {
+                op: self.op.clone(),
+                attempt: self.attempt.clone(),
+                kind: if self.multi { "load" } else { "ingest" }.into(),
+                tables: pins.iter().map(|(t, p)| (t.clone(), p.version)).collect(),
+                sources: tables.iter().map(|t| t.sources.len()).sum(),
+            },
+            pins,
+        };
+        Ok(manifest::publish(self.lake, base, &goal, &self.deadline).await?.version())
+    }
+
+    /// Every Lance commit in (from, to) must be decided forward before a pin at
+    /// `to` may show it. Waits (within the deadline) for live multi-table loads.
+    async fn check_between(&self, t: &TableWork, from: u64, to: u64) -> Result<()> {
+        if from + 1 >= to {
+            return Ok(());
+        }
+        let name = &t.request.table;
+        let ds = self.lake.open_table(name, Some(to)).await?;
+        for version in from + 1..to {
+            let txn = ds.read_version_transaction(version).await.map_err(|e| Error::lance(name, e))?.transaction;
+            let props = txn.as_ref().and_then(|t| t.transaction_properties.clone());
+            let get = |k: &str| props.as_ref().and_then(|p| p.get(k).cloned());
+            match (get(PROP_OP), get(PROP_SCOPE).as_deref()) {
+                (Some(_), Some("single")) => {}
+                (Some(op), Some("multi")) if op == self.op => {}
+                (Some(op), Some("multi")) => self.await_decision(name, version, &op).await?,
+                _ if txn.as_ref().is_some_and(|t| carries_no_rows(&t.operation)) => {}
+                _ => {
+                    return Err(Error::Blocked(format!(
+                        "table '{name}' version {version} was not written by a sluice operation; \
+                         sluice will not publish rows it cannot attribute (repair the table, then retry)"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn await_decision(&self, table: &str, version: u64, op: &str) -> Result<()> {
+        let mut pause = Duration::from_millis(50);
+        loop {
+            match sidecar::read_decision(self.lake, op).await? {
+                Some(d) if d.outcome == Outcome::Forward => return Ok(()),
+                Some(_) => {
+                    return Err(Error::Blocked(format!(
+                        "table '{table}' version {version} belongs to operation {op}, which was rolled back; \
+                         this commit sits on top of it and stays unpublished until recovery removes those rows"
+                    )));
+                }
+                None if self.deadline.remaining() > pause => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(MAX_POLL);
+                }
+                None => {
+                    return Err(Error::Blocked(format!(
+                        "table '{table}' version {version} belongs to multi-table operation {op}, still undecided at \
+                         this worker's deadline; run `sluice recover` once its deadline has passed"
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Our intent already exists: the same sources are being (or were just)
+    /// ingested by another delivery. Wait for its outcome within our deadline.
+    async fn await_duplicate(&self, tables: &[TableWork]) -> Result<Report> {
+        let Some(other) = sidecar::read_intent(self.lake, &self.op).await? else {
+            // Finished between our PUT and GET.
+            return self.report_done(tables).await;
+        };
+        self.await_op(&other.op, other.deadline).await?;
+        self.report_done(tables).await
+    }
+
+    /// Poll until operation `op`'s intent is gone. Its claims then mean "done".
+    async fn await_op(&self, op: &str, its_deadline: chrono::DateTime<Utc>) -> Result<()> {
+        let mut pause = Duration::from_millis(50);
+        while sidecar::intent_exists(self.lake, op).await? {
+            if Utc::now() > its_deadline {
+                return Err(Error::Blocked(format!(
+                    "operation {op} on these sources died (its deadline {its_deadline} passed); \
+                     `sluice recover` finishes or undoes it, then redeliver"
+                )));
+            }
+            if self.deadline.remaining() <= pause {
+                return Err(Error::Blocked(format!("operation {op} on these sources is still running; retry later")));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(MAX_POLL);
+        }
+        Ok(())
+    }
+
+    /// Every source of ours was handled by another operation: check the ledger.
+    async fn report_done(&self, tables: &[TableWork]) -> Result<Report> {
+        let mut others = Vec::new();
+        for t in tables {
+            for (source, _) in &t.sources {
+                match sidecar::read_claim(self.lake, &source.id).await? {
+                    Some(claim) => others.push((
+                        SourceReport { table: t.request.table.clone(), uri: source.uri.clone(), status: SourceStatus::AlreadyIngested, op: claim.op },
+                        false,
+                    )),
+                    None => {
+                        return Err(Error::Blocked(format!(
+                            "the other delivery of {} gave up without ingesting it; deliver it again",
+                            source.uri
+                        )));
+                    }
+                }
+            }
+        }
+        self.report(None, &[], others).await
+    }
+
+    async fn report(&self, version: Option<u64>, tables: &[TableWork], others: Vec<(SourceReport, bool)>) -> Result<Report> {
+        let mut sources: Vec<SourceReport> = tables
+            .iter()
+            .flat_map(|t| {
+                t.sources.iter().map(|(s, _)| SourceReport {
+                    table: t.request.table.clone(),
+                    uri: s.uri.clone(),
+                    status: SourceStatus::Ingested,
+                    op: self.op.clone(),
+                })
+            })
+            .collect();
+        for (report, in_flight) in others {
+            if in_flight {
+                let deadline = sidecar::read_intent(self.lake, &report.op).await?.map(|i| i.deadline).unwrap_or_else(Utc::now);
+                self.await_op(&report.op, deadline).await?;
+            }
+            sources.push(report);
+        }
+        let manifest_version = match version {
+            Some(v) => Some(v),
+            None => manifest::read_latest(self.lake).await?.map(|m| m.version),
+        };
+        Ok(Report {
+            op: self.op.clone(),
+            manifest_version,
+            tables: tables.iter().filter_map(|t| Some((t.request.table.clone(), t.report.clone()?))).collect(),
+            sources,
+            requests: RequestSnapshot::default(),
+        })
+    }
+}
+
+struct Staged {
+    ds: Arc<Dataset>,
+    txn: Transaction,
+    affected: Option<lance::dataset::scanner::RowAddrTreeMap>,
+    updated: u64,
+}
+
+fn check_mode(request: &TableRequest, mode: Mode, key: Option<&str>) -> Result<()> {
+    if let Some(asked) = request.mode
+        && asked != mode
+    {
+        return Err(Error::Usage(format!("table '{}' is a {mode} table; it cannot take --mode {asked}", request.table)));
+    }
+    if let (Some(asked), Some(key)) = (request.key.as_deref(), key)
+        && asked != key
+    {
+        return Err(Error::Usage(format!("table '{}' upserts on key '{key}', not '{asked}'", request.table)));
+    }
+    Ok(())
+}
+
+fn inserted_rows(txn: &Transaction) -> u64 {
+    let fragments = match &txn.operation {
+        Operation::Append { fragments } => fragments,
+        Operation::Update { new_fragments, .. } => new_fragments,
+        _ => return 0,
+    };
+    fragments.iter().filter_map(|f| f.num_rows()).map(|n| n as u64).sum()
+}
+
+/// Operations that add no rows anyone could see (Lance's own bookkeeping).
+fn carries_no_rows(op: &Operation) -> bool {
+    matches!(op, Operation::ReserveFragments { .. } | Operation::CreateIndex { .. } | Operation::UpdateConfig { .. })
+        || matches!(op, Operation::Overwrite { fragments, .. } if fragments.is_empty())
+}
+
+fn chain(first: Error, then: Error) -> Error {
+    tracing::error!(error = %then, "cleanup after a failed operation also failed");
+    first
+}

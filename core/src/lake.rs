@@ -1,0 +1,340 @@
+//! A lake: a root URI on an object store, the store itself (counted), and
+//! everything Lance needs to open the lake's tables with the same settings.
+//!
+//! Roots: `s3://bucket/prefix`, `memory://name` (process-wide, for tests), or a
+//! local path. S3 settings come from the standard AWS environment, as the AWS
+//! CLI reads it; a custom endpoint uses path-style addressing and may be http.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::{Arc, LazyLock, Mutex};
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use lance::Dataset;
+use lance::dataset::builder::DatasetBuilder;
+use lance::io::{ObjectStoreParams, StorageOptionsAccessor, WrappingObjectStore};
+use lance::session::Session;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::counting::{CountingLister, CountingStore, RequestCounts, RequestSnapshot};
+use crate::error::{Error, Result};
+
+/// Where a lake lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Root {
+    S3 { bucket: String, prefix: String },
+    Memory { name: String },
+    Local { path: std::path::PathBuf },
+}
+
+impl Root {
+    pub fn parse(uri: &str) -> Result<Root> {
+        let uri = uri.trim_end_matches('/');
+        if let Some(rest) = uri.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(Error::Usage(format!("root '{uri}' names no bucket: use s3://BUCKET/PREFIX")));
+            }
+            return Ok(Root::S3 { bucket: bucket.into(), prefix: prefix.into() });
+        }
+        if let Some(name) = uri.strip_prefix("memory://") {
+            if name.is_empty() || name.contains('/') {
+                return Err(Error::Usage(format!("root '{uri}': use memory://NAME")));
+            }
+            return Ok(Root::Memory { name: name.into() });
+        }
+        if uri.contains("://") && !uri.starts_with("file://") {
+            return Err(Error::Usage(format!(
+                "root '{uri}': unsupported scheme; use s3://BUCKET/PREFIX, memory://NAME or a local path"
+            )));
+        }
+        let path = std::path::PathBuf::from(uri.strip_prefix("file://").unwrap_or(uri));
+        let path = std::path::absolute(&path).map_err(|e| Error::io(uri, e))?;
+        Ok(Root::Local { path })
+    }
+}
+
+/// S3 settings from the standard AWS environment (as the AWS CLI reads it),
+/// in the keys both object_store and Lance understand.
+pub fn s3_options_from_env() -> HashMap<String, String> {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let mut opts = HashMap::new();
+    if let Some(endpoint) = env("AWS_ENDPOINT_URL_S3").or_else(|| env("AWS_ENDPOINT_URL")) {
+        if endpoint.starts_with("http://") {
+            opts.insert("aws_allow_http".into(), "true".into());
+        }
+        opts.insert("aws_endpoint".into(), endpoint);
+        opts.insert("aws_virtual_hosted_style_request".into(), "false".into());
+    }
+    let region = env("AWS_REGION").or_else(|| env("AWS_DEFAULT_REGION")).unwrap_or_else(|| "us-east-1".into());
+    opts.insert("aws_region".into(), region);
+    for (var, key) in [
+        ("AWS_ACCESS_KEY_ID", "aws_access_key_id"),
+        ("AWS_SECRET_ACCESS_KEY", "aws_secret_access_key"),
+        ("AWS_SESSION_TOKEN", "aws_session_token"),
+    ] {
+        if let Some(v) = env(var) {
+            opts.insert(key.into(), v);
+        }
+    }
+    opts
+}
+
+/// Build an S3 store for `bucket` with `opts` (see [`s3_options_from_env`]);
+/// anything not given falls back to object_store's default credential chain.
+pub fn s3_store(bucket: &str, opts: &HashMap<String, String>) -> Result<Arc<dyn ObjectStore>> {
+    let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+    for (k, v) in opts {
+        let key = AmazonS3ConfigKey::from_str(k).map_err(|e| Error::Usage(format!("S3 option {k}: {e}")))?;
+        builder = builder.with_config(key, v);
+    }
+    let store = builder.build().map_err(|e| Error::store(format!("s3://{bucket}"), e))?;
+    Ok(Arc::new(store))
+}
+
+/// Memory lakes are shared by name across the process, like a bucket.
+static MEMORY_LAKES: LazyLock<Mutex<HashMap<String, Arc<InMemory>>>> = LazyLock::new(Default::default);
+
+fn memory_backend(name: &str) -> Arc<InMemory> {
+    let mut lakes = MEMORY_LAKES.lock().expect("memory lake registry poisoned");
+    Arc::clone(lakes.entry(name.to_string()).or_insert_with(|| Arc::new(InMemory::new())))
+}
+
+/// Hands Lance the lake's request counter, and for memory lakes the lake's own
+/// backend in place of the fresh one Lance would mint per `memory://` store.
+#[derive(Debug)]
+struct LanceWrapper {
+    counts: Arc<RequestCounts>,
+    memory: Option<Arc<InMemory>>,
+}
+
+impl WrappingObjectStore for LanceWrapper {
+    fn wrap(&self, _prefix: &str, original: Arc<dyn ObjectStore>) -> Arc<dyn ObjectStore> {
+        let inner: Arc<dyn ObjectStore> = match &self.memory {
+            Some(memory) => Arc::clone(memory) as Arc<dyn ObjectStore>,
+            None => original,
+        };
+        Arc::new(CountingStore::new(inner, Arc::clone(&self.counts)))
+    }
+
+    fn wrap_paginated(
+        &self,
+        _prefix: &str,
+        original: Arc<dyn object_store::list::PaginatedListStore>,
+    ) -> Option<Arc<dyn object_store::list::PaginatedListStore>> {
+        // A memory lake swaps the backend, so the original lister would list the wrong store.
+        if self.memory.is_some() {
+            return None;
+        }
+        Some(Arc::new(CountingLister::new(original, Arc::clone(&self.counts))))
+    }
+}
+
+/// Outcome of a create-only PUT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    Created,
+    AlreadyExists,
+}
+
+/// An open lake. Cheap to share behind an `Arc`.
+pub struct Lake {
+    uri: String,
+    root: Root,
+    store: Arc<dyn ObjectStore>,
+    base: Path,
+    storage_options: HashMap<String, String>,
+    counts: Arc<RequestCounts>,
+    session: Arc<Session>,
+    wrapper: Arc<LanceWrapper>,
+}
+
+impl std::fmt::Debug for Lake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lake").field("uri", &self.uri).finish()
+    }
+}
+
+impl Lake {
+    /// Open (not create) the lake at `uri`. Makes no request.
+    pub fn open(uri: &str) -> Result<Lake> {
+        let root = Root::parse(uri)?;
+        let counts = Arc::new(RequestCounts::default());
+        let (raw, base, storage_options, memory): (Arc<dyn ObjectStore>, Path, _, _) = match &root {
+            Root::S3 { bucket, prefix } => {
+                let opts = s3_options_from_env();
+                (s3_store(bucket, &opts)?, Path::from(prefix.as_str()), opts, None)
+            }
+            Root::Memory { name } => {
+                let memory = memory_backend(name);
+                (Arc::clone(&memory) as Arc<dyn ObjectStore>, Path::from(name.as_str()), HashMap::new(), Some(memory))
+            }
+            Root::Local { path } => {
+                let base = Path::from_absolute_path(path)
+                    .map_err(|e| Error::Usage(format!("root {}: {e}", path.display())))?;
+                (Arc::new(LocalFileSystem::new()), base, HashMap::new(), None)
+            }
+        };
+        let uri = match &root {
+            Root::S3 { bucket, prefix } if prefix.is_empty() => format!("s3://{bucket}"),
+            Root::S3 { bucket, prefix } => format!("s3://{bucket}/{prefix}"),
+            Root::Memory { name } => format!("memory://{name}"),
+            Root::Local { path } => path.display().to_string(),
+        };
+        let wrapper = Arc::new(LanceWrapper { counts: Arc::clone(&counts), memory });
+        Ok(Lake {
+            uri,
+            root,
+            store: Arc::new(CountingStore::new(raw, Arc::clone(&counts))),
+            base,
+            storage_options,
+            counts,
+            session: Arc::new(Session::default()),
+            wrapper,
+        })
+    }
+
+    pub fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    pub fn root(&self) -> &Root {
+        &self.root
+    }
+
+    /// Requests this process has sent to the lake's store so far (sluice and Lance).
+    pub fn requests(&self) -> RequestSnapshot {
+        self.counts.snapshot()
+    }
+
+    /// The counted store, for callers that need raw access (sources on the same bucket).
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    pub fn storage_options(&self) -> &HashMap<String, String> {
+        &self.storage_options
+    }
+
+    /// Absolute object path of `rel` inside the lake.
+    pub fn path(&self, rel: &str) -> Path {
+        let mut path = self.base.clone();
+        for part in rel.split('/').filter(|p| !p.is_empty()) {
+            path = path.clone().join(part);
+        }
+        path
+    }
+
+    /// Lance URI of table `name`.
+    pub fn table_uri(&self, name: &str) -> String {
+        format!("{}/tables/{name}.lance", self.uri)
+    }
+
+    /// Store parameters every Lance call on this lake must use.
+    pub fn store_params(&self) -> ObjectStoreParams {
+        ObjectStoreParams {
+            object_store_wrapper: Some(Arc::clone(&self.wrapper) as Arc<dyn WrappingObjectStore>),
+            storage_options_accessor: Some(Arc::new(StorageOptionsAccessor::with_static_options(
+                self.storage_options.clone(),
+            ))),
+            ..Default::default()
+        }
+    }
+
+    pub fn session(&self) -> Arc<Session> {
+        Arc::clone(&self.session)
+    }
+
+    /// Open table `name` at `version`, or at Lance's latest version.
+    pub async fn open_table(&self, name: &str, version: Option<u64>) -> Result<Dataset> {
+        let mut builder = DatasetBuilder::from_uri(&self.table_uri(name))
+            .with_store_params(self.store_params())
+            .with_session(self.session());
+        if let Some(v) = version {
+            builder = builder.with_version(v);
+        }
+        builder.load().await.map_err(|e| Error::lance(name, e))
+    }
+
+    /// GET and parse a JSON object; `None` if it does not exist.
+    pub async fn get_json<T: DeserializeOwned>(&self, rel: &str) -> Result<Option<T>> {
+        let path = self.path(rel);
+        let bytes = match self.store.get(&path).await {
+            Ok(got) => got.bytes().await.map_err(|e| Error::store(&path, e))?,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(Error::store(&path, e)),
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| Error::Corrupt { what: "sluice object", path: path.to_string(), reason: e.to_string() })
+    }
+
+    /// HEAD: does `rel` exist?
+    pub async fn exists(&self, rel: &str) -> Result<bool> {
+        let path = self.path(rel);
+        match self.store.head(&path).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(Error::store(&path, e)),
+        }
+    }
+
+    /// Create-only PUT (`If-None-Match: *`) of a JSON object.
+    pub async fn create_json<T: Serialize>(&self, rel: &str, value: &T) -> Result<Created> {
+        self.create_bytes(rel, to_json(value)).await
+    }
+
+    pub async fn create_bytes(&self, rel: &str, bytes: Bytes) -> Result<Created> {
+        let path = self.path(rel);
+        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+        match self.store.put_opts(&path, PutPayload::from_bytes(bytes), opts).await {
+            Ok(_) => Ok(Created::Created),
+            Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
+                Ok(Created::AlreadyExists)
+            }
+            Err(e) => Err(Error::store(&path, e)),
+        }
+    }
+
+    /// Unconditional PUT of a JSON object.
+    pub async fn put_json<T: Serialize>(&self, rel: &str, value: &T) -> Result<()> {
+        self.put_bytes(rel, to_json(value)).await
+    }
+
+    pub async fn put_bytes(&self, rel: &str, bytes: Bytes) -> Result<()> {
+        let path = self.path(rel);
+        self.store.put(&path, PutPayload::from_bytes(bytes)).await.map_err(|e| Error::store(&path, e))?;
+        Ok(())
+    }
+
+    /// DELETE; deleting what is already gone is success.
+    pub async fn delete(&self, rel: &str) -> Result<()> {
+        let path = self.path(rel);
+        match self.store.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(Error::store(&path, e)),
+        }
+    }
+
+    /// LIST every object under `rel` (one request for the small prefixes sluice lists).
+    pub async fn list(&self, rel: &str) -> Result<Vec<ObjectMeta>> {
+        let prefix = self.path(rel);
+        self.store.list(Some(&prefix)).try_collect().await.map_err(|e| Error::store(&prefix, e))
+    }
+
+    /// The part of `path` below the lake root.
+    pub fn relative<'a>(&self, path: &'a Path) -> Option<String> {
+        path.prefix_match(&self.base).map(|parts| parts.map(|p| p.as_ref().to_string()).collect::<Vec<_>>().join("/"))
+    }
+}
+
+pub(crate) fn to_json<T: Serialize>(value: &T) -> Bytes {
+    Bytes::from(serde_json::to_vec_pretty(value).expect("sluice types serialize"))
+}

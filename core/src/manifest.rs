@@ -1,0 +1,257 @@
+//! The published state: one immutable JSON object per manifest version,
+//! created with a create-only PUT, pinning every table at a Lance version.
+//!
+//! `_manifest/versions/<20-digit version>.json` are the versions; exactly one
+//! writer wins each. `_manifest/latest.json` is a hint: a copy of a recent
+//! version, overwritten after each publish. It may lag (a publisher died before
+//! updating it, or two hint writes crossed), never lead, so finding the latest
+//! version is one GET of the hint plus one GET that misses, and a lagging hint
+//! costs O(log lag) more GETs, never O(history).
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::deadline::Deadline;
+use crate::error::{Error, Result};
+use crate::failpoints;
+use crate::lake::{Created, Lake};
+
+const VERSIONS: &str = "_manifest/versions";
+const LATEST_HINT: &str = "_manifest/latest.json";
+/// Probes of a lagging hint before giving up; each round at least doubles.
+const MAX_PROBES: u32 = 128;
+/// Attempts at one publish before reporting contention.
+const MAX_PUBLISH_ATTEMPTS: u32 = 64;
+
+/// How a table takes new rows. Set by the ingest that creates the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Append,
+    Upsert,
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Mode::Append => "append",
+            Mode::Upsert => "upsert",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TablePin {
+    /// The Lance version readers see.
+    pub version: u64,
+    pub mode: Mode,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+/// What one operation asks the manifest to show.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Published {
+    pub op: String,
+    /// Unique per attempt: lets a writer recognise its own create after an ambiguous PUT.
+    pub attempt: String,
+    pub kind: String,
+    pub tables: BTreeMap<String, u64>,
+    pub sources: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub version: u64,
+    pub published_at: DateTime<Utc>,
+    pub tables: BTreeMap<String, TablePin>,
+    /// The operations this version published (not cumulative).
+    #[serde(default)]
+    pub published: Vec<Published>,
+}
+
+impl Manifest {
+    fn empty() -> Manifest {
+        Manifest { version: 0, published_at: Utc::now(), tables: BTreeMap::new(), published: Vec::new() }
+    }
+}
+
+/// A publish request: these tables at least at these versions, with their settings.
+#[derive(Debug, Clone)]
+pub struct Goal {
+    pub published: Published,
+    pub pins: BTreeMap<String, TablePin>,
+}
+
+impl Goal {
+    /// Does `m` already show everything this goal asks for? (Invariant 6.)
+    pub fn covered_by(&self, m: &Manifest) -> bool {
+        self.pins.iter().all(|(t, pin)| m.tables.get(t).is_some_and(|cur| cur.version >= pin.version))
+    }
+
+    /// The next version: `base` with every goal pin moved forward, never back.
+    fn apply(&self, base: &Manifest) -> Manifest {
+        let mut tables = base.tables.clone();
+        for (name, pin) in &self.pins {
+            let entry = tables.entry(name.clone()).or_insert_with(|| pin.clone());
+            entry.version = entry.version.max(pin.version);
+        }
+        Manifest { version: base.version + 1, published_at: Utc::now(), tables, published: vec![self.published.clone()] }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum PublishOutcome {
+    /// This call created manifest `version`.
+    Published { version: u64 },
+    /// Someone else's publish already covered the goal at `version`.
+    AlreadyCovered { version: u64 },
+}
+
+impl PublishOutcome {
+    pub fn version(&self) -> u64 {
+        match self {
+            PublishOutcome::Published { version } | PublishOutcome::AlreadyCovered { version } => *version,
+        }
+    }
+}
+
+fn version_path(version: u64) -> String {
+    format!("{VERSIONS}/{version:020}.json")
+}
+
+pub async fn read_version(lake: &Lake, version: u64) -> Result<Option<Manifest>> {
+    lake.get_json(&version_path(version)).await
+}
+
+/// The latest-hint: a recent manifest version, possibly behind. One GET.
+pub async fn read_hint(lake: &Lake) -> Result<Option<Manifest>> {
+    lake.get_json(LATEST_HINT).await
+}
+
+/// The latest manifest version, or `None` if the lake was never initialised.
+pub async fn read_latest(lake: &Lake) -> Result<Option<Manifest>> {
+    let start = match read_hint(lake).await? {
+        Some(hint) => hint,
+        None => match read_version(lake, 0).await? {
+            Some(first) => first,
+            None => return Ok(None),
+        },
+    };
+    catch_up(lake, start).await.map(Some)
+}
+
+/// Walk forward from `known` to the latest version. Versions are dense above
+/// any hint, so gallop (1, 2, 4, ...) to a miss, then restart at step 1 from
+/// the furthest hit until the very next version misses.
+async fn catch_up(lake: &Lake, mut known: Manifest) -> Result<Manifest> {
+    let mut probes = 0;
+    loop {
+        let mut step = 1u64;
+        loop {
+            probes += 1;
+            if probes > MAX_PROBES {
+                return Err(Error::Contention {
+                    what: "finding the latest manifest",
+                    attempts: MAX_PROBES,
+                    last: format!("still finding newer versions after {}", known.version),
+                });
+            }
+            match read_version(lake, known.version + step).await? {
+                Some(found) => {
+                    assert_eq!(found.version, known.version + step, "manifest version object holds another version");
+                    known = found;
+                    step = step.saturating_mul(2);
+                }
+                None => break,
+            }
+        }
+        if step == 1 {
+            return Ok(known);
+        }
+    }
+}
+
+/// Create the lake's first manifest version if there is none. Idempotent.
+pub async fn init(lake: &Lake) -> Result<Manifest> {
+    let first = Manifest::empty();
+    if lake.create_json(&version_path(0), &first).await? == Created::Created {
+        lake.put_json(LATEST_HINT, &first).await?;
+    }
+    read_latest(lake).await?.ok_or_else(|| Error::Corrupt {
+        what: "manifest",
+        path: lake.path(&version_path(0)).to_string(),
+        reason: "version 0 vanished right after it was created".into(),
+    })
+}
+
+/// A base for writers: the hint (maybe stale: the create-only PUT finds out),
+/// initialising the lake on first use.
+pub async fn writer_base(lake: &Lake) -> Result<Manifest> {
+    match read_hint(lake).await? {
+        Some(hint) => Ok(hint),
+        None => match read_latest(lake).await? {
+            Some(latest) => Ok(latest),
+            None => init(lake).await,
+        },
+    }
+}
+
+/// Publish `goal` on top of `base` (any earlier version): create the next
+/// version; on losing the race, re-read, merge forward, retry. A goal already
+/// covered by someone else's publish is success (invariant 6).
+pub async fn publish(lake: &Lake, mut base: Manifest, goal: &Goal, deadline: &Deadline) -> Result<PublishOutcome> {
+    for _ in 0..MAX_PUBLISH_ATTEMPTS {
+        if goal.covered_by(&base) {
+            return Ok(PublishOutcome::AlreadyCovered { version: base.version });
+        }
+        deadline.check("publishing the manifest")?;
+        let next = goal.apply(&base);
+        failpoints::hit(failpoints::BEFORE_PUBLISH)?;
+        match lake.create_json(&version_path(next.version), &next).await? {
+            Created::Created => {
+                failpoints::hit(failpoints::AFTER_PUBLISH)?;
+                // The hint only saves requests; a failed or crossed write costs probes, not correctness.
+                if let Err(e) = lake.put_json(LATEST_HINT, &next).await {
+                    tracing::warn!(error = %e, "could not update the latest-manifest hint");
+                }
+                return Ok(PublishOutcome::Published { version: next.version });
+            }
+            Created::AlreadyExists => {
+                let winner = read_version(lake, next.version).await?.ok_or_else(|| Error::Corrupt {
+                    what: "manifest",
+                    path: lake.path(&version_path(next.version)).to_string(),
+                    reason: "create-only PUT said it exists, GET says it does not (was it deleted?)".into(),
+                })?;
+                // An ambiguous PUT (timed out, retried, "already exists") may have been ours.
+                if winner.published.iter().any(|p| p.attempt == goal.published.attempt) {
+                    return Ok(PublishOutcome::Published { version: winner.version });
+                }
+                base = catch_up(lake, winner).await?;
+            }
+        }
+    }
+    Err(Error::Contention {
+        what: "publishing the manifest",
+        attempts: MAX_PUBLISH_ATTEMPTS,
+        last: format!("lost every race up to version {}", base.version),
+    })
+}
+
+/// Up to `limit` versions from the latest backwards (skipping cleaned-up ones).
+pub async fn history(lake: &Lake, limit: usize) -> Result<Vec<Manifest>> {
+    let Some(latest) = read_latest(lake).await? else { return Ok(Vec::new()) };
+    let mut out = vec![latest.clone()];
+    let mut v = latest.version;
+    while out.len() < limit && v > 0 {
+        v -= 1;
+        match read_version(lake, v).await? {
+            Some(m) => out.push(m),
+            None => break,
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,190 @@
+//! Sources: what an ingest reads, and the identity that makes it exactly-once.
+//!
+//! Identity is the source object *version*: for S3 the bucket, key and version
+//! id (or ETag); for a local file its absolute path, size and SHA-256. The same
+//! bytes re-delivered are the same source; a rewritten object is a new one.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use object_store::path::Path;
+use object_store::{GetOptions, ObjectStore, ObjectStoreExt};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+
+use crate::error::{Error, Result};
+use crate::lake::{s3_options_from_env, s3_store};
+
+#[derive(Clone)]
+pub enum Location {
+    Local(PathBuf),
+    S3 { store: Arc<dyn ObjectStore>, key: Path, e_tag: Option<String>, version: Option<String> },
+}
+
+#[derive(Clone)]
+pub struct Source {
+    /// As the user gave it (normalised to an absolute path for local files).
+    pub uri: String,
+    pub identity: String,
+    /// Hex digest of `identity`: the ledger key.
+    pub id: String,
+    pub size: u64,
+    pub location: Location,
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Source").field("uri", &self.uri).field("identity", &self.identity).finish()
+    }
+}
+
+fn digest_hex(bytes: &[u8]) -> String {
+    hex::encode(&Sha256::digest(bytes)[..16])
+}
+
+impl Source {
+    /// Pin down which version of `uri` this is: one HEAD for S3, a hash pass for local files.
+    pub async fn resolve(uri: &str) -> Result<Source> {
+        if let Some(rest) = uri.strip_prefix("s3://") {
+            let (bucket, key) = rest
+                .split_once('/')
+                .filter(|(b, k)| !b.is_empty() && !k.is_empty())
+                .ok_or_else(|| Error::Usage(format!("source '{uri}': use s3://BUCKET/KEY")))?;
+            let store = s3_store(bucket, &s3_options_from_env())?;
+            let key = Path::from(key);
+            let meta = store.head(&key).await.map_err(|e| Error::store(uri, e))?;
+            let tag = match (&meta.version, &meta.e_tag) {
+                (Some(v), _) => format!("version={v}"),
+                (None, Some(e)) => format!("etag={}", e.trim_matches('"')),
+                (None, None) => format!("size={};modified={}", meta.size, meta.last_modified.timestamp_millis()),
+            };
+            let identity = format!("s3://{bucket}/{key}#{tag}");
+            return Ok(Source {
+                uri: uri.to_string(),
+                id: digest_hex(identity.as_bytes()),
+                identity,
+                size: meta.size,
+                location: Location::S3 { store, key, e_tag: meta.e_tag, version: meta.version },
+            });
+        }
+        let path = std::path::absolute(uri.strip_prefix("file://").unwrap_or(uri)).map_err(|e| Error::io(uri, e))?;
+        let shown = path.display().to_string();
+        let (size, hash) = tokio::task::spawn_blocking({
+            let path = path.clone();
+            move || -> std::io::Result<(u64, String)> {
+                let mut file = std::fs::File::open(&path)?;
+                if file.metadata()?.is_dir() {
+                    return Err(std::io::Error::other("is a directory, not a file"));
+                }
+                let mut hasher = Sha256::new();
+                let mut buf = vec![0u8; 1 << 20];
+                let mut size = 0u64;
+                loop {
+                    let n = file.read(&mut buf)?;
+                    if n == 0 {
+                        break;
+                    }
+                    size += n as u64;
+                    hasher.update(&buf[..n]);
+                }
+                Ok((size, hex::encode(hasher.finalize())))
+            }
+        })
+        .await
+        .expect("hashing task panicked")
+        .map_err(|e| Error::io(&shown, e))?;
+        let identity = format!("file://{shown}#size={size};sha256={hash}");
+        Ok(Source { uri: shown, id: digest_hex(identity.as_bytes()), identity, size, location: Location::Local(path) })
+    }
+
+    /// The file name, used for format detection and routing.
+    pub fn file_name(&self) -> &str {
+        self.uri.rsplit('/').next().unwrap_or(&self.uri)
+    }
+
+    /// The parent folder name: `.../<table>/<file>` routes to `<table>`.
+    pub fn folder_name(&self) -> Option<&str> {
+        let mut parts = self.uri.rsplit('/');
+        parts.next();
+        parts.next().filter(|p| !p.is_empty() && !p.contains(':'))
+    }
+
+    /// GET options that fail if the object changed since `resolve`.
+    fn pinned_get(e_tag: &Option<String>, version: &Option<String>) -> GetOptions {
+        GetOptions { if_match: e_tag.clone(), version: version.clone(), ..Default::default() }
+    }
+
+    /// A blocking reader over the raw bytes. Call from a blocking thread.
+    pub fn open_blocking(&self, handle: &tokio::runtime::Handle) -> Result<Box<dyn Read + Send>> {
+        match &self.location {
+            Location::Local(path) => {
+                let file = std::fs::File::open(path).map_err(|e| Error::io(&self.uri, e))?;
+                Ok(Box::new(file))
+            }
+            Location::S3 { store, key, e_tag, version } => {
+                let got = handle
+                    .block_on(store.get_opts(key, Self::pinned_get(e_tag, version)))
+                    .map_err(|e| Error::store(&self.uri, e))?;
+                let stream = futures::TryStreamExt::map_err(got.into_stream(), std::io::Error::other);
+                let reader = tokio_util::io::StreamReader::new(stream);
+                Ok(Box::new(tokio_util::io::SyncIoBridge::new_with_handle(reader, handle.clone())))
+            }
+        }
+    }
+
+    /// A local file with the raw bytes (formats that seek): the file itself, or
+    /// a temporary copy of an S3 object. Call from a blocking thread.
+    pub fn local_copy_blocking(&self, handle: &tokio::runtime::Handle) -> Result<(PathBuf, Option<tempfile::TempPath>)> {
+        match &self.location {
+            Location::Local(path) => Ok((path.clone(), None)),
+            Location::S3 { store, key, e_tag, version } => {
+                let temp = tempfile::NamedTempFile::new().map_err(|e| Error::io("temporary file", e))?.into_temp_path();
+                handle.block_on(async {
+                    let got = store.get_opts(key, Self::pinned_get(e_tag, version)).await.map_err(|e| Error::store(&self.uri, e))?;
+                    let mut out = tokio::fs::File::create(&temp).await.map_err(|e| Error::io(temp.display(), e))?;
+                    let mut stream = got.into_stream();
+                    while let Some(chunk) = futures::StreamExt::next(&mut stream).await {
+                        let chunk = chunk.map_err(|e| Error::store(&self.uri, e))?;
+                        out.write_all(&chunk).await.map_err(|e| Error::io(temp.display(), e))?;
+                    }
+                    out.flush().await.map_err(|e| Error::io(temp.display(), e))
+                })?;
+                Ok((temp.to_path_buf(), Some(temp)))
+            }
+        }
+    }
+
+    /// Copy the raw bytes into the lake at `rel` (quarantine). Bounded memory.
+    pub async fn copy_into(&self, lake: &crate::lake::Lake, rel: &str) -> Result<()> {
+        let dest = lake.path(rel);
+        let mut upload = object_store::WriteMultipart::new(
+            lake.store().put_multipart(&dest).await.map_err(|e| Error::store(&dest, e))?,
+        );
+        match &self.location {
+            Location::Local(path) => {
+                let mut file = tokio::fs::File::open(path).await.map_err(|e| Error::io(&self.uri, e))?;
+                let mut buf = vec![0u8; 1 << 20];
+                loop {
+                    let n = tokio::io::AsyncReadExt::read(&mut file, &mut buf).await.map_err(|e| Error::io(&self.uri, e))?;
+                    if n == 0 {
+                        break;
+                    }
+                    upload.wait_for_capacity(4).await.map_err(|e| Error::store(&dest, e))?;
+                    upload.write(&buf[..n]);
+                }
+            }
+            Location::S3 { store, key, e_tag, version } => {
+                let got = store.get_opts(key, Self::pinned_get(e_tag, version)).await.map_err(|e| Error::store(&self.uri, e))?;
+                let mut stream = got.into_stream();
+                while let Some(chunk) = futures::StreamExt::next(&mut stream).await {
+                    let chunk = chunk.map_err(|e| Error::store(&self.uri, e))?;
+                    upload.wait_for_capacity(4).await.map_err(|e| Error::store(&dest, e))?;
+                    upload.put(chunk);
+                }
+            }
+        }
+        upload.finish().await.map_err(|e| Error::store(&dest, e))?;
+        Ok(())
+    }
+}

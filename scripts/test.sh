@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The test command (README, CI): installs what the tests need, starts a local
+# S3-compatible server on 127.0.0.1, runs the whole suite, stops the server.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/env.sh
+ensure_protoc
+
+PORT="${SLUICE_S3_PORT:-9755}"
+BUCKET=sluice-test
+scripts/s3-server.sh stop "$PORT"
+scripts/s3-server.sh start "$PORT" "$BUCKET"
+trap 'scripts/s3-server.sh stop "$PORT"' EXIT
+
+# Explicit test credentials and endpoint: no client ever looks for cloud metadata.
+export AWS_ENDPOINT_URL="http://127.0.0.1:$PORT"
+export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1
+export AWS_EC2_METADATA_DISABLED=true
+unset AWS_PROFILE AWS_SESSION_TOKEN AWS_ENDPOINT_URL_S3 || true
+export SLUICE_TEST_S3="s3://$BUCKET"
+export SLUICE_REQUIRE_S3=1
+
+cargo test -p sluice-workers --features failpoints --test integration "$@" -- --test-threads 2

@@ -1,0 +1,150 @@
+//! Bad input through the real binary: exit 3, a typed error naming the file,
+//! line and column, the source quarantined with its reason, nothing published.
+
+use std::io::Write;
+use std::path::Path;
+
+use crate::common::*;
+
+struct Case {
+    name: &'static str,
+    file: &'static str,
+    content: Vec<u8>,
+    line: Option<u64>,
+    column: Option<&'static str>,
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+fn cases() -> Vec<Case> {
+    let good_rows: String = (0..200).map(|i| format!("{{\"id\": {i}, \"name\": \"n{i}\", \"score\": 1.5}}\n")).collect();
+    let truncated = {
+        let full = gzip(good_rows.as_bytes());
+        full[..full.len() / 2].to_vec()
+    };
+    vec![
+        Case {
+            name: "malformed line",
+            file: "malformed.jsonl",
+            content: b"{\"id\": 1, \"name\": \"a\", \"score\": 1.0}\n{\"id\": 2, \"name\": \n{\"id\": 3, \"name\": \"c\", \"score\": 1.0}\n".to_vec(),
+            line: Some(2),
+            column: None,
+        },
+        Case {
+            name: "wrong type",
+            file: "wrongtype.jsonl",
+            content: b"{\"id\": 1, \"name\": \"a\", \"score\": 1.0}\n{\"id\": 2, \"name\": \"b\", \"score\": 2.0}\n{\"id\": \"three\", \"name\": \"c\", \"score\": 1.0}\n".to_vec(),
+            line: Some(3),
+            column: Some("id"),
+        },
+        Case { name: "empty file", file: "empty.jsonl", content: Vec::new(), line: None, column: None },
+        Case {
+            name: "binary file",
+            file: "binary.jsonl",
+            content: (0u8..=255).cycle().take(4096).collect(),
+            line: Some(1),
+            column: None,
+        },
+        Case { name: "truncated gzip", file: "truncated.jsonl.gz", content: truncated, line: None, column: None },
+        Case {
+            name: "unknown column",
+            file: "unknown.jsonl",
+            content: b"{\"id\": 1, \"name\": \"a\", \"score\": 1.0}\n{\"id\": 2, \"name\": \"b\", \"score\": 1.0, \"colour\": \"red\"}\n".to_vec(),
+            line: Some(2),
+            column: Some("colour"),
+        },
+        Case {
+            name: "csv wrong type",
+            file: "wrongtype.csv",
+            content: b"id,name,score\n1,a,1.5\n2,b,oops\n".to_vec(),
+            line: Some(3),
+            column: Some("score"),
+        },
+        Case { name: "csv unknown column", file: "unknown.csv", content: b"id,name,shoe\n1,a,9\n".to_vec(), line: Some(1), column: Some("shoe") },
+    ]
+}
+
+fn quarantine_reasons(root: &str) -> Vec<serde_json::Value> {
+    let dir = Path::new(root).join("_quarantine");
+    let Ok(entries) = std::fs::read_dir(&dir) else { return Vec::new() };
+    entries
+        .map(|e| serde_json::from_slice(&std::fs::read(e.unwrap().path().join("reason.json")).unwrap()).unwrap())
+        .collect()
+}
+
+#[test]
+fn every_bad_input_is_rejected_located_and_quarantined() {
+    let b = local();
+    let dir = tempfile::tempdir().unwrap();
+    // An existing table with a known schema: id int, name string, score float.
+    let seed = jsonl(dir.path(), "seed.jsonl", 0..3);
+    assert_eq!(run(sluice(&b.root).args(["ingest", "--table", "t"]).arg(&seed)).status.code(), Some(0));
+    let before = status(&b.root);
+
+    for (i, case) in cases().into_iter().enumerate() {
+        let path = write(dir.path(), case.file, &case.content);
+        let out = run(sluice(&b.root).args(["--json", "ingest", "--table", "t"]).arg(&path));
+        assert_eq!(out.status.code(), Some(3), "{}: exit code", case.name);
+        let err = &json(&out)["error"]["bad_input"];
+        assert_eq!(err["source_uri"], path.display().to_string(), "{}: names the file", case.name);
+        if let Some(line) = case.line {
+            assert_eq!(err["location"]["line"], line, "{}: names the line: {err}", case.name);
+        }
+        if let Some(column) = case.column {
+            assert_eq!(err["location"]["column"], column, "{}: names the column: {err}", case.name);
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(case.file), "{}: the message names the file: {stderr}", case.name);
+
+        // Published state unchanged, nothing pending, the source quarantined.
+        let now = status(&b.root);
+        assert_eq!(now["manifest_version"], before["manifest_version"], "{}", case.name);
+        assert_eq!(table_rows(&now, "t"), Some(3), "{}", case.name);
+        assert!(now["pending"].as_array().unwrap().is_empty(), "{}: no intent left", case.name);
+        let reasons = quarantine_reasons(&b.root);
+        assert_eq!(reasons.len(), i + 1, "{}: quarantined", case.name);
+        assert!(reasons.iter().any(|r| r["error"]["source_uri"] == path.display().to_string()));
+    }
+    // Quarantined copies are byte-identical to the sources.
+    for entry in std::fs::read_dir(Path::new(&b.root).join("_quarantine")).unwrap() {
+        let dir = entry.unwrap().path();
+        let reason: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("reason.json")).unwrap()).unwrap();
+        let source = reason["error"]["source_uri"].as_str().unwrap();
+        let name = Path::new(source).file_name().unwrap();
+        assert_eq!(std::fs::read(dir.join(name)).unwrap(), std::fs::read(source).unwrap());
+    }
+    // A bad source can be fixed and delivered again.
+    let fixed = jsonl(dir.path(), "fixed.jsonl", 10..12);
+    assert_eq!(run(sluice(&b.root).args(["ingest", "--table", "t"]).arg(&fixed)).status.code(), Some(0));
+    assert_eq!(table_rows(&status(&b.root), "t"), Some(5));
+}
+
+/// A bad file among good ones in one call: nothing of the call becomes visible.
+#[test]
+fn one_bad_source_fails_the_whole_call() {
+    let b = local();
+    let dir = tempfile::tempdir().unwrap();
+    let good = jsonl(dir.path(), "good.jsonl", 0..10);
+    let bad = write(dir.path(), "bad.jsonl", b"{\"id\": 1}\nnot json\n");
+    let out = run(sluice(&b.root).args(["ingest", "--table", "t"]).arg(&good).arg(&bad));
+    assert_eq!(out.status.code(), Some(3));
+    // The good file was not half-ingested: delivering it alone ingests it.
+    let out = run(sluice(&b.root).args(["--json", "ingest", "--table", "t"]).arg(&good));
+    assert_eq!(json(&out)["sources"][0]["status"], "ingested");
+    assert_eq!(table_rows(&status(&b.root), "t"), Some(10));
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let b = local();
+    let out = run(sluice(&b.root).args(["ingest", "--mode", "upsert", "--table", "t", "/nonexistent.jsonl"]));
+    assert_eq!(out.status.code(), Some(2), "upsert without --key");
+    let out = run(sluice(&b.root).args(["scan", "t"]));
+    assert_eq!(out.status.code(), Some(2), "scan of a lake that does not exist");
+    let out = run(sluice(&b.root).args(["frobnicate"]));
+    assert_eq!(out.status.code(), Some(2));
+}

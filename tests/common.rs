@@ -1,0 +1,149 @@
+//! Shared fixtures: backends, data files, and running the real `sluice` binary.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use sluice::Lake;
+use sluice::decode::Progress;
+use sluice::ingest::{self, Report, TableRequest};
+use sluice::manifest::Mode;
+
+pub const TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A lake root on one backend, unique per test.
+pub struct Backend {
+    pub name: &'static str,
+    pub root: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+fn unique() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..12].to_string()
+}
+
+fn s3_root() -> Option<String> {
+    match std::env::var("SLUICE_TEST_S3") {
+        Ok(base) => Some(format!("{}/{}", base.trim_end_matches('/'), unique())),
+        Err(_) => {
+            assert!(std::env::var_os("SLUICE_REQUIRE_S3").is_none(), "SLUICE_REQUIRE_S3 is set but SLUICE_TEST_S3 is not");
+            eprintln!("note: SLUICE_TEST_S3 unset: S3 cases skipped (scripts/test.sh runs them)");
+            None
+        }
+    }
+}
+
+pub fn local() -> Backend {
+    let dir = tempfile::tempdir().unwrap();
+    Backend { name: "local", root: dir.path().join("lake").display().to_string(), _dir: Some(dir) }
+}
+
+/// Backends a child process can share: local files and S3.
+pub fn shared_backends() -> Vec<Backend> {
+    let mut out = vec![local()];
+    if let Some(root) = s3_root() {
+        out.push(Backend { name: "s3", root, _dir: None });
+    }
+    out
+}
+
+pub fn memory() -> Backend {
+    Backend { name: "memory", root: format!("memory://{}", unique()), _dir: None }
+}
+
+/// Every backend, memory included (in-process tests only).
+pub fn all_backends() -> Vec<Backend> {
+    let mut out = shared_backends();
+    out.push(memory());
+    out
+}
+
+/// A JSONL file of rows `id` in `ids`, with a name and a score.
+pub fn jsonl(dir: &Path, name: &str, ids: std::ops::Range<i64>) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+    for id in ids {
+        writeln!(f, r#"{{"id": {id}, "name": "row-{id}", "score": {}.5}}"#, id % 97).unwrap();
+    }
+    f.flush().unwrap();
+    path
+}
+
+pub fn write(dir: &Path, name: &str, content: &[u8]) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, content).unwrap();
+    path
+}
+
+pub fn request(table: &str, sources: &[&Path]) -> TableRequest {
+    TableRequest {
+        table: table.into(),
+        sources: sources.iter().map(|p| p.display().to_string()).collect(),
+        format: None,
+        mode: None,
+        key: None,
+    }
+}
+
+pub fn upsert(table: &str, key: &str, sources: &[&Path]) -> TableRequest {
+    TableRequest { mode: Some(Mode::Upsert), key: Some(key.into()), ..request(table, sources) }
+}
+
+pub async fn ingest(lake: &Lake, requests: Vec<TableRequest>) -> sluice::Result<Report> {
+    ingest::run(lake, requests, TIMEOUT, Arc::new(Progress::default())).await
+}
+
+/// The published ids of `table` (latest manifest or `at`), sorted.
+pub async fn ids(lake: &Lake, table: &str, at: Option<u64>) -> Vec<i64> {
+    let (_, mut batches) = sluice::read::scan(lake, table, at, None).await.unwrap();
+    let mut out = Vec::new();
+    while let Some(b) = batches.next().await {
+        let b = b.unwrap();
+        let col = b.column_by_name("id").unwrap();
+        let col = arrow::compute::cast(col, &arrow::datatypes::DataType::Int64).unwrap();
+        let col = col.as_any().downcast_ref::<arrow::array::Int64Array>().unwrap();
+        out.extend(col.iter().map(|v| v.unwrap()));
+    }
+    out.sort();
+    out
+}
+
+/// The real binary, with the test environment.
+pub fn sluice(root: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    cmd.arg("--root").arg(root).env_remove("FAILPOINTS").env_remove("SLUICE_ROOT");
+    cmd
+}
+
+pub fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("run sluice");
+    eprintln!(
+        "$ {:?}\n  exit {:?}\n  stdout: {}\n  stderr: {}",
+        cmd,
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).trim(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    out
+}
+
+pub fn json(out: &Output) -> serde_json::Value {
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().last().unwrap_or_else(|| panic!("no output; stderr: {}", String::from_utf8_lossy(&out.stderr)));
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+}
+
+pub fn status(root: &str) -> serde_json::Value {
+    let out = run(sluice(root).args(["--json", "status"]));
+    assert_eq!(out.status.code(), Some(0));
+    json(&out)
+}
+
+pub fn table_rows(status: &serde_json::Value, table: &str) -> Option<u64> {
+    status["tables"].as_array().unwrap().iter().find(|t| t["name"] == table).map(|t| t["rows"].as_u64().unwrap())
+}

@@ -1,0 +1,134 @@
+//! Every input format and compression, detected from the name or forced.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use arrow::array::{Float64Array, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
+use sluice::Lake;
+use sluice::decode::Format;
+
+use crate::common::*;
+
+fn batch(ids: std::ops::Range<i64>) -> RecordBatch {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, true),
+        Field::new("name", DataType::Utf8, true),
+        Field::new("score", DataType::Float64, true),
+    ]));
+    RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(Int64Array::from_iter_values(ids.clone())),
+            Arc::new(StringArray::from_iter_values(ids.clone().map(|i| format!("row-{i}")))),
+            Arc::new(Float64Array::from_iter_values(ids.map(|i| i as f64 / 2.0))),
+        ],
+    )
+    .unwrap()
+}
+
+fn parquet_bytes(ids: std::ops::Range<i64>) -> Vec<u8> {
+    let b = batch(ids);
+    let mut out = Vec::new();
+    let mut w = parquet::arrow::ArrowWriter::try_new(&mut out, b.schema(), None).unwrap();
+    w.write(&b).unwrap();
+    w.close().unwrap();
+    out
+}
+
+fn ipc_file(ids: std::ops::Range<i64>) -> Vec<u8> {
+    let b = batch(ids);
+    let mut out = Vec::new();
+    let mut w = arrow::ipc::writer::FileWriter::try_new(&mut out, &b.schema()).unwrap();
+    w.write(&b).unwrap();
+    w.finish().unwrap();
+    drop(w);
+    out
+}
+
+fn ipc_stream(ids: std::ops::Range<i64>) -> Vec<u8> {
+    let b = batch(ids);
+    let mut out = Vec::new();
+    let mut w = arrow::ipc::writer::StreamWriter::try_new(&mut out, &b.schema()).unwrap();
+    w.write(&b).unwrap();
+    w.finish().unwrap();
+    drop(w);
+    out
+}
+
+fn jsonl_bytes(ids: std::ops::Range<i64>) -> Vec<u8> {
+    ids.map(|i| format!("{{\"id\": {i}, \"name\": \"row-{i}\", \"score\": {}}}\n", i as f64 / 2.0)).collect::<String>().into_bytes()
+}
+
+fn csv_bytes(ids: std::ops::Range<i64>) -> Vec<u8> {
+    let mut s = String::from("name,id,score\n");
+    for i in ids {
+        s.push_str(&format!("row-{i},{i},{}\n", i as f64 / 2.0));
+    }
+    s.into_bytes()
+}
+
+fn gz(data: Vec<u8>) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(&data).unwrap();
+    e.finish().unwrap()
+}
+
+fn zst(data: Vec<u8>) -> Vec<u8> {
+    zstd::encode_all(&data[..], 3).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_format_and_compression_ingests() {
+    let b = local();
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::open(&b.root).unwrap();
+    type Make = fn(std::ops::Range<i64>) -> Vec<u8>;
+    let makers: Vec<(&str, Make)> = vec![
+        ("jsonl", jsonl_bytes),
+        ("csv", csv_bytes),
+        ("parquet", parquet_bytes),
+        ("arrow", ipc_file),
+        ("arrows", ipc_stream),
+    ];
+    let mut next = 0i64;
+    let mut expected = Vec::new();
+    for (ext, make) in makers {
+        for (suffix, compress) in [("", None), (".gz", Some(gz as fn(Vec<u8>) -> Vec<u8>)), (".zst", Some(zst))] {
+            let ids = next..next + 25;
+            next += 25;
+            let data = make(ids.clone());
+            let data = compress.map_or(data.clone(), |c| c(data));
+            let file = write(dir.path(), &format!("f{next}.{ext}{suffix}"), &data);
+            let r = ingest(&lake, vec![request("all", &[&file])]).await.unwrap_or_else(|e| panic!("{ext}{suffix}: {e}"));
+            assert_eq!(r.tables["all"].rows_inserted, 25, "{ext}{suffix}");
+            expected.extend(ids);
+        }
+    }
+    assert_eq!(ids(&lake, "all", None).await, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn format_can_be_forced_and_unknown_names_are_usage_errors() {
+    let b = local();
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::open(&b.root).unwrap();
+    let odd = write(dir.path(), "export.data", &jsonl_bytes(0..4));
+    let err = ingest(&lake, vec![request("t", &[&odd])]).await.unwrap_err();
+    assert_eq!(err.exit_code(), 2, "{err}");
+    let forced = sluice::ingest::TableRequest { format: Some(Format::Jsonl), ..request("t", &[&odd]) };
+    assert_eq!(ingest(&lake, vec![forced]).await.unwrap().tables["t"].rows_inserted, 4);
+}
+
+#[test]
+fn sources_route_to_the_table_named_by_their_folder() {
+    let b = local();
+    let dir = tempfile::tempdir().unwrap();
+    let a = jsonl(dir.path(), "incoming/clicks/a.jsonl", 0..3);
+    let c = jsonl(dir.path(), "incoming/views/c.jsonl", 0..4);
+    let out = run(sluice(&b.root).args(["--json", "ingest"]).arg(&a).arg(&c));
+    assert_eq!(out.status.code(), Some(0));
+    let s = status(&b.root);
+    assert_eq!(table_rows(&s, "clicks"), Some(3));
+    assert_eq!(table_rows(&s, "views"), Some(4));
+}

@@ -1,0 +1,135 @@
+//! Real child processes of the real binary: duplicate deliveries, concurrent
+//! writers, injected failures at every failpoint, and `kill -9`.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Stdio};
+
+use crate::common::*;
+
+fn spawn_ingest(root: &str, table: &str, file: &std::path::Path) -> Child {
+    sluice(root)
+        .args(["--json", "ingest", "--timeout", "300s", "--table", table])
+        .arg(file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn eight_processes_delivering_the_same_source_ingest_it_once() {
+    for b in shared_backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = jsonl(dir.path(), "dup.jsonl", 0..500);
+        let children: Vec<Child> = (0..8).map(|_| spawn_ingest(&b.root, "t", &file)).collect();
+        let mut ingested = 0;
+        for child in children {
+            let out = child.wait_with_output().unwrap();
+            assert_eq!(out.status.code(), Some(0), "{}: {}", b.name, String::from_utf8_lossy(&out.stderr));
+            if json(&out)["sources"][0]["status"] == "ingested" {
+                ingested += 1;
+            }
+        }
+        assert_eq!(ingested, 1, "{}: exactly one process ingested", b.name);
+        let s = status(&b.root);
+        assert_eq!(table_rows(&s, "t"), Some(500), "{}: rows once", b.name);
+        assert!(s["pending"].as_array().unwrap().is_empty());
+    }
+}
+
+#[test]
+fn eight_processes_writing_one_table_all_succeed() {
+    for b in shared_backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let files: Vec<_> = (0..8).map(|i| jsonl(dir.path(), &format!("w{i}.jsonl"), i * 1000..i * 1000 + 100 + i)).collect();
+        let children: Vec<Child> = files.iter().map(|f| spawn_ingest(&b.root, "t", f)).collect();
+        for child in children {
+            let out = child.wait_with_output().unwrap();
+            assert_eq!(out.status.code(), Some(0), "{}: {}", b.name, String::from_utf8_lossy(&out.stderr));
+        }
+        let expected: u64 = (0..8).map(|i| 100 + i).sum();
+        let s = status(&b.root);
+        assert_eq!(table_rows(&s, "t"), Some(expected), "{}: rows = sum", b.name);
+        assert!(s["pending"].as_array().unwrap().is_empty());
+    }
+}
+
+/// A writer killed with SIGKILL after its Lance commit, before its publish:
+/// its rows are not visible, its intent is, and the lake keeps working.
+#[test]
+fn kill_9_after_commit_leaves_a_visible_intent_and_a_working_lake() {
+    for b in shared_backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let seed = jsonl(dir.path(), "seed.jsonl", 0..10);
+        assert_eq!(run(sluice(&b.root).args(["ingest", "--table", "t"]).arg(&seed)).status.code(), Some(0));
+
+        let doomed = jsonl(dir.path(), "doomed.jsonl", 100..150);
+        let mut child = sluice(&b.root)
+            .args(["ingest", "--table", "t"])
+            .arg(&doomed)
+            .env("FAILPOINTS", "ingest.after-commit=sleep(600000)")
+            .env("SLUICE_TRACE_FAILPOINTS", "1")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        let reached = stderr.lines().map_while(Result::ok).any(|l| l.contains("failpoint: ingest.after-commit"));
+        assert!(reached, "{}: the child never reached the failpoint", b.name);
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+
+        let s = status(&b.root);
+        assert_eq!(table_rows(&s, "t"), Some(10), "{}: the dead writer's rows are not visible", b.name);
+        let pending = s["pending"].as_array().unwrap();
+        assert_eq!(pending.len(), 1, "{}: its intent is visible in status", b.name);
+        assert_eq!(pending[0]["kind"], "ingest");
+        assert_eq!(pending[0]["tables"][0], "t");
+
+        // Another source still ingests (a single-table commit that landed is
+        // decided forward, so this publish may show the dead writer's rows too).
+        let next = jsonl(dir.path(), "next.jsonl", 200..205);
+        assert_eq!(run(sluice(&b.root).args(["ingest", "--table", "t"]).arg(&next)).status.code(), Some(0));
+        let rows = table_rows(&status(&b.root), "t").unwrap();
+        assert!(rows == 15 || rows == 65, "{}: {rows}", b.name);
+    }
+}
+
+/// An injected error at each failpoint: no partial operation is ever visible,
+/// failures before any commit leave nothing behind, and the lake keeps working.
+#[test]
+fn an_error_at_every_failpoint_leaves_a_consistent_lake() {
+    let b = local();
+    let dir = tempfile::tempdir().unwrap();
+    let seed = jsonl(dir.path(), "seed.jsonl", 0..10);
+    assert_eq!(run(sluice(&b.root).args(["ingest", "--table", "t"]).arg(&seed)).status.code(), Some(0));
+    let mut rows = 10;
+    for (i, fp) in sluice::failpoints::ALL.iter().enumerate() {
+        let file = jsonl(dir.path(), &format!("fp{i}.jsonl"), 1000 * (i as i64 + 1)..1000 * (i as i64 + 1) + 7);
+        let out = run(sluice(&b.root).args(["ingest", "--table", "t"]).arg(&file).env("FAILPOINTS", format!("{fp}=return")));
+        let published_before_failure = [sluice::failpoints::AFTER_PUBLISH, sluice::failpoints::BEFORE_FINISH].contains(fp);
+        let unreachable = *fp == sluice::failpoints::AFTER_DECISION; // loads only
+        if unreachable {
+            assert_eq!(out.status.code(), Some(0), "{fp}");
+            rows += 7;
+        } else {
+            assert_eq!(out.status.code(), Some(1), "{fp}: the injected error fails the call");
+            if published_before_failure {
+                rows += 7;
+            }
+        }
+        let s = status(&b.root);
+        assert_eq!(table_rows(&s, "t"), Some(rows), "{fp}: all or nothing");
+        let before_commit = [sluice::failpoints::AFTER_INTENT, sluice::failpoints::AFTER_CLAIMS].contains(fp);
+        if before_commit || unreachable {
+            assert!(s["pending"].as_array().unwrap().is_empty(), "{fp}: nothing left behind");
+            // The source was released: delivering it again ingests it.
+            assert_eq!(run(sluice(&b.root).args(["ingest", "--table", "t"]).arg(&file)).status.code(), Some(0));
+            if !unreachable {
+                rows += 7;
+            }
+        }
+    }
+    // The last word: an ordinary ingest still works.
+    let last = jsonl(dir.path(), "last.jsonl", 0..1);
+    assert_eq!(run(sluice(&b.root).args(["ingest", "--table", "t2"]).arg(&last)).status.code(), Some(0));
+}

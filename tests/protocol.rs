@@ -1,0 +1,188 @@
+//! The door, in process, on every backend: exactly once, one commit and one
+//! publish per call, atomic multi-table loads, upserts, casts, races.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use sluice::Lake;
+use sluice::ingest::SourceStatus;
+use sluice::manifest;
+
+use crate::common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ingest_once_then_redelivery_is_already_ingested() {
+    for b in all_backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::open(&b.root).unwrap();
+        let a = jsonl(dir.path(), "a.jsonl", 0..100);
+
+        let first = ingest(&lake, vec![request("events", &[&a])]).await.unwrap();
+        assert_eq!(first.sources[0].status, SourceStatus::Ingested, "{}", b.name);
+        assert_eq!(first.tables["events"].rows_inserted, 100);
+        let v = first.manifest_version.unwrap();
+        assert_eq!(ids(&lake, "events", None).await, (0..100).collect::<Vec<_>>());
+
+        let again = ingest(&lake, vec![request("events", &[&a])]).await.unwrap();
+        assert!(again.all_already_ingested(), "{}: {again:?}", b.name);
+        assert_eq!(again.manifest_version, Some(v), "a redelivery publishes nothing");
+        assert_eq!(ids(&lake, "events", None).await.len(), 100);
+
+        // A fresh process (new session, no caches) sees the same ledger.
+        let fresh = Lake::open(&b.root).unwrap();
+        assert!(ingest(&fresh, vec![request("events", &[&a])]).await.unwrap().all_already_ingested());
+        assert!(sluice::sidecar::pending(&fresh).await.unwrap().is_empty(), "no intent left behind");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn many_sources_become_one_commit_and_one_publish() {
+    for b in all_backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::open(&b.root).unwrap();
+        let seed = jsonl(dir.path(), "seed.jsonl", 0..10);
+        let seeded = ingest(&lake, vec![request("t", &[&seed])]).await.unwrap();
+        let files: Vec<_> = (0..3).map(|i| jsonl(dir.path(), &format!("f{i}.jsonl"), (i + 1) * 100..(i + 1) * 100 + 50)).collect();
+        let refs: Vec<&std::path::Path> = files.iter().map(|p| p.as_path()).collect();
+        let report = ingest(&lake, vec![request("t", &refs)]).await.unwrap();
+
+        assert_eq!(report.tables["t"].rows_inserted, 150, "{}", b.name);
+        assert_eq!(report.tables["t"].lance_version, seeded.tables["t"].lance_version + 1, "one Lance commit");
+        assert_eq!(report.manifest_version, Some(seeded.manifest_version.unwrap() + 1), "one publish");
+        let latest = manifest::read_latest(&lake).await.unwrap().unwrap();
+        assert_eq!(latest.published.len(), 1);
+        assert_eq!(latest.published[0].sources, 3);
+        assert_eq!(ids(&lake, "t", None).await.len(), 160);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn multi_table_load_is_one_manifest_version() {
+    for b in all_backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::open(&b.root).unwrap();
+        let orders = jsonl(dir.path(), "o.jsonl", 0..30);
+        let items = jsonl(dir.path(), "i.jsonl", 0..70);
+        let report = ingest(&lake, vec![request("orders", &[&orders]), request("items", &[&items])]).await.unwrap();
+        let v = report.manifest_version.unwrap();
+        let m = manifest::read_version(&lake, v).await.unwrap().unwrap();
+        assert_eq!(m.published.len(), 1, "{}", b.name);
+        assert_eq!(m.published[0].kind, "load");
+        assert!(m.tables.contains_key("orders") && m.tables.contains_key("items"));
+        // Both appear together: the version before shows neither.
+        let before = manifest::read_version(&lake, v - 1).await.unwrap().unwrap();
+        assert!(!before.tables.contains_key("orders") && !before.tables.contains_key("items"));
+        assert_eq!(ids(&lake, "orders", None).await.len(), 30);
+        assert_eq!(ids(&lake, "items", None).await.len(), 70);
+        // The load's decision sidecar is gone with its intent.
+        assert!(sluice::sidecar::read_decision(&lake, &report.op).await.unwrap().is_none());
+        // Redelivering the whole load changes nothing.
+        let again = ingest(&lake, vec![request("orders", &[&orders]), request("items", &[&items])]).await.unwrap();
+        assert!(again.all_already_ingested());
+        assert_eq!(again.manifest_version, Some(v));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn upsert_replaces_rows_by_key_and_the_mode_is_kept() {
+    for b in all_backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::open(&b.root).unwrap();
+        let first = jsonl(dir.path(), "u1.jsonl", 0..10);
+        let second = write(dir.path(), "u2.jsonl", (5..15).map(|i| format!("{{\"id\": {i}, \"name\": \"new-{i}\", \"score\": 1.0}}\n")).collect::<String>().as_bytes());
+        ingest(&lake, vec![upsert("users", "id", &[&first])]).await.unwrap();
+        // Later calls need not repeat the mode: the lake keeps it.
+        let r = ingest(&lake, vec![request("users", &[&second])]).await.unwrap();
+        assert_eq!((r.tables["users"].rows_inserted, r.tables["users"].rows_updated), (10, 5), "{}", b.name);
+        assert_eq!(ids(&lake, "users", None).await, (0..15).collect::<Vec<_>>());
+        // A conflicting mode is a usage error, not a silent append.
+        let third = jsonl(dir.path(), "u3.jsonl", 100..101);
+        let err = ingest(&lake, vec![sluice::ingest::TableRequest { mode: Some(sluice::manifest::Mode::Append), ..request("users", &[&third]) }])
+            .await
+            .unwrap_err();
+        assert_eq!(err.exit_code(), 2, "{err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn later_files_are_cast_to_the_table_schema() {
+    let b = local();
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::open(&b.root).unwrap();
+    let first = write(dir.path(), "a.jsonl", b"{\"id\": 1, \"name\": \"a\", \"score\": 1.5}\n");
+    // No `name` (nullable: null), an integer score (cast to float).
+    let second = write(dir.path(), "b.jsonl", b"{\"id\": 2, \"score\": 3}\n");
+    ingest(&lake, vec![request("t", &[&first])]).await.unwrap();
+    ingest(&lake, vec![request("t", &[&second])]).await.unwrap();
+    assert_eq!(ids(&lake, "t", None).await, vec![1, 2]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scans_read_a_consistent_old_version() {
+    let b = local();
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::open(&b.root).unwrap();
+    let one = ingest(&lake, vec![request("t", &[&jsonl(dir.path(), "1.jsonl", 0..5)])]).await.unwrap();
+    ingest(&lake, vec![request("t", &[&jsonl(dir.path(), "2.jsonl", 5..9)])]).await.unwrap();
+    assert_eq!(ids(&lake, "t", one.manifest_version).await, (0..5).collect::<Vec<_>>());
+    assert_eq!(ids(&lake, "t", None).await, (0..9).collect::<Vec<_>>());
+}
+
+/// Independent writers (own Lake, own Lance session) race on one table and
+/// one manifest: all succeed, every row once, pins only move forward.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writers_converge_on_the_manifest() {
+    for b in all_backends() {
+        let dir = tempfile::tempdir().unwrap();
+        // Create the table first so the race is on appends and publishes.
+        let lake = Lake::open(&b.root).unwrap();
+        ingest(&lake, vec![request("t", &[&jsonl(dir.path(), "seed.jsonl", 0..1)])]).await.unwrap();
+        let writers = 6;
+        let mut tasks = Vec::new();
+        for w in 0..writers {
+            let root = b.root.clone();
+            let file = jsonl(dir.path(), &format!("w{w}.jsonl"), (w + 1) * 1000..(w + 1) * 1000 + 20);
+            tasks.push(tokio::spawn(async move {
+                let lake = Lake::open(&root).unwrap();
+                ingest(&lake, vec![request("t", &[&file])]).await
+            }));
+        }
+        let mut versions = BTreeSet::new();
+        for t in tasks {
+            let report = t.await.unwrap().unwrap_or_else(|e| panic!("{}: writer failed: {e}", b.name));
+            versions.insert(report.manifest_version.unwrap());
+        }
+        let got = ids(&lake, "t", None).await;
+        assert_eq!(got.len(), 1 + 20 * writers as usize, "{}", b.name);
+        assert_eq!(got.iter().collect::<BTreeSet<_>>().len(), got.len(), "no row twice");
+        // Pins never went back along the history.
+        let history = manifest::history(&lake, 100).await.unwrap();
+        for pair in history.windows(2) {
+            let (newer, older) = (&pair[0], &pair[1]);
+            assert_eq!(newer.version, older.version + 1);
+            for (t, pin) in &older.tables {
+                assert!(newer.tables[t].version >= pin.version, "pin of {t} went back at v{}", newer.version);
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn duplicate_deliveries_in_process_ingest_once() {
+    for b in all_backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = Arc::new(jsonl(dir.path(), "dup.jsonl", 0..50));
+        let mut tasks = Vec::new();
+        for _ in 0..4 {
+            let (root, file) = (b.root.clone(), Arc::clone(&file));
+            tasks.push(tokio::spawn(async move { ingest(&Lake::open(&root).unwrap(), vec![request("d", &[&file])]).await }));
+        }
+        let mut ingested = 0;
+        for t in tasks {
+            let r = t.await.unwrap().unwrap_or_else(|e| panic!("{}: {e}", b.name));
+            ingested += usize::from(!r.all_already_ingested());
+        }
+        assert_eq!(ingested, 1, "{}: exactly one delivery ingests", b.name);
+        assert_eq!(ids(&Lake::open(&b.root).unwrap(), "d", None).await.len(), 50);
+    }
+}

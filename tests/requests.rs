@@ -1,0 +1,26 @@
+//! Cost follows the work, not the history (invariant 9): the requests of one
+//! single-file ingest stay flat as the lake grows from 1 to 200 versions.
+
+use sluice::Lake;
+
+use crate::common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn requests_per_ingest_are_flat_in_history_depth() {
+    let mut backends = vec![memory()];
+    backends.extend(shared_backends().into_iter().filter(|b| b.name == "s3"));
+    for b in backends {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::open(&b.root).unwrap();
+        ingest(&lake, vec![request("t", &[&jsonl(dir.path(), "create.jsonl", 0..1)])]).await.unwrap();
+        let cost = |r: &sluice::ingest::Report| r.requests.total();
+        let shallow = ingest(&lake, vec![request("t", &[&jsonl(dir.path(), "d1.jsonl", 1..2)])]).await.unwrap();
+        for i in 2..200 {
+            ingest(&lake, vec![request("t", &[&jsonl(dir.path(), &format!("h{i}.jsonl"), i..i + 1)])]).await.unwrap();
+        }
+        let deep = ingest(&lake, vec![request("t", &[&jsonl(dir.path(), "d200.jsonl", 500..501)])]).await.unwrap();
+        assert!(deep.manifest_version.unwrap() >= 200);
+        eprintln!("{}: requests per ingest at depth 2: {:?}; at depth {}: {:?}", b.name, shallow.requests, deep.manifest_version.unwrap(), deep.requests);
+        assert!(cost(&deep) <= cost(&shallow) + 2, "{}: {} requests at depth 200 vs {} at depth 2", b.name, cost(&deep), cost(&shallow));
+    }
+}
