@@ -215,7 +215,9 @@ impl Door<'_> {
         if sidecar::create_intent(self.lake, &intent).await? == Created::AlreadyExists {
             return self.await_duplicate(&tables).await;
         }
-        failpoints::hit(failpoints::AFTER_INTENT)?;
+        if let Err(e) = failpoints::hit(failpoints::AFTER_INTENT) {
+            return Err(self.abandon(&[], e).await);
+        }
 
         let (claimed, others) = match self.claim(&mut tables).await {
             Ok(claims) => claims,
