@@ -186,3 +186,33 @@ async fn duplicate_deliveries_in_process_ingest_once() {
         assert_eq!(ids(&Lake::open(&b.root).unwrap(), "d", None).await.len(), 50);
     }
 }
+
+/// Contract with Lance that table creation relies on: a strict overwrite
+/// (no retries) at read version 0 fails on an existing table instead of
+/// replacing it. (A non-strict one rebases onto the latest version and would
+/// wipe the rows of whoever created the table first.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_late_table_creation_cannot_replace_the_table() {
+    use lance::dataset::CommitBuilder;
+    use lance::dataset::transaction::{Operation, TransactionBuilder};
+    for b in all_backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::open(&b.root).unwrap();
+        ingest(&lake, vec![request("t", &[&jsonl(dir.path(), "a.jsonl", 0..10)])]).await.unwrap();
+        let ds = lake.open_table("t", None).await.unwrap();
+        let late = TransactionBuilder::new(
+            0,
+            Operation::Overwrite { fragments: vec![], schema: ds.schema().clone(), config_upsert_values: None, initial_bases: None },
+        )
+        .build();
+        let result = CommitBuilder::new(lake.table_uri("t").as_str())
+            .with_store_params(lake.store_params())
+            .with_max_retries(0)
+            .execute(late)
+            .await;
+        assert!(result.is_err(), "{}: a late creation replaced the table", b.name);
+        let after = lake.open_table("t", None).await.unwrap();
+        assert_eq!(after.version().version, ds.version().version, "{}", b.name);
+        assert_eq!(after.count_rows(None).await.unwrap(), 10);
+    }
+}

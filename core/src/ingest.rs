@@ -398,8 +398,9 @@ impl Door<'_> {
         }
         let schema = schema.as_ref().clone().with_metadata(metadata);
         let lance_schema = lance::datatypes::Schema::try_from(&schema).map_err(|e| Error::lance(name, e))?;
-        // Read version 0: if anyone created the table meanwhile, Lance refuses this
-        // overwrite instead of replacing their table.
+        // A strict overwrite (no retries) at read version 0: if anyone created the
+        // table meanwhile, Lance fails to check out version 0 instead of replacing
+        // their table (a non-strict one would rebase onto it and wipe its rows).
         let create = lance::dataset::transaction::TransactionBuilder::new(
             0,
             Operation::Overwrite { fragments: vec![], schema: lance_schema, config_upsert_values: None, initial_bases: None },
@@ -409,6 +410,7 @@ impl Door<'_> {
         let created = CommitBuilder::new(self.lake.table_uri(name).as_str())
             .with_store_params(self.lake.store_params())
             .with_session(self.lake.session())
+            .with_max_retries(0)
             .execute(create)
             .await;
         if let Err(e) = created {
