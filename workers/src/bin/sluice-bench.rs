@@ -1,0 +1,222 @@
+//! sluice-bench: sluice against plain Lance on the same data and the same
+//! store, in one run. Prints a Markdown table. See scripts/bench.sh.
+//!
+//! Plain Lance is what a stateless worker would do without sluice: open the
+//! table at its latest version, decode the JSONL with arrow's reader, append.
+
+use std::io::{BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::RecordBatchReader;
+use lance::dataset::builder::DatasetBuilder;
+use lance::dataset::{InsertBuilder, WriteMode, WriteParams};
+use sluice::Lake;
+use sluice::decode::Progress;
+use sluice::ingest::{self, TableRequest};
+
+const TIMEOUT: Duration = Duration::from_secs(900);
+
+struct Args {
+    /// Where lakes go: a local folder or s3://bucket/prefix.
+    root: String,
+    work: PathBuf,
+    depth: u64,
+    big_mb: u64,
+    reps: usize,
+    sizes: Vec<u64>,
+}
+
+fn args() -> Args {
+    let mut a = Args { root: String::new(), work: std::env::temp_dir().join("sluice-bench"), depth: 1000, big_mb: 1024, reps: 3, sizes: vec![1, 64] };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut val = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+        match flag.as_str() {
+            "--root" => a.root = val(),
+            "--work" => a.work = PathBuf::from(val()),
+            "--depth" => a.depth = val().parse().expect("--depth N"),
+            "--big-mb" => a.big_mb = val().parse().expect("--big-mb N"),
+            "--reps" => a.reps = val().parse().expect("--reps N"),
+            "--sizes" => a.sizes = val().split(',').map(|s| s.parse().expect("--sizes MB,MB")).collect(),
+            other => panic!("unknown flag {other}; flags: --root --work --depth --big-mb --reps --sizes"),
+        }
+    }
+    if a.root.is_empty() {
+        a.root = a.work.join("lakes").display().to_string();
+    }
+    a
+}
+
+/// A JSONL file of about `mb` MiB (at least one row); `seed` makes each file's rows distinct.
+fn generate(dir: &Path, name: &str, mb: u64, seed: u64) -> PathBuf {
+    let path = dir.join(name);
+    let mut w = BufWriter::with_capacity(1 << 20, std::fs::File::create(&path).unwrap());
+    let target = mb << 20;
+    let (mut written, mut i) = (0u64, 0u64);
+    while i == 0 || written < target {
+        let line = format!(
+            "{{\"id\": {}, \"user\": \"user-{}\", \"kind\": \"{}\", \"amount\": {}.{:02}, \"ts\": \"2026-11-{:02}T{:02}:{:02}:00Z\"}}\n",
+            seed * 1_000_000_000 + i,
+            i % 9973,
+            ["view", "click", "buy"][(i % 3) as usize],
+            i % 1000,
+            i % 100,
+            1 + i % 28,
+            i % 24,
+            i % 60
+        );
+        w.write_all(line.as_bytes()).unwrap();
+        written += line.len() as u64;
+        i += 1;
+    }
+    w.flush().unwrap();
+    path
+}
+
+async fn sluice_ingest(lake: &Lake, file: &Path) -> (Duration, u64) {
+    let req = TableRequest { table: "t".into(), sources: vec![file.display().to_string()], format: None, mode: None, key: None };
+    let start = Instant::now();
+    let r = ingest::run(lake, vec![req], TIMEOUT, Arc::new(Progress::default())).await.expect("sluice ingest");
+    (start.elapsed(), r.requests.total())
+}
+
+/// Plain Lance: open latest, decode with arrow, append. Counted by `lake`'s wrapper.
+async fn lance_append(lake: &Lake, file: &Path) -> (Duration, u64) {
+    let before = lake.requests();
+    let start = Instant::now();
+    let uri = lake.table_uri("plain");
+    let existing = DatasetBuilder::from_uri(&uri).with_store_params(lake.store_params()).with_session(lake.session()).load().await;
+    let infer = BufReader::new(std::fs::File::open(file).unwrap());
+    let (schema, _) = arrow::json::reader::infer_json_schema(infer, Some(1000)).unwrap();
+    let reader = arrow::json::ReaderBuilder::new(Arc::new(schema)).build(BufReader::new(std::fs::File::open(file).unwrap())).unwrap();
+    let reader: Box<dyn RecordBatchReader + Send> = Box::new(reader);
+    match existing {
+        Ok(ds) => {
+            let params = WriteParams { mode: WriteMode::Append, ..Default::default() };
+            InsertBuilder::new(Arc::new(ds)).with_params(&params).execute_stream(reader).await.unwrap();
+        }
+        Err(_) => {
+            let params = WriteParams { mode: WriteMode::Create, store_params: Some(lake.store_params()), session: Some(lake.session()), ..Default::default() };
+            InsertBuilder::new(uri.as_str()).with_params(&params).execute_stream(reader).await.unwrap();
+        }
+    }
+    (start.elapsed(), lake.requests().since(&before).total())
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn percentile(mut v: Vec<Duration>, p: f64) -> Duration {
+    v.sort();
+    let idx = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[idx]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+/// Run the `sluice` binary; returns wall time and peak RSS (KiB) of the child.
+fn timed_child(cmd: &mut Command) -> (Duration, i64) {
+    let start = Instant::now();
+    let child = cmd.stdout(std::process::Stdio::null()).spawn().expect("spawn sluice");
+    let mut status = 0;
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: wait4 on our own child pid with valid out-pointers.
+    let pid = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
+    assert!(pid > 0 && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "sluice child failed (status {status})");
+    (start.elapsed(), usage.ru_maxrss)
+}
+
+#[tokio::main]
+async fn main() {
+    let a = args();
+    let _ = std::fs::remove_dir_all(&a.work);
+    std::fs::create_dir_all(&a.work).unwrap();
+    let run = uuid::Uuid::now_v7().simple().to_string();
+    let root = |name: &str| format!("{}/{run}-{name}", a.root.trim_end_matches('/'));
+    let sluice_bin = std::env::current_exe().unwrap().with_file_name("sluice");
+    let mut rows: Vec<(String, String, String, String)> = Vec::new();
+
+    // 1. Wall time at 1 MiB and 64 MiB, interleaved so drift hits both alike.
+    for &mb in &a.sizes {
+        let lake = Lake::open(&root(&format!("tp{mb}"))).unwrap();
+        let (mut s, mut l) = (Vec::new(), Vec::new());
+        // One warm-up each creates the tables, so every timed run is an append.
+        let warm = generate(&a.work, "warm.jsonl", 1, 999);
+        sluice_ingest(&lake, &warm).await;
+        lance_append(&lake, &warm).await;
+        for rep in 0..a.reps {
+            let file = generate(&a.work, &format!("tp{mb}-{rep}.jsonl"), mb, rep as u64 + 1);
+            s.push(sluice_ingest(&lake, &file).await.0);
+            l.push(lance_append(&lake, &file).await.0);
+            std::fs::remove_file(file).unwrap();
+        }
+        let (s, l) = (median(s), median(l));
+        rows.push((format!("wall time, {mb} MiB JSONL (median of {})", a.reps), ms(s), ms(l), format!("{:.2}x", s.as_secs_f64() / l.as_secs_f64())));
+    }
+
+    // 2. Requests per single-file ingest at depth 1 and `depth`.
+    let lake = Lake::open(&root("depth")).unwrap();
+    let tiny = |i: u64| generate(&a.work, &format!("tiny-{i}.jsonl"), 0, i + 10);
+    let (_, s1) = sluice_ingest(&lake, &tiny(0)).await;
+    let (_, l1) = lance_append(&lake, &tiny(0)).await;
+    let (_, s2) = sluice_ingest(&lake, &tiny(1)).await;
+    let (_, l2) = lance_append(&lake, &tiny(1)).await;
+    rows.push(("requests per ingest, depth 2".into(), s2.to_string(), l2.to_string(), format!("+{}", s2 as i64 - l2 as i64)));
+    let _ = (s1, l1);
+    for i in 2..a.depth {
+        let f = tiny(i);
+        sluice_ingest(&lake, &f).await;
+        lance_append(&lake, &f).await;
+        std::fs::remove_file(f).unwrap();
+    }
+    let f = tiny(a.depth + 1);
+    let (_, sd) = sluice_ingest(&lake, &f).await;
+    let (_, ld) = lance_append(&lake, &f).await;
+    rows.push((format!("requests per ingest, depth {}", a.depth), sd.to_string(), ld.to_string(), format!("+{}", sd as i64 - ld as i64)));
+
+    // 3. Peak RSS of a whole `sluice ingest` process on a big file.
+    let big = generate(&a.work, "big.jsonl", a.big_mb, 77);
+    let big_root = root("big");
+    let (t, rss) = timed_child(Command::new(&sluice_bin).args(["--root", &big_root, "ingest", "--table", "t"]).arg(&big));
+    rows.push((format!("peak RSS, {} MiB JSONL ({:.1} s)", a.big_mb, t.as_secs_f64()), format!("{} MiB", rss / 1024), "-".into(), "-".into()));
+    std::fs::remove_file(big).unwrap();
+
+    // 4. Latency of one ingest process alone vs 8 at once (1 MiB files, one table).
+    let conc_root = root("conc");
+    let files: Vec<PathBuf> = (0..8 * a.reps as u64).map(|i| generate(&a.work, &format!("c{i}.jsonl"), 1, 500 + i)).collect();
+    let ingest_cmd = |f: &Path| {
+        let mut c = Command::new(&sluice_bin);
+        c.args(["--root", &conc_root, "ingest", "--table", "t"]).arg(f);
+        c
+    };
+    timed_child(&mut ingest_cmd(&generate(&a.work, "c-warm.jsonl", 1, 499)));
+    let alone: Vec<Duration> = files[..8].iter().map(|f| timed_child(&mut ingest_cmd(f)).0).collect();
+    let mut together = Vec::new();
+    for round in 1..a.reps.max(2) {
+        let batch = &files[8 * round..8 * round + 8];
+        let handles: Vec<_> = batch.iter().map(|f| {
+            let mut c = ingest_cmd(f);
+            std::thread::spawn(move || timed_child(&mut c).0)
+        }).collect();
+        together.extend(handles.into_iter().map(|h| h.join().unwrap()));
+    }
+    let n = together.len();
+    rows.push(("ingest latency p50, 1 process alone".into(), ms(percentile(alone.clone(), 0.5)), "-".into(), "-".into()));
+    rows.push(("ingest latency p99, 1 process alone".into(), ms(percentile(alone, 0.99)), "-".into(), "-".into()));
+    rows.push((format!("ingest latency p50, 8 processes at once ({n} samples)"), ms(percentile(together.clone(), 0.5)), "-".into(), "-".into()));
+    rows.push((format!("ingest latency p99, 8 processes at once ({n} samples)"), ms(percentile(together, 0.99)), "-".into(), "-".into()));
+
+    println!("store: {}", a.root);
+    println!("| measure | sluice | plain Lance | sluice / Lance |");
+    println!("|---|---|---|---|");
+    for (m, s, l, r) in rows {
+        println!("| {m} | {s} | {l} | {r} |");
+    }
+}
