@@ -225,7 +225,7 @@ impl Door<'_> {
         };
         tables.retain(|t| !t.sources.is_empty());
         if tables.is_empty() {
-            sidecar::finish(self.lake, &self.op).await?;
+            sidecar::finish(self.lake, &self.op, self.multi).await?;
             return self.report(None, &tables, others).await;
         }
         if let Err(e) = failpoints::hit(failpoints::AFTER_CLAIMS) {
@@ -259,7 +259,7 @@ impl Door<'_> {
         }
         let version = self.publish(&tables, base).await?;
         failpoints::hit(failpoints::BEFORE_FINISH)?;
-        sidecar::finish(self.lake, &self.op).await?;
+        sidecar::finish(self.lake, &self.op, self.multi).await?;
         self.report(Some(version), &tables, others).await
     }
 
@@ -341,7 +341,7 @@ impl Door<'_> {
                 return chain(error, e);
             }
         }
-        if let Err(e) = sidecar::finish(self.lake, &self.op).await {
+        if let Err(e) = sidecar::finish(self.lake, &self.op, self.multi).await {
             return chain(error, e);
         }
         error

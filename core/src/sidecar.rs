@@ -119,9 +119,12 @@ pub async fn intent_exists(lake: &Lake, op: &str) -> Result<bool> {
     lake.exists(&intent_path(op)).await
 }
 
-/// Remove an operation's sidecars: the decision first, the intent last.
-pub async fn finish(lake: &Lake, op: &str) -> Result<()> {
-    lake.delete(&decision_path(op)).await?;
+/// Remove an operation's sidecars: the decision (multi-table ops have one)
+/// first, the intent last.
+pub async fn finish(lake: &Lake, op: &str, multi_table: bool) -> Result<()> {
+    if multi_table {
+        lake.delete(&decision_path(op)).await?;
+    }
     lake.delete(&intent_path(op)).await
 }
 

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The benchmark: sluice vs plain Lance, same data, same store, one run.
+# Builds release binaries (once per machine: ~48 min on 2 cores), then runs
+# sluice-bench on local disk (wall time, peak RSS, concurrency) and on the local
+# S3 server (requests per ingest, where every request is visible).
+# Usage: scripts/bench.sh [--quick]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/env.sh
+ensure_protoc
+cargo build --release -p sluice-workers --bins
+BENCH="$CARGO_TARGET_DIR/release/sluice-bench"
+
+if [ "${1:-}" = "--quick" ]; then
+  LOCAL_ARGS=(--sizes 1,8 --reps 3 --depth 50 --big-mb 64)
+  S3_ARGS=(--sizes 1 --reps 3 --depth 50 --big-mb 1)
+else
+  LOCAL_ARGS=(--sizes 1,64 --reps 5 --depth 1000 --big-mb 1024)
+  S3_ARGS=(--sizes 1 --reps 3 --depth 1000 --big-mb 1)
+fi
+
+echo "## local disk"
+"$BENCH" --work "${TMPDIR:-/tmp}/sluice-bench-local" "${LOCAL_ARGS[@]}"
+
+PORT="${SLUICE_S3_PORT:-9756}"
+scripts/s3-server.sh stop "$PORT"
+scripts/s3-server.sh start "$PORT" sluice-bench
+trap 'scripts/s3-server.sh stop "$PORT"' EXIT
+export AWS_ENDPOINT_URL="http://127.0.0.1:$PORT" AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1
+export AWS_EC2_METADATA_DISABLED=true
+echo "## local S3 server (moto): request counts are exact; wall times measure moto"
+"$BENCH" --root s3://sluice-bench --work "${TMPDIR:-/tmp}/sluice-bench-s3" "${S3_ARGS[@]}"
