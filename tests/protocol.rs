@@ -216,3 +216,33 @@ async fn a_late_table_creation_cannot_replace_the_table() {
         assert_eq!(after.count_rows(None).await.unwrap(), 10);
     }
 }
+
+/// A create-only PUT that the server applied but the client saw fail (an
+/// error, or "already exists" after its own retry) is recognised as ours, at
+/// every create-only step of the door: intent, claim, manifest version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_ambiguous_create_only_put_is_recognised_as_ours() {
+    use sluice::faults::{Fault, FaultStore};
+    for fault in [Fault::AppliedThenAlreadyExists, Fault::AppliedThenError] {
+        for step in ["_ops/", "_ingested/", "_manifest/versions/"] {
+            let b = memory();
+            let dir = tempfile::tempdir().unwrap();
+            let mut faults = None;
+            let lake = Lake::open_wrapped(&b.root, |inner| {
+                let store = Arc::new(FaultStore::new(inner));
+                faults = Some(Arc::clone(&store));
+                store
+            })
+            .unwrap();
+            let seed = ingest(&lake, vec![request("t", &[&jsonl(dir.path(), "seed.jsonl", 0..3)])]).await.unwrap();
+            faults.unwrap().inject(step, fault, 1);
+            let file = jsonl(dir.path(), "a.jsonl", 10..20);
+            let r = ingest(&lake, vec![request("t", &[&file])]).await.unwrap_or_else(|e| panic!("{fault:?} at {step}: {e}"));
+            assert_eq!(r.sources[0].status, SourceStatus::Ingested, "{fault:?} at {step}");
+            assert_eq!(r.manifest_version, Some(seed.manifest_version.unwrap() + 1), "{fault:?} at {step}: one publish");
+            assert_eq!(ids(&lake, "t", None).await.len(), 13, "{fault:?} at {step}: rows once");
+            assert!(sluice::sidecar::pending(&lake).await.unwrap().is_empty(), "{fault:?} at {step}");
+            assert!(ingest(&lake, vec![request("t", &[&file])]).await.unwrap().all_already_ingested());
+        }
+    }
+}

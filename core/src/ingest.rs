@@ -528,12 +528,10 @@ impl Door<'_> {
         self.deadline.check("recording the decision")?;
         if sidecar::decide(self.lake, &decision).await? == Created::AlreadyExists {
             let existing = sidecar::read_decision(self.lake, &self.op).await?;
-            if existing.as_ref().is_none_or(|d| d.attempt != self.attempt || d.outcome != Outcome::Forward) {
-                return Err(Error::Blocked(format!(
-                    "operation {} was decided by someone else ({existing:?}); this worker must not publish it",
-                    self.op
-                )));
-            }
+            return Err(Error::Blocked(format!(
+                "operation {} was decided by someone else ({existing:?}); this worker must not publish it",
+                self.op
+            )));
         }
         Ok(())
     }

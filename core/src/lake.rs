@@ -165,6 +165,12 @@ impl std::fmt::Debug for Lake {
 impl Lake {
     /// Open (not create) the lake at `uri`. Makes no request.
     pub fn open(uri: &str) -> Result<Lake> {
+        Self::open_wrapped(uri, |store| store)
+    }
+
+    /// Open with `wrap` around sluice's own store (tests inject faults this way;
+    /// Lance's stores are not wrapped).
+    pub fn open_wrapped(uri: &str, wrap: impl FnOnce(Arc<dyn ObjectStore>) -> Arc<dyn ObjectStore>) -> Result<Lake> {
         let root = Root::parse(uri)?;
         let counts = Arc::new(RequestCounts::default());
         let (raw, base, storage_options, memory): (Arc<dyn ObjectStore>, Path, _, _) = match &root {
@@ -192,7 +198,7 @@ impl Lake {
         Ok(Lake {
             uri,
             root,
-            store: Arc::new(CountingStore::new(raw, Arc::clone(&counts))),
+            store: Arc::new(CountingStore::new(wrap(raw), Arc::clone(&counts))),
             base,
             storage_options,
             counts,
@@ -286,9 +292,25 @@ impl Lake {
         }
     }
 
-    /// Create-only PUT (`If-None-Match: *`) of a JSON object.
-    pub async fn create_json<T: Serialize>(&self, rel: &str, value: &T) -> Result<Created> {
-        self.create_bytes(rel, to_json(value)).await
+    /// Create-only PUT (`If-None-Match: *`) of a JSON object that recognises
+    /// its own write: when the PUT is ambiguous (an error, or "already exists"
+    /// after a client retry), the object is read back and `is_mine` decides.
+    pub async fn create_json<T: Serialize + DeserializeOwned>(
+        &self,
+        rel: &str,
+        value: &T,
+        is_mine: impl Fn(&T) -> bool,
+    ) -> Result<Created> {
+        let put = self.create_bytes(rel, to_json(value)).await;
+        if matches!(put, Ok(Created::Created)) {
+            return put;
+        }
+        match self.get_json::<T>(rel).await? {
+            Some(found) if is_mine(&found) => Ok(Created::Created),
+            Some(_) => Ok(Created::AlreadyExists),
+            // Not there: an error means the PUT did not happen; "exists" means it was deleted since.
+            None => put,
+        }
     }
 
     pub async fn create_bytes(&self, rel: &str, bytes: Bytes) -> Result<Created> {

@@ -7,6 +7,7 @@ pub mod deadline;
 pub mod decode;
 pub mod error;
 pub mod failpoints;
+pub mod faults;
 pub mod ingest;
 pub mod lake;
 pub mod manifest;

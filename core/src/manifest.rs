@@ -178,7 +178,7 @@ async fn catch_up(lake: &Lake, mut known: Manifest) -> Result<Manifest> {
 /// Create the lake's first manifest version if there is none. Idempotent.
 pub async fn init(lake: &Lake) -> Result<Manifest> {
     let first = Manifest::empty();
-    if lake.create_json(&version_path(0), &first).await? == Created::Created {
+    if lake.create_json(&version_path(0), &first, |m: &Manifest| m.version == 0).await? == Created::Created {
         lake.put_json(LATEST_HINT, &first).await?;
     }
     read_latest(lake).await?.ok_or_else(|| Error::Corrupt {
@@ -211,7 +211,8 @@ pub async fn publish(lake: &Lake, mut base: Manifest, goal: &Goal, deadline: &De
         deadline.check("publishing the manifest")?;
         let next = goal.apply(&base);
         failpoints::hit(failpoints::BEFORE_PUBLISH)?;
-        match lake.create_json(&version_path(next.version), &next).await? {
+        let mine = |m: &Manifest| m.published.iter().any(|p| p.attempt == goal.published.attempt);
+        match lake.create_json(&version_path(next.version), &next, mine).await? {
             Created::Created => {
                 failpoints::hit(failpoints::AFTER_PUBLISH)?;
                 // The hint only saves requests; a failed or crossed write costs probes, not correctness.
@@ -226,10 +227,6 @@ pub async fn publish(lake: &Lake, mut base: Manifest, goal: &Goal, deadline: &De
                     path: lake.path(&version_path(next.version)).to_string(),
                     reason: "create-only PUT said it exists, GET says it does not (was it deleted?)".into(),
                 })?;
-                // An ambiguous PUT (timed out, retried, "already exists") may have been ours.
-                if winner.published.iter().any(|p| p.attempt == goal.published.attempt) {
-                    return Ok(PublishOutcome::Published { version: winner.version });
-                }
                 base = catch_up(lake, winner).await?;
             }
         }

@@ -108,7 +108,7 @@ fn claim_path(source_id: &str) -> String {
 }
 
 pub async fn create_intent(lake: &Lake, intent: &Intent) -> Result<Created> {
-    lake.create_json(&intent_path(&intent.op), intent).await
+    lake.create_json(&intent_path(&intent.op), intent, |i: &Intent| i.attempt == intent.attempt).await
 }
 
 pub async fn read_intent(lake: &Lake, op: &str) -> Result<Option<Intent>> {
@@ -129,7 +129,7 @@ pub async fn finish(lake: &Lake, op: &str, multi_table: bool) -> Result<()> {
 }
 
 pub async fn decide(lake: &Lake, decision: &Decision) -> Result<Created> {
-    lake.create_json(&decision_path(&decision.op), decision).await
+    lake.create_json(&decision_path(&decision.op), decision, |d: &Decision| d == decision).await
 }
 
 pub async fn read_decision(lake: &Lake, op: &str) -> Result<Option<Decision>> {
@@ -137,7 +137,7 @@ pub async fn read_decision(lake: &Lake, op: &str) -> Result<Option<Decision>> {
 }
 
 pub async fn claim(lake: &Lake, source_id: &str, claim: &Claim) -> Result<Created> {
-    lake.create_json(&claim_path(source_id), claim).await
+    lake.create_json(&claim_path(source_id), claim, |c: &Claim| c.attempt == claim.attempt).await
 }
 
 pub async fn read_claim(lake: &Lake, source_id: &str) -> Result<Option<Claim>> {
