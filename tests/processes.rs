@@ -153,3 +153,53 @@ fn an_error_at_every_failpoint_leaves_a_consistent_lake() {
     assert_eq!(run(sluice(&b.root).args(["ingest", "--table", "t"]).arg(&last)).status.code(), Some(0));
     assert_eq!(table_rows(&status(&b.root), "t"), Some(visible + limbo + 1));
 }
+
+/// A multi-table load killed (SIGKILL) after committing its first table: its
+/// rows are undecided, so another writer's publish on that table must not
+/// show them (DESIGN.md invariant 3) — it waits within its deadline and fails,
+/// while other tables keep working.
+#[test]
+fn a_load_killed_between_its_tables_is_never_published_by_another_writer() {
+    for b in shared_backends() {
+        let dir = tempfile::tempdir().unwrap();
+        for t in ["a", "b", "c"] {
+            let seed = jsonl(dir.path(), &format!("seed-{t}.jsonl"), 0..5);
+            assert_eq!(run(sluice(&b.root).args(["ingest", "--table", t]).arg(&seed)).status.code(), Some(0));
+        }
+        jsonl(dir.path(), "load-a.jsonl", 100..130);
+        jsonl(dir.path(), "load-b.jsonl", 100..140);
+        let descriptor = write(
+            dir.path(),
+            "load.json",
+            br#"{"tables": [{"table": "a", "sources": ["load-a.jsonl"]}, {"table": "b", "sources": ["load-b.jsonl"]}]}"#,
+        );
+        let mut child = sluice(&b.root)
+            .args(["load", "--timeout", "300s"])
+            .arg(&descriptor)
+            .env("FAILPOINTS", "ingest.after-commit=sleep(600000)")
+            .env("SLUICE_TRACE_FAILPOINTS", "1")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        assert!(stderr.lines().map_while(Result::ok).any(|l| l.contains("failpoint: ingest.after-commit")), "{}", b.name);
+        child.kill().unwrap();
+        child.wait().unwrap();
+
+        let s = status(&b.root);
+        assert_eq!((table_rows(&s, "a"), table_rows(&s, "b")), (Some(5), Some(5)), "{}: nothing of the load visible", b.name);
+        assert_eq!(s["pending"][0]["kind"], "load", "{}", b.name);
+
+        // A writer on table a lands on top of the undecided commit: it must not publish it.
+        let over = jsonl(dir.path(), "over-a.jsonl", 200..203);
+        let out = run(sluice(&b.root).args(["ingest", "--timeout", "6s", "--table", "a"]).arg(&over));
+        assert_eq!(out.status.code(), Some(1), "{}", b.name);
+        assert!(String::from_utf8_lossy(&out.stderr).contains("undecided"), "{}: says why", b.name);
+        assert_eq!(table_rows(&status(&b.root), "a"), Some(5), "{}: the load's rows stay invisible", b.name);
+
+        // Table c has no undecided commit under it: writers there are unaffected.
+        let c = jsonl(dir.path(), "more-c.jsonl", 300..304);
+        assert_eq!(run(sluice(&b.root).args(["ingest", "--table", "c"]).arg(&c)).status.code(), Some(0));
+        assert_eq!(table_rows(&status(&b.root), "c"), Some(9), "{}", b.name);
+    }
+}
