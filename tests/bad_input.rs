@@ -148,3 +148,23 @@ fn usage_errors_exit_2() {
     let out = run(sluice(&b.root).args(["frobnicate"]));
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// The first file of a new table is inferred, not cast: its errors are located too.
+#[test]
+fn bad_input_creating_a_table_is_located_and_creates_nothing() {
+    let b = local();
+    let dir = tempfile::tempdir().unwrap();
+    for (name, content, line) in [
+        ("new1.jsonl", &b"{\"id\": 1}\n\n{\"id\": \n"[..], 3),
+        ("new2.jsonl", &b"{\"id\": 1}\n[1, 2]\n"[..], 2),
+        ("new3.csv", &b"id,name\n1,a\n2,b,extra\n"[..], 3),
+    ] {
+        let path = write(dir.path(), name, content);
+        let out = run(sluice(&b.root).args(["--json", "ingest", "--table", "fresh"]).arg(&path));
+        assert_eq!(out.status.code(), Some(3), "{name}");
+        assert_eq!(json(&out)["error"]["bad_input"]["location"]["line"], line, "{name}");
+    }
+    let s = status(&b.root);
+    assert_eq!(table_rows(&s, "fresh"), None, "no table was published");
+    assert!(s["pending"].as_array().unwrap().is_empty());
+}

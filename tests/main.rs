@@ -9,3 +9,4 @@ mod formats;
 mod processes;
 mod protocol;
 mod requests;
+mod s3_sources;

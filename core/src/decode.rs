@@ -128,19 +128,14 @@ fn seekable_file(source: &Source, compression: Compression, handle: &tokio::runt
 /// is nullable except an upsert key, which Lance marks as the primary key.
 pub fn infer_schema(source: &Source, detected: Detected, key: Option<&str>, handle: &tokio::runtime::Handle) -> Result<SchemaRef> {
     let schema = match detected.format {
-        Format::Jsonl => {
-            let reader = text_reader(source, detected.compression, handle)?;
-            let (schema, _) = arrow::json::reader::infer_json_schema(reader, Some(INFER_RECORDS))
-                .map_err(|e| bad(source, None, None, format!("cannot infer a schema: {e}")))?;
-            schema
-        }
+        Format::Jsonl => infer_jsonl(source, text_reader(source, detected.compression, handle)?)?,
         Format::Csv => {
             let mut reader = text_reader(source, detected.compression, handle)?;
             reject_binary(source, &mut reader)?;
             let (schema, _) = arrow::csv::reader::Format::default()
                 .with_header(true)
                 .infer_schema(reader, Some(INFER_RECORDS))
-                .map_err(|e| bad(source, None, None, format!("cannot infer a schema: {e}")))?;
+                .map_err(|e| bad(source, number_after(&e.to_string(), "at line "), None, format!("cannot infer a schema: {e}")))?;
             schema
         }
         Format::Parquet | Format::Arrow | Format::ArrowStream => open_columnar(source, detected, handle)?.0.as_ref().clone(),
@@ -168,6 +163,38 @@ pub fn infer_schema(source: &Source, detected: Detected, key: Option<&str>, hand
         return Err(bad(source, None, Some(key.to_string()), "the upsert key column is not in the source"));
     }
     Ok(Arc::new(Schema::new(fields)))
+}
+
+/// Infer from the first records, parsing line by line so an error names its line.
+fn infer_jsonl(source: &Source, mut reader: Box<dyn BufRead + Send>) -> Result<Schema> {
+    let mut values = Vec::with_capacity(INFER_RECORDS);
+    let (mut line, mut buf) = (0u64, Vec::new());
+    while values.len() < INFER_RECORDS {
+        buf.clear();
+        let n = reader
+            .read_until(b'\n', &mut buf)
+            .map_err(|e| bad(source, Some(line + 1), None, format!("reading (truncated or corrupt file?): {e}")))?;
+        if n == 0 {
+            break;
+        }
+        line += 1;
+        if buf.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let value: serde_json::Value =
+            serde_json::from_slice(&buf).map_err(|e| {
+                // serde counts lines inside this one line; keep only the column.
+                let what = e.to_string();
+                let what = what.split(" at line ").next().unwrap_or(&what).to_string();
+                bad(source, Some(line), None, format!("not valid JSON at column {}: {what}", e.column()))
+            })?;
+        if !value.is_object() {
+            return Err(bad(source, Some(line), None, "not a JSON object"));
+        }
+        values.push(value);
+    }
+    arrow::json::reader::infer_json_schema_from_iterator(values.iter().map(Ok))
+        .map_err(|e| bad(source, None, None, format!("cannot infer a schema: {e}")))
 }
 
 /// A text file whose first bytes hold NUL is binary, not CSV.
@@ -423,13 +450,17 @@ fn open_csv(source: &Source, compression: Compression, target: &SchemaRef, handl
 /// since the header was read separately): turn that into file line and name.
 fn csv_error(source: &Source, names: &[String], e: &ArrowError, batch_first_line: u64) -> Error {
     let msg = e.to_string();
-    let number_after = |marker: &str| -> Option<u64> {
-        let rest = &msg[msg.find(marker)? + marker.len()..];
-        rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
-    };
-    let column = number_after("for column ").or_else(|| number_after("parsing column ")).and_then(|i| names.get(i as usize).cloned());
-    let line = number_after("at line ").map(|l| l + 2).unwrap_or(batch_first_line);
+    let column = number_after(&msg, "for column ")
+        .or_else(|| number_after(&msg, "parsing column "))
+        .and_then(|i| names.get(i as usize).cloned());
+    let line = number_after(&msg, "at line ").map(|l| l + 2).unwrap_or(batch_first_line);
     bad(source, Some(line), column, msg)
+}
+
+/// The number right after `marker` in an error message.
+fn number_after(msg: &str, marker: &str) -> Option<u64> {
+    let rest = &msg[msg.find(marker)? + marker.len()..];
+    rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
 }
 
 /// Open one source as batches of `target`.

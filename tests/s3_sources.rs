@@ -1,0 +1,61 @@
+//! Sources on S3: identity from the object version (ETag here), reads pinned
+//! to it, and a rewritten object is a new source. Needs the local S3 server.
+
+use std::sync::Arc;
+
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload, path::Path};
+use sluice::Lake;
+use sluice::ingest::SourceStatus;
+
+use crate::common::*;
+
+fn bucket_store() -> Option<(String, Arc<dyn ObjectStore>)> {
+    let base = std::env::var("SLUICE_TEST_S3").ok()?;
+    let bucket = base.trim_start_matches("s3://").split('/').next().unwrap().to_string();
+    let store = sluice::lake::s3_store(&bucket, &sluice::lake::s3_options_from_env()).unwrap();
+    Some((bucket, store))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s3_sources_ingest_once_per_object_version() {
+    let Some((bucket, store)) = bucket_store() else { return };
+    for b in all_backends() {
+        let prefix = format!("incoming-{}", uuid::Uuid::new_v4().simple());
+        let key = Path::from(format!("{prefix}/clicks/part-1.jsonl"));
+        let rows = |r: std::ops::Range<i64>| r.map(|i| format!("{{\"id\": {i}, \"name\": \"c{i}\"}}\n")).collect::<String>();
+        store.put(&key, PutPayload::from(rows(0..40))).await.unwrap();
+        let uri = format!("s3://{bucket}/{key}");
+        let lake = Lake::open(&b.root).unwrap();
+
+        // Routed by folder: table `clicks`.
+        let routed = sluice::ingest::route(std::slice::from_ref(&uri), None).unwrap();
+        let req = |uri: &str| sluice::ingest::TableRequest { table: "clicks".into(), sources: vec![uri.to_string()], format: None, mode: None, key: None };
+        assert_eq!(routed.keys().collect::<Vec<_>>(), vec!["clicks"]);
+        let first = ingest(&lake, vec![req(&uri)]).await.unwrap();
+        assert_eq!(first.sources[0].status, SourceStatus::Ingested, "{}", b.name);
+        assert!(ingest(&lake, vec![req(&uri)]).await.unwrap().all_already_ingested(), "{}", b.name);
+
+        // The same key rewritten is a new object version: a new source.
+        store.put(&key, PutPayload::from(rows(100..105))).await.unwrap();
+        let second = ingest(&lake, vec![req(&uri)]).await.unwrap();
+        assert_eq!(second.sources[0].status, SourceStatus::Ingested, "{}", b.name);
+        assert_eq!(ids(&lake, "clicks", None).await.len(), 45, "{}", b.name);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_bad_s3_source_is_quarantined_in_the_lake() {
+    let Some((bucket, store)) = bucket_store() else { return };
+    let b = local();
+    let key = Path::from(format!("incoming-{}/t/bad.jsonl", uuid::Uuid::new_v4().simple()));
+    store.put(&key, PutPayload::from("{\"id\": 1}\n{\"id\": \n")).await.unwrap();
+    let uri = format!("s3://{bucket}/{key}");
+    let out = run(sluice(&b.root).args(["--json", "ingest"]).arg(&uri));
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(json(&out)["error"]["bad_input"]["source_uri"], uri);
+    assert_eq!(json(&out)["error"]["bad_input"]["location"]["line"], 2);
+    let quarantined: Vec<_> = std::fs::read_dir(std::path::Path::new(&b.root).join("_quarantine")).unwrap().collect();
+    assert_eq!(quarantined.len(), 1);
+    let dir = quarantined[0].as_ref().unwrap().path();
+    assert_eq!(std::fs::read(dir.join("bad.jsonl")).unwrap(), b"{\"id\": 1}\n{\"id\": \n");
+}
