@@ -246,3 +246,29 @@ async fn an_ambiguous_create_only_put_is_recognised_as_ours() {
         }
     }
 }
+
+/// A claim that fails midway through a multi-source call: the claims already
+/// made are released with the intent, so no source is left marked as done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failure_while_claiming_releases_every_claim() {
+    use sluice::faults::{Fault, FaultStore};
+    let b = memory();
+    let dir = tempfile::tempdir().unwrap();
+    let mut faults = None;
+    let lake = Lake::open_wrapped(&b.root, |inner| {
+        let store = Arc::new(FaultStore::new(inner));
+        faults = Some(Arc::clone(&store));
+        store
+    })
+    .unwrap();
+    let (a, c) = (jsonl(dir.path(), "a.jsonl", 0..5), jsonl(dir.path(), "c.jsonl", 5..9));
+    let second = sluice::source::Source::resolve(&c.display().to_string()).await.unwrap();
+    faults.unwrap().inject(&format!("_ingested/{}", second.id), Fault::Rejected, 1);
+    let err = ingest(&lake, vec![request("t", &[&a, &c])]).await.unwrap_err();
+    assert_eq!(err.exit_code(), 1, "{err}");
+    assert!(sluice::sidecar::pending(&lake).await.unwrap().is_empty(), "intent removed");
+    // Neither source is marked as ingested: each ingests now.
+    let r = ingest(&lake, vec![request("t", &[&a])]).await.unwrap();
+    assert_eq!(r.sources[0].status, SourceStatus::Ingested);
+    assert_eq!(ids(&lake, "t", None).await.len(), 5);
+}

@@ -25,6 +25,8 @@ pub enum Fault {
     AppliedThenAlreadyExists,
     /// Apply the PUT, then answer with a transport error.
     AppliedThenError,
+    /// Do not apply the PUT; answer with a transport error.
+    Rejected,
 }
 
 #[derive(Debug)]
@@ -69,7 +71,9 @@ impl fmt::Display for FaultStore {
 impl ObjectStore for FaultStore {
     async fn put_opts(&self, location: &Path, payload: PutPayload, opts: PutOptions) -> Result<PutResult> {
         let Some(fault) = self.take(location) else { return self.inner.put_opts(location, payload, opts).await };
-        self.inner.put_opts(location, payload, opts).await?;
+        if fault != Fault::Rejected {
+            self.inner.put_opts(location, payload, opts).await?;
+        }
         match fault {
             Fault::AppliedThenAlreadyExists => Err(object_store::Error::AlreadyExists {
                 path: location.to_string(),
@@ -79,6 +83,7 @@ impl ObjectStore for FaultStore {
                 store: "FaultStore",
                 source: "injected: the PUT was applied but the response was lost".into(),
             }),
+            Fault::Rejected => Err(object_store::Error::Generic { store: "FaultStore", source: "injected: the PUT failed".into() }),
         }
     }
 

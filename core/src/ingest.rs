@@ -219,9 +219,10 @@ impl Door<'_> {
             return Err(self.abandon(&[], e).await);
         }
 
-        let (claimed, others) = match self.claim(&mut tables).await {
-            Ok(claims) => claims,
-            Err(e) => return Err(self.abandon(&[], e).await),
+        let mut claimed = Vec::new();
+        let others = match self.claim(&mut tables, &mut claimed).await {
+            Ok(others) => others,
+            Err(e) => return Err(self.abandon(&claimed, e).await),
         };
         tables.retain(|t| !t.sources.is_empty());
         if tables.is_empty() {
@@ -299,10 +300,10 @@ impl Door<'_> {
         }
     }
 
-    /// Claim every source. Sources done or in flight elsewhere leave the plan;
-    /// returns the ids we claimed and (source, other op) for those in flight.
-    async fn claim(&self, tables: &mut [TableWork]) -> Result<(Vec<String>, Vec<(SourceReport, bool)>)> {
-        let mut claimed = Vec::new();
+    /// Claim every source, recording each claim made in `claimed` (so a failure
+    /// midway can release them all). Sources done or in flight elsewhere leave
+    /// the plan; returns their reports, with whether they are still in flight.
+    async fn claim(&self, tables: &mut [TableWork], claimed: &mut Vec<String>) -> Result<Vec<(SourceReport, bool)>> {
         let mut others = Vec::new();
         for t in tables.iter_mut() {
             let mut keep = Vec::with_capacity(t.sources.len());
@@ -326,7 +327,7 @@ impl Door<'_> {
             }
             t.sources = keep;
         }
-        Ok((claimed, others))
+        Ok(others)
     }
 
     /// Give up before any commit: quarantine bad input, release claims, remove the intent.
