@@ -5,6 +5,7 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -133,13 +134,15 @@ async fn run(cli: Cli) -> Result<()> {
             });
             for (table, sources) in ingest::route(&sources, table.as_deref())? {
                 let request = TableRequest { table, sources, format, mode, key: key.clone() };
-                let report = with_progress(ingest::run(&lake, vec![request], timeout, progress_for(cli.json))).await?;
+                let n = request.sources.len();
+                let report = with_progress(n, async |p| ingest::run(&lake, vec![request], timeout, p).await).await?;
                 print_report(cli.json, &report);
             }
         }
         Command::Load { descriptor, timeout } => {
             let requests = read_descriptor(&descriptor)?;
-            let report = with_progress(ingest::run(&lake, requests, timeout, progress_for(cli.json))).await?;
+            let n = requests.iter().map(|r| r.sources.len()).sum();
+            let report = with_progress(n, async |p| ingest::run(&lake, requests, timeout, p).await).await?;
             print_report(cli.json, &report);
         }
         Command::Status => {
@@ -240,20 +243,30 @@ fn print_report(json: bool, r: &Report) {
     });
 }
 
-fn progress_for(json: bool) -> Arc<Progress> {
-    let _ = json;
-    Arc::new(Progress::default())
-}
-
-/// Runs `work`, drawing a spinner with rows read on stderr when it is a terminal.
-async fn with_progress<T>(work: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+/// Runs `work`, showing rows and sources read on stderr when it is a terminal.
+async fn with_progress<T>(sources: usize, work: impl AsyncFnOnce(Arc<Progress>) -> Result<T>) -> Result<T> {
+    let progress = Arc::new(Progress::default());
     if !std::io::stderr().is_terminal() {
-        return work.await;
+        return work(progress).await;
     }
-    let bar = indicatif::ProgressBar::new_spinner();
-    bar.set_message("ingesting");
-    bar.enable_steady_tick(Duration::from_millis(120));
-    let out = work.await;
+    let bar = indicatif::ProgressBar::new(sources as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {elapsed_precise} {pos}/{len} sources  {msg}")
+            .expect("valid progress template"),
+    );
+    let ticker = {
+        let (bar, progress) = (bar.clone(), Arc::clone(&progress));
+        tokio::spawn(async move {
+            loop {
+                bar.set_position(progress.sources_done.load(Ordering::Relaxed));
+                bar.set_message(format!("{} rows", progress.rows.load(Ordering::Relaxed)));
+                bar.tick();
+                tokio::time::sleep(Duration::from_millis(120)).await;
+            }
+        })
+    };
+    let out = work(progress).await;
+    ticker.abort();
     bar.finish_and_clear();
     out
 }
