@@ -167,4 +167,9 @@ fn bad_input_creating_a_table_is_located_and_creates_nothing() {
     let s = status(&b.root);
     assert_eq!(table_rows(&s, "fresh"), None, "no table was published");
     assert!(s["pending"].as_array().unwrap().is_empty());
+    // Not even created in Lance: a rejected first file does not fix the table's schema.
+    assert!(!Path::new(&b.root).join("tables/fresh.lance/_versions").exists());
+    let good = write(dir.path(), "good.jsonl", b"{\"other\": \"x\", \"n\": 1.5}\n");
+    assert_eq!(run(sluice(&b.root).args(["ingest", "--table", "fresh"]).arg(&good)).status.code(), Some(0));
+    assert_eq!(table_rows(&status(&b.root), "fresh"), Some(1));
 }

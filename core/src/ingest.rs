@@ -38,8 +38,8 @@ use crate::source::Source;
 /// Schema metadata keys that keep a table's mode inside the Lance table itself.
 const META_MODE: &str = "sluice.mode";
 const META_KEY: &str = "sluice.key";
-/// Redos of an upsert whose commit conflicted with a concurrent update.
-const MAX_UPSERT_ATTEMPTS: u32 = 5;
+/// Redos of a commit that cannot stand (upsert conflict, lost table creation).
+const MAX_REDO_ATTEMPTS: u32 = 5;
 /// Longest pause between polls of another operation's progress.
 const MAX_POLL: Duration = Duration::from_secs(1);
 
@@ -236,7 +236,7 @@ impl Door<'_> {
         // Write everything uncommitted first: bad input stops before any commit.
         let mut staged = Vec::with_capacity(tables.len());
         for t in &mut tables {
-            match self.stage(t).await {
+            match self.stage(t, false).await {
                 Ok(s) => staged.push(s),
                 Err(e) => return Err(self.abandon(&claimed, e).await),
             }
@@ -372,54 +372,21 @@ impl Door<'_> {
         ])
     }
 
-    /// The table's dataset to write on: at its pin, or Lance's latest, or new.
-    async fn dataset(&self, t: &mut TableWork, latest: bool) -> Result<Arc<Dataset>> {
-        let name = &t.request.table;
+    /// The table at its pin (or at Lance's latest), or `None` if it does not exist yet.
+    async fn open(&self, t: &mut TableWork, latest: bool) -> Result<Option<Arc<Dataset>>> {
         let version = if latest { None } else { t.start_pin };
-        match self.lake.open_table(name, version).await {
+        match self.lake.open_table(&t.request.table, version).await {
             Ok(ds) => {
                 self.adopt_table_mode(t, &ds)?;
-                return Ok(Arc::new(ds));
+                Ok(Some(Arc::new(ds)))
             }
-            Err(Error::Lance { source: lance::Error::DatasetNotFound { .. } | lance::Error::NotFound { .. }, .. }) if t.start_pin.is_none() => {}
-            Err(e) => return Err(e),
+            Err(Error::Lance { source: lance::Error::DatasetNotFound { .. } | lance::Error::NotFound { .. }, .. })
+                if t.start_pin.is_none() =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
         }
-        self.deadline.check("creating the table")?;
-        let (first, detected) = &t.sources[0];
-        let schema = {
-            let (first, detected, key) = (first.clone(), *detected, t.key.clone());
-            let handle = tokio::runtime::Handle::current();
-            tokio::task::spawn_blocking(move || decode::infer_schema(&first, detected, key.as_deref(), &handle))
-                .await
-                .expect("schema inference panicked")?
-        };
-        let mut metadata = HashMap::from([(META_MODE.to_string(), t.mode.to_string())]);
-        if let Some(key) = &t.key {
-            metadata.insert(META_KEY.to_string(), key.clone());
-        }
-        let schema = schema.as_ref().clone().with_metadata(metadata);
-        let lance_schema = lance::datatypes::Schema::try_from(&schema).map_err(|e| Error::lance(name, e))?;
-        // A strict overwrite (no retries) at read version 0: if anyone created the
-        // table meanwhile, Lance fails to check out version 0 instead of replacing
-        // their table (a non-strict one would rebase onto it and wipe its rows).
-        let create = lance::dataset::transaction::TransactionBuilder::new(
-            0,
-            Operation::Overwrite { fragments: vec![], schema: lance_schema, config_upsert_values: None, initial_bases: None },
-        )
-        .transaction_properties(Some(Arc::new(self.properties())))
-        .build();
-        let created = CommitBuilder::new(self.lake.table_uri(name).as_str())
-            .with_store_params(self.lake.store_params())
-            .with_session(self.lake.session())
-            .with_max_retries(0)
-            .execute(create)
-            .await;
-        if let Err(e) = created {
-            tracing::info!(table = %name, error = %e, "table creation lost a race; using the winner's table");
-        }
-        let ds = self.lake.open_table(name, None).await?;
-        self.adopt_table_mode(t, &ds)?;
-        Ok(Arc::new(ds))
     }
 
     /// A table created but not yet published carries its mode in its schema.
@@ -436,35 +403,66 @@ impl Door<'_> {
         Ok(())
     }
 
-    fn reader(&self, t: &TableWork, ds: &Dataset) -> (Box<dyn RecordBatchReader + Send>, decode::ErrorSlot) {
-        let target: SchemaRef = Arc::new(arrow::datatypes::Schema::from(ds.schema()));
+    fn reader(&self, t: &TableWork, target: SchemaRef) -> (Box<dyn RecordBatchReader + Send>, decode::ErrorSlot) {
         let (reader, slot) = SourcesReader::new(t.sources.clone(), target, Arc::clone(&self.progress));
         (Box::new(reader), slot)
     }
 
-    /// Write the table's rows as an uncommitted Lance transaction.
-    async fn stage(&self, t: &mut TableWork) -> Result<Staged> {
-        let ds = self.dataset(t, t.mode == Mode::Upsert).await?;
+    /// Write the table's rows as an uncommitted Lance transaction: an append
+    /// or merge-insert on the existing table, or the table's creation.
+    async fn stage(&self, t: &mut TableWork, latest: bool) -> Result<Staged> {
+        match self.stage_once(t, latest).await {
+            // Created by another writer since we looked: write onto theirs.
+            Err(Error::Lance { source: lance::Error::DatasetAlreadyExists { .. }, .. }) => self.stage_once(t, true).await,
+            staged => staged,
+        }
+    }
+
+    async fn stage_once(&self, t: &mut TableWork, latest: bool) -> Result<Staged> {
         let name = t.request.table.clone();
-        let (reader, slot) = self.reader(t, &ds);
-        let result = match t.mode {
-            Mode::Append => {
+        let ds = self.open(t, latest || t.mode == Mode::Upsert).await?;
+        let target: SchemaRef = match &ds {
+            Some(ds) => Arc::new(arrow::datatypes::Schema::from(ds.schema())),
+            None => self.new_table_schema(t).await?,
+        };
+        let (reader, slot) = self.reader(t, target);
+        let properties = Some(Arc::new(self.properties()));
+        let staged = match (ds, t.mode) {
+            (Some(ds), Mode::Append) => {
+                let params = WriteParams { mode: WriteMode::Append, transaction_properties: properties, ..Default::default() };
+                let txn = InsertBuilder::new(Arc::clone(&ds)).with_params(&params).execute_uncommitted_stream(reader).await;
+                txn.map(|txn| Staged { ds: Some(ds), txn, affected: None, updated: 0 })
+            }
+            (Some(ds), Mode::Upsert) => self.stage_upsert(&ds, t, reader).await,
+            (None, _) => {
                 let params = WriteParams {
-                    mode: WriteMode::Append,
-                    transaction_properties: Some(Arc::new(self.properties())),
+                    mode: WriteMode::Create,
+                    transaction_properties: properties,
+                    store_params: Some(self.lake.store_params()),
+                    session: Some(self.lake.session()),
                     ..Default::default()
                 };
-                InsertBuilder::new(Arc::clone(&ds)).with_params(&params).execute_uncommitted_stream(reader).await.map(|txn| Staged {
-                    ds: Arc::clone(&ds),
-                    txn,
-                    affected: None,
-                    updated: 0,
-                })
+                let uri = self.lake.table_uri(&name);
+                let txn = InsertBuilder::new(uri.as_str()).with_params(&params).execute_uncommitted_stream(reader).await;
+                txn.map(|txn| Staged { ds: None, txn, affected: None, updated: 0 })
             }
-            Mode::Upsert => self.stage_upsert(&ds, t, reader).await,
         };
-        let staged = result.map_err(|e| slot.lock().expect("error slot poisoned").take().unwrap_or_else(|| Error::lance(&name, e)))?;
-        Ok(staged)
+        staged.map_err(|e| slot.lock().expect("error slot poisoned").take().unwrap_or_else(|| Error::lance(&name, e)))
+    }
+
+    /// The schema a new table gets: inferred from its first source, with the
+    /// table's mode kept in the schema metadata.
+    async fn new_table_schema(&self, t: &TableWork) -> Result<SchemaRef> {
+        let (first, detected, key) = (t.sources[0].0.clone(), t.sources[0].1, t.key.clone());
+        let handle = tokio::runtime::Handle::current();
+        let schema = tokio::task::spawn_blocking(move || decode::infer_schema(&first, detected, key.as_deref(), &handle))
+            .await
+            .expect("schema inference panicked")?;
+        let mut metadata = HashMap::from([(META_MODE.to_string(), t.mode.to_string())]);
+        if let Some(key) = &t.key {
+            metadata.insert(META_KEY.to_string(), key.clone());
+        }
+        Ok(Arc::new(schema.as_ref().clone().with_metadata(metadata)))
     }
 
     async fn stage_upsert(&self, ds: &Arc<Dataset>, t: &TableWork, reader: Box<dyn RecordBatchReader + Send>) -> lance::Result<Staged> {
@@ -474,47 +472,57 @@ impl Door<'_> {
         let mut uncommitted = builder.try_build()?.execute_uncommitted(reader).await?;
         uncommitted.transaction.transaction_properties = Some(Arc::new(self.properties()));
         Ok(Staged {
-            ds: Arc::clone(ds),
+            ds: Some(Arc::clone(ds)),
             txn: uncommitted.transaction,
             affected: uncommitted.affected_rows,
             updated: uncommitted.stats.num_updated_rows,
         })
     }
 
-    /// Commit the staged transaction; an upsert that conflicts with a concurrent
-    /// update of the same rows is redone from Lance's latest version (bounded).
+    /// Commit the staged transaction. Redone from Lance's latest version
+    /// (bounded) when the commit cannot stand as it is: an upsert that
+    /// conflicts with a concurrent update of the same rows, or a table
+    /// creation that lost the race to another creator.
     async fn commit(&self, t: &mut TableWork, mut stage: Staged) -> Result<()> {
         let name = t.request.table.clone();
-        for attempt in 1..=MAX_UPSERT_ATTEMPTS {
+        let uri = self.lake.table_uri(&name);
+        for attempt in 1..=MAX_REDO_ATTEMPTS {
             self.deadline.check("a Lance commit")?;
             let rows_inserted = inserted_rows(&stage.txn);
             let left = self.deadline.remaining();
-            let mut builder = CommitBuilder::new(Arc::clone(&stage.ds))
-                .with_timeout(Some(left))
-                .with_retry_timeout(left.min(Duration::from_secs(30)));
+            let creating = stage.ds.is_none();
+            let mut builder = match &stage.ds {
+                Some(ds) => CommitBuilder::new(Arc::clone(ds)),
+                // A strict overwrite (no retries) at read version 0: if the table
+                // appeared meanwhile, Lance fails to check out version 0 instead of
+                // rebasing onto that table and replacing its rows.
+                None => CommitBuilder::new(uri.as_str())
+                    .with_store_params(self.lake.store_params())
+                    .with_session(self.lake.session())
+                    .with_max_retries(0),
+            };
+            builder = builder.with_timeout(Some(left)).with_retry_timeout(left.min(Duration::from_secs(30)));
             if let Some(rows) = stage.affected.take() {
                 builder = builder.with_affected_rows(rows);
             }
-            match builder.execute(stage.txn).await {
+            let redo = match builder.execute(stage.txn).await {
                 Ok(ds) => {
                     let version = ds.version().version;
                     t.committed = Some(version);
                     t.report = Some(TableReport { lance_version: version, rows_inserted, rows_updated: stage.updated });
                     return Ok(());
                 }
-                Err(lance::Error::RetryableCommitConflict { .. }) if t.mode == Mode::Upsert && attempt < MAX_UPSERT_ATTEMPTS => {
-                    tracing::info!(table = %name, attempt, "upsert conflicted with a concurrent update; redoing it");
-                    let ds = self.dataset(t, true).await?;
-                    let (reader, slot) = self.reader(t, &ds);
-                    stage = self
-                        .stage_upsert(&ds, t, reader)
-                        .await
-                        .map_err(|e| slot.lock().expect("error slot poisoned").take().unwrap_or_else(|| Error::lance(&name, e)))?;
-                }
+                Err(lance::Error::RetryableCommitConflict { .. }) if t.mode == Mode::Upsert => "a concurrent update",
+                Err(_) if creating && self.open(t, true).await?.is_some() => "the table's creation by another writer",
                 Err(e) => return Err(Error::lance(&name, e)),
+            };
+            if attempt == MAX_REDO_ATTEMPTS {
+                break;
             }
+            tracing::info!(table = %name, attempt, "commit conflicted with {redo}; redoing it on the latest version");
+            stage = self.stage(t, true).await?;
         }
-        unreachable!("the last attempt returns")
+        Err(Error::Contention { what: "committing to Lance", attempts: MAX_REDO_ATTEMPTS, last: format!("table '{name}' kept conflicting") })
     }
 
     async fn decide_forward(&self, tables: &[TableWork]) -> Result<()> {
@@ -572,10 +580,10 @@ impl Door<'_> {
             let props = txn.as_ref().and_then(|t| t.transaction_properties.clone());
             let get = |k: &str| props.as_ref().and_then(|p| p.get(k).cloned());
             match (get(PROP_OP), get(PROP_SCOPE).as_deref()) {
+                _ if txn.as_ref().is_some_and(|t| carries_no_rows(&t.operation)) => {}
                 (Some(_), Some("single")) => {}
                 (Some(op), Some("multi")) if op == self.op => {}
                 (Some(op), Some("multi")) => self.await_decision(name, version, &op).await?,
-                _ if txn.as_ref().is_some_and(|t| carries_no_rows(&t.operation)) => {}
                 _ => {
                     return Err(Error::Blocked(format!(
                         "table '{name}' version {version} was not written by a sluice operation; \
@@ -698,7 +706,8 @@ impl Door<'_> {
 }
 
 struct Staged {
-    ds: Arc<Dataset>,
+    /// `None` for a table's creation.
+    ds: Option<Arc<Dataset>>,
     txn: Transaction,
     affected: Option<lance::dataset::scanner::RowAddrTreeMap>,
     updated: u64,
@@ -720,7 +729,7 @@ fn check_mode(request: &TableRequest, mode: Mode, key: Option<&str>) -> Result<(
 
 fn inserted_rows(txn: &Transaction) -> u64 {
     let fragments = match &txn.operation {
-        Operation::Append { fragments } => fragments,
+        Operation::Append { fragments } | Operation::Overwrite { fragments, .. } => fragments,
         Operation::Update { new_fragments, .. } => new_fragments,
         _ => return 0,
     };
