@@ -190,7 +190,9 @@ async fn main() {
 
     // 4. Latency of one ingest process alone vs 8 at once (1 MiB files, one table).
     let conc_root = root("conc");
-    let files: Vec<PathBuf> = (0..8 * a.reps as u64).map(|i| generate(&a.work, &format!("c{i}.jsonl"), 1, 500 + i)).collect();
+    // 8 files alone, then `rounds` rounds of 8 at once.
+    let rounds = a.reps.max(1);
+    let files: Vec<PathBuf> = (0..8 * (rounds as u64 + 1)).map(|i| generate(&a.work, &format!("c{i}.jsonl"), 1, 500 + i)).collect();
     let ingest_cmd = |f: &Path| {
         let mut c = Command::new(&sluice_bin);
         c.args(["--root", &conc_root, "ingest", "--table", "t"]).arg(f);
@@ -199,7 +201,7 @@ async fn main() {
     timed_child(&mut ingest_cmd(&generate(&a.work, "c-warm.jsonl", 1, 499)));
     let alone: Vec<Duration> = files[..8].iter().map(|f| timed_child(&mut ingest_cmd(f)).0).collect();
     let mut together = Vec::new();
-    for round in 1..a.reps.max(2) {
+    for round in 1..=rounds {
         let batch = &files[8 * round..8 * round + 8];
         let handles: Vec<_> = batch.iter().map(|f| {
             let mut c = ingest_cmd(f);
