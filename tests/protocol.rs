@@ -272,3 +272,38 @@ async fn a_failure_while_claiming_releases_every_claim() {
     assert_eq!(r.sources[0].status, SourceStatus::Ingested);
     assert_eq!(ids(&lake, "t", None).await.len(), 5);
 }
+
+/// Finding the latest manifest costs 2 GETs (hint, then a miss) at any depth;
+/// a hint lagging by L versions costs O(log L) more, never O(history).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn latest_manifest_lookup_is_constant_and_a_stale_hint_costs_log_lag() {
+    use sluice::deadline::Deadline;
+    use sluice::manifest::{Goal, Mode, Published, TablePin};
+    let b = memory();
+    let lake = Lake::open(&b.root).unwrap();
+    let mut base = manifest::init(&lake).await.unwrap();
+    let mut stale = None;
+    for v in 1..=300u64 {
+        let goal = Goal {
+            published: Published { op: format!("op-{v}"), attempt: format!("a-{v}"), kind: "ingest".into(), tables: Default::default(), sources: 1 },
+            pins: [("t".to_string(), TablePin { version: v, mode: Mode::Append, key: None })].into(),
+        };
+        manifest::publish(&lake, base.clone(), &goal, &Deadline::after(TIMEOUT)).await.unwrap();
+        base = manifest::read_latest(&lake).await.unwrap().unwrap();
+        if v == 44 {
+            stale = Some(base.clone());
+        }
+    }
+    let cost = |before: sluice::counting::RequestSnapshot| lake.requests().since(&before).total();
+    let before = lake.requests();
+    assert_eq!(manifest::read_latest(&lake).await.unwrap().unwrap().version, 300);
+    assert_eq!(cost(before), 2, "hint + one miss");
+
+    // A publisher died before updating the hint, 256 versions ago.
+    lake.put_json("_manifest/latest.json", &stale.unwrap()).await.unwrap();
+    let before = lake.requests();
+    assert_eq!(manifest::read_latest(&lake).await.unwrap().unwrap().version, 300);
+    let lagging = cost(before);
+    // Gallop: 1 + 9 hits (45, 46, 48, ... 300), a miss, then the next miss: ~2·log2(256).
+    assert!(lagging <= 2 + 2 * 8, "{lagging} GETs for a lag of 256: not logarithmic");
+}
