@@ -684,16 +684,19 @@ impl Door<'_> {
                 })
             })
             .collect();
+        let mut waited = false;
         for (report, in_flight) in others {
             if in_flight {
                 let deadline = sidecar::read_intent(self.lake, &report.op).await?.map(|i| i.deadline).unwrap_or_else(Utc::now);
                 self.await_op(&report.op, deadline).await?;
+                waited = true;
             }
             sources.push(report);
         }
+        // Ours shows our sources; after waiting for others', only the latest shows theirs too.
         let manifest_version = match version {
-            Some(v) => Some(v),
-            None => manifest::read_latest(self.lake).await?.map(|m| m.version),
+            Some(v) if !waited => Some(v),
+            _ => manifest::read_latest(self.lake).await?.map(|m| m.version),
         };
         Ok(Report {
             op: self.op.clone(),
