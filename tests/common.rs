@@ -138,6 +138,36 @@ pub fn json(out: &Output) -> serde_json::Value {
     serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
 }
 
+/// Run `cmd` until it reaches failpoint `name` (where it sleeps), then SIGKILL it.
+pub fn kill_9_at(cmd: &mut Command, name: &str) {
+    use std::io::BufRead;
+    let mut child = cmd
+        .env("FAILPOINTS", format!("{name}=sleep(600000)"))
+        .env("SLUICE_TRACE_FAILPOINTS", "1")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let marker = format!("failpoint: {name}");
+    let reached = stderr.lines().map_while(Result::ok).any(|l| l.contains(&marker));
+    assert!(reached, "{cmd:?} never reached failpoint {name}");
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+}
+
+/// A memory lake whose own store injects the faults the returned handle asks for.
+pub fn faulty_memory_lake() -> (Lake, Arc<sluice::faults::FaultStore>) {
+    let b = memory();
+    let mut faults = None;
+    let lake = Lake::open_wrapped(&b.root, |inner| {
+        let store = Arc::new(sluice::faults::FaultStore::new(inner));
+        faults = Some(Arc::clone(&store));
+        store
+    })
+    .unwrap();
+    (lake, faults.unwrap())
+}
+
 pub fn status(root: &str) -> serde_json::Value {
     let out = run(sluice(root).args(["--json", "status"]));
     assert_eq!(out.status.code(), Some(0));

@@ -1,7 +1,6 @@
 //! Real child processes of the real binary: duplicate deliveries, concurrent
 //! writers, injected failures at every failpoint, and `kill -9`.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};
 
 use crate::common::*;
@@ -64,19 +63,7 @@ fn kill_9_after_commit_leaves_a_visible_intent_and_a_working_lake() {
         assert_eq!(run(sluice(&b.root).args(["ingest", "--table", "t"]).arg(&seed)).status.code(), Some(0));
 
         let doomed = jsonl(dir.path(), "doomed.jsonl", 100..150);
-        let mut child = sluice(&b.root)
-            .args(["ingest", "--table", "t"])
-            .arg(&doomed)
-            .env("FAILPOINTS", "ingest.after-commit=sleep(600000)")
-            .env("SLUICE_TRACE_FAILPOINTS", "1")
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = BufReader::new(child.stderr.take().unwrap());
-        let reached = stderr.lines().map_while(Result::ok).any(|l| l.contains("failpoint: ingest.after-commit"));
-        assert!(reached, "{}: the child never reached the failpoint", b.name);
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
+        kill_9_at(sluice(&b.root).args(["ingest", "--table", "t"]).arg(&doomed), sluice::failpoints::AFTER_COMMIT);
 
         let s = status(&b.root);
         assert_eq!(table_rows(&s, "t"), Some(10), "{}: the dead writer's rows are not visible", b.name);
@@ -173,18 +160,8 @@ fn a_load_killed_between_its_tables_is_never_published_by_another_writer() {
             "load.json",
             br#"{"tables": [{"table": "a", "sources": ["load-a.jsonl"]}, {"table": "b", "sources": ["load-b.jsonl"]}]}"#,
         );
-        let mut child = sluice(&b.root)
-            .args(["load", "--timeout", "300s"])
-            .arg(&descriptor)
-            .env("FAILPOINTS", "ingest.after-commit=sleep(600000)")
-            .env("SLUICE_TRACE_FAILPOINTS", "1")
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = BufReader::new(child.stderr.take().unwrap());
-        assert!(stderr.lines().map_while(Result::ok).any(|l| l.contains("failpoint: ingest.after-commit")), "{}", b.name);
-        child.kill().unwrap();
-        child.wait().unwrap();
+        // The first table's commit fires the failpoint; the second never commits.
+        kill_9_at(sluice(&b.root).args(["load", "--timeout", "300s"]).arg(&descriptor), sluice::failpoints::AFTER_COMMIT);
 
         let s = status(&b.root);
         assert_eq!((table_rows(&s, "a"), table_rows(&s, "b")), (Some(5), Some(5)), "{}: nothing of the load visible", b.name);

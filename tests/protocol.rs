@@ -222,20 +222,13 @@ async fn a_late_table_creation_cannot_replace_the_table() {
 /// every create-only step of the door: intent, claim, manifest version.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_ambiguous_create_only_put_is_recognised_as_ours() {
-    use sluice::faults::{Fault, FaultStore};
+    use sluice::faults::Fault;
     for fault in [Fault::AppliedThenAlreadyExists, Fault::AppliedThenError] {
         for step in ["_ops/", "_ingested/", "_manifest/versions/"] {
-            let b = memory();
             let dir = tempfile::tempdir().unwrap();
-            let mut faults = None;
-            let lake = Lake::open_wrapped(&b.root, |inner| {
-                let store = Arc::new(FaultStore::new(inner));
-                faults = Some(Arc::clone(&store));
-                store
-            })
-            .unwrap();
+            let (lake, faults) = faulty_memory_lake();
             let seed = ingest(&lake, vec![request("t", &[&jsonl(dir.path(), "seed.jsonl", 0..3)])]).await.unwrap();
-            faults.unwrap().inject(step, fault, 1);
+            faults.inject(step, fault, 1);
             let file = jsonl(dir.path(), "a.jsonl", 10..20);
             let r = ingest(&lake, vec![request("t", &[&file])]).await.unwrap_or_else(|e| panic!("{fault:?} at {step}: {e}"));
             assert_eq!(r.sources[0].status, SourceStatus::Ingested, "{fault:?} at {step}");
@@ -251,19 +244,11 @@ async fn an_ambiguous_create_only_put_is_recognised_as_ours() {
 /// made are released with the intent, so no source is left marked as done.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_failure_while_claiming_releases_every_claim() {
-    use sluice::faults::{Fault, FaultStore};
-    let b = memory();
     let dir = tempfile::tempdir().unwrap();
-    let mut faults = None;
-    let lake = Lake::open_wrapped(&b.root, |inner| {
-        let store = Arc::new(FaultStore::new(inner));
-        faults = Some(Arc::clone(&store));
-        store
-    })
-    .unwrap();
+    let (lake, faults) = faulty_memory_lake();
     let (a, c) = (jsonl(dir.path(), "a.jsonl", 0..5), jsonl(dir.path(), "c.jsonl", 5..9));
     let second = sluice::source::Source::resolve(&c.display().to_string()).await.unwrap();
-    faults.unwrap().inject(&format!("_ingested/{}", second.id), Fault::Rejected, 1);
+    faults.inject(&format!("_ingested/{}", second.id), sluice::faults::Fault::Rejected, 1);
     let err = ingest(&lake, vec![request("t", &[&a, &c])]).await.unwrap_err();
     assert_eq!(err.exit_code(), 1, "{err}");
     assert!(sluice::sidecar::pending(&lake).await.unwrap().is_empty(), "intent removed");
