@@ -313,15 +313,18 @@ impl Conform {
     }
 }
 
-/// JSON Lines, decoded line by line so an error names its line.
+/// JSON Lines. A batch of lines is read into one buffer and decoded in one
+/// call; only when that fails, or yields a row count other than the line
+/// count, are its lines decoded one by one to name the bad one.
 struct JsonLines {
     source: Source,
     reader: Box<dyn BufRead + Send>,
     decoder: arrow::json::reader::Decoder,
     schema: SchemaRef,
     line: u64,
-    /// The lines behind the rows buffered in `decoder`, to locate a type error.
-    pending: Vec<(u64, Vec<u8>)>,
+    /// The current batch's bytes, and each record's (line number, byte range) in it.
+    buf: Vec<u8>,
+    records: Vec<(u64, std::ops::Range<usize>)>,
     done: bool,
 }
 
@@ -333,7 +336,8 @@ impl JsonLines {
             decoder: Self::decoder(&schema)?,
             schema,
             line: 0,
-            pending: Vec::with_capacity(BATCH_ROWS),
+            buf: Vec::new(),
+            records: Vec::with_capacity(BATCH_ROWS),
             done: false,
         })
     }
@@ -354,49 +358,53 @@ impl JsonLines {
         bad(&self.source, Some(line), column, msg)
     }
 
-    /// A type error surfaced at flush: find the first line that fails alone.
-    fn locate(&self, e: ArrowError) -> Error {
-        for (line, bytes) in &self.pending {
-            let mut one = match Self::decoder(&self.schema) {
-                Ok(d) => d,
-                Err(err) => return err,
-            };
-            if let Err(err) = one.decode(bytes).and_then(|_| one.flush()) {
-                return self.error(*line, &err);
+    /// The batch failed as a whole: find the first line that fails alone.
+    fn locate(&self, e: Option<ArrowError>) -> Error {
+        for (line, range) in &self.records {
+            let result = Self::decoder(&self.schema).and_then(|mut one| {
+                let bytes = &self.buf[range.clone()];
+                one.decode(bytes).map_err(|e| self.error(*line, &e))?;
+                if one.has_partial_record() || one.len() != 1 {
+                    return Err(bad(&self.source, Some(*line), None, "not one complete JSON object on this line (truncated?)"));
+                }
+                one.flush().map_err(|e| self.error(*line, &e))
+            });
+            if let Err(err) = result {
+                return err;
             }
         }
-        bad(&self.source, None, None, e.to_string())
+        bad(&self.source, None, None, e.map_or_else(|| "the batch did not decode".to_string(), |e| e.to_string()))
     }
 
     fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
-        let mut buf = Vec::new();
-        while !self.done && self.decoder.len() < BATCH_ROWS {
-            buf.clear();
+        self.buf.clear();
+        self.records.clear();
+        while !self.done && self.records.len() < BATCH_ROWS {
+            let start = self.buf.len();
             let n = self
                 .reader
-                .read_until(b'\n', &mut buf)
+                .read_until(b'\n', &mut self.buf)
                 .map_err(|e| bad(&self.source, Some(self.line + 1), None, format!("reading (truncated or corrupt file?): {e}")))?;
             if n == 0 {
                 self.done = true;
                 break;
             }
             self.line += 1;
-            if buf.iter().all(u8::is_ascii_whitespace) {
+            if self.buf[start..].iter().all(u8::is_ascii_whitespace) {
+                self.buf.truncate(start);
                 continue;
             }
-            let used = self.decoder.decode(&buf).map_err(|e| self.error(self.line, &e))?;
-            debug_assert_eq!(used, buf.len(), "decoder has room for the whole line");
-            if self.decoder.has_partial_record() {
-                return Err(bad(&self.source, Some(self.line), None, "not one complete JSON object on this line (truncated?)"));
-            }
-            self.pending.push((self.line, std::mem::take(&mut buf)));
+            self.records.push((self.line, start..self.buf.len()));
         }
-        let batch = match self.decoder.flush() {
-            Ok(b) => b,
-            Err(e) => return Err(self.locate(e)),
-        };
-        self.pending.clear();
-        Ok(batch)
+        if self.records.is_empty() {
+            return Ok(None);
+        }
+        match self.decoder.decode(&self.buf) {
+            Ok(used) if used == self.buf.len() && !self.decoder.has_partial_record() && self.decoder.len() == self.records.len() => {}
+            Ok(_) => return Err(self.locate(None)),
+            Err(e) => return Err(self.locate(Some(e))),
+        }
+        self.decoder.flush().map_err(|e| self.locate(Some(e)))
     }
 }
 
