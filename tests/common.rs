@@ -87,6 +87,7 @@ pub fn request(table: &str, sources: &[&Path]) -> TableRequest {
         format: None,
         mode: None,
         key: None,
+        schema: None,
     }
 }
 

@@ -132,3 +132,36 @@ fn sources_route_to_the_table_named_by_their_folder() {
     assert_eq!(table_rows(&s, "clicks"), Some(3));
     assert_eq!(table_rows(&s, "views"), Some(4));
 }
+
+/// A declared schema replaces inference for a new table; a different one for
+/// an existing table is a usage error.
+#[test]
+fn a_declared_schema_creates_the_table_as_declared() {
+    let b = local();
+    let dir = tempfile::tempdir().unwrap();
+    let schema = write(
+        dir.path(),
+        "schema.json",
+        br#"{"columns": [{"name": "id", "type": "Int32", "nullable": false}, {"name": "name", "type": "Utf8"}, {"name": "score", "type": "Float32"}]}"#,
+    );
+    // The file alone would infer Int64/Float64, and has no `score` at all.
+    let data = write(dir.path(), "a.jsonl", b"{\"id\": 1, \"name\": \"a\"}\n{\"id\": 2, \"name\": \"b\"}\n");
+    let out = run(sluice(&b.root).args(["ingest", "--table", "d", "--schema"]).arg(&schema).arg(&data));
+    assert_eq!(out.status.code(), Some(0));
+    let lake = sluice::Lake::open(&b.root).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ds = rt.block_on(lake.open_table("d", None)).unwrap();
+    let arrow_schema = arrow::datatypes::Schema::from(ds.schema());
+    let types: Vec<_> = arrow_schema.fields().iter().map(|f| (f.name().as_str(), f.data_type().clone(), f.is_nullable())).collect();
+    assert_eq!(
+        types,
+        vec![("id", DataType::Int32, false), ("name", DataType::Utf8, true), ("score", DataType::Float32, true)]
+    );
+    let other = write(dir.path(), "other.json", br#"{"columns": [{"name": "id", "type": "Int64"}]}"#);
+    let more = write(dir.path(), "b.jsonl", b"{\"id\": 3}\n");
+    let out = run(sluice(&b.root).args(["ingest", "--table", "d", "--schema"]).arg(&other).arg(&more));
+    assert_eq!(out.status.code(), Some(2), "a differing declared schema");
+    let bad = write(dir.path(), "bad.json", br#"{"columns": [{"name": "id", "type": "Integer"}]}"#);
+    let out = run(sluice(&b.root).args(["ingest", "--table", "e", "--schema"]).arg(&bad).arg(&more));
+    assert_eq!(out.status.code(), Some(2), "an unknown type name");
+}

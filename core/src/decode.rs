@@ -16,6 +16,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::error::ArrowError;
 use serde::{Deserialize, Serialize};
 
+
 use crate::error::{BadInput, Error, Location, Result};
 use crate::source::Source;
 
@@ -149,12 +150,7 @@ pub fn infer_schema(source: &Source, detected: Detected, key: Option<&str>, hand
         .map(|f| {
             // Lance cannot store the Null type an all-null JSON column infers to.
             let data_type = if f.data_type() == &DataType::Null { DataType::Utf8 } else { f.data_type().clone() };
-            let field = Field::new(f.name(), data_type, true);
-            if Some(f.name().as_str()) == key {
-                field.with_nullable(false).with_metadata(HashMap::from([(PRIMARY_KEY_META.to_string(), "true".to_string())]))
-            } else {
-                field
-            }
+            Field::new(f.name(), data_type, true)
         })
         .collect();
     if let Some(key) = key
@@ -162,7 +158,7 @@ pub fn infer_schema(source: &Source, detected: Detected, key: Option<&str>, hand
     {
         return Err(bad(source, None, Some(key.to_string()), "the upsert key column is not in the source"));
     }
-    Ok(Arc::new(Schema::new(fields)))
+    with_key(&Schema::new(fields), key)
 }
 
 /// Infer from the first records, parsing line by line so an error names its line.
@@ -195,6 +191,64 @@ fn infer_jsonl(source: &Source, mut reader: Box<dyn BufRead + Send>) -> Result<S
     }
     arrow::json::reader::infer_json_schema_from_iterator(values.iter().map(Ok))
         .map_err(|e| bad(source, None, None, format!("cannot infer a schema: {e}")))
+}
+
+/// A declared table schema, as JSON: `{"columns": [{"name": "id", "type":
+/// "Int64", "nullable": false}, ...]}`. Types are arrow's names (`Int64`,
+/// `Float64`, `Utf8`, `Boolean`, `Date32`, `Timestamp(Microsecond, None)`, ...).
+pub fn parse_declared_schema(json: &str) -> Result<SchemaRef> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Declared {
+        columns: Vec<Column>,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Column {
+        name: String,
+        #[serde(rename = "type")]
+        data_type: String,
+        #[serde(default = "yes")]
+        nullable: bool,
+    }
+    fn yes() -> bool {
+        true
+    }
+    let declared: Declared = serde_json::from_str(json).map_err(|e| Error::Usage(format!("declared schema: {e}")))?;
+    if declared.columns.is_empty() {
+        return Err(Error::Usage("declared schema has no columns".into()));
+    }
+    let fields = declared
+        .columns
+        .into_iter()
+        .map(|c| {
+            let data_type = DataType::from_str(&c.data_type)
+                .map_err(|e| Error::Usage(format!("declared schema, column '{}': type '{}': {e}", c.name, c.data_type)))?;
+            Ok(Field::new(c.name, data_type, c.nullable))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Arc::new(Schema::new(fields)))
+}
+
+/// Mark the upsert key as Lance's primary key (required, not null).
+pub fn with_key(schema: &Schema, key: Option<&str>) -> Result<SchemaRef> {
+    let Some(key) = key else { return Ok(Arc::new(schema.clone())) };
+    if schema.field_with_name(key).is_err() {
+        return Err(Error::Usage(format!("the upsert key column '{key}' is not in the table's schema")));
+    }
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            let f = f.as_ref().clone();
+            if f.name() == key {
+                f.with_nullable(false).with_metadata(HashMap::from([(PRIMARY_KEY_META.to_string(), "true".to_string())]))
+            } else {
+                f
+            }
+        })
+        .collect();
+    Ok(Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone())))
 }
 
 /// A text file whose first bytes hold NUL is binary, not CSV.

@@ -51,6 +51,8 @@ pub struct TableRequest {
     pub format: Option<Format>,
     pub mode: Option<Mode>,
     pub key: Option<String>,
+    /// The schema a new table gets instead of an inferred one.
+    pub schema: Option<SchemaRef>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -390,7 +392,19 @@ impl Door<'_> {
     }
 
     /// A table created but not yet published carries its mode in its schema.
+    /// A declared schema must match the table's columns.
     fn adopt_table_mode(&self, t: &mut TableWork, ds: &Dataset) -> Result<()> {
+        if let Some(declared) = &t.request.schema {
+            let table = arrow::datatypes::Schema::from(ds.schema());
+            let columns = |s: &arrow::datatypes::Schema| s.fields().iter().map(|f| (f.name().clone(), f.data_type().clone())).collect::<Vec<_>>();
+            if columns(declared) != columns(&table) {
+                return Err(Error::Usage(format!(
+                    "table '{}' exists with columns {:?}; the declared schema differs",
+                    t.request.table,
+                    columns(&table)
+                )));
+            }
+        }
         let meta = &ds.schema().metadata;
         let mode = match meta.get(META_MODE).map(String::as_str) {
             Some("upsert") => Mode::Upsert,
@@ -453,11 +467,16 @@ impl Door<'_> {
     /// The schema a new table gets: inferred from its first source, with the
     /// table's mode kept in the schema metadata.
     async fn new_table_schema(&self, t: &TableWork) -> Result<SchemaRef> {
-        let (first, detected, key) = (t.sources[0].0.clone(), t.sources[0].1, t.key.clone());
-        let handle = tokio::runtime::Handle::current();
-        let schema = tokio::task::spawn_blocking(move || decode::infer_schema(&first, detected, key.as_deref(), &handle))
-            .await
-            .expect("schema inference panicked")?;
+        let schema = match &t.request.schema {
+            Some(declared) => decode::with_key(declared, t.key.as_deref())?,
+            None => {
+                let (first, detected, key) = (t.sources[0].0.clone(), t.sources[0].1, t.key.clone());
+                let handle = tokio::runtime::Handle::current();
+                tokio::task::spawn_blocking(move || decode::infer_schema(&first, detected, key.as_deref(), &handle))
+                    .await
+                    .expect("schema inference panicked")?
+            }
+        };
         let mut metadata = HashMap::from([(META_MODE.to_string(), t.mode.to_string())]);
         if let Some(key) = &t.key {
             metadata.insert(META_KEY.to_string(), key.clone());

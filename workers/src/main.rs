@@ -60,6 +60,10 @@ enum Command {
         /// Key column for --mode upsert.
         #[arg(long)]
         key: Option<String>,
+        /// Schema for a new table instead of inferring one: a JSON file
+        /// `{"columns": [{"name": "id", "type": "Int64", "nullable": false}]}`.
+        #[arg(long)]
+        schema: Option<PathBuf>,
         /// Budget for the whole operation, e.g. 90s, 15m.
         #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
         timeout: Duration,
@@ -126,14 +130,20 @@ async fn run(cli: Cli) -> Result<()> {
                 format!("lake ready at {} (manifest version {})", lake.uri(), m.version)
             });
         }
-        Command::Ingest { table, format, mode, key, timeout, sources } => {
+        Command::Ingest { table, format, mode, key, schema, timeout, sources } => {
             let format = format.as_deref().map(str::parse::<Format>).transpose()?;
+            let schema = match schema {
+                Some(path) => Some(sluice::decode::parse_declared_schema(
+                    &std::fs::read_to_string(&path).map_err(|e| Error::Usage(format!("schema file {}: {e}", path.display())))?,
+                )?),
+                None => None,
+            };
             let mode = mode.map(|m| match m {
                 ModeArg::Append => Mode::Append,
                 ModeArg::Upsert => Mode::Upsert,
             });
             for (table, sources) in ingest::route(&sources, table.as_deref())? {
-                let request = TableRequest { table, sources, format, mode, key: key.clone() };
+                let request = TableRequest { table, sources, format, mode, key: key.clone(), schema: schema.clone() };
                 let n = request.sources.len();
                 let report = with_progress(n, async |p| ingest::run(&lake, vec![request], timeout, p).await).await?;
                 print_report(cli.json, &report);
@@ -271,7 +281,7 @@ async fn with_progress<T>(sources: usize, work: impl AsyncFnOnce(Arc<Progress>) 
     out
 }
 
-/// A load descriptor: `{"tables": [{"table": "t", "sources": [...], "format"?, "mode"?, "key"?}]}`.
+/// A load descriptor: `{"tables": [{"table": "t", "sources": [...], "format"?, "mode"?, "key"?, "schema"?}]}`.
 /// Relative source paths are relative to the descriptor's folder.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -287,6 +297,8 @@ struct DescriptorTable {
     format: Option<String>,
     mode: Option<Mode>,
     key: Option<String>,
+    /// A declared schema, as `--schema` takes it.
+    schema: Option<serde_json::Value>,
 }
 
 fn read_descriptor(path: &Path) -> Result<Vec<TableRequest>> {
@@ -301,7 +313,8 @@ fn read_descriptor(path: &Path) -> Result<Vec<TableRequest>> {
                 .into_iter()
                 .map(|s| if s.contains("://") || Path::new(&s).is_absolute() { s } else { dir.join(s).display().to_string() })
                 .collect();
-            Ok(TableRequest { table: t.table, sources, format: t.format.as_deref().map(str::parse).transpose()?, mode: t.mode, key: t.key })
+            let schema = t.schema.map(|v| sluice::decode::parse_declared_schema(&v.to_string())).transpose()?;
+            Ok(TableRequest { table: t.table, sources, format: t.format.as_deref().map(str::parse).transpose()?, mode: t.mode, key: t.key, schema })
         })
         .collect()
 }
