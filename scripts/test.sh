@@ -6,6 +6,15 @@ cd "$(dirname "$0")/.."
 . scripts/env.sh
 ensure_protoc
 
+# One copy of arrow and lance (object_store 0.13 is DataFusion's own, inside Lance).
+dups=$(cargo tree -e normal --workspace --prefix none | awk '{print $1, $2}' | sort -u \
+  | awk '{print $1}' | uniq -d | grep -E '^(arrow|parquet|lance)' || true)
+if [ -n "$dups" ]; then
+  echo "duplicate versions in the dependency tree (use the ones Lance uses):" >&2
+  echo "$dups" >&2
+  exit 1
+fi
+
 PORT="${SLUICE_S3_PORT:-9755}"
 BUCKET=sluice-test
 scripts/s3-server.sh stop "$PORT"
