@@ -147,7 +147,6 @@ pub enum Created {
 /// An open lake. Cheap to share behind an `Arc`.
 pub struct Lake {
     uri: String,
-    root: Root,
     store: Arc<dyn ObjectStore>,
     base: Path,
     storage_options: HashMap<String, String>,
@@ -197,7 +196,6 @@ impl Lake {
         let wrapper = Arc::new(LanceWrapper { counts: Arc::clone(&counts), memory });
         Ok(Lake {
             uri,
-            root,
             store: Arc::new(CountingStore::new(wrap(raw), Arc::clone(&counts))),
             base,
             storage_options,
@@ -211,10 +209,6 @@ impl Lake {
         &self.uri
     }
 
-    pub fn root(&self) -> &Root {
-        &self.root
-    }
-
     /// Requests this process has sent to the lake's store so far (sluice and Lance).
     pub fn requests(&self) -> RequestSnapshot {
         self.counts.snapshot()
@@ -223,10 +217,6 @@ impl Lake {
     /// The counted store, for callers that need raw access (sources on the same bucket).
     pub fn store(&self) -> &Arc<dyn ObjectStore> {
         &self.store
-    }
-
-    pub fn storage_options(&self) -> &HashMap<String, String> {
-        &self.storage_options
     }
 
     /// Absolute object path of `rel` inside the lake.
@@ -327,12 +317,8 @@ impl Lake {
 
     /// Unconditional PUT of a JSON object.
     pub async fn put_json<T: Serialize>(&self, rel: &str, value: &T) -> Result<()> {
-        self.put_bytes(rel, to_json(value)).await
-    }
-
-    pub async fn put_bytes(&self, rel: &str, bytes: Bytes) -> Result<()> {
         let path = self.path(rel);
-        self.store.put(&path, PutPayload::from_bytes(bytes)).await.map_err(|e| Error::store(&path, e))?;
+        self.store.put(&path, PutPayload::from_bytes(to_json(value))).await.map_err(|e| Error::store(&path, e))?;
         Ok(())
     }
 

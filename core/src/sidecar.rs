@@ -62,12 +62,6 @@ pub struct Intent {
     pub worker: String,
 }
 
-impl Intent {
-    pub fn multi_table(&self) -> bool {
-        self.tables.len() > 1
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {

@@ -29,7 +29,6 @@ pub struct Source {
     pub identity: String,
     /// Hex digest of `identity`: the ledger key.
     pub id: String,
-    pub size: u64,
     pub location: Location,
 }
 
@@ -64,7 +63,6 @@ impl Source {
                 uri: uri.to_string(),
                 id: digest_hex(identity.as_bytes()),
                 identity,
-                size: meta.size,
                 location: Location::S3 { store, key, e_tag: meta.e_tag, version: meta.version },
             });
         }
@@ -95,19 +93,12 @@ impl Source {
         .expect("hashing task panicked")
         .map_err(|e| Error::io(&shown, e))?;
         let identity = format!("file://{shown}#size={size};sha256={hash}");
-        Ok(Source { uri: shown, id: digest_hex(identity.as_bytes()), identity, size, location: Location::Local(path) })
+        Ok(Source { uri: shown, id: digest_hex(identity.as_bytes()), identity, location: Location::Local(path) })
     }
 
     /// The file name, used for format detection and routing.
     pub fn file_name(&self) -> &str {
         self.uri.rsplit('/').next().unwrap_or(&self.uri)
-    }
-
-    /// The parent folder name: `.../<table>/<file>` routes to `<table>`.
-    pub fn folder_name(&self) -> Option<&str> {
-        let mut parts = self.uri.rsplit('/');
-        parts.next();
-        parts.next().filter(|p| !p.is_empty() && !p.contains(':'))
     }
 
     /// GET options that fail if the object changed since `resolve`.
