@@ -7,7 +7,7 @@
 //! `SLUICE_TRACE_FAILPOINTS=1` every failpoint reached prints `failpoint: NAME`
 //! on stderr, so a test can `kill -9` a child exactly there.
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// Intent sidecar written; no claim, no Lance commit yet.
 pub const AFTER_INTENT: &str = "ingest.after-intent";
@@ -33,6 +33,6 @@ pub fn hit(name: &'static str) -> Result<()> {
     if cfg!(feature = "failpoints") && std::env::var_os("SLUICE_TRACE_FAILPOINTS").is_some() {
         eprintln!("failpoint: {name}");
     }
-    fail::fail_point!(name, |_| Err(Error::Injected(name.to_string())));
+    fail::fail_point!(name, |_| Err(crate::error::Error::Injected(name.to_string())));
     Ok(())
 }
