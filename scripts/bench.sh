@@ -8,6 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
 ensure_protoc
+# Peak RSS is measured through GNU time (a small parent; see sluice-bench).
+[ -x /usr/bin/time ] || { apt-get update -qq && apt-get install -y -qq time >/dev/null; }
 cargo build --release -p sluice-workers --bins
 BENCH="$CARGO_TARGET_DIR/release/sluice-bench"
 

@@ -121,16 +121,21 @@ fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
-/// Run the `sluice` binary; returns wall time and peak RSS (KiB) of the child.
-fn timed_child(cmd: &mut Command) -> (Duration, i64) {
+/// Run a `sluice` command; returns wall time and its peak RSS (KiB).
+///
+/// Measured by GNU time, a small parent: a child's own `ru_maxrss` would
+/// inherit this (large) process's high-water mark across fork and exec.
+fn timed_child(cmd: &Command) -> (Duration, u64) {
+    const MARK: &str = "sluice-bench-maxrss-kib=";
+    let mut timed = Command::new("/usr/bin/time");
+    timed.arg("-f").arg(format!("{MARK}%M")).arg(cmd.get_program()).args(cmd.get_args());
     let start = Instant::now();
-    let child = cmd.stdout(std::process::Stdio::null()).spawn().expect("spawn sluice");
-    let mut status = 0;
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: wait4 on our own child pid with valid out-pointers.
-    let pid = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
-    assert!(pid > 0 && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "sluice child failed (status {status})");
-    (start.elapsed(), usage.ru_maxrss)
+    let out = timed.stdout(std::process::Stdio::null()).output().expect("run /usr/bin/time (Debian package `time`)");
+    let elapsed = start.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "sluice child failed: {stderr}");
+    let rss = stderr.lines().find_map(|l| l.strip_prefix(MARK)).and_then(|v| v.trim().parse().ok()).expect("GNU time's %M");
+    (elapsed, rss)
 }
 
 #[tokio::main]
@@ -198,14 +203,14 @@ async fn main() {
         c.args(["--root", &conc_root, "ingest", "--table", "t"]).arg(f);
         c
     };
-    timed_child(&mut ingest_cmd(&generate(&a.work, "c-warm.jsonl", 1, 499)));
-    let alone: Vec<Duration> = files[..8].iter().map(|f| timed_child(&mut ingest_cmd(f)).0).collect();
+    timed_child(&ingest_cmd(&generate(&a.work, "c-warm.jsonl", 1, 499)));
+    let alone: Vec<Duration> = files[..8].iter().map(|f| timed_child(&ingest_cmd(f)).0).collect();
     let mut together = Vec::new();
     for round in 1..=rounds {
         let batch = &files[8 * round..8 * round + 8];
         let handles: Vec<_> = batch.iter().map(|f| {
-            let mut c = ingest_cmd(f);
-            std::thread::spawn(move || timed_child(&mut c).0)
+            let c = ingest_cmd(f);
+            std::thread::spawn(move || timed_child(&c).0)
         }).collect();
         together.extend(handles.into_iter().map(|h| h.join().unwrap()));
     }
