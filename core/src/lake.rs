@@ -250,7 +250,7 @@ impl Lake {
 
     /// Open table `name` at `version`, or at Lance's latest version.
     pub async fn open_table(&self, name: &str, version: Option<u64>) -> Result<Dataset> {
-        let mut builder = DatasetBuilder::from_uri(&self.table_uri(name))
+        let mut builder = DatasetBuilder::from_uri(self.table_uri(name))
             .with_store_params(self.store_params())
             .with_session(self.session());
         if let Some(v) = version {
@@ -338,7 +338,7 @@ impl Lake {
     }
 
     /// The part of `path` below the lake root.
-    pub fn relative<'a>(&self, path: &'a Path) -> Option<String> {
+    pub fn relative(&self, path: &Path) -> Option<String> {
         path.prefix_match(&self.base).map(|parts| parts.map(|p| p.as_ref().to_string()).collect::<Vec<_>>().join("/"))
     }
 }

@@ -152,7 +152,7 @@ pub async fn pending(lake: &Lake) -> Result<Vec<Intent>> {
             intents.push(intent);
         }
     }
-    intents.sort_by(|a, b| a.started_at.cmp(&b.started_at));
+    intents.sort_by_key(|i| i.started_at);
     Ok(intents)
 }
 
