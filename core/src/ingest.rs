@@ -214,8 +214,15 @@ impl Door<'_> {
             self.settle_mode(t, &base)?;
         }
         let intent = self.intent(&tables);
-        if sidecar::create_intent(self.lake, &intent).await? == Created::AlreadyExists {
-            return self.await_duplicate(&tables).await;
+        match sidecar::create_intent(self.lake, &intent).await? {
+            Created::Mine => {}
+            // The same sources, delivered again: wait for that delivery's outcome.
+            Created::Theirs(other) => {
+                self.await_op(&other.op, other.deadline).await?;
+                return self.report_done(&tables).await;
+            }
+            // It finished between our PUT and our GET.
+            Created::Gone => return self.report_done(&tables).await,
         }
         if let Err(e) = failpoints::hit(failpoints::AFTER_INTENT) {
             return Err(self.abandon(&[], e).await);
@@ -312,15 +319,15 @@ impl Door<'_> {
             for (source, detected) in std::mem::take(&mut t.sources) {
                 let claim = Claim { op: self.op.clone(), attempt: self.attempt.clone(), source: source.uri.clone(), claimed_at: Utc::now() };
                 match sidecar::claim(self.lake, &source.id, &claim).await? {
-                    Created::Created => {
+                    Created::Mine => {
                         claimed.push(source.id.clone());
                         keep.push((source, detected));
                     }
-                    Created::AlreadyExists => {
-                        let Some(existing) = sidecar::read_claim(self.lake, &source.id).await? else {
-                            // Released between our PUT and GET: an aborted attempt; claim again next run.
-                            return Err(Error::Blocked(format!("source {} was released while being claimed; retry", source.uri)));
-                        };
+                    // Released between our PUT and GET: an aborted attempt; claim again next run.
+                    Created::Gone => {
+                        return Err(Error::Blocked(format!("source {} was released while being claimed; retry", source.uri)));
+                    }
+                    Created::Theirs(existing) => {
                         let in_flight = existing.op != self.op && sidecar::intent_exists(self.lake, &existing.op).await?;
                         let report = SourceReport { table: t.request.table.clone(), uri: source.uri.clone(), status: SourceStatus::AlreadyIngested, op: existing.op };
                         others.push((report, in_flight));
@@ -554,14 +561,13 @@ impl Door<'_> {
             versions: tables.iter().map(|t| (t.request.table.clone(), t.committed.expect("committed before deciding"))).collect(),
         };
         self.deadline.check("recording the decision")?;
-        if sidecar::decide(self.lake, &decision).await? == Created::AlreadyExists {
-            let existing = sidecar::read_decision(self.lake, &self.op).await?;
-            return Err(Error::Blocked(format!(
-                "operation {} was decided by someone else ({existing:?}); this worker must not publish it",
+        match sidecar::decide(self.lake, &decision).await? {
+            Created::Mine => Ok(()),
+            other => Err(Error::Blocked(format!(
+                "operation {} was decided by someone else ({other:?}); this worker must not publish it",
                 self.op
-            )));
+            ))),
         }
-        Ok(())
     }
 
     /// Publish every table at its commit, after checking that no undecided
@@ -637,17 +643,6 @@ impl Door<'_> {
                 }
             }
         }
-    }
-
-    /// Our intent already exists: the same sources are being (or were just)
-    /// ingested by another delivery. Wait for its outcome within our deadline.
-    async fn await_duplicate(&self, tables: &[TableWork]) -> Result<Report> {
-        let Some(other) = sidecar::read_intent(self.lake, &self.op).await? else {
-            // Finished between our PUT and GET.
-            return self.report_done(tables).await;
-        };
-        self.await_op(&other.op, other.deadline).await?;
-        self.report_done(tables).await
     }
 
     /// Poll until operation `op`'s intent is gone. Its claims then mean "done".

@@ -137,11 +137,15 @@ impl WrappingObjectStore for LanceWrapper {
     }
 }
 
-/// Outcome of a create-only PUT.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Created {
-    Created,
-    AlreadyExists,
+/// Outcome of a create-only PUT of a JSON object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Created<T> {
+    /// Ours: written by this call (possibly recognised after an ambiguous answer).
+    Mine,
+    /// Someone else's object is there, as read back.
+    Theirs(T),
+    /// The store said it exists, but it was deleted before it could be read.
+    Gone,
 }
 
 /// An open lake. Cheap to share behind an `Arc`.
@@ -214,7 +218,7 @@ impl Lake {
         self.counts.snapshot()
     }
 
-    /// The counted store, for callers that need raw access (sources on the same bucket).
+    /// The counted store, for raw writes into the lake (quarantine copies).
     pub fn store(&self) -> &Arc<dyn ObjectStore> {
         &self.store
     }
@@ -285,33 +289,26 @@ impl Lake {
     /// Create-only PUT (`If-None-Match: *`) of a JSON object that recognises
     /// its own write: when the PUT is ambiguous (an error, or "already exists"
     /// after a client retry), the object is read back and `is_mine` decides.
+    /// A conflict returns what it read, so callers need not GET it again.
     pub async fn create_json<T: Serialize + DeserializeOwned>(
         &self,
         rel: &str,
         value: &T,
         is_mine: impl Fn(&T) -> bool,
-    ) -> Result<Created> {
-        let put = self.create_bytes(rel, to_json(value)).await;
-        if matches!(put, Ok(Created::Created)) {
-            return put;
-        }
-        match self.get_json::<T>(rel).await? {
-            Some(found) if is_mine(&found) => Ok(Created::Created),
-            Some(_) => Ok(Created::AlreadyExists),
-            // Not there: an error means the PUT did not happen; "exists" means it was deleted since.
-            None => put,
-        }
-    }
-
-    pub async fn create_bytes(&self, rel: &str, bytes: Bytes) -> Result<Created> {
+    ) -> Result<Created<T>> {
         let path = self.path(rel);
         let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
-        match self.store.put_opts(&path, PutPayload::from_bytes(bytes), opts).await {
-            Ok(_) => Ok(Created::Created),
-            Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
-                Ok(Created::AlreadyExists)
-            }
-            Err(e) => Err(Error::store(&path, e)),
+        let failure = match self.store.put_opts(&path, PutPayload::from_bytes(to_json(value)), opts).await {
+            Ok(_) => return Ok(Created::Mine),
+            Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => None,
+            Err(e) => Some(Error::store(&path, e)),
+        };
+        match (self.get_json::<T>(rel).await?, failure) {
+            (Some(found), _) if is_mine(&found) => Ok(Created::Mine),
+            (Some(found), _) => Ok(Created::Theirs(found)),
+            // Not there after an error: the PUT did not happen.
+            (None, Some(e)) => Err(e),
+            (None, None) => Ok(Created::Gone),
         }
     }
 

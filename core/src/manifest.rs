@@ -178,7 +178,7 @@ async fn catch_up(lake: &Lake, mut known: Manifest) -> Result<Manifest> {
 /// Create the lake's first manifest version if there is none. Idempotent.
 pub async fn init(lake: &Lake) -> Result<Manifest> {
     let first = Manifest::empty();
-    if lake.create_json(&version_path(0), &first, |m: &Manifest| m.version == 0).await? == Created::Created {
+    if lake.create_json(&version_path(0), &first, |m: &Manifest| m.version == 0).await? == Created::Mine {
         lake.put_json(LATEST_HINT, &first).await?;
     }
     read_latest(lake).await?.ok_or_else(|| Error::Corrupt {
@@ -213,7 +213,7 @@ pub async fn publish(lake: &Lake, mut base: Manifest, goal: &Goal, deadline: &De
         failpoints::hit(failpoints::BEFORE_PUBLISH)?;
         let mine = |m: &Manifest| m.published.iter().any(|p| p.attempt == goal.published.attempt);
         match lake.create_json(&version_path(next.version), &next, mine).await? {
-            Created::Created => {
+            Created::Mine => {
                 failpoints::hit(failpoints::AFTER_PUBLISH)?;
                 // The hint only saves requests; a failed or crossed write costs probes, not correctness.
                 if let Err(e) = lake.put_json(LATEST_HINT, &next).await {
@@ -221,13 +221,13 @@ pub async fn publish(lake: &Lake, mut base: Manifest, goal: &Goal, deadline: &De
                 }
                 return Ok(PublishOutcome::Published { version: next.version });
             }
-            Created::AlreadyExists => {
-                let winner = read_version(lake, next.version).await?.ok_or_else(|| Error::Corrupt {
+            Created::Theirs(winner) => base = catch_up(lake, winner).await?,
+            Created::Gone => {
+                return Err(Error::Corrupt {
                     what: "manifest",
                     path: lake.path(&version_path(next.version)).to_string(),
                     reason: "create-only PUT said it exists, GET says it does not (was it deleted?)".into(),
-                })?;
-                base = catch_up(lake, winner).await?;
+                });
             }
         }
     }

@@ -101,7 +101,7 @@ fn claim_path(source_id: &str) -> String {
     format!("{CLAIMS}/{source_id}.json")
 }
 
-pub async fn create_intent(lake: &Lake, intent: &Intent) -> Result<Created> {
+pub async fn create_intent(lake: &Lake, intent: &Intent) -> Result<Created<Intent>> {
     lake.create_json(&intent_path(&intent.op), intent, |i: &Intent| i.attempt == intent.attempt).await
 }
 
@@ -122,7 +122,7 @@ pub async fn finish(lake: &Lake, op: &str, multi_table: bool) -> Result<()> {
     lake.delete(&intent_path(op)).await
 }
 
-pub async fn decide(lake: &Lake, decision: &Decision) -> Result<Created> {
+pub async fn decide(lake: &Lake, decision: &Decision) -> Result<Created<Decision>> {
     lake.create_json(&decision_path(&decision.op), decision, |d: &Decision| d == decision).await
 }
 
@@ -130,7 +130,7 @@ pub async fn read_decision(lake: &Lake, op: &str) -> Result<Option<Decision>> {
     lake.get_json(&decision_path(op)).await
 }
 
-pub async fn claim(lake: &Lake, source_id: &str, claim: &Claim) -> Result<Created> {
+pub async fn claim(lake: &Lake, source_id: &str, claim: &Claim) -> Result<Created<Claim>> {
     lake.create_json(&claim_path(source_id), claim, |c: &Claim| c.attempt == claim.attempt).await
 }
 
