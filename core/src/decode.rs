@@ -14,7 +14,7 @@ use arrow::array::{Array, ArrayRef, RecordBatch, RecordBatchReader, new_null_arr
 use arrow::compute::{CastOptions, cast_with_options};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::error::ArrowError;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 
 use crate::error::{BadInput, Error, Location, Result};
@@ -29,8 +29,7 @@ const READ_BUFFER: usize = 1 << 20;
 /// Lance's marker for the key column merge-insert detects conflicts on.
 const PRIMARY_KEY_META: &str = "lance-schema:unenforced-primary-key";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     Jsonl,
     Csv,
@@ -264,7 +263,6 @@ fn reject_binary(source: &Source, reader: &mut Box<dyn BufRead + Send>) -> Resul
 type Batches = Box<dyn Iterator<Item = Result<RecordBatch>> + Send>;
 
 fn open_columnar(source: &Source, detected: Detected, handle: &tokio::runtime::Handle) -> Result<(SchemaRef, Batches)> {
-    let wrap = |e: ArrowError| bad(source, None, None, e.to_string());
     match detected.format {
         Format::Parquet => {
             let (file, temps) = seekable_file(source, detected.compression, handle)?;
@@ -290,7 +288,7 @@ fn open_columnar(source: &Source, detected: Detected, handle: &tokio::runtime::H
             let src = source.clone();
             Ok((schema, Box::new(reader.map(move |b| b.map_err(|e| bad(&src, None, None, e.to_string()))))))
         }
-        Format::Jsonl | Format::Csv => Err(wrap(ArrowError::InvalidArgumentError("not a columnar format".into()))),
+        Format::Jsonl | Format::Csv => unreachable!("open_columnar is only called for columnar formats"),
     }
 }
 

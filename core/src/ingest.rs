@@ -145,6 +145,8 @@ struct Door<'a> {
     deadline: Deadline,
     progress: Arc<Progress>,
     multi: bool,
+    /// Every source as resolved at the start: quarantine copies exactly that version.
+    sources: Vec<Source>,
 }
 
 /// Ingest the tables' sources as one operation: all of it visible in one
@@ -185,6 +187,7 @@ pub async fn run(lake: &Lake, requests: Vec<TableRequest>, timeout: Duration, pr
         deadline,
         progress,
         multi: tables.len() > 1,
+        sources: tables.iter().flat_map(|t| t.sources.iter().map(|(s, _)| s.clone())).collect(),
     };
     let mut report = door.run(tables).await?;
     report.requests = lake.requests().since(&before);
@@ -358,7 +361,7 @@ impl Door<'_> {
     }
 
     async fn quarantine(&self, bad: &BadInput) -> Result<()> {
-        let source = Source::resolve(&bad.source_uri).await?;
+        let source = self.sources.iter().find(|s| s.uri == bad.source_uri).expect("bad input names one of our sources");
         let dir = format!("_quarantine/{}", source.id);
         source.copy_into(self.lake, &format!("{dir}/{}", source.file_name())).await?;
         #[derive(Serialize)]
