@@ -96,7 +96,7 @@ pub fn upsert(table: &str, key: &str, sources: &[&Path]) -> TableRequest {
 }
 
 pub async fn ingest(lake: &Lake, requests: Vec<TableRequest>) -> sluice::Result<Report> {
-    ingest::run(lake, requests, TIMEOUT, Arc::new(Progress::default())).await
+    ingest::run(lake, requests, ingest::Budget::new(TIMEOUT), Arc::new(Progress::default())).await
 }
 
 /// The published ids of `table` (latest manifest or `at`), sorted.

@@ -58,6 +58,19 @@ impl FromStr for Format {
     }
 }
 
+impl Format {
+    /// The name `from_str` reads back.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Jsonl => "jsonl",
+            Format::Csv => "csv",
+            Format::Parquet => "parquet",
+            Format::Arrow => "arrow",
+            Format::ArrowStream => "arrow-stream",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compression {
     None,
@@ -227,6 +240,16 @@ pub fn parse_declared_schema(json: &str) -> Result<SchemaRef> {
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(Arc::new(Schema::new(fields)))
+}
+
+/// `schema` in the JSON form [`parse_declared_schema`] reads.
+pub fn declared_schema_json(schema: &Schema) -> serde_json::Value {
+    let columns: Vec<serde_json::Value> = schema
+        .fields()
+        .iter()
+        .map(|f| serde_json::json!({"name": f.name(), "type": f.data_type().to_string(), "nullable": f.is_nullable()}))
+        .collect();
+    serde_json::json!({ "columns": columns })
 }
 
 /// Mark the upsert key as Lance's primary key (required, not null).

@@ -15,6 +15,10 @@ pub const AFTER_INTENT: &str = "ingest.after-intent";
 pub const AFTER_CLAIMS: &str = "ingest.after-claims";
 /// A table's Lance commit landed (for a load: before the next table's commit).
 pub const AFTER_COMMIT: &str = "ingest.after-commit";
+/// A multi-table load committed every table and passed its deadline check;
+/// its forward decision is not yet recorded (a writer stalling here must lose
+/// to recovery's decision).
+pub const BEFORE_DECISION: &str = "load.before-decision";
 /// A multi-table load recorded its forward decision; nothing published yet.
 pub const AFTER_DECISION: &str = "load.after-decision";
 /// Publish is about to create the next manifest version.
@@ -24,8 +28,34 @@ pub const AFTER_PUBLISH: &str = "publish.after-put";
 /// Published and hinted; the intent sidecar is not yet removed.
 pub const BEFORE_FINISH: &str = "ingest.before-finish";
 
-pub const ALL: &[&str] =
-    &[AFTER_INTENT, AFTER_CLAIMS, AFTER_COMMIT, AFTER_DECISION, BEFORE_PUBLISH, AFTER_PUBLISH, BEFORE_FINISH];
+/// A sweep took its lease on a dead operation; nothing decided yet.
+pub const RECOVER_AFTER_LEASE: &str = "recover.after-lease";
+/// A sweep recorded its decision on a multi-table load.
+pub const RECOVER_AFTER_DECISION: &str = "recover.after-decision";
+/// A sweep published (or removed the rows of) the operation; no audit record yet.
+pub const RECOVER_AFTER_EFFECTS: &str = "recover.after-effects";
+/// Audited; the sources are not yet released and the sidecars not yet removed.
+pub const RECOVER_BEFORE_FINISH: &str = "recover.before-finish";
+
+/// The writer's steps (a crash here leaves work for recovery).
+pub const WRITER: &[&str] = &[AFTER_INTENT, AFTER_CLAIMS, AFTER_COMMIT, BEFORE_DECISION, AFTER_DECISION, BEFORE_PUBLISH, AFTER_PUBLISH, BEFORE_FINISH];
+/// Recovery's own steps (a crash here leaves work for the next sweep).
+pub const RECOVERY: &[&str] = &[RECOVER_AFTER_LEASE, RECOVER_AFTER_DECISION, RECOVER_AFTER_EFFECTS, RECOVER_BEFORE_FINISH];
+
+pub const ALL: &[&str] = &[
+    AFTER_INTENT,
+    AFTER_CLAIMS,
+    AFTER_COMMIT,
+    BEFORE_DECISION,
+    AFTER_DECISION,
+    BEFORE_PUBLISH,
+    AFTER_PUBLISH,
+    BEFORE_FINISH,
+    RECOVER_AFTER_LEASE,
+    RECOVER_AFTER_DECISION,
+    RECOVER_AFTER_EFFECTS,
+    RECOVER_BEFORE_FINISH,
+];
 
 /// Evaluate failpoint `name`: a `return` action becomes [`Error::Injected`].
 pub fn hit(name: &'static str) -> Result<()> {

@@ -12,7 +12,7 @@
 //! 7. one manifest publish covering every table;
 //! 8. the intent is removed; the claims stay as the ledger.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,7 +32,8 @@ use crate::error::{BadInput, Error, Result};
 use crate::failpoints;
 use crate::lake::{Created, Lake};
 use crate::manifest::{self, Goal, Manifest, Mode, Published, TablePin};
-use crate::sidecar::{self, Claim, Decision, Intent, IntentTable, Outcome, PROP_ATTEMPT, PROP_OP, PROP_SCOPE, SourceRef};
+use crate::recover::{self, Vetted};
+use crate::sidecar::{self, Claim, Decision, Intent, IntentTable, Outcome, PROP_ATTEMPT, PROP_OP, PROP_SCOPE, SCOPE_MULTI, SCOPE_SINGLE, SourceRef};
 use crate::source::Source;
 
 /// Schema metadata keys that keep a table's mode inside the Lance table itself.
@@ -147,13 +148,33 @@ struct Door<'a> {
     multi: bool,
     /// Every source as resolved at the start: quarantine copies exactly that version.
     sources: Vec<Source>,
+    /// Margin before another worker's expired intent is taken over.
+    skew: Duration,
 }
+
+/// How long a writing operation may take, and how long past another worker's
+/// deadline it waits before presuming that worker dead.
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    pub timeout: Duration,
+    pub clock_skew: Duration,
+}
+
+impl Budget {
+    pub fn new(timeout: Duration) -> Budget {
+        Budget { timeout, clock_skew: recover::DEFAULT_CLOCK_SKEW }
+    }
+}
+
+/// Rounds of "another delivery of these sources is in flight": wait for it,
+/// or take it over once it expired, then try again.
+const MAX_TAKEOVER_ROUNDS: u32 = 3;
 
 /// Ingest the tables' sources as one operation: all of it visible in one
 /// manifest version, or none of it. A single table is an `ingest`; several a `load`.
-pub async fn run(lake: &Lake, requests: Vec<TableRequest>, timeout: Duration, progress: Arc<Progress>) -> Result<Report> {
+pub async fn run(lake: &Lake, requests: Vec<TableRequest>, budget: Budget, progress: Arc<Progress>) -> Result<Report> {
     let before = lake.requests();
-    let deadline = Deadline::after(timeout);
+    let deadline = Deadline::after(budget.timeout);
     if requests.is_empty() || requests.iter().any(|r| r.sources.is_empty()) {
         return Err(Error::Usage("nothing to ingest: give at least one source per table".into()));
     }
@@ -188,10 +209,60 @@ pub async fn run(lake: &Lake, requests: Vec<TableRequest>, timeout: Duration, pr
         progress,
         multi: tables.len() > 1,
         sources: tables.iter().flat_map(|t| t.sources.iter().map(|(s, _)| s.clone())).collect(),
+        skew: budget.clock_skew,
     };
     let mut report = door.run(tables).await?;
     report.requests = lake.requests().since(&before);
     Ok(report)
+}
+
+/// Recovery's redo of a multi-table load that died with `tables` uncommitted:
+/// commit them from the intent's sources, tagged with the sweep's `attempt`.
+/// `None` when a source is no longer the version the load read.
+pub(crate) async fn redo(lake: &Lake, intent: &Intent, attempt: &str, deadline: Deadline, tables: &[String]) -> Result<Option<BTreeMap<String, u64>>> {
+    let mut work = Vec::with_capacity(tables.len());
+    let mut all = Vec::new();
+    for name in tables {
+        let it = &intent.tables[name];
+        let format = it.format.as_deref().map(str::parse::<Format>).transpose()?;
+        let schema = it.schema.as_ref().map(|v| decode::parse_declared_schema(&v.to_string())).transpose()?;
+        let mut sources = Vec::new();
+        for r in intent.sources.iter().filter(|s| &s.table == name) {
+            let source = Source::resolve(&r.uri).await?;
+            if source.identity != r.identity {
+                return Ok(None);
+            }
+            let detected = decode::detect(&source, format)?;
+            all.push(source.clone());
+            sources.push((source, detected));
+        }
+        let request = TableRequest {
+            table: name.clone(),
+            sources: sources.iter().map(|(s, _)| s.uri.clone()).collect(),
+            format,
+            mode: Some(it.mode),
+            key: it.key.clone(),
+            schema,
+        };
+        work.push(TableWork { request, sources, mode: it.mode, key: it.key.clone(), start_pin: it.start_pin, committed: None, report: None });
+    }
+    let door = Door {
+        lake,
+        op: intent.op.clone(),
+        attempt: attempt.to_string(),
+        deadline,
+        progress: Arc::default(),
+        multi: true,
+        sources: all,
+        skew: recover::DEFAULT_CLOCK_SKEW,
+    };
+    let mut done = BTreeMap::new();
+    for t in &mut work {
+        let stage = door.stage(t, false).await?;
+        door.commit(t, stage).await?;
+        done.insert(t.request.table.clone(), t.committed.expect("a commit that returned Ok recorded its version"));
+    }
+    Ok(Some(done))
 }
 
 /// Deterministic from the sources' identities: a redelivery is the same operation.
@@ -212,20 +283,37 @@ fn operation_id(tables: &[TableWork]) -> String {
 
 impl Door<'_> {
     async fn run(&self, mut tables: Vec<TableWork>) -> Result<Report> {
+        // Heal first: dead workers' operations on our tables are resolved
+        // before we start, so a redelivery finds its source settled.
+        let names: BTreeSet<String> = tables.iter().map(|t| t.request.table.clone()).collect();
+        // Boxed here and below: recovery's future is large and would nest inside ours.
+        Box::pin(recover::heal(self.lake, &names, self.skew, &self.deadline)).await?;
         let base = manifest::writer_base(self.lake).await?;
         for t in &mut tables {
             self.settle_mode(t, &base)?;
         }
         let intent = self.intent(&tables);
-        match sidecar::create_intent(self.lake, &intent).await? {
-            Created::Mine => {}
-            // The same sources, delivered again: wait for that delivery's outcome.
-            Created::Theirs(other) => {
-                self.await_op(&other.op, other.deadline).await?;
-                return self.report_done(&tables).await;
+        let mut round = 0;
+        loop {
+            round += 1;
+            match sidecar::create_intent(self.lake, &intent).await? {
+                Created::Mine => break,
+                // The same sources, delivered again: wait for that delivery's outcome.
+                Created::Theirs(other) => self.await_op(&other.op, other.deadline).await?,
+                // It finished between our PUT and our GET.
+                Created::Gone => {}
             }
-            // It finished between our PUT and our GET.
-            Created::Gone => return self.report_done(&tables).await,
+            if let Some(report) = self.report_done(&tables).await? {
+                return Ok(report);
+            }
+            // It gave its sources back (rolled back, or gave up): ours to ingest.
+            if round == MAX_TAKEOVER_ROUNDS {
+                return Err(Error::Contention {
+                    what: "taking over these sources",
+                    attempts: MAX_TAKEOVER_ROUNDS,
+                    last: "other deliveries kept starting and giving up".into(),
+                });
+            }
         }
         if let Err(e) = failpoints::hit(failpoints::AFTER_INTENT) {
             return Err(self.abandon(&[], e).await);
@@ -293,7 +381,16 @@ impl Door<'_> {
             kind: if self.multi { "load" } else { "ingest" }.into(),
             tables: tables
                 .iter()
-                .map(|t| (t.request.table.clone(), IntentTable { start_pin: t.start_pin, mode: t.mode, key: t.key.clone() }))
+                .map(|t| {
+                    let table = IntentTable {
+                        start_pin: t.start_pin,
+                        mode: t.mode,
+                        key: t.key.clone(),
+                        format: t.request.format.map(|f| f.name().to_string()),
+                        schema: t.request.schema.as_deref().map(decode::declared_schema_json),
+                    };
+                    (t.request.table.clone(), table)
+                })
                 .collect(),
             sources: tables
                 .iter()
@@ -380,7 +477,7 @@ impl Door<'_> {
         HashMap::from([
             (PROP_OP.to_string(), self.op.clone()),
             (PROP_ATTEMPT.to_string(), self.attempt.clone()),
-            (PROP_SCOPE.to_string(), if self.multi { "multi" } else { "single" }.to_string()),
+            (PROP_SCOPE.to_string(), if self.multi { SCOPE_MULTI } else { SCOPE_SINGLE }.to_string()),
         ])
     }
 
@@ -564,6 +661,7 @@ impl Door<'_> {
             versions: tables.iter().map(|t| (t.request.table.clone(), t.committed.expect("committed before deciding"))).collect(),
         };
         self.deadline.check("recording the decision")?;
+        failpoints::hit(failpoints::BEFORE_DECISION)?;
         match sidecar::decide(self.lake, &decision).await? {
             Created::Mine => Ok(()),
             other => Err(Error::Blocked(format!(
@@ -574,12 +672,13 @@ impl Door<'_> {
     }
 
     /// Publish every table at its commit, after checking that no undecided
-    /// operation's commit lies between the pin and ours (invariant 3).
+    /// operation's commit lies between the pin and ours (invariant 3; see `recover::vet`).
     async fn publish(&self, tables: &[TableWork], base: Manifest) -> Result<u64> {
         let mut pins = BTreeMap::new();
         for t in tables {
-            let version = t.committed.expect("committed before publishing");
-            self.check_between(t, base.tables.get(&t.request.table).map(|p| p.version).unwrap_or(0), version).await?;
+            let committed = t.committed.expect("committed before publishing");
+            let from = base.tables.get(&t.request.table).map_or(0, |p| p.version);
+            let version = if from < committed { self.vetted(&t.request.table, from, committed).await? } else { committed };
             pins.insert(t.request.table.clone(), TablePin { version, mode: t.mode, key: t.key.clone() });
         }
         let goal = Goal {
@@ -595,71 +694,38 @@ impl Door<'_> {
         Ok(manifest::publish(self.lake, base, &goal, &self.deadline).await?.version())
     }
 
-    /// Every Lance commit in (from, to) must be decided forward before a pin at
-    /// `to` may show it. Waits (within the deadline) for live multi-table loads.
-    async fn check_between(&self, t: &TableWork, from: u64, to: u64) -> Result<()> {
-        if from + 1 >= to {
-            return Ok(());
-        }
-        let name = &t.request.table;
-        let ds = self.lake.open_table(name, Some(to)).await?;
-        for version in from + 1..to {
-            let txn = ds.read_version_transaction(version).await.map_err(|e| Error::lance(name, e))?.transaction;
-            let props = txn.as_ref().and_then(|t| t.transaction_properties.clone());
-            let get = |k: &str| props.as_ref().and_then(|p| p.get(k).cloned());
-            match (get(PROP_OP), get(PROP_SCOPE).as_deref()) {
-                _ if txn.as_ref().is_some_and(|t| carries_no_rows(&t.operation)) => {}
-                (Some(_), Some("single")) => {}
-                (Some(op), Some("multi")) if op == self.op => {}
-                (Some(op), Some("multi")) => self.await_decision(name, version, &op).await?,
-                _ => {
-                    return Err(Error::Blocked(format!(
-                        "table '{name}' version {version} was not written by a sluice operation; \
-                         sluice will not publish rows it cannot attribute (repair the table, then retry)"
-                    )));
+    /// The pin `table` may move to from `from` to show our commit at `to`,
+    /// resolving dead operations whose commits stand in between.
+    async fn vetted(&self, table: &str, from: u64, to: u64) -> Result<u64> {
+        for _ in 0..MAX_TAKEOVER_ROUNDS {
+            match recover::vet(self.lake, table, from, to, &self.op, self.skew, &self.deadline).await? {
+                Vetted::Pin(v) => return Ok(v),
+                Vetted::Expired(op) => {
+                    let action = Box::pin(recover::resolve_op(self.lake, &op, self.skew, &self.deadline)).await?;
+                    tracing::info!(op, ?action, "resolved a dead worker's operation that stood before this publish");
                 }
             }
         }
-        Ok(())
+        Err(Error::Blocked(format!("table '{table}': dead operations before version {to} could not be resolved; run `sluice recover`")))
     }
 
-    async fn await_decision(&self, table: &str, version: u64, op: &str) -> Result<()> {
-        let mut pause = Duration::from_millis(50);
-        loop {
-            match sidecar::read_decision(self.lake, op).await? {
-                Some(d) if d.outcome == Outcome::Forward => return Ok(()),
-                Some(_) => {
-                    return Err(Error::Blocked(format!(
-                        "table '{table}' version {version} belongs to operation {op}, which was rolled back; \
-                         this commit sits on top of it and stays unpublished until recovery removes those rows"
-                    )));
-                }
-                None if self.deadline.remaining() > pause => {
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(MAX_POLL);
-                }
-                None => {
-                    return Err(Error::Blocked(format!(
-                        "table '{table}' version {version} belongs to multi-table operation {op}, still undecided at \
-                         this worker's deadline; run `sluice recover` once its deadline has passed"
-                    )));
-                }
-            }
-        }
-    }
-
-    /// Poll until operation `op`'s intent is gone. Its claims then mean "done".
+    /// Poll until operation `op`'s intent is gone, resolving it once its
+    /// owner is presumed dead (deadline plus clock skew passed).
     async fn await_op(&self, op: &str, its_deadline: chrono::DateTime<Utc>) -> Result<()> {
         let mut pause = Duration::from_millis(50);
+        let expires = its_deadline + chrono::Duration::from_std(self.skew).unwrap_or(chrono::Duration::MAX);
         while sidecar::intent_exists(self.lake, op).await? {
-            if Utc::now() > its_deadline {
-                return Err(Error::Blocked(format!(
-                    "operation {op} on these sources died (its deadline {its_deadline} passed); \
-                     `sluice recover` finishes or undoes it, then redeliver"
-                )));
+            if Utc::now() >= expires {
+                let action = Box::pin(recover::resolve_op(self.lake, op, self.skew, &self.deadline)).await?;
+                tracing::info!(op, ?action, "took over a dead delivery of these sources");
+                if matches!(action, recover::Action::Decided { .. } | recover::Action::DoneByOther { .. }) {
+                    continue;
+                }
             }
             if self.deadline.remaining() <= pause {
-                return Err(Error::Blocked(format!("operation {op} on these sources is still running; retry later")));
+                return Err(Error::Blocked(format!(
+                    "operation {op} on these sources is still running (its deadline is {its_deadline}); retry later"
+                )));
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(MAX_POLL);
@@ -668,25 +734,17 @@ impl Door<'_> {
     }
 
     /// Every source of ours was handled by another operation: check the ledger.
-    async fn report_done(&self, tables: &[TableWork]) -> Result<Report> {
+    /// `None` when a source has no claim (that operation gave it back).
+    async fn report_done(&self, tables: &[TableWork]) -> Result<Option<Report>> {
         let mut others = Vec::new();
         for t in tables {
             for (source, _) in &t.sources {
-                match sidecar::read_claim(self.lake, &source.id).await? {
-                    Some(claim) => others.push((
-                        SourceReport { table: t.request.table.clone(), uri: source.uri.clone(), status: SourceStatus::AlreadyIngested, op: claim.op },
-                        false,
-                    )),
-                    None => {
-                        return Err(Error::Blocked(format!(
-                            "the other delivery of {} gave up without ingesting it; deliver it again",
-                            source.uri
-                        )));
-                    }
-                }
+                let Some(claim) = sidecar::read_claim(self.lake, &source.id).await? else { return Ok(None) };
+                let report = SourceReport { table: t.request.table.clone(), uri: source.uri.clone(), status: SourceStatus::AlreadyIngested, op: claim.op };
+                others.push((report, false));
             }
         }
-        self.report(None, &[], others).await
+        self.report(None, &[], others).await.map(Some)
     }
 
     async fn report(&self, version: Option<u64>, tables: &[TableWork], others: Vec<(SourceReport, bool)>) -> Result<Report> {
@@ -707,6 +765,13 @@ impl Door<'_> {
                 let deadline = sidecar::read_intent(self.lake, &report.op).await?.map(|i| i.deadline).unwrap_or_else(Utc::now);
                 self.await_op(&report.op, deadline).await?;
                 waited = true;
+                let source = self.sources.iter().find(|s| s.uri == report.uri).expect("reports name our sources");
+                if sidecar::read_claim(self.lake, &source.id).await?.is_none() {
+                    return Err(Error::Blocked(format!(
+                        "{} was in flight in operation {}, which gave it back without ingesting it; deliver it again",
+                        report.uri, report.op
+                    )));
+                }
             }
             sources.push(report);
         }
@@ -754,12 +819,6 @@ fn inserted_rows(txn: &Transaction) -> u64 {
         _ => return 0,
     };
     fragments.iter().filter_map(|f| f.num_rows()).map(|n| n as u64).sum()
-}
-
-/// Operations that add no rows anyone could see (Lance's own bookkeeping).
-fn carries_no_rows(op: &Operation) -> bool {
-    matches!(op, Operation::ReserveFragments { .. } | Operation::CreateIndex { .. } | Operation::UpdateConfig { .. })
-        || matches!(op, Operation::Overwrite { fragments, .. } if fragments.is_empty())
 }
 
 fn chain(first: Error, then: Error) -> Error {

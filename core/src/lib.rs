@@ -2,6 +2,7 @@
 //! store correct under concurrent writers, coordinating only through
 //! conditional PUTs. See docs/PROTOCOL.md for the protocol.
 
+pub mod audit;
 pub mod counting;
 pub mod deadline;
 pub mod decode;
@@ -12,6 +13,7 @@ pub mod ingest;
 pub mod lake;
 pub mod manifest;
 pub mod read;
+pub mod recover;
 pub mod sidecar;
 pub mod source;
 

@@ -6,6 +6,9 @@
 //!   costs one LIST however long the history.
 //! - `_ops/<op>.decision.json`: create-only, so exactly one of a multi-table
 //!   writer ("forward": every table committed) and recovery wins it.
+//! - `_ops/<op>.sweep-<k>.json`: recovery's lease on an expired intent,
+//!   create-only with k = 1, 2, ...: exactly one sweep acts on an operation at
+//!   a time, until its own deadline; the next takes lease k + 1 after that.
 //! - `_ingested/<source-id>.json`: the claim on a source, create-only, naming
 //!   the operation. A claim whose operation has no intent left is done: an
 //!   operation that gives up or is rolled back removes its claims before its
@@ -23,12 +26,18 @@ use crate::manifest::Mode;
 const OPS: &str = "_ops";
 const CLAIMS: &str = "_ingested";
 const INTENT_SUFFIX: &str = ".intent.json";
+const DECISION_SUFFIX: &str = ".decision.json";
+const LEASE_INFIX: &str = ".sweep-";
 
 /// Lance transaction properties that tie a commit to its operation.
 pub const PROP_OP: &str = "sluice.op";
 pub const PROP_ATTEMPT: &str = "sluice.attempt";
-/// `single` (decided forward once committed) or `multi` (needs a decision).
+/// `single` (decided forward once committed), `multi` (needs a decision) or
+/// `rollback` (recovery removing the operation's rows).
 pub const PROP_SCOPE: &str = "sluice.scope";
+pub const SCOPE_SINGLE: &str = "single";
+pub const SCOPE_MULTI: &str = "multi";
+pub const SCOPE_ROLLBACK: &str = "rollback";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IntentTable {
@@ -37,6 +46,12 @@ pub struct IntentTable {
     pub mode: Mode,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
+    /// The format the caller forced (`--format`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+    /// The declared schema of a table this operation may create (`--schema`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,12 +104,37 @@ pub struct Claim {
     pub claimed_at: DateTime<Utc>,
 }
 
+/// Recovery's lease on an operation whose owner is presumed dead.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub op: String,
+    pub k: u32,
+    /// The sweep's attempt id: its Lance commits carry it.
+    pub attempt: String,
+    pub taken_at: DateTime<Utc>,
+    pub deadline: DateTime<Utc>,
+    pub worker: String,
+}
+
+/// The sidecars of one operation, as one LIST of `_ops/` shows them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OpFiles {
+    pub intent: bool,
+    pub decision: bool,
+    /// Lease numbers, ascending.
+    pub leases: Vec<u32>,
+}
+
 fn intent_path(op: &str) -> String {
     format!("{OPS}/{op}{INTENT_SUFFIX}")
 }
 
 fn decision_path(op: &str) -> String {
-    format!("{OPS}/{op}.decision.json")
+    format!("{OPS}/{op}{DECISION_SUFFIX}")
+}
+
+fn lease_path(op: &str, k: u32) -> String {
+    format!("{OPS}/{op}{LEASE_INFIX}{k:04}.json")
 }
 
 fn claim_path(source_id: &str) -> String {
@@ -122,6 +162,44 @@ pub async fn finish(lake: &Lake, op: &str, multi_table: bool) -> Result<()> {
     lake.delete(&intent_path(op)).await
 }
 
+/// Recovery's finish: leases and decision first, the intent last.
+pub async fn finish_recovered(lake: &Lake, op: &str, leases: &[u32]) -> Result<()> {
+    for k in leases {
+        lake.delete(&lease_path(op, *k)).await?;
+    }
+    finish(lake, op, true).await
+}
+
+pub async fn take_lease(lake: &Lake, lease: &Lease) -> Result<Created<Lease>> {
+    lake.create_json(&lease_path(&lease.op, lease.k), lease, |l: &Lease| l.attempt == lease.attempt).await
+}
+
+pub async fn read_lease(lake: &Lake, op: &str, k: u32) -> Result<Option<Lease>> {
+    lake.get_json(&lease_path(op, k)).await
+}
+
+/// Every operation with sidecars in `_ops/`: one LIST, names only.
+pub async fn list_ops(lake: &Lake) -> Result<BTreeMap<String, OpFiles>> {
+    let mut ops: BTreeMap<String, OpFiles> = BTreeMap::new();
+    for meta in lake.list(OPS).await? {
+        let Some(rel) = lake.relative(&meta.location) else { continue };
+        let Some(name) = rel.strip_prefix("_ops/") else { continue };
+        if let Some(op) = name.strip_suffix(INTENT_SUFFIX) {
+            ops.entry(op.to_string()).or_default().intent = true;
+        } else if let Some(op) = name.strip_suffix(DECISION_SUFFIX) {
+            ops.entry(op.to_string()).or_default().decision = true;
+        } else if let Some((op, k)) = name.strip_suffix(".json").and_then(|n| n.rsplit_once(LEASE_INFIX))
+            && let Ok(k) = k.parse::<u32>()
+        {
+            ops.entry(op.to_string()).or_default().leases.push(k);
+        }
+    }
+    for files in ops.values_mut() {
+        files.leases.sort_unstable();
+    }
+    Ok(ops)
+}
+
 pub async fn decide(lake: &Lake, decision: &Decision) -> Result<Created<Decision>> {
     lake.create_json(&decision_path(&decision.op), decision, |d: &Decision| d == decision).await
 }
@@ -145,10 +223,10 @@ pub async fn release_claim(lake: &Lake, source_id: &str) -> Result<()> {
 /// Every in-flight operation: one LIST, then one GET per intent found.
 pub async fn pending(lake: &Lake) -> Result<Vec<Intent>> {
     let mut intents = Vec::new();
-    for meta in lake.list(OPS).await? {
-        let Some(rel) = lake.relative(&meta.location) else { continue };
-        let Some(op) = rel.strip_prefix("_ops/").and_then(|n| n.strip_suffix(INTENT_SUFFIX)) else { continue };
-        if let Some(intent) = read_intent(lake, op).await? {
+    for (op, files) in list_ops(lake).await? {
+        if files.intent
+            && let Some(intent) = read_intent(lake, &op).await?
+        {
             intents.push(intent);
         }
     }

@@ -13,7 +13,8 @@ use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
 use sluice::decode::{Format, Progress};
-use sluice::ingest::{self, Report, SourceStatus, TableRequest};
+use sluice::ingest::{self, Budget, Report, SourceStatus, TableRequest};
+use sluice::recover::{self, Action};
 use sluice::manifest::{self, Mode};
 use sluice::{Error, Lake, Result, read};
 
@@ -26,6 +27,9 @@ struct Cli {
     /// Print machine-readable JSON.
     #[arg(long, global = true)]
     json: bool,
+    /// How long past another worker's deadline it is presumed dead (clocks may disagree).
+    #[arg(long, global = true, env = "SLUICE_CLOCK_SKEW", default_value = "1m", value_parser = humantime::parse_duration)]
+    clock_skew: Duration,
     #[command(subcommand)]
     command: Command,
 }
@@ -94,6 +98,19 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         limit: usize,
     },
+    /// Finish or undo the operations of workers that died (deadline + --clock-skew passed).
+    Recover {
+        /// Say what would be decided; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+    /// What recovery decided, newest first.
+    Audit {
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -123,6 +140,7 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<()> {
     let lake = Lake::open(&cli.root)?;
+    let clock_skew = cli.clock_skew;
     match cli.command {
         Command::Init => {
             let m = manifest::init(&lake).await?;
@@ -145,14 +163,14 @@ async fn run(cli: Cli) -> Result<()> {
             for (table, sources) in ingest::route(&sources, table.as_deref())? {
                 let request = TableRequest { table, sources, format, mode, key: key.clone(), schema: schema.clone() };
                 let n = request.sources.len();
-                let report = with_progress(n, async |p| ingest::run(&lake, vec![request], timeout, p).await).await?;
+                let report = with_progress(n, async |p| ingest::run(&lake, vec![request], Budget { timeout, clock_skew }, p).await).await?;
                 print_report(cli.json, &report);
             }
         }
         Command::Load { descriptor, timeout } => {
             let requests = read_descriptor(&descriptor)?;
             let n = requests.iter().map(|r| r.sources.len()).sum();
-            let report = with_progress(n, async |p| ingest::run(&lake, requests, timeout, p).await).await?;
+            let report = with_progress(n, async |p| ingest::run(&lake, requests, Budget { timeout, clock_skew }, p).await).await?;
             print_report(cli.json, &report);
         }
         Command::Status => {
@@ -201,6 +219,48 @@ async fn run(cli: Cli) -> Result<()> {
                     }
                 }
             }
+        }
+        Command::Recover { dry_run, timeout } => {
+            let report = recover::sweep(&lake, recover::Options { clock_skew, dry_run }, timeout).await?;
+            emit(cli.json, &report, || {
+                let mut out = format!("{} operation(s) pending\n", report.pending);
+                for o in &report.ops {
+                    let what = match &o.action {
+                        Action::Live { expires_at } => format!("live (presumed dead after {expires_at})"),
+                        Action::Decided { verdict, manifest_version: Some(v) } => format!("{verdict} (manifest version {v})"),
+                        Action::Decided { verdict, manifest_version: None } => verdict.to_string(),
+                        Action::Planned { verdict } => format!("would be {verdict}"),
+                        Action::DoneByOther { verdict: Some(v) } => format!("{v} by another worker"),
+                        Action::DoneByOther { verdict: None } => "finished by another worker".into(),
+                        Action::Deferred { reason } => format!("deferred: {reason}"),
+                        Action::Refused { reason } => format!("REFUSED: {reason}"),
+                    };
+                    out.push_str(&format!("  {} {} {:?}: {what}\n", o.kind, o.op, o.tables));
+                }
+                out.trim_end().to_string()
+            });
+            if report.refused() > 0 {
+                return Err(Error::Blocked(format!(
+                    "recovery refused {} operation(s) it cannot prove safe; their intents are kept (see above)",
+                    report.refused()
+                )));
+            }
+        }
+        Command::Audit { limit } => {
+            let records = sluice::audit::list(&lake, limit).await?;
+            emit(cli.json, &records, || {
+                if records.is_empty() {
+                    return "no recovery decisions recorded".into();
+                }
+                records
+                    .iter()
+                    .map(|r| {
+                        let at = r.decided_at.format("%Y-%m-%d %H:%M:%S");
+                        format!("{at}  {} {} {:?}: {} — {}", r.kind, r.op, r.tables.keys().collect::<Vec<_>>(), r.verdict, r.reason)
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
         }
         Command::History { limit } => {
             let versions = manifest::history(&lake, limit).await?;

@@ -79,7 +79,7 @@ fn generate(dir: &Path, name: &str, mb: u64, seed: u64) -> PathBuf {
 async fn sluice_ingest(lake: &Lake, file: &Path) -> (Duration, u64) {
     let req = TableRequest { table: "t".into(), sources: vec![file.display().to_string()], format: None, mode: None, key: None, schema: None };
     let start = Instant::now();
-    let r = ingest::run(lake, vec![req], TIMEOUT, Arc::new(Progress::default())).await.expect("sluice ingest");
+    let r = ingest::run(lake, vec![req], ingest::Budget::new(TIMEOUT), Arc::new(Progress::default())).await.expect("sluice ingest");
     (start.elapsed(), r.requests.total())
 }
 

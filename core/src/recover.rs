@@ -1,0 +1,734 @@
+//! Recovery: finish or undo the operations of workers that died (DESIGN.md
+//! invariants 4-8).
+//!
+//! A sweep lists `_ops/` (one LIST; nothing more when nothing is pending) and
+//! takes up only intents whose owner's deadline plus the clock-skew margin has
+//! passed. For each it takes a lease (create-only, so one sweep acts at a
+//! time), proves what reached Lance by finding the operation's own commits
+//! (its attempt ids in the transaction properties) after the pins it started
+//! from, and what reached the manifest, then:
+//!
+//! - **converges** when the published state already shows every commit;
+//! - **rolls forward** when every table committed: publish them;
+//! - **redoes** a multi-table load that committed some tables, when its
+//!   sources are unchanged: commit the rest, decide forward, publish;
+//! - **rolls back** otherwise: decide so (create-only, racing the writer), then
+//!   delete exactly the fragments the operation added and release its sources;
+//! - **refuses** what it cannot prove, keeping the intent.
+//!
+//! The decision object is what a late writer must win to publish a multi-table
+//! load, so it cannot publish over recovery. A single-table operation needs no
+//! decision: once committed it is only ever rolled forward, and without a
+//! commit it has nothing to publish (no commit starts after its deadline).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use lance::dataset::CommitBuilder;
+use lance::dataset::transaction::{Operation, Transaction};
+use serde::Serialize;
+
+use crate::audit::{self, AuditRecord, AuditTable, Verdict};
+use crate::counting::RequestSnapshot;
+use crate::deadline::Deadline;
+use crate::error::{Error, Result};
+use crate::failpoints;
+use crate::ingest;
+use crate::lake::{Created, Lake};
+use crate::manifest::{self, Goal, Manifest, Published, PublishOutcome, TablePin};
+use crate::sidecar::{
+    self, Decision, Intent, Lease, OpFiles, Outcome, PROP_ATTEMPT, PROP_OP, PROP_SCOPE, SCOPE_MULTI, SCOPE_ROLLBACK,
+    SCOPE_SINGLE,
+};
+use crate::source::Source;
+
+/// Default margin for clocks that disagree between workers.
+pub const DEFAULT_CLOCK_SKEW: Duration = Duration::from_secs(60);
+/// Lance versions recovery reads per table to find an operation's commits.
+const MAX_SCAN: u64 = 100_000;
+/// Longest pause between polls of another worker's progress.
+const MAX_POLL: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    pub clock_skew: Duration,
+    pub dry_run: bool,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options { clock_skew: DEFAULT_CLOCK_SKEW, dry_run: false }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Action {
+    /// Its owner may still be alive: untouched.
+    Live { expires_at: chrono::DateTime<Utc> },
+    /// This sweep decided it and removed its sidecars.
+    Decided { verdict: Verdict, manifest_version: Option<u64> },
+    /// `--dry-run`: what this sweep would decide.
+    Planned { verdict: Verdict },
+    /// Another sweep or the writer itself finished it meanwhile.
+    DoneByOther { verdict: Option<Verdict> },
+    /// Could not be finished now; the intent stays for a later pass.
+    Deferred { reason: String },
+    /// Recovery cannot prove what to do; the intent stays. Needs a person.
+    Refused { reason: String },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OpReport {
+    pub op: String,
+    pub kind: String,
+    pub tables: Vec<String>,
+    #[serde(flatten)]
+    pub action: Action,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SweepReport {
+    /// Intents found.
+    pub pending: usize,
+    pub ops: Vec<OpReport>,
+    pub requests: RequestSnapshot,
+}
+
+impl SweepReport {
+    /// Operations recovery refused: the CLI exits non-zero when there are any.
+    pub fn refused(&self) -> usize {
+        self.ops.iter().filter(|o| matches!(o.action, Action::Refused { .. })).count()
+    }
+}
+
+/// One recovery pass over every pending intent, oldest first.
+pub async fn sweep(lake: &Lake, opts: Options, timeout: Duration) -> Result<SweepReport> {
+    let before = lake.requests();
+    let deadline = Deadline::after(timeout);
+    let ops = sidecar::list_ops(lake).await?;
+    let mut intents = Vec::new();
+    let mut refused = Vec::new();
+    for (op, files) in ops.into_iter().filter(|(_, f)| f.intent) {
+        match sidecar::read_intent(lake, &op).await {
+            Ok(Some(intent)) => intents.push((intent, files)),
+            Ok(None) => {}
+            Err(e @ Error::Corrupt { .. }) => refused.push(OpReport {
+                op,
+                kind: "unknown".into(),
+                tables: Vec::new(),
+                action: Action::Refused { reason: format!("{e}; fix or remove the intent by hand") },
+            }),
+            Err(e) => return Err(e),
+        }
+    }
+    let pending = intents.len() + refused.len();
+    intents.sort_by_key(|(i, _)| i.started_at);
+    let mut reports = refused;
+    for (intent, files) in intents {
+        if deadline.remaining().is_zero() {
+            reports.push(report(&intent, Action::Deferred { reason: "this sweep ran out of time".into() }));
+            continue;
+        }
+        let action = match resolve(lake, &intent, &files, opts, &deadline).await {
+            Ok(action) => action,
+            Err(e) => Action::Deferred { reason: e.to_string() },
+        };
+        reports.push(report(&intent, action));
+    }
+    Ok(SweepReport { pending, ops: reports, requests: lake.requests().since(&before) })
+}
+
+fn report(intent: &Intent, action: Action) -> OpReport {
+    OpReport { op: intent.op.clone(), kind: intent.kind.clone(), tables: intent.tables.keys().cloned().collect(), action }
+}
+
+/// Heal first: resolve expired intents that touch `tables` before a writer
+/// goes on. One LIST when nothing is pending. Failures are the sweep's
+/// business, not the writer's: they are logged, and the writer's own checks
+/// keep it from publishing anything undecided.
+pub async fn heal(lake: &Lake, tables: &BTreeSet<String>, clock_skew: Duration, deadline: &Deadline) -> Result<()> {
+    let ops = sidecar::list_ops(lake).await?;
+    for (op, files) in ops.into_iter().filter(|(_, f)| f.intent) {
+        let intent = match sidecar::read_intent(lake, &op).await {
+            Ok(Some(intent)) => intent,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!(op, error = %e, "heal-first: cannot read an intent; `sluice recover` reports it");
+                continue;
+            }
+        };
+        if !intent.tables.keys().any(|t| tables.contains(t)) || deadline.remaining().is_zero() {
+            continue;
+        }
+        let opts = Options { clock_skew, dry_run: false };
+        match resolve(lake, &intent, &files, opts, deadline).await {
+            Ok(Action::Live { .. }) => {}
+            Ok(action) => tracing::info!(op, ?action, "heal-first resolved a dead worker's operation"),
+            Err(e) => tracing::warn!(op, error = %e, "heal-first could not resolve an operation"),
+        }
+    }
+    Ok(())
+}
+
+/// Resolve operation `op` if its owner is dead: what a writer does when the
+/// intent it waits for expires.
+pub async fn resolve_op(lake: &Lake, op: &str, clock_skew: Duration, deadline: &Deadline) -> Result<Action> {
+    let files = sidecar::list_ops(lake).await?.remove(op).unwrap_or_default();
+    match sidecar::read_intent(lake, op).await? {
+        Some(intent) => resolve(lake, &intent, &files, Options { clock_skew, dry_run: false }, deadline).await,
+        None => Ok(Action::DoneByOther { verdict: None }),
+    }
+}
+
+/// When the owner of `intent` (the writer, or the sweep holding the latest
+/// lease) is presumed dead.
+fn expires_at(intent: &Intent, lease: Option<&Lease>, skew: Duration) -> chrono::DateTime<Utc> {
+    let owner = lease.map_or(intent.deadline, |l| l.deadline.max(intent.deadline));
+    owner + chrono::Duration::from_std(skew).unwrap_or(chrono::Duration::MAX)
+}
+
+async fn resolve(lake: &Lake, intent: &Intent, files: &OpFiles, opts: Options, deadline: &Deadline) -> Result<Action> {
+    let mut leases = Vec::with_capacity(files.leases.len());
+    for k in &files.leases {
+        match sidecar::read_lease(lake, &intent.op, *k).await {
+            Ok(Some(lease)) => leases.push(lease),
+            Ok(None) => {}
+            Err(e @ Error::Corrupt { .. }) => return Ok(Action::Refused { reason: e.to_string() }),
+            Err(e) => return Err(e),
+        }
+    }
+    let expires = expires_at(intent, leases.last(), opts.clock_skew);
+    if Utc::now() < expires {
+        return Ok(Action::Live { expires_at: expires });
+    }
+    let mut r = Recovery {
+        lake,
+        intent,
+        attempts: leases.iter().map(|l| l.attempt.clone()).chain([intent.attempt.clone()]).collect(),
+        lease: Lease {
+            op: intent.op.clone(),
+            k: leases.last().map_or(1, |l| l.k + 1),
+            attempt: uuid::Uuid::now_v7().to_string(),
+            taken_at: Utc::now(),
+            deadline: deadline.at(),
+            worker: sidecar::worker_name(),
+        },
+        leases: leases.iter().map(|l| l.k).collect(),
+        deadline,
+        skew: opts.clock_skew,
+    };
+    if opts.dry_run {
+        let state = r.inspect().await?;
+        return Ok(match r.plan(&state).await? {
+            Plan::Refuse(reason) => Action::Refused { reason },
+            plan => Action::Planned { verdict: plan.verdict(&state) },
+        });
+    }
+    match sidecar::take_lease(lake, &r.lease).await? {
+        Created::Mine => {}
+        // Another sweep took over first: wait for its outcome.
+        Created::Theirs(_) | Created::Gone => return r.await_other().await,
+    }
+    r.attempts.insert(r.lease.attempt.clone());
+    r.leases.push(r.lease.k);
+    failpoints::hit(failpoints::RECOVER_AFTER_LEASE)?;
+    r.run().await
+}
+
+/// A table's commit by the operation, as recovery found it.
+#[derive(Debug, Clone)]
+struct Commit {
+    version: u64,
+    operation: Operation,
+}
+
+#[derive(Debug)]
+struct State {
+    commits: BTreeMap<String, Commit>,
+    /// Recovery's earlier commits removing the operation's rows.
+    removals: BTreeMap<String, u64>,
+    latest: Manifest,
+    decision: Option<Decision>,
+}
+
+impl State {
+    fn published(&self) -> bool {
+        self.commits.iter().all(|(t, c)| self.latest.tables.get(t).is_some_and(|p| p.version >= c.version))
+    }
+}
+
+enum Plan {
+    Forward,
+    Redo(Vec<String>),
+    RollBack(String),
+    Refuse(String),
+}
+
+impl Plan {
+    fn verdict(&self, state: &State) -> Verdict {
+        match self {
+            Plan::Forward if state.published() => Verdict::Converged,
+            Plan::Forward => Verdict::RolledForward,
+            Plan::Redo(_) => Verdict::Redone,
+            Plan::RollBack(_) | Plan::Refuse(_) => Verdict::RolledBack,
+        }
+    }
+}
+
+struct Recovery<'a> {
+    lake: &'a Lake,
+    intent: &'a Intent,
+    /// Every attempt whose commits belong to this intent: the writer's and each sweep's.
+    attempts: BTreeSet<String>,
+    lease: Lease,
+    leases: Vec<u32>,
+    deadline: &'a Deadline,
+    skew: Duration,
+}
+
+impl Recovery<'_> {
+    fn multi(&self) -> bool {
+        self.intent.tables.len() > 1
+    }
+
+    async fn run(&self) -> Result<Action> {
+        let mut state = self.inspect().await?;
+        let mut plan = self.plan(&state).await?;
+        // A decision lost to the writer or another sweep is followed, once.
+        for _ in 0..2 {
+            let outcome = match &plan {
+                Plan::Forward | Plan::Redo(_) if self.multi() && state.decision.is_none() && state.commits.len() == self.intent.tables.len() => Outcome::Forward,
+                Plan::RollBack(_) if self.multi() && state.decision.is_none() && !state.commits.is_empty() => Outcome::RollBack,
+                _ => break,
+            };
+            match self.decide(outcome, &state).await? {
+                None => break,
+                Some(theirs) => {
+                    state.decision = Some(theirs);
+                    plan = self.plan(&state).await?;
+                }
+            }
+        }
+        let (verdict, reason, manifest_version) = match plan {
+            Plan::Refuse(reason) => return Ok(Action::Refused { reason }),
+            Plan::Forward => {
+                match self.publish(&state).await? {
+                    Err(reason) => return Ok(Action::Deferred { reason }),
+                    Ok(PublishOutcome::AlreadyCovered { version }) => {
+                        (Verdict::Converged, "the published state already showed every commit".into(), Some(version))
+                    }
+                    Ok(PublishOutcome::Published { version }) => {
+                        (Verdict::RolledForward, "every table was committed; recovery published them".into(), Some(version))
+                    }
+                }
+            }
+            Plan::Redo(missing) => {
+                match Box::pin(ingest::redo(self.lake, self.intent, &self.lease.attempt, *self.deadline, &missing)).await? {
+                    None => return Ok(Action::Deferred { reason: "a source changed while being redone; the next pass rolls back".into() }),
+                    Some(done) => {
+                        for (table, version) in done {
+                            let operation = self.transaction(&table, version).await?.operation;
+                            state.commits.insert(table, Commit { version, operation });
+                        }
+                    }
+                }
+                if let Some(theirs) = self.decide(Outcome::Forward, &state).await? {
+                    return Ok(Action::Refused { reason: format!("redone, but the operation was decided {:?} by {} meanwhile", theirs.outcome, theirs.by) });
+                }
+                match self.publish(&state).await? {
+                    Err(reason) => return Ok(Action::Deferred { reason }),
+                    Ok(outcome) => (Verdict::Redone, format!("tables {missing:?} were missing; redone from the unchanged sources"), Some(outcome.version())),
+                }
+            }
+            Plan::RollBack(reason) => {
+                if let Err(reason) = self.remove_rows(&mut state).await? {
+                    return Ok(Action::Refused { reason });
+                }
+                (Verdict::RolledBack, reason, None)
+            }
+        };
+        failpoints::hit(failpoints::RECOVER_AFTER_EFFECTS)?;
+        self.record(verdict, reason, manifest_version, &state).await?;
+        failpoints::hit(failpoints::RECOVER_BEFORE_FINISH)?;
+        if verdict == Verdict::RolledBack {
+            self.release_sources().await?;
+        }
+        sidecar::finish_recovered(self.lake, &self.intent.op, &self.leases).await?;
+        Ok(Action::Decided { verdict, manifest_version })
+    }
+
+    /// What reached Lance (the operation's commits after the pins it started
+    /// from) and what reached the manifest.
+    async fn inspect(&self) -> Result<State> {
+        let mut commits = BTreeMap::new();
+        let mut removals = BTreeMap::new();
+        for (table, it) in &self.intent.tables {
+            let ds = match self.lake.open_table(table, None).await {
+                Ok(ds) => ds,
+                Err(Error::Lance { source: lance::Error::DatasetNotFound { .. } | lance::Error::NotFound { .. }, .. }) => continue,
+                Err(e) => return Err(e),
+            };
+            let head = ds.version().version;
+            let from = it.start_pin.unwrap_or(0) + 1;
+            if head.saturating_sub(from) > MAX_SCAN {
+                return Err(Error::Blocked(format!(
+                    "table '{table}' has {} versions after operation {}'s start; recovery reads at most {MAX_SCAN}",
+                    head - from,
+                    self.intent.op
+                )));
+            }
+            for version in from..=head {
+                let Some(txn) = ds.read_version_transaction(version).await.map_err(|e| Error::lance(table, e))?.transaction else { continue };
+                let props = txn.transaction_properties.as_deref();
+                let get = |k: &str| props.and_then(|p| p.get(k)).map(String::as_str);
+                if get(PROP_OP) != Some(self.intent.op.as_str()) || !get(PROP_ATTEMPT).is_some_and(|a| self.attempts.contains(a)) {
+                    continue;
+                }
+                if get(PROP_SCOPE) == Some(SCOPE_ROLLBACK) {
+                    removals.insert(table.clone(), version);
+                } else if let Some(earlier) = commits.insert(table.clone(), Commit { version, operation: txn.operation }) {
+                    return Err(Error::Blocked(format!(
+                        "operation {} has two commits on table '{table}' (versions {} and {version}); recovery will not guess",
+                        self.intent.op, earlier.version
+                    )));
+                }
+            }
+        }
+        let latest = manifest::read_latest(self.lake).await?.ok_or_else(|| Error::Corrupt {
+            what: "manifest",
+            path: self.lake.uri().to_string(),
+            reason: "an operation is pending but the lake has no manifest".into(),
+        })?;
+        let decision = if self.multi() { sidecar::read_decision(self.lake, &self.intent.op).await? } else { None };
+        Ok(State { commits, removals, latest, decision })
+    }
+
+    async fn plan(&self, state: &State) -> Result<Plan> {
+        let total = self.intent.tables.len();
+        let committed = state.commits.len();
+        Ok(match state.decision.as_ref().map(|d| d.outcome) {
+            Some(Outcome::RollBack) => Plan::RollBack("decided to roll back earlier; finishing it".into()),
+            Some(Outcome::Forward) if committed == total => Plan::Forward,
+            Some(Outcome::Forward) => {
+                let missing: Vec<&String> = self.intent.tables.keys().filter(|t| !state.commits.contains_key(*t)).collect();
+                Plan::Refuse(format!("decided forward, but tables {missing:?} have no commit of this operation"))
+            }
+            None if committed == total => Plan::Forward,
+            None if committed == 0 => Plan::RollBack("nothing was committed; the sources are released for redelivery".into()),
+            None => {
+                let missing: Vec<String> = self.intent.tables.keys().filter(|t| !state.commits.contains_key(*t)).cloned().collect();
+                match self.changed_source(&missing).await? {
+                    None => Plan::Redo(missing),
+                    Some(why) => Plan::RollBack(format!("tables {missing:?} were never committed and cannot be redone: {why}")),
+                }
+            }
+        })
+    }
+
+    /// Why the sources of `tables` cannot be read again as the writer read them.
+    async fn changed_source(&self, tables: &[String]) -> Result<Option<String>> {
+        for s in self.intent.sources.iter().filter(|s| tables.contains(&s.table)) {
+            match Source::resolve(&s.uri).await {
+                Ok(now) if now.identity == s.identity => {}
+                Ok(_) => return Ok(Some(format!("source {} changed since the load read it", s.uri))),
+                Err(e) => return Ok(Some(format!("source {} cannot be read: {e}", s.uri))),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Record `outcome` create-only; returns the decision that won instead, if another did.
+    async fn decide(&self, outcome: Outcome, state: &State) -> Result<Option<Decision>> {
+        self.deadline.check("recording a recovery decision")?;
+        let decision = Decision {
+            op: self.intent.op.clone(),
+            attempt: self.lease.attempt.clone(),
+            outcome,
+            by: "recovery".into(),
+            at: Utc::now(),
+            versions: state.commits.iter().map(|(t, c)| (t.clone(), c.version)).collect(),
+        };
+        let won = match sidecar::decide(self.lake, &decision).await? {
+            Created::Mine => None,
+            Created::Theirs(theirs) => Some(theirs),
+            Created::Gone => return Err(Error::Blocked(format!("the decision of operation {} vanished while being read", self.intent.op))),
+        };
+        failpoints::hit(failpoints::RECOVER_AFTER_DECISION)?;
+        Ok(won)
+    }
+
+    /// Publish every commit; `Err(reason)` when another operation's undecided
+    /// commits stand in the way (the next pass tries again).
+    async fn publish(&self, state: &State) -> Result<Result<PublishOutcome, String>> {
+        let mut pins = BTreeMap::new();
+        for (table, commit) in &state.commits {
+            let it = &self.intent.tables[table];
+            let from = state.latest.tables.get(table).map_or(0, |p| p.version);
+            let version = if from >= commit.version {
+                commit.version
+            } else {
+                match vet(self.lake, table, from, commit.version, &self.intent.op, self.skew, self.deadline).await {
+                    Ok(Vetted::Pin(v)) => v,
+                    // Sweeps go oldest first; a heal or the next pass resolves that one.
+                    Ok(Vetted::Expired(op)) => return Ok(Err(format!("operation {op}, also dead, has undecided commits on table '{table}' before this one's"))),
+                    Err(Error::Blocked(reason)) => return Ok(Err(reason)),
+                    Err(e) => return Err(e),
+                }
+            };
+            pins.insert(table.clone(), TablePin { version, mode: it.mode, key: it.key.clone() });
+        }
+        let goal = Goal {
+            published: Published {
+                op: self.intent.op.clone(),
+                attempt: self.lease.attempt.clone(),
+                kind: format!("recovery:{}", self.intent.kind),
+                tables: pins.iter().map(|(t, p)| (t.clone(), p.version)).collect(),
+                sources: self.intent.sources.len(),
+            },
+            pins,
+        };
+        Ok(Ok(manifest::publish(self.lake, state.latest.clone(), &goal, self.deadline).await?))
+    }
+
+    /// Delete exactly the fragments the operation's commits added (invariant
+    /// 8); never restore. `Err(reason)` when that cannot be done surgically.
+    async fn remove_rows(&self, state: &mut State) -> Result<Result<(), String>> {
+        for (table, commit) in &state.commits {
+            if state.removals.contains_key(table) {
+                continue;
+            }
+            if !matches!(commit.operation, Operation::Append { .. } | Operation::Overwrite { .. }) {
+                return Ok(Err(format!(
+                    "table '{table}' version {} is an upsert ({}); removing its rows would not restore the rows it replaced. \
+                     Restore the load's sources and run `sluice recover` again (it then redoes the load), or repair the table by hand",
+                    commit.version, commit.operation
+                )));
+            }
+            let added = self.added_fragments(table, commit.version).await?;
+            self.deadline.check("removing a dead operation's rows")?;
+            let ds = Arc::new(self.lake.open_table(table, None).await?);
+            let properties = [(PROP_OP, self.intent.op.as_str()), (PROP_ATTEMPT, self.lease.attempt.as_str()), (PROP_SCOPE, SCOPE_ROLLBACK)]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let mut txn = Transaction::new(
+                ds.version().version,
+                Operation::Delete { updated_fragments: Vec::new(), deleted_fragment_ids: added, predicate: format!("sluice rollback of {}", self.intent.op) },
+                None,
+            );
+            txn.transaction_properties = Some(Arc::new(properties));
+            let left = self.deadline.remaining();
+            let done = CommitBuilder::new(ds)
+                .with_timeout(Some(left))
+                .with_retry_timeout(left.min(Duration::from_secs(30)))
+                .execute(txn)
+                .await
+                .map_err(|e| Error::lance(table, e))?;
+            tracing::info!(table, op = %self.intent.op, version = done.version().version, "removed a dead operation's rows");
+            state.removals.insert(table.clone(), done.version().version);
+        }
+        Ok(Ok(()))
+    }
+
+    /// Fragment ids present at `version` and not before it.
+    async fn added_fragments(&self, table: &str, version: u64) -> Result<Vec<u64>> {
+        let after = self.lake.open_table(table, Some(version)).await?;
+        let before: BTreeSet<u64> = if version > 1 {
+            self.lake.open_table(table, Some(version - 1)).await?.fragments().iter().map(|f| f.id).collect()
+        } else {
+            BTreeSet::new()
+        };
+        Ok(after.fragments().iter().map(|f| f.id).filter(|id| !before.contains(id)).collect())
+    }
+
+    async fn transaction(&self, table: &str, version: u64) -> Result<Transaction> {
+        let ds = self.lake.open_table(table, Some(version)).await?;
+        ds.read_version_transaction(version)
+            .await
+            .map_err(|e| Error::lance(table, e))?
+            .transaction
+            .ok_or_else(|| Error::Corrupt { what: "Lance transaction", path: self.lake.table_uri(table), reason: format!("version {version} has none") })
+    }
+
+    async fn record(&self, verdict: Verdict, reason: String, manifest_version: Option<u64>, state: &State) -> Result<()> {
+        let rec = AuditRecord {
+            op: self.intent.op.clone(),
+            attempt: self.intent.attempt.clone(),
+            kind: self.intent.kind.clone(),
+            verdict,
+            reason,
+            tables: self
+                .intent
+                .tables
+                .keys()
+                .map(|t| {
+                    let committed = state.commits.get(t).map(|c| c.version);
+                    (t.clone(), AuditTable { committed, removed_at: state.removals.get(t).copied() })
+                })
+                .collect(),
+            sources: self.intent.sources.clone(),
+            manifest_version,
+            writer: self.intent.worker.clone(),
+            writer_deadline: self.intent.deadline,
+            by: self.lease.attempt.clone(),
+            worker: self.lease.worker.clone(),
+            lease: self.lease.k,
+            decided_at: Utc::now(),
+        };
+        match audit::record(self.lake, &rec).await? {
+            Created::Mine => Ok(()),
+            // A sweep holding an earlier lease recorded it, then died before
+            // finishing: the same direction (its roll-forward is our convergence).
+            Created::Theirs(earlier) if (earlier.verdict == Verdict::RolledBack) == (verdict == Verdict::RolledBack) => Ok(()),
+            Created::Theirs(earlier) => Err(Error::Blocked(format!(
+                "operation {} was recorded as {} by sweep {}, but this sweep found {verdict}; recovery will not guess",
+                self.intent.op, earlier.verdict, earlier.by
+            ))),
+            Created::Gone => Err(Error::Blocked(format!("the audit record of operation {} vanished while being read", self.intent.op))),
+        }
+    }
+
+    /// Give the sources back for redelivery: the claims this operation made.
+    async fn release_sources(&self) -> Result<()> {
+        for s in &self.intent.sources {
+            if let Some(claim) = sidecar::read_claim(self.lake, &s.id).await?
+                && claim.op == self.intent.op
+                && self.attempts.contains(&claim.attempt)
+            {
+                sidecar::release_claim(self.lake, &s.id).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Another sweep holds the lease: wait (within our deadline) for the intent
+    /// to go, then report what was recorded.
+    async fn await_other(&self) -> Result<Action> {
+        let mut pause = Duration::from_millis(50);
+        while sidecar::intent_exists(self.lake, &self.intent.op).await? {
+            if self.deadline.remaining() <= pause {
+                return Ok(Action::Deferred { reason: "another sweep is resolving it".into() });
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(MAX_POLL);
+        }
+        let rec = audit::read(self.lake, &self.intent.op, &self.intent.attempt).await?;
+        Ok(Action::DoneByOther { verdict: rec.map(|r| r.verdict) })
+    }
+}
+
+/// What [`vet`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Vetted {
+    /// The pin may move to this version.
+    Pin(u64),
+    /// Operation `0`, whose owner is presumed dead, stands in the way: resolve it, then vet again.
+    Expired(String),
+}
+
+/// Invariant 3: may a pin of `table` advance from `from` to `to`? Every Lance
+/// commit in between must be decided forward. The pin may go further than
+/// `to` when the only way past a rolled-back operation's rows is to include
+/// recovery's commit that removes them. Waits (within `deadline`) for live
+/// multi-table loads.
+pub(crate) async fn vet(lake: &Lake, table: &str, from: u64, to: u64, own_op: &str, skew: Duration, deadline: &Deadline) -> Result<Vetted> {
+    assert!(from < to, "vetting an empty range");
+    let mut ds = lake.open_table(table, Some(to)).await?;
+    let mut txns = read_range(&ds, table, from + 1, to).await?;
+    let mut to = to;
+    let mut i = 0;
+    while i < txns.len() {
+        let (version, txn) = &txns[i];
+        let version = *version;
+        i += 1;
+        let props = txn.as_ref().and_then(|t| t.transaction_properties.clone());
+        let get = |k: &str| props.as_ref().and_then(|p| p.get(k).cloned());
+        let op = match (get(PROP_OP), get(PROP_SCOPE).as_deref()) {
+            _ if txn.as_ref().is_some_and(|t| carries_no_rows(&t.operation)) => continue,
+            (Some(_), Some(SCOPE_SINGLE | SCOPE_ROLLBACK)) => continue,
+            (Some(op), Some(SCOPE_MULTI)) if op == own_op => continue,
+            (Some(op), Some(SCOPE_MULTI)) => op,
+            _ => {
+                return Err(Error::Blocked(format!(
+                    "table '{table}' version {version} was not written by a sluice operation; \
+                     sluice will not publish rows it cannot attribute (repair the table, then retry)"
+                )));
+            }
+        };
+        if removal_in(&txns[i..], &op).is_some() {
+            continue;
+        }
+        // Undecided, or rolled back without its removal in range yet: settle it.
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let outcome = sidecar::read_decision(lake, &op).await?.map(|d| d.outcome);
+            if outcome == Some(Outcome::Forward) {
+                break;
+            }
+            let live_intent = match sidecar::read_intent(lake, &op).await? {
+                Some(intent) => Some(intent),
+                None if outcome.is_none() && manifest::read_latest(lake).await?.and_then(|m| m.tables.get(table).map(|p| p.version)).is_some_and(|p| p >= version) => break,
+                None => None,
+            };
+            // Rolled back (or finished without a publish): find recovery's removal beyond `to`.
+            if outcome == Some(Outcome::RollBack) || live_intent.is_none() {
+                ds = lake.open_table(table, None).await?;
+                let head = ds.version().version;
+                if head > to {
+                    let more = read_range(&ds, table, to + 1, head).await?;
+                    if let Some(at) = removal_in(&more, &op) {
+                        let upto = more.iter().position(|(v, _)| *v == at).expect("found in range");
+                        txns.extend(more.into_iter().take(upto + 1));
+                        to = at;
+                        break;
+                    }
+                }
+                if live_intent.is_none() {
+                    return Err(Error::Blocked(format!(
+                        "table '{table}' version {version} belongs to operation {op}, which finished without publishing \
+                         it or removing its rows; sluice will not publish them (run `sluice recover`, then report this)"
+                    )));
+                }
+            }
+            if let Some(intent) = &live_intent
+                && Utc::now() >= expires_at(intent, None, skew)
+            {
+                return Ok(Vetted::Expired(op));
+            }
+            if deadline.remaining() <= pause {
+                return Err(Error::Blocked(format!(
+                    "table '{table}' version {version} belongs to multi-table operation {op}, still undecided at \
+                     this worker's deadline; `sluice recover` resolves it once its own deadline has passed"
+                )));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(MAX_POLL);
+        }
+    }
+    Ok(Vetted::Pin(to))
+}
+
+async fn read_range(ds: &lance::Dataset, table: &str, from: u64, to: u64) -> Result<Vec<(u64, Option<Transaction>)>> {
+    let mut out = Vec::with_capacity((to + 1).saturating_sub(from) as usize);
+    for version in from..=to {
+        out.push((version, ds.read_version_transaction(version).await.map_err(|e| Error::lance(table, e))?.transaction));
+    }
+    Ok(out)
+}
+
+/// The version of recovery's commit removing operation `op`'s rows, if in `txns`.
+fn removal_in(txns: &[(u64, Option<Transaction>)], op: &str) -> Option<u64> {
+    txns.iter().find_map(|(v, t)| {
+        let p = t.as_ref()?.transaction_properties.as_ref()?;
+        (p.get(PROP_OP).map(String::as_str) == Some(op) && p.get(PROP_SCOPE).map(String::as_str) == Some(SCOPE_ROLLBACK)).then_some(*v)
+    })
+}
+
+/// Operations that add no rows anyone could see (Lance's own bookkeeping).
+fn carries_no_rows(op: &Operation) -> bool {
+    matches!(op, Operation::ReserveFragments { .. } | Operation::CreateIndex { .. } | Operation::UpdateConfig { .. })
+        || matches!(op, Operation::Overwrite { fragments, .. } if fragments.is_empty())
+}
