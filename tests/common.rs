@@ -178,3 +178,64 @@ pub fn status(root: &str) -> serde_json::Value {
 pub fn table_rows(status: &serde_json::Value, table: &str) -> Option<u64> {
     status["tables"].as_array().unwrap().iter().find(|t| t["name"] == table).map(|t| t["rows"].as_u64().unwrap())
 }
+
+/// Start `cmd` with `action` at failpoint `name` and return once it got there
+/// (it then runs the action: a sleep holds it at that step).
+pub fn spawn_at(cmd: &mut Command, name: &str, action: &str) -> std::process::Child {
+    use std::io::BufRead;
+    let mut child = cmd
+        .env("FAILPOINTS", format!("{name}={action}"))
+        .env("SLUICE_TRACE_FAILPOINTS", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let marker = format!("failpoint: {name}");
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "{cmd:?} never reached failpoint {name}");
+        if line.contains(&marker) {
+            break;
+        }
+    }
+    // Keep draining stderr so the child never blocks on a full pipe.
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    child
+}
+
+/// Run `sluice recover --clock-skew 0s` until nothing is pending (waiting out
+/// live owners), at most `limit`. Every pass must exit 0. Returns the reports.
+pub fn sweep_until_clean(root: &str, limit: Duration) -> Vec<serde_json::Value> {
+    let start = std::time::Instant::now();
+    let mut reports = Vec::new();
+    loop {
+        let out = run(sluice(root).args(["--json", "--clock-skew", "0s", "recover", "--timeout", "20s"]));
+        assert_eq!(out.status.code(), Some(0), "a sweep failed");
+        let report = json(&out);
+        let done = report["ops"].as_array().unwrap().iter().all(|o| o["action"] == "decided" || o["action"] == "done_by_other");
+        reports.push(report);
+        if done {
+            return reports;
+        }
+        assert!(start.elapsed() < limit, "still pending after {limit:?}: {reports:?}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// The ids `sluice scan TABLE` shows, sorted.
+pub fn scan_ids(root: &str, table: &str) -> Vec<i64> {
+    let out = run(sluice(root).args(["scan", table]));
+    assert_eq!(out.status.code(), Some(0));
+    let mut ids: Vec<i64> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].as_i64().unwrap())
+        .collect();
+    ids.sort();
+    ids
+}
+
+pub fn pending(root: &str) -> usize {
+    status(root)["pending"].as_array().unwrap().len()
+}

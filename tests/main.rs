@@ -8,5 +8,6 @@ mod bad_input;
 mod formats;
 mod processes;
 mod protocol;
+mod recovery;
 mod requests;
 mod s3_sources;
