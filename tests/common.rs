@@ -179,9 +179,24 @@ pub fn table_rows(status: &serde_json::Value, table: &str) -> Option<u64> {
     status["tables"].as_array().unwrap().iter().find(|t| t["name"] == table).map(|t| t["rows"].as_u64().unwrap())
 }
 
+/// A child process held at a failpoint; its stderr is collected in the background.
+pub struct Held {
+    child: std::process::Child,
+    stderr: std::thread::JoinHandle<Vec<u8>>,
+}
+
+impl Held {
+    pub fn wait_with_output(self) -> Output {
+        let mut out = self.child.wait_with_output().unwrap();
+        out.stderr = self.stderr.join().unwrap();
+        eprintln!("held child: exit {:?}\n  stdout: {}\n  stderr: {}", out.status.code(), String::from_utf8_lossy(&out.stdout).trim(), String::from_utf8_lossy(&out.stderr).trim());
+        out
+    }
+}
+
 /// Start `cmd` with `action` at failpoint `name` and return once it got there
 /// (it then runs the action: a sleep holds it at that step).
-pub fn spawn_at(cmd: &mut Command, name: &str, action: &str) -> std::process::Child {
+pub fn spawn_at(cmd: &mut Command, name: &str, action: &str) -> Held {
     use std::io::BufRead;
     let mut child = cmd
         .env("FAILPOINTS", format!("{name}={action}"))
@@ -201,8 +216,12 @@ pub fn spawn_at(cmd: &mut Command, name: &str, action: &str) -> std::process::Ch
         }
     }
     // Keep draining stderr so the child never blocks on a full pipe.
-    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-    child
+    let stderr = std::thread::spawn(move || {
+        let mut rest = Vec::new();
+        std::io::Read::read_to_end(&mut stderr, &mut rest).unwrap();
+        rest
+    });
+    Held { child, stderr }
 }
 
 /// Run `sluice recover --clock-skew 0s` until nothing is pending (waiting out

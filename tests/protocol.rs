@@ -74,8 +74,9 @@ async fn multi_table_load_is_one_manifest_version() {
         assert!(!before.tables.contains_key("orders") && !before.tables.contains_key("items"));
         assert_eq!(ids(&lake, "orders", None).await.len(), 30);
         assert_eq!(ids(&lake, "items", None).await.len(), 70);
-        // The load's decision sidecar is gone with its intent.
-        assert!(sluice::sidecar::read_decision(&lake, &report.op).await.unwrap().is_none());
+        // The writer removed its own decision with its intent.
+        assert!(lake.list("_decisions").await.unwrap().is_empty());
+        assert!(lake.list("_ops").await.unwrap().is_empty());
         // Redelivering the whole load changes nothing.
         let again = ingest(&lake, vec![request("orders", &[&orders]), request("items", &[&items])]).await.unwrap();
         assert!(again.all_already_ingested());

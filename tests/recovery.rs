@@ -203,3 +203,263 @@ fn crash_matrix() {
         assert!(failures.is_empty(), "{}: {} of {} cases failed:\n{}", b.name, failures.len(), cases.len(), failures.join("\n"));
     }
 }
+
+/// Sleep until every pending intent's deadline has passed.
+fn wait_expired(root: &str) {
+    let limit = std::time::Instant::now() + Duration::from_secs(60);
+    while status(root)["pending"].as_array().unwrap().iter().any(|p| p["expired"] == false) {
+        assert!(std::time::Instant::now() < limit, "intents never expired");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn recover_cmd(root: &str) -> std::process::Command {
+    let mut cmd = sluice(root);
+    cmd.args(["--json", "--clock-skew", "0s", "recover", "--timeout", "60s"]);
+    cmd
+}
+
+fn audit(root: &str) -> Vec<serde_json::Value> {
+    json(&run(sluice(root).args(["--json", "audit"]))).as_array().unwrap().clone()
+}
+
+fn seeded(b: &Backend, dir: &Path, tables: &[&str]) {
+    for t in tables {
+        let seed = jsonl(dir, &format!("seed-{t}.jsonl"), 0..5);
+        assert_eq!(run(sluice(&b.root).args(["ingest", "--table", t]).arg(&seed)).status.code(), Some(0));
+    }
+}
+
+fn load_descriptor(dir: &Path) -> PathBuf {
+    jsonl(dir, "load-a.jsonl", 100..110);
+    jsonl(dir, "load-b.jsonl", 200..215);
+    write(dir, "load.json", br#"{"tables": [{"table": "a", "sources": ["load-a.jsonl"]}, {"table": "b", "sources": ["load-b.jsonl"]}]}"#)
+}
+
+fn ids_of(seed: std::ops::Range<i64>, more: &[std::ops::Range<i64>]) -> Vec<i64> {
+    let mut v: Vec<i64> = seed.chain(more.iter().cloned().flatten()).collect();
+    v.sort();
+    v
+}
+
+/// Two sweeps race on one intent: the first holds its lease at a failpoint
+/// while the second arrives. Both succeed, one audit record.
+#[test]
+fn two_sweeps_on_one_intent_both_succeed_and_record_once() {
+    for b in shared_backends() {
+        let dir = tempfile::tempdir().unwrap();
+        seeded(&b, dir.path(), &["t"]);
+        let file = jsonl(dir.path(), "new.jsonl", 100..110);
+        kill_9_at(sluice(&b.root).args(["ingest", "--table", "t", "--timeout", "2s"]).arg(&file), AFTER_COMMIT);
+        wait_expired(&b.root);
+
+        let first = spawn_at(&mut recover_cmd(&b.root), RECOVER_AFTER_LEASE, "sleep(2000)");
+        let second = json(&run(&mut recover_cmd(&b.root)));
+        let first = first.wait_with_output();
+        assert_eq!(first.status.code(), Some(0), "{}", b.name);
+        let first = json(&first);
+        assert_eq!(first["ops"][0]["action"], "decided", "{}: {first}", b.name);
+        assert_eq!(first["ops"][0]["verdict"], "rolled_forward", "{}", b.name);
+        assert_eq!(second["ops"][0]["action"], "done_by_other", "{}: the loser converges: {second}", b.name);
+        assert_eq!(second["ops"][0]["verdict"], "rolled_forward", "{}", b.name);
+        assert_eq!(audit(&b.root).len(), 1, "{}: one record", b.name);
+        assert_eq!(scan_ids(&b.root, "t"), ids_of(0..5, &[100..110]), "{}", b.name);
+        assert_eq!(pending(&b.root), 0);
+    }
+}
+
+/// A load's writer passes its deadline check, then stalls before recording
+/// its decision; recovery decides meanwhile. The writer must not publish.
+#[test]
+fn a_late_writer_cannot_publish_over_a_recovery_decision() {
+    for b in shared_backends() {
+        let dir = tempfile::tempdir().unwrap();
+        seeded(&b, dir.path(), &["a", "b"]);
+        let d = load_descriptor(dir.path());
+        let writer = spawn_at(sluice(&b.root).args(["load", "--timeout", "2s"]).arg(&d), BEFORE_DECISION, "sleep(5000)");
+        wait_expired(&b.root);
+        let swept = json(&run(&mut recover_cmd(&b.root)));
+        assert_eq!(swept["ops"][0]["verdict"], "rolled_forward", "{}: {swept}", b.name);
+        let out = writer.wait_with_output();
+        assert_eq!(out.status.code(), Some(1), "{}: the late writer fails", b.name);
+        assert!(String::from_utf8_lossy(&out.stderr).contains("decided by someone else"), "{}: {}", b.name, String::from_utf8_lossy(&out.stderr));
+        assert_eq!(scan_ids(&b.root, "a"), ids_of(0..5, &[100..110]), "{}", b.name);
+        assert_eq!(scan_ids(&b.root, "b"), ids_of(0..5, &[200..215]), "{}", b.name);
+        let redelivered = run(sluice(&b.root).args(["--json", "load"]).arg(&d));
+        assert_eq!(json(&redelivered)["sources"][0]["status"], "already_ingested", "{}", b.name);
+        assert_eq!(audit(&b.root).len(), 1, "{}", b.name);
+    }
+}
+
+/// A writer dies after its commit; a live writer's commit lands on top before
+/// any sweep. Single table: the live writer's publish shows both (a committed
+/// single-table operation is decided forward), recovery converges.
+#[test]
+fn a_dead_single_commit_buried_under_a_live_one_converges() {
+    for b in shared_backends() {
+        let dir = tempfile::tempdir().unwrap();
+        seeded(&b, dir.path(), &["t"]);
+        let dead = jsonl(dir.path(), "dead.jsonl", 100..110);
+        kill_9_at(sluice(&b.root).args(["ingest", "--table", "t", "--timeout", "2s"]).arg(&dead), AFTER_COMMIT);
+        let live = jsonl(dir.path(), "live.jsonl", 200..203);
+        assert_eq!(run(sluice(&b.root).args(["ingest", "--table", "t"]).arg(&live)).status.code(), Some(0));
+        assert_eq!(scan_ids(&b.root, "t"), ids_of(0..5, &[100..110, 200..203]), "{}", b.name);
+        wait_expired(&b.root);
+        let swept = json(&run(&mut recover_cmd(&b.root)));
+        assert_eq!(swept["ops"][0]["verdict"], "converged", "{}: {swept}", b.name);
+        let again = json(&run(sluice(&b.root).args(["--json", "ingest", "--table", "t"]).arg(&dead)));
+        assert_eq!(again["sources"][0]["status"], "already_ingested", "{}", b.name);
+        assert_eq!(scan_ids(&b.root, "t"), ids_of(0..5, &[100..110, 200..203]), "{}", b.name);
+    }
+}
+
+/// A load dies after committing table a; a live writer's commit on a lands on
+/// top. The live writer waits for the load's deadline, takes it over (redo:
+/// table b from the unchanged source), then publishes.
+#[test]
+fn a_live_writer_takes_over_a_dead_load_under_it() {
+    for b in shared_backends() {
+        let dir = tempfile::tempdir().unwrap();
+        seeded(&b, dir.path(), &["a", "b"]);
+        let d = load_descriptor(dir.path());
+        kill_9_at(sluice(&b.root).args(["load", "--timeout", "3s"]).arg(&d), AFTER_COMMIT);
+        let live = jsonl(dir.path(), "live.jsonl", 300..303);
+        let out = run(sluice(&b.root).args(["--clock-skew", "0s", "ingest", "--table", "a", "--timeout", "60s"]).arg(&live));
+        assert_eq!(out.status.code(), Some(0), "{}", b.name);
+        assert_eq!(scan_ids(&b.root, "a"), ids_of(0..5, &[100..110, 300..303]), "{}", b.name);
+        assert_eq!(scan_ids(&b.root, "b"), ids_of(0..5, &[200..215]), "{}", b.name);
+        assert_eq!(pending(&b.root), 0, "{}", b.name);
+        let records = audit(&b.root);
+        assert_eq!(records.len(), 1, "{}", b.name);
+        assert_eq!(records[0]["verdict"], "redone", "{}", b.name);
+    }
+}
+
+/// The same, but the load's second source changed after the crash: it cannot
+/// be redone, so recovery removes exactly the load's fragments from table a
+/// (the live writer's rows, committed on top, stay) and the live writer pins
+/// past that removal.
+#[test]
+fn a_rollback_removes_exactly_the_dead_loads_rows() {
+    for b in shared_backends() {
+        let dir = tempfile::tempdir().unwrap();
+        seeded(&b, dir.path(), &["a", "b"]);
+        let d = load_descriptor(dir.path());
+        kill_9_at(sluice(&b.root).args(["load", "--timeout", "3s"]).arg(&d), AFTER_COMMIT);
+        jsonl(dir.path(), "load-b.jsonl", 400..402); // the source changed
+        let live = jsonl(dir.path(), "live.jsonl", 300..303);
+        let out = run(sluice(&b.root).args(["--clock-skew", "0s", "ingest", "--table", "a", "--timeout", "60s"]).arg(&live));
+        assert_eq!(out.status.code(), Some(0), "{}", b.name);
+        assert_eq!(scan_ids(&b.root, "a"), ids_of(0..5, &[300..303]), "{}: the load's rows are gone, the live rows stay", b.name);
+        assert_eq!(scan_ids(&b.root, "b"), ids_of(0..5, &[]), "{}", b.name);
+        let records = audit(&b.root);
+        assert_eq!(records[0]["verdict"], "rolled_back", "{}", b.name);
+        assert!(records[0]["tables"]["a"]["removed_at"].is_u64(), "{}: {records:?}", b.name);
+        // The sources were released: the load (as it is now) goes in once.
+        assert_eq!(run(sluice(&b.root).args(["load"]).arg(&d)).status.code(), Some(0), "{}", b.name);
+        assert_eq!(scan_ids(&b.root, "a"), ids_of(0..5, &[100..110, 300..303]), "{}", b.name);
+        assert_eq!(scan_ids(&b.root, "b"), ids_of(0..5, &[400..402]), "{}", b.name);
+    }
+}
+
+/// A sweep rolling forward stalls before its manifest PUT; a live writer
+/// publishes over the dead commit meanwhile. The sweep loses the race, re-reads,
+/// finds the goal reached and converges.
+#[test]
+fn a_roll_forward_that_loses_the_manifest_race_converges() {
+    for b in shared_backends() {
+        let dir = tempfile::tempdir().unwrap();
+        seeded(&b, dir.path(), &["t"]);
+        let dead = jsonl(dir.path(), "dead.jsonl", 100..110);
+        kill_9_at(sluice(&b.root).args(["ingest", "--table", "t", "--timeout", "2s"]).arg(&dead), AFTER_COMMIT);
+        wait_expired(&b.root);
+        let sweep = spawn_at(&mut recover_cmd(&b.root), BEFORE_PUBLISH, "sleep(3000)");
+        let live = jsonl(dir.path(), "live.jsonl", 200..203);
+        assert_eq!(run(sluice(&b.root).args(["ingest", "--table", "t"]).arg(&live)).status.code(), Some(0));
+        let out = sweep.wait_with_output();
+        assert_eq!(out.status.code(), Some(0), "{}", b.name);
+        let report = json(&out);
+        assert_eq!(report["ops"][0]["verdict"], "converged", "{}: {report}", b.name);
+        assert_eq!(scan_ids(&b.root, "t"), ids_of(0..5, &[100..110, 200..203]), "{}", b.name);
+        assert_eq!(pending(&b.root), 0);
+    }
+}
+
+/// A redelivery finds its source under an expired intent: heal-first settles
+/// it (forward after a commit, back before one), with no sweep run.
+#[test]
+fn a_redelivery_takes_over_an_expired_intent() {
+    for b in shared_backends() {
+        let dir = tempfile::tempdir().unwrap();
+        seeded(&b, dir.path(), &["t"]);
+        let committed = jsonl(dir.path(), "committed.jsonl", 100..110);
+        kill_9_at(sluice(&b.root).args(["ingest", "--table", "t", "--timeout", "2s"]).arg(&committed), AFTER_COMMIT);
+        let claimed = jsonl(dir.path(), "claimed.jsonl", 200..205);
+        kill_9_at(sluice(&b.root).args(["ingest", "--table", "t", "--timeout", "2s"]).arg(&claimed), AFTER_CLAIMS);
+        wait_expired(&b.root);
+        let out = json(&run(sluice(&b.root).args(["--json", "--clock-skew", "0s", "ingest", "--table", "t"]).arg(&committed)));
+        assert_eq!(out["sources"][0]["status"], "already_ingested", "{}: {out}", b.name);
+        let out = json(&run(sluice(&b.root).args(["--json", "--clock-skew", "0s", "ingest", "--table", "t"]).arg(&claimed)));
+        assert_eq!(out["sources"][0]["status"], "ingested", "{}: {out}", b.name);
+        assert_eq!(scan_ids(&b.root, "t"), ids_of(0..5, &[100..110, 200..205]), "{}", b.name);
+        assert_eq!(pending(&b.root), 0, "{}", b.name);
+        assert_eq!(audit(&b.root).len(), 2, "{}", b.name);
+    }
+}
+
+/// `--dry-run` says what it would decide and changes nothing; an intent that
+/// cannot be read is refused loudly (exit 1) and kept.
+#[test]
+fn dry_run_changes_nothing_and_a_corrupt_intent_is_refused() {
+    let b = local();
+    let dir = tempfile::tempdir().unwrap();
+    seeded(&b, dir.path(), &["t"]);
+    let file = jsonl(dir.path(), "new.jsonl", 100..110);
+    kill_9_at(sluice(&b.root).args(["ingest", "--table", "t", "--timeout", "2s"]).arg(&file), AFTER_COMMIT);
+    wait_expired(&b.root);
+    let planned = json(&run(sluice(&b.root).args(["--json", "--clock-skew", "0s", "recover", "--dry-run"])));
+    assert_eq!(planned["ops"][0]["action"], "planned");
+    assert_eq!(planned["ops"][0]["verdict"], "rolled_forward");
+    assert_eq!(pending(&b.root), 1, "the dry run kept the intent");
+    assert_eq!(scan_ids(&b.root, "t"), ids_of(0..5, &[]));
+
+    std::fs::write(Path::new(&b.root).join("_ops/op-garbage.intent.json"), b"{ not json").unwrap();
+    let out = run(sluice(&b.root).args(["--clock-skew", "0s", "recover"]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("REFUSED"));
+    assert!(Path::new(&b.root).join("_ops/op-garbage.intent.json").exists(), "kept for a person");
+    assert_eq!(scan_ids(&b.root, "t"), ids_of(0..5, &[100..110]), "the other operation was still rolled forward");
+}
+
+/// Ambiguous create-only PUTs (applied on the server, the client saw an
+/// error) of the lease, the manifest version and the audit record: recovery
+/// recognises its own writes and finishes with one record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_recognises_its_own_ambiguous_puts() {
+    use sluice::faults::Fault;
+    use sluice::recover;
+    let (lake, faults) = faulty_memory_lake();
+    let dir = tempfile::tempdir().unwrap();
+    ingest(&lake, vec![request("t", &[&jsonl(dir.path(), "seed.jsonl", 0..5)])]).await.unwrap();
+    // The writer dies after its commit: its manifest PUT fails outright.
+    faults.inject("_manifest/versions", Fault::Rejected, 1);
+    let budget = sluice::ingest::Budget { timeout: Duration::from_secs(2), clock_skew: Duration::ZERO };
+    let file = jsonl(dir.path(), "new.jsonl", 100..110);
+    let progress = std::sync::Arc::new(sluice::decode::Progress::default());
+    assert!(sluice::ingest::run(&lake, vec![request("t", &[&file])], budget, progress).await.is_err());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    for path in [".sweep-", "_manifest/versions", "_audit/"] {
+        faults.inject(path, Fault::AppliedThenError, 1);
+    }
+    let opts = recover::Options { clock_skew: Duration::ZERO, dry_run: false };
+    let report = recover::sweep(&lake, opts, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(report.ops.len(), 1);
+    assert!(matches!(report.ops[0].action, recover::Action::Decided { verdict: sluice::audit::Verdict::RolledForward, .. }), "{report:?}");
+    assert_eq!(sluice::audit::list(&lake, 10).await.unwrap().len(), 1);
+    assert_eq!(ids(&lake, "t", None).await, ids_of(0..5, &[100..110]));
+
+    // Nothing pending: a sweep is one LIST.
+    let idle = recover::sweep(&lake, opts, Duration::from_secs(60)).await.unwrap();
+    assert_eq!((idle.pending, idle.requests.total(), idle.requests.list), (0, 1, 1), "{:?}", idle.requests);
+}

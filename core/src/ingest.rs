@@ -33,7 +33,7 @@ use crate::failpoints;
 use crate::lake::{Created, Lake};
 use crate::manifest::{self, Goal, Manifest, Mode, Published, TablePin};
 use crate::recover::{self, Vetted};
-use crate::sidecar::{self, Claim, Decision, Intent, IntentTable, Outcome, PROP_ATTEMPT, PROP_OP, PROP_SCOPE, SCOPE_MULTI, SCOPE_SINGLE, SourceRef};
+use crate::sidecar::{self, Claim, Decision, Intent, IntentTable, Outcome, PROP_ATTEMPT, PROP_INTENT, PROP_OP, PROP_SCOPE, SCOPE_MULTI, SCOPE_SINGLE, SourceRef};
 use crate::source::Source;
 
 /// Schema metadata keys that keep a table's mode inside the Lance table itself.
@@ -143,6 +143,8 @@ struct Door<'a> {
     lake: &'a Lake,
     op: String,
     attempt: String,
+    /// The attempt whose intent this work belongs to: ours, or a dead writer's in a redo.
+    intent: String,
     deadline: Deadline,
     progress: Arc<Progress>,
     multi: bool,
@@ -201,10 +203,12 @@ pub async fn run(lake: &Lake, requests: Vec<TableRequest>, budget: Budget, progr
         });
     }
     let op = operation_id(&tables);
+    let attempt = uuid::Uuid::now_v7().to_string();
     let door = Door {
         lake,
         op: op.clone(),
-        attempt: uuid::Uuid::now_v7().to_string(),
+        intent: attempt.clone(),
+        attempt,
         deadline,
         progress,
         multi: tables.len() > 1,
@@ -250,6 +254,7 @@ pub(crate) async fn redo(lake: &Lake, intent: &Intent, attempt: &str, deadline: 
         lake,
         op: intent.op.clone(),
         attempt: attempt.to_string(),
+        intent: intent.attempt.clone(),
         deadline,
         progress: Arc::default(),
         multi: true,
@@ -326,7 +331,7 @@ impl Door<'_> {
         };
         tables.retain(|t| !t.sources.is_empty());
         if tables.is_empty() {
-            sidecar::finish(self.lake, &self.op, self.multi).await?;
+            sidecar::finish(self.lake, &self.op, &self.intent, self.multi).await?;
             return self.report(None, &tables, others).await;
         }
         if let Err(e) = failpoints::hit(failpoints::AFTER_CLAIMS) {
@@ -360,7 +365,7 @@ impl Door<'_> {
         }
         let version = self.publish(&tables, base).await?;
         failpoints::hit(failpoints::BEFORE_FINISH)?;
-        sidecar::finish(self.lake, &self.op, self.multi).await?;
+        sidecar::finish(self.lake, &self.op, &self.intent, self.multi).await?;
         self.report(Some(version), &tables, others).await
     }
 
@@ -451,7 +456,7 @@ impl Door<'_> {
                 return chain(error, e);
             }
         }
-        if let Err(e) = sidecar::finish(self.lake, &self.op, self.multi).await {
+        if let Err(e) = sidecar::finish(self.lake, &self.op, &self.intent, self.multi).await {
             return chain(error, e);
         }
         error
@@ -477,6 +482,7 @@ impl Door<'_> {
         HashMap::from([
             (PROP_OP.to_string(), self.op.clone()),
             (PROP_ATTEMPT.to_string(), self.attempt.clone()),
+            (PROP_INTENT.to_string(), self.intent.clone()),
             (PROP_SCOPE.to_string(), if self.multi { SCOPE_MULTI } else { SCOPE_SINGLE }.to_string()),
         ])
     }
@@ -654,6 +660,7 @@ impl Door<'_> {
     async fn decide_forward(&self, tables: &[TableWork]) -> Result<()> {
         let decision = Decision {
             op: self.op.clone(),
+            intent: self.intent.clone(),
             attempt: self.attempt.clone(),
             outcome: Outcome::Forward,
             by: "writer".into(),

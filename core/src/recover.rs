@@ -39,7 +39,7 @@ use crate::ingest;
 use crate::lake::{Created, Lake};
 use crate::manifest::{self, Goal, Manifest, Published, PublishOutcome, TablePin};
 use crate::sidecar::{
-    self, Decision, Intent, Lease, OpFiles, Outcome, PROP_ATTEMPT, PROP_OP, PROP_SCOPE, SCOPE_MULTI, SCOPE_ROLLBACK,
+    self, Decision, Intent, Lease, OpFiles, Outcome, PROP_ATTEMPT, PROP_INTENT, PROP_OP, PROP_SCOPE, SCOPE_MULTI, SCOPE_ROLLBACK,
     SCOPE_SINGLE,
 };
 use crate::source::Source;
@@ -132,7 +132,7 @@ pub async fn sweep(lake: &Lake, opts: Options, timeout: Duration) -> Result<Swee
             reports.push(report(&intent, Action::Deferred { reason: "this sweep ran out of time".into() }));
             continue;
         }
-        let action = match resolve(lake, &intent, &files, opts, &deadline).await {
+        let action = match resolve(lake, &intent, &files, opts, &deadline, true).await {
             Ok(action) => action,
             Err(e) => Action::Deferred { reason: e.to_string() },
         };
@@ -164,7 +164,7 @@ pub async fn heal(lake: &Lake, tables: &BTreeSet<String>, clock_skew: Duration, 
             continue;
         }
         let opts = Options { clock_skew, dry_run: false };
-        match resolve(lake, &intent, &files, opts, deadline).await {
+        match resolve(lake, &intent, &files, opts, deadline, false).await {
             Ok(Action::Live { .. }) => {}
             Ok(action) => tracing::info!(op, ?action, "heal-first resolved a dead worker's operation"),
             Err(e) => tracing::warn!(op, error = %e, "heal-first could not resolve an operation"),
@@ -178,7 +178,7 @@ pub async fn heal(lake: &Lake, tables: &BTreeSet<String>, clock_skew: Duration, 
 pub async fn resolve_op(lake: &Lake, op: &str, clock_skew: Duration, deadline: &Deadline) -> Result<Action> {
     let files = sidecar::list_ops(lake).await?.remove(op).unwrap_or_default();
     match sidecar::read_intent(lake, op).await? {
-        Some(intent) => resolve(lake, &intent, &files, Options { clock_skew, dry_run: false }, deadline).await,
+        Some(intent) => resolve(lake, &intent, &files, Options { clock_skew, dry_run: false }, deadline, false).await,
         None => Ok(Action::DoneByOther { verdict: None }),
     }
 }
@@ -190,7 +190,10 @@ fn expires_at(intent: &Intent, lease: Option<&Lease>, skew: Duration) -> chrono:
     owner + chrono::Duration::from_std(skew).unwrap_or(chrono::Duration::MAX)
 }
 
-async fn resolve(lake: &Lake, intent: &Intent, files: &OpFiles, opts: Options, deadline: &Deadline) -> Result<Action> {
+/// Resolve `intent` if its owner is presumed dead. A sweep (`join_sweeps`)
+/// waits for another sweep's live lease to end in an outcome; a writer healing
+/// first does not (its own checks keep it from publishing anything undecided).
+async fn resolve(lake: &Lake, intent: &Intent, files: &OpFiles, opts: Options, deadline: &Deadline, join_sweeps: bool) -> Result<Action> {
     let mut leases = Vec::with_capacity(files.leases.len());
     for k in &files.leases {
         match sidecar::read_lease(lake, &intent.op, *k).await {
@@ -201,13 +204,13 @@ async fn resolve(lake: &Lake, intent: &Intent, files: &OpFiles, opts: Options, d
         }
     }
     let expires = expires_at(intent, leases.last(), opts.clock_skew);
-    if Utc::now() < expires {
+    let swept = leases.last().is_some();
+    if Utc::now() < expires && !(swept && join_sweeps && !opts.dry_run) {
         return Ok(Action::Live { expires_at: expires });
     }
     let mut r = Recovery {
         lake,
         intent,
-        attempts: leases.iter().map(|l| l.attempt.clone()).chain([intent.attempt.clone()]).collect(),
         lease: Lease {
             op: intent.op.clone(),
             k: leases.last().map_or(1, |l| l.k + 1),
@@ -220,6 +223,10 @@ async fn resolve(lake: &Lake, intent: &Intent, files: &OpFiles, opts: Options, d
         deadline,
         skew: opts.clock_skew,
     };
+    if Utc::now() < expires {
+        // Another sweep holds a live lease on it.
+        return r.await_other().await;
+    }
     if opts.dry_run {
         let state = r.inspect().await?;
         return Ok(match r.plan(&state).await? {
@@ -232,7 +239,6 @@ async fn resolve(lake: &Lake, intent: &Intent, files: &OpFiles, opts: Options, d
         // Another sweep took over first: wait for its outcome.
         Created::Theirs(_) | Created::Gone => return r.await_other().await,
     }
-    r.attempts.insert(r.lease.attempt.clone());
     r.leases.push(r.lease.k);
     failpoints::hit(failpoints::RECOVER_AFTER_LEASE)?;
     r.run().await
@@ -281,8 +287,6 @@ impl Plan {
 struct Recovery<'a> {
     lake: &'a Lake,
     intent: &'a Intent,
-    /// Every attempt whose commits belong to this intent: the writer's and each sweep's.
-    attempts: BTreeSet<String>,
     lease: Lease,
     leases: Vec<u32>,
     deadline: &'a Deadline,
@@ -384,7 +388,7 @@ impl Recovery<'_> {
                 let Some(txn) = ds.read_version_transaction(version).await.map_err(|e| Error::lance(table, e))?.transaction else { continue };
                 let props = txn.transaction_properties.as_deref();
                 let get = |k: &str| props.and_then(|p| p.get(k)).map(String::as_str);
-                if get(PROP_OP) != Some(self.intent.op.as_str()) || !get(PROP_ATTEMPT).is_some_and(|a| self.attempts.contains(a)) {
+                if get(PROP_OP) != Some(self.intent.op.as_str()) || get(PROP_INTENT) != Some(self.intent.attempt.as_str()) {
                     continue;
                 }
                 if get(PROP_SCOPE) == Some(SCOPE_ROLLBACK) {
@@ -402,7 +406,7 @@ impl Recovery<'_> {
             path: self.lake.uri().to_string(),
             reason: "an operation is pending but the lake has no manifest".into(),
         })?;
-        let decision = if self.multi() { sidecar::read_decision(self.lake, &self.intent.op).await? } else { None };
+        let decision = if self.multi() { sidecar::read_decision(self.lake, &self.intent.op, &self.intent.attempt).await? } else { None };
         Ok(State { commits, removals, latest, decision })
     }
 
@@ -445,6 +449,7 @@ impl Recovery<'_> {
         self.deadline.check("recording a recovery decision")?;
         let decision = Decision {
             op: self.intent.op.clone(),
+            intent: self.intent.attempt.clone(),
             attempt: self.lease.attempt.clone(),
             outcome,
             by: "recovery".into(),
@@ -510,7 +515,12 @@ impl Recovery<'_> {
             let added = self.added_fragments(table, commit.version).await?;
             self.deadline.check("removing a dead operation's rows")?;
             let ds = Arc::new(self.lake.open_table(table, None).await?);
-            let properties = [(PROP_OP, self.intent.op.as_str()), (PROP_ATTEMPT, self.lease.attempt.as_str()), (PROP_SCOPE, SCOPE_ROLLBACK)]
+            let properties = [
+                (PROP_OP, self.intent.op.as_str()),
+                (PROP_ATTEMPT, self.lease.attempt.as_str()),
+                (PROP_INTENT, self.intent.attempt.as_str()),
+                (PROP_SCOPE, SCOPE_ROLLBACK),
+            ]
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect();
@@ -596,7 +606,7 @@ impl Recovery<'_> {
         for s in &self.intent.sources {
             if let Some(claim) = sidecar::read_claim(self.lake, &s.id).await?
                 && claim.op == self.intent.op
-                && self.attempts.contains(&claim.attempt)
+                && claim.attempt == self.intent.attempt
             {
                 sidecar::release_claim(self.lake, &s.id).await?;
             }
@@ -646,11 +656,14 @@ pub(crate) async fn vet(lake: &Lake, table: &str, from: u64, to: u64, own_op: &s
         i += 1;
         let props = txn.as_ref().and_then(|t| t.transaction_properties.clone());
         let get = |k: &str| props.as_ref().and_then(|p| p.get(k).cloned());
-        let op = match (get(PROP_OP), get(PROP_SCOPE).as_deref()) {
+        let (op, intent) = match (get(PROP_OP), get(PROP_SCOPE).as_deref()) {
             _ if txn.as_ref().is_some_and(|t| carries_no_rows(&t.operation)) => continue,
             (Some(_), Some(SCOPE_SINGLE | SCOPE_ROLLBACK)) => continue,
             (Some(op), Some(SCOPE_MULTI)) if op == own_op => continue,
-            (Some(op), Some(SCOPE_MULTI)) => op,
+            (Some(op), Some(SCOPE_MULTI)) => {
+                let intent = get(PROP_INTENT).or_else(|| get(PROP_ATTEMPT)).unwrap_or_default();
+                (op, intent)
+            }
             _ => {
                 return Err(Error::Blocked(format!(
                     "table '{table}' version {version} was not written by a sluice operation; \
@@ -658,18 +671,19 @@ pub(crate) async fn vet(lake: &Lake, table: &str, from: u64, to: u64, own_op: &s
                 )));
             }
         };
-        if removal_in(&txns[i..], &op).is_some() {
+        if removal_in(&txns[i..], &op, &intent).is_some() {
             continue;
         }
         // Undecided, or rolled back without its removal in range yet: settle it.
         let mut pause = Duration::from_millis(50);
         loop {
-            let outcome = sidecar::read_decision(lake, &op).await?.map(|d| d.outcome);
+            let outcome = sidecar::read_decision(lake, &op, &intent).await?.map(|d| d.outcome);
             if outcome == Some(Outcome::Forward) {
                 break;
             }
-            let live_intent = match sidecar::read_intent(lake, &op).await? {
-                Some(intent) => Some(intent),
+            // A later attempt's intent (a redelivery) does not own this commit.
+            let live_intent = match sidecar::read_intent(lake, &op).await?.filter(|i| i.attempt == intent) {
+                Some(found) => Some(found),
                 None if outcome.is_none() && manifest::read_latest(lake).await?.and_then(|m| m.tables.get(table).map(|p| p.version)).is_some_and(|p| p >= version) => break,
                 None => None,
             };
@@ -679,7 +693,7 @@ pub(crate) async fn vet(lake: &Lake, table: &str, from: u64, to: u64, own_op: &s
                 let head = ds.version().version;
                 if head > to {
                     let more = read_range(&ds, table, to + 1, head).await?;
-                    if let Some(at) = removal_in(&more, &op) {
+                    if let Some(at) = removal_in(&more, &op, &intent) {
                         let upto = more.iter().position(|(v, _)| *v == at).expect("found in range");
                         txns.extend(more.into_iter().take(upto + 1));
                         to = at;
@@ -719,11 +733,13 @@ async fn read_range(ds: &lance::Dataset, table: &str, from: u64, to: u64) -> Res
     Ok(out)
 }
 
-/// The version of recovery's commit removing operation `op`'s rows, if in `txns`.
-fn removal_in(txns: &[(u64, Option<Transaction>)], op: &str) -> Option<u64> {
+/// The version of recovery's commit removing the rows of operation `op`'s
+/// intent attempt `intent`, if in `txns`.
+fn removal_in(txns: &[(u64, Option<Transaction>)], op: &str, intent: &str) -> Option<u64> {
     txns.iter().find_map(|(v, t)| {
         let p = t.as_ref()?.transaction_properties.as_ref()?;
-        (p.get(PROP_OP).map(String::as_str) == Some(op) && p.get(PROP_SCOPE).map(String::as_str) == Some(SCOPE_ROLLBACK)).then_some(*v)
+        let is = |k: &str, want: &str| p.get(k).map(String::as_str) == Some(want);
+        (is(PROP_OP, op) && is(PROP_INTENT, intent) && is(PROP_SCOPE, SCOPE_ROLLBACK)).then_some(*v)
     })
 }
 

@@ -4,8 +4,10 @@
 //!   4), deleted last, after the publish. The existence of an intent is what
 //!   "in flight" means; `_ops/` holds only in-flight operations, so listing it
 //!   costs one LIST however long the history.
-//! - `_ops/<op>.decision.json`: create-only, so exactly one of a multi-table
-//!   writer ("forward": every table committed) and recovery wins it.
+//! - `_decisions/<op>.<intent attempt>.json`: create-only, so exactly one of
+//!   a multi-table writer ("forward": every table committed) and recovery wins
+//!   it. The writer removes its own after publishing; recovery's stay (until
+//!   cleanup), so a late writer of that attempt can never win one.
 //! - `_ops/<op>.sweep-<k>.json`: recovery's lease on an expired intent,
 //!   create-only with k = 1, 2, ...: exactly one sweep acts on an operation at
 //!   a time, until its own deadline; the next takes lease k + 1 after that.
@@ -26,12 +28,15 @@ use crate::manifest::Mode;
 const OPS: &str = "_ops";
 const CLAIMS: &str = "_ingested";
 const INTENT_SUFFIX: &str = ".intent.json";
-const DECISION_SUFFIX: &str = ".decision.json";
+const DECISIONS: &str = "_decisions";
 const LEASE_INFIX: &str = ".sweep-";
 
 /// Lance transaction properties that tie a commit to its operation.
 pub const PROP_OP: &str = "sluice.op";
 pub const PROP_ATTEMPT: &str = "sluice.attempt";
+/// The attempt of the intent the commit belongs to (a sweep's redo or
+/// roll-back commits carry the dead writer's intent attempt here).
+pub const PROP_INTENT: &str = "sluice.intent";
 /// `single` (decided forward once committed), `multi` (needs a decision) or
 /// `rollback` (recovery removing the operation's rows).
 pub const PROP_SCOPE: &str = "sluice.scope";
@@ -87,6 +92,9 @@ pub enum Outcome {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Decision {
     pub op: String,
+    /// The attempt of the intent this decides.
+    pub intent: String,
+    /// The decider's attempt.
     pub attempt: String,
     pub outcome: Outcome,
     /// `writer` or `recovery`.
@@ -120,7 +128,6 @@ pub struct Lease {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OpFiles {
     pub intent: bool,
-    pub decision: bool,
     /// Lease numbers, ascending.
     pub leases: Vec<u32>,
 }
@@ -129,8 +136,8 @@ fn intent_path(op: &str) -> String {
     format!("{OPS}/{op}{INTENT_SUFFIX}")
 }
 
-fn decision_path(op: &str) -> String {
-    format!("{OPS}/{op}{DECISION_SUFFIX}")
+fn decision_path(op: &str, intent: &str) -> String {
+    format!("{DECISIONS}/{op}.{intent}.json")
 }
 
 fn lease_path(op: &str, k: u32) -> String {
@@ -153,21 +160,21 @@ pub async fn intent_exists(lake: &Lake, op: &str) -> Result<bool> {
     lake.exists(&intent_path(op)).await
 }
 
-/// Remove an operation's sidecars: the decision (multi-table ops have one)
-/// first, the intent last.
-pub async fn finish(lake: &Lake, op: &str, multi_table: bool) -> Result<()> {
+/// The writer's finish: its own decision (multi-table ops have one) first,
+/// the intent last.
+pub async fn finish(lake: &Lake, op: &str, attempt: &str, multi_table: bool) -> Result<()> {
     if multi_table {
-        lake.delete(&decision_path(op)).await?;
+        lake.delete(&decision_path(op, attempt)).await?;
     }
     lake.delete(&intent_path(op)).await
 }
 
-/// Recovery's finish: leases and decision first, the intent last.
+/// Recovery's finish: leases first, the intent last; its decision stays.
 pub async fn finish_recovered(lake: &Lake, op: &str, leases: &[u32]) -> Result<()> {
     for k in leases {
         lake.delete(&lease_path(op, *k)).await?;
     }
-    finish(lake, op, true).await
+    lake.delete(&intent_path(op)).await
 }
 
 pub async fn take_lease(lake: &Lake, lease: &Lease) -> Result<Created<Lease>> {
@@ -186,8 +193,6 @@ pub async fn list_ops(lake: &Lake) -> Result<BTreeMap<String, OpFiles>> {
         let Some(name) = rel.strip_prefix("_ops/") else { continue };
         if let Some(op) = name.strip_suffix(INTENT_SUFFIX) {
             ops.entry(op.to_string()).or_default().intent = true;
-        } else if let Some(op) = name.strip_suffix(DECISION_SUFFIX) {
-            ops.entry(op.to_string()).or_default().decision = true;
         } else if let Some((op, k)) = name.strip_suffix(".json").and_then(|n| n.rsplit_once(LEASE_INFIX))
             && let Ok(k) = k.parse::<u32>()
         {
@@ -201,11 +206,12 @@ pub async fn list_ops(lake: &Lake) -> Result<BTreeMap<String, OpFiles>> {
 }
 
 pub async fn decide(lake: &Lake, decision: &Decision) -> Result<Created<Decision>> {
-    lake.create_json(&decision_path(&decision.op), decision, |d: &Decision| d == decision).await
+    lake.create_json(&decision_path(&decision.op, &decision.intent), decision, |d: &Decision| d == decision).await
 }
 
-pub async fn read_decision(lake: &Lake, op: &str) -> Result<Option<Decision>> {
-    lake.get_json(&decision_path(op)).await
+/// The decision on the intent of `op` whose attempt was `intent`.
+pub async fn read_decision(lake: &Lake, op: &str, intent: &str) -> Result<Option<Decision>> {
+    lake.get_json(&decision_path(op, intent)).await
 }
 
 pub async fn claim(lake: &Lake, source_id: &str, claim: &Claim) -> Result<Created<Claim>> {
