@@ -27,10 +27,18 @@ struct Args {
     big_mb: u64,
     reps: usize,
     sizes: Vec<u64>,
+    /// Sections to run: throughput, depth, rss, latency, recovery.
+    only: Vec<String>,
+}
+
+impl Args {
+    fn want(&self, section: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|s| s == section)
+    }
 }
 
 fn args() -> Args {
-    let mut a = Args { root: String::new(), work: std::env::temp_dir().join("sluice-bench"), depth: 1000, big_mb: 1024, reps: 3, sizes: vec![1, 64] };
+    let mut a = Args { root: String::new(), work: std::env::temp_dir().join("sluice-bench"), depth: 1000, big_mb: 1024, reps: 3, sizes: vec![1, 64], only: Vec::new() };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut val = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
@@ -41,7 +49,8 @@ fn args() -> Args {
             "--big-mb" => a.big_mb = val().parse().expect("--big-mb N"),
             "--reps" => a.reps = val().parse().expect("--reps N"),
             "--sizes" => a.sizes = val().split(',').map(|s| s.parse().expect("--sizes MB,MB")).collect(),
-            other => panic!("unknown flag {other}; flags: --root --work --depth --big-mb --reps --sizes"),
+            "--only" => a.only = val().split(',').map(String::from).collect(),
+            other => panic!("unknown flag {other}; flags: --root --work --depth --big-mb --reps --sizes --only throughput,depth,rss,latency,recovery"),
         }
     }
     if a.root.is_empty() {
@@ -81,6 +90,11 @@ async fn sluice_ingest(lake: &Lake, file: &Path) -> (Duration, u64) {
     let start = Instant::now();
     let r = ingest::run(lake, vec![req], ingest::Budget::new(TIMEOUT), Arc::new(Progress::default())).await.expect("sluice ingest");
     (start.elapsed(), r.requests.total())
+}
+
+async fn sluice_ingest_report(lake: &Lake, file: &Path) -> ingest::Report {
+    let req = TableRequest { table: "t".into(), sources: vec![file.display().to_string()], format: None, mode: None, key: None, schema: None };
+    ingest::run(lake, vec![req], ingest::Budget::new(TIMEOUT), Arc::new(Progress::default())).await.expect("sluice ingest")
 }
 
 /// Plain Lance: open latest, decode with arrow, append. Counted by `lake`'s wrapper.
@@ -148,8 +162,10 @@ async fn main() {
     let sluice_bin = std::env::current_exe().unwrap().with_file_name("sluice");
     let mut rows: Vec<(String, String, String, String)> = Vec::new();
 
+    let tiny = |i: u64| generate(&a.work, &format!("tiny-{i}.jsonl"), 0, i + 10);
+
     // 1. Wall time at 1 MiB and 64 MiB, interleaved so drift hits both alike.
-    for &mb in &a.sizes {
+    for &mb in a.sizes.iter().filter(|_| a.want("throughput")) {
         let lake = Lake::open(&root(&format!("tp{mb}"))).unwrap();
         let (mut s, mut l) = (Vec::new(), Vec::new());
         // One warm-up each creates the tables, so every timed run is an append.
@@ -167,8 +183,8 @@ async fn main() {
     }
 
     // 2. Requests per single-file ingest at depth 1 and `depth`.
+    if a.want("depth") {
     let lake = Lake::open(&root("depth")).unwrap();
-    let tiny = |i: u64| generate(&a.work, &format!("tiny-{i}.jsonl"), 0, i + 10);
     let (_, s1) = sluice_ingest(&lake, &tiny(0)).await;
     let (_, l1) = lance_append(&lake, &tiny(0)).await;
     let (_, s2) = sluice_ingest(&lake, &tiny(1)).await;
@@ -185,15 +201,19 @@ async fn main() {
     let (_, sd) = sluice_ingest(&lake, &f).await;
     let (_, ld) = lance_append(&lake, &f).await;
     rows.push((format!("requests per ingest, depth {}", a.depth), sd.to_string(), ld.to_string(), format!("+{}", sd as i64 - ld as i64)));
+    }
 
     // 3. Peak RSS of a whole `sluice ingest` process on a big file.
+    if a.want("rss") {
     let big = generate(&a.work, "big.jsonl", a.big_mb, 77);
     let big_root = root("big");
     let (t, rss) = timed_child(Command::new(&sluice_bin).args(["--root", &big_root, "ingest", "--table", "t"]).arg(&big));
     rows.push((format!("peak RSS, {} MiB JSONL ({:.1} s)", a.big_mb, t.as_secs_f64()), format!("{} MiB", rss / 1024), "-".into(), "-".into()));
     std::fs::remove_file(big).unwrap();
+    }
 
     // 4. Latency of one ingest process alone vs 8 at once (1 MiB files, one table).
+    if a.want("latency") {
     let conc_root = root("conc");
     // 8 files alone, then `rounds` rounds of 8 at once.
     let rounds = a.reps.max(1);
@@ -219,6 +239,46 @@ async fn main() {
     rows.push(("ingest latency p99, 1 process alone".into(), ms(percentile(alone, 0.99)), "-".into(), "-".into()));
     rows.push((format!("ingest latency p50, 8 processes at once ({n} samples)"), ms(percentile(together.clone(), 0.5)), "-".into(), "-".into()));
     rows.push((format!("ingest latency p99, 8 processes at once ({n} samples)"), ms(percentile(together, 0.99)), "-".into(), "-".into()));
+    }
+
+    // 5. Recovery: a sweep with 0, 1 and 100 dead writers (each died after its
+    // Lance commit: its manifest PUT was refused), and heal-first on an ingest
+    // when nothing is pending.
+    for dead in [0u32, 1, 100].into_iter().filter(|_| a.want("recovery")) {
+        let mut faults = None;
+        let lake = Lake::open_wrapped(&root(&format!("sweep{dead}")), |inner| {
+            let store = Arc::new(sluice::faults::FaultStore::new(inner));
+            faults = Some(Arc::clone(&store));
+            store
+        })
+        .unwrap();
+        sluice_ingest(&lake, &tiny(9_000)).await;
+        if dead == 0 {
+            let again = sluice_ingest_report(&lake, &tiny(9_001)).await;
+            rows.push(("heal-first on an ingest, nothing pending".into(), format!("{} LIST ({} requests in all)", again.requests.list, again.requests.total()), "-".into(), "-".into()));
+        }
+        faults.unwrap().inject("_manifest/versions", sluice::faults::Fault::Rejected, dead);
+        let short = ingest::Budget { timeout: Duration::from_secs(2), clock_skew: Duration::ZERO };
+        for i in 0..dead {
+            let f = tiny(10_000 + u64::from(i));
+            let req = TableRequest { table: "t".into(), sources: vec![f.display().to_string()], format: None, mode: None, key: None, schema: None };
+            assert!(ingest::run(&lake, vec![req], short, Arc::new(Progress::default())).await.is_err(), "the writer must die after its commit");
+        }
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        let opts = sluice::recover::Options { clock_skew: Duration::ZERO, dry_run: false };
+        let start = Instant::now();
+        let report = sluice::recover::sweep(&lake, opts, TIMEOUT).await.expect("sweep");
+        let took = start.elapsed();
+        assert_eq!(report.pending, dead as usize);
+        assert!(report.ops.iter().all(|o| matches!(o.action, sluice::recover::Action::Decided { .. })), "{report:?}");
+        let r = &report.requests;
+        rows.push((
+            format!("recovery sweep, {dead} dead writer(s)"),
+            format!("{} ({} requests: {} LIST, {} GET, {} PUT, {} DELETE)", ms(took), r.total(), r.list, r.get, r.put, r.delete),
+            "-".into(),
+            "-".into(),
+        ));
+    }
 
     println!("store: {}", a.root);
     println!("| measure | sluice | plain Lance | sluice / Lance |");
