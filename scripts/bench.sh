@@ -3,7 +3,7 @@
 # Builds release binaries (once per machine: ~48 min on 2 cores), then runs
 # sluice-bench on local disk (wall time, peak RSS, concurrency) and on the local
 # S3 server (requests per ingest, where every request is visible).
-# Usage: scripts/bench.sh [--quick]
+# Usage: scripts/bench.sh [--quick] [--only throughput,depth,rss,latency,recovery]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
@@ -13,7 +13,17 @@ ensure_protoc
 cargo build --release -p sluice-workers --bins
 BENCH="$CARGO_TARGET_DIR/release/sluice-bench"
 
-if [ "${1:-}" = "--quick" ]; then
+QUICK=0; ONLY=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) QUICK=1 ;;
+    --only) ONLY=(--only "$2"); shift ;;
+    *) echo "usage: scripts/bench.sh [--quick] [--only SECTIONS]" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+if [ "$QUICK" = 1 ]; then
   LOCAL_ARGS=(--sizes 1,8 --reps 3 --depth 50 --big-mb 64)
   S3_ARGS=(--sizes 1 --reps 3 --depth 50 --big-mb 1)
 else
@@ -22,7 +32,7 @@ else
 fi
 
 echo "## local disk"
-"$BENCH" --work "${TMPDIR:-/tmp}/sluice-bench-local" "${LOCAL_ARGS[@]}"
+"$BENCH" --work "${TMPDIR:-/tmp}/sluice-bench-local" "${LOCAL_ARGS[@]}" "${ONLY[@]}"
 
 PORT="${SLUICE_S3_PORT:-9756}"
 scripts/s3-server.sh stop "$PORT"
@@ -31,4 +41,4 @@ trap 'scripts/s3-server.sh stop "$PORT"' EXIT
 export AWS_ENDPOINT_URL="http://127.0.0.1:$PORT" AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1
 export AWS_EC2_METADATA_DISABLED=true
 echo "## local S3 server (moto): request counts are exact; wall times measure moto"
-"$BENCH" --root s3://sluice-bench --work "${TMPDIR:-/tmp}/sluice-bench-s3" "${S3_ARGS[@]}"
+"$BENCH" --root s3://sluice-bench --work "${TMPDIR:-/tmp}/sluice-bench-s3" "${S3_ARGS[@]}" "${ONLY[@]}"

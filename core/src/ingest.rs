@@ -703,17 +703,29 @@ impl Door<'_> {
 
     /// The pin `table` may move to from `from` to show our commit at `to`,
     /// resolving dead operations whose commits stand in between.
+    /// Bounded by the deadline: each round either resolves an operation or pauses.
     async fn vetted(&self, table: &str, from: u64, to: u64) -> Result<u64> {
-        for _ in 0..MAX_TAKEOVER_ROUNDS {
-            match recover::vet(self.lake, table, from, to, &self.op, self.skew, &self.deadline).await? {
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let op = match recover::vet(self.lake, table, from, to, &self.op, self.skew, &self.deadline).await? {
                 Vetted::Pin(v) => return Ok(v),
-                Vetted::Expired(op) => {
-                    let action = Box::pin(recover::resolve_op(self.lake, &op, self.skew, &self.deadline)).await?;
-                    tracing::info!(op, ?action, "resolved a dead worker's operation that stood before this publish");
+                Vetted::Expired(op) => op,
+            };
+            match Box::pin(recover::resolve_op(self.lake, &op, self.skew, &self.deadline)).await? {
+                recover::Action::Decided { .. } | recover::Action::DoneByOther { .. } => continue,
+                recover::Action::Refused { reason } => {
+                    return Err(Error::Blocked(format!("table '{table}': operation {op} stands before this commit and recovery refused it: {reason}")));
+                }
+                // Another sweep holds it, or it could not be finished yet: wait.
+                _ if self.deadline.remaining() > pause => tokio::time::sleep(pause).await,
+                _ => {
+                    return Err(Error::Blocked(format!(
+                        "table '{table}': dead operation {op} before version {to} was not resolved by this worker's deadline; run `sluice recover`"
+                    )));
                 }
             }
+            pause = (pause * 2).min(MAX_POLL);
         }
-        Err(Error::Blocked(format!("table '{table}': dead operations before version {to} could not be resolved; run `sluice recover`")))
     }
 
     /// Poll until operation `op`'s intent is gone, resolving it once its
@@ -725,8 +737,12 @@ impl Door<'_> {
             if Utc::now() >= expires {
                 let action = Box::pin(recover::resolve_op(self.lake, op, self.skew, &self.deadline)).await?;
                 tracing::info!(op, ?action, "took over a dead delivery of these sources");
-                if matches!(action, recover::Action::Decided { .. } | recover::Action::DoneByOther { .. }) {
-                    continue;
+                match action {
+                    recover::Action::Decided { .. } | recover::Action::DoneByOther { .. } => continue,
+                    recover::Action::Refused { reason } => {
+                        return Err(Error::Blocked(format!("operation {op} on these sources died and recovery refused it: {reason}")));
+                    }
+                    _ => {}
                 }
             }
             if self.deadline.remaining() <= pause {

@@ -78,6 +78,8 @@ pub enum Action {
     Deferred { reason: String },
     /// Recovery cannot prove what to do; the intent stays. Needs a person.
     Refused { reason: String },
+    /// An error (the store, Lance) stopped it; the intent stays for a later pass.
+    Failed { error: String },
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -98,9 +100,9 @@ pub struct SweepReport {
 }
 
 impl SweepReport {
-    /// Operations recovery refused: the CLI exits non-zero when there are any.
-    pub fn refused(&self) -> usize {
-        self.ops.iter().filter(|o| matches!(o.action, Action::Refused { .. })).count()
+    /// Operations recovery refused or failed on: the CLI exits non-zero when there are any.
+    pub fn unresolved(&self) -> usize {
+        self.ops.iter().filter(|o| matches!(o.action, Action::Refused { .. } | Action::Failed { .. })).count()
     }
 }
 
@@ -134,7 +136,7 @@ pub async fn sweep(lake: &Lake, opts: Options, timeout: Duration) -> Result<Swee
         }
         let action = match resolve(lake, &intent, &files, opts, &deadline, true).await {
             Ok(action) => action,
-            Err(e) => Action::Deferred { reason: e.to_string() },
+            Err(e) => Action::Failed { error: e.to_string() },
         };
         reports.push(report(&intent, action));
     }
@@ -304,7 +306,7 @@ impl Recovery<'_> {
         // A decision lost to the writer or another sweep is followed, once.
         for _ in 0..2 {
             let outcome = match &plan {
-                Plan::Forward | Plan::Redo(_) if self.multi() && state.decision.is_none() && state.commits.len() == self.intent.tables.len() => Outcome::Forward,
+                Plan::Forward if self.multi() && state.decision.is_none() => Outcome::Forward,
                 Plan::RollBack(_) if self.multi() && state.decision.is_none() && !state.commits.is_empty() => Outcome::RollBack,
                 _ => break,
             };
@@ -643,11 +645,14 @@ pub(crate) enum Vetted {
 /// commit in between must be decided forward. The pin may go further than
 /// `to` when the only way past a rolled-back operation's rows is to include
 /// recovery's commit that removes them. Waits (within `deadline`) for live
-/// multi-table loads.
+/// multi-table loads. `to` is the caller's own commit.
 pub(crate) async fn vet(lake: &Lake, table: &str, from: u64, to: u64, own_op: &str, skew: Duration, deadline: &Deadline) -> Result<Vetted> {
     assert!(from < to, "vetting an empty range");
+    if from + 1 == to {
+        return Ok(Vetted::Pin(to));
+    }
     let mut ds = lake.open_table(table, Some(to)).await?;
-    let mut txns = read_range(&ds, table, from + 1, to).await?;
+    let mut txns = read_range(&ds, table, from + 1, to - 1).await?;
     let mut to = to;
     let mut i = 0;
     while i < txns.len() {

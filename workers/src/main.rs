@@ -234,15 +234,16 @@ async fn run(cli: Cli) -> Result<()> {
                         Action::DoneByOther { verdict: None } => "finished by another worker".into(),
                         Action::Deferred { reason } => format!("deferred: {reason}"),
                         Action::Refused { reason } => format!("REFUSED: {reason}"),
+                        Action::Failed { error } => format!("FAILED: {error}"),
                     };
                     out.push_str(&format!("  {} {} {:?}: {what}\n", o.kind, o.op, o.tables));
                 }
                 out.trim_end().to_string()
             });
-            if report.refused() > 0 {
+            if report.unresolved() > 0 {
                 return Err(Error::Blocked(format!(
-                    "recovery refused {} operation(s) it cannot prove safe; their intents are kept (see above)",
-                    report.refused()
+                    "recovery refused or failed on {} operation(s); their intents are kept (see above) for a person or the next sweep",
+                    report.unresolved()
                 )));
             }
         }
