@@ -463,3 +463,23 @@ async fn recovery_recognises_its_own_ambiguous_puts() {
     let idle = recover::sweep(&lake, opts, Duration::from_secs(60)).await.unwrap();
     assert_eq!((idle.pending, idle.requests.total(), idle.requests.list), (0, 1, 1), "{:?}", idle.requests);
 }
+
+/// A load whose source for table b was already ingested (by a plain ingest)
+/// commits only table a, then dies. Recovery must roll it forward as it is:
+/// "redoing" b would ingest that source a second time.
+#[test]
+fn a_dead_load_is_never_redone_with_sources_it_did_not_claim() {
+    for b in shared_backends() {
+        let dir = tempfile::tempdir().unwrap();
+        seeded(&b, dir.path(), &["a", "b"]);
+        let d = load_descriptor(dir.path());
+        let earlier = run(sluice(&b.root).args(["ingest", "--table", "b"]).arg(dir.path().join("load-b.jsonl")));
+        assert_eq!(earlier.status.code(), Some(0));
+        kill_9_at(sluice(&b.root).args(["load", "--timeout", "2s"]).arg(&d), AFTER_COMMIT);
+        wait_expired(&b.root);
+        let swept = json(&run(&mut recover_cmd(&b.root)));
+        assert_eq!(swept["ops"][0]["verdict"], "rolled_forward", "{}: {swept}", b.name);
+        assert_eq!(scan_ids(&b.root, "a"), ids_of(0..5, &[100..110]), "{}", b.name);
+        assert_eq!(scan_ids(&b.root, "b"), ids_of(0..5, &[200..215]), "{}: b's source exactly once", b.name);
+    }
+}

@@ -221,17 +221,23 @@ pub async fn run(lake: &Lake, requests: Vec<TableRequest>, budget: Budget, progr
 }
 
 /// Recovery's redo of a multi-table load that died with `tables` uncommitted:
-/// commit them from the intent's sources, tagged with the sweep's `attempt`.
-/// `None` when a source is no longer the version the load read.
-pub(crate) async fn redo(lake: &Lake, intent: &Intent, attempt: &str, deadline: Deadline, tables: &[String]) -> Result<Option<BTreeMap<String, u64>>> {
+/// commit each from the sources the load claimed for it, tagged with the
+/// sweep's `attempt`. `None` when a source is no longer the version the load read.
+pub(crate) async fn redo(
+    lake: &Lake,
+    intent: &Intent,
+    attempt: &str,
+    deadline: Deadline,
+    tables: &BTreeMap<String, Vec<SourceRef>>,
+) -> Result<Option<BTreeMap<String, u64>>> {
     let mut work = Vec::with_capacity(tables.len());
     let mut all = Vec::new();
-    for name in tables {
+    for (name, refs) in tables {
         let it = &intent.tables[name];
         let format = it.format.as_deref().map(str::parse::<Format>).transpose()?;
         let schema = it.schema.as_ref().map(|v| decode::parse_declared_schema(&v.to_string())).transpose()?;
         let mut sources = Vec::new();
-        for r in intent.sources.iter().filter(|s| &s.table == name) {
+        for r in refs {
             let source = Source::resolve(&r.uri).await?;
             if source.identity != r.identity {
                 return Ok(None);

@@ -39,7 +39,7 @@ use crate::ingest;
 use crate::lake::{Created, Lake};
 use crate::manifest::{self, Goal, Manifest, Published, PublishOutcome, TablePin};
 use crate::sidecar::{
-    self, Decision, Intent, Lease, OpFiles, Outcome, PROP_ATTEMPT, PROP_INTENT, PROP_OP, PROP_SCOPE, SCOPE_MULTI, SCOPE_ROLLBACK,
+    self, Decision, Intent, Lease, OpFiles, Outcome, SourceRef, PROP_ATTEMPT, PROP_INTENT, PROP_OP, PROP_SCOPE, SCOPE_MULTI, SCOPE_ROLLBACK,
     SCOPE_SINGLE,
 };
 use crate::source::Source;
@@ -260,6 +260,10 @@ struct State {
     removals: BTreeMap<String, u64>,
     latest: Manifest,
     decision: Option<Decision>,
+    /// Multi-table: the sources whose claims this intent holds, per table. A
+    /// table whose sources other operations had already ingested was never
+    /// going to be committed by this one.
+    owned: BTreeMap<String, Vec<SourceRef>>,
 }
 
 impl State {
@@ -270,7 +274,7 @@ impl State {
 
 enum Plan {
     Forward,
-    Redo(Vec<String>),
+    Redo(BTreeMap<String, Vec<SourceRef>>),
     RollBack(String),
     Refuse(String),
 }
@@ -332,6 +336,7 @@ impl Recovery<'_> {
                 }
             }
             Plan::Redo(missing) => {
+                let names: Vec<String> = missing.keys().cloned().collect();
                 match Box::pin(ingest::redo(self.lake, self.intent, &self.lease.attempt, *self.deadline, &missing)).await? {
                     None => return Ok(Action::Deferred { reason: "a source changed while being redone; the next pass rolls back".into() }),
                     Some(done) => {
@@ -346,7 +351,7 @@ impl Recovery<'_> {
                 }
                 match self.publish(&state).await? {
                     Err(reason) => return Ok(Action::Deferred { reason }),
-                    Ok(outcome) => (Verdict::Redone, format!("tables {missing:?} were missing; redone from the unchanged sources"), Some(outcome.version())),
+                    Ok(outcome) => (Verdict::Redone, format!("tables {names:?} were missing; redone from the unchanged sources"), Some(outcome.version())),
                 }
             }
             Plan::RollBack(reason) => {
@@ -408,35 +413,47 @@ impl Recovery<'_> {
             path: self.lake.uri().to_string(),
             reason: "an operation is pending but the lake has no manifest".into(),
         })?;
-        let decision = if self.multi() { sidecar::read_decision(self.lake, &self.intent.op, &self.intent.attempt).await? } else { None };
-        Ok(State { commits, removals, latest, decision })
+        let (mut decision, mut owned) = (None, BTreeMap::<String, Vec<SourceRef>>::new());
+        if self.multi() {
+            decision = sidecar::read_decision(self.lake, &self.intent.op, &self.intent.attempt).await?;
+            for s in &self.intent.sources {
+                if self.holds_claim(&s.id).await? {
+                    owned.entry(s.table.clone()).or_default().push(s.clone());
+                }
+            }
+        }
+        Ok(State { commits, removals, latest, decision, owned })
     }
 
     async fn plan(&self, state: &State) -> Result<Plan> {
-        let total = self.intent.tables.len();
         let committed = state.commits.len();
+        // Tables this operation had to commit: all, or (multi-table) those it holds sources for.
+        let missing: BTreeMap<String, Vec<SourceRef>> = match self.multi() {
+            true => state.owned.iter().filter(|(t, _)| !state.commits.contains_key(*t)).map(|(t, s)| (t.clone(), s.clone())).collect(),
+            false => BTreeMap::new(),
+        };
+        let names = || missing.keys().cloned().collect::<Vec<_>>();
         Ok(match state.decision.as_ref().map(|d| d.outcome) {
             Some(Outcome::RollBack) => Plan::RollBack("decided to roll back earlier; finishing it".into()),
-            Some(Outcome::Forward) if committed == total => Plan::Forward,
-            Some(Outcome::Forward) => {
-                let missing: Vec<&String> = self.intent.tables.keys().filter(|t| !state.commits.contains_key(*t)).collect();
-                Plan::Refuse(format!("decided forward, but tables {missing:?} have no commit of this operation"))
-            }
-            None if committed == total => Plan::Forward,
+            Some(Outcome::Forward) if missing.is_empty() && committed > 0 => Plan::Forward,
+            Some(Outcome::Forward) => Plan::Refuse(format!("decided forward, but tables {:?} have no commit of this operation", names())),
             None if committed == 0 => Plan::RollBack("nothing was committed; the sources are released for redelivery".into()),
-            None => {
-                let missing: Vec<String> = self.intent.tables.keys().filter(|t| !state.commits.contains_key(*t)).cloned().collect();
-                match self.changed_source(&missing).await? {
-                    None => Plan::Redo(missing),
-                    Some(why) => Plan::RollBack(format!("tables {missing:?} were never committed and cannot be redone: {why}")),
-                }
-            }
+            None if missing.is_empty() => Plan::Forward,
+            None => match self.changed_source(&missing).await? {
+                None => Plan::Redo(missing),
+                Some(why) => Plan::RollBack(format!("tables {:?} were never committed and cannot be redone: {why}", names())),
+            },
         })
     }
 
-    /// Why the sources of `tables` cannot be read again as the writer read them.
-    async fn changed_source(&self, tables: &[String]) -> Result<Option<String>> {
-        for s in self.intent.sources.iter().filter(|s| tables.contains(&s.table)) {
+    async fn holds_claim(&self, source_id: &str) -> Result<bool> {
+        let claim = sidecar::read_claim(self.lake, source_id).await?;
+        Ok(claim.is_some_and(|c| c.op == self.intent.op && c.attempt == self.intent.attempt))
+    }
+
+    /// Why `sources` cannot be read again as the writer read them.
+    async fn changed_source(&self, sources: &BTreeMap<String, Vec<SourceRef>>) -> Result<Option<String>> {
+        for s in sources.values().flatten() {
             match Source::resolve(&s.uri).await {
                 Ok(now) if now.identity == s.identity => {}
                 Ok(_) => return Ok(Some(format!("source {} changed since the load read it", s.uri))),
@@ -606,10 +623,7 @@ impl Recovery<'_> {
     /// Give the sources back for redelivery: the claims this operation made.
     async fn release_sources(&self) -> Result<()> {
         for s in &self.intent.sources {
-            if let Some(claim) = sidecar::read_claim(self.lake, &s.id).await?
-                && claim.op == self.intent.op
-                && claim.attempt == self.intent.attempt
-            {
+            if self.holds_claim(&s.id).await? {
                 sidecar::release_claim(self.lake, &s.id).await?;
             }
         }
