@@ -21,7 +21,7 @@
 //! decision: once committed it is only ever rolled forward, and without a
 //! commit it has nothing to publish (no commit starts after its deadline).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -127,6 +127,7 @@ pub async fn sweep(lake: &Lake, opts: Options, timeout: Duration) -> Result<Swee
         }
     }
     let pending = intents.len() + refused.len();
+    let seen = Seen::default();
     intents.sort_by_key(|(i, _)| i.started_at);
     let mut reports = refused;
     for (intent, files) in intents {
@@ -134,7 +135,7 @@ pub async fn sweep(lake: &Lake, opts: Options, timeout: Duration) -> Result<Swee
             reports.push(report(&intent, Action::Deferred { reason: "this sweep ran out of time".into() }));
             continue;
         }
-        let action = match resolve(lake, &intent, &files, opts, &deadline, true).await {
+        let action = match resolve(lake, &intent, &files, opts, &deadline, true, &seen).await {
             Ok(action) => action,
             Err(e) => Action::Failed { error: e.to_string() },
         };
@@ -153,6 +154,7 @@ fn report(intent: &Intent, action: Action) -> OpReport {
 /// keep it from publishing anything undecided.
 pub async fn heal(lake: &Lake, tables: &BTreeSet<String>, clock_skew: Duration, deadline: &Deadline) -> Result<()> {
     let ops = sidecar::list_ops(lake).await?;
+    let seen = Seen::default();
     for (op, files) in ops.into_iter().filter(|(_, f)| f.intent) {
         let intent = match sidecar::read_intent(lake, &op).await {
             Ok(Some(intent)) => intent,
@@ -166,7 +168,7 @@ pub async fn heal(lake: &Lake, tables: &BTreeSet<String>, clock_skew: Duration, 
             continue;
         }
         let opts = Options { clock_skew, dry_run: false };
-        match resolve(lake, &intent, &files, opts, deadline, false).await {
+        match resolve(lake, &intent, &files, opts, deadline, false, &seen).await {
             Ok(Action::Live { .. }) => {}
             Ok(action) => tracing::info!(op, ?action, "heal-first resolved a dead worker's operation"),
             Err(e) => tracing::warn!(op, error = %e, "heal-first could not resolve an operation"),
@@ -180,7 +182,7 @@ pub async fn heal(lake: &Lake, tables: &BTreeSet<String>, clock_skew: Duration, 
 pub async fn resolve_op(lake: &Lake, op: &str, clock_skew: Duration, deadline: &Deadline) -> Result<Action> {
     let files = sidecar::list_ops(lake).await?.remove(op).unwrap_or_default();
     match sidecar::read_intent(lake, op).await? {
-        Some(intent) => resolve(lake, &intent, &files, Options { clock_skew, dry_run: false }, deadline, false).await,
+        Some(intent) => resolve(lake, &intent, &files, Options { clock_skew, dry_run: false }, deadline, false, &Seen::default()).await,
         None => Ok(Action::DoneByOther { verdict: None }),
     }
 }
@@ -195,7 +197,15 @@ fn expires_at(intent: &Intent, lease: Option<&Lease>, skew: Duration) -> chrono:
 /// Resolve `intent` if its owner is presumed dead. A sweep (`join_sweeps`)
 /// waits for another sweep's live lease to end in an outcome; a writer healing
 /// first does not (its own checks keep it from publishing anything undecided).
-async fn resolve(lake: &Lake, intent: &Intent, files: &OpFiles, opts: Options, deadline: &Deadline, join_sweeps: bool) -> Result<Action> {
+async fn resolve(
+    lake: &Lake,
+    intent: &Intent,
+    files: &OpFiles,
+    opts: Options,
+    deadline: &Deadline,
+    join_sweeps: bool,
+    seen: &Seen,
+) -> Result<Action> {
     let mut leases = Vec::with_capacity(files.leases.len());
     for k in &files.leases {
         match sidecar::read_lease(lake, &intent.op, *k).await {
@@ -224,6 +234,7 @@ async fn resolve(lake: &Lake, intent: &Intent, files: &OpFiles, opts: Options, d
         leases: leases.iter().map(|l| l.k).collect(),
         deadline,
         skew: opts.clock_skew,
+        seen,
     };
     if Utc::now() < expires {
         // Another sweep holds a live lease on it.
@@ -297,6 +308,25 @@ struct Recovery<'a> {
     leases: Vec<u32>,
     deadline: &'a Deadline,
     skew: Duration,
+    seen: &'a Seen,
+}
+
+/// Lance transactions read during one sweep, by table and version: a version
+/// never changes once written, and dead operations on one table share their
+/// versions, so each is read once per sweep instead of once per operation.
+#[derive(Default)]
+pub(crate) struct Seen(std::sync::Mutex<HashMap<(String, u64), Option<Transaction>>>);
+
+impl Seen {
+    async fn transaction(&self, ds: &lance::Dataset, table: &str, version: u64) -> Result<Option<Transaction>> {
+        let key = (table.to_string(), version);
+        if let Some(txn) = self.0.lock().expect("seen poisoned").get(&key) {
+            return Ok(txn.clone());
+        }
+        let txn = ds.read_version_transaction(version).await.map_err(|e| Error::lance(table, e))?.transaction;
+        self.0.lock().expect("seen poisoned").insert(key, txn.clone());
+        Ok(txn)
+    }
 }
 
 impl Recovery<'_> {
@@ -392,7 +422,7 @@ impl Recovery<'_> {
                 )));
             }
             for version in from..=head {
-                let Some(txn) = ds.read_version_transaction(version).await.map_err(|e| Error::lance(table, e))?.transaction else { continue };
+                let Some(txn) = self.seen.transaction(&ds, table, version).await? else { continue };
                 let props = txn.transaction_properties.as_deref();
                 let get = |k: &str| props.and_then(|p| p.get(k)).map(String::as_str);
                 if get(PROP_OP) != Some(self.intent.op.as_str()) || get(PROP_INTENT) != Some(self.intent.attempt.as_str()) {
