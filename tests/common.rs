@@ -158,9 +158,13 @@ pub fn kill_9_at(cmd: &mut Command, name: &str) {
 
 /// A memory lake whose own store injects the faults the returned handle asks for.
 pub fn faulty_memory_lake() -> (Lake, Arc<sluice::faults::FaultStore>) {
-    let b = memory();
+    faulty_lake(&memory().root)
+}
+
+/// The lake at `root`, its own store injecting the faults the handle asks for.
+pub fn faulty_lake(root: &str) -> (Lake, Arc<sluice::faults::FaultStore>) {
     let mut faults = None;
-    let lake = Lake::open_wrapped(&b.root, |inner| {
+    let lake = Lake::open_wrapped(root, |inner| {
         let store = Arc::new(sluice::faults::FaultStore::new(inner));
         faults = Some(Arc::clone(&store));
         store

@@ -438,30 +438,32 @@ fn dry_run_changes_nothing_and_a_corrupt_intent_is_refused() {
 async fn recovery_recognises_its_own_ambiguous_puts() {
     use sluice::faults::Fault;
     use sluice::recover;
-    let (lake, faults) = faulty_memory_lake();
-    let dir = tempfile::tempdir().unwrap();
-    ingest(&lake, vec![request("t", &[&jsonl(dir.path(), "seed.jsonl", 0..5)])]).await.unwrap();
-    // The writer dies after its commit: its manifest PUT fails outright.
-    faults.inject("_manifest/versions", Fault::Rejected, 1);
-    let budget = sluice::ingest::Budget { timeout: Duration::from_secs(2), clock_skew: Duration::ZERO };
-    let file = jsonl(dir.path(), "new.jsonl", 100..110);
-    let progress = std::sync::Arc::new(sluice::decode::Progress::default());
-    assert!(sluice::ingest::run(&lake, vec![request("t", &[&file])], budget, progress).await.is_err());
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    for b in all_backends() {
+        let (lake, faults) = faulty_lake(&b.root);
+        let dir = tempfile::tempdir().unwrap();
+        ingest(&lake, vec![request("t", &[&jsonl(dir.path(), "seed.jsonl", 0..5)])]).await.unwrap();
+        // The writer dies after its commit: its manifest PUT fails outright.
+        faults.inject("_manifest/versions", Fault::Rejected, 1);
+        let budget = sluice::ingest::Budget { timeout: Duration::from_secs(2), clock_skew: Duration::ZERO };
+        let file = jsonl(dir.path(), "new.jsonl", 100..110);
+        let progress = std::sync::Arc::new(sluice::decode::Progress::default());
+        assert!(sluice::ingest::run(&lake, vec![request("t", &[&file])], budget, progress).await.is_err(), "{}", b.name);
+        tokio::time::sleep(Duration::from_secs(2)).await;
 
-    for path in [".sweep-", "_manifest/versions", "_audit/"] {
-        faults.inject(path, Fault::AppliedThenError, 1);
+        for path in [".sweep-", "_manifest/versions", "_audit/"] {
+            faults.inject(path, Fault::AppliedThenError, 1);
+        }
+        let opts = recover::Options { clock_skew: Duration::ZERO, dry_run: false };
+        let report = recover::sweep(&lake, opts, Duration::from_secs(60)).await.unwrap();
+        assert_eq!(report.ops.len(), 1, "{}", b.name);
+        assert!(matches!(report.ops[0].action, recover::Action::Decided { verdict: sluice::audit::Verdict::RolledForward, .. }), "{}: {report:?}", b.name);
+        assert_eq!(sluice::audit::list(&lake, 10).await.unwrap().len(), 1, "{}", b.name);
+        assert_eq!(ids(&lake, "t", None).await, ids_of(0..5, &[100..110]), "{}", b.name);
+
+        // Nothing pending: a sweep is one LIST.
+        let idle = recover::sweep(&lake, opts, Duration::from_secs(60)).await.unwrap();
+        assert_eq!((idle.pending, idle.requests.total(), idle.requests.list), (0, 1, 1), "{}: {:?}", b.name, idle.requests);
     }
-    let opts = recover::Options { clock_skew: Duration::ZERO, dry_run: false };
-    let report = recover::sweep(&lake, opts, Duration::from_secs(60)).await.unwrap();
-    assert_eq!(report.ops.len(), 1);
-    assert!(matches!(report.ops[0].action, recover::Action::Decided { verdict: sluice::audit::Verdict::RolledForward, .. }), "{report:?}");
-    assert_eq!(sluice::audit::list(&lake, 10).await.unwrap().len(), 1);
-    assert_eq!(ids(&lake, "t", None).await, ids_of(0..5, &[100..110]));
-
-    // Nothing pending: a sweep is one LIST.
-    let idle = recover::sweep(&lake, opts, Duration::from_secs(60)).await.unwrap();
-    assert_eq!((idle.pending, idle.requests.total(), idle.requests.list), (0, 1, 1), "{:?}", idle.requests);
 }
 
 /// A load whose source for table b was already ingested (by a plain ingest)
