@@ -487,3 +487,39 @@ fn a_dead_load_is_never_redone_with_sources_it_did_not_claim() {
         assert_eq!(scan_ids(&b.root, "b"), ids_of(0..5, &[200..215]), "{}: b's source exactly once", b.name);
     }
 }
+
+/// A commit no sluice operation made (a plain Lance append) lies between the
+/// published pin and a dead writer's commit: recovery cannot prove those rows
+/// may be shown, so it refuses, keeps the intent and publishes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_refuses_to_publish_over_a_foreign_commit() {
+    use sluice::faults::Fault;
+    use sluice::recover;
+    for b in all_backends() {
+        let (lake, faults) = faulty_lake(&b.root);
+        let dir = tempfile::tempdir().unwrap();
+        ingest(&lake, vec![request("t", &[&jsonl(dir.path(), "seed.jsonl", 0..5)])]).await.unwrap();
+
+        let ds = std::sync::Arc::new(lake.open_table("t", None).await.unwrap());
+        let schema = std::sync::Arc::new(arrow::datatypes::Schema::from(ds.schema()));
+        let foreign = std::fs::File::open(jsonl(dir.path(), "foreign.jsonl", 900..903)).unwrap();
+        let reader = arrow::json::ReaderBuilder::new(schema).build(std::io::BufReader::new(foreign)).unwrap();
+        let params = lance::dataset::WriteParams { mode: lance::dataset::WriteMode::Append, ..Default::default() };
+        lance::dataset::InsertBuilder::new(ds).with_params(&params).execute_stream(Box::new(reader) as Box<dyn arrow::array::RecordBatchReader + Send>).await.unwrap();
+
+        faults.inject("_manifest/versions", Fault::Rejected, 1);
+        let budget = sluice::ingest::Budget { timeout: Duration::from_secs(2), clock_skew: Duration::ZERO };
+        let file = jsonl(dir.path(), "new.jsonl", 100..110);
+        let progress = std::sync::Arc::new(sluice::decode::Progress::default());
+        assert!(sluice::ingest::run(&lake, vec![request("t", &[&file])], budget, progress).await.is_err(), "{}", b.name);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+
+        let opts = recover::Options { clock_skew: Duration::ZERO, dry_run: false };
+        let report = recover::sweep(&lake, opts, Duration::from_secs(60)).await.unwrap();
+        assert_eq!(report.unresolved(), 1, "{}: {report:?}", b.name);
+        let recover::Action::Refused { reason } = &report.ops[0].action else { panic!("{}: {report:?}", b.name) };
+        assert!(reason.contains("not written by a sluice operation"), "{}: {reason}", b.name);
+        assert_eq!(sluice::sidecar::pending(&lake).await.unwrap().len(), 1, "{}: the intent is kept", b.name);
+        assert_eq!(ids(&lake, "t", None).await, ids_of(0..5, &[]), "{}: nothing published", b.name);
+    }
+}

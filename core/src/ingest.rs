@@ -716,6 +716,7 @@ impl Door<'_> {
             let op = match recover::vet(self.lake, table, from, to, &self.op, self.skew, &self.deadline).await? {
                 Vetted::Pin(v) => return Ok(v),
                 Vetted::Expired(op) => op,
+                Vetted::Foreign(reason) => return Err(Error::Blocked(reason)),
             };
             match Box::pin(recover::resolve_op(self.lake, &op, self.skew, &self.deadline)).await? {
                 recover::Action::Decided { .. } | recover::Action::DoneByOther { .. } => continue,

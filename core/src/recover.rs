@@ -283,6 +283,14 @@ impl State {
     }
 }
 
+enum Publishing {
+    Done(PublishOutcome),
+    /// Another operation's commits must be decided first: a later pass.
+    Wait(String),
+    /// A commit recovery cannot attribute: a person must look.
+    Refuse(String),
+}
+
 enum Plan {
     Forward,
     Redo(BTreeMap<String, Vec<SourceRef>>),
@@ -356,11 +364,12 @@ impl Recovery<'_> {
             Plan::Refuse(reason) => return Ok(Action::Refused { reason }),
             Plan::Forward => {
                 match self.publish(&state).await? {
-                    Err(reason) => return Ok(Action::Deferred { reason }),
-                    Ok(PublishOutcome::AlreadyCovered { version }) => {
+                    Publishing::Wait(reason) => return Ok(Action::Deferred { reason }),
+                    Publishing::Refuse(reason) => return Ok(Action::Refused { reason }),
+                    Publishing::Done(PublishOutcome::AlreadyCovered { version }) => {
                         (Verdict::Converged, "the published state already showed every commit".into(), Some(version))
                     }
-                    Ok(PublishOutcome::Published { version }) => {
+                    Publishing::Done(PublishOutcome::Published { version }) => {
                         (Verdict::RolledForward, "every table was committed; recovery published them".into(), Some(version))
                     }
                 }
@@ -380,8 +389,9 @@ impl Recovery<'_> {
                     return Ok(Action::Refused { reason: format!("redone, but the operation was decided {:?} by {} meanwhile", theirs.outcome, theirs.by) });
                 }
                 match self.publish(&state).await? {
-                    Err(reason) => return Ok(Action::Deferred { reason }),
-                    Ok(outcome) => (Verdict::Redone, format!("tables {names:?} were missing; redone from the unchanged sources"), Some(outcome.version())),
+                    Publishing::Wait(reason) => return Ok(Action::Deferred { reason }),
+                    Publishing::Refuse(reason) => return Ok(Action::Refused { reason }),
+                    Publishing::Done(outcome) => (Verdict::Redone, format!("tables {names:?} were missing; redone from the unchanged sources"), Some(outcome.version())),
                 }
             }
             Plan::RollBack(reason) => {
@@ -514,9 +524,8 @@ impl Recovery<'_> {
         Ok(won)
     }
 
-    /// Publish every commit; `Err(reason)` when another operation's undecided
-    /// commits stand in the way (the next pass tries again).
-    async fn publish(&self, state: &State) -> Result<Result<PublishOutcome, String>> {
+    /// Publish every commit, unless other commits stand in the way.
+    async fn publish(&self, state: &State) -> Result<Publishing> {
         let mut pins = BTreeMap::new();
         for (table, commit) in &state.commits {
             let it = &self.intent.tables[table];
@@ -527,8 +536,11 @@ impl Recovery<'_> {
                 match vet(self.lake, table, from, commit.version, &self.intent.op, self.skew, self.deadline).await {
                     Ok(Vetted::Pin(v)) => v,
                     // Sweeps go oldest first; a heal or the next pass resolves that one.
-                    Ok(Vetted::Expired(op)) => return Ok(Err(format!("operation {op}, also dead, has undecided commits on table '{table}' before this one's"))),
-                    Err(Error::Blocked(reason)) => return Ok(Err(reason)),
+                    Ok(Vetted::Expired(op)) => {
+                        return Ok(Publishing::Wait(format!("operation {op}, also dead, has undecided commits on table '{table}' before this one's")));
+                    }
+                    Ok(Vetted::Foreign(reason)) => return Ok(Publishing::Refuse(reason)),
+                    Err(Error::Blocked(reason)) => return Ok(Publishing::Wait(reason)),
                     Err(e) => return Err(e),
                 }
             };
@@ -544,7 +556,7 @@ impl Recovery<'_> {
             },
             pins,
         };
-        Ok(Ok(manifest::publish(self.lake, state.latest.clone(), &goal, self.deadline).await?))
+        Ok(Publishing::Done(manifest::publish(self.lake, state.latest.clone(), &goal, self.deadline).await?))
     }
 
     /// Delete exactly the fragments the operation's commits added (invariant
@@ -683,6 +695,8 @@ pub(crate) enum Vetted {
     Pin(u64),
     /// Operation `0`, whose owner is presumed dead, stands in the way: resolve it, then vet again.
     Expired(String),
+    /// A commit no sluice decision covers stands in the way (why): never published by guessing.
+    Foreign(String),
 }
 
 /// Invariant 3: may a pin of `table` advance from `from` to `to`? Every Lance
@@ -714,7 +728,7 @@ pub(crate) async fn vet(lake: &Lake, table: &str, from: u64, to: u64, own_op: &s
                 (op, intent)
             }
             _ => {
-                return Err(Error::Blocked(format!(
+                return Ok(Vetted::Foreign(format!(
                     "table '{table}' version {version} was not written by a sluice operation; \
                      sluice will not publish rows it cannot attribute (repair the table, then retry)"
                 )));
@@ -750,9 +764,9 @@ pub(crate) async fn vet(lake: &Lake, table: &str, from: u64, to: u64, own_op: &s
                     }
                 }
                 if live_intent.is_none() {
-                    return Err(Error::Blocked(format!(
+                    return Ok(Vetted::Foreign(format!(
                         "table '{table}' version {version} belongs to operation {op}, which finished without publishing \
-                         it or removing its rows; sluice will not publish them (run `sluice recover`, then report this)"
+                         it or removing its rows; sluice will not publish them (repair the table, then retry)"
                     )));
                 }
             }
