@@ -6,6 +6,7 @@ mod common;
 
 mod bad_input;
 mod formats;
+mod optimize;
 mod processes;
 mod protocol;
 mod recovery;

@@ -19,6 +19,7 @@ enum Kind {
     Append,
     Upsert,
     Load,
+    Optimize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,7 +38,7 @@ struct Case {
     sweep: Option<&'static str>,
 }
 
-const KINDS: [Kind; 3] = [Kind::Append, Kind::Upsert, Kind::Load];
+const KINDS: [Kind; 4] = [Kind::Append, Kind::Upsert, Kind::Load, Kind::Optimize];
 const CRASHES: [Crash; 2] = [Crash::Error, Crash::Kill9];
 
 /// Failpoints only a multi-table load passes.
@@ -49,11 +50,16 @@ fn matrix() -> Vec<Case> {
     let mut cases = Vec::new();
     for &fp in ALL {
         for kind in KINDS {
-            if load_only(fp) && kind != Kind::Load {
+            let applies = match kind {
+                Kind::Optimize => !WRITER.contains(&fp) && fp != RECOVER_AFTER_DECISION,
+                _ => !OPTIMIZE.contains(&fp) && (!load_only(fp) || kind == Kind::Load),
+            };
+            if !applies {
                 continue;
             }
+            let after_commit = if kind == Kind::Optimize { OPTIMIZE_AFTER_COMMIT } else { AFTER_COMMIT };
             for crash in CRASHES {
-                let (writer, sweep) = if WRITER.contains(&fp) { (fp, None) } else { (AFTER_COMMIT, Some(fp)) };
+                let (writer, sweep) = if RECOVERY.contains(&fp) { (after_commit, Some(fp)) } else { (fp, None) };
                 cases.push(Case { kind, crash, writer, sweep });
             }
         }
@@ -74,6 +80,15 @@ fn workload(kind: Kind, root: String, dir: &Path) -> Workload {
         Kind::Append => &[("t", &[])],
         Kind::Upsert => &[("u", &["--mode", "upsert", "--key", "id"])],
         Kind::Load => &[("a", &[]), ("b", &[])],
+        Kind::Optimize => {
+            // Five more small fragments for the optimizer to compact.
+            for i in 1..6 {
+                let more = jsonl(dir, &format!("more-{i}.jsonl"), i * 5..i * 5 + 5);
+                let out = run(sluice(&root).args(["ingest", "--table", "o"]).arg(&more));
+                assert_eq!(out.status.code(), Some(0), "seeding o");
+            }
+            &[("o", &[])]
+        }
     };
     for (table, extra) in seeds {
         let seed = jsonl(dir, &format!("seed-{table}.jsonl"), 0..5);
@@ -91,6 +106,7 @@ fn workload(kind: Kind, root: String, dir: &Path) -> Workload {
             let f = jsonl(dir, "new-u.jsonl", 3..13);
             (["ingest", "--table", "u"].map(String::from).into_iter().chain(timeout).chain([f.display().to_string()]).collect(), vec![("u", (0..13).collect())])
         }
+        Kind::Optimize => (["optimize", "o"].map(String::from).into_iter().chain(timeout).collect(), vec![("o", (0..30).collect())]),
         Kind::Load => {
             jsonl(dir, "new-a.jsonl", 100..110);
             jsonl(dir, "new-b.jsonl", 200..215);
@@ -134,6 +150,11 @@ fn run_case(case: Case, root: String, dir: &Path) {
     // Redeliver: the source's rows end up published exactly once.
     let out = run(sluice(&w.root).args(&w.args));
     assert_eq!(out.status.code(), Some(0), "{case:?}: the redelivery succeeds");
+    if case.kind == Kind::Optimize {
+        let s = status(&w.root);
+        let fragments = s["tables"].as_array().unwrap().iter().find(|t| t["name"] == "o").unwrap()["fragments"].as_u64().unwrap();
+        assert_eq!(fragments, 1, "{case:?}: compacted");
+    }
     for (table, ids) in &w.expect {
         assert_eq!(&scan_ids(&w.root, table), ids, "{case:?}: table {table} has every acknowledged row exactly once");
     }

@@ -37,8 +37,15 @@ pub const RECOVER_AFTER_EFFECTS: &str = "recover.after-effects";
 /// Audited; the sources are not yet released and the sidecars not yet removed.
 pub const RECOVER_BEFORE_FINISH: &str = "recover.before-finish";
 
+/// An optimizer wrote its intent; nothing compacted yet.
+pub const OPTIMIZE_AFTER_INTENT: &str = "optimize.after-intent";
+/// An optimizer's rewrite is committed in Lance; not yet published.
+pub const OPTIMIZE_AFTER_COMMIT: &str = "optimize.after-commit";
+
 /// The writer's steps (a crash here leaves work for recovery).
 pub const WRITER: &[&str] = &[AFTER_INTENT, AFTER_CLAIMS, AFTER_COMMIT, BEFORE_DECISION, AFTER_DECISION, BEFORE_PUBLISH, AFTER_PUBLISH, BEFORE_FINISH];
+/// The optimizer's own steps.
+pub const OPTIMIZE: &[&str] = &[OPTIMIZE_AFTER_INTENT, OPTIMIZE_AFTER_COMMIT];
 /// Recovery's own steps (a crash here leaves work for the next sweep).
 pub const RECOVERY: &[&str] = &[RECOVER_AFTER_LEASE, RECOVER_AFTER_DECISION, RECOVER_AFTER_EFFECTS, RECOVER_BEFORE_FINISH];
 
@@ -55,6 +62,8 @@ pub const ALL: &[&str] = &[
     RECOVER_AFTER_DECISION,
     RECOVER_AFTER_EFFECTS,
     RECOVER_BEFORE_FINISH,
+    OPTIMIZE_AFTER_INTENT,
+    OPTIMIZE_AFTER_COMMIT,
 ];
 
 /// Evaluate failpoint `name`: a `return` action becomes [`Error::Injected`].

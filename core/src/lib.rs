@@ -12,6 +12,7 @@ pub mod faults;
 pub mod ingest;
 pub mod lake;
 pub mod manifest;
+pub mod optimize;
 pub mod read;
 pub mod recover;
 pub mod sidecar;

@@ -16,6 +16,7 @@ use sluice::decode::{Format, Progress};
 use sluice::ingest::{self, Budget, Report, SourceStatus, TableRequest};
 use sluice::recover::{self, Action};
 use sluice::manifest::{self, Mode};
+use sluice::optimize;
 use sluice::{Error, Lake, Result, read};
 
 #[derive(Parser)]
@@ -103,6 +104,21 @@ enum Command {
         /// Say what would be decided; change nothing.
         #[arg(long)]
         dry_run: bool,
+        #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+    /// Compact small fragments of published tables (all, or those named).
+    Optimize {
+        tables: Vec<String>,
+        /// Say what would be compacted; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Fragments with fewer rows than this are compacted.
+        #[arg(long, default_value_t = 1024 * 1024)]
+        target_rows: usize,
+        /// At most this many fragments per table and run (a bigger backlog takes several runs).
+        #[arg(long, default_value_t = 1000)]
+        max_fragments: usize,
         #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
@@ -246,6 +262,28 @@ async fn run(cli: Cli) -> Result<()> {
                     report.unresolved()
                 )));
             }
+        }
+        Command::Optimize { tables, dry_run, target_rows, max_fragments, timeout } => {
+            let opts = optimize::Options { target_rows_per_fragment: target_rows, max_source_fragments: max_fragments, dry_run };
+            let report = optimize::run(&lake, &tables, opts, Budget { timeout, clock_skew }).await?;
+            emit(cli.json, &report, || {
+                let lines: Vec<String> = report
+                    .tables
+                    .iter()
+                    .map(|t| {
+                        let what = match &t.action {
+                            optimize::TableAction::NothingToDo => "nothing to compact".to_string(),
+                            optimize::TableAction::Planned { tasks, source_fragments } => format!("would compact {source_fragments} fragments in {tasks} task(s)"),
+                            optimize::TableAction::Compacted { lance_version, manifest_version, .. } => {
+                                format!("compacted (lance v{lance_version}, manifest version {manifest_version})")
+                            }
+                            optimize::TableAction::DoneByOther => "compacted by another optimizer".into(),
+                        };
+                        format!("table {}: {} -> {} fragments: {what}", t.table, t.fragments_before, t.fragments_after)
+                    })
+                    .collect();
+                if lines.is_empty() { "no tables".into() } else { lines.join("\n") }
+            });
         }
         Command::Audit { limit } => {
             let records = sluice::audit::list(&lake, limit).await?;

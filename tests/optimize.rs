@@ -1,0 +1,81 @@
+//! Compaction through the door, against real processes.
+
+use std::time::Duration;
+
+use crate::common::*;
+
+fn fragments(root: &str, table: &str) -> u64 {
+    status(root)["tables"].as_array().unwrap().iter().find(|t| t["name"] == table).unwrap()["fragments"].as_u64().unwrap()
+}
+
+fn small_ingests(root: &str, dir: &std::path::Path, table: &str, from: i64, n: i64) {
+    for i in 0..n {
+        let f = jsonl(dir, &format!("{table}-{}.jsonl", from + i), (from + i) * 10..(from + i) * 10 + 10);
+        assert_eq!(run(sluice(root).args(["ingest", "--table", table]).arg(&f)).status.code(), Some(0));
+    }
+}
+
+/// Twelve small fragments become one; the rows are the same; a dry run
+/// changes nothing; a second run has nothing to do.
+#[test]
+fn optimize_compacts_small_fragments_and_keeps_every_row() {
+    for b in shared_backends() {
+        let dir = tempfile::tempdir().unwrap();
+        small_ingests(&b.root, dir.path(), "t", 0, 12);
+        assert_eq!(fragments(&b.root, "t"), 12, "{}", b.name);
+        let planned = json(&run(sluice(&b.root).args(["--json", "optimize", "--dry-run"])));
+        assert_eq!(planned["tables"][0]["action"], "planned", "{}: {planned}", b.name);
+        assert_eq!(fragments(&b.root, "t"), 12, "{}: the dry run changed nothing", b.name);
+
+        let done = json(&run(sluice(&b.root).args(["--json", "optimize", "t"])));
+        assert_eq!(done["tables"][0]["action"], "compacted", "{}: {done}", b.name);
+        assert_eq!(fragments(&b.root, "t"), 1, "{}", b.name);
+        assert_eq!(scan_ids(&b.root, "t"), (0..120).collect::<Vec<_>>(), "{}", b.name);
+        let again = json(&run(sluice(&b.root).args(["--json", "optimize"])));
+        assert_eq!(again["tables"][0]["action"], "nothing_to_do", "{}", b.name);
+        assert_eq!(pending(&b.root), 0, "{}", b.name);
+    }
+}
+
+/// Optimize runs while 4 processes keep ingesting into the same table, and
+/// two optimizers run at once: every ingest succeeds, every row is there
+/// exactly once, the optimizers succeed or converge.
+#[test]
+fn optimize_while_four_processes_ingest_and_another_optimizes() {
+    for b in shared_backends() {
+        let dir = tempfile::tempdir().unwrap();
+        small_ingests(&b.root, dir.path(), "t", 0, 8);
+        std::thread::scope(|s| {
+            for w in 0..4i64 {
+                let (root, dir) = (b.root.clone(), dir.path().to_path_buf());
+                s.spawn(move || small_ingests(&root, &dir, "t", 100 + w * 10, 4));
+            }
+            let optimizers: Vec<_> = (0..2)
+                .map(|_| {
+                    let root = b.root.clone();
+                    s.spawn(move || {
+                        for _ in 0..3 {
+                            let out = run(sluice(&root).args(["--json", "optimize", "t", "--timeout", "60s"]));
+                            assert_eq!(out.status.code(), Some(0), "an optimizer failed");
+                            std::thread::sleep(Duration::from_millis(100));
+                        }
+                    })
+                })
+                .collect();
+            for o in optimizers {
+                o.join().unwrap();
+            }
+        });
+        let mut want: Vec<i64> = (0..80).collect();
+        for w in 0..4i64 {
+            for i in 0..4 {
+                want.extend((100 + w * 10 + i) * 10..(100 + w * 10 + i) * 10 + 10);
+            }
+        }
+        want.sort();
+        assert_eq!(scan_ids(&b.root, "t"), want, "{}: every row exactly once", b.name);
+        assert_eq!(pending(&b.root), 0, "{}", b.name);
+        assert_eq!(run(sluice(&b.root).args(["optimize", "t"])).status.code(), Some(0));
+        assert_eq!(fragments(&b.root, "t"), 1, "{}", b.name);
+    }
+}
