@@ -27,8 +27,10 @@ struct Args {
     big_mb: u64,
     reps: usize,
     sizes: Vec<u64>,
-    /// Sections to run: throughput, depth, rss, latency, recovery.
+    /// Sections to run: throughput, depth, rss, latency, recovery, optimize.
     only: Vec<String>,
+    /// Single-row ingests before the optimize section compacts them.
+    small: u64,
 }
 
 impl Args {
@@ -38,7 +40,7 @@ impl Args {
 }
 
 fn args() -> Args {
-    let mut a = Args { root: String::new(), work: std::env::temp_dir().join("sluice-bench"), depth: 1000, big_mb: 1024, reps: 3, sizes: vec![1, 64], only: Vec::new() };
+    let mut a = Args { root: String::new(), work: std::env::temp_dir().join("sluice-bench"), depth: 1000, big_mb: 1024, reps: 3, sizes: vec![1, 64], only: Vec::new(), small: 500 };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut val = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
@@ -50,7 +52,8 @@ fn args() -> Args {
             "--reps" => a.reps = val().parse().expect("--reps N"),
             "--sizes" => a.sizes = val().split(',').map(|s| s.parse().expect("--sizes MB,MB")).collect(),
             "--only" => a.only = val().split(',').map(String::from).collect(),
-            other => panic!("unknown flag {other}; flags: --root --work --depth --big-mb --reps --sizes --only throughput,depth,rss,latency,recovery"),
+            "--small" => a.small = val().parse().expect("--small N"),
+            other => panic!("unknown flag {other}; flags: --root --work --depth --big-mb --reps --sizes --small --only throughput,depth,rss,latency,recovery,optimize"),
         }
     }
     if a.root.is_empty() {
@@ -90,6 +93,25 @@ async fn sluice_ingest(lake: &Lake, file: &Path) -> (Duration, u64) {
     let start = Instant::now();
     let r = ingest::run(lake, vec![req], ingest::Budget::new(TIMEOUT), Arc::new(Progress::default())).await.expect("sluice ingest");
     (start.elapsed(), r.requests.total())
+}
+
+/// Fragments of table `t` as published, and the median time of 5 full scans.
+async fn scan_table(lake: &Lake) -> (usize, Duration) {
+    use futures::StreamExt;
+    let mut times = Vec::new();
+    let mut fragments = 0;
+    for _ in 0..5 {
+        let start = Instant::now();
+        let (m, mut batches) = sluice::read::scan(lake, "t", None, None).await.expect("scan");
+        let mut rows = 0;
+        while let Some(b) = batches.next().await {
+            rows += b.expect("batch").num_rows();
+        }
+        times.push(start.elapsed());
+        assert!(rows > 0);
+        fragments = lake.open_table("t", Some(m.tables["t"].version)).await.unwrap().fragments().len();
+    }
+    (fragments, median(times))
 }
 
 async fn sluice_ingest_report(lake: &Lake, file: &Path) -> ingest::Report {
@@ -279,6 +301,31 @@ async fn main() {
             format!("{} ({} requests: {} LIST, {} GET, {} PUT, {} DELETE)", ms(took), r.total(), r.list, r.get, r.put, r.delete),
             "-".into(),
             "-".into(),
+        ));
+    }
+
+    // 6. Optimize after many small ingests: fragments, full-scan time, cost.
+    if a.want("optimize") {
+        let lake = Lake::open(&root("optimize")).unwrap();
+        let n = a.small;
+        for i in 0..n {
+            let f = tiny(20_000 + i);
+            sluice_ingest(&lake, &f).await;
+            std::fs::remove_file(f).unwrap();
+        }
+        let (before_frags, before_scan) = scan_table(&lake).await;
+        let start = Instant::now();
+        let report = sluice::optimize::run(&lake, &[], sluice::optimize::Options::default(), ingest::Budget::new(TIMEOUT)).await.expect("optimize");
+        let took = start.elapsed();
+        let (after_frags, after_scan) = scan_table(&lake).await;
+        let r = &report.requests;
+        rows.push((format!("optimize after {n} single-row ingests"), format!("{} ({} requests: {} GET, {} PUT, {} LIST)", ms(took), r.total(), r.get, r.put, r.list), "-".into(), "-".into()));
+        rows.push(("fragments before / after optimize".into(), format!("{before_frags} / {after_frags}"), "-".into(), "-".into()));
+        rows.push((
+            "full scan before / after optimize (median of 5)".into(),
+            format!("{} / {}", ms(before_scan), ms(after_scan)),
+            "-".into(),
+            format!("{:.1}x faster", before_scan.as_secs_f64() / after_scan.as_secs_f64()),
         ));
     }
 
