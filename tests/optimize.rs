@@ -79,3 +79,35 @@ fn optimize_while_four_processes_ingest_and_another_optimizes() {
         assert_eq!(fragments(&b.root, "t"), 1, "{}", b.name);
     }
 }
+
+/// A live load has committed table a and not yet decided. Optimize plans at
+/// the pin, so it leaves the load's fragment out of its rewrite, and it must
+/// not publish over the undecided commit: it waits to its deadline and fails,
+/// showing nothing of the load. Once the load publishes, recovery rolls the
+/// optimize forward; every row is there exactly once, and the load's fragment
+/// was never merged into the compacted one.
+#[test]
+fn optimize_never_publishes_a_live_loads_undecided_commit() {
+    for b in shared_backends() {
+        let dir = tempfile::tempdir().unwrap();
+        small_ingests(&b.root, dir.path(), "a", 0, 4);
+        small_ingests(&b.root, dir.path(), "b", 10, 1);
+        jsonl(dir.path(), "load-a.jsonl", 1000..1010);
+        jsonl(dir.path(), "load-b.jsonl", 2000..2010);
+        let d = write(dir.path(), "load.json", br#"{"tables": [{"table": "a", "sources": ["load-a.jsonl"]}, {"table": "b", "sources": ["load-b.jsonl"]}]}"#);
+        let load = spawn_at(sluice(&b.root).args(["load", "--timeout", "120s"]).arg(&d), sluice::failpoints::AFTER_COMMIT, "sleep(8000)");
+
+        let out = run(sluice(&b.root).args(["optimize", "a", "--timeout", "3s"]));
+        assert_eq!(out.status.code(), Some(1), "{}: the optimizer cannot publish", b.name);
+        assert!(String::from_utf8_lossy(&out.stderr).contains("undecided"), "{}", b.name);
+        assert_eq!(scan_ids(&b.root, "a"), (0..40).collect::<Vec<_>>(), "{}: nothing of the load is visible", b.name);
+
+        assert_eq!(load.wait_with_output().status.code(), Some(0), "{}: the load finishes", b.name);
+        sweep_until_clean(&b.root, Duration::from_secs(60));
+        let mut want: Vec<i64> = (0..40).chain(1000..1010).collect();
+        want.sort();
+        assert_eq!(scan_ids(&b.root, "a"), want, "{}: every row exactly once", b.name);
+        assert_eq!(fragments(&b.root, "a"), 2, "{}: the compacted fragment and the load's own", b.name);
+        assert_eq!(pending(&b.root), 0, "{}", b.name);
+    }
+}
