@@ -32,8 +32,8 @@ use crate::error::{BadInput, Error, Result};
 use crate::failpoints;
 use crate::lake::{Created, Lake};
 use crate::manifest::{self, Goal, Manifest, Mode, Published, TablePin};
-use crate::recover::{self, Vetted};
-use crate::sidecar::{self, Claim, Decision, Intent, IntentTable, Outcome, PROP_ATTEMPT, PROP_INTENT, PROP_OP, PROP_SCOPE, SCOPE_MULTI, SCOPE_SINGLE, SourceRef};
+use crate::recover;
+use crate::sidecar::{self, Claim, Decision, Intent, IntentTable, Outcome, SCOPE_MULTI, SCOPE_SINGLE, SourceRef};
 use crate::source::Source;
 
 /// Schema metadata keys that keep a table's mode inside the Lance table itself.
@@ -41,8 +41,6 @@ const META_MODE: &str = "sluice.mode";
 const META_KEY: &str = "sluice.key";
 /// Redos of a commit that cannot stand (upsert conflict, lost table creation).
 const MAX_REDO_ATTEMPTS: u32 = 5;
-/// Longest pause between polls of another operation's progress.
-const MAX_POLL: Duration = Duration::from_secs(1);
 
 /// Rows for one table, as the caller asks for them.
 #[derive(Debug, Clone)]
@@ -297,7 +295,7 @@ impl Door<'_> {
         // Heal first: dead workers' operations on our tables are resolved
         // before we start, so a redelivery finds its source settled.
         let names: BTreeSet<String> = tables.iter().map(|t| t.request.table.clone()).collect();
-        // Boxed here and below: recovery's future is large and would nest inside ours.
+        // Boxed: recovery's future is large and would nest inside ours.
         Box::pin(recover::heal(self.lake, &names, self.skew, &self.deadline)).await?;
         let base = manifest::writer_base(self.lake).await?;
         for t in &mut tables {
@@ -310,7 +308,7 @@ impl Door<'_> {
             match sidecar::create_intent(self.lake, &intent).await? {
                 Created::Mine => break,
                 // The same sources, delivered again: wait for that delivery's outcome.
-                Created::Theirs(other) => self.await_op(&other.op, other.deadline).await?,
+                Created::Theirs(other) => recover::await_gone(self.lake, &other.op, other.deadline, self.skew, &self.deadline).await?,
                 // It finished between our PUT and our GET.
                 Created::Gone => {}
             }
@@ -485,12 +483,7 @@ impl Door<'_> {
     }
 
     fn properties(&self) -> HashMap<String, String> {
-        HashMap::from([
-            (PROP_OP.to_string(), self.op.clone()),
-            (PROP_ATTEMPT.to_string(), self.attempt.clone()),
-            (PROP_INTENT.to_string(), self.intent.clone()),
-            (PROP_SCOPE.to_string(), if self.multi { SCOPE_MULTI } else { SCOPE_SINGLE }.to_string()),
-        ])
+        sidecar::commit_properties(&self.op, &self.attempt, &self.intent, if self.multi { SCOPE_MULTI } else { SCOPE_SINGLE })
     }
 
     /// The table at its pin (or at Lance's latest), or `None` if it does not exist yet.
@@ -691,7 +684,10 @@ impl Door<'_> {
         for t in tables {
             let committed = t.committed.expect("committed before publishing");
             let from = base.tables.get(&t.request.table).map_or(0, |p| p.version);
-            let version = if from < committed { self.vetted(&t.request.table, from, committed).await? } else { committed };
+            let version = match from < committed {
+                true => recover::publishable_pin(self.lake, &t.request.table, from, committed, &self.op, self.skew, &self.deadline).await?,
+                false => committed,
+            };
             pins.insert(t.request.table.clone(), TablePin { version, mode: t.mode, key: t.key.clone() });
         }
         let goal = Goal {
@@ -705,62 +701,6 @@ impl Door<'_> {
             pins,
         };
         Ok(manifest::publish(self.lake, base, &goal, &self.deadline).await?.version())
-    }
-
-    /// The pin `table` may move to from `from` to show our commit at `to`,
-    /// resolving dead operations whose commits stand in between.
-    /// Bounded by the deadline: each round either resolves an operation or pauses.
-    async fn vetted(&self, table: &str, from: u64, to: u64) -> Result<u64> {
-        let mut pause = Duration::from_millis(50);
-        loop {
-            let op = match recover::vet(self.lake, table, from, to, &self.op, self.skew, &self.deadline).await? {
-                Vetted::Pin(v) => return Ok(v),
-                Vetted::Expired(op) => op,
-                Vetted::Foreign(reason) => return Err(Error::Blocked(reason)),
-            };
-            match Box::pin(recover::resolve_op(self.lake, &op, self.skew, &self.deadline)).await? {
-                recover::Action::Decided { .. } | recover::Action::DoneByOther { .. } => continue,
-                recover::Action::Refused { reason } => {
-                    return Err(Error::Blocked(format!("table '{table}': operation {op} stands before this commit and recovery refused it: {reason}")));
-                }
-                // Another sweep holds it, or it could not be finished yet: wait.
-                _ if self.deadline.remaining() > pause => tokio::time::sleep(pause).await,
-                _ => {
-                    return Err(Error::Blocked(format!(
-                        "table '{table}': dead operation {op} before version {to} was not resolved by this worker's deadline; run `sluice recover`"
-                    )));
-                }
-            }
-            pause = (pause * 2).min(MAX_POLL);
-        }
-    }
-
-    /// Poll until operation `op`'s intent is gone, resolving it once its
-    /// owner is presumed dead (deadline plus clock skew passed).
-    async fn await_op(&self, op: &str, its_deadline: chrono::DateTime<Utc>) -> Result<()> {
-        let mut pause = Duration::from_millis(50);
-        let expires = its_deadline + chrono::Duration::from_std(self.skew).unwrap_or(chrono::Duration::MAX);
-        while sidecar::intent_exists(self.lake, op).await? {
-            if Utc::now() >= expires {
-                let action = Box::pin(recover::resolve_op(self.lake, op, self.skew, &self.deadline)).await?;
-                tracing::info!(op, ?action, "took over a dead delivery of these sources");
-                match action {
-                    recover::Action::Decided { .. } | recover::Action::DoneByOther { .. } => continue,
-                    recover::Action::Refused { reason } => {
-                        return Err(Error::Blocked(format!("operation {op} on these sources died and recovery refused it: {reason}")));
-                    }
-                    _ => {}
-                }
-            }
-            if self.deadline.remaining() <= pause {
-                return Err(Error::Blocked(format!(
-                    "operation {op} on these sources is still running (its deadline is {its_deadline}); retry later"
-                )));
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(MAX_POLL);
-        }
-        Ok(())
     }
 
     /// Every source of ours was handled by another operation: check the ledger.
@@ -793,7 +733,7 @@ impl Door<'_> {
         for (report, in_flight) in others {
             if in_flight {
                 let deadline = sidecar::read_intent(self.lake, &report.op).await?.map(|i| i.deadline).unwrap_or_else(Utc::now);
-                self.await_op(&report.op, deadline).await?;
+                recover::await_gone(self.lake, &report.op, deadline, self.skew, &self.deadline).await?;
                 waited = true;
                 let source = self.sources.iter().find(|s| s.uri == report.uri).expect("reports name our sources");
                 if sidecar::read_claim(self.lake, &source.id).await?.is_none() {

@@ -16,7 +16,7 @@
 //! - A run compacts at most `max_source_fragments` fragments per table; a
 //!   larger backlog is worked off over several runs.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,13 +32,11 @@ use crate::failpoints;
 use crate::ingest::Budget;
 use crate::lake::{Created, Lake};
 use crate::manifest::{self, Goal, Published};
-use crate::recover::{self, Vetted};
-use crate::sidecar::{self, Intent, IntentTable, PROP_ATTEMPT, PROP_INTENT, PROP_OP, PROP_SCOPE, SCOPE_SINGLE};
+use crate::recover;
+use crate::sidecar::{self, Intent, IntentTable, SCOPE_SINGLE};
 
 /// Re-plans after a conflicting update or delete of the planned fragments.
 const MAX_REPLANS: u32 = 3;
-/// Longest pause between polls of another worker's progress.
-const MAX_POLL: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Copy)]
 pub struct Options {
@@ -142,7 +140,7 @@ async fn compact_table(lake: &Lake, table: &str, opts: Options, skew: Duration, 
             Created::Mine => {}
             // Another optimizer of this same state: wait for it, then look again.
             Created::Theirs(other) => {
-                await_gone(lake, &other, skew, deadline).await?;
+                recover::await_gone(lake, &other.op, other.deadline, skew, deadline).await?;
                 let now = manifest::read_latest(lake).await?.expect("checked by run");
                 if now.tables[table].version > pin.version {
                     let after = lake.open_table(table, Some(now.tables[table].version)).await?.fragments().len();
@@ -171,10 +169,7 @@ async fn compact_table(lake: &Lake, table: &str, opts: Options, skew: Duration, 
                 return Err(e);
             }
         };
-        let properties: HashMap<String, String> = [(PROP_OP, &op), (PROP_ATTEMPT, &attempt), (PROP_INTENT, &attempt), (PROP_SCOPE, &SCOPE_SINGLE.to_string())]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v.clone()))
-            .collect();
+        let properties = sidecar::commit_properties(&op, &attempt, &attempt, SCOPE_SINGLE);
         let committing = CompactionOptions { transaction_properties: Some(Arc::new(properties)), ..compaction };
         let metrics = match commit_compaction(&mut ds, results, Arc::new(DatasetIndexRemapperOptions::default()), &committing).await {
             Ok(m) => m,
@@ -189,7 +184,7 @@ async fn compact_table(lake: &Lake, table: &str, opts: Options, skew: Duration, 
         let version = ds.version().version;
         failpoints::hit(failpoints::OPTIMIZE_AFTER_COMMIT)?;
 
-        let pinned = vetted(lake, table, pin.version, version, &op, skew, deadline).await?;
+        let pinned = recover::publishable_pin(lake, table, pin.version, version, &op, skew, deadline).await?;
         let goal = Goal {
             published: Published { op: op.clone(), attempt, kind: "optimize".into(), tables: BTreeMap::from([(table.to_string(), pinned)]), sources: 0 },
             pins: BTreeMap::from([(table.to_string(), manifest::TablePin { version: pinned, ..pin })]),
@@ -206,44 +201,4 @@ async fn compact_table(lake: &Lake, table: &str, opts: Options, skew: Duration, 
         return Ok(report(action, after));
     }
     Err(Error::Contention { what: "compacting", attempts: MAX_REPLANS, last: format!("table '{table}' kept changing under the plan") })
-}
-
-/// Vet the pin's move over the commits between, resolving dead operations.
-async fn vetted(lake: &Lake, table: &str, from: u64, to: u64, op: &str, skew: Duration, deadline: &Deadline) -> Result<u64> {
-    let mut pause = Duration::from_millis(50);
-    loop {
-        match recover::vet(lake, table, from, to, op, skew, deadline).await? {
-            Vetted::Pin(v) => return Ok(v),
-            Vetted::Foreign(reason) => return Err(Error::Blocked(reason)),
-            Vetted::Expired(other) => {
-                let action = Box::pin(recover::resolve_op(lake, &other, skew, deadline)).await?;
-                if !matches!(action, recover::Action::Decided { .. } | recover::Action::DoneByOther { .. }) {
-                    if deadline.remaining() <= pause {
-                        return Err(Error::Blocked(format!("table '{table}': dead operation {other} stands before the compaction; run `sluice recover`")));
-                    }
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(MAX_POLL);
-                }
-            }
-        }
-    }
-}
-
-/// Wait for another optimizer's intent to go (resolving it once expired).
-async fn await_gone(lake: &Lake, other: &Intent, skew: Duration, deadline: &Deadline) -> Result<()> {
-    let mut pause = Duration::from_millis(50);
-    let expires = other.deadline + chrono::Duration::from_std(skew).unwrap_or(chrono::Duration::MAX);
-    while sidecar::intent_exists(lake, &other.op).await? {
-        if Utc::now() >= expires
-            && let recover::Action::Decided { .. } | recover::Action::DoneByOther { .. } = Box::pin(recover::resolve_op(lake, &other.op, skew, deadline)).await?
-        {
-            continue;
-        }
-        if deadline.remaining() <= pause {
-            return Err(Error::Blocked(format!("another optimizer ({}) is compacting the same state; retry later", other.op)));
-        }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(MAX_POLL);
-    }
-    Ok(())
 }

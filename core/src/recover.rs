@@ -187,11 +187,68 @@ pub async fn resolve_op(lake: &Lake, op: &str, clock_skew: Duration, deadline: &
     }
 }
 
+/// When a worker whose deadline is `deadline` is presumed dead.
+pub(crate) fn presumed_dead_at(deadline: chrono::DateTime<Utc>, skew: Duration) -> chrono::DateTime<Utc> {
+    deadline + chrono::Duration::from_std(skew).unwrap_or(chrono::Duration::MAX)
+}
+
 /// When the owner of `intent` (the writer, or the sweep holding the latest
 /// lease) is presumed dead.
 fn expires_at(intent: &Intent, lease: Option<&Lease>, skew: Duration) -> chrono::DateTime<Utc> {
-    let owner = lease.map_or(intent.deadline, |l| l.deadline.max(intent.deadline));
-    owner + chrono::Duration::from_std(skew).unwrap_or(chrono::Duration::MAX)
+    presumed_dead_at(lease.map_or(intent.deadline, |l| l.deadline.max(intent.deadline)), skew)
+}
+
+/// A writer waiting on another operation `op` (a duplicate delivery, another
+/// optimizer of the same state): poll until its intent is gone, resolving it
+/// once its owner is presumed dead. Bounded by `deadline`.
+pub(crate) async fn await_gone(lake: &Lake, op: &str, its_deadline: chrono::DateTime<Utc>, skew: Duration, deadline: &Deadline) -> Result<()> {
+    let mut pause = Duration::from_millis(50);
+    while sidecar::intent_exists(lake, op).await? {
+        if Utc::now() >= presumed_dead_at(its_deadline, skew) {
+            // Boxed here and below: recovery's future is large and would nest inside the writer's.
+            let action = Box::pin(resolve_op(lake, op, skew, deadline)).await?;
+            tracing::info!(op, ?action, "took over a dead worker's operation");
+            match action {
+                Action::Decided { .. } | Action::DoneByOther { .. } => continue,
+                Action::Refused { reason } => return Err(Error::Blocked(format!("operation {op} died and recovery refused it: {reason}"))),
+                _ => {}
+            }
+        }
+        if deadline.remaining() <= pause {
+            return Err(Error::Blocked(format!("operation {op} is still running (its deadline is {its_deadline}); retry later")));
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(MAX_POLL);
+    }
+    Ok(())
+}
+
+/// The pin a writer may move `table` to from `from` to show its own commit at
+/// `to` ([`vet`]), resolving dead operations whose commits stand in between.
+/// Bounded by `deadline`: each round resolves an operation or pauses.
+pub(crate) async fn publishable_pin(lake: &Lake, table: &str, from: u64, to: u64, own_op: &str, skew: Duration, deadline: &Deadline) -> Result<u64> {
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let op = match vet(lake, table, from, to, own_op, skew, deadline, &Seen::default()).await? {
+            Vetted::Pin(v) => return Ok(v),
+            Vetted::Expired(op) => op,
+            Vetted::Foreign(reason) => return Err(Error::Blocked(reason)),
+        };
+        match Box::pin(resolve_op(lake, &op, skew, deadline)).await? {
+            Action::Decided { .. } | Action::DoneByOther { .. } => continue,
+            Action::Refused { reason } => {
+                return Err(Error::Blocked(format!("table '{table}': operation {op} stands before this commit and recovery refused it: {reason}")));
+            }
+            // Another sweep holds it, or it could not be finished yet: wait.
+            _ if deadline.remaining() > pause => tokio::time::sleep(pause).await,
+            _ => {
+                return Err(Error::Blocked(format!(
+                    "table '{table}': dead operation {op} before version {to} was not resolved by this worker's deadline; run `sluice recover`"
+                )));
+            }
+        }
+        pause = (pause * 2).min(MAX_POLL);
+    }
 }
 
 /// Resolve `intent` if its owner is presumed dead. A sweep (`join_sweeps`)
@@ -323,7 +380,7 @@ struct Recovery<'a> {
 /// never changes once written, and dead operations on one table share their
 /// versions, so each is read once per sweep instead of once per operation.
 #[derive(Default)]
-pub(crate) struct Seen(std::sync::Mutex<HashMap<(String, u64), Option<Transaction>>>);
+struct Seen(std::sync::Mutex<HashMap<(String, u64), Option<Transaction>>>);
 
 impl Seen {
     async fn transaction(&self, ds: &lance::Dataset, table: &str, version: u64) -> Result<Option<Transaction>> {
@@ -533,7 +590,7 @@ impl Recovery<'_> {
             let version = if from >= commit.version {
                 commit.version
             } else {
-                match vet(self.lake, table, from, commit.version, &self.intent.op, self.skew, self.deadline).await {
+                match vet(self.lake, table, from, commit.version, &self.intent.op, self.skew, self.deadline, self.seen).await {
                     Ok(Vetted::Pin(v)) => v,
                     // Sweeps go oldest first; a heal or the next pass resolves that one.
                     Ok(Vetted::Expired(op)) => {
@@ -576,15 +633,7 @@ impl Recovery<'_> {
             let added = self.added_fragments(table, commit.version).await?;
             self.deadline.check("removing a dead operation's rows")?;
             let ds = Arc::new(self.lake.open_table(table, None).await?);
-            let properties = [
-                (PROP_OP, self.intent.op.as_str()),
-                (PROP_ATTEMPT, self.lease.attempt.as_str()),
-                (PROP_INTENT, self.intent.attempt.as_str()),
-                (PROP_SCOPE, SCOPE_ROLLBACK),
-            ]
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect();
+            let properties = sidecar::commit_properties(&self.intent.op, &self.lease.attempt, &self.intent.attempt, SCOPE_ROLLBACK);
             let mut txn = Transaction::new(
                 ds.version().version,
                 Operation::Delete { updated_fragments: Vec::new(), deleted_fragment_ids: added, predicate: format!("sluice rollback of {}", self.intent.op) },
@@ -690,7 +739,7 @@ impl Recovery<'_> {
 
 /// What [`vet`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Vetted {
+enum Vetted {
     /// The pin may move to this version.
     Pin(u64),
     /// Operation `0`, whose owner is presumed dead, stands in the way: resolve it, then vet again.
@@ -704,13 +753,14 @@ pub(crate) enum Vetted {
 /// `to` when the only way past a rolled-back operation's rows is to include
 /// recovery's commit that removes them. Waits (within `deadline`) for live
 /// multi-table loads. `to` is the caller's own commit.
-pub(crate) async fn vet(lake: &Lake, table: &str, from: u64, to: u64, own_op: &str, skew: Duration, deadline: &Deadline) -> Result<Vetted> {
+#[allow(clippy::too_many_arguments)]
+async fn vet(lake: &Lake, table: &str, from: u64, to: u64, own_op: &str, skew: Duration, deadline: &Deadline, seen: &Seen) -> Result<Vetted> {
     assert!(from < to, "vetting an empty range");
     if from + 1 == to {
         return Ok(Vetted::Pin(to));
     }
     let mut ds = lake.open_table(table, Some(to)).await?;
-    let mut txns = read_range(&ds, table, from + 1, to - 1).await?;
+    let mut txns = read_range(&ds, table, from + 1, to - 1, seen).await?;
     let mut to = to;
     let mut i = 0;
     while i < txns.len() {
@@ -755,7 +805,7 @@ pub(crate) async fn vet(lake: &Lake, table: &str, from: u64, to: u64, own_op: &s
                 ds = lake.open_table(table, None).await?;
                 let head = ds.version().version;
                 if head > to {
-                    let more = read_range(&ds, table, to + 1, head).await?;
+                    let more = read_range(&ds, table, to + 1, head, seen).await?;
                     if let Some(at) = removal_in(&more, &op, &intent) {
                         let upto = more.iter().position(|(v, _)| *v == at).expect("found in range");
                         txns.extend(more.into_iter().take(upto + 1));
@@ -771,7 +821,7 @@ pub(crate) async fn vet(lake: &Lake, table: &str, from: u64, to: u64, own_op: &s
                 }
             }
             if let Some(intent) = &live_intent
-                && Utc::now() >= expires_at(intent, None, skew)
+                && Utc::now() >= presumed_dead_at(intent.deadline, skew)
             {
                 return Ok(Vetted::Expired(op));
             }
@@ -788,10 +838,10 @@ pub(crate) async fn vet(lake: &Lake, table: &str, from: u64, to: u64, own_op: &s
     Ok(Vetted::Pin(to))
 }
 
-async fn read_range(ds: &lance::Dataset, table: &str, from: u64, to: u64) -> Result<Vec<(u64, Option<Transaction>)>> {
+async fn read_range(ds: &lance::Dataset, table: &str, from: u64, to: u64, seen: &Seen) -> Result<Vec<(u64, Option<Transaction>)>> {
     let mut out = Vec::with_capacity((to + 1).saturating_sub(from) as usize);
     for version in from..=to {
-        out.push((version, ds.read_version_transaction(version).await.map_err(|e| Error::lance(table, e))?.transaction));
+        out.push((version, seen.transaction(ds, table, version).await?));
     }
     Ok(out)
 }

@@ -44,6 +44,12 @@ pub const SCOPE_SINGLE: &str = "single";
 pub const SCOPE_MULTI: &str = "multi";
 pub const SCOPE_ROLLBACK: &str = "rollback";
 
+/// The Lance transaction properties of a commit by operation `op`: the
+/// committer's `attempt`, the `intent` attempt it belongs to, and its scope.
+pub fn commit_properties(op: &str, attempt: &str, intent: &str, scope: &str) -> std::collections::HashMap<String, String> {
+    [(PROP_OP, op), (PROP_ATTEMPT, attempt), (PROP_INTENT, intent), (PROP_SCOPE, scope)].into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IntentTable {
     /// The pin the operation started from (a lower bound: it may be stale).
