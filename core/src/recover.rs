@@ -318,7 +318,9 @@ async fn resolve(
 #[derive(Debug, Clone)]
 struct Commit {
     version: u64,
-    operation: Operation,
+    /// It only added fragments (an append or a table's creation), so deleting
+    /// them undoes it; an upsert's update also removed rows elsewhere.
+    removable: bool,
 }
 
 #[derive(Debug)]
@@ -361,7 +363,8 @@ impl Plan {
             Plan::Forward if state.published() => Verdict::Converged,
             Plan::Forward => Verdict::RolledForward,
             Plan::Redo(_) => Verdict::Redone,
-            Plan::RollBack(_) | Plan::Refuse(_) => Verdict::RolledBack,
+            Plan::RollBack(_) => Verdict::RolledBack,
+            Plan::Refuse(_) => unreachable!("a refusal has no verdict"),
         }
     }
 }
@@ -437,8 +440,8 @@ impl Recovery<'_> {
                     None => return Ok(Action::Deferred { reason: "a source changed while being redone; the next pass rolls back".into() }),
                     Some(done) => {
                         for (table, version) in done {
-                            let operation = self.transaction(&table, version).await?.operation;
-                            state.commits.insert(table, Commit { version, operation });
+                            // Redone commits are only ever rolled forward: the decision comes next.
+                            state.commits.insert(table, Commit { version, removable: false });
                         }
                     }
                 }
@@ -497,7 +500,7 @@ impl Recovery<'_> {
                 }
                 if get(PROP_SCOPE) == Some(SCOPE_ROLLBACK) {
                     removals.insert(table.clone(), version);
-                } else if let Some(earlier) = commits.insert(table.clone(), Commit { version, operation: txn.operation }) {
+                } else if let Some(earlier) = commits.insert(table.clone(), Commit { version, removable: adds_only(&txn.operation) }) {
                     return Err(Error::Blocked(format!(
                         "operation {} has two commits on table '{table}' (versions {} and {version}); recovery will not guess",
                         self.intent.op, earlier.version
@@ -623,11 +626,11 @@ impl Recovery<'_> {
             if state.removals.contains_key(table) {
                 continue;
             }
-            if !matches!(commit.operation, Operation::Append { .. } | Operation::Overwrite { .. }) {
+            if !commit.removable {
                 return Ok(Err(format!(
-                    "table '{table}' version {} is an upsert ({}); removing its rows would not restore the rows it replaced. \
+                    "table '{table}' version {} is an upsert; removing its rows would not restore the rows it replaced. \
                      Restore the load's sources and run `sluice recover` again (it then redoes the load), or repair the table by hand",
-                    commit.version, commit.operation
+                    commit.version
                 )));
             }
             let added = self.added_fragments(table, commit.version).await?;
@@ -662,15 +665,6 @@ impl Recovery<'_> {
             BTreeSet::new()
         };
         Ok(after.fragments().iter().map(|f| f.id).filter(|id| !before.contains(id)).collect())
-    }
-
-    async fn transaction(&self, table: &str, version: u64) -> Result<Transaction> {
-        let ds = self.lake.open_table(table, Some(version)).await?;
-        ds.read_version_transaction(version)
-            .await
-            .map_err(|e| Error::lance(table, e))?
-            .transaction
-            .ok_or_else(|| Error::Corrupt { what: "Lance transaction", path: self.lake.table_uri(table), reason: format!("version {version} has none") })
     }
 
     async fn record(&self, verdict: Verdict, reason: String, manifest_version: Option<u64>, state: &State) -> Result<()> {
@@ -854,6 +848,11 @@ fn removal_in(txns: &[(u64, Option<Transaction>)], op: &str, intent: &str) -> Op
         let is = |k: &str, want: &str| p.get(k).map(String::as_str) == Some(want);
         (is(PROP_OP, op) && is(PROP_INTENT, intent) && is(PROP_SCOPE, SCOPE_ROLLBACK)).then_some(*v)
     })
+}
+
+/// Operations that only add fragments.
+fn adds_only(op: &Operation) -> bool {
+    matches!(op, Operation::Append { .. } | Operation::Overwrite { .. })
 }
 
 /// Operations that add no rows anyone could see (Lance's own bookkeeping).
