@@ -117,7 +117,7 @@ pub async fn ids(lake: &Lake, table: &str, at: Option<u64>) -> Vec<i64> {
 /// The real binary, with the test environment.
 pub fn sluice(root: &str) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
-    cmd.arg("--root").arg(root).env_remove("FAILPOINTS").env_remove("SLUICE_ROOT");
+    cmd.arg("--root").arg(root).env_remove("FAILPOINTS").env_remove("SLUICE_ROOT").env_remove("SLUICE_HOLD_AT");
     cmd
 }
 
@@ -185,25 +185,55 @@ pub fn table_rows(status: &serde_json::Value, table: &str) -> Option<u64> {
 
 /// A child process held at a failpoint; its stderr is collected in the background.
 pub struct Held {
-    child: std::process::Child,
+    /// Taken by `wait_with_output`; a child still here on drop (a failed test) is killed.
+    child: Option<std::process::Child>,
     stderr: std::thread::JoinHandle<Vec<u8>>,
+    /// For [`hold_at`]: the file whose creation lets it go on.
+    release: Option<(tempfile::TempDir, PathBuf)>,
 }
 
 impl Held {
-    pub fn wait_with_output(self) -> Output {
-        let mut out = self.child.wait_with_output().unwrap();
-        out.stderr = self.stderr.join().unwrap();
+    /// Let a child started by [`hold_at`] go on from its failpoint.
+    pub fn release(&self) {
+        let (_, file) = self.release.as_ref().expect("started by hold_at");
+        std::fs::write(file, b"go").unwrap();
+    }
+
+    pub fn wait_with_output(mut self) -> Output {
+        let mut out = self.child.take().unwrap().wait_with_output().unwrap();
+        out.stderr = std::mem::replace(&mut self.stderr, std::thread::spawn(Vec::new)).join().unwrap();
         eprintln!("held child: exit {:?}\n  stdout: {}\n  stderr: {}", out.status.code(), String::from_utf8_lossy(&out.stdout).trim(), String::from_utf8_lossy(&out.stderr).trim());
         out
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
 /// Start `cmd` with `action` at failpoint `name` and return once it got there
 /// (it then runs the action: a sleep holds it at that step).
 pub fn spawn_at(cmd: &mut Command, name: &str, action: &str) -> Held {
+    start_at(cmd.env("FAILPOINTS", format!("{name}={action}")), name, None)
+}
+
+/// Start `cmd`, and return once it stands at failpoint `name`, where it
+/// waits until [`Held::release`]: a deterministic rendezvous.
+pub fn hold_at(cmd: &mut Command, name: &str) -> Held {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("release");
+    cmd.env("SLUICE_HOLD_AT", format!("{name}={}", file.display()));
+    start_at(cmd, name, Some((dir, file)))
+}
+
+fn start_at(cmd: &mut Command, name: &str, release: Option<(tempfile::TempDir, PathBuf)>) -> Held {
     use std::io::BufRead;
     let mut child = cmd
-        .env("FAILPOINTS", format!("{name}={action}"))
         .env("SLUICE_TRACE_FAILPOINTS", "1")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -225,7 +255,7 @@ pub fn spawn_at(cmd: &mut Command, name: &str, action: &str) -> Held {
         std::io::Read::read_to_end(&mut stderr, &mut rest).unwrap();
         rest
     });
-    Held { child, stderr }
+    Held { child: Some(child), stderr, release }
 }
 
 /// Run `sluice recover --clock-skew 0s` until nothing is pending (waiting out

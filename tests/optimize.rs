@@ -57,7 +57,6 @@ fn optimize_while_four_processes_ingest_and_another_optimizes() {
                         for _ in 0..3 {
                             let out = run(sluice(&root).args(["--json", "optimize", "t", "--timeout", "60s"]));
                             assert_eq!(out.status.code(), Some(0), "an optimizer failed");
-                            std::thread::sleep(Duration::from_millis(100));
                         }
                     })
                 })
@@ -95,13 +94,14 @@ fn optimize_never_publishes_a_live_loads_undecided_commit() {
         jsonl(dir.path(), "load-a.jsonl", 1000..1010);
         jsonl(dir.path(), "load-b.jsonl", 2000..2010);
         let d = write(dir.path(), "load.json", br#"{"tables": [{"table": "a", "sources": ["load-a.jsonl"]}, {"table": "b", "sources": ["load-b.jsonl"]}]}"#);
-        let load = spawn_at(sluice(&b.root).args(["load", "--timeout", "120s"]).arg(&d), sluice::failpoints::AFTER_COMMIT, "sleep(8000)");
+        let load = hold_at(sluice(&b.root).args(["load", "--timeout", "120s"]).arg(&d), sluice::failpoints::AFTER_COMMIT);
 
         let out = run(sluice(&b.root).args(["optimize", "a", "--timeout", "3s"]));
         assert_eq!(out.status.code(), Some(1), "{}: the optimizer cannot publish", b.name);
         assert!(String::from_utf8_lossy(&out.stderr).contains("undecided"), "{}", b.name);
         assert_eq!(scan_ids(&b.root, "a"), (0..40).collect::<Vec<_>>(), "{}: nothing of the load is visible", b.name);
 
+        load.release();
         assert_eq!(load.wait_with_output().status.code(), Some(0), "{}: the load finishes", b.name);
         sweep_until_clean(&b.root, Duration::from_secs(60));
         let mut want: Vec<i64> = (0..40).chain(1000..1010).collect();

@@ -236,6 +236,11 @@ fn wait_expired(root: &str) {
     }
 }
 
+/// A single-table ingest of `file` into `t` (2 s budget) killed after its Lance commit.
+fn die_after_commit(root: &str, file: &Path) {
+    kill_9_at(sluice(root).args(["ingest", "--table", "t", "--timeout", "2s"]).arg(file), AFTER_COMMIT);
+}
+
 fn recover_cmd(root: &str) -> std::process::Command {
     let mut cmd = sluice(root);
     cmd.args(["--json", "--clock-skew", "0s", "recover", "--timeout", "60s"]);
@@ -266,17 +271,19 @@ fn ids_of(seed: std::ops::Range<i64>, more: &[std::ops::Range<i64>]) -> Vec<i64>
 }
 
 /// Two sweeps race on one intent: the first holds its lease at a failpoint
-/// while the second arrives. Both succeed, one audit record.
+/// while the second arrives. Both succeed, one audit record. (The first is
+/// held by a sleep, not `hold_at`: the second waits for it without passing a
+/// failpoint, so there is nothing to rendezvous on.)
 #[test]
 fn two_sweeps_on_one_intent_both_succeed_and_record_once() {
     for b in shared_backends() {
         let dir = tempfile::tempdir().unwrap();
         seeded(&b, dir.path(), &["t"]);
         let file = jsonl(dir.path(), "new.jsonl", 100..110);
-        kill_9_at(sluice(&b.root).args(["ingest", "--table", "t", "--timeout", "2s"]).arg(&file), AFTER_COMMIT);
+        die_after_commit(&b.root, &file);
         wait_expired(&b.root);
 
-        let first = spawn_at(&mut recover_cmd(&b.root), RECOVER_AFTER_LEASE, "sleep(2000)");
+        let first = spawn_at(&mut recover_cmd(&b.root), RECOVER_AFTER_LEASE, "sleep(5000)");
         let second = json(&run(&mut recover_cmd(&b.root)));
         let first = first.wait_with_output();
         assert_eq!(first.status.code(), Some(0), "{}", b.name);
@@ -299,10 +306,11 @@ fn a_late_writer_cannot_publish_over_a_recovery_decision() {
         let dir = tempfile::tempdir().unwrap();
         seeded(&b, dir.path(), &["a", "b"]);
         let d = load_descriptor(dir.path());
-        let writer = spawn_at(sluice(&b.root).args(["load", "--timeout", "2s"]).arg(&d), BEFORE_DECISION, "sleep(5000)");
+        let writer = hold_at(sluice(&b.root).args(["load", "--timeout", "2s"]).arg(&d), BEFORE_DECISION);
         wait_expired(&b.root);
         let swept = json(&run(&mut recover_cmd(&b.root)));
         assert_eq!(swept["ops"][0]["verdict"], "rolled_forward", "{}: {swept}", b.name);
+        writer.release();
         let out = writer.wait_with_output();
         assert_eq!(out.status.code(), Some(1), "{}: the late writer fails", b.name);
         assert!(String::from_utf8_lossy(&out.stderr).contains("decided by someone else"), "{}: {}", b.name, String::from_utf8_lossy(&out.stderr));
@@ -323,7 +331,7 @@ fn a_dead_single_commit_buried_under_a_live_one_converges() {
         let dir = tempfile::tempdir().unwrap();
         seeded(&b, dir.path(), &["t"]);
         let dead = jsonl(dir.path(), "dead.jsonl", 100..110);
-        kill_9_at(sluice(&b.root).args(["ingest", "--table", "t", "--timeout", "2s"]).arg(&dead), AFTER_COMMIT);
+        die_after_commit(&b.root, &dead);
         let live = jsonl(dir.path(), "live.jsonl", 200..203);
         assert_eq!(run(sluice(&b.root).args(["ingest", "--table", "t"]).arg(&live)).status.code(), Some(0));
         assert_eq!(scan_ids(&b.root, "t"), ids_of(0..5, &[100..110, 200..203]), "{}", b.name);
@@ -394,11 +402,12 @@ fn a_roll_forward_that_loses_the_manifest_race_converges() {
         let dir = tempfile::tempdir().unwrap();
         seeded(&b, dir.path(), &["t"]);
         let dead = jsonl(dir.path(), "dead.jsonl", 100..110);
-        kill_9_at(sluice(&b.root).args(["ingest", "--table", "t", "--timeout", "2s"]).arg(&dead), AFTER_COMMIT);
+        die_after_commit(&b.root, &dead);
         wait_expired(&b.root);
-        let sweep = spawn_at(&mut recover_cmd(&b.root), BEFORE_PUBLISH, "sleep(3000)");
+        let sweep = hold_at(&mut recover_cmd(&b.root), BEFORE_PUBLISH);
         let live = jsonl(dir.path(), "live.jsonl", 200..203);
         assert_eq!(run(sluice(&b.root).args(["ingest", "--table", "t"]).arg(&live)).status.code(), Some(0));
+        sweep.release();
         let out = sweep.wait_with_output();
         assert_eq!(out.status.code(), Some(0), "{}", b.name);
         let report = json(&out);
@@ -416,7 +425,7 @@ fn a_redelivery_takes_over_an_expired_intent() {
         let dir = tempfile::tempdir().unwrap();
         seeded(&b, dir.path(), &["t"]);
         let committed = jsonl(dir.path(), "committed.jsonl", 100..110);
-        kill_9_at(sluice(&b.root).args(["ingest", "--table", "t", "--timeout", "2s"]).arg(&committed), AFTER_COMMIT);
+        die_after_commit(&b.root, &committed);
         let claimed = jsonl(dir.path(), "claimed.jsonl", 200..205);
         kill_9_at(sluice(&b.root).args(["ingest", "--table", "t", "--timeout", "2s"]).arg(&claimed), AFTER_CLAIMS);
         wait_expired(&b.root);
@@ -438,7 +447,7 @@ fn dry_run_changes_nothing_and_a_corrupt_intent_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     seeded(&b, dir.path(), &["t"]);
     let file = jsonl(dir.path(), "new.jsonl", 100..110);
-    kill_9_at(sluice(&b.root).args(["ingest", "--table", "t", "--timeout", "2s"]).arg(&file), AFTER_COMMIT);
+    die_after_commit(&b.root, &file);
     wait_expired(&b.root);
     let planned = json(&run(sluice(&b.root).args(["--json", "--clock-skew", "0s", "recover", "--dry-run"])));
     assert_eq!(planned["ops"][0]["action"], "planned");

@@ -5,7 +5,10 @@
 //! Actions come from the `FAILPOINTS` environment variable (the `fail` crate's
 //! syntax, e.g. `ingest.after-commit=return` or `...=sleep(60000)`). With
 //! `SLUICE_TRACE_FAILPOINTS=1` every failpoint reached prints `failpoint: NAME`
-//! on stderr, so a test can `kill -9` a child exactly there.
+//! on stderr, so a test can `kill -9` a child exactly there. With
+//! `SLUICE_HOLD_AT=NAME=FILE` the process stops at failpoint NAME until FILE
+//! exists: a rendezvous that lets a test run another process in between,
+//! then release this one, without guessing how long to sleep.
 
 use crate::error::Result;
 
@@ -72,6 +75,23 @@ pub fn hit(name: &'static str) -> Result<()> {
     if cfg!(feature = "failpoints") && std::env::var_os("SLUICE_TRACE_FAILPOINTS").is_some() {
         eprintln!("failpoint: {name}");
     }
+    if cfg!(feature = "failpoints") {
+        hold(name);
+    }
     fail::fail_point!(name, |_| Err(crate::error::Error::Injected(name.to_string())));
     Ok(())
+}
+
+/// Wait at `name` until the release file `SLUICE_HOLD_AT` names exists (at most 10 minutes).
+fn hold(name: &str) {
+    const LIMIT: std::time::Duration = std::time::Duration::from_secs(600);
+    let Some(spec) = std::env::var_os("SLUICE_HOLD_AT") else { return };
+    let Some((at, file)) = spec.to_str().and_then(|s| s.split_once('=')) else { return };
+    if at != name {
+        return;
+    }
+    let start = std::time::Instant::now();
+    while !std::path::Path::new(file).exists() && start.elapsed() < LIMIT {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 }
