@@ -57,12 +57,6 @@ pub struct Options {
     pub dry_run: bool,
 }
 
-impl Default for Options {
-    fn default() -> Options {
-        Options { clock_skew: DEFAULT_CLOCK_SKEW, dry_run: false }
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum Action {
