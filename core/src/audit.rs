@@ -11,7 +11,7 @@ use crate::error::Result;
 use crate::lake::{Created, Lake};
 use crate::sidecar::SourceRef;
 
-const AUDIT: &str = "_audit";
+pub(crate) const AUDIT: &str = "_audit";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -16,6 +16,8 @@ use crate::error::Result;
 pub const AFTER_INTENT: &str = "ingest.after-intent";
 /// Sources claimed in the exactly-once ledger; no Lance commit yet.
 pub const AFTER_CLAIMS: &str = "ingest.after-claims";
+/// Every table's rows are written as uncommitted Lance files; nothing committed.
+pub const BEFORE_COMMIT: &str = "ingest.before-commit";
 /// A table's Lance commit landed (for a load: before the next table's commit).
 pub const AFTER_COMMIT: &str = "ingest.after-commit";
 /// A multi-table load committed every table and passed its deadline check;
@@ -45,16 +47,22 @@ pub const OPTIMIZE_AFTER_INTENT: &str = "optimize.after-intent";
 /// An optimizer's rewrite is committed in Lance; not yet published.
 pub const OPTIMIZE_AFTER_COMMIT: &str = "optimize.after-commit";
 
+/// A reader opened a table at its pinned version; no data read yet.
+pub const SCAN_AFTER_OPEN: &str = "scan.after-open";
+
 /// The writer's steps (a crash here leaves work for recovery).
-pub const WRITER: &[&str] = &[AFTER_INTENT, AFTER_CLAIMS, AFTER_COMMIT, BEFORE_DECISION, AFTER_DECISION, BEFORE_PUBLISH, AFTER_PUBLISH, BEFORE_FINISH];
+pub const WRITER: &[&str] = &[AFTER_INTENT, AFTER_CLAIMS, BEFORE_COMMIT, AFTER_COMMIT, BEFORE_DECISION, AFTER_DECISION, BEFORE_PUBLISH, AFTER_PUBLISH, BEFORE_FINISH];
 /// The optimizer's own steps.
 pub const OPTIMIZE: &[&str] = &[OPTIMIZE_AFTER_INTENT, OPTIMIZE_AFTER_COMMIT];
+/// Readers' steps (a rendezvous for tests; a reader leaves nothing behind).
+pub const READ: &[&str] = &[SCAN_AFTER_OPEN];
 /// Recovery's own steps (a crash here leaves work for the next sweep).
 pub const RECOVERY: &[&str] = &[RECOVER_AFTER_LEASE, RECOVER_AFTER_DECISION, RECOVER_AFTER_EFFECTS, RECOVER_BEFORE_FINISH];
 
 pub const ALL: &[&str] = &[
     AFTER_INTENT,
     AFTER_CLAIMS,
+    BEFORE_COMMIT,
     AFTER_COMMIT,
     BEFORE_DECISION,
     AFTER_DECISION,
@@ -67,6 +75,7 @@ pub const ALL: &[&str] = &[
     RECOVER_BEFORE_FINISH,
     OPTIMIZE_AFTER_INTENT,
     OPTIMIZE_AFTER_COMMIT,
+    SCAN_AFTER_OPEN,
 ];
 
 /// Evaluate failpoint `name`: a `return` action becomes [`Error::Injected`].

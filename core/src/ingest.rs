@@ -350,6 +350,9 @@ impl Door<'_> {
                 Err(e) => return Err(self.abandon(&claimed, e).await),
             }
         }
+        if let Err(e) = failpoints::hit(failpoints::BEFORE_COMMIT) {
+            return Err(self.abandon(&claimed, e).await);
+        }
         let mut any_committed = false;
         for (t, stage) in tables.iter_mut().zip(staged) {
             match self.commit(t, stage).await {

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::TryStreamExt;
@@ -157,6 +158,34 @@ pub struct Lake {
     counts: Arc<RequestCounts>,
     session: Arc<Session>,
     wrapper: Arc<LanceWrapper>,
+    timing: Timing,
+}
+
+/// Protocol timings every worker on a lake must agree on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    /// How far two workers' clocks (and the store's) may disagree.
+    pub clock_skew: Duration,
+    /// Cleanup never removes a manifest version until its successor is at least
+    /// this old, so it must exceed the longest operation deadline plus the skew.
+    /// Below this age a manifest's "I was the latest" is trusted without a LIST.
+    pub retention_floor: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Timing {
+        Timing { clock_skew: Duration::from_secs(60), retention_floor: Duration::from_secs(3600) }
+    }
+}
+
+impl Timing {
+    /// How long after a manifest version was known to be the latest a worker may
+    /// still act on that without checking: cleanup (whose clock, like the store's
+    /// and ours, may be off by the skew) deletes no version while its successor is
+    /// younger than the floor.
+    pub fn trust_window(&self) -> Duration {
+        self.retention_floor.saturating_sub(self.clock_skew * 3)
+    }
 }
 
 impl std::fmt::Debug for Lake {
@@ -206,7 +235,18 @@ impl Lake {
             counts,
             session: Arc::new(Session::default()),
             wrapper,
+            timing: Timing::default(),
         })
+    }
+
+    /// Set the protocol timings (the CLI's `--clock-skew` and `--retention-floor`).
+    pub fn with_timing(mut self, timing: Timing) -> Lake {
+        self.timing = timing;
+        self
+    }
+
+    pub fn timing(&self) -> Timing {
+        self.timing
     }
 
     pub fn uri(&self) -> &str {
@@ -332,6 +372,14 @@ impl Lake {
     pub async fn list(&self, rel: &str) -> Result<Vec<ObjectMeta>> {
         let prefix = self.path(rel);
         self.store.list(Some(&prefix)).try_collect().await.map_err(|e| Error::store(&prefix, e))
+    }
+
+    /// Some object under `rel` whose path sorts after `after`, if any: one LIST
+    /// page on S3 (lexical order there; a local listing is unordered).
+    pub async fn any_after(&self, rel: &str, after: &str) -> Result<Option<ObjectMeta>> {
+        let prefix = self.path(rel);
+        let mut listing = self.store.list_with_offset(Some(&prefix), &self.path(after));
+        listing.try_next().await.map_err(|e| Error::store(&prefix, e))
     }
 
     /// The part of `path` below the lake root.

@@ -3,12 +3,14 @@
 //! conditional PUTs. See docs/PROTOCOL.md for the protocol.
 
 pub mod audit;
+pub mod cleanup;
 pub mod counting;
 pub mod deadline;
 pub mod decode;
 pub mod error;
 pub mod failpoints;
 pub mod faults;
+pub mod hide_newer;
 pub mod ingest;
 pub mod lake;
 pub mod manifest;

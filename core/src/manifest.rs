@@ -7,10 +7,18 @@
 //! updating it, or two hint writes crossed), never lead, so finding the latest
 //! version is one GET of the hint plus one GET that misses, and a lagging hint
 //! costs O(log lag) more GETs, never O(history).
+//!
+//! Cleanup deletes old versions (a prefix, never the latest), so a miss proves
+//! "no newer version" only while the version it follows is known to have been
+//! the latest recently: cleanup removes no version until its successor is older
+//! than the retention floor (`Timing`). A version known to be the latest for
+//! longer than the trust window is confirmed with one LIST instead, and a create
+//! that might have re-created a cleaned-up version is checked the same way.
 
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use crate::deadline::Deadline;
@@ -70,11 +78,26 @@ pub struct Manifest {
     /// The operations this version published (not cumulative).
     #[serde(default)]
     pub published: Vec<Published>,
+    /// When a LIST last showed no newer version (set on hints and in memory, never
+    /// on version objects).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checked_at: Option<DateTime<Utc>>,
 }
 
 impl Manifest {
     fn empty() -> Manifest {
-        Manifest { version: 0, published_at: Utc::now(), tables: BTreeMap::new(), published: Vec::new() }
+        Manifest { version: 0, published_at: Utc::now(), tables: BTreeMap::new(), published: Vec::new(), checked_at: None }
+    }
+
+    /// The last time this version is known to have been the latest.
+    pub fn as_of(&self) -> DateTime<Utc> {
+        self.checked_at.map_or(self.published_at, |c| c.max(self.published_at))
+    }
+
+    /// Is "nothing newer was found" still proof that this is the latest?
+    fn trusted(&self, lake: &Lake) -> bool {
+        let age = (Utc::now() - self.as_of()).to_std().unwrap_or(std::time::Duration::ZERO);
+        age < lake.timing().trust_window()
     }
 }
 
@@ -98,7 +121,13 @@ impl Goal {
             let entry = tables.entry(name.clone()).or_insert_with(|| pin.clone());
             entry.version = entry.version.max(pin.version);
         }
-        Manifest { version: base.version + 1, published_at: Utc::now(), tables, published: vec![self.published.clone()] }
+        Manifest {
+            version: base.version + 1,
+            published_at: Utc::now(),
+            tables,
+            published: vec![self.published.clone()],
+            checked_at: None,
+        }
     }
 }
 
@@ -136,24 +165,74 @@ pub async fn read_hint(lake: &Lake) -> Result<Option<Manifest>> {
 pub async fn read_latest(lake: &Lake) -> Result<Option<Manifest>> {
     let start = match read_hint(lake).await? {
         Some(hint) => hint,
-        None => match read_version(lake, 0).await? {
-            Some(first) => first,
+        // No hint: a new lake (init writes one), so this LIST is short.
+        None => match newest_listed(lake).await? {
+            Some(v) => match read_version(lake, v).await? {
+                Some(m) => m,
+                None => return Err(vanished(lake, v)),
+            },
             None => return Ok(None),
         },
     };
     catch_up(lake, start).await.map(Some)
 }
 
+async fn newest_listed(lake: &Lake) -> Result<Option<u64>> {
+    Ok(lake.list(VERSIONS).await?.iter().filter_map(|m| version_of(lake, &m.location)).max())
+}
+
+fn version_of(lake: &Lake, path: &object_store::path::Path) -> Option<u64> {
+    let rel = lake.relative(path)?;
+    rel.strip_prefix(VERSIONS)?.strip_prefix('/')?.strip_suffix(".json")?.parse().ok()
+}
+
+fn vanished(lake: &Lake, version: u64) -> Error {
+    Error::Corrupt {
+        what: "manifest",
+        path: lake.path(&version_path(version)).to_string(),
+        reason: "listed, then gone: cleaned up while it was the newest? Retry; if it persists, check the cleanup settings".into(),
+    }
+}
+
+/// Some version newer than `version`, if one exists: one LIST.
+async fn newer_than(lake: &Lake, version: u64) -> Result<Option<u64>> {
+    let found = lake.any_after(VERSIONS, &version_path(version)).await?;
+    Ok(found.and_then(|m| version_of(lake, &m.location)).filter(|v| *v > version))
+}
+
 /// Walk forward from `known` to the latest version. Versions are dense above
-/// any hint, so gallop (1, 2, 4, ...) to a miss, then restart at step 1 from
-/// the furthest hit until the very next version misses.
+/// the oldest retained one, so gallop (1, 2, 4, ...) to a miss, then restart at
+/// step 1 from the furthest hit until the very next version misses. If that
+/// last version's claim to be the latest is too old to rule out a cleaned gap
+/// after it, a LIST confirms it or jumps past the gap.
 async fn catch_up(lake: &Lake, mut known: Manifest) -> Result<Manifest> {
     let mut probes = 0;
     loop {
+        known = gallop(lake, known, &mut probes).await?;
+        if known.trusted(lake) {
+            return Ok(known);
+        }
+        let checked_at = Utc::now();
+        match newer_than(lake, known.version).await? {
+            None => {
+                known.checked_at = Some(checked_at);
+                return Ok(known);
+            }
+            Some(v) => match read_version(lake, v).await? {
+                Some(newer) => known = newer,
+                // Cleaned up between the LIST and the GET: list again.
+                None => probes += 1,
+            },
+        }
+    }
+}
+
+async fn gallop(lake: &Lake, mut known: Manifest, probes: &mut u32) -> Result<Manifest> {
+    loop {
         let mut step = 1u64;
         loop {
-            probes += 1;
-            if probes > MAX_PROBES {
+            *probes += 1;
+            if *probes > MAX_PROBES {
                 return Err(Error::Contention {
                     what: "finding the latest manifest",
                     attempts: MAX_PROBES,
@@ -192,7 +271,10 @@ pub async fn init(lake: &Lake) -> Result<Manifest> {
 /// initialising the lake on first use.
 pub async fn writer_base(lake: &Lake) -> Result<Manifest> {
     match read_hint(lake).await? {
-        Some(hint) => Ok(hint),
+        // A writer's start pins come from its base, and cleanup keeps the Lance
+        // versions a recent manifest pins: an old hint is brought up to date.
+        Some(hint) if hint.trusted(lake) => Ok(hint),
+        Some(hint) => catch_up(lake, hint).await,
         None => match read_latest(lake).await? {
             Some(latest) => Ok(latest),
             None => init(lake).await,
@@ -213,6 +295,13 @@ pub async fn publish(lake: &Lake, mut base: Manifest, goal: &Goal, deadline: &De
         failpoints::hit(failpoints::BEFORE_PUBLISH)?;
         let mine = |m: &Manifest| m.published.iter().any(|p| p.attempt == goal.published.attempt);
         match lake.create_json(&version_path(next.version), &next, mine).await? {
+            Created::Mine if !base.trusted(lake) && newer_than(lake, next.version).await?.is_some() => {
+                // Our base was too old to rule it out, and so it was: this version
+                // had been published and cleaned up; ours is a ghost nobody reads.
+                tracing::warn!(version = next.version, "re-created a cleaned-up manifest version; removing it and retrying");
+                lake.delete(&version_path(next.version)).await?;
+                base = catch_up(lake, base).await?;
+            }
             Created::Mine => {
                 failpoints::hit(failpoints::AFTER_PUBLISH)?;
                 // The hint only saves requests; a failed or crossed write costs probes, not correctness.
@@ -222,6 +311,11 @@ pub async fn publish(lake: &Lake, mut base: Manifest, goal: &Goal, deadline: &De
                 return Ok(PublishOutcome::Published { version: next.version });
             }
             Created::Theirs(winner) => base = catch_up(lake, winner).await?,
+            // Cleanup removed it between our PUT and GET: carry on from a newer one.
+            Created::Gone if let Some(v) = newer_than(lake, next.version).await? => match read_version(lake, v).await? {
+                Some(newer) => base = catch_up(lake, newer).await?,
+                None => return Err(vanished(lake, v)),
+            },
             Created::Gone => {
                 return Err(Error::Corrupt {
                     what: "manifest",
@@ -236,6 +330,36 @@ pub async fn publish(lake: &Lake, mut base: Manifest, goal: &Goal, deadline: &De
         attempts: MAX_PUBLISH_ATTEMPTS,
         last: format!("lost every race up to version {}", base.version),
     })
+}
+
+/// Every version object, ascending, with the time the store wrote it: one LIST
+/// (paged), for cleanup only.
+pub(crate) async fn list_versions(lake: &Lake) -> Result<Vec<(u64, DateTime<Utc>)>> {
+    let mut versions: Vec<(u64, DateTime<Utc>)> =
+        lake.list(VERSIONS).await?.iter().filter_map(|m| Some((version_of(lake, &m.location)?, m.last_modified))).collect();
+    versions.sort_unstable();
+    Ok(versions)
+}
+
+/// Delete these version objects (cleanup's prefix; never the latest). Returns how many.
+pub(crate) async fn delete_versions(lake: &Lake, versions: &[u64]) -> Result<u64> {
+    let paths: Vec<object_store::Result<object_store::path::Path>> =
+        versions.iter().map(|v| Ok(lake.path(&version_path(*v)))).collect();
+    let mut results = lake.store().delete_stream(futures::stream::iter(paths).boxed());
+    let mut deleted = 0;
+    while let Some(result) = results.next().await {
+        match result {
+            Ok(_) | Err(object_store::Error::NotFound { .. }) => deleted += 1,
+            Err(e) => return Err(Error::store(&lake.path(VERSIONS), e)),
+        }
+    }
+    Ok(deleted)
+}
+
+/// Overwrite the hint with `latest`, which a LIST at `checked_at` showed to be the newest.
+pub(crate) async fn refresh_hint(lake: &Lake, latest: &Manifest, checked_at: DateTime<Utc>) -> Result<()> {
+    let hint = Manifest { checked_at: Some(checked_at), ..latest.clone() };
+    lake.put_json(LATEST_HINT, &hint).await
 }
 
 /// Up to `limit` versions from the latest backwards (skipping cleaned-up ones).

@@ -104,6 +104,7 @@ pub async fn scan(
         Error::Usage(format!("table '{table}' is not in manifest version {} (tables: {:?})", m.version, m.tables.keys().collect::<Vec<_>>()))
     })?;
     let ds = lake.open_table(table, Some(pin.version)).await?;
+    crate::failpoints::hit(crate::failpoints::SCAN_AFTER_OPEN)?;
     let mut scanner = ds.scan();
     if let Some(limit) = limit {
         scanner.limit(Some(limit as i64), None).map_err(|e| Error::lance(table, e))?;

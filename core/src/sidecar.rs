@@ -25,10 +25,10 @@ use crate::error::Result;
 use crate::lake::{Created, Lake};
 use crate::manifest::Mode;
 
-const OPS: &str = "_ops";
+pub(crate) const OPS: &str = "_ops";
 const CLAIMS: &str = "_ingested";
 const INTENT_SUFFIX: &str = ".intent.json";
-const DECISIONS: &str = "_decisions";
+pub(crate) const DECISIONS: &str = "_decisions";
 const LEASE_INFIX: &str = ".sweep-";
 
 /// Lance transaction properties that tie a commit to its operation.
@@ -187,22 +187,38 @@ pub async fn take_lease(lake: &Lake, lease: &Lease) -> Result<Created<Lease>> {
     lake.create_json(&lease_path(&lease.op, lease.k), lease, |l: &Lease| l.attempt == lease.attempt).await
 }
 
+pub async fn remove_lease(lake: &Lake, op: &str, k: u32) -> Result<()> {
+    lake.delete(&lease_path(op, k)).await
+}
+
 pub async fn read_lease(lake: &Lake, op: &str, k: u32) -> Result<Option<Lease>> {
     lake.get_json(&lease_path(op, k)).await
+}
+
+/// What an object under `_ops/` is, by its name.
+pub(crate) enum OpsObject {
+    Intent(String),
+    Lease(String, u32),
+}
+
+pub(crate) fn ops_object(lake: &Lake, location: &object_store::path::Path) -> Option<OpsObject> {
+    let rel = lake.relative(location)?;
+    let name = rel.strip_prefix(OPS)?.strip_prefix('/')?;
+    if let Some(op) = name.strip_suffix(INTENT_SUFFIX) {
+        return Some(OpsObject::Intent(op.to_string()));
+    }
+    let (op, k) = name.strip_suffix(".json")?.rsplit_once(LEASE_INFIX)?;
+    Some(OpsObject::Lease(op.to_string(), k.parse().ok()?))
 }
 
 /// Every operation with sidecars in `_ops/`: one LIST, names only.
 pub async fn list_ops(lake: &Lake) -> Result<BTreeMap<String, OpFiles>> {
     let mut ops: BTreeMap<String, OpFiles> = BTreeMap::new();
     for meta in lake.list(OPS).await? {
-        let Some(rel) = lake.relative(&meta.location) else { continue };
-        let Some(name) = rel.strip_prefix("_ops/") else { continue };
-        if let Some(op) = name.strip_suffix(INTENT_SUFFIX) {
-            ops.entry(op.to_string()).or_default().intent = true;
-        } else if let Some((op, k)) = name.strip_suffix(".json").and_then(|n| n.rsplit_once(LEASE_INFIX))
-            && let Ok(k) = k.parse::<u32>()
-        {
-            ops.entry(op.to_string()).or_default().leases.push(k);
+        match ops_object(lake, &meta.location) {
+            Some(OpsObject::Intent(op)) => ops.entry(op).or_default().intent = true,
+            Some(OpsObject::Lease(op, k)) => ops.entry(op).or_default().leases.push(k),
+            None => {}
         }
     }
     for files in ops.values_mut() {

@@ -17,7 +17,8 @@ use sluice::ingest::{self, Budget, Report, SourceStatus, TableRequest};
 use sluice::recover::{self, Action};
 use sluice::manifest::{self, Mode};
 use sluice::optimize;
-use sluice::{Error, Lake, Result, read};
+use sluice::lake::Timing;
+use sluice::{Error, Lake, Result, cleanup, read};
 
 #[derive(Parser)]
 #[command(name = "sluice", version, about = "Ingest files into Lance tables on S3, exactly once, with no server")]
@@ -31,6 +32,11 @@ struct Cli {
     /// How long past another worker's deadline it is presumed dead (clocks may disagree).
     #[arg(long, global = true, env = "SLUICE_CLOCK_SKEW", default_value = "1m", value_parser = humantime::parse_duration)]
     clock_skew: Duration,
+    /// Cleanup keeps a manifest version until its successor is at least this old; workers
+    /// re-check with a LIST before trusting an older one. Must exceed the longest --timeout
+    /// plus the clock skew, and be the same on every worker of a lake.
+    #[arg(long, global = true, env = "SLUICE_RETENTION_FLOOR", default_value = "1h", value_parser = humantime::parse_duration)]
+    retention_floor: Duration,
     #[command(subcommand)]
     command: Command,
 }
@@ -122,6 +128,23 @@ enum Command {
         #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
+    /// Remove old manifest and Lance versions, dead writers' files and spent sidecars.
+    Cleanup {
+        /// Say what would be removed; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Keep a manifest version until its successor is this old (at least --retention-floor).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        keep: Option<Duration>,
+        /// Always keep this many newest manifest versions.
+        #[arg(long, default_value_t = 10)]
+        keep_versions: usize,
+        /// Keep recovery's audit records this long.
+        #[arg(long, default_value = "30days", value_parser = humantime::parse_duration)]
+        keep_audit: Duration,
+        #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
     /// What recovery decided, newest first.
     Audit {
         #[arg(long, default_value_t = 50)]
@@ -155,8 +178,8 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    let lake = Lake::open(&cli.root)?;
     let clock_skew = cli.clock_skew;
+    let lake = Lake::open(&cli.root)?.with_timing(Timing { clock_skew, retention_floor: cli.retention_floor });
     match cli.command {
         Command::Init => {
             let m = manifest::init(&lake).await?;
@@ -284,6 +307,37 @@ async fn run(cli: Cli) -> Result<()> {
                     .collect();
                 if lines.is_empty() { "no tables".into() } else { lines.join("\n") }
             });
+        }
+        Command::Cleanup { dry_run, keep, keep_versions, keep_audit, timeout } => {
+            let defaults = cleanup::Options::for_lake(&lake);
+            let opts = cleanup::Options { keep: keep.unwrap_or(defaults.keep), keep_versions, keep_audit, dry_run };
+            let report = cleanup::run(&lake, opts, timeout).await?;
+            emit(cli.json, &report, || {
+                let verb = if report.dry_run { "would remove" } else { "removed" };
+                let m = &report.manifest;
+                let mut out = format!(
+                    "recovery: {} operation(s) pending
+manifest: {verb} {} version(s); keeping {}..={}
+",
+                    report.recovery.pending, m.removed, m.oldest_kept, m.latest
+                );
+                for t in &report.tables {
+                    out.push_str(&format!(
+                        "table {}: {verb} {} Lance version(s), {} data file(s), {} other file(s), {} bytes; keeping v{} and up
+",
+                        t.table, t.lance_versions_removed, t.data_files_removed, t.other_files_removed, t.bytes_removed, t.kept_from
+                    ));
+                }
+                let s = &report.sidecars;
+                out.push_str(&format!("sidecars: {verb} {} decision(s), {} lease(s), {} audit record(s)", s.decisions, s.leases, s.audit_records));
+                out
+            });
+            if report.recovery.unresolved() > 0 {
+                return Err(Error::Blocked(format!(
+                    "recovery refused or failed on {} operation(s) (run `sluice recover` for details); cleanup kept what they may need",
+                    report.recovery.unresolved()
+                )));
+            }
         }
         Command::Audit { limit } => {
             let records = sluice::audit::list(&lake, limit).await?;
