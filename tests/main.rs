@@ -5,6 +5,7 @@
 mod common;
 
 mod bad_input;
+mod cleanup;
 mod formats;
 mod optimize;
 mod processes;
