@@ -3,7 +3,7 @@
 # Builds release binaries (once per machine: ~48 min on 2 cores), then runs
 # sluice-bench on local disk (wall time, peak RSS, concurrency) and on the local
 # S3 server (requests per ingest, where every request is visible).
-# Usage: scripts/bench.sh [--quick] [--only throughput,depth,rss,latency,recovery,optimize]
+# Usage: scripts/bench.sh [--quick] [--only throughput,depth,rss,latency,recovery,optimize,cleanup]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh

@@ -110,7 +110,7 @@ fn an_error_at_every_failpoint_leaves_a_consistent_lake() {
                 visible += 7 + limbo;
                 limbo = 0;
             }
-            AFTER_INTENT | AFTER_CLAIMS => {
+            AFTER_INTENT | AFTER_CLAIMS | BEFORE_COMMIT => {
                 assert_eq!(out.status.code(), Some(1), "{fp}: the injected error fails the call");
                 // Nothing committed: the intent is gone and the source released.
                 assert_eq!(before, kept_intents, "{fp}: nothing left behind");

@@ -27,7 +27,7 @@ struct Args {
     big_mb: u64,
     reps: usize,
     sizes: Vec<u64>,
-    /// Sections to run: throughput, depth, rss, latency, recovery, optimize.
+    /// Sections to run: throughput, depth, rss, latency, recovery, optimize, cleanup.
     only: Vec<String>,
     /// Single-row ingests before the optimize section compacts them.
     small: u64,
@@ -53,7 +53,7 @@ fn args() -> Args {
             "--sizes" => a.sizes = val().split(',').map(|s| s.parse().expect("--sizes MB,MB")).collect(),
             "--only" => a.only = val().split(',').map(String::from).collect(),
             "--small" => a.small = val().parse().expect("--small N"),
-            other => panic!("unknown flag {other}; flags: --root --work --depth --big-mb --reps --sizes --small --only throughput,depth,rss,latency,recovery,optimize"),
+            other => panic!("unknown flag {other}; flags: --root --work --depth --big-mb --reps --sizes --small --only throughput,depth,rss,latency,recovery,optimize,cleanup"),
         }
     }
     if a.root.is_empty() {
@@ -140,6 +140,16 @@ async fn lance_append(lake: &Lake, file: &Path) -> (Duration, u64) {
         }
     }
     (start.elapsed(), lake.requests().since(&before).total())
+}
+
+/// Data files of table `t` that its Lance HEAD does not reference: count and bytes.
+async fn orphans(lake: &Lake) -> (usize, u64) {
+    let listed = lake.list("tables/t.lance/data").await.unwrap();
+    let ds = lake.open_table("t", None).await.unwrap();
+    let referenced: std::collections::HashSet<String> =
+        ds.get_fragments().iter().flat_map(|f| f.metadata().files.iter().map(|d| d.path.rsplit('/').next().unwrap().to_string()).collect::<Vec<_>>()).collect();
+    let orphaned: Vec<_> = listed.iter().filter(|m| !referenced.contains(m.location.filename().unwrap())).collect();
+    (orphaned.len(), orphaned.iter().map(|m| m.size).sum())
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -335,6 +345,55 @@ async fn main() {
             "-".into(),
             format!("{:.1}x faster", before_scan.as_secs_f64() / after_scan.as_secs_f64()),
         ));
+    }
+
+    // 7. Cleanup after killed ingests: 20 `sluice ingest` processes killed with
+    // SIGKILL at spread-out moments (before, during and after staging their
+    // files), then one `sluice cleanup`, which first lets recovery decide them.
+    if a.want("cleanup") {
+        let croot = root("cleanup");
+        let lake = Lake::open(&croot).unwrap();
+        sluice_ingest(&lake, &tiny(30_000)).await;
+        let files: Vec<PathBuf> = (0..21).map(|i| generate(&a.work, &format!("kill-{i}.jsonl"), 4, 31_000 + i)).collect();
+        let ingest_cmd = |f: &Path| {
+            let mut c = Command::new(&sluice_bin);
+            c.args(["--root", &croot, "ingest", "--timeout", "5s", "--table", "t"]).arg(f).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+            c
+        };
+        // How long one uninterrupted ingest takes, to spread the kills over it.
+        let start = Instant::now();
+        assert!(ingest_cmd(&files[20]).status().unwrap().success());
+        let full = start.elapsed();
+        for (i, f) in files[..20].iter().enumerate() {
+            let mut child = ingest_cmd(f).spawn().unwrap();
+            std::thread::sleep(full.mul_f64((i as f64 + 1.0) / 21.0));
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+        let (orphan_files, orphan_bytes) = orphans(&lake).await;
+        tokio::time::sleep(Duration::from_secs(6)).await; // the dead writers' deadlines pass
+        let start = Instant::now();
+        let out = Command::new(&sluice_bin).args(["--root", &croot, "--json", "--clock-skew", "0s", "cleanup"]).output().expect("run sluice cleanup");
+        let took = start.elapsed();
+        assert!(out.status.success(), "sluice cleanup: {}", String::from_utf8_lossy(&out.stderr));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("cleanup --json");
+        let (left_files, left_bytes) = orphans(&Lake::open(&croot).unwrap()).await;
+        let r = &report["requests"];
+        rows.push((
+            format!("cleanup after 20 killed ingests (one process; recovery decided {})", report["recovery"]["pending"]),
+            format!("{} ({} GET, {} PUT, {} LIST, {} DELETE)", ms(took), r["get"], r["put"], r["list"], r["delete"]),
+            "-".into(),
+            "-".into(),
+        ));
+        rows.push((
+            "orphan data of dead writers before / after cleanup".into(),
+            format!("{orphan_files} files, {orphan_bytes} B / {left_files} files, {left_bytes} B"),
+            "-".into(),
+            format!("{} B reclaimed", report["tables"][0]["bytes_removed"]),
+        ));
+        for f in files {
+            std::fs::remove_file(f).unwrap();
+        }
     }
 
     println!("store: {}", a.root);
