@@ -111,3 +111,41 @@ fn optimize_never_publishes_a_live_loads_undecided_commit() {
         assert_eq!(pending(&b.root), 0, "{}", b.name);
     }
 }
+
+fn table<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    report["tables"].as_array().unwrap().iter().find(|t| t["table"] == name).unwrap()
+}
+
+/// `--parallel 3` runs one table's six tasks in three `sluice` processes and
+/// commits them once; another table has its own target; a bytes budget of one
+/// byte still makes progress, one task per run.
+#[test]
+fn optimize_fans_out_over_processes_with_per_table_targets_and_a_bytes_budget() {
+    for b in shared_backends() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["t", "u", "v"] {
+            small_ingests(&b.root, dir.path(), name, 0, 12);
+        }
+        let out = run(sluice(&b.root).args(["--json", "optimize", "t", "u", "--parallel", "3", "--target-rows", "20", "--target-rows", "u=1000"]));
+        assert_eq!(out.status.code(), Some(0), "{}", b.name);
+        let report = json(&out);
+        let t = table(&report, "t");
+        assert_eq!((t["action"].as_str(), t["tasks"].as_u64(), t["workers"].as_u64()), (Some("compacted"), Some(6), Some(3)), "{}: {report}", b.name);
+        assert_eq!(t["targets"]["target_rows"], 20, "{}", b.name);
+        assert_eq!(table(&report, "u")["targets"]["target_rows"], 1000, "{}", b.name);
+        assert_eq!((fragments(&b.root, "t"), fragments(&b.root, "u")), (6, 1), "{}", b.name);
+        for name in ["t", "u"] {
+            assert_eq!(scan_ids(&b.root, name), (0..120).collect::<Vec<_>>(), "{}: table {name} keeps every row", b.name);
+        }
+        assert_eq!(pending(&b.root), 0, "{}", b.name);
+
+        for left in [11, 10] {
+            let out = run(sluice(&b.root).args(["--json", "optimize", "v", "--target-rows", "20", "--max-bytes", "1"]));
+            assert_eq!(table(&json(&out), "v")["tasks"], 1, "{}", b.name);
+            assert_eq!(fragments(&b.root, "v"), left, "{}: one task per run", b.name);
+        }
+        assert_eq!(scan_ids(&b.root, "v"), (0..120).collect::<Vec<_>>(), "{}", b.name);
+        let usage = run(sluice(&b.root).args(["optimize", "--target-rows", "t=lots"]));
+        assert_eq!(usage.status.code(), Some(2), "{}", b.name);
+    }
+}

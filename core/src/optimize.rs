@@ -13,17 +13,22 @@
 //!   state collide on the intent, and the second waits for the first.
 //! - A conflict with an update or delete of the same fragments (an upsert, a
 //!   roll-back) re-plans from the new pin, at most `MAX_REPLANS` times.
-//! - A run compacts at most `max_source_fragments` fragments per table; a
-//!   larger backlog is worked off over several runs.
+//! - A run compacts at most `max_fragments` fragments and about `max_bytes`
+//!   bytes per table (targets per table); a larger backlog is worked off over
+//!   several runs, each publishing what it finished.
+//! - Fan-out: the plan's tasks are serializable; an [`Executor`] runs them in
+//!   batches (here, in other processes, or in other invocations) under the
+//!   coordinator's intent, and the coordinator commits all results at once.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use chrono::Utc;
 use lance::dataset::index::DatasetIndexRemapperOptions;
-use lance::dataset::optimize::{CompactionOptions, commit_compaction, plan_compaction};
-use serde::Serialize;
+use lance::dataset::optimize::{CompactionOptions, CompactionPlan, CompactionTask, RewriteResult, commit_compaction, plan_compaction};
+use serde::{Deserialize, Serialize};
 
 use crate::counting::RequestSnapshot;
 use crate::deadline::Deadline;
@@ -37,20 +42,129 @@ use crate::sidecar::{self, Intent, IntentTable, SCOPE_SINGLE};
 
 /// Re-plans after a conflicting update or delete of the planned fragments.
 const MAX_REPLANS: u32 = 3;
+/// How long a loser of a commit race waits for the winner's publish before re-planning.
+const PIN_WAIT: Duration = Duration::from_secs(10);
 
-#[derive(Debug, Clone, Copy)]
-pub struct Options {
+/// What to compact in one table, and how much per run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Targets {
     /// Fragments smaller than this many rows are compacted.
-    pub target_rows_per_fragment: usize,
-    /// Budget per table and run.
-    pub max_source_fragments: usize,
+    pub target_rows: usize,
+    /// At most this many source fragments per run.
+    pub max_fragments: usize,
+    /// At most about this many source bytes per run (at least one task runs).
+    pub max_bytes: Option<u64>,
+}
+
+impl Default for Targets {
+    fn default() -> Targets {
+        Targets { target_rows: 1024 * 1024, max_fragments: 1000, max_bytes: None }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Targets for tables not in `per_table`.
+    pub targets: Targets,
+    pub per_table: BTreeMap<String, Targets>,
+    /// Split each table's tasks into this many batches for the executor.
+    pub parallel: usize,
     pub dry_run: bool,
 }
 
-impl Default for Options {
-    fn default() -> Options {
-        Options { target_rows_per_fragment: 1024 * 1024, max_source_fragments: 1000, dry_run: false }
+impl Options {
+    pub fn targets_for(&self, table: &str) -> Targets {
+        self.per_table.get(table).copied().unwrap_or(self.targets)
     }
+}
+
+/// Compaction tasks of one table, all planned at one Lance version: the unit
+/// of fan-out, serializable so another process or invocation can run it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Batch {
+    pub table: String,
+    pub tasks: Vec<CompactionTask>,
+}
+
+/// Run a batch's tasks: write their new fragments, commit nothing. The
+/// coordinator's intent covers the files (cleanup and recovery see it).
+pub async fn execute_batch(lake: &Lake, batch: &Batch, deadline: &Deadline) -> Result<Vec<RewriteResult>> {
+    let Some(first) = batch.tasks.first() else { return Ok(Vec::new()) };
+    assert!(batch.tasks.iter().all(|t| t.read_version == first.read_version), "one batch, one planned version");
+    let ds = lake.open_table(&batch.table, Some(first.read_version)).await?;
+    let mut results = Vec::with_capacity(batch.tasks.len());
+    for task in &batch.tasks {
+        deadline.check("a compaction task")?;
+        results.push(task.clone().execute(&ds).await.map_err(|e| Error::lance(&batch.table, e))?);
+    }
+    Ok(results)
+}
+
+/// Where compaction tasks run.
+#[async_trait]
+pub trait Executor: Send + Sync {
+    /// Run every batch; all results, or an error if any batch failed.
+    async fn execute(&self, lake: &Lake, batches: Vec<Batch>, deadline: &Deadline) -> Result<Vec<RewriteResult>>;
+    /// How many workers it runs batches on.
+    fn workers(&self, batches: usize) -> usize;
+}
+
+/// Runs the batches one after another in this process.
+pub struct InProcess;
+
+#[async_trait]
+impl Executor for InProcess {
+    async fn execute(&self, lake: &Lake, batches: Vec<Batch>, deadline: &Deadline) -> Result<Vec<RewriteResult>> {
+        let mut results = Vec::new();
+        for batch in &batches {
+            results.extend(execute_batch(lake, batch, deadline).await?);
+        }
+        Ok(results)
+    }
+
+    fn workers(&self, _batches: usize) -> usize {
+        1
+    }
+}
+
+/// After losing a commit race, give the winner (usually another optimizer, soon
+/// to publish) a moment to move the pin, so the next plan starts from its
+/// result instead of conflicting again. Bounded by `PIN_WAIT` and the deadline.
+async fn await_pin_past(lake: &Lake, table: &str, pin: u64, deadline: &Deadline) -> Result<()> {
+    let until = std::time::Instant::now() + PIN_WAIT.min(deadline.remaining());
+    while std::time::Instant::now() < until {
+        let latest = manifest::read_latest(lake).await?.expect("checked by run");
+        if latest.tables.get(table).is_some_and(|p| p.version > pin) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
+
+/// Keep the plan's leading tasks within the bytes budget (at least one).
+fn within_bytes(plan: &mut CompactionPlan, max_bytes: Option<u64>) {
+    let Some(max) = max_bytes else { return };
+    let task_bytes = |t: &lance::dataset::optimize::TaskData| -> u64 {
+        t.fragments.iter().flat_map(|f| &f.files).map(|d| d.file_size_bytes.get().map_or(0, u64::from)).sum()
+    };
+    let mut total = 0;
+    let keep = plan.tasks.iter().take_while(|t| {
+        total += task_bytes(t);
+        total <= max
+    });
+    let keep = keep.count().max(1);
+    plan.tasks.truncate(keep);
+}
+
+/// Split `tasks` round-robin into at most `n` batches.
+fn batches(table: &str, tasks: Vec<CompactionTask>, n: usize) -> Vec<Batch> {
+    let n = n.clamp(1, tasks.len().max(1));
+    let mut out: Vec<Batch> = (0..n).map(|_| Batch { table: table.to_string(), tasks: Vec::new() }).collect();
+    for (i, task) in tasks.into_iter().enumerate() {
+        out[i % n].tasks.push(task);
+    }
+    out
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -61,7 +175,7 @@ pub enum TableAction {
     /// `--dry-run`: what would be compacted.
     Planned { tasks: usize, source_fragments: usize },
     /// Compacted and published at this manifest version.
-    Compacted { lance_version: u64, manifest_version: u64, fragments_removed: usize, fragments_added: usize },
+    Compacted { lance_version: u64, manifest_version: u64, fragments_removed: usize, fragments_added: usize, tasks: usize, workers: usize },
     /// Another optimizer compacted this same state; it is published.
     DoneByOther,
 }
@@ -69,6 +183,7 @@ pub enum TableAction {
 #[derive(Debug, Clone, Serialize)]
 pub struct TableReport {
     pub table: String,
+    pub targets: Targets,
     pub fragments_before: usize,
     pub fragments_after: usize,
     #[serde(flatten)]
@@ -82,7 +197,7 @@ pub struct Report {
 }
 
 /// Compact `tables` (every published table if empty).
-pub async fn run(lake: &Lake, tables: &[String], opts: Options, budget: Budget) -> Result<Report> {
+pub async fn run(lake: &Lake, tables: &[String], opts: &Options, budget: Budget, executor: &dyn Executor) -> Result<Report> {
     let before = lake.requests();
     let deadline = Deadline::after(budget.timeout);
     let latest = manifest::read_latest(lake).await?.ok_or_else(|| Error::Usage(format!("no lake at {}: nothing to optimize", lake.uri())))?;
@@ -98,24 +213,26 @@ pub async fn run(lake: &Lake, tables: &[String], opts: Options, budget: Budget) 
     }
     let mut reports = Vec::with_capacity(names.len());
     for name in names {
-        reports.push(compact_table(lake, &name, opts, budget.clock_skew, &deadline).await?);
+        reports.push(compact_table(lake, &name, opts, budget.clock_skew, &deadline, executor).await?);
     }
     Ok(Report { tables: reports, requests: lake.requests().since(&before) })
 }
 
-async fn compact_table(lake: &Lake, table: &str, opts: Options, skew: Duration, deadline: &Deadline) -> Result<TableReport> {
+async fn compact_table(lake: &Lake, table: &str, opts: &Options, skew: Duration, deadline: &Deadline, executor: &dyn Executor) -> Result<TableReport> {
+    let targets = opts.targets_for(table);
     for _ in 0..MAX_REPLANS {
         let latest = manifest::read_latest(lake).await?.expect("checked by run");
         let pin = latest.tables[table].clone();
         let mut ds = lake.open_table(table, Some(pin.version)).await?;
         let fragments_before = ds.fragments().len();
-        let report = |action, after| TableReport { table: table.to_string(), fragments_before, fragments_after: after, action };
+        let report = |action, after| TableReport { table: table.to_string(), targets, fragments_before, fragments_after: after, action };
         let compaction = CompactionOptions {
-            target_rows_per_fragment: opts.target_rows_per_fragment,
-            max_source_fragments: Some(opts.max_source_fragments),
+            target_rows_per_fragment: targets.target_rows,
+            max_source_fragments: Some(targets.max_fragments),
             ..Default::default()
         };
-        let plan = plan_compaction(&ds, &compaction).await.map_err(|e| Error::lance(table, e))?;
+        let mut plan = plan_compaction(&ds, &compaction).await.map_err(|e| Error::lance(table, e))?;
+        within_bytes(&mut plan, targets.max_bytes);
         if plan.num_tasks() == 0 {
             return Ok(report(TableAction::NothingToDo, fragments_before));
         }
@@ -151,13 +268,12 @@ async fn compact_table(lake: &Lake, table: &str, opts: Options, skew: Duration, 
             Created::Gone => continue,
         }
         // Nothing is committed until the rewrite: a failure before it removes the intent.
+        let batches = batches(table, plan.compaction_tasks().collect(), opts.parallel);
+        let workers = executor.workers(batches.len());
         let executed = async {
             failpoints::hit(failpoints::OPTIMIZE_AFTER_INTENT)?;
-            let mut results = Vec::with_capacity(plan.num_tasks());
-            for task in plan.compaction_tasks() {
-                deadline.check("a compaction task")?;
-                results.push(task.execute(&ds).await.map_err(|e| Error::lance(table, e))?);
-            }
+            let results = executor.execute(lake, batches, deadline).await?;
+            assert_eq!(results.len(), plan.num_tasks(), "one result per task");
             deadline.check("committing a compaction")?;
             Ok(results)
         }
@@ -176,7 +292,8 @@ async fn compact_table(lake: &Lake, table: &str, opts: Options, skew: Duration, 
             // An update or delete of the same fragments won: nothing of ours landed; plan again.
             Err(lance::Error::RetryableCommitConflict { .. }) => {
                 sidecar::finish(lake, &op, &attempt, false).await?;
-                tracing::info!(table, "compaction conflicted with an update of the same fragments; re-planning");
+                tracing::info!(table, "compaction conflicted with a rewrite, update or delete of the same fragments; re-planning");
+                await_pin_past(lake, table, pin.version, deadline).await?;
                 continue;
             }
             Err(e) => return Err(Error::lance(table, e)),
@@ -197,6 +314,8 @@ async fn compact_table(lake: &Lake, table: &str, opts: Options, skew: Duration, 
             manifest_version,
             fragments_removed: metrics.fragments_removed,
             fragments_added: metrics.fragments_added,
+            tasks: plan.num_tasks(),
+            workers,
         };
         return Ok(report(action, after));
     }

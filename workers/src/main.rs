@@ -20,6 +20,8 @@ use sluice::optimize;
 use sluice::lake::Timing;
 use sluice::{Error, Lake, Result, cleanup, read};
 
+mod fanout;
+
 #[derive(Parser)]
 #[command(name = "sluice", version, about = "Ingest files into Lance tables on S3, exactly once, with no server")]
 struct Cli {
@@ -119,12 +121,27 @@ enum Command {
         /// Say what would be compacted; change nothing.
         #[arg(long)]
         dry_run: bool,
-        /// Fragments with fewer rows than this are compacted.
-        #[arg(long, default_value_t = 1024 * 1024)]
-        target_rows: usize,
-        /// At most this many fragments per table and run (a bigger backlog takes several runs).
-        #[arg(long, default_value_t = 1000)]
-        max_fragments: usize,
+        /// Fragments with fewer rows than this are compacted: N for every table,
+        /// TABLE=N for one (repeatable). Default 1048576.
+        #[arg(long, value_name = "[TABLE=]N")]
+        target_rows: Vec<String>,
+        /// At most this many source fragments per table and run (a bigger backlog
+        /// takes several runs): N or TABLE=N. Default 1000.
+        #[arg(long, value_name = "[TABLE=]N")]
+        max_fragments: Vec<String>,
+        /// At most about this many source bytes per table and run (at least one
+        /// task runs): N or TABLE=N. Default: no limit.
+        #[arg(long, value_name = "[TABLE=]N")]
+        max_bytes: Vec<String>,
+        /// Run each table's compaction tasks in up to N processes; one commit.
+        #[arg(long, default_value_t = 1)]
+        parallel: usize,
+        #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+    /// (Internal) run compaction tasks read from stdin as JSON; print their results.
+    #[command(hide = true)]
+    CompactTasks {
         #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
@@ -286,9 +303,15 @@ async fn run(cli: Cli) -> Result<()> {
                 )));
             }
         }
-        Command::Optimize { tables, dry_run, target_rows, max_fragments, timeout } => {
-            let opts = optimize::Options { target_rows_per_fragment: target_rows, max_source_fragments: max_fragments, dry_run };
-            let report = optimize::run(&lake, &tables, opts, Budget { timeout, clock_skew }).await?;
+        Command::Optimize { tables, dry_run, target_rows, max_fragments, max_bytes, parallel, timeout } => {
+            let opts = optimize_options(&target_rows, &max_fragments, &max_bytes, parallel, dry_run)?;
+            let budget = Budget { timeout, clock_skew };
+            let report = if parallel > 1 {
+                let processes = fanout::Processes { root: cli.root.clone(), clock_skew, retention_floor: cli.retention_floor };
+                optimize::run(&lake, &tables, &opts, budget, &processes).await?
+            } else {
+                optimize::run(&lake, &tables, &opts, budget, &optimize::InProcess).await?
+            };
             emit(cli.json, &report, || {
                 let lines: Vec<String> = report
                     .tables
@@ -297,8 +320,8 @@ async fn run(cli: Cli) -> Result<()> {
                         let what = match &t.action {
                             optimize::TableAction::NothingToDo => "nothing to compact".to_string(),
                             optimize::TableAction::Planned { tasks, source_fragments } => format!("would compact {source_fragments} fragments in {tasks} task(s)"),
-                            optimize::TableAction::Compacted { lance_version, manifest_version, .. } => {
-                                format!("compacted (lance v{lance_version}, manifest version {manifest_version})")
+                            optimize::TableAction::Compacted { lance_version, manifest_version, tasks, workers, .. } => {
+                                format!("compacted in {tasks} task(s) on {workers} worker(s) (lance v{lance_version}, manifest version {manifest_version})")
                             }
                             optimize::TableAction::DoneByOther => "compacted by another optimizer".into(),
                         };
@@ -339,6 +362,12 @@ manifest: {verb} {} version(s); keeping {}..={}
                 )));
             }
         }
+        Command::CompactTasks { timeout } => {
+            let batch: optimize::Batch = serde_json::from_reader(std::io::stdin().lock())
+                .map_err(|e| Error::Usage(format!("compact-tasks reads a batch of compaction tasks as JSON on stdin: {e}")))?;
+            let results = optimize::execute_batch(&lake, &batch, &sluice::deadline::Deadline::after(timeout)).await?;
+            println!("{}", serde_json::to_string(&results).expect("rewrite results serialize"));
+        }
         Command::Audit { limit } => {
             let records = sluice::audit::list(&lake, limit).await?;
             emit(cli.json, &records, || {
@@ -375,6 +404,37 @@ manifest: {verb} {} version(s); keeping {}..={}
         }
     }
     Ok(())
+}
+
+/// Per-table compaction targets from `N` / `TABLE=N` flags over the defaults.
+fn optimize_options(target_rows: &[String], max_fragments: &[String], max_bytes: &[String], parallel: usize, dry_run: bool) -> Result<optimize::Options> {
+    type Set = fn(&mut optimize::Targets, u64);
+    let flags: [(&str, &[String], Set); 3] = [
+        ("--target-rows", target_rows, |t, n| t.target_rows = n as usize),
+        ("--max-fragments", max_fragments, |t, n| t.max_fragments = n as usize),
+        ("--max-bytes", max_bytes, |t, n| t.max_bytes = Some(n)),
+    ];
+    let mut settings: Vec<(Option<&str>, Set, u64)> = Vec::new();
+    for (flag, values, set) in flags {
+        for value in values {
+            let (table, n) = match value.split_once('=') {
+                Some((t, n)) => (Some(t), n),
+                None => (None, value.as_str()),
+            };
+            let n = n.parse().ok().filter(|n| *n > 0).ok_or_else(|| Error::Usage(format!("{flag} {value}: expected N or TABLE=N, N > 0")))?;
+            settings.push((table, set, n));
+        }
+    }
+    let mut opts = optimize::Options { parallel: parallel.max(1), dry_run, ..Default::default() };
+    // Defaults first, so a table's own settings start from them.
+    for (_, set, n) in settings.iter().filter(|(t, _, _)| t.is_none()) {
+        set(&mut opts.targets, *n);
+    }
+    for (table, set, n) in settings.iter().filter_map(|(t, set, n)| t.map(|t| (t, set, n))) {
+        let targets = opts.per_table.entry(table.to_string()).or_insert(opts.targets);
+        set(targets, *n);
+    }
+    Ok(opts)
 }
 
 fn emit<T: serde::Serialize>(json: bool, value: &T, text: impl FnOnce() -> String) {

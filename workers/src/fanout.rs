@@ -1,0 +1,72 @@
+//! Compaction fan-out over local processes: each batch of tasks goes to a
+//! `sluice compact-tasks` child as JSON on stdin, its results come back on
+//! stdout, and the coordinator commits them all at once. A child that fails
+//! fails the whole compaction before anything is committed.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use lance::dataset::optimize::RewriteResult;
+use sluice::deadline::Deadline;
+use sluice::optimize::{Batch, Executor};
+use sluice::{Error, Lake, Result};
+use tokio::io::AsyncWriteExt;
+
+pub struct Processes {
+    pub root: String,
+    pub clock_skew: Duration,
+    pub retention_floor: Duration,
+}
+
+impl Processes {
+    async fn run_one(&self, batch: Batch, deadline: &Deadline) -> Result<Vec<RewriteResult>> {
+        let exe = std::env::current_exe().map_err(|e| Error::Io { path: "current executable".into(), source: e })?;
+        let mut child = tokio::process::Command::new(&exe)
+            .arg("--root")
+            .arg(&self.root)
+            .arg("--clock-skew")
+            .arg(format!("{}ms", self.clock_skew.as_millis()))
+            .arg("--retention-floor")
+            .arg(format!("{}ms", self.retention_floor.as_millis()))
+            .arg("compact-tasks")
+            .arg("--timeout")
+            .arg(format!("{}ms", deadline.remaining().as_millis().max(1)))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| Error::Io { path: exe.display().to_string(), source: e })?;
+        let input = serde_json::to_vec(&batch).expect("compaction tasks serialize");
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        stdin.write_all(&input).await.map_err(|e| Error::Io { path: "compact-tasks stdin".into(), source: e })?;
+        drop(stdin);
+        let out = child.wait_with_output().await.map_err(|e| Error::Io { path: exe.display().to_string(), source: e })?;
+        if !out.status.success() {
+            return Err(Error::Blocked(format!(
+                "a compaction worker process for table '{}' failed ({}): {}; nothing was committed, the next run plans again",
+                batch.table,
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        serde_json::from_slice(&out.stdout).map_err(|e| Error::Corrupt {
+            what: "compaction worker output",
+            path: batch.table.clone(),
+            reason: e.to_string(),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Executor for Processes {
+    async fn execute(&self, _lake: &Lake, batches: Vec<Batch>, deadline: &Deadline) -> Result<Vec<RewriteResult>> {
+        let runs = batches.into_iter().map(|b| self.run_one(b, deadline));
+        let results = futures::future::try_join_all(runs).await?;
+        Ok(results.into_iter().flatten().collect())
+    }
+
+    fn workers(&self, batches: usize) -> usize {
+        batches
+    }
+}
