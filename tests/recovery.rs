@@ -191,7 +191,7 @@ fn crash_matrix() {
     let cases = matrix();
     eprintln!(
         "crash matrix: {} failpoints x {} kinds x {} crash modes -> {} cases per backend (load-only steps skipped for single tables)",
-        ALL.len(),
+        ALL.len() - READ.len(),
         KINDS.len(),
         CRASHES.len(),
         cases.len()
