@@ -73,6 +73,37 @@ pub struct Options {
 }
 
 impl Options {
+    /// Options from `N` (every table) or `TABLE=N` (one table) settings, as the
+    /// CLI flags and the Lambda's environment give them.
+    pub fn parse(target_rows: &[String], max_fragments: &[String], max_bytes: &[String], parallel: usize, dry_run: bool) -> Result<Options> {
+        type Set = fn(&mut Targets, u64);
+        let settings: [(&str, &[String], Set); 3] = [
+            ("target rows", target_rows, |t, n| t.target_rows = n as usize),
+            ("max fragments", max_fragments, |t, n| t.max_fragments = n as usize),
+            ("max bytes", max_bytes, |t, n| t.max_bytes = Some(n)),
+        ];
+        let mut parsed: Vec<(Option<&str>, Set, u64)> = Vec::new();
+        for (what, values, set) in settings {
+            for value in values {
+                let (table, n) = match value.split_once('=') {
+                    Some((t, n)) => (Some(t), n),
+                    None => (None, value.as_str()),
+                };
+                let n = n.parse().ok().filter(|n| *n > 0).ok_or_else(|| Error::Usage(format!("{what} '{value}': expected N or TABLE=N, N > 0")))?;
+                parsed.push((table, set, n));
+            }
+        }
+        let mut opts = Options { parallel: parallel.max(1), dry_run, ..Default::default() };
+        // Defaults first, so a table's own settings start from them.
+        for (_, set, n) in parsed.iter().filter(|(t, _, _)| t.is_none()) {
+            set(&mut opts.targets, *n);
+        }
+        for (table, set, n) in parsed.iter().filter_map(|(t, set, n)| t.map(|t| (t, set, n))) {
+            set(opts.per_table.entry(table.to_string()).or_insert(opts.targets), *n);
+        }
+        Ok(opts)
+    }
+
     pub fn targets_for(&self, table: &str) -> Targets {
         self.per_table.get(table).copied().unwrap_or(self.targets)
     }

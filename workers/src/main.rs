@@ -304,7 +304,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Optimize { tables, dry_run, target_rows, max_fragments, max_bytes, parallel, timeout } => {
-            let opts = optimize_options(&target_rows, &max_fragments, &max_bytes, parallel, dry_run)?;
+            let opts = optimize::Options::parse(&target_rows, &max_fragments, &max_bytes, parallel, dry_run)?;
             let budget = Budget { timeout, clock_skew };
             let report = if parallel > 1 {
                 let processes = fanout::Processes { root: cli.root.clone(), clock_skew, retention_floor: cli.retention_floor };
@@ -404,37 +404,6 @@ manifest: {verb} {} version(s); keeping {}..={}
         }
     }
     Ok(())
-}
-
-/// Per-table compaction targets from `N` / `TABLE=N` flags over the defaults.
-fn optimize_options(target_rows: &[String], max_fragments: &[String], max_bytes: &[String], parallel: usize, dry_run: bool) -> Result<optimize::Options> {
-    type Set = fn(&mut optimize::Targets, u64);
-    let flags: [(&str, &[String], Set); 3] = [
-        ("--target-rows", target_rows, |t, n| t.target_rows = n as usize),
-        ("--max-fragments", max_fragments, |t, n| t.max_fragments = n as usize),
-        ("--max-bytes", max_bytes, |t, n| t.max_bytes = Some(n)),
-    ];
-    let mut settings: Vec<(Option<&str>, Set, u64)> = Vec::new();
-    for (flag, values, set) in flags {
-        for value in values {
-            let (table, n) = match value.split_once('=') {
-                Some((t, n)) => (Some(t), n),
-                None => (None, value.as_str()),
-            };
-            let n = n.parse().ok().filter(|n| *n > 0).ok_or_else(|| Error::Usage(format!("{flag} {value}: expected N or TABLE=N, N > 0")))?;
-            settings.push((table, set, n));
-        }
-    }
-    let mut opts = optimize::Options { parallel: parallel.max(1), dry_run, ..Default::default() };
-    // Defaults first, so a table's own settings start from them.
-    for (_, set, n) in settings.iter().filter(|(t, _, _)| t.is_none()) {
-        set(&mut opts.targets, *n);
-    }
-    for (table, set, n) in settings.iter().filter_map(|(t, set, n)| t.map(|t| (t, set, n))) {
-        let targets = opts.per_table.entry(table.to_string()).or_insert(opts.targets);
-        set(targets, *n);
-    }
-    Ok(opts)
 }
 
 fn emit<T: serde::Serialize>(json: bool, value: &T, text: impl FnOnce() -> String) {

@@ -1,0 +1,141 @@
+//! The function's configuration: environment variables, read and checked once
+//! at cold start, so a misconfigured function fails its init with a message
+//! that names the variable instead of failing every invocation.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Deserialize;
+use sluice::cleanup;
+use sluice::lake::Timing;
+use sluice::manifest::Mode;
+use sluice::optimize;
+
+/// How objects under one key prefix are ingested.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    pub table: String,
+    pub mode: Option<Mode>,
+    pub key: Option<String>,
+    pub format: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `SLUICE_ROOT`: the lake, e.g. s3://bucket/lake.
+    pub root: String,
+    /// `SLUICE_TABLES`: JSON `{"<key prefix>": {"table": ..., "mode"?, "key"?, "format"?}}`;
+    /// objects under no prefix go to the table named by their folder.
+    pub routes: BTreeMap<String, Route>,
+    /// `SLUICE_CLOCK_SKEW`, `SLUICE_RETENTION_FLOOR`.
+    pub timing: Timing,
+    /// `SLUICE_DEADLINE_MARGIN`: kept back from the invocation's deadline for
+    /// reporting (default 5s).
+    pub margin: Duration,
+    /// `SLUICE_OPTIMIZE_TARGET_ROWS`, `_MAX_FRAGMENTS`, `_MAX_BYTES`: comma-separated `N` / `TABLE=N`.
+    pub optimize: optimize::Options,
+    /// `SLUICE_CLEANUP_KEEP`, `_KEEP_VERSIONS`, `_KEEP_AUDIT`.
+    pub cleanup: CleanupSettings,
+    /// `SLUICE_SCHEDULED_ACTION`: what a scheduled event without an action does.
+    pub scheduled_action: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct CleanupSettings {
+    pub keep: Option<Duration>,
+    pub keep_versions: usize,
+    pub keep_audit: Duration,
+}
+
+impl CleanupSettings {
+    pub fn options(&self, lake: &sluice::Lake, dry_run: bool) -> cleanup::Options {
+        let defaults = cleanup::Options::for_lake(lake);
+        cleanup::Options { keep: self.keep.unwrap_or(defaults.keep), keep_versions: self.keep_versions, keep_audit: self.keep_audit, dry_run }
+    }
+}
+
+pub const ACTIONS: [&str; 6] = ["ingest", "load", "optimize", "cleanup", "recover", "status"];
+
+fn var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+fn bad(name: &str, value: &str, why: impl std::fmt::Display) -> String {
+    format!("environment variable {name}={value:?} is invalid: {why}")
+}
+
+fn duration(name: &str, default: Option<&str>) -> Result<Option<Duration>, String> {
+    match var(name).or(default.map(String::from)) {
+        None => Ok(None),
+        Some(v) => humantime::parse_duration(&v).map(Some).map_err(|e| bad(name, &v, format!("{e} (e.g. 90s, 15m, 1h)"))),
+    }
+}
+
+fn list(name: &str) -> Vec<String> {
+    var(name).map(|v| v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()).unwrap_or_default()
+}
+
+impl Config {
+    pub fn from_env() -> Result<Config, String> {
+        let root = var("SLUICE_ROOT").ok_or("environment variable SLUICE_ROOT is not set: set it to the lake root, e.g. s3://my-bucket/lake")?;
+        sluice::lake::Root::parse(&root).map_err(|e| bad("SLUICE_ROOT", &root, e))?;
+        let routes: BTreeMap<String, Route> = match var("SLUICE_TABLES") {
+            None => BTreeMap::new(),
+            Some(v) => serde_json::from_str(&v).map_err(|e| bad("SLUICE_TABLES", &v, format!("{e}; expected {{\"incoming/orders/\": {{\"table\": \"orders\"}}}}")))?,
+        };
+        for route in routes.values() {
+            sluice::ingest::validate_table_name(&route.table).map_err(|e| bad("SLUICE_TABLES", &route.table, e))?;
+            if route.mode == Some(Mode::Upsert) && route.key.is_none() {
+                return Err(bad("SLUICE_TABLES", &route.table, "mode upsert needs a key"));
+            }
+            if let Some(f) = &route.format {
+                f.parse::<sluice::decode::Format>().map_err(|e| bad("SLUICE_TABLES", f, e))?;
+            }
+        }
+        let timing = Timing {
+            clock_skew: duration("SLUICE_CLOCK_SKEW", Some("1m"))?.expect("default"),
+            retention_floor: duration("SLUICE_RETENTION_FLOOR", Some("1h"))?.expect("default"),
+        };
+        let optimize = optimize::Options::parse(
+            &list("SLUICE_OPTIMIZE_TARGET_ROWS"),
+            &list("SLUICE_OPTIMIZE_MAX_FRAGMENTS"),
+            &list("SLUICE_OPTIMIZE_MAX_BYTES"),
+            1,
+            false,
+        )
+        .map_err(|e| format!("SLUICE_OPTIMIZE_*: {e}"))?;
+        let keep_versions = match var("SLUICE_CLEANUP_KEEP_VERSIONS") {
+            None => 10,
+            Some(v) => v.parse().ok().filter(|n| *n > 0).ok_or_else(|| bad("SLUICE_CLEANUP_KEEP_VERSIONS", &v, "expected a count > 0"))?,
+        };
+        let cleanup = CleanupSettings {
+            keep: duration("SLUICE_CLEANUP_KEEP", None)?,
+            keep_versions,
+            keep_audit: duration("SLUICE_CLEANUP_KEEP_AUDIT", Some("30days"))?.expect("default"),
+        };
+        if cleanup.keep.is_some_and(|k| k < timing.retention_floor) {
+            return Err("SLUICE_CLEANUP_KEEP is below SLUICE_RETENTION_FLOOR: keep manifest versions at least as long as the floor".into());
+        }
+        let scheduled_action = var("SLUICE_SCHEDULED_ACTION");
+        if let Some(a) = &scheduled_action
+            && !["optimize", "cleanup", "recover"].contains(&a.as_str())
+        {
+            return Err(bad("SLUICE_SCHEDULED_ACTION", a, "expected optimize, cleanup or recover"));
+        }
+        Ok(Config {
+            root,
+            routes,
+            timing,
+            margin: duration("SLUICE_DEADLINE_MARGIN", Some("5s"))?.expect("default"),
+            optimize,
+            cleanup,
+            scheduled_action,
+        })
+    }
+
+    /// The route for an object key: the longest matching prefix.
+    pub fn route(&self, key: &str) -> Option<&Route> {
+        self.routes.iter().filter(|(prefix, _)| key.starts_with(prefix.as_str())).max_by_key(|(prefix, _)| prefix.len()).map(|(_, r)| r)
+    }
+}

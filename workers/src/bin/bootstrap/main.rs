@@ -1,0 +1,260 @@
+//! `bootstrap`: the Lambda face of sluice, a thin shell over the same core as
+//! the CLI. It serves S3 notifications (direct, via SQS, via SNS), EventBridge
+//! events (S3 "Object Created" and schedules) and direct `{"action": ...}`
+//! invocations. The invocation's deadline, minus `SLUICE_DEADLINE_MARGIN`,
+//! is every operation's budget. Logs are JSON lines carrying the request id;
+//! metrics are CloudWatch Embedded Metric Format lines on stdout.
+
+mod config;
+mod events;
+mod metrics;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use lambda_runtime::{Diagnostic, LambdaEvent, service_fn};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sluice::decode::Progress;
+use sluice::ingest::{self, Budget, TableRequest};
+use sluice::manifest::Mode;
+use sluice::{Error, Lake, cleanup, optimize, read, recover};
+
+use config::Config;
+use events::{Message, Object, Work};
+use metrics::Metrics;
+
+struct State {
+    config: Config,
+    lake: Lake,
+}
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_runtime::Error> {
+    tracing_subscriber::fmt()
+        .json()
+        .with_current_span(true)
+        .with_span_list(false)
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| "info,lance=warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let config = Config::from_env().inspect_err(|e| tracing::error!(error = %e, "invalid configuration"))?;
+    let lake = Lake::open(&config.root)?.with_timing(config.timing);
+    tracing::info!(root = %config.root, routes = config.routes.len(), "sluice ready");
+    let state = Arc::new(State { config, lake });
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
+        let state = Arc::clone(&state);
+        // Boxed: the core's futures nest deep enough to overflow the layout query.
+        async move { Box::pin(handle(&state, event)).await.map_err(diagnostic) }
+    }))
+    .await
+}
+
+async fn handle(state: &State, event: LambdaEvent<Value>) -> Result<Value, Error> {
+    let budget = budget(state, event.context.deadline);
+    let work = events::classify(event.payload).map_err(|e| Error::Usage(format!("cannot handle this event: {e}")))?;
+    let mut metrics = Metrics::default();
+    let result = match work {
+        Work::Objects(objects) => Box::pin(ingest_objects(state, &objects, budget, &mut metrics)).await.map(|r| to_json(&r)),
+        Work::Batch(messages) => Ok(Box::pin(ingest_batch(state, messages, budget, &mut metrics)).await),
+        Work::Action(payload) => Box::pin(action(state, payload, budget, &mut metrics)).await,
+        Work::Scheduled => match &state.config.scheduled_action {
+            Some(a) => Box::pin(action(state, json!({"action": a}), budget, &mut metrics)).await,
+            None => Err(Error::Usage("a scheduled event without an action, and SLUICE_SCHEDULED_ACTION is not set".into())),
+        },
+        Work::Ignore(what) => Ok(json!({"ignored": what})),
+    };
+    metrics.requests = state.lake.requests().total();
+    metrics.emit();
+    if let Err(e) = &result {
+        tracing::error!(error = %e, "invocation failed");
+    }
+    result
+}
+
+/// A failed invocation as Lambda reports it: the error's kind and message.
+fn diagnostic(e: Error) -> Diagnostic {
+    let kind = match &e {
+        Error::BadInput(_) => "BadInput",
+        Error::Usage(_) => "Usage",
+        Error::Deadline { .. } => "Deadline",
+        Error::Blocked(_) => "Blocked",
+        Error::Contention { .. } => "Contention",
+        Error::Corrupt { .. } => "Corrupt",
+        _ => "Failed",
+    };
+    Diagnostic { error_type: kind.into(), error_message: e.to_string() }
+}
+
+/// The operation budget: up to the invocation's deadline, minus the margin.
+fn budget(state: &State, deadline_ms: u64) -> Budget {
+    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let left = Duration::from_millis(deadline_ms.saturating_sub(now_ms)).saturating_sub(state.config.margin);
+    Budget { timeout: left.max(Duration::from_millis(1)), clock_skew: state.config.timing.clock_skew }
+}
+
+/// One request per table: configured routes first, else the object's folder.
+fn requests(state: &State, objects: &[Object]) -> Result<Vec<TableRequest>, Error> {
+    let mut by_table: BTreeMap<String, TableRequest> = BTreeMap::new();
+    for object in objects {
+        let (table, route) = match state.config.route(&object.key) {
+            Some(route) => (route.table.clone(), Some(route)),
+            None => {
+                let routed = ingest::route(&[object.uri()], None)?;
+                (routed.into_keys().next().expect("one source, one table"), None)
+            }
+        };
+        let request = by_table.entry(table.clone()).or_insert_with(|| TableRequest {
+            table,
+            sources: Vec::new(),
+            format: route.and_then(|r| r.format.as_deref()).map(|f| f.parse().expect("checked at start")),
+            mode: route.and_then(|r| r.mode),
+            key: route.and_then(|r| r.key.clone()),
+            schema: None,
+        });
+        if !request.sources.contains(&object.uri()) {
+            request.sources.push(object.uri());
+        }
+    }
+    Ok(by_table.into_values().collect())
+}
+
+async fn ingest_objects(state: &State, objects: &[Object], budget: Budget, metrics: &mut Metrics) -> Result<ingest::Report, Error> {
+    let requests = requests(state, objects)?;
+    let report = ingest::run(&state.lake, requests, budget, Arc::new(Progress::default())).await;
+    metrics.record_ingest(&report);
+    report
+}
+
+/// An SQS batch: one ingest of every readable message's objects (one commit
+/// per table, one publish). A source with bad input fails only the messages
+/// that carry it: it is set aside and the rest is ingested again without it
+/// (at most once per message). Failed messages go back to the queue, and after
+/// its retries to the dead-letter queue.
+async fn ingest_batch(state: &State, messages: Vec<Message>, budget: Budget, metrics: &mut Metrics) -> Value {
+    let mut failed: BTreeMap<String, String> = BTreeMap::new();
+    let mut live: Vec<(String, Vec<Object>)> = Vec::new();
+    for m in messages {
+        match m.objects {
+            Ok(objects) => live.push((m.id, objects)),
+            Err(why) => {
+                tracing::error!(message_id = %m.id, reason = %why, "poison message");
+                failed.insert(m.id, why);
+            }
+        }
+    }
+    let mut reports = Vec::new();
+    for _ in 0..=live.len() {
+        let objects: Vec<Object> = live.iter().flat_map(|(_, o)| o.iter().cloned()).collect();
+        if objects.is_empty() {
+            break;
+        }
+        match ingest_objects(state, &objects, budget, metrics).await {
+            Ok(report) => {
+                reports.push(report);
+                break;
+            }
+            Err(Error::BadInput(bad)) => {
+                let (poisoned, rest): (Vec<_>, Vec<_>) = live.into_iter().partition(|(_, o)| o.iter().any(|o| o.uri() == bad.source_uri));
+                if poisoned.is_empty() {
+                    fail_all(&mut failed, rest, &Error::BadInput(bad));
+                    break;
+                }
+                for (id, _) in poisoned {
+                    tracing::error!(message_id = %id, source = %bad.source_uri, reason = %bad, "bad input: quarantined, message failed");
+                    failed.insert(id, bad.to_string());
+                }
+                live = rest;
+            }
+            Err(e) => {
+                fail_all(&mut failed, std::mem::take(&mut live), &e);
+                break;
+            }
+        }
+    }
+    json!({
+        "batchItemFailures": failed.keys().map(|id| json!({"itemIdentifier": id})).collect::<Vec<_>>(),
+        "failures": failed,
+        "reports": reports,
+    })
+}
+
+fn fail_all(failed: &mut BTreeMap<String, String>, messages: Vec<(String, Vec<Object>)>, e: &Error) {
+    for (id, _) in messages {
+        failed.insert(id, e.to_string());
+    }
+}
+
+/// A direct invocation: `{"action": "ingest" | "load" | "optimize" | "cleanup" | "recover" | "status", ...}`.
+#[derive(Deserialize)]
+#[serde(tag = "action", rename_all = "lowercase", deny_unknown_fields)]
+enum Action {
+    Ingest { sources: Vec<String>, table: Option<String>, format: Option<String>, mode: Option<Mode>, key: Option<String> },
+    Load { tables: Vec<LoadTable> },
+    Optimize { #[serde(default)] tables: Vec<String>, #[serde(default)] dry_run: bool },
+    Cleanup { #[serde(default)] dry_run: bool },
+    Recover { #[serde(default)] dry_run: bool },
+    Status {},
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoadTable {
+    table: String,
+    sources: Vec<String>,
+    format: Option<String>,
+    mode: Option<Mode>,
+    key: Option<String>,
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Value {
+    serde_json::to_value(value).expect("reports serialize")
+}
+
+async fn action(state: &State, payload: Value, budget: Budget, metrics: &mut Metrics) -> Result<Value, Error> {
+    let action: Action = serde_json::from_value(payload)
+        .map_err(|e| Error::Usage(format!("bad invocation: {e}; actions: {}", config::ACTIONS.join(", "))))?;
+    let lake = &state.lake;
+    match action {
+        Action::Ingest { sources, table, format, mode, key } => {
+            let format = format.as_deref().map(str::parse).transpose()?;
+            let requests = ingest::route(&sources, table.as_deref())?
+                .into_iter()
+                .map(|(table, sources)| TableRequest { table, sources, format, mode, key: key.clone(), schema: None })
+                .collect();
+            let report = ingest::run(lake, requests, budget, Arc::new(Progress::default())).await;
+            metrics.record_ingest(&report);
+            Ok(to_json(&report?))
+        }
+        Action::Load { tables } => {
+            let requests = tables
+                .into_iter()
+                .map(|t| Ok(TableRequest { table: t.table, sources: t.sources, format: t.format.as_deref().map(str::parse).transpose()?, mode: t.mode, key: t.key, schema: None }))
+                .collect::<Result<Vec<_>, Error>>()?;
+            let report = ingest::run(lake, requests, budget, Arc::new(Progress::default())).await;
+            metrics.record_ingest(&report);
+            Ok(to_json(&report?))
+        }
+        Action::Optimize { tables, dry_run } => {
+            let opts = optimize::Options { dry_run, ..state.config.optimize.clone() };
+            let report = optimize::run(lake, &tables, &opts, budget, &optimize::InProcess).await?;
+            metrics.compactions = report.tables.iter().filter(|t| matches!(t.action, optimize::TableAction::Compacted { .. })).count() as u64;
+            Ok(to_json(&report))
+        }
+        Action::Cleanup { dry_run } => {
+            let report = cleanup::run(lake, state.config.cleanup.options(lake, dry_run), budget.timeout).await?;
+            metrics.record_sweep(&report.recovery);
+            Ok(to_json(&report))
+        }
+        Action::Recover { dry_run } => {
+            let report = recover::sweep(lake, recover::Options { clock_skew: budget.clock_skew, dry_run }, budget.timeout).await?;
+            metrics.record_sweep(&report);
+            if report.unresolved() > 0 {
+                return Err(Error::Blocked(format!("recovery refused or failed on {} operation(s): {}", report.unresolved(), to_json(&report))));
+            }
+            Ok(to_json(&report))
+        }
+        Action::Status {} => Ok(to_json(&read::status(lake).await?)),
+    }
+}
