@@ -32,6 +32,8 @@ struct State {
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
+    // Failpoints (tests only; compiled in with the `failpoints` feature).
+    let _failpoints = fail::FailScenario::setup();
     tracing_subscriber::fmt()
         .json()
         .with_current_span(true)
@@ -52,6 +54,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
 }
 
 async fn handle(state: &State, event: LambdaEvent<Value>) -> Result<Value, Error> {
+    let before = state.lake.requests();
     let budget = budget(state, event.context.deadline);
     let work = events::classify(event.payload).map_err(|e| Error::Usage(format!("cannot handle this event: {e}")))?;
     let mut metrics = Metrics::default();
@@ -65,7 +68,7 @@ async fn handle(state: &State, event: LambdaEvent<Value>) -> Result<Value, Error
         },
         Work::Ignore(what) => Ok(json!({"ignored": what})),
     };
-    metrics.requests = state.lake.requests().total();
+    metrics.requests = state.lake.requests().since(&before).total();
     metrics.emit();
     if let Err(e) = &result {
         tracing::error!(error = %e, "invocation failed");

@@ -1,0 +1,370 @@
+//! The real `bootstrap` binary against a local Lambda Runtime API on
+//! 127.0.0.1 (next invocation, response, error), fed real-shaped events; the
+//! lake and the sources are on the local S3 server.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload, path::Path};
+use serde_json::{Value, json};
+
+use crate::common::*;
+
+/// What the function answered: its response, or the error it reported.
+#[derive(Debug, Clone)]
+pub enum Answer {
+    Response(Value),
+    Error(Value),
+}
+
+#[derive(Default)]
+struct Queue {
+    pending: VecDeque<(String, String, u64)>,
+    answers: HashMap<String, Answer>,
+}
+
+/// A minimal Lambda Runtime API: hands out queued events, collects answers.
+pub struct RuntimeApi {
+    addr: String,
+    state: Arc<(Mutex<Queue>, Condvar)>,
+}
+
+impl RuntimeApi {
+    pub fn start() -> RuntimeApi {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let state: Arc<(Mutex<Queue>, Condvar)> = Arc::default();
+        let shared = Arc::clone(&state);
+        std::thread::spawn(move || {
+            for conn in listener.incoming().map_while(Result::ok) {
+                let state = Arc::clone(&shared);
+                std::thread::spawn(move || serve(conn, &state));
+            }
+        });
+        RuntimeApi { addr, state }
+    }
+
+    /// Queue an invocation with `budget` until its deadline; returns its request id.
+    pub fn invoke(&self, payload: &Value, budget: Duration) -> String {
+        let id = uuid::Uuid::new_v4().to_string();
+        let deadline = std::time::SystemTime::now() + budget;
+        let ms = deadline.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+        let (lock, cvar) = &*self.state;
+        lock.lock().unwrap().pending.push_back((id.clone(), payload.to_string(), ms));
+        cvar.notify_all();
+        id
+    }
+
+    /// The answer to `id`, waiting at most `limit`.
+    pub fn answer(&self, id: &str, limit: Duration) -> Answer {
+        let (lock, cvar) = &*self.state;
+        let start = Instant::now();
+        let mut q = lock.lock().unwrap();
+        loop {
+            if let Some(a) = q.answers.get(id) {
+                return a.clone();
+            }
+            let left = limit.checked_sub(start.elapsed()).unwrap_or_else(|| panic!("no answer to {id} within {limit:?}"));
+            q = cvar.wait_timeout(q, left).unwrap().0;
+        }
+    }
+
+    pub fn call(&self, payload: &Value) -> Answer {
+        let id = self.invoke(payload, Duration::from_secs(120));
+        self.answer(&id, Duration::from_secs(180))
+    }
+
+    /// Start the function: the real binary with the Lambda environment.
+    pub fn function(&self, env: &[(&str, &str)]) -> Function {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_bootstrap"));
+        cmd.env("AWS_LAMBDA_RUNTIME_API", &self.addr)
+            .env("AWS_LAMBDA_FUNCTION_NAME", "sluice-test")
+            .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "1024")
+            .env("AWS_LAMBDA_LOG_STREAM_NAME", "test")
+            .env("AWS_LAMBDA_LOG_GROUP_NAME", "test")
+            .env_remove("SLUICE_TABLES")
+            .env_remove("FAILPOINTS")
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let stdout = tempfile::NamedTempFile::new().unwrap();
+        cmd.stdout(stdout.reopen().unwrap());
+        Function(cmd.spawn().unwrap(), stdout)
+    }
+}
+
+/// A running function process, killed on drop, and its stdout (metrics).
+pub struct Function(pub Child, tempfile::NamedTempFile);
+
+impl Function {
+    /// The Embedded Metric Format lines it printed so far.
+    pub fn metrics(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.1.path())
+            .unwrap()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v.get("_aws").is_some())
+            .collect()
+    }
+}
+
+impl Drop for Function {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn serve(conn: TcpStream, state: &(Mutex<Queue>, Condvar)) {
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let mut writer = conn;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut parts = line.split_whitespace();
+        let (method, path) = (parts.next().unwrap_or("").to_string(), parts.next().unwrap_or("").to_string());
+        let (mut length, mut chunked) = (0usize, false);
+        loop {
+            let mut header = String::new();
+            reader.read_line(&mut header).unwrap();
+            let header = header.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            let (name, value) = header.split_once(':').unwrap();
+            match name.to_ascii_lowercase().as_str() {
+                "content-length" => length = value.trim().parse().unwrap(),
+                "transfer-encoding" => chunked = value.trim().eq_ignore_ascii_case("chunked"),
+                _ => {}
+            }
+        }
+        let body = if chunked { read_chunked(&mut reader) } else {
+            let mut body = vec![0; length];
+            reader.read_exact(&mut body).unwrap();
+            body
+        };
+        let (lock, cvar) = state;
+        if method == "GET" && path.ends_with("/runtime/invocation/next") {
+            let (id, event, deadline) = {
+                let mut q = lock.lock().unwrap();
+                loop {
+                    if let Some(next) = q.pending.pop_front() {
+                        break next;
+                    }
+                    q = cvar.wait(q).unwrap();
+                }
+            };
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nLambda-Runtime-Aws-Request-Id: {id}\r\nLambda-Runtime-Deadline-Ms: {deadline}\r\nLambda-Runtime-Invoked-Function-Arn: arn:aws:lambda:us-east-1:000000000000:function:sluice-test\r\nContent-Length: {}\r\n\r\n",
+                event.len()
+            );
+            if writer.write_all(head.as_bytes()).and_then(|_| writer.write_all(event.as_bytes())).is_err() {
+                return;
+            }
+            continue;
+        }
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        if let ["2018-06-01", "runtime", "invocation", id, kind @ ("response" | "error")] = segments.as_slice() {
+            let value: Value = serde_json::from_slice(&body).unwrap_or(Value::String(String::from_utf8_lossy(&body).into()));
+            let answer = if *kind == "response" { Answer::Response(value) } else { Answer::Error(value) };
+            lock.lock().unwrap().answers.insert(id.to_string(), answer);
+            cvar.notify_all();
+        }
+        let _ = writer.write_all(b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n");
+    }
+}
+
+fn read_chunked(reader: &mut BufReader<TcpStream>) -> Vec<u8> {
+    let mut body = Vec::new();
+    loop {
+        let mut size = String::new();
+        reader.read_line(&mut size).unwrap();
+        let n = usize::from_str_radix(size.trim().split(';').next().unwrap(), 16).unwrap();
+        let mut chunk = vec![0; n + 2];
+        reader.read_exact(&mut chunk).unwrap();
+        if n == 0 {
+            return body;
+        }
+        body.extend_from_slice(&chunk[..n]);
+    }
+}
+
+struct S3 {
+    bucket: String,
+    store: Arc<dyn ObjectStore>,
+    prefix: String,
+}
+
+impl S3 {
+    fn new() -> Option<S3> {
+        let base = std::env::var("SLUICE_TEST_S3").ok()?;
+        let bucket = base.trim_start_matches("s3://").split('/').next().unwrap().to_string();
+        let store = sluice::lake::s3_store(&bucket, &sluice::lake::s3_options_from_env()).unwrap();
+        Some(S3 { bucket, store, prefix: format!("lambda-{}", uuid::Uuid::new_v4().simple()) })
+    }
+
+    fn lake(&self) -> String {
+        format!("s3://{}/{}/lake", self.bucket, self.prefix)
+    }
+
+    /// Put `body` at `<prefix>/incoming/<rel>`; returns the key.
+    fn put(&self, rel: &str, body: String) -> String {
+        let key = format!("{}/incoming/{rel}", self.prefix);
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(self.store.put(&Path::from(key.as_str()), PutPayload::from(body))).unwrap();
+        key
+    }
+
+    fn rows(&self, rel: &str, ids: std::ops::Range<i64>) -> String {
+        self.put(rel, ids.map(|i| format!("{{\"id\": {i}, \"name\": \"n{i}\"}}\n")).collect())
+    }
+
+    fn record(&self, key: &str) -> Value {
+        json!({
+            "eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": "us-east-1",
+            "eventTime": "2026-11-24T12:00:00.000Z", "eventName": "ObjectCreated:Put",
+            "userIdentity": {"principalId": "test"}, "requestParameters": {"sourceIPAddress": "127.0.0.1"},
+            "responseElements": {},
+            "s3": {"s3SchemaVersion": "1.0", "configurationId": "incoming",
+                   "bucket": {"name": self.bucket, "ownerIdentity": {"principalId": "test"}, "arn": format!("arn:aws:s3:::{}", self.bucket)},
+                   "object": {"key": key.replace(' ', "+"), "size": 1, "eTag": "x", "sequencer": "0"}}
+        })
+    }
+
+    fn s3_event(&self, keys: &[&str]) -> Value {
+        json!({"Records": keys.iter().map(|k| self.record(k)).collect::<Vec<_>>()})
+    }
+
+    fn sqs_message(&self, id: &str, body: String) -> Value {
+        json!({
+            "messageId": id, "receiptHandle": format!("rh-{id}"), "body": body,
+            "attributes": {"ApproximateReceiveCount": "1", "SentTimestamp": "0", "SenderId": "s3", "ApproximateFirstReceiveTimestamp": "0"},
+            "messageAttributes": {}, "md5OfBody": "", "eventSource": "aws:sqs",
+            "eventSourceARN": "arn:aws:sqs:us-east-1:000000000000:incoming", "awsRegion": "us-east-1"
+        })
+    }
+}
+
+fn scan(root: &str, table: &str) -> Vec<i64> {
+    scan_ids(root, table)
+}
+
+fn response(answer: Answer) -> Value {
+    match answer {
+        Answer::Response(v) => v,
+        Answer::Error(e) => panic!("the function failed: {e}"),
+    }
+}
+
+/// S3 notifications delivered directly, twice and out of order; an SQS batch
+/// with a poison message and a bad file among good ones (only those two are
+/// reported failed; the rest lands in one publish); an SNS-wrapped message;
+/// EventBridge Object Created and a scheduled recovery; direct actions; a bad
+/// configuration fails the cold start with a message naming the variable.
+#[test]
+fn the_lambda_serves_every_event_shape_end_to_end() {
+    let Some(s3) = S3::new() else { return };
+    let api = RuntimeApi::start();
+    let lake = s3.lake();
+    let tables = json!({format!("{}/incoming/orders/", s3.prefix): {"table": "orders"}}).to_string();
+    let f = api.function(&[("SLUICE_ROOT", &lake), ("SLUICE_TABLES", &tables), ("SLUICE_CLOCK_SKEW", "0s"), ("SLUICE_SCHEDULED_ACTION", "recover")]);
+
+    // Direct S3 notifications: routed by prefix (orders) and by folder (clicks).
+    let o1 = s3.rows("orders/o 1.jsonl", 0..10);
+    let c1 = s3.rows("clicks/c1.jsonl", 100..105);
+    let r = response(api.call(&s3.s3_event(&[&o1, &c1])));
+    assert_eq!(r["manifest_version"].as_u64().is_some(), true, "{r}");
+    // Duplicate and out-of-order redelivery: nothing twice.
+    let o2 = s3.rows("orders/o2.jsonl", 10..20);
+    response(api.call(&s3.s3_event(&[&o2, &o1])));
+    response(api.call(&s3.s3_event(&[&c1])));
+    assert_eq!(scan(&lake, "orders"), (0..20).collect::<Vec<_>>());
+    assert_eq!(scan(&lake, "clicks"), (100..105).collect::<Vec<_>>());
+
+    // An SQS batch: good messages, a poison body, a bad file; an SNS envelope.
+    let o3 = s3.rows("orders/o3.jsonl", 20..30);
+    let o4 = s3.rows("orders/o4.jsonl", 30..40);
+    let bad = s3.put("orders/bad.jsonl", "{\"id\": 1}\n{\"id\": \n".into());
+    let sns = json!({"Type": "Notification", "MessageId": "sns-1", "Message": s3.s3_event(&[&o4]).to_string()}).to_string();
+    let batch = json!({"Records": [
+        s3.sqs_message("m-good", s3.s3_event(&[&o3]).to_string()),
+        s3.sqs_message("m-poison", "not json".into()),
+        s3.sqs_message("m-bad", s3.s3_event(&[&bad]).to_string()),
+        s3.sqs_message("m-sns", sns),
+    ]});
+    let r = response(api.call(&batch));
+    let mut failed: Vec<&str> = r["batchItemFailures"].as_array().unwrap().iter().map(|f| f["itemIdentifier"].as_str().unwrap()).collect();
+    failed.sort();
+    assert_eq!(failed, ["m-bad", "m-poison"], "{r}");
+    assert!(r["failures"]["m-bad"].as_str().unwrap().contains("line 2"), "{r}");
+    assert_eq!(scan(&lake, "orders"), (0..40).collect::<Vec<_>>());
+
+    // EventBridge: S3 Object Created, and a schedule (recovery, from the configuration).
+    let c2 = s3.rows("clicks/c2.jsonl", 105..110);
+    let eb = json!({"version": "0", "id": "e1", "detail-type": "Object Created", "source": "aws.s3", "account": "0", "time": "2026-11-24T12:00:00Z",
+        "region": "us-east-1", "resources": [], "detail": {"bucket": {"name": s3.bucket}, "object": {"key": c2}}});
+    response(api.call(&eb));
+    assert_eq!(scan(&lake, "clicks"), (100..110).collect::<Vec<_>>());
+    let scheduled = json!({"version": "0", "id": "e2", "detail-type": "Scheduled Event", "source": "aws.events", "account": "0",
+        "time": "2026-11-24T12:00:00Z", "region": "us-east-1", "resources": ["arn:aws:events:us-east-1:0:rule/sluice-recover"], "detail": {}});
+    let r = response(api.call(&scheduled));
+    assert_eq!(r["pending"], 0, "{r}");
+
+    // Direct actions, as scripts/invoke.sh sends them.
+    let r = response(api.call(&json!({"action": "optimize", "tables": ["orders"]})));
+    assert_eq!(r["tables"][0]["action"], "compacted", "{r}");
+    let r = response(api.call(&json!({"action": "status"})));
+    assert_eq!(r["tables"].as_array().unwrap().len(), 2, "{r}");
+    let r = response(api.call(&json!({"action": "cleanup", "dry_run": true})));
+    assert_eq!(r["dry_run"], true, "{r}");
+    match api.call(&json!({"action": "compact everything"})) {
+        Answer::Error(e) => assert!(e.to_string().contains("bad invocation"), "{e}"),
+        Answer::Response(r) => panic!("an unknown action must fail: {r}"),
+    }
+    assert_eq!(scan(&lake, "orders"), (0..40).collect::<Vec<_>>());
+
+    // One metrics line per invocation, in CloudWatch's Embedded Metric Format.
+    let metrics = f.metrics();
+    assert_eq!(metrics.len(), 10, "one per invocation so far: {metrics:?}");
+    assert_eq!(metrics.iter().map(|m| m["Rows"].as_u64().unwrap()).sum::<u64>(), 50, "every row ingested once: {metrics:?}");
+    assert_eq!(metrics.iter().map(|m| m["Quarantined"].as_u64().unwrap()).sum::<u64>(), 1);
+    assert_eq!(metrics[0]["_aws"]["CloudWatchMetrics"][0]["Namespace"], "sluice");
+
+    // A bad configuration stops the cold start with the variable's name.
+    let mut bad = api.function(&[("SLUICE_ROOT", &lake), ("SLUICE_CLOCK_SKEW", "soon")]);
+    let status = bad.0.wait().unwrap();
+    assert!(!status.success());
+}
+
+/// A function killed mid-batch (SIGKILL while ingesting), then the batch is
+/// retried on a fresh function: every row lands exactly once.
+#[test]
+fn a_function_killed_mid_batch_is_retried_without_duplicates() {
+    let Some(s3) = S3::new() else { return };
+    let api = RuntimeApi::start();
+    let lake = s3.lake();
+    let keys: Vec<String> = (0..4).map(|i| s3.rows(&format!("t/f{i}.jsonl"), i * 100..i * 100 + 50)).collect();
+    let batch = json!({"Records": keys.iter().enumerate().map(|(i, k)| s3.sqs_message(&format!("m{i}"), s3.s3_event(&[k]).to_string())).collect::<Vec<_>>()});
+
+    // The first function dies right after its Lance commit (held there, then killed).
+    let mut first = api.function(&[("SLUICE_ROOT", &lake), ("SLUICE_CLOCK_SKEW", "0s"), ("SLUICE_DEADLINE_MARGIN", "500ms"), ("FAILPOINTS", "ingest.after-commit=sleep(600000)")]);
+    let id = api.invoke(&batch, Duration::from_secs(4));
+    std::thread::sleep(Duration::from_secs(6));
+    first.0.kill().unwrap();
+    let _ = id;
+
+    // SQS redelivers the batch to a new function once the visibility timeout passes.
+    let _second = api.function(&[("SLUICE_ROOT", &lake), ("SLUICE_CLOCK_SKEW", "0s")]);
+    let r = response(api.call(&batch));
+    assert_eq!(r["batchItemFailures"].as_array().unwrap().len(), 0, "{r}");
+    let want: Vec<i64> = (0..4).flat_map(|i| i * 100..i * 100 + 50).collect();
+    assert_eq!(scan(&lake, "t"), want, "every row exactly once");
+}
