@@ -265,8 +265,8 @@ fn response(answer: Answer) -> Value {
 }
 
 /// S3 notifications delivered directly, twice and out of order; an SQS batch
-/// with a poison message and a bad file among good ones (only those two are
-/// reported failed; the rest lands in one publish); an SNS-wrapped message;
+/// with a poison message, an object no table takes, a missing object and a bad
+/// file among good ones (only those four are reported failed; the rest lands); an SNS-wrapped message;
 /// EventBridge Object Created and a scheduled recovery; direct actions; a bad
 /// configuration fails the cold start with a message naming the variable.
 #[test]
@@ -299,11 +299,13 @@ fn the_lambda_serves_every_event_shape_end_to_end() {
         s3.sqs_message("m-poison", "not json".into()),
         s3.sqs_message("m-bad", s3.s3_event(&[&bad]).to_string()),
         s3.sqs_message("m-sns", sns),
+        s3.sqs_message("m-missing", s3.s3_event(&["gone/never-written.jsonl"]).to_string()),
+        s3.sqs_message("m-unroutable", s3.s3_event(&["bad folder!/x.jsonl"]).to_string()),
     ]});
     let r = response(api.call(&batch));
     let mut failed: Vec<&str> = r["batchItemFailures"].as_array().unwrap().iter().map(|f| f["itemIdentifier"].as_str().unwrap()).collect();
     failed.sort();
-    assert_eq!(failed, ["m-bad", "m-poison"], "{r}");
+    assert_eq!(failed, ["m-bad", "m-missing", "m-poison", "m-unroutable"], "{r}");
     assert!(r["failures"]["m-bad"].as_str().unwrap().contains("line 2"), "{r}");
     assert_eq!(scan(&lake, "orders"), (0..40).collect::<Vec<_>>());
 

@@ -132,14 +132,16 @@ async fn ingest_objects(state: &State, objects: &[Object], budget: Budget, metri
 
 /// An SQS batch: one ingest of every readable message's objects (one commit
 /// per table, one publish). A source with bad input fails only the messages
-/// that carry it: it is set aside and the rest is ingested again without it
-/// (at most once per message). Failed messages go back to the queue, and after
-/// its retries to the dead-letter queue.
+/// that carry it: it is set aside and the rest is ingested again without it.
+/// Any other failure (a missing object, say) is isolated by ingesting each
+/// message on its own. Failed messages go back to the queue, and after its
+/// retries to the dead-letter queue; a poison message never blocks the rest.
 async fn ingest_batch(state: &State, messages: Vec<Message>, budget: Budget, metrics: &mut Metrics) -> Value {
     let mut failed: BTreeMap<String, String> = BTreeMap::new();
     let mut live: Vec<(String, Vec<Object>)> = Vec::new();
     for m in messages {
-        match m.objects {
+        // A message whose objects cannot be routed to a table is as poisonous as an unreadable one.
+        match m.objects.and_then(|o| requests(state, &o).map(|_| o).map_err(|e| e.to_string())) {
             Ok(objects) => live.push((m.id, objects)),
             Err(why) => {
                 tracing::error!(message_id = %m.id, reason = %why, "poison message");
@@ -148,45 +150,47 @@ async fn ingest_batch(state: &State, messages: Vec<Message>, budget: Budget, met
         }
     }
     let mut reports = Vec::new();
+    // Each round either lands everything or removes at least one message.
     for _ in 0..=live.len() {
         let objects: Vec<Object> = live.iter().flat_map(|(_, o)| o.iter().cloned()).collect();
         if objects.is_empty() {
             break;
         }
-        match ingest_objects(state, &objects, budget, metrics).await {
+        let err = match ingest_objects(state, &objects, budget, metrics).await {
             Ok(report) => {
                 reports.push(report);
                 break;
             }
-            Err(Error::BadInput(bad)) => {
-                let (poisoned, rest): (Vec<_>, Vec<_>) = live.into_iter().partition(|(_, o)| o.iter().any(|o| o.uri() == bad.source_uri));
-                if poisoned.is_empty() {
-                    fail_all(&mut failed, rest, &Error::BadInput(bad));
-                    break;
-                }
-                for (id, _) in poisoned {
-                    tracing::error!(message_id = %id, source = %bad.source_uri, reason = %bad, "bad input: quarantined, message failed");
-                    failed.insert(id, bad.to_string());
-                }
-                live = rest;
+            Err(e) => e,
+        };
+        if let Error::BadInput(bad) = &err {
+            let (poisoned, rest): (Vec<_>, Vec<_>) = live.into_iter().partition(|(_, o)| o.iter().any(|o| o.uri() == bad.source_uri));
+            for (id, _) in &poisoned {
+                tracing::error!(message_id = %id, source = %bad.source_uri, reason = %bad, "bad input: quarantined, message failed");
+                failed.insert(id.clone(), bad.to_string());
             }
-            Err(e) => {
-                fail_all(&mut failed, std::mem::take(&mut live), &e);
-                break;
+            live = rest;
+            if !poisoned.is_empty() {
+                continue;
             }
         }
+        // Not pinned on one message: find out which, one message at a time.
+        for (id, objects) in std::mem::take(&mut live) {
+            match ingest_objects(state, &objects, budget, metrics).await {
+                Ok(report) => reports.push(report),
+                Err(e) => {
+                    tracing::error!(message_id = %id, error = %e, "message failed");
+                    failed.insert(id, e.to_string());
+                }
+            }
+        }
+        break;
     }
     json!({
         "batchItemFailures": failed.keys().map(|id| json!({"itemIdentifier": id})).collect::<Vec<_>>(),
         "failures": failed,
         "reports": reports,
     })
-}
-
-fn fail_all(failed: &mut BTreeMap<String, String>, messages: Vec<(String, Vec<Object>)>, e: &Error) {
-    for (id, _) in messages {
-        failed.insert(id, e.to_string());
-    }
 }
 
 /// A direct invocation: `{"action": "ingest" | "load" | "optimize" | "cleanup" | "recover" | "status", ...}`.
