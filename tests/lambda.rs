@@ -50,27 +50,12 @@ impl RuntimeApi {
 
     /// Queue an invocation with `budget` until its deadline; returns its request id.
     pub fn invoke(&self, payload: &Value, budget: Duration) -> String {
-        let id = uuid::Uuid::new_v4().to_string();
-        let deadline = std::time::SystemTime::now() + budget;
-        let ms = deadline.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
-        let (lock, cvar) = &*self.state;
-        lock.lock().unwrap().pending.push_back((id.clone(), payload.to_string(), ms));
-        cvar.notify_all();
-        id
+        enqueue(&self.state, payload.to_string(), budget)
     }
 
     /// The answer to `id`, waiting at most `limit`.
     pub fn answer(&self, id: &str, limit: Duration) -> Answer {
-        let (lock, cvar) = &*self.state;
-        let start = Instant::now();
-        let mut q = lock.lock().unwrap();
-        loop {
-            if let Some(a) = q.answers.get(id) {
-                return a.clone();
-            }
-            let left = limit.checked_sub(start.elapsed()).unwrap_or_else(|| panic!("no answer to {id} within {limit:?}"));
-            q = cvar.wait_timeout(q, left).unwrap().0;
-        }
+        wait_answer(&self.state, id, limit)
     }
 
     pub fn call(&self, payload: &Value) -> Answer {
@@ -82,7 +67,8 @@ impl RuntimeApi {
     pub fn function(&self, env: &[(&str, &str)]) -> Function {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_bootstrap"));
         cmd.env("AWS_LAMBDA_RUNTIME_API", &self.addr)
-            .env("AWS_LAMBDA_FUNCTION_NAME", "sluice-test")
+            .env("AWS_LAMBDA_FUNCTION_NAME", FUNCTION)
+            .env("AWS_ENDPOINT_URL_LAMBDA", format!("http://{}", self.addr))
             .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
             .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "1024")
             .env("AWS_LAMBDA_LOG_STREAM_NAME", "test")
@@ -119,6 +105,48 @@ impl Drop for Function {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// The function this API serves, as the Lambda Invoke API knows it.
+const FUNCTION: &str = "sluice-test";
+
+fn enqueue(state: &(Mutex<Queue>, Condvar), payload: String, budget: Duration) -> String {
+    let id = uuid::Uuid::new_v4().to_string();
+    let deadline = std::time::SystemTime::now() + budget;
+    let ms = deadline.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let (lock, cvar) = state;
+    lock.lock().unwrap().pending.push_back((id.clone(), payload, ms));
+    cvar.notify_all();
+    id
+}
+
+fn wait_answer(state: &(Mutex<Queue>, Condvar), id: &str, limit: Duration) -> Answer {
+    let (lock, cvar) = state;
+    let start = Instant::now();
+    let mut q = lock.lock().unwrap();
+    loop {
+        if let Some(a) = q.answers.get(id) {
+            return a.clone();
+        }
+        let left = limit.checked_sub(start.elapsed()).unwrap_or_else(|| panic!("no answer to {id} within {limit:?}"));
+        q = cvar.wait_timeout(q, left).unwrap().0;
+    }
+}
+
+/// Lambda's Invoke API (RequestResponse), as the optimize fan-out calls it:
+/// the payload becomes an invocation of this function; its answer, the reply.
+fn invoke_api(state: &(Mutex<Queue>, Condvar), name: &str, body: Vec<u8>) -> String {
+    if name != FUNCTION {
+        let error = json!({"Type": "User", "message": format!("Function not found: {name}")}).to_string();
+        return format!("HTTP/1.1 404 Not Found\r\nx-amzn-ErrorType: ResourceNotFoundException\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{error}", error.len());
+    }
+    let id = enqueue(state, String::from_utf8(body).unwrap(), Duration::from_secs(120));
+    let (error, value) = match wait_answer(state, &id, Duration::from_secs(180)) {
+        Answer::Response(v) => ("", v),
+        Answer::Error(v) => ("X-Amz-Function-Error: Unhandled\r\n", v),
+    };
+    let value = value.to_string();
+    format!("HTTP/1.1 200 OK\r\n{error}X-Amz-Executed-Version: $LATEST\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{value}", value.len())
 }
 
 fn serve(conn: TcpStream, state: &(Mutex<Queue>, Condvar)) {
@@ -172,6 +200,12 @@ fn serve(conn: TcpStream, state: &(Mutex<Queue>, Condvar)) {
             continue;
         }
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        if let ["2015-03-31", "functions", name, "invocations"] = segments.as_slice() {
+            if writer.write_all(invoke_api(state, name, body).as_bytes()).is_err() {
+                return;
+            }
+            continue;
+        }
         if let ["2018-06-01", "runtime", "invocation", id, kind @ ("response" | "error")] = segments.as_slice() {
             let value: Value = serde_json::from_slice(&body).unwrap_or(Value::String(String::from_utf8_lossy(&body).into()));
             let answer = if *kind == "response" { Answer::Response(value) } else { Answer::Error(value) };
@@ -369,4 +403,57 @@ fn a_function_killed_mid_batch_is_retried_without_duplicates() {
     assert_eq!(r["batchItemFailures"].as_array().unwrap().len(), 0, "{r}");
     let want: Vec<i64> = (0..4).flat_map(|i| i * 100..i * 100 + 50).collect();
     assert_eq!(scan(&lake, "t"), want, "every row exactly once");
+}
+
+fn fragments(root: &str, table: &str) -> u64 {
+    status(root)["tables"].as_array().unwrap().iter().find(|t| t["name"] == table).unwrap()["fragments"].as_u64().unwrap()
+}
+
+/// An `optimize` invocation fans its compaction out to worker invocations
+/// through Lambda's Invoke API, then commits every result once. Workers that
+/// fail after writing their files, or a worker function that does not exist,
+/// fail the compaction with nothing committed; the next run compacts.
+#[test]
+fn optimize_fans_out_over_worker_invocations() {
+    let Some(s3) = S3::new() else { return };
+    let lake = s3.lake();
+    let env = [("SLUICE_ROOT", lake.as_str()), ("SLUICE_CLOCK_SKEW", "0s"), ("SLUICE_OPTIMIZE_TARGET_ROWS", "20"), ("SLUICE_OPTIMIZE_PARALLEL", "3")];
+    let with = |extra: (&'static str, &'static str)| env.iter().copied().chain([extra]).collect::<Vec<_>>();
+    // Twelve one-file ingests: twelve fragments of ten rows, six tasks of two.
+    {
+        let api = RuntimeApi::start();
+        let _f = api.function(&env);
+        for i in 0..12 {
+            let key = s3.rows(&format!("t/f{i:02}.jsonl"), i * 10..i * 10 + 10);
+            response(api.call(&s3.s3_event(&[&key])));
+        }
+    }
+    assert_eq!(fragments(&lake, "t"), 12);
+
+    // Each API is one function's pool of sandboxes: the coordinator and three workers.
+    for (extra, why) in [(("FAILPOINTS", "optimize.after-rewrite=return"), "failpoint optimize.after-rewrite"), (("SLUICE_WORKER_FUNCTION", "no-such-function"), "Function not found: no-such-function")] {
+        let api = RuntimeApi::start();
+        let _pool: Vec<Function> = (0..4).map(|_| api.function(&with(extra))).collect();
+        match api.call(&json!({"action": "optimize"})) {
+            Answer::Error(e) => assert!(e.to_string().contains("compaction worker invocation") && e.to_string().contains(why), "{e}"),
+            Answer::Response(r) => panic!("a failed worker must fail the compaction: {r}"),
+        }
+        assert_eq!(fragments(&lake, "t"), 12, "nothing committed");
+        assert_eq!(pending(&lake), 0, "the coordinator's intent is gone");
+    }
+
+    let api = RuntimeApi::start();
+    let pool: Vec<Function> = (0..4).map(|_| api.function(&env)).collect();
+    let r = response(api.call(&json!({"action": "optimize"})));
+    let t = &r["tables"][0];
+    assert_eq!((t["action"].as_str(), t["tasks"].as_u64(), t["workers"].as_u64()), (Some("compacted"), Some(6), Some(3)), "{r}");
+    assert_eq!(fragments(&lake, "t"), 6);
+    assert_eq!(scan(&lake, "t"), (0..120).collect::<Vec<_>>(), "every row, once");
+    let lines: usize = pool.iter().map(|f| f.metrics().len()).sum();
+    assert_eq!(lines, 4, "the coordinator's invocation and three workers'");
+
+    // The failed workers' files (six tasks, one file each) are orphans; cleanup reclaims them.
+    let r = response(api.call(&json!({"action": "cleanup"})));
+    assert_eq!(r["tables"][0]["data_files_removed"], 6, "{r}");
+    assert_eq!(scan(&lake, "t"), (0..120).collect::<Vec<_>>());
 }

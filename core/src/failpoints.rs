@@ -44,6 +44,9 @@ pub const RECOVER_BEFORE_FINISH: &str = "recover.before-finish";
 
 /// An optimizer wrote its intent; nothing compacted yet.
 pub const OPTIMIZE_AFTER_INTENT: &str = "optimize.after-intent";
+/// A batch of compaction tasks wrote its new files (in the coordinator, or in
+/// a fan-out worker); nothing committed.
+pub const OPTIMIZE_AFTER_REWRITE: &str = "optimize.after-rewrite";
 /// An optimizer's rewrite is committed in Lance; not yet published.
 pub const OPTIMIZE_AFTER_COMMIT: &str = "optimize.after-commit";
 
@@ -53,7 +56,7 @@ pub const SCAN_AFTER_OPEN: &str = "scan.after-open";
 /// The writer's steps (a crash here leaves work for recovery).
 pub const WRITER: &[&str] = &[AFTER_INTENT, AFTER_CLAIMS, BEFORE_COMMIT, AFTER_COMMIT, BEFORE_DECISION, AFTER_DECISION, BEFORE_PUBLISH, AFTER_PUBLISH, BEFORE_FINISH];
 /// The optimizer's own steps.
-pub const OPTIMIZE: &[&str] = &[OPTIMIZE_AFTER_INTENT, OPTIMIZE_AFTER_COMMIT];
+pub const OPTIMIZE: &[&str] = &[OPTIMIZE_AFTER_INTENT, OPTIMIZE_AFTER_REWRITE, OPTIMIZE_AFTER_COMMIT];
 /// Readers' steps (a rendezvous for tests; a reader leaves nothing behind).
 pub const READ: &[&str] = &[SCAN_AFTER_OPEN];
 /// Recovery's own steps (a crash here leaves work for the next sweep).
@@ -74,6 +77,7 @@ pub const ALL: &[&str] = &[
     RECOVER_AFTER_EFFECTS,
     RECOVER_BEFORE_FINISH,
     OPTIMIZE_AFTER_INTENT,
+    OPTIMIZE_AFTER_REWRITE,
     OPTIMIZE_AFTER_COMMIT,
     SCAN_AFTER_OPEN,
 ];

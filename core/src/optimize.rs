@@ -128,6 +128,7 @@ pub async fn execute_batch(lake: &Lake, batch: &Batch, deadline: &Deadline) -> R
         deadline.check("a compaction task")?;
         results.push(task.clone().execute(&ds).await.map_err(|e| Error::lance(&batch.table, e))?);
     }
+    failpoints::hit(failpoints::OPTIMIZE_AFTER_REWRITE)?;
     Ok(results)
 }
 

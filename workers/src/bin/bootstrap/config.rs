@@ -33,8 +33,11 @@ pub struct Config {
     /// `SLUICE_DEADLINE_MARGIN`: kept back from the invocation's deadline for
     /// reporting (default 5s).
     pub margin: Duration,
-    /// `SLUICE_OPTIMIZE_TARGET_ROWS`, `_MAX_FRAGMENTS`, `_MAX_BYTES`: comma-separated `N` / `TABLE=N`.
+    /// `SLUICE_OPTIMIZE_TARGET_ROWS`, `_MAX_FRAGMENTS`, `_MAX_BYTES`: comma-separated `N` / `TABLE=N`;
+    /// `SLUICE_OPTIMIZE_PARALLEL`: worker invocations per table (default 1: in the coordinator).
     pub optimize: optimize::Options,
+    /// `SLUICE_WORKER_FUNCTION`: the function optimize fans out to (default: this one).
+    pub worker_function: String,
     /// `SLUICE_CLEANUP_KEEP`, `_KEEP_VERSIONS`, `_KEEP_AUDIT`.
     pub cleanup: CleanupSettings,
     /// `SLUICE_SCHEDULED_ACTION`: what a scheduled event without an action does.
@@ -76,6 +79,13 @@ fn list(name: &str) -> Vec<String> {
     var(name).map(|v| v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()).unwrap_or_default()
 }
 
+fn count(name: &str, default: usize) -> Result<usize, String> {
+    match var(name) {
+        None => Ok(default),
+        Some(v) => v.parse().ok().filter(|n| *n > 0).ok_or_else(|| bad(name, &v, "expected a count > 0")),
+    }
+}
+
 impl Config {
     pub fn from_env() -> Result<Config, String> {
         let root = var("SLUICE_ROOT").ok_or("environment variable SLUICE_ROOT is not set: set it to the lake root, e.g. s3://my-bucket/lake")?;
@@ -101,14 +111,14 @@ impl Config {
             &list("SLUICE_OPTIMIZE_TARGET_ROWS"),
             &list("SLUICE_OPTIMIZE_MAX_FRAGMENTS"),
             &list("SLUICE_OPTIMIZE_MAX_BYTES"),
-            1,
+            count("SLUICE_OPTIMIZE_PARALLEL", 1)?,
             false,
         )
         .map_err(|e| format!("SLUICE_OPTIMIZE_*: {e}"))?;
-        let keep_versions = match var("SLUICE_CLEANUP_KEEP_VERSIONS") {
-            None => 10,
-            Some(v) => v.parse().ok().filter(|n| *n > 0).ok_or_else(|| bad("SLUICE_CLEANUP_KEEP_VERSIONS", &v, "expected a count > 0"))?,
-        };
+        let worker_function = var("SLUICE_WORKER_FUNCTION")
+            .or_else(|| var("AWS_LAMBDA_FUNCTION_NAME"))
+            .ok_or("environment variable SLUICE_WORKER_FUNCTION is not set (nor AWS_LAMBDA_FUNCTION_NAME, which Lambda sets)")?;
+        let keep_versions = count("SLUICE_CLEANUP_KEEP_VERSIONS", 10)?;
         let cleanup = CleanupSettings {
             keep: duration("SLUICE_CLEANUP_KEEP", None)?,
             keep_versions,
@@ -129,6 +139,7 @@ impl Config {
             timing,
             margin: duration("SLUICE_DEADLINE_MARGIN", Some("5s"))?.expect("default"),
             optimize,
+            worker_function,
             cleanup,
             scheduled_action,
         })

@@ -7,6 +7,7 @@
 
 mod config;
 mod events;
+mod fanout;
 mod metrics;
 
 use std::collections::BTreeMap;
@@ -16,6 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use lambda_runtime::{Diagnostic, LambdaEvent, service_fn};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use sluice::deadline::Deadline;
 use sluice::decode::Progress;
 use sluice::ingest::{self, Budget, TableRequest};
 use sluice::manifest::Mode;
@@ -28,6 +30,8 @@ use metrics::Metrics;
 struct State {
     config: Config,
     lake: Lake,
+    /// Optimize fan-out to worker invocations (when `SLUICE_OPTIMIZE_PARALLEL` > 1 or asked).
+    invocations: fanout::Invocations,
 }
 
 #[tokio::main]
@@ -44,7 +48,9 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let config = Config::from_env().inspect_err(|e| tracing::error!(error = %e, "invalid configuration"))?;
     let lake = Lake::open(&config.root)?.with_timing(config.timing);
     tracing::info!(root = %config.root, routes = config.routes.len(), "sluice ready");
-    let state = Arc::new(State { config, lake });
+    let aws = aws_config::load_from_env().await;
+    let invocations = fanout::Invocations { client: aws_sdk_lambda::Client::new(&aws), function: config.worker_function.clone() };
+    let state = Arc::new(State { config, lake, invocations });
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
         let state = Arc::clone(&state);
         // Boxed: the core's futures nest deep enough to overflow the layout query.
@@ -199,7 +205,10 @@ async fn ingest_batch(state: &State, messages: Vec<Message>, budget: Budget, met
 enum Action {
     Ingest { sources: Vec<String>, table: Option<String>, format: Option<String>, mode: Option<Mode>, key: Option<String> },
     Load { tables: Vec<LoadTable> },
-    Optimize { #[serde(default)] tables: Vec<String>, #[serde(default)] dry_run: bool },
+    Optimize { #[serde(default)] tables: Vec<String>, #[serde(default)] dry_run: bool, parallel: Option<usize> },
+    /// A fan-out worker's share of a coordinator's compaction (see `fanout`).
+    #[serde(rename = "compact-tasks")]
+    CompactTasks { batch: optimize::Batch, timeout_ms: u64 },
     Cleanup { #[serde(default)] dry_run: bool },
     Recover { #[serde(default)] dry_run: bool },
     Status {},
@@ -243,9 +252,10 @@ async fn action(state: &State, payload: Value, budget: Budget, metrics: &mut Met
             metrics.record_ingest(&report);
             Ok(to_json(&report?))
         }
-        Action::Optimize { tables, dry_run } => {
-            let opts = optimize::Options { dry_run, ..state.config.optimize.clone() };
-            let report = optimize::run(lake, &tables, &opts, budget, &optimize::InProcess).await?;
+        Action::Optimize { tables, dry_run, parallel } => {
+            let opts = optimize::Options { dry_run, parallel: parallel.unwrap_or(state.config.optimize.parallel).max(1), ..state.config.optimize.clone() };
+            let executor: &dyn optimize::Executor = if opts.parallel > 1 { &state.invocations } else { &optimize::InProcess };
+            let report = optimize::run(lake, &tables, &opts, budget, executor).await?;
             metrics.compactions = report.tables.iter().filter(|t| matches!(t.action, optimize::TableAction::Compacted { .. })).count() as u64;
             Ok(to_json(&report))
         }
@@ -261,6 +271,10 @@ async fn action(state: &State, payload: Value, budget: Budget, metrics: &mut Met
                 return Err(Error::Blocked(format!("recovery refused or failed on {} operation(s): {}", report.unresolved(), to_json(&report))));
             }
             Ok(to_json(&report))
+        }
+        Action::CompactTasks { batch, timeout_ms } => {
+            let deadline = Deadline::after(budget.timeout.min(Duration::from_millis(timeout_ms)));
+            Ok(to_json(&optimize::execute_batch(lake, &batch, &deadline).await?))
         }
         Action::Status {} => Ok(to_json(&read::status(lake).await?)),
     }
