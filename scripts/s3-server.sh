@@ -1,23 +1,15 @@
 #!/usr/bin/env bash
 # Start a local S3-compatible server (moto) on 127.0.0.1 for tests and demos.
 # Usage: scripts/s3-server.sh start PORT BUCKET | stop PORT
-# Installs moto[server] into a virtualenv under ~/.cache on first use.
+# Installs moto[server] (with the other test tools) into a virtualenv under ~/.cache on first use.
 set -euo pipefail
-VENV="${SLUICE_VENV:-$HOME/.cache/sluice-venv}"
-MOTO_VERSION=5.2.5
-
-ensure_moto() {
-  if [ ! -x "$VENV/bin/moto_server" ]; then
-    echo "installing moto[server]==$MOTO_VERSION into $VENV..." >&2
-    python3 -m venv "$VENV"
-    "$VENV/bin/pip" install -q "moto[server]==$MOTO_VERSION"
-  fi
-}
+. "$(dirname "$0")/env.sh"
+VENV="$SLUICE_VENV"
 
 case "${1:-}" in
   start)
     port="$2"; bucket="$3"
-    ensure_moto
+    ensure_test_tools
     pidfile="$HOME/.cache/sluice-moto-$port.pid"
     "$VENV/bin/moto_server" -H 127.0.0.1 -p "$port" >"$HOME/.cache/sluice-moto-$port.log" 2>&1 &
     echo $! >"$pidfile"

@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
 ensure_protoc
+ensure_test_tools
 
 # One copy of arrow and lance (object_store 0.13 is DataFusion's own, inside Lance).
 dups=$(cargo tree -e normal --workspace --prefix none | awk '{print $1, $2}' | sort -u \

@@ -457,3 +457,44 @@ fn optimize_fans_out_over_worker_invocations() {
     assert_eq!(r["tables"][0]["data_files_removed"], 6, "{r}");
     assert_eq!(scan(&lake, "t"), (0..120).collect::<Vec<_>>());
 }
+
+/// scripts/invoke.sh through the AWS CLI and Lambda's Invoke API, as an
+/// operator runs it: actions with KEY=VALUE arguments, the function's JSON
+/// result on stdout, exit 1 when the function reports an error.
+#[test]
+fn the_invoke_script_runs_actions_on_the_function() {
+    let Some(s3) = S3::new() else { return };
+    let api = RuntimeApi::start();
+    let lake = s3.lake();
+    let _f = api.function(&[("SLUICE_ROOT", &lake), ("SLUICE_CLOCK_SKEW", "0s")]);
+    let venv = std::env::var("SLUICE_VENV").unwrap_or_else(|_| format!("{}/.cache/sluice-venv", std::env::var("HOME").unwrap()));
+    let invoke = |args: &[&str]| {
+        let out = run(Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/invoke.sh"))
+            .env("PATH", format!("{venv}/bin:{}", std::env::var("PATH").unwrap()))
+            .args(["--function", FUNCTION, "--endpoint-url", &format!("http://{}", api.addr)])
+            .args(args));
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        (out.status.code(), stdout, String::from_utf8_lossy(&out.stderr).to_string())
+    };
+
+    let key = s3.rows("t/f1.jsonl", 0..7);
+    let sources = format!("sources=s3://{}/{key}", s3.bucket);
+    let (code, out, err) = invoke(&["ingest", &sources, "table=orders"]);
+    assert_eq!(code, Some(0), "{err}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["tables"]["orders"]["rows_inserted"], 7, "{report}");
+
+    let (code, out, _) = invoke(&["status"]);
+    assert_eq!(code, Some(0));
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["tables"][0]["name"], "orders");
+    let (code, out, _) = invoke(&["optimize", "tables=orders", "dry_run=true"]);
+    assert_eq!(code, Some(0));
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["tables"][0]["table"], "orders", "{out}");
+
+    // A source that does not exist: the function's error, and exit 1.
+    let missing = format!("sources=s3://{}/{}/incoming/t/none.jsonl", s3.bucket, s3.prefix);
+    let (code, out, err) = invoke(&["ingest", &missing, "table=orders"]);
+    assert_eq!(code, Some(1), "{out} {err}");
+    assert!(out.contains("errorMessage") && err.contains("reported an error"), "{out} {err}");
+    assert_eq!(scan(&lake, "orders"), (0..7).collect::<Vec<_>>());
+}

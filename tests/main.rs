@@ -6,6 +6,7 @@ mod common;
 
 mod bad_input;
 mod cleanup;
+mod deploy;
 mod formats;
 mod lambda;
 mod optimize;
