@@ -258,7 +258,7 @@ impl S3 {
     }
 
     fn rows(&self, rel: &str, ids: std::ops::Range<i64>) -> String {
-        self.put(rel, ids.map(|i| format!("{{\"id\": {i}, \"name\": \"n{i}\"}}\n")).collect())
+        self.put(rel, jsonl_rows(ids))
     }
 
     fn record(&self, key: &str) -> Value {
@@ -285,6 +285,10 @@ impl S3 {
             "eventSourceARN": "arn:aws:sqs:us-east-1:000000000000:incoming", "awsRegion": "us-east-1"
         })
     }
+}
+
+fn jsonl_rows(ids: std::ops::Range<i64>) -> String {
+    ids.map(|i| format!("{{\"id\": {i}, \"name\": \"n{i}\"}}\n")).collect()
 }
 
 fn scan(root: &str, table: &str) -> Vec<i64> {
@@ -373,6 +377,8 @@ fn the_lambda_serves_every_event_shape_end_to_end() {
     assert_eq!(metrics.iter().map(|m| m["Rows"].as_u64().unwrap()).sum::<u64>(), 50, "every row ingested once: {metrics:?}");
     assert_eq!(metrics.iter().map(|m| m["Quarantined"].as_u64().unwrap()).sum::<u64>(), 1);
     assert_eq!(metrics[0]["_aws"]["CloudWatchMetrics"][0]["Namespace"], "sluice");
+    assert_eq!(metrics[0]["Bytes"], jsonl_rows(0..10).len() + jsonl_rows(100..105).len(), "the first call's two files");
+    assert_eq!(metrics[0]["ManifestRetries"], 0, "nobody raced it");
 
     // A bad configuration stops the cold start with the variable's name.
     let mut bad = api.function(&[("SLUICE_ROOT", &lake), ("SLUICE_CLOCK_SKEW", "soon")]);
@@ -497,4 +503,64 @@ fn the_invoke_script_runs_actions_on_the_function() {
     assert_eq!(code, Some(1), "{out} {err}");
     assert!(out.contains("errorMessage") && err.contains("reported an error"), "{out} {err}");
     assert_eq!(scan(&lake, "orders"), (0..7).collect::<Vec<_>>());
+}
+
+/// When the invocation's time runs short, the function starts no new work:
+/// an SQS batch reports the messages it did not ingest as failed ("not done",
+/// so SQS delivers them again) and keeps what it finished; an optimize run
+/// reports its tables as not done. Nothing is half-visible, and a later
+/// delivery or run finishes the job exactly once.
+#[test]
+fn time_running_short_reports_the_rest_as_not_done() {
+    let Some(s3) = S3::new() else { return };
+    let lake = s3.lake();
+    let keys: Vec<String> = (0..4).map(|i| s3.rows(&format!("t/f{i}.jsonl"), i * 10..i * 10 + 10)).collect();
+    let mut records: Vec<Value> = keys.iter().enumerate().map(|(i, k)| s3.sqs_message(&format!("m{i}"), s3.s3_event(&[k]).to_string())).collect();
+    // A missing object fails the whole batch, so the messages are ingested one at a time, 3 s each.
+    records.push(s3.sqs_message("m-missing", s3.s3_event(&[&format!("{}/incoming/t/none.jsonl", s3.prefix)]).to_string()));
+    let batch = json!({"Records": records});
+    let slow = [("SLUICE_ROOT", lake.as_str()), ("SLUICE_CLOCK_SKEW", "0s"), ("SLUICE_DEADLINE_MARGIN", "500ms"), ("FAILPOINTS", "ingest.after-intent=sleep(3000)")];
+    let r = {
+        let api = RuntimeApi::start();
+        let _f = api.function(&slow);
+        let id = api.invoke(&batch, Duration::from_secs(9));
+        response(api.answer(&id, Duration::from_secs(60)))
+    };
+    let not_done: Vec<&str> = r["not_done"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    let failed: Vec<&str> = r["batchItemFailures"].as_array().unwrap().iter().map(|f| f["itemIdentifier"].as_str().unwrap()).collect();
+    assert!(!not_done.is_empty() && not_done.iter().all(|id| failed.contains(id)), "{r}");
+    assert!(r["failures"][not_done[0]].as_str().unwrap().starts_with("not done"), "{r}");
+    let landed: Vec<usize> = (0..4).filter(|i| !failed.contains(&format!("m{i}").as_str())).collect();
+    assert!(landed.contains(&0), "the first message had time: {r}");
+    let want = |msgs: &[usize]| msgs.iter().flat_map(|&i| i as i64 * 10..i as i64 * 10 + 10).collect::<Vec<_>>();
+    assert_eq!(scan(&lake, "t"), want(&landed), "what finished is published; nothing else is visible");
+
+    // SQS delivers the failed messages again, to a function with time enough.
+    let api = RuntimeApi::start();
+    let _f = api.function(&[("SLUICE_ROOT", &lake), ("SLUICE_CLOCK_SKEW", "0s"), ("SLUICE_OPTIMIZE_TARGET_ROWS", "100")]);
+    let again: Vec<Value> = batch["Records"].as_array().unwrap().iter().filter(|m| failed.contains(&m["messageId"].as_str().unwrap())).cloned().collect();
+    let r = response(api.call(&json!({"Records": again})));
+    let failed: Vec<&str> = r["batchItemFailures"].as_array().unwrap().iter().map(|f| f["itemIdentifier"].as_str().unwrap()).collect();
+    assert_eq!(failed, ["m-missing"], "{r}");
+    assert_eq!(scan(&lake, "t"), want(&[0, 1, 2, 3]), "every row exactly once");
+
+    // An optimize run out of time: its tables are not done, nothing is committed; the next run compacts.
+    let k = s3.rows("u/g0.jsonl", 100..110);
+    response(api.call(&s3.s3_event(&[&k])));
+    let k = s3.rows("u/g1.jsonl", 110..120);
+    response(api.call(&s3.s3_event(&[&k])));
+    let r = {
+        let slow_api = RuntimeApi::start();
+        let _f = slow_api.function(&[("SLUICE_ROOT", &lake), ("SLUICE_CLOCK_SKEW", "0s"), ("SLUICE_DEADLINE_MARGIN", "500ms"), ("SLUICE_OPTIMIZE_TARGET_ROWS", "100"), ("FAILPOINTS", "optimize.after-intent=sleep(6000)")]);
+        let id = slow_api.invoke(&json!({"action": "optimize"}), Duration::from_secs(6));
+        response(slow_api.answer(&id, Duration::from_secs(60)))
+    };
+    let actions: Vec<&str> = r["tables"].as_array().unwrap().iter().map(|t| t["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["not_done", "not_done"], "{r}");
+    assert!(r["tables"][1]["reason"].as_str().unwrap().starts_with("not started"), "{r}");
+    assert_eq!(pending(&lake), 0, "the intent is gone");
+    let r = response(api.call(&json!({"action": "optimize"})));
+    let actions: Vec<&str> = r["tables"].as_array().unwrap().iter().map(|t| t["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["compacted", "compacted"], "{r}");
+    assert_eq!(scan(&lake, "u"), (100..120).collect::<Vec<_>>());
 }

@@ -292,4 +292,15 @@ async fn latest_manifest_lookup_is_constant_and_a_stale_hint_costs_log_lag() {
     let lagging = cost(before);
     // Gallop: 1 + 9 hits (45, 46, 48, ... 300), a miss, then the next miss: ~2·log2(256).
     assert!(lagging <= 2 + 2 * 8, "{lagging} GETs for a lag of 256: not logarithmic");
+
+    // A publish from a stale base loses the race once, catches up, and wins: one retry counted.
+    let goal = Goal {
+        published: Published { op: "op-late".into(), attempt: "a-late".into(), kind: "ingest".into(), tables: Default::default(), sources: 1 },
+        pins: [("t".to_string(), TablePin { version: 301, mode: Mode::Append, key: None })].into(),
+    };
+    let old = manifest::history(&lake, 300).await.unwrap().into_iter().find(|m| m.version == 44).unwrap();
+    let retries = lake.manifest_retries();
+    let published = manifest::publish(&lake, old, &goal, &Deadline::after(TIMEOUT)).await.unwrap();
+    assert_eq!(published.version(), 301);
+    assert_eq!(lake.manifest_retries() - retries, 1);
 }

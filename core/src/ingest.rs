@@ -68,6 +68,8 @@ pub struct SourceReport {
     pub status: SourceStatus,
     /// The operation that ingested it.
     pub op: String,
+    /// Its size as stored.
+    pub bytes: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -441,7 +443,7 @@ impl Door<'_> {
                     }
                     Created::Theirs(existing) => {
                         let in_flight = existing.op != self.op && sidecar::intent_exists(self.lake, &existing.op).await?;
-                        let report = SourceReport { table: t.request.table.clone(), uri: source.uri.clone(), status: SourceStatus::AlreadyIngested, op: existing.op };
+                        let report = SourceReport { table: t.request.table.clone(), uri: source.uri.clone(), status: SourceStatus::AlreadyIngested, op: existing.op, bytes: source.size };
                         others.push((report, in_flight));
                     }
                 }
@@ -713,7 +715,7 @@ impl Door<'_> {
         for t in tables {
             for (source, _) in &t.sources {
                 let Some(claim) = sidecar::read_claim(self.lake, &source.id).await? else { return Ok(None) };
-                let report = SourceReport { table: t.request.table.clone(), uri: source.uri.clone(), status: SourceStatus::AlreadyIngested, op: claim.op };
+                let report = SourceReport { table: t.request.table.clone(), uri: source.uri.clone(), status: SourceStatus::AlreadyIngested, op: claim.op, bytes: source.size };
                 others.push((report, false));
             }
         }
@@ -729,6 +731,7 @@ impl Door<'_> {
                     uri: s.uri.clone(),
                     status: SourceStatus::Ingested,
                     op: self.op.clone(),
+                    bytes: s.size,
                 })
             })
             .collect();

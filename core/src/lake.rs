@@ -156,6 +156,8 @@ pub struct Lake {
     base: Path,
     storage_options: HashMap<String, String>,
     counts: Arc<RequestCounts>,
+    /// Manifest publishes retried after losing a race (for metrics).
+    manifest_retries: Arc<std::sync::atomic::AtomicU64>,
     session: Arc<Session>,
     wrapper: Arc<LanceWrapper>,
     timing: Timing,
@@ -233,6 +235,7 @@ impl Lake {
             base,
             storage_options,
             counts,
+            manifest_retries: Arc::default(),
             session: Arc::new(Session::default()),
             wrapper,
             timing: Timing::default(),
@@ -256,6 +259,15 @@ impl Lake {
     /// Requests this process has sent to the lake's store so far (sluice and Lance).
     pub fn requests(&self) -> RequestSnapshot {
         self.counts.snapshot()
+    }
+
+    /// Manifest publishes this process retried after losing a race (or finding a ghost).
+    pub fn manifest_retries(&self) -> u64 {
+        self.manifest_retries.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_manifest_retry(&self) {
+        self.manifest_retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The counted store, for raw writes into the lake (quarantine copies).

@@ -286,7 +286,10 @@ pub async fn writer_base(lake: &Lake) -> Result<Manifest> {
 /// version; on losing the race, re-read, merge forward, retry. A goal already
 /// covered by someone else's publish is success (invariant 6).
 pub async fn publish(lake: &Lake, mut base: Manifest, goal: &Goal, deadline: &Deadline) -> Result<PublishOutcome> {
-    for _ in 0..MAX_PUBLISH_ATTEMPTS {
+    for attempt in 0..MAX_PUBLISH_ATTEMPTS {
+        if attempt > 0 {
+            lake.count_manifest_retry();
+        }
         if goal.covered_by(&base) {
             return Ok(PublishOutcome::AlreadyCovered { version: base.version });
         }

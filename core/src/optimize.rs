@@ -210,14 +210,20 @@ pub enum TableAction {
     Compacted { lance_version: u64, manifest_version: u64, fragments_removed: usize, fragments_added: usize, tasks: usize, workers: usize },
     /// Another optimizer compacted this same state; it is published.
     DoneByOther,
+    /// The run's time ran out before this table's compaction was committed
+    /// (or before it started); the next run plans it again.
+    NotDone { reason: String },
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct TableReport {
     pub table: String,
     pub targets: Targets,
-    pub fragments_before: usize,
-    pub fragments_after: usize,
+    /// Unknown (absent) for a table the run had no time to open.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fragments_before: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fragments_after: Option<usize>,
     #[serde(flatten)]
     pub action: TableAction,
 }
@@ -243,9 +249,21 @@ pub async fn run(lake: &Lake, tables: &[String], opts: &Options, budget: Budget,
         let set: BTreeSet<String> = names.iter().cloned().collect();
         Box::pin(recover::heal(lake, &set, budget.clock_skew, &deadline)).await?;
     }
+    // Out of time: finish none of the rest, report each as not done, keep what was published.
     let mut reports = Vec::with_capacity(names.len());
+    let mut out_of_time: Option<String> = None;
     for name in names {
-        reports.push(compact_table(lake, &name, opts, budget.clock_skew, &deadline, executor).await?);
+        let report = match &out_of_time {
+            None => match compact_table(lake, &name, opts, budget.clock_skew, &deadline, executor).await {
+                Err(e @ Error::Deadline { .. }) => Err(e.to_string()),
+                other => Ok(other?),
+            },
+            Some(why) => Err(format!("not started: {why}")),
+        };
+        reports.push(report.unwrap_or_else(|reason| {
+            out_of_time.get_or_insert_with(|| reason.clone());
+            TableReport { table: name.clone(), targets: opts.targets_for(&name), fragments_before: None, fragments_after: None, action: TableAction::NotDone { reason } }
+        }));
     }
     Ok(Report { tables: reports, requests: lake.requests().since(&before) })
 }
@@ -257,7 +275,7 @@ async fn compact_table(lake: &Lake, table: &str, opts: &Options, skew: Duration,
         let pin = latest.tables[table].clone();
         let mut ds = lake.open_table(table, Some(pin.version)).await?;
         let fragments_before = ds.fragments().len();
-        let report = |action, after| TableReport { table: table.to_string(), targets, fragments_before, fragments_after: after, action };
+        let report = |action, after| TableReport { table: table.to_string(), targets, fragments_before: Some(fragments_before), fragments_after: Some(after), action };
         let compaction = CompactionOptions {
             target_rows_per_fragment: targets.target_rows,
             max_source_fragments: Some(targets.max_fragments),

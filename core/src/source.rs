@@ -29,6 +29,8 @@ pub struct Source {
     pub identity: String,
     /// Hex digest of `identity`: the ledger key.
     pub id: String,
+    /// Bytes, as stored (compressed if the file is).
+    pub size: u64,
     pub location: Location,
 }
 
@@ -63,6 +65,7 @@ impl Source {
                 uri: uri.to_string(),
                 id: digest_hex(identity.as_bytes()),
                 identity,
+                size: meta.size,
                 location: Location::S3 { store, key, e_tag: meta.e_tag, version: meta.version },
             });
         }
@@ -93,7 +96,7 @@ impl Source {
         .expect("hashing task panicked")
         .map_err(|e| Error::io(&shown, e))?;
         let identity = format!("file://{shown}#size={size};sha256={hash}");
-        Ok(Source { uri: shown, id: digest_hex(identity.as_bytes()), identity, location: Location::Local(path) })
+        Ok(Source { uri: shown, id: digest_hex(identity.as_bytes()), identity, size, location: Location::Local(path) })
     }
 
     /// The file name, used for format detection and routing.

@@ -324,8 +324,9 @@ async fn run(cli: Cli) -> Result<()> {
                                 format!("compacted in {tasks} task(s) on {workers} worker(s) (lance v{lance_version}, manifest version {manifest_version})")
                             }
                             optimize::TableAction::DoneByOther => "compacted by another optimizer".into(),
+                            optimize::TableAction::NotDone { reason } => return format!("table {}: not done ({reason}); the next run plans it again", t.table),
                         };
-                        format!("table {}: {} -> {} fragments: {what}", t.table, t.fragments_before, t.fragments_after)
+                        format!("table {}: {} -> {} fragments: {what}", t.table, t.fragments_before.expect("known for every table the run opened"), t.fragments_after.expect("known for every table the run opened"))
                     })
                     .collect();
                 if lines.is_empty() { "no tables".into() } else { lines.join("\n") }

@@ -12,7 +12,7 @@ mod metrics;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use lambda_runtime::{Diagnostic, LambdaEvent, service_fn};
 use serde::Deserialize;
@@ -60,7 +60,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
 }
 
 async fn handle(state: &State, event: LambdaEvent<Value>) -> Result<Value, Error> {
-    let before = state.lake.requests();
+    let (before, retries_before) = (state.lake.requests(), state.lake.manifest_retries());
     let budget = budget(state, event.context.deadline);
     let work = events::classify(event.payload).map_err(|e| Error::Usage(format!("cannot handle this event: {e}")))?;
     let mut metrics = Metrics::default();
@@ -75,6 +75,7 @@ async fn handle(state: &State, event: LambdaEvent<Value>) -> Result<Value, Error
         Work::Ignore(what) => Ok(json!({"ignored": what})),
     };
     metrics.requests = state.lake.requests().since(&before).total();
+    metrics.manifest_retries = state.lake.manifest_retries() - retries_before;
     metrics.emit();
     if let Err(e) = &result {
         tracing::error!(error = %e, "invocation failed");
@@ -136,14 +137,25 @@ async fn ingest_objects(state: &State, objects: &[Object], budget: Budget, metri
     report
 }
 
+/// Less time than this left: start no more ingests in a batch.
+const MIN_INGEST_TIME: Duration = Duration::from_secs(2);
+
 /// An SQS batch: one ingest of every readable message's objects (one commit
 /// per table, one publish). A source with bad input fails only the messages
 /// that carry it: it is set aside and the rest is ingested again without it.
 /// Any other failure (a missing object, say) is isolated by ingesting each
 /// message on its own. Failed messages go back to the queue, and after its
 /// retries to the dead-letter queue; a poison message never blocks the rest.
+/// Each ingest gets the time left; once it runs short, the messages not yet
+/// ingested are reported as not done (failed, so SQS delivers them again).
 async fn ingest_batch(state: &State, messages: Vec<Message>, budget: Budget, metrics: &mut Metrics) -> Value {
+    let until = Instant::now() + budget.timeout;
+    let time_left = || {
+        let timeout = until.saturating_duration_since(Instant::now());
+        (timeout >= MIN_INGEST_TIME).then_some(Budget { timeout, ..budget })
+    };
     let mut failed: BTreeMap<String, String> = BTreeMap::new();
+    let mut not_done: Vec<String> = Vec::new();
     let mut live: Vec<(String, Vec<Object>)> = Vec::new();
     for m in messages {
         // A message whose objects cannot be routed to a table is as poisonous as an unreadable one.
@@ -162,13 +174,20 @@ async fn ingest_batch(state: &State, messages: Vec<Message>, budget: Budget, met
         if objects.is_empty() {
             break;
         }
-        let err = match ingest_objects(state, &objects, budget, metrics).await {
-            Ok(report) => {
-                reports.push(report);
-                break;
-            }
-            Err(e) => e,
+        let err = match time_left() {
+            None => Error::Deadline { step: "ingesting the batch" },
+            Some(budget) => match ingest_objects(state, &objects, budget, metrics).await {
+                Ok(report) => {
+                    reports.push(report);
+                    break;
+                }
+                Err(e) => e,
+            },
         };
+        if let Error::Deadline { .. } = &err {
+            not_done.extend(std::mem::take(&mut live).into_iter().map(|(id, _)| id));
+            break;
+        }
         if let Error::BadInput(bad) = &err {
             let (poisoned, rest): (Vec<_>, Vec<_>) = live.into_iter().partition(|(_, o)| o.iter().any(|o| o.uri() == bad.source_uri));
             for (id, _) in &poisoned {
@@ -182,8 +201,13 @@ async fn ingest_batch(state: &State, messages: Vec<Message>, budget: Budget, met
         }
         // Not pinned on one message: find out which, one message at a time.
         for (id, objects) in std::mem::take(&mut live) {
+            let Some(budget) = time_left() else {
+                not_done.push(id);
+                continue;
+            };
             match ingest_objects(state, &objects, budget, metrics).await {
                 Ok(report) => reports.push(report),
+                Err(Error::Deadline { .. }) => not_done.push(id),
                 Err(e) => {
                     tracing::error!(message_id = %id, error = %e, "message failed");
                     failed.insert(id, e.to_string());
@@ -192,9 +216,16 @@ async fn ingest_batch(state: &State, messages: Vec<Message>, budget: Budget, met
         }
         break;
     }
+    if !not_done.is_empty() {
+        tracing::warn!(messages = not_done.len(), "the invocation's time ran out: messages not ingested go back to the queue");
+    }
+    for id in &not_done {
+        failed.insert(id.clone(), "not done: the invocation's time ran out before this message was ingested; it will be delivered again".into());
+    }
     json!({
         "batchItemFailures": failed.keys().map(|id| json!({"itemIdentifier": id})).collect::<Vec<_>>(),
         "failures": failed,
+        "not_done": not_done,
         "reports": reports,
     })
 }
