@@ -104,3 +104,20 @@ fn build_lambda_packs_bootstrap_and_refuses_what_lambda_cannot_run() {
         assert!(!dir.path().join("refused/bootstrap.zip").exists(), "nothing written when refused");
     }
 }
+
+#[test]
+fn invoke_dry_run_prints_the_call_and_the_payload() {
+    let out = run(script("invoke.sh").arg("--help"));
+    assert_eq!(out.status.code(), Some(0));
+    let out = run(script("invoke.sh").args(["--dry-run", "--stack", "demo", "--region", "eu-west-1", "optimize", "tables=a,b", "parallel=2", "dry_run=true", "note=it's \"x\""]));
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    let (stdout, stderr) = text(&out);
+    assert!(stdout.contains("aws --region eu-west-1 cloudformation describe-stacks --stack-name demo"), "{stdout}");
+    assert!(stdout.contains("lambda invoke --function-name demo-maintenance --payload fileb://"), "{stdout}");
+    let payload = stderr.lines().find_map(|l| l.strip_prefix("payload: ")).expect("the payload is shown");
+    let payload: serde_json::Value = serde_json::from_str(payload).unwrap();
+    assert_eq!(payload, serde_json::json!({"action": "optimize", "tables": ["a", "b"], "parallel": 2, "dry_run": true, "note": "it's \"x\""}));
+    for args in [&["--dry-run", "frob"][..], &["--dry-run"], &["--dry-run", "status", "oops"]] {
+        assert_eq!(run(script("invoke.sh").args(args)).status.code(), Some(2), "{args:?}");
+    }
+}
