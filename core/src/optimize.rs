@@ -141,6 +141,17 @@ pub trait Executor: Send + Sync {
     fn workers(&self, batches: usize) -> usize;
 }
 
+/// For executors that fan out: run every batch at once through `run_one`;
+/// all results, or the first error (the others are dropped).
+pub async fn all_at_once<F, Fut>(batches: Vec<Batch>, run_one: F) -> Result<Vec<RewriteResult>>
+where
+    F: Fn(Batch) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<RewriteResult>>>,
+{
+    let results = futures::future::try_join_all(batches.into_iter().map(run_one)).await?;
+    Ok(results.into_iter().flatten().collect())
+}
+
 /// Runs the batches one after another in this process.
 pub struct InProcess;
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use lance::dataset::optimize::RewriteResult;
 use sluice::deadline::Deadline;
-use sluice::optimize::{Batch, Executor};
+use sluice::optimize::{self, Batch, Executor};
 use sluice::{Error, Lake, Result};
 use tokio::io::AsyncWriteExt;
 
@@ -61,9 +61,7 @@ impl Processes {
 #[async_trait::async_trait]
 impl Executor for Processes {
     async fn execute(&self, _lake: &Lake, batches: Vec<Batch>, deadline: &Deadline) -> Result<Vec<RewriteResult>> {
-        let runs = batches.into_iter().map(|b| self.run_one(b, deadline));
-        let results = futures::future::try_join_all(runs).await?;
-        Ok(results.into_iter().flatten().collect())
+        optimize::all_at_once(batches, |b| self.run_one(b, deadline)).await
     }
 
     fn workers(&self, batches: usize) -> usize {

@@ -13,7 +13,7 @@ use aws_sdk_lambda::types::InvocationType;
 use lance::dataset::optimize::RewriteResult;
 use serde_json::json;
 use sluice::deadline::Deadline;
-use sluice::optimize::{Batch, Executor};
+use sluice::optimize::{self, Batch, Executor};
 use sluice::{Error, Lake, Result};
 
 /// Lambda's limit on a synchronous invocation's request and response.
@@ -68,9 +68,7 @@ impl Invocations {
 #[async_trait::async_trait]
 impl Executor for Invocations {
     async fn execute(&self, _lake: &Lake, batches: Vec<Batch>, deadline: &Deadline) -> Result<Vec<RewriteResult>> {
-        let runs = batches.into_iter().map(|b| self.run_one(b, deadline));
-        let results = futures::future::try_join_all(runs).await?;
-        Ok(results.into_iter().flatten().collect())
+        optimize::all_at_once(batches, |b| self.run_one(b, deadline)).await
     }
 
     fn workers(&self, batches: usize) -> usize {
