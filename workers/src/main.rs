@@ -354,6 +354,9 @@ manifest: {verb} {} version(s); keeping {}..={}
                 }
                 let s = &report.sidecars;
                 out.push_str(&format!("sidecars: {verb} {} decision(s), {} lease(s), {} audit record(s)", s.decisions, s.leases, s.audit_records));
+                if !report.not_done.is_empty() {
+                    out.push_str(&format!("\nnot done (out of time; the next run does them): {}", report.not_done.join(", ")));
+                }
                 out
             });
             if report.recovery.unresolved() > 0 {
