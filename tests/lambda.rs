@@ -345,6 +345,7 @@ fn the_lambda_serves_every_event_shape_end_to_end() {
     failed.sort();
     assert_eq!(failed, ["m-bad", "m-missing", "m-poison", "m-unroutable"], "{r}");
     assert!(r["failures"]["m-bad"].as_str().unwrap().contains("line 2"), "{r}");
+    assert_eq!((r["ingested"]["sources"].as_u64(), r["ingested"]["rows"].as_u64()), (Some(2), Some(20)), "{r}");
     assert_eq!(scan(&lake, "orders"), (0..40).collect::<Vec<_>>());
 
     // EventBridge: S3 Object Created, and a schedule (recovery, from the configuration).

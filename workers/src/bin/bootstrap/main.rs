@@ -137,6 +137,9 @@ async fn ingest_objects(state: &State, objects: &[Object], budget: Budget, metri
     report
 }
 
+/// A failed message's reason, as the batch response gives it (the log has it whole).
+const MAX_REASON: usize = 1000;
+
 /// Less time than this left: start no more ingests in a batch.
 const MIN_INGEST_TIME: Duration = Duration::from_secs(2);
 
@@ -222,11 +225,18 @@ async fn ingest_batch(state: &State, messages: Vec<Message>, budget: Budget, met
     for id in &not_done {
         failed.insert(id.clone(), "not done: the invocation's time ran out before this message was ingested; it will be delivered again".into());
     }
+    // A summary, not the reports: the response must stay far below Lambda's 6 MB for any batch size.
+    let ingested = reports.iter().flat_map(|r| &r.sources).filter(|s| s.status == ingest::SourceStatus::Ingested);
+    let failures: BTreeMap<&String, String> = failed.iter().map(|(id, why)| (id, why.chars().take(MAX_REASON).collect())).collect();
     json!({
         "batchItemFailures": failed.keys().map(|id| json!({"itemIdentifier": id})).collect::<Vec<_>>(),
-        "failures": failed,
+        "failures": failures,
         "not_done": not_done,
-        "reports": reports,
+        "ingested": {
+            "sources": ingested.count(),
+            "rows": reports.iter().flat_map(|r| r.tables.values()).map(|t| t.rows_inserted + t.rows_updated).sum::<u64>(),
+            "manifest_versions": reports.iter().filter_map(|r| r.manifest_version).collect::<Vec<_>>(),
+        },
     })
 }
 
