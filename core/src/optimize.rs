@@ -265,11 +265,12 @@ pub async fn run(lake: &Lake, tables: &[String], opts: &Options, budget: Budget,
     let mut out_of_time: Option<String> = None;
     for name in names {
         let report = match &out_of_time {
+            Some(why) => Err(format!("not started: {why}")),
+            None if deadline.remaining().is_zero() => Err("not started: the run's time ran out".to_string()),
             None => match compact_table(lake, &name, opts, budget.clock_skew, &deadline, executor).await {
                 Err(e @ Error::Deadline { .. }) => Err(e.to_string()),
                 other => Ok(other?),
             },
-            Some(why) => Err(format!("not started: {why}")),
         };
         reports.push(report.unwrap_or_else(|reason| {
             out_of_time.get_or_insert_with(|| reason.clone());
