@@ -47,6 +47,10 @@ run() {
 }
 fail() { echo "build-lambda.sh: $*" >&2; exit 1; }
 
+for tool in zip strip objdump od; do
+  command -v "$tool" >/dev/null || fail "$tool is not installed (Debian: apt-get install zip binutils coreutils)"
+done
+
 TARGET=x86_64-unknown-linux-gnu
 LAMBDA_TARGET_DIR="${SLUICE_LAMBDA_TARGET_DIR:-$HOME/.cache/sluice-lambda-target}"
 if [ -z "$BINARY" ]; then
