@@ -37,6 +37,11 @@ impl HideNewer {
     fn shown(&self, meta: &ObjectMeta) -> bool {
         meta.last_modified < self.cutoff || meta.location.parts().any(|p| p.as_ref() == MANIFESTS)
     }
+
+    /// A listing without the hidden files (errors pass through).
+    fn filter(self, listing: BoxStream<'static, Result<ObjectMeta>>) -> BoxStream<'static, Result<ObjectMeta>> {
+        listing.filter(move |m| std::future::ready(m.as_ref().map_or(true, |m| self.shown(m)))).boxed()
+    }
 }
 
 impl WrappingObjectStore for HideNewer {
@@ -89,16 +94,11 @@ impl ObjectStore for HidingStore {
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
-        let hide = self.hide;
-        self.inner.list(prefix).filter(move |m| std::future::ready(m.as_ref().map_or(true, |m| hide.shown(m)))).boxed()
+        self.hide.filter(self.inner.list(prefix))
     }
 
     fn list_with_offset(&self, prefix: Option<&Path>, offset: &Path) -> BoxStream<'static, Result<ObjectMeta>> {
-        let hide = self.hide;
-        self.inner
-            .list_with_offset(prefix, offset)
-            .filter(move |m| std::future::ready(m.as_ref().map_or(true, |m| hide.shown(m))))
-            .boxed()
+        self.hide.filter(self.inner.list_with_offset(prefix, offset))
     }
 
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {

@@ -166,7 +166,7 @@ pub async fn read_latest(lake: &Lake) -> Result<Option<Manifest>> {
     let start = match read_hint(lake).await? {
         Some(hint) => hint,
         // No hint: a new lake (init writes one), so this LIST is short.
-        None => match newest_listed(lake).await? {
+        None => match list_versions(lake).await?.last().map(|(v, _)| *v) {
             Some(v) => match read_version(lake, v).await? {
                 Some(m) => m,
                 None => return Err(vanished(lake, v)),
@@ -175,10 +175,6 @@ pub async fn read_latest(lake: &Lake) -> Result<Option<Manifest>> {
         },
     };
     catch_up(lake, start).await.map(Some)
-}
-
-async fn newest_listed(lake: &Lake) -> Result<Option<u64>> {
-    Ok(lake.list(VERSIONS).await?.iter().filter_map(|m| version_of(lake, &m.location)).max())
 }
 
 fn version_of(lake: &Lake, path: &object_store::path::Path) -> Option<u64> {
@@ -336,7 +332,7 @@ pub async fn publish(lake: &Lake, mut base: Manifest, goal: &Goal, deadline: &De
 }
 
 /// Every version object, ascending, with the time the store wrote it: one LIST
-/// (paged), for cleanup only.
+/// (paged), for cleanup and for a lake with no hint.
 pub(crate) async fn list_versions(lake: &Lake) -> Result<Vec<(u64, DateTime<Utc>)>> {
     let mut versions: Vec<(u64, DateTime<Utc>)> =
         lake.list(VERSIONS).await?.iter().filter_map(|m| Some((version_of(lake, &m.location)?, m.last_modified))).collect();

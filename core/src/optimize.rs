@@ -260,22 +260,25 @@ pub async fn run(lake: &Lake, tables: &[String], opts: &Options, budget: Budget,
         let set: BTreeSet<String> = names.iter().cloned().collect();
         Box::pin(recover::heal(lake, &set, budget.clock_skew, &deadline)).await?;
     }
-    // Out of time: finish none of the rest, report each as not done, keep what was published.
+    // Out of time: start none of the rest, report each as not done, keep what was published.
     let mut reports = Vec::with_capacity(names.len());
     let mut out_of_time: Option<String> = None;
     for name in names {
-        let report = match &out_of_time {
-            Some(why) => Err(format!("not started: {why}")),
-            None if deadline.remaining().is_zero() => Err("not started: the run's time ran out".to_string()),
+        let reason = match &out_of_time {
+            Some(why) => format!("not started: {why}"),
+            None if deadline.remaining().is_zero() => "not started: the run's time ran out".to_string(),
             None => match compact_table(lake, &name, opts, budget.clock_skew, &deadline, executor).await {
-                Err(e @ Error::Deadline { .. }) => Err(e.to_string()),
-                other => Ok(other?),
+                Ok(report) => {
+                    reports.push(report);
+                    continue;
+                }
+                Err(e @ Error::Deadline { .. }) => e.to_string(),
+                Err(e) => return Err(e),
             },
         };
-        reports.push(report.unwrap_or_else(|reason| {
-            out_of_time.get_or_insert_with(|| reason.clone());
-            TableReport { table: name.clone(), targets: opts.targets_for(&name), fragments_before: None, fragments_after: None, action: TableAction::NotDone { reason } }
-        }));
+        out_of_time.get_or_insert_with(|| reason.clone());
+        let targets = opts.targets_for(&name);
+        reports.push(TableReport { table: name, targets, fragments_before: None, fragments_after: None, action: TableAction::NotDone { reason } });
     }
     Ok(Report { tables: reports, requests: lake.requests().since(&before) })
 }

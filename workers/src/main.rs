@@ -340,15 +340,12 @@ async fn run(cli: Cli) -> Result<()> {
                 let verb = if report.dry_run { "would remove" } else { "removed" };
                 let m = &report.manifest;
                 let mut out = format!(
-                    "recovery: {} operation(s) pending
-manifest: {verb} {} version(s); keeping {}..={}
-",
+                    "recovery: {} operation(s) pending\nmanifest: {verb} {} version(s); keeping {}..={}\n",
                     report.recovery.pending, m.removed, m.oldest_kept, m.latest
                 );
                 for t in &report.tables {
                     out.push_str(&format!(
-                        "table {}: {verb} {} Lance version(s), {} data file(s), {} other file(s), {} bytes; keeping v{} and up
-",
+                        "table {}: {verb} {} Lance version(s), {} data file(s), {} other file(s), {} bytes; keeping v{} and up\n",
                         t.table, t.lance_versions_removed, t.data_files_removed, t.other_files_removed, t.bytes_removed, t.kept_from
                     ));
                 }

@@ -130,11 +130,15 @@ fn requests(state: &State, objects: &[Object]) -> Result<Vec<TableRequest>, Erro
     Ok(by_table.into_values().collect())
 }
 
-async fn ingest_objects(state: &State, objects: &[Object], budget: Budget, metrics: &mut Metrics) -> Result<ingest::Report, Error> {
-    let requests = requests(state, objects)?;
+/// Every ingest and load goes through here, so metrics count each once.
+async fn run_ingest(state: &State, requests: Vec<TableRequest>, budget: Budget, metrics: &mut Metrics) -> Result<ingest::Report, Error> {
     let report = ingest::run(&state.lake, requests, budget, Arc::new(Progress::default())).await;
     metrics.record_ingest(&report);
     report
+}
+
+async fn ingest_objects(state: &State, objects: &[Object], budget: Budget, metrics: &mut Metrics) -> Result<ingest::Report, Error> {
+    run_ingest(state, requests(state, objects)?, budget, metrics).await
 }
 
 /// A failed message's reason, as the batch response gives it (the log has it whole).
@@ -280,18 +284,14 @@ async fn action(state: &State, payload: Value, budget: Budget, metrics: &mut Met
                 .into_iter()
                 .map(|(table, sources)| TableRequest { table, sources, format, mode, key: key.clone(), schema: None })
                 .collect();
-            let report = ingest::run(lake, requests, budget, Arc::new(Progress::default())).await;
-            metrics.record_ingest(&report);
-            Ok(to_json(&report?))
+            Ok(to_json(&run_ingest(state, requests, budget, metrics).await?))
         }
         Action::Load { tables } => {
             let requests = tables
                 .into_iter()
                 .map(|t| Ok(TableRequest { table: t.table, sources: t.sources, format: t.format.as_deref().map(str::parse).transpose()?, mode: t.mode, key: t.key, schema: None }))
                 .collect::<Result<Vec<_>, Error>>()?;
-            let report = ingest::run(lake, requests, budget, Arc::new(Progress::default())).await;
-            metrics.record_ingest(&report);
-            Ok(to_json(&report?))
+            Ok(to_json(&run_ingest(state, requests, budget, metrics).await?))
         }
         Action::Optimize { tables, dry_run, parallel } => {
             let opts = optimize::Options { dry_run, parallel: parallel.unwrap_or(state.config.optimize.parallel).max(1), ..state.config.optimize.clone() };
