@@ -77,8 +77,10 @@ impl RuntimeApi {
             .env("AWS_LAMBDA_LOG_STREAM_NAME", "test")
             .env("AWS_LAMBDA_LOG_GROUP_NAME", "test")
             .env_remove("SLUICE_TABLES")
-            .env_remove("FAILPOINTS")
-            .stderr(Stdio::inherit());
+            .env_remove("FAILPOINTS");
+        // A traced function's stderr is read by `reached`; any other's is the test's.
+        let traced = env.iter().any(|(k, _)| *k == "SLUICE_TRACE_FAILPOINTS");
+        cmd.stderr(if traced { Stdio::piped() } else { Stdio::inherit() });
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -92,6 +94,13 @@ impl RuntimeApi {
 pub struct Function(pub Child, tempfile::NamedTempFile);
 
 impl Function {
+    /// Wait until the function reaches failpoint `name` (started with SLUICE_TRACE_FAILPOINTS=1).
+    pub fn reached(&mut self, name: &str) {
+        let stderr = BufReader::new(self.0.stderr.take().expect("a function started with SLUICE_TRACE_FAILPOINTS"));
+        let marker = format!("failpoint: {name}");
+        assert!(stderr.lines().map_while(Result::ok).any(|l| l.contains(&marker)), "the function never reached failpoint {name}");
+    }
+
     /// The Embedded Metric Format lines it printed so far.
     pub fn metrics(&self) -> Vec<Value> {
         std::fs::read_to_string(self.1.path())
@@ -401,11 +410,16 @@ fn a_function_killed_mid_batch_is_retried_without_duplicates() {
     let batch = json!({"Records": keys.iter().enumerate().map(|(i, k)| s3.sqs_message(&format!("m{i}"), s3.s3_event(&[k]).to_string())).collect::<Vec<_>>()});
 
     // The first function dies right after its Lance commit (held there, then killed).
-    let mut first = api.function(&[("SLUICE_ROOT", &lake), ("SLUICE_CLOCK_SKEW", "0s"), ("SLUICE_DEADLINE_MARGIN", "500ms"), ("FAILPOINTS", "ingest.after-commit=sleep(600000)")]);
-    let id = api.invoke(&batch, Duration::from_secs(4));
-    std::thread::sleep(Duration::from_secs(6));
+    let mut first = api.function(&[
+        ("SLUICE_ROOT", &lake),
+        ("SLUICE_CLOCK_SKEW", "0s"),
+        ("SLUICE_DEADLINE_MARGIN", "500ms"),
+        ("FAILPOINTS", "ingest.after-commit=sleep(600000)"),
+        ("SLUICE_TRACE_FAILPOINTS", "1"),
+    ]);
+    api.invoke(&batch, Duration::from_secs(4));
+    first.reached(sluice::failpoints::AFTER_COMMIT);
     first.0.kill().unwrap();
-    let _ = id;
 
     // SQS redelivers the batch to a new function once the visibility timeout passes.
     let _second = api.function(&[("SLUICE_ROOT", &lake), ("SLUICE_CLOCK_SKEW", "0s")]);
