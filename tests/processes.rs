@@ -104,13 +104,7 @@ fn an_error_at_every_failpoint_leaves_a_consistent_lake() {
         let pending = |s: &serde_json::Value| s["pending"].as_array().unwrap().len();
         let before = pending(&status(&b.root));
         match *fp {
-            // Loads only: a single-table ingest passes it by.
-            BEFORE_DECISION | AFTER_DECISION => {
-                assert_eq!(out.status.code(), Some(0), "{fp}");
-                visible += 7 + limbo;
-                limbo = 0;
-            }
-            AFTER_INTENT | AFTER_CLAIMS | BEFORE_COMMIT => {
+            AFTER_INTENT | AFTER_CLAIMS | BEFORE_COMMIT | COMMIT_CHECKED => {
                 assert_eq!(out.status.code(), Some(1), "{fp}: the injected error fails the call");
                 // Nothing committed: the intent is gone and the source released.
                 assert_eq!(before, kept_intents, "{fp}: nothing left behind");
@@ -118,7 +112,8 @@ fn an_error_at_every_failpoint_leaves_a_consistent_lake() {
                 visible += 7 + limbo;
                 limbo = 0;
             }
-            AFTER_COMMIT | BEFORE_PUBLISH => {
+            // Committed, so the next writer decides it forward (if it was not yet) and shows it.
+            AFTER_COMMIT | BEFORE_DECISION | AFTER_DECISION | BEFORE_PUBLISH => {
                 assert_eq!(out.status.code(), Some(1), "{fp}");
                 limbo += 7;
                 kept_intents += 1;

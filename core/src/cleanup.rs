@@ -34,13 +34,13 @@ use serde::Serialize;
 
 use crate::audit;
 use crate::counting::RequestSnapshot;
-use crate::deadline::Deadline;
+use crate::deadline::{self, Deadline};
 use crate::error::{Error, Result};
 use crate::hide_newer::HideNewer;
 use crate::lake::Lake;
 use crate::manifest::{self, Manifest};
 use crate::recover;
-use crate::sidecar::{self, Intent, OpsObject};
+use crate::sidecar::{self, AttemptId, Intent, OpsObject};
 
 /// Granularity of store timestamps (S3 reports whole seconds).
 const TIMESTAMP_GRAIN: Duration = Duration::from_secs(1);
@@ -111,10 +111,10 @@ pub struct SidecarCleanup {
 /// What `_ops/` held when listed.
 struct InFlight {
     /// Intents by operation; `None` if unreadable (its tables are unknown).
-    intents: BTreeMap<String, Option<Intent>>,
+    intents: BTreeMap<AttemptId, Option<Intent>>,
     /// When the oldest intent was written, or when the LIST started if none.
     oldest: DateTime<Utc>,
-    stale_leases: Vec<(String, u32, DateTime<Utc>)>,
+    stale_leases: Vec<(AttemptId, u32, DateTime<Utc>)>,
 }
 
 pub async fn run(lake: &Lake, opts: Options, timeout: Duration) -> Result<Report> {
@@ -132,8 +132,7 @@ pub async fn run(lake: &Lake, opts: Options, timeout: Duration) -> Result<Report
     let recovery = Box::pin(recover::sweep(lake, recover::Options { clock_skew: timing.clock_skew, dry_run: opts.dry_run }, deadline.remaining())).await?;
 
     let in_flight = in_flight(lake).await?;
-    let grace = chrono::Duration::from_std(timing.clock_skew + TIMESTAMP_GRAIN).expect("small duration");
-    let orphan_cutoff = in_flight.oldest - grace;
+    let orphan_cutoff = deadline::earlier(in_flight.oldest, timing.clock_skew.saturating_add(TIMESTAMP_GRAIN));
 
     deadline.check("cleaning up manifest versions")?;
     let (manifest, oldest, latest) = clean_manifests(lake, &opts).await?;
@@ -175,23 +174,23 @@ async fn in_flight(lake: &Lake) -> Result<InFlight> {
     let mut leases = Vec::new();
     for meta in &listing {
         match sidecar::ops_object(lake, &meta.location) {
-            Some(OpsObject::Intent(op)) => {
-                let intent = match sidecar::read_intent(lake, &op).await {
+            Some(OpsObject::Intent(id)) => {
+                let intent = match sidecar::read_intent(lake, &id).await {
                     Ok(Some(intent)) => Some(intent),
                     Ok(None) => continue, // finished since the LIST
                     Err(e) => {
-                        tracing::warn!(op, error = %e, "unreadable intent: cleanup keeps every table's versions");
+                        tracing::warn!(op = %id, error = %e, "unreadable intent: cleanup keeps every table's versions");
                         None
                     }
                 };
                 oldest = oldest.min(meta.last_modified);
-                intents.insert(op, intent);
+                intents.insert(id, intent);
             }
-            Some(OpsObject::Lease(op, k)) => leases.push((op, k, meta.last_modified)),
+            Some(OpsObject::Lease(id, k)) => leases.push((id, k, meta.last_modified)),
             None => {}
         }
     }
-    let stale_leases = leases.into_iter().filter(|(op, _, _)| !intents.contains_key(op)).collect();
+    let stale_leases = leases.into_iter().filter(|(id, _, _)| !intents.contains_key(id)).collect();
     Ok(InFlight { intents, oldest, stale_leases })
 }
 
@@ -203,7 +202,7 @@ async fn clean_manifests(lake: &Lake, opts: &Options) -> Result<(ManifestCleanup
     let Some(&(latest_version, _)) = versions.last() else {
         return Err(Error::Usage(format!("no lake at {}: nothing to clean up", lake.uri())));
     };
-    let cutoff = listed_at - chrono::Duration::from_std(opts.keep).unwrap_or(chrono::Duration::MAX);
+    let cutoff = deadline::earlier(listed_at, opts.keep);
     // Versions[i] may go once versions[i + 1] is older than the cutoff: a prefix.
     let removable_limit = versions.len().saturating_sub(opts.keep_versions.max(1));
     let first_kept = (0..removable_limit).find(|&i| versions[i + 1].1 > cutoff).unwrap_or(removable_limit);
@@ -220,8 +219,8 @@ async fn clean_manifests(lake: &Lake, opts: &Options) -> Result<(ManifestCleanup
     let doomed: Vec<u64> = versions[..first_kept].iter().map(|(v, _)| *v).collect();
     if !opts.dry_run {
         let hint = manifest::read_hint(lake).await?;
-        let half_window = chrono::Duration::from_std(lake.timing().trust_window() / 2).expect("small duration");
-        let stale = hint.is_none_or(|h| h.version < latest_version || (h.version == latest_version && h.as_of() < listed_at - half_window));
+        let half_window = deadline::earlier(listed_at, lake.timing().trust_window() / 2);
+        let stale = hint.is_none_or(|h| h.version < latest_version || (h.version == latest_version && h.as_of() < half_window));
         if stale {
             manifest::refresh_hint(lake, &latest, listed_at).await?;
         }
@@ -265,17 +264,16 @@ async fn clean_table(lake: &Lake, table: &str, kept_from: u64, orphan_cutoff: Da
 
 async fn clean_sidecars(lake: &Lake, opts: &Options, in_flight: &InFlight) -> Result<SidecarCleanup> {
     let now = Utc::now();
-    let floor = now - chrono::Duration::from_std(lake.timing().retention_floor).expect("small duration");
-    let audit_cutoff = now - chrono::Duration::from_std(opts.keep_audit).unwrap_or(chrono::Duration::MAX);
+    let floor = deadline::earlier(now, lake.timing().retention_floor);
+    let audit_cutoff = deadline::earlier(now, opts.keep_audit);
     let mut done = SidecarCleanup::default();
     // Decisions and audit records are named `<op>.<attempt>.json`.
     for (dir, cutoff, count) in [(sidecar::DECISIONS, floor, &mut done.decisions), (audit::AUDIT, audit_cutoff, &mut done.audit_records)] {
         for meta in lake.list(dir).await? {
             let Some(rel) = lake.relative(&meta.location) else { continue };
-            let Some(op) = rel.strip_prefix(dir).and_then(|n| n.strip_prefix('/')).and_then(|n| n.split_once('.')).map(|(op, _)| op) else {
-                continue;
-            };
-            if meta.last_modified < cutoff && !in_flight.intents.contains_key(op) {
+            let name = rel.strip_prefix(dir).and_then(|n| n.strip_prefix('/')).and_then(|n| n.strip_suffix(".json"));
+            let Some(id) = name.and_then(|n| n.split_once('.')).map(|(op, attempt)| AttemptId::new(op, attempt)) else { continue };
+            if meta.last_modified < cutoff && !in_flight.intents.contains_key(&id) {
                 if !opts.dry_run {
                     lake.delete(&rel).await?;
                 }
@@ -283,10 +281,10 @@ async fn clean_sidecars(lake: &Lake, opts: &Options, in_flight: &InFlight) -> Re
             }
         }
     }
-    for (op, k, written) in &in_flight.stale_leases {
+    for (id, k, written) in &in_flight.stale_leases {
         if *written < floor {
             if !opts.dry_run {
-                sidecar::remove_lease(lake, op, *k).await?;
+                sidecar::remove_lease(lake, id, *k).await?;
             }
             done.leases += 1;
         }

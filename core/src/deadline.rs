@@ -19,7 +19,7 @@ pub struct Deadline {
 impl Deadline {
     /// A deadline `budget` from now, keeping a tenth of it (at most 10 s) as margin.
     pub fn after(budget: Duration) -> Deadline {
-        let at = Utc::now() + chrono::Duration::from_std(budget).unwrap_or(chrono::Duration::MAX);
+        let at = later(Utc::now(), budget);
         Deadline { at, margin: (budget / 10).min(MAX_MARGIN) }
     }
 
@@ -39,5 +39,30 @@ impl Deadline {
             return Err(Error::Deadline { step });
         }
         Ok(())
+    }
+}
+
+/// `t + d`, saturating at the end of representable time (a huge `--timeout`
+/// or `--clock-skew` is "forever", never a panic).
+pub fn later(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(d).ok().and_then(|d| t.checked_add_signed(d)).unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// `t - d`, saturating at the beginning of representable time.
+pub fn earlier(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(d).ok().and_then(|d| t.checked_sub_signed(d)).unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arithmetic_saturates() {
+        let forever = Duration::from_secs(u64::MAX);
+        assert_eq!(Deadline::after(forever).at(), DateTime::<Utc>::MAX_UTC);
+        assert!(!Deadline::after(forever).remaining().is_zero());
+        assert_eq!(earlier(Utc::now(), forever), DateTime::<Utc>::MIN_UTC);
+        assert!(Deadline::after(Duration::ZERO).check("x").is_err());
     }
 }

@@ -18,13 +18,16 @@ pub const AFTER_INTENT: &str = "ingest.after-intent";
 pub const AFTER_CLAIMS: &str = "ingest.after-claims";
 /// Every table's rows are written as uncommitted Lance files; nothing committed.
 pub const BEFORE_COMMIT: &str = "ingest.before-commit";
+/// The writer passed its last deadline check before a Lance commit and set
+/// Lance's timeout; the commit call is next. Held here, a process is frozen
+/// like a paused VM: released, its commit still lands.
+pub const COMMIT_CHECKED: &str = "ingest.commit-checked";
 /// A table's Lance commit landed (for a load: before the next table's commit).
 pub const AFTER_COMMIT: &str = "ingest.after-commit";
-/// A multi-table load committed every table and passed its deadline check;
-/// its forward decision is not yet recorded (a writer stalling here must lose
-/// to recovery's decision).
+/// The writer committed every table; its forward decision is not yet recorded
+/// (a writer stalling here must lose to recovery's decision).
 pub const BEFORE_DECISION: &str = "load.before-decision";
-/// A multi-table load recorded its forward decision; nothing published yet.
+/// The writer recorded its forward decision; nothing published yet.
 pub const AFTER_DECISION: &str = "load.after-decision";
 /// Publish is about to create the next manifest version.
 pub const BEFORE_PUBLISH: &str = "publish.before-put";
@@ -33,9 +36,11 @@ pub const AFTER_PUBLISH: &str = "publish.after-put";
 /// Published and hinted; the intent sidecar is not yet removed.
 pub const BEFORE_FINISH: &str = "ingest.before-finish";
 
+/// A sweep read the intent it is about to act on; no lease yet.
+pub const RECOVER_BEFORE_LEASE: &str = "recover.before-lease";
 /// A sweep took its lease on a dead operation; nothing decided yet.
 pub const RECOVER_AFTER_LEASE: &str = "recover.after-lease";
-/// A sweep recorded its decision on a multi-table load.
+/// A sweep recorded its decision on an attempt.
 pub const RECOVER_AFTER_DECISION: &str = "recover.after-decision";
 /// A sweep published (or removed the rows of) the operation; no audit record yet.
 pub const RECOVER_AFTER_EFFECTS: &str = "recover.after-effects";
@@ -54,24 +59,26 @@ pub const OPTIMIZE_AFTER_COMMIT: &str = "optimize.after-commit";
 pub const SCAN_AFTER_OPEN: &str = "scan.after-open";
 
 /// The writer's steps (a crash here leaves work for recovery).
-pub const WRITER: &[&str] = &[AFTER_INTENT, AFTER_CLAIMS, BEFORE_COMMIT, AFTER_COMMIT, BEFORE_DECISION, AFTER_DECISION, BEFORE_PUBLISH, AFTER_PUBLISH, BEFORE_FINISH];
+pub const WRITER: &[&str] = &[AFTER_INTENT, AFTER_CLAIMS, BEFORE_COMMIT, COMMIT_CHECKED, AFTER_COMMIT, BEFORE_DECISION, AFTER_DECISION, BEFORE_PUBLISH, AFTER_PUBLISH, BEFORE_FINISH];
 /// The optimizer's own steps.
 pub const OPTIMIZE: &[&str] = &[OPTIMIZE_AFTER_INTENT, OPTIMIZE_AFTER_REWRITE, OPTIMIZE_AFTER_COMMIT];
 /// Readers' steps (a rendezvous for tests; a reader leaves nothing behind).
 pub const READ: &[&str] = &[SCAN_AFTER_OPEN];
 /// Recovery's own steps (a crash here leaves work for the next sweep).
-pub const RECOVERY: &[&str] = &[RECOVER_AFTER_LEASE, RECOVER_AFTER_DECISION, RECOVER_AFTER_EFFECTS, RECOVER_BEFORE_FINISH];
+pub const RECOVERY: &[&str] = &[RECOVER_BEFORE_LEASE, RECOVER_AFTER_LEASE, RECOVER_AFTER_DECISION, RECOVER_AFTER_EFFECTS, RECOVER_BEFORE_FINISH];
 
 pub const ALL: &[&str] = &[
     AFTER_INTENT,
     AFTER_CLAIMS,
     BEFORE_COMMIT,
+    COMMIT_CHECKED,
     AFTER_COMMIT,
     BEFORE_DECISION,
     AFTER_DECISION,
     BEFORE_PUBLISH,
     AFTER_PUBLISH,
     BEFORE_FINISH,
+    RECOVER_BEFORE_LEASE,
     RECOVER_AFTER_LEASE,
     RECOVER_AFTER_DECISION,
     RECOVER_AFTER_EFFECTS,

@@ -1,16 +1,23 @@
 //! Ingest and multi-table load: DESIGN.md's door for operations that add rows.
 //!
-//! 1. resolve sources (identity) — read only;
-//! 2. intent sidecar, create-only, keyed by the source identities, so duplicate
-//!    deliveries collide here and wait for the winner;
-//! 3. claims in the exactly-once ledger;
+//! 1. resolve sources (identity) — read only; the same source twice is one;
+//! 2. heal, then the intent of this attempt (`_ops/<op>.<attempt>`), before
+//!    any effect;
+//! 3. claims in the exactly-once ledger (a source held by another attempt is
+//!    done only once that attempt is proven to have published it);
 //! 4. every table's data written *uncommitted* (bad input stops here, with
 //!    nothing committed);
-//! 5. Lance commits, tagged with the operation and attempt;
-//! 6. for a multi-table load, the forward decision (create-only, so recovery
-//!    and the writer cannot both decide);
-//! 7. one manifest publish covering every table;
+//! 5. Lance commits, tagged with the operation and attempt; whether one landed
+//!    is read from the table's history;
+//! 6. the forward decision naming those commits (create-only: recovery and a
+//!    stalled writer cannot both decide);
+//! 7. one manifest publish covering every table, past only commits proven
+//!    decided forward (`fence.rs`);
 //! 8. the intent is removed; the claims stay as the ledger.
+//!
+//! Giving up before a commit is known to have landed is a roll-back decided by
+//! the writer itself: decide, remove what the history shows, release, remove
+//! the intent.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -33,7 +40,8 @@ use crate::failpoints;
 use crate::lake::{Created, Lake};
 use crate::manifest::{self, Goal, Manifest, Mode, Published, TablePin};
 use crate::recover;
-use crate::sidecar::{self, Claim, Decision, Intent, IntentTable, Outcome, SCOPE_MULTI, SCOPE_SINGLE, SourceRef};
+use crate::fence;
+use crate::sidecar::{self, AttemptId, Claim, Claimed, Decision, Holder, Intent, IntentTable, Outcome, SCOPE_MULTI, SCOPE_SINGLE, SourceRef};
 use crate::source::Source;
 
 /// Schema metadata keys that keep a table's mode inside the Lance table itself.
@@ -168,14 +176,18 @@ impl Budget {
     }
 }
 
-/// Rounds of "another delivery of these sources is in flight": wait for it,
-/// or take it over once it expired, then try again.
+/// Rounds of "another attempt holds every source of ours": wait for it (or
+/// resolve it once it expired), then claim again.
 const MAX_TAKEOVER_ROUNDS: u32 = 3;
+/// Budget for removing our own late commit when giving up (it is fenced by our
+/// roll-back decision, so it may run past our deadline).
+const LATE_REMOVAL: Duration = Duration::from_secs(30);
 
 /// Ingest the tables' sources as one operation: all of it visible in one
 /// manifest version, or none of it. A single table is an `ingest`; several a `load`.
 pub async fn run(lake: &Lake, requests: Vec<TableRequest>, budget: Budget, progress: Arc<Progress>) -> Result<Report> {
     let before = lake.requests();
+    lake.timing().check_timeout(budget.timeout)?;
     let deadline = Deadline::after(budget.timeout);
     if requests.is_empty() || requests.iter().any(|r| r.sources.is_empty()) {
         return Err(Error::Usage("nothing to ingest: give at least one source per table".into()));
@@ -186,9 +198,14 @@ pub async fn run(lake: &Lake, requests: Vec<TableRequest>, budget: Budget, progr
         if request.mode == Some(Mode::Upsert) && request.key.is_none() {
             return Err(Error::Usage(format!("table '{}': --mode upsert needs --key COLUMN", request.table)));
         }
-        let mut sources = Vec::with_capacity(request.sources.len());
+        let mut sources: Vec<(Source, Detected)> = Vec::with_capacity(request.sources.len());
         for uri in &request.sources {
             let source = Source::resolve(uri).await?;
+            // The same source twice in one call (`a.jsonl ./a.jsonl`) is one source.
+            if sources.iter().any(|(s, _)| s.id == source.id) {
+                tracing::info!(uri, "the same source was given twice; ingesting it once");
+                continue;
+            }
             let detected = decode::detect(&source, request.format)?;
             sources.push((source, detected));
         }
@@ -303,45 +320,23 @@ impl Door<'_> {
         for t in &mut tables {
             self.settle_mode(t, &base)?;
         }
-        let intent = self.intent(&tables);
-        let mut round = 0;
-        loop {
-            round += 1;
-            match sidecar::create_intent(self.lake, &intent).await? {
-                Created::Mine => break,
-                // The same sources, delivered again: wait for that delivery's outcome.
-                Created::Theirs(other) => recover::await_gone(self.lake, &other.op, other.deadline, self.skew, &self.deadline).await?,
-                // It finished between our PUT and our GET.
-                Created::Gone => {}
-            }
-            if let Some(report) = self.report_done(&tables).await? {
-                return Ok(report);
-            }
-            // It gave its sources back (rolled back, or gave up): ours to ingest.
-            if round == MAX_TAKEOVER_ROUNDS {
-                return Err(Error::Contention {
-                    what: "taking over these sources",
-                    attempts: MAX_TAKEOVER_ROUNDS,
-                    last: "other deliveries kept starting and giving up".into(),
-                });
-            }
-        }
+        sidecar::create_intent(self.lake, &self.intent(&tables)).await?;
+        let mut ours = Ours::default();
         if let Err(e) = failpoints::hit(failpoints::AFTER_INTENT) {
-            return Err(self.abandon(&[], e).await);
+            return Err(self.abandon(&tables, &ours, e).await);
         }
-
-        let mut claimed = Vec::new();
-        let others = match self.claim(&mut tables, &mut claimed).await {
-            Ok(others) => others,
-            Err(e) => return Err(self.abandon(&claimed, e).await),
+        let elsewhere = match self.claim(&mut tables, &mut ours).await {
+            Ok(elsewhere) => elsewhere,
+            Err(e) => return Err(self.abandon(&tables, &ours, e).await),
         };
         tables.retain(|t| !t.sources.is_empty());
         if tables.is_empty() {
-            sidecar::finish(self.lake, &self.op, &self.intent, self.multi).await?;
-            return self.report(None, &tables, others).await;
+            // Nothing claimed, nothing written: only our intent to remove.
+            sidecar::delete_intent(self.lake, &self.id()).await?;
+            return self.report(None, &tables, elsewhere).await;
         }
         if let Err(e) = failpoints::hit(failpoints::AFTER_CLAIMS) {
-            return Err(self.abandon(&claimed, e).await);
+            return Err(self.abandon(&tables, &ours, e).await);
         }
 
         // Write everything uncommitted first: bad input stops before any commit.
@@ -349,35 +344,40 @@ impl Door<'_> {
         for t in &mut tables {
             match self.stage(t, false).await {
                 Ok(s) => staged.push(s),
-                Err(e) => return Err(self.abandon(&claimed, e).await),
+                Err(e) => return Err(self.abandon(&tables, &ours, e).await),
             }
         }
         if let Err(e) = failpoints::hit(failpoints::BEFORE_COMMIT) {
-            return Err(self.abandon(&claimed, e).await);
+            return Err(self.abandon(&tables, &ours, e).await);
         }
         let mut any_committed = false;
-        for (t, stage) in tables.iter_mut().zip(staged) {
-            match self.commit(t, stage).await {
+        for i in 0..tables.len() {
+            let stage = staged.remove(0);
+            ours.commit_started = true;
+            match self.commit(&mut tables[i], stage).await {
                 Ok(()) => {
                     any_committed = true;
                     failpoints::hit(failpoints::AFTER_COMMIT)?;
                 }
-                // Provably nothing of this operation is in Lance: give the sources back.
-                Err(e) if !any_committed && e.surely_uncommitted() => return Err(self.abandon(&claimed, e).await),
-                // A commit may have landed: the intent stays for recovery to decide.
+                // Nothing of ours is in Lance as far as its history shows: roll
+                // ourselves back (a commit still in flight is fenced by that decision).
+                Err(e) if !any_committed => return Err(self.abandon(&tables, &ours, e).await),
+                // A commit landed: the intent stays for recovery to finish.
                 Err(e) => return Err(e),
             }
         }
-        if self.multi {
-            self.decide_forward(&tables).await?;
-            failpoints::hit(failpoints::AFTER_DECISION)?;
-        }
+        self.decide_forward(&tables).await?;
+        failpoints::hit(failpoints::AFTER_DECISION)?;
         let version = self.publish(&tables, base).await?;
         failpoints::hit(failpoints::BEFORE_FINISH)?;
-        sidecar::finish(self.lake, &self.op, &self.intent, self.multi).await?;
-        self.report(Some(version), &tables, others).await
+        sidecar::delete_intent(self.lake, &self.id()).await?;
+        self.report(Some(version), &tables, elsewhere).await
     }
 
+    /// This attempt: the unit of ownership of every object it writes.
+    fn id(&self) -> AttemptId {
+        AttemptId::new(&self.op, &self.intent)
+    }
     /// The table's mode and key: the lake's if it knows the table, else the request's.
     fn settle_mode(&self, t: &mut TableWork, base: &Manifest) -> Result<()> {
         let Some(pin) = base.tables.get(&t.request.table) else { return Ok(()) };
@@ -423,54 +423,99 @@ impl Door<'_> {
         }
     }
 
-    /// Claim every source, recording each claim made in `claimed` (so a failure
-    /// midway can release them all). Sources done or in flight elsewhere leave
-    /// the plan; returns their reports, with whether they are still in flight.
-    async fn claim(&self, tables: &mut [TableWork], claimed: &mut Vec<String>) -> Result<Vec<(SourceReport, bool)>> {
-        let mut others = Vec::new();
-        for t in tables.iter_mut() {
-            let mut keep = Vec::with_capacity(t.sources.len());
-            for (source, detected) in std::mem::take(&mut t.sources) {
-                let claim = Claim { op: self.op.clone(), attempt: self.attempt.clone(), source: source.uri.clone(), claimed_at: Utc::now() };
-                match sidecar::claim(self.lake, &source.id, &claim).await? {
-                    Created::Mine => {
-                        claimed.push(source.id.clone());
-                        keep.push((source, detected));
+    /// Claim every source (one create-only PUT each on the common path). A
+    /// source another attempt published leaves the plan as already ingested;
+    /// one another attempt holds in flight is waited for when we have nothing
+    /// else to do (and claimed if it is given back), or after our publish.
+    async fn claim(&self, tables: &mut [TableWork], ours: &mut Ours) -> Result<Vec<Elsewhere>> {
+        let mut todo: Vec<(usize, Source, Detected)> =
+            tables.iter_mut().enumerate().flat_map(|(i, t)| std::mem::take(&mut t.sources).into_iter().map(move |(s, d)| (i, s, d))).collect();
+        let mut elsewhere = Vec::new();
+        for round in 1..=MAX_TAKEOVER_ROUNDS {
+            let mut held = Vec::new();
+            for (i, source, detected) in todo.drain(..) {
+                let table = tables[i].request.table.clone();
+                let claim = Claim { op: self.op.clone(), attempt: self.attempt.clone(), source: source.uri.clone(), table: table.clone(), generation: 0, claimed_at: Utc::now() };
+                match sidecar::claim(self.lake, &source.id, &claim, &mut ours.maybe).await? {
+                    Claimed::Mine { generation } => {
+                        ours.claimed.push((source.id.clone(), generation));
+                        tables[i].sources.push((source, detected));
                     }
-                    // Released between our PUT and GET: an aborted attempt; claim again next run.
-                    Created::Gone => {
-                        return Err(Error::Blocked(format!("source {} was released while being claimed; retry", source.uri)));
-                    }
-                    Created::Theirs(existing) => {
-                        let in_flight = existing.op != self.op && sidecar::intent_exists(self.lake, &existing.op).await?;
-                        let report = SourceReport { table: t.request.table.clone(), uri: source.uri.clone(), status: SourceStatus::AlreadyIngested, op: existing.op, bytes: source.size };
-                        others.push((report, in_flight));
-                    }
+                    Claimed::Held(holder) => match sidecar::holder(self.lake, &source.id, &holder).await? {
+                        Holder::Published => elsewhere.push(Elsewhere { table, source, holder }),
+                        // Given back between our two reads, or in flight: try again after it.
+                        Holder::Released => held.push((i, source, detected, holder, None)),
+                        Holder::InFlight(intent) => held.push((i, source, detected, holder, Some(intent))),
+                    },
                 }
             }
-            t.sources = keep;
+            let own_work = tables.iter().any(|t| !t.sources.is_empty());
+            if held.is_empty() || own_work || round == MAX_TAKEOVER_ROUNDS {
+                // Still held elsewhere: settled after our own work, in `report`.
+                elsewhere.extend(held.into_iter().map(|(i, source, _, holder, _)| Elsewhere { table: tables[i].request.table.clone(), source, holder }));
+                break;
+            }
+            // Nothing of our own to do: wait for the holders, then try again.
+            for (_, _, _, holder, intent) in &held {
+                if let Some(intent) = intent {
+                    recover::await_gone(self.lake, &AttemptId::new(&holder.op, &holder.attempt), intent.deadline, self.skew, &self.deadline).await?;
+                }
+            }
+            todo = held.into_iter().map(|(i, s, d, _, _)| (i, s, d)).collect();
         }
-        Ok(others)
+        Ok(elsewhere)
     }
 
-    /// Give up before any commit: quarantine bad input, release claims, remove the intent.
-    async fn abandon(&self, claimed: &[String], error: Error) -> Error {
+    /// Give up before any commit of ours is known to have landed: decide
+    /// roll_back (create-only: if recovery decided first, the outcome is its
+    /// to carry out), remove any commit of ours the tables show after all,
+    /// release our claims, remove our intent. Returns `error`.
+    async fn abandon(&self, tables: &[TableWork], ours: &Ours, error: Error) -> Error {
         if let Error::BadInput(bad) = &error
             && let Err(e) = self.quarantine(bad).await
         {
             tracing::error!(error = %e, source = %bad.source_uri, "could not quarantine the bad source");
         }
-        for id in claimed {
-            if let Err(e) = sidecar::release_claim(self.lake, id).await {
-                return chain(error, e);
-            }
+        match self.roll_back_own(tables, ours).await {
+            Ok(()) => error,
+            Err(e) => chain(error, e),
         }
-        if let Err(e) = sidecar::finish(self.lake, &self.op, &self.intent, self.multi).await {
-            return chain(error, e);
-        }
-        error
     }
 
+    async fn roll_back_own(&self, tables: &[TableWork], ours: &Ours) -> Result<()> {
+        let id = self.id();
+        let decision = Decision {
+            op: self.op.clone(),
+            intent: self.intent.clone(),
+            attempt: self.attempt.clone(),
+            outcome: Outcome::RollBack,
+            by: "writer".into(),
+            at: Utc::now(),
+            versions: BTreeMap::new(),
+        };
+        match sidecar::decide(self.lake, &decision).await? {
+            Created::Mine => {}
+            other => {
+                return Err(Error::Blocked(format!("operation {id} was decided by recovery meanwhile ({other:?}); recovery finishes it")));
+            }
+        }
+        if ours.commit_started {
+            let seen = fence::Seen::default();
+            for t in tables {
+                let Some(history) = fence::commits_of(self.lake, &t.request.table, t.start_pin.unwrap_or(0), &id, &seen, u64::MAX).await? else { continue };
+                for (version, _) in history.standing() {
+                    if let Err(reason) = fence::remove_commit(self.lake, &t.request.table, &id, &self.attempt, version, &Deadline::after(LATE_REMOVAL)).await? {
+                        // The intent stays: recovery reports the refusal.
+                        return Err(Error::Blocked(reason));
+                    }
+                }
+            }
+        }
+        for (source, generation) in ours.claimed.iter().chain(&ours.maybe) {
+            sidecar::release(self.lake, source, *generation, &self.attempt).await?;
+        }
+        sidecar::delete_intent(self.lake, &id).await
+    }
     async fn quarantine(&self, bad: &BadInput) -> Result<()> {
         let source = self.sources.iter().find(|s| s.uri == bad.source_uri).expect("bad input names one of our sources");
         let dir = format!("_quarantine/{}", source.id);
@@ -615,16 +660,19 @@ impl Door<'_> {
         })
     }
 
-    /// Commit the staged transaction. Redone from Lance's latest version
-    /// (bounded) when the commit cannot stand as it is: an upsert that
-    /// conflicts with a concurrent update of the same rows, or a table
-    /// creation that lost the race to another creator.
+    /// Commit the staged transaction. Whether a commit that answered with an
+    /// error landed is read from the table's history (our attempt's tag), never
+    /// guessed from the error. Redone from Lance's latest version (bounded) when
+    /// the commit cannot stand as it is: an upsert that conflicts with a
+    /// concurrent update of the same rows, or a table creation that lost the
+    /// race to another creator.
     async fn commit(&self, t: &mut TableWork, mut stage: Staged) -> Result<()> {
         let name = t.request.table.clone();
         let uri = self.lake.table_uri(&name);
         for attempt in 1..=MAX_REDO_ATTEMPTS {
             self.deadline.check("a Lance commit")?;
             let rows_inserted = inserted_rows(&stage.txn);
+            let rows_updated = stage.updated;
             let left = self.deadline.remaining();
             let creating = stage.ds.is_none();
             let mut builder = match &stage.ds {
@@ -641,11 +689,21 @@ impl Door<'_> {
             if let Some(rows) = stage.affected.take() {
                 builder = builder.with_affected_rows(rows);
             }
-            let redo = match builder.execute(stage.txn).await {
-                Ok(ds) => {
-                    let version = ds.version().version;
+            failpoints::hit(failpoints::COMMIT_CHECKED)?;
+            let failure = match builder.execute(stage.txn).await {
+                Ok(ds) => Ok(ds.version().version),
+                Err(e) => match fence::committed_by(self.lake, &name, t.start_pin.unwrap_or(0), &self.attempt).await? {
+                    Some(version) => {
+                        tracing::warn!(table = %name, version, error = %e, "the commit answered with an error but landed");
+                        Ok(version)
+                    }
+                    None => Err(e),
+                },
+            };
+            let redo = match failure {
+                Ok(version) => {
                     t.committed = Some(version);
-                    t.report = Some(TableReport { lance_version: version, rows_inserted, rows_updated: stage.updated });
+                    t.report = Some(TableReport { lance_version: version, rows_inserted, rows_updated });
                     return Ok(());
                 }
                 Err(lance::Error::RetryableCommitConflict { .. }) if t.mode == Mode::Upsert => "a concurrent update",
@@ -661,6 +719,8 @@ impl Door<'_> {
         Err(Error::Contention { what: "committing to Lance", attempts: MAX_REDO_ATTEMPTS, last: format!("table '{name}' kept conflicting") })
     }
 
+    /// Decide this attempt forward, naming its commits: create-only, so if
+    /// recovery decided first (our owner was presumed dead) we follow it.
     async fn decide_forward(&self, tables: &[TableWork]) -> Result<()> {
         let decision = Decision {
             op: self.op.clone(),
@@ -671,28 +731,27 @@ impl Door<'_> {
             at: Utc::now(),
             versions: tables.iter().map(|t| (t.request.table.clone(), t.committed.expect("committed before deciding"))).collect(),
         };
-        self.deadline.check("recording the decision")?;
         failpoints::hit(failpoints::BEFORE_DECISION)?;
         match sidecar::decide(self.lake, &decision).await? {
             Created::Mine => Ok(()),
+            // Recovery rolled us forward already: publishing the same commits is harmless.
+            Created::Theirs(theirs) if theirs.outcome == Outcome::Forward && theirs.versions == decision.versions => Ok(()),
             other => Err(Error::Blocked(format!(
-                "operation {} was decided by someone else ({other:?}); this worker must not publish it",
-                self.op
+                "operation {} was rolled back by recovery while this worker was stalled ({other:?}); nothing of it is \
+                 published and its commits are removed. Deliver its sources again",
+                self.id()
             ))),
         }
     }
 
-    /// Publish every table at its commit, after checking that no undecided
-    /// operation's commit lies between the pin and ours (invariant 3; see `recover::vet`).
+    /// Publish every table at its commit, after checking that every other
+    /// commit between the pin and ours is decided forward (`fence.rs`).
     async fn publish(&self, tables: &[TableWork], base: Manifest) -> Result<u64> {
         let mut pins = BTreeMap::new();
         for t in tables {
             let committed = t.committed.expect("committed before publishing");
             let from = base.tables.get(&t.request.table).map_or(0, |p| p.version);
-            let version = match from < committed {
-                true => recover::publishable_pin(self.lake, &t.request.table, from, committed, &self.op, self.skew, &self.deadline).await?,
-                false => committed,
-            };
+            let version = recover::publishable_pin(self.lake, &t.request.table, from, committed, &self.attempt, self.skew, &self.deadline).await?;
             pins.insert(t.request.table.clone(), TablePin { version, mode: t.mode, key: t.key.clone() });
         }
         let goal = Goal {
@@ -708,21 +767,12 @@ impl Door<'_> {
         Ok(manifest::publish(self.lake, base, &goal, &self.deadline).await?.version())
     }
 
-    /// Every source of ours was handled by another operation: check the ledger.
-    /// `None` when a source has no claim (that operation gave it back).
-    async fn report_done(&self, tables: &[TableWork]) -> Result<Option<Report>> {
-        let mut others = Vec::new();
-        for t in tables {
-            for (source, _) in &t.sources {
-                let Some(claim) = sidecar::read_claim(self.lake, &source.id).await? else { return Ok(None) };
-                let report = SourceReport { table: t.request.table.clone(), uri: source.uri.clone(), status: SourceStatus::AlreadyIngested, op: claim.op, bytes: source.size };
-                others.push((report, false));
-            }
-        }
-        self.report(None, &[], others).await.map(Some)
-    }
-
-    async fn report(&self, version: Option<u64>, tables: &[TableWork], others: Vec<(SourceReport, bool)>) -> Result<Report> {
+    /// The report: our sources, and those other attempts hold. An
+    /// acknowledgement is earned: a source held elsewhere counts as done only
+    /// once its holder is proven to have published it; a holder in flight is
+    /// waited for (within our deadline); one that gave the source back fails
+    /// this call, so the source is delivered again.
+    async fn report(&self, version: Option<u64>, tables: &[TableWork], elsewhere: Vec<Elsewhere>) -> Result<Report> {
         let mut sources: Vec<SourceReport> = tables
             .iter()
             .flat_map(|t| {
@@ -736,24 +786,29 @@ impl Door<'_> {
             })
             .collect();
         let mut waited = false;
-        for (report, in_flight) in others {
-            if in_flight {
-                let deadline = sidecar::read_intent(self.lake, &report.op).await?.map(|i| i.deadline).unwrap_or_else(Utc::now);
-                recover::await_gone(self.lake, &report.op, deadline, self.skew, &self.deadline).await?;
-                waited = true;
-                let source = self.sources.iter().find(|s| s.uri == report.uri).expect("reports name our sources");
-                if sidecar::read_claim(self.lake, &source.id).await?.is_none() {
-                    return Err(Error::Blocked(format!(
-                        "{} was in flight in operation {}, which gave it back without ingesting it; deliver it again",
-                        report.uri, report.op
-                    )));
+        for e in elsewhere {
+            loop {
+                match sidecar::holder(self.lake, &e.source.id, &e.holder).await? {
+                    Holder::Published => break,
+                    Holder::InFlight(intent) => {
+                        let id = AttemptId::new(&e.holder.op, &e.holder.attempt);
+                        recover::await_gone(self.lake, &id, intent.deadline, self.skew, &self.deadline).await?;
+                        waited = true;
+                    }
+                    Holder::Released => {
+                        return Err(Error::Blocked(format!(
+                            "{} was in flight in operation {}, which gave it back without ingesting it; deliver it again",
+                            e.source.uri, e.holder.op
+                        )));
+                    }
                 }
             }
-            sources.push(report);
+            let table = if e.holder.table.is_empty() { e.table } else { e.holder.table.clone() };
+            sources.push(SourceReport { table, uri: e.source.uri.clone(), status: SourceStatus::AlreadyIngested, op: e.holder.op.clone(), bytes: e.source.size });
         }
-        // Ours shows our sources; after waiting for others', only the latest shows theirs too.
+        // Ours shows our sources; others' are shown by the latest version.
         let manifest_version = match version {
-            Some(v) if !waited => Some(v),
+            Some(v) if !waited && sources.iter().all(|s| s.status == SourceStatus::Ingested) => Some(v),
             _ => manifest::read_latest(self.lake).await?.map(|m| m.version),
         };
         Ok(Report {
@@ -764,6 +819,24 @@ impl Door<'_> {
             requests: RequestSnapshot::default(),
         })
     }
+}
+
+/// A source of this call that another attempt holds.
+struct Elsewhere {
+    table: String,
+    source: Source,
+    holder: Claim,
+}
+
+/// What this attempt owns, for giving it back.
+#[derive(Default)]
+struct Ours {
+    /// (source id, claim generation) claimed.
+    claimed: Vec<(String, u32)>,
+    /// Generations whose create-only PUT answered ambiguously: maybe ours.
+    maybe: Vec<(String, u32)>,
+    /// A Lance commit was started (so one may have landed).
+    commit_started: bool,
 }
 
 struct Staged {

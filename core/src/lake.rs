@@ -186,7 +186,23 @@ impl Timing {
     /// and ours, may be off by the skew) deletes no version while its successor is
     /// younger than the floor.
     pub fn trust_window(&self) -> Duration {
-        self.retention_floor.saturating_sub(self.clock_skew * 3)
+        self.retention_floor.saturating_sub(self.clock_skew.saturating_mul(3))
+    }
+
+    /// Refuse a worker budget this lake's timings cannot protect: cleanup keeps
+    /// what a worker may hold for the retention floor, so a worker must finish
+    /// (or be presumed dead) within it.
+    pub fn check_timeout(&self, timeout: Duration) -> Result<()> {
+        if timeout.saturating_add(self.clock_skew) > self.retention_floor {
+            return Err(Error::Usage(format!(
+                "--timeout {} plus --clock-skew {} exceeds --retention-floor {}: cleanup could remove manifest versions \
+                 a worker this slow still holds. Lower --timeout, or raise --retention-floor (SLUICE_RETENTION_FLOOR) on every worker",
+                humantime(timeout),
+                humantime(self.clock_skew),
+                humantime(self.retention_floor)
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -398,6 +414,10 @@ impl Lake {
     pub fn relative(&self, path: &Path) -> Option<String> {
         path.prefix_match(&self.base).map(|parts| parts.map(|p| p.as_ref().to_string()).collect::<Vec<_>>().join("/"))
     }
+}
+
+fn humantime(d: Duration) -> String {
+    format!("{}s", d.as_secs())
 }
 
 pub(crate) fn to_json<T: Serialize>(value: &T) -> Bytes {

@@ -2,6 +2,7 @@
 //! store correct under concurrent writers, coordinating only through
 //! conditional PUTs. See docs/PROTOCOL.md for the protocol.
 
+pub mod adopt;
 pub mod audit;
 pub mod cleanup;
 pub mod counting;
@@ -10,6 +11,7 @@ pub mod decode;
 pub mod error;
 pub mod failpoints;
 pub mod faults;
+pub mod fence;
 pub mod hide_newer;
 pub mod ingest;
 pub mod lake;

@@ -27,7 +27,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::Utc;
 use lance::dataset::index::DatasetIndexRemapperOptions;
-use lance::dataset::optimize::{CompactionOptions, CompactionPlan, CompactionTask, RewriteResult, commit_compaction, plan_compaction};
+use lance::dataset::optimize::{CompactionMetrics, CompactionOptions, CompactionPlan, CompactionTask, RewriteResult, commit_compaction, plan_compaction};
 use serde::{Deserialize, Serialize};
 
 use crate::counting::RequestSnapshot;
@@ -37,8 +37,9 @@ use crate::failpoints;
 use crate::ingest::Budget;
 use crate::lake::{Created, Lake};
 use crate::manifest::{self, Goal, Published};
+use crate::fence;
 use crate::recover;
-use crate::sidecar::{self, Intent, IntentTable, SCOPE_SINGLE};
+use crate::sidecar::{self, AttemptId, Decision, Intent, IntentTable, Outcome, SCOPE_SINGLE};
 
 /// Re-plans after a conflicting update or delete of the planned fragments.
 const MAX_REPLANS: u32 = 3;
@@ -185,6 +186,26 @@ async fn await_pin_past(lake: &Lake, table: &str, pin: u64, deadline: &Deadline)
     Ok(())
 }
 
+/// A compaction that gives up before its rewrite is known to have landed:
+/// decide roll_back (a rewrite still in flight is then never published; it
+/// preserves content anyway), remove the intent. If recovery decided first,
+/// the outcome is its to carry out.
+async fn give_up(lake: &Lake, id: &AttemptId) -> Result<()> {
+    let decision = Decision {
+        op: id.op.clone(),
+        intent: id.attempt.clone(),
+        attempt: id.attempt.clone(),
+        outcome: Outcome::RollBack,
+        by: "writer".into(),
+        at: Utc::now(),
+        versions: BTreeMap::new(),
+    };
+    match sidecar::decide(lake, &decision).await? {
+        Created::Mine => sidecar::delete_intent(lake, id).await,
+        _ => Ok(()),
+    }
+}
+
 /// Keep the plan's leading tasks within the bytes budget (at least one).
 fn within_bytes(plan: &mut CompactionPlan, max_bytes: Option<u64>) {
     let Some(max) = max_bytes else { return };
@@ -248,6 +269,7 @@ pub struct Report {
 /// Compact `tables` (every published table if empty).
 pub async fn run(lake: &Lake, tables: &[String], opts: &Options, budget: Budget, executor: &dyn Executor) -> Result<Report> {
     let before = lake.requests();
+    lake.timing().check_timeout(budget.timeout)?;
     let deadline = Deadline::after(budget.timeout);
     let latest = manifest::read_latest(lake).await?.ok_or_else(|| Error::Usage(format!("no lake at {}: nothing to optimize", lake.uri())))?;
     let names: Vec<String> = if tables.is_empty() { latest.tables.keys().cloned().collect() } else { tables.to_vec() };
@@ -318,21 +340,21 @@ async fn compact_table(lake: &Lake, table: &str, opts: &Options, skew: Duration,
             deadline: deadline.at(),
             worker: sidecar::worker_name(),
         };
-        match sidecar::create_intent(lake, &intent).await? {
-            Created::Mine => {}
-            // Another optimizer of this same state: wait for it, then look again.
-            Created::Theirs(other) => {
-                recover::await_gone(lake, &other.op, other.deadline, skew, deadline).await?;
-                let now = manifest::read_latest(lake).await?.expect("checked by run");
-                if now.tables[table].version > pin.version {
-                    let after = lake.open_table(table, Some(now.tables[table].version)).await?.fragments().len();
-                    return Ok(report(TableAction::DoneByOther, after));
-                }
-                continue;
+        let id = AttemptId::new(&op, &attempt);
+        // Another optimizer of this same state in flight: wait for it, then look
+        // again (a hint, not a lock: two that start at once are arbitrated by
+        // Lance, whose second rewrite of the same fragments conflicts).
+        if let Some(other) = sidecar::pending(lake).await?.into_iter().find(|i| i.op == op) {
+            recover::await_gone(lake, &AttemptId::new(&other.op, &other.attempt), other.deadline, skew, deadline).await?;
+            let now = manifest::read_latest(lake).await?.expect("checked by run");
+            if now.tables[table].version > pin.version {
+                let after = lake.open_table(table, Some(now.tables[table].version)).await?.fragments().len();
+                return Ok(report(TableAction::DoneByOther, after));
             }
-            Created::Gone => continue,
+            continue;
         }
-        // Nothing is committed until the rewrite: a failure before it removes the intent.
+        sidecar::create_intent(lake, &intent).await?;
+        // Nothing is committed until the rewrite: a failure before it rolls this attempt back.
         let batches = batches(table, plan.compaction_tasks().collect(), opts.parallel);
         let workers = executor.workers(batches.len());
         let executed = async {
@@ -346,33 +368,52 @@ async fn compact_table(lake: &Lake, table: &str, opts: &Options, skew: Duration,
         let results = match executed {
             Ok(results) => results,
             Err(e) => {
-                sidecar::finish(lake, &op, &attempt, false).await?;
+                give_up(lake, &id).await?;
                 return Err(e);
             }
         };
         let properties = sidecar::commit_properties(&op, &attempt, &attempt, SCOPE_SINGLE);
         let committing = CompactionOptions { transaction_properties: Some(Arc::new(properties)), ..compaction };
-        let metrics = match commit_compaction(&mut ds, results, Arc::new(DatasetIndexRemapperOptions::default()), &committing).await {
-            Ok(m) => m,
-            // An update or delete of the same fragments won: nothing of ours landed; plan again.
-            Err(lance::Error::RetryableCommitConflict { .. }) => {
-                sidecar::finish(lake, &op, &attempt, false).await?;
-                tracing::info!(table, "compaction conflicted with a rewrite, update or delete of the same fragments; re-planning");
-                await_pin_past(lake, table, pin.version, deadline).await?;
-                continue;
-            }
-            Err(e) => return Err(Error::lance(table, e)),
+        let (version, metrics) = match commit_compaction(&mut ds, results, Arc::new(DatasetIndexRemapperOptions::default()), &committing).await {
+            Ok(m) => (ds.version().version, m),
+            Err(e) => match fence::committed_by(lake, table, pin.version, &attempt).await? {
+                // It landed after all: the history decides, not the error.
+                Some(version) => (version, CompactionMetrics::default()),
+                None => {
+                    give_up(lake, &id).await?;
+                    match e {
+                        // An update or delete of the same fragments won: plan again.
+                        lance::Error::RetryableCommitConflict { .. } => {
+                            tracing::info!(table, "compaction conflicted with a rewrite, update or delete of the same fragments; re-planning");
+                            await_pin_past(lake, table, pin.version, deadline).await?;
+                            continue;
+                        }
+                        e => return Err(Error::lance(table, e)),
+                    }
+                }
+            },
         };
-        let version = ds.version().version;
         failpoints::hit(failpoints::OPTIMIZE_AFTER_COMMIT)?;
 
-        let pinned = recover::publishable_pin(lake, table, pin.version, version, &op, skew, deadline).await?;
+        let decision = Decision {
+            op: op.clone(),
+            intent: attempt.clone(),
+            attempt: attempt.clone(),
+            outcome: Outcome::Forward,
+            by: "writer".into(),
+            at: Utc::now(),
+            versions: BTreeMap::from([(table.to_string(), version)]),
+        };
+        if !matches!(sidecar::decide(lake, &decision).await?, Created::Mine) {
+            return Err(Error::Blocked(format!("compaction {id} was decided by recovery while this optimizer was stalled; it does not publish")));
+        }
+        let pinned = recover::publishable_pin(lake, table, pin.version, version, &attempt, skew, deadline).await?;
         let goal = Goal {
             published: Published { op: op.clone(), attempt, kind: "optimize".into(), tables: BTreeMap::from([(table.to_string(), pinned)]), sources: 0 },
             pins: BTreeMap::from([(table.to_string(), manifest::TablePin { version: pinned, ..pin })]),
         };
         let manifest_version = manifest::publish(lake, latest, &goal, deadline).await?.version();
-        sidecar::finish(lake, &op, &intent.attempt, false).await?;
+        sidecar::delete_intent(lake, &id).await?;
         let after = lake.open_table(table, Some(pinned)).await?.fragments().len();
         let action = TableAction::Compacted {
             lance_version: version,

@@ -1,33 +1,32 @@
-//! Recovery: finish or undo the operations of workers that died (DESIGN.md
-//! invariants 4-8).
+//! Recovery: finish or undo the attempts of workers that died (DESIGN.md
+//! invariants 4-8 and 12).
 //!
 //! A sweep lists `_ops/` (one LIST; nothing more when nothing is pending) and
 //! takes up only intents whose owner's deadline plus the clock-skew margin has
-//! passed. For each it takes a lease (create-only, so one sweep acts at a
-//! time), proves what reached Lance by finding the operation's own commits
-//! (its attempt ids in the transaction properties) after the pins it started
-//! from, and what reached the manifest, then:
+//! passed. For each it takes a lease on that attempt (create-only, so one sweep
+//! acts at a time), reads the intent again (a stale copy is never acted on),
+//! proves what reached Lance by finding the attempt's own commits (its ids in
+//! the transaction properties) after the pins it started from, then:
 //!
 //! - **converges** when the published state already shows every commit;
-//! - **rolls forward** when every table committed: publish them;
+//! - **rolls forward** when every table committed: decide forward (naming the
+//!   commits), publish them;
 //! - **redoes** a multi-table load that committed some tables, when its
 //!   sources are unchanged: commit the rest, decide forward, publish;
-//! - **rolls back** otherwise: decide so (create-only, racing the writer), then
-//!   delete exactly the fragments the operation added and release its sources;
+//! - **rolls back** otherwise: decide so, then look again (a late commit may
+//!   have landed meanwhile), delete exactly the fragments the attempt added and
+//!   release its sources;
 //! - **refuses** what it cannot prove, keeping the intent.
 //!
-//! The decision object is what a late writer must win to publish a multi-table
-//! load, so it cannot publish over recovery. A single-table operation needs no
-//! decision: once committed it is only ever rolled forward, and without a
-//! commit it has nothing to publish (no commit starts after its deadline).
+//! The decision is create-only and shared with the writer: whichever of them
+//! decides first wins, the other follows. So a writer that wakes up after its
+//! roll-back cannot publish, and its late commit is never passed by a pin
+//! (`fence.rs`) but removed.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use chrono::Utc;
-use lance::dataset::CommitBuilder;
-use lance::dataset::transaction::{Operation, Transaction};
 use serde::Serialize;
 
 use crate::audit::{self, AuditRecord, AuditTable, Verdict};
@@ -35,21 +34,19 @@ use crate::counting::RequestSnapshot;
 use crate::deadline::Deadline;
 use crate::error::{Error, Result};
 use crate::failpoints;
+use crate::fence::{self, MAX_POLL, Seen, Vetted};
 use crate::ingest;
 use crate::lake::{Created, Lake};
 use crate::manifest::{self, Goal, Manifest, Published, PublishOutcome, TablePin};
-use crate::sidecar::{
-    self, Decision, Intent, Lease, OpFiles, Outcome, SourceRef, PROP_ATTEMPT, PROP_INTENT, PROP_OP, PROP_SCOPE, SCOPE_MULTI, SCOPE_ROLLBACK,
-    SCOPE_SINGLE,
-};
+use crate::sidecar::{self, AttemptId, Decision, Intent, Lease, OpFiles, Outcome, SourceRef};
 use crate::source::Source;
 
 /// Default margin for clocks that disagree between workers.
 pub const DEFAULT_CLOCK_SKEW: Duration = Duration::from_secs(60);
-/// Lance versions recovery reads per table to find an operation's commits.
+/// Lance versions recovery reads per table to find an attempt's commits.
 const MAX_SCAN: u64 = 100_000;
-/// Longest pause between polls of another worker's progress.
-const MAX_POLL: Duration = Duration::from_secs(1);
+/// Rounds of vetting one publish: each resolves or removes one obstacle.
+const MAX_VET_ROUNDS: u32 = 64;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Options {
@@ -79,6 +76,7 @@ pub enum Action {
 #[derive(Debug, Clone, Serialize)]
 pub struct OpReport {
     pub op: String,
+    pub attempt: String,
     pub kind: String,
     pub tables: Vec<String>,
     #[serde(flatten)]
@@ -107,12 +105,13 @@ pub async fn sweep(lake: &Lake, opts: Options, timeout: Duration) -> Result<Swee
     let ops = sidecar::list_ops(lake).await?;
     let mut intents = Vec::new();
     let mut refused = Vec::new();
-    for (op, files) in ops.into_iter().filter(|(_, f)| f.intent) {
-        match sidecar::read_intent(lake, &op).await {
+    for (id, files) in ops.into_iter().filter(|(_, f)| f.intent) {
+        match sidecar::read_intent(lake, &id).await {
             Ok(Some(intent)) => intents.push((intent, files)),
             Ok(None) => {}
             Err(e @ Error::Corrupt { .. }) => refused.push(OpReport {
-                op,
+                op: id.op,
+                attempt: id.attempt,
                 kind: "unknown".into(),
                 tables: Vec::new(),
                 action: Action::Refused { reason: format!("{e}; fix or remove the intent by hand") },
@@ -139,7 +138,7 @@ pub async fn sweep(lake: &Lake, opts: Options, timeout: Duration) -> Result<Swee
 }
 
 fn report(intent: &Intent, action: Action) -> OpReport {
-    OpReport { op: intent.op.clone(), kind: intent.kind.clone(), tables: intent.tables.keys().cloned().collect(), action }
+    OpReport { op: intent.op.clone(), attempt: intent.attempt.clone(), kind: intent.kind.clone(), tables: intent.tables.keys().cloned().collect(), action }
 }
 
 /// Heal first: resolve expired intents that touch `tables` before a writer
@@ -149,12 +148,12 @@ fn report(intent: &Intent, action: Action) -> OpReport {
 pub async fn heal(lake: &Lake, tables: &BTreeSet<String>, clock_skew: Duration, deadline: &Deadline) -> Result<()> {
     let ops = sidecar::list_ops(lake).await?;
     let seen = Seen::default();
-    for (op, files) in ops.into_iter().filter(|(_, f)| f.intent) {
-        let intent = match sidecar::read_intent(lake, &op).await {
+    for (id, files) in ops.into_iter().filter(|(_, f)| f.intent) {
+        let intent = match sidecar::read_intent(lake, &id).await {
             Ok(Some(intent)) => intent,
             Ok(None) => continue,
             Err(e) => {
-                tracing::warn!(op, error = %e, "heal-first: cannot read an intent; `sluice recover` reports it");
+                tracing::warn!(op = %id, error = %e, "heal-first: cannot read an intent; `sluice recover` reports it");
                 continue;
             }
         };
@@ -164,26 +163,26 @@ pub async fn heal(lake: &Lake, tables: &BTreeSet<String>, clock_skew: Duration, 
         let opts = Options { clock_skew, dry_run: false };
         match resolve(lake, &intent, &files, opts, deadline, false, &seen).await {
             Ok(Action::Live { .. }) => {}
-            Ok(action) => tracing::info!(op, ?action, "heal-first resolved a dead worker's operation"),
-            Err(e) => tracing::warn!(op, error = %e, "heal-first could not resolve an operation"),
+            Ok(action) => tracing::info!(op = %id, ?action, "heal-first resolved a dead worker's operation"),
+            Err(e) => tracing::warn!(op = %id, error = %e, "heal-first could not resolve an operation"),
         }
     }
     Ok(())
 }
 
-/// Resolve operation `op` if its owner is dead: what a writer does when the
-/// intent it waits for expires.
-pub async fn resolve_op(lake: &Lake, op: &str, clock_skew: Duration, deadline: &Deadline) -> Result<Action> {
-    let files = sidecar::list_ops(lake).await?.remove(op).unwrap_or_default();
-    match sidecar::read_intent(lake, op).await? {
+/// Resolve attempt `id` if its owner is dead: what a writer does when an
+/// attempt it waits for expires.
+pub async fn resolve_attempt(lake: &Lake, id: &AttemptId, clock_skew: Duration, deadline: &Deadline) -> Result<Action> {
+    let files = sidecar::list_ops(lake).await?.remove(id).unwrap_or_default();
+    match sidecar::read_intent(lake, id).await? {
         Some(intent) => resolve(lake, &intent, &files, Options { clock_skew, dry_run: false }, deadline, false, &Seen::default()).await,
         None => Ok(Action::DoneByOther { verdict: None }),
     }
 }
 
-/// When a worker whose deadline is `deadline` is presumed dead.
+/// When a worker whose deadline is `deadline` is presumed dead (saturating).
 pub(crate) fn presumed_dead_at(deadline: chrono::DateTime<Utc>, skew: Duration) -> chrono::DateTime<Utc> {
-    deadline + chrono::Duration::from_std(skew).unwrap_or(chrono::Duration::MAX)
+    crate::deadline::later(deadline, skew)
 }
 
 /// When the owner of `intent` (the writer, or the sweep holding the latest
@@ -192,24 +191,24 @@ fn expires_at(intent: &Intent, lease: Option<&Lease>, skew: Duration) -> chrono:
     presumed_dead_at(lease.map_or(intent.deadline, |l| l.deadline.max(intent.deadline)), skew)
 }
 
-/// A writer waiting on another operation `op` (a duplicate delivery, another
-/// optimizer of the same state): poll until its intent is gone, resolving it
-/// once its owner is presumed dead. Bounded by `deadline`.
-pub(crate) async fn await_gone(lake: &Lake, op: &str, its_deadline: chrono::DateTime<Utc>, skew: Duration, deadline: &Deadline) -> Result<()> {
+/// A worker waiting on another attempt (the holder of a source it wants):
+/// poll until that attempt's intent is gone, resolving it once its owner is
+/// presumed dead. Bounded by `deadline`.
+pub(crate) async fn await_gone(lake: &Lake, id: &AttemptId, its_deadline: chrono::DateTime<Utc>, skew: Duration, deadline: &Deadline) -> Result<()> {
     let mut pause = Duration::from_millis(50);
-    while sidecar::intent_exists(lake, op).await? {
+    while sidecar::intent_exists(lake, id).await? {
         if Utc::now() >= presumed_dead_at(its_deadline, skew) {
             // Boxed here and below: recovery's future is large and would nest inside the writer's.
-            let action = Box::pin(resolve_op(lake, op, skew, deadline)).await?;
-            tracing::info!(op, ?action, "took over a dead worker's operation");
+            let action = Box::pin(resolve_attempt(lake, id, skew, deadline)).await?;
+            tracing::info!(op = %id, ?action, "took over a dead worker's operation");
             match action {
                 Action::Decided { .. } | Action::DoneByOther { .. } => continue,
-                Action::Refused { reason } => return Err(Error::Blocked(format!("operation {op} died and recovery refused it: {reason}"))),
+                Action::Refused { reason } => return Err(Error::Blocked(format!("operation {id} died and recovery refused it: {reason}"))),
                 _ => {}
             }
         }
         if deadline.remaining() <= pause {
-            return Err(Error::Blocked(format!("operation {op} is still running (its deadline is {its_deadline}); retry later")));
+            return Err(Error::Blocked(format!("operation {id} is still running (its deadline is {its_deadline}); retry later")));
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(MAX_POLL);
@@ -218,48 +217,52 @@ pub(crate) async fn await_gone(lake: &Lake, op: &str, its_deadline: chrono::Date
 }
 
 /// The pin a writer may move `table` to from `from` to show its own commit at
-/// `to` ([`vet`]), resolving dead operations whose commits stand in between.
-/// Bounded by `deadline`: each round resolves an operation or pauses.
-pub(crate) async fn publishable_pin(lake: &Lake, table: &str, from: u64, to: u64, own_op: &str, skew: Duration, deadline: &Deadline) -> Result<u64> {
+/// `to` ([`fence::vet`]), resolving dead attempts and removing late commits
+/// that stand in between. Bounded by `deadline` and [`MAX_VET_ROUNDS`].
+pub(crate) async fn publishable_pin(lake: &Lake, table: &str, from: u64, to: u64, by: &str, skew: Duration, deadline: &Deadline) -> Result<u64> {
+    if from >= to {
+        return Ok(to);
+    }
+    let seen = Seen::default();
     let mut pause = Duration::from_millis(50);
-    loop {
-        let op = match vet(lake, table, from, to, own_op, skew, deadline, &Seen::default()).await? {
+    for _ in 0..MAX_VET_ROUNDS {
+        let id = match fence::vet(lake, table, from, to, Some(by), skew, deadline, &seen).await? {
             Vetted::Pin(v) => return Ok(v),
-            Vetted::Expired(op) => op,
             Vetted::Foreign(reason) => return Err(Error::Blocked(reason)),
+            Vetted::Late { id, version } => {
+                if let Err(reason) = fence::remove_commit(lake, table, &id, by, version, deadline).await? {
+                    return Err(Error::Blocked(reason));
+                }
+                continue;
+            }
+            Vetted::Expired(id) => id,
         };
-        match Box::pin(resolve_op(lake, &op, skew, deadline)).await? {
+        match Box::pin(resolve_attempt(lake, &id, skew, deadline)).await? {
             Action::Decided { .. } | Action::DoneByOther { .. } => continue,
             Action::Refused { reason } => {
-                return Err(Error::Blocked(format!("table '{table}': operation {op} stands before this commit and recovery refused it: {reason}")));
+                return Err(Error::Blocked(format!("table '{table}': operation {id} stands before this commit and recovery refused it: {reason}")));
             }
             // Another sweep holds it, or it could not be finished yet: wait.
             _ if deadline.remaining() > pause => tokio::time::sleep(pause).await,
             _ => {
                 return Err(Error::Blocked(format!(
-                    "table '{table}': dead operation {op} before version {to} was not resolved by this worker's deadline; run `sluice recover`"
+                    "table '{table}': dead operation {id} before version {to} was not resolved by this worker's deadline; run `sluice recover`"
                 )));
             }
         }
         pause = (pause * 2).min(MAX_POLL);
     }
+    Err(Error::Contention { what: "vetting a publish", attempts: MAX_VET_ROUNDS, last: format!("table '{table}' kept gaining undecided commits") })
 }
 
 /// Resolve `intent` if its owner is presumed dead. A sweep (`join_sweeps`)
 /// waits for another sweep's live lease to end in an outcome; a writer healing
 /// first does not (its own checks keep it from publishing anything undecided).
-async fn resolve(
-    lake: &Lake,
-    intent: &Intent,
-    files: &OpFiles,
-    opts: Options,
-    deadline: &Deadline,
-    join_sweeps: bool,
-    seen: &Seen,
-) -> Result<Action> {
+async fn resolve(lake: &Lake, intent: &Intent, files: &OpFiles, opts: Options, deadline: &Deadline, join_sweeps: bool, seen: &Seen) -> Result<Action> {
+    let id = AttemptId::new(&intent.op, &intent.attempt);
     let mut leases = Vec::with_capacity(files.leases.len());
     for k in &files.leases {
-        match sidecar::read_lease(lake, &intent.op, *k).await {
+        match sidecar::read_lease(lake, &id, *k).await {
             Ok(Some(lease)) => leases.push(lease),
             Ok(None) => {}
             Err(e @ Error::Corrupt { .. }) => return Ok(Action::Refused { reason: e.to_string() }),
@@ -274,8 +277,10 @@ async fn resolve(
     let mut r = Recovery {
         lake,
         intent,
+        id: id.clone(),
         lease: Lease {
             op: intent.op.clone(),
+            intent: intent.attempt.clone(),
             k: leases.last().map_or(1, |l| l.k + 1),
             attempt: uuid::Uuid::now_v7().to_string(),
             taken_at: Utc::now(),
@@ -293,11 +298,17 @@ async fn resolve(
     }
     if opts.dry_run {
         let state = r.inspect().await?;
-        return Ok(match r.plan(&state).await? {
-            Plan::Refuse(reason) => Action::Refused { reason },
-            plan => Action::Planned { verdict: plan.verdict(&state) },
-        });
+        return match r.plan(&state).await? {
+            Plan::Refuse(reason) => Ok(Action::Refused { reason }),
+            // What the real run's publish would meet: the same answer, before acting.
+            Plan::Forward(versions) if !state.published(&versions) => Ok(match r.vet_dry(&state, &versions).await? {
+                Some(action) => action,
+                None => Action::Planned { verdict: Verdict::RolledForward },
+            }),
+            plan => Ok(Action::Planned { verdict: plan.verdict(&state) }),
+        };
     }
+    failpoints::hit(failpoints::RECOVER_BEFORE_LEASE)?;
     match sidecar::take_lease(lake, &r.lease).await? {
         Created::Mine => {}
         // Another sweep took over first: wait for its outcome.
@@ -305,47 +316,57 @@ async fn resolve(
     }
     r.leases.push(r.lease.k);
     failpoints::hit(failpoints::RECOVER_AFTER_LEASE)?;
+    // What we read before the lease may be stale: act only on what is there now.
+    if !sidecar::intent_exists(lake, &id).await? {
+        sidecar::remove_lease(lake, &id, r.lease.k).await?;
+        let rec = audit::read(lake, &id.op, &id.attempt).await?;
+        return Ok(Action::DoneByOther { verdict: rec.map(|r| r.verdict) });
+    }
     r.run().await
-}
-
-/// A table's commit by the operation, as recovery found it.
-#[derive(Debug, Clone)]
-struct Commit {
-    version: u64,
-    /// It only added fragments (an append or a table's creation), so deleting
-    /// them undoes it; an upsert's update also removed rows elsewhere.
-    removable: bool,
 }
 
 #[derive(Debug)]
 struct State {
-    commits: BTreeMap<String, Commit>,
-    /// Recovery's earlier commits removing the operation's rows.
+    /// Per table, the attempt's commits not yet removed.
+    commits: BTreeMap<String, Vec<(u64, bool)>>,
+    /// Recovery's earlier commits removing the attempt's rows.
     removals: BTreeMap<String, u64>,
     latest: Manifest,
     decision: Option<Decision>,
-    /// Multi-table: the sources whose claims this intent holds, per table. A
+    /// Multi-table: the sources whose claims this attempt holds, per table. A
     /// table whose sources other operations had already ingested was never
     /// going to be committed by this one.
     owned: BTreeMap<String, Vec<SourceRef>>,
 }
 
 impl State {
-    fn published(&self) -> bool {
-        self.commits.iter().all(|(t, c)| self.latest.tables.get(t).is_some_and(|p| p.version >= c.version))
+    /// The one commit per table that would go forward (`None` if a table has several).
+    fn forward_versions(&self) -> Option<BTreeMap<String, u64>> {
+        if let Some(d) = self.decision.as_ref().filter(|d| d.outcome == Outcome::Forward) {
+            return Some(d.versions.clone());
+        }
+        self.commits.iter().filter(|(_, c)| !c.is_empty()).map(|(t, c)| (c.len() == 1).then(|| (t.clone(), c[0].0))).collect()
+    }
+
+    fn committed_tables(&self) -> usize {
+        self.commits.values().filter(|c| !c.is_empty()).count()
+    }
+
+    fn published(&self, versions: &BTreeMap<String, u64>) -> bool {
+        versions.iter().all(|(t, v)| self.latest.tables.get(t).is_some_and(|p| p.version >= *v))
     }
 }
 
 enum Publishing {
     Done(PublishOutcome),
-    /// Another operation's commits must be decided first: a later pass.
+    /// Another attempt's commits must be decided first: a later pass.
     Wait(String),
     /// A commit recovery cannot attribute: a person must look.
     Refuse(String),
 }
 
 enum Plan {
-    Forward,
+    Forward(BTreeMap<String, u64>),
     Redo(BTreeMap<String, Vec<SourceRef>>),
     RollBack(String),
     Refuse(String),
@@ -354,8 +375,8 @@ enum Plan {
 impl Plan {
     fn verdict(&self, state: &State) -> Verdict {
         match self {
-            Plan::Forward if state.published() => Verdict::Converged,
-            Plan::Forward => Verdict::RolledForward,
+            Plan::Forward(v) if state.published(v) => Verdict::Converged,
+            Plan::Forward(_) => Verdict::RolledForward,
             Plan::Redo(_) => Verdict::Redone,
             Plan::RollBack(_) => Verdict::RolledBack,
             Plan::Refuse(_) => unreachable!("a refusal has no verdict"),
@@ -366,29 +387,12 @@ impl Plan {
 struct Recovery<'a> {
     lake: &'a Lake,
     intent: &'a Intent,
+    id: AttemptId,
     lease: Lease,
     leases: Vec<u32>,
     deadline: &'a Deadline,
     skew: Duration,
     seen: &'a Seen,
-}
-
-/// Lance transactions read during one sweep, by table and version: a version
-/// never changes once written, and dead operations on one table share their
-/// versions, so each is read once per sweep instead of once per operation.
-#[derive(Default)]
-struct Seen(std::sync::Mutex<HashMap<(String, u64), Option<Transaction>>>);
-
-impl Seen {
-    async fn transaction(&self, ds: &lance::Dataset, table: &str, version: u64) -> Result<Option<Transaction>> {
-        let key = (table.to_string(), version);
-        if let Some(txn) = self.0.lock().expect("seen poisoned").get(&key) {
-            return Ok(txn.clone());
-        }
-        let txn = ds.read_version_transaction(version).await.map_err(|e| Error::lance(table, e))?.transaction;
-        self.0.lock().expect("seen poisoned").insert(key, txn.clone());
-        Ok(txn)
-    }
 }
 
 impl Recovery<'_> {
@@ -399,50 +403,50 @@ impl Recovery<'_> {
     async fn run(&self) -> Result<Action> {
         let mut state = self.inspect().await?;
         let mut plan = self.plan(&state).await?;
-        // A decision lost to the writer or another sweep is followed, once.
-        for _ in 0..2 {
+        // Decide before acting; a decision lost to the writer or another sweep is followed.
+        if state.decision.is_none() {
             let outcome = match &plan {
-                Plan::Forward if self.multi() && state.decision.is_none() => Outcome::Forward,
-                Plan::RollBack(_) if self.multi() && state.decision.is_none() && !state.commits.is_empty() => Outcome::RollBack,
-                _ => break,
+                Plan::Forward(_) => Some(Outcome::Forward),
+                Plan::RollBack(_) => Some(Outcome::RollBack),
+                Plan::Redo(_) | Plan::Refuse(_) => None,
             };
-            match self.decide(outcome, &state).await? {
-                None => break,
-                Some(theirs) => {
+            if let Some(outcome) = outcome {
+                let versions = match &plan {
+                    Plan::Forward(v) => v.clone(),
+                    _ => BTreeMap::new(),
+                };
+                if let Some(theirs) = self.decide(outcome, versions).await? {
                     state.decision = Some(theirs);
                     plan = self.plan(&state).await?;
+                } else if outcome == Outcome::RollBack {
+                    // A commit may have landed between our look and our decision: look again.
+                    state = self.inspect().await?;
                 }
             }
         }
         let (verdict, reason, manifest_version) = match plan {
             Plan::Refuse(reason) => return Ok(Action::Refused { reason }),
-            Plan::Forward => {
-                match self.publish(&state).await? {
-                    Publishing::Wait(reason) => return Ok(Action::Deferred { reason }),
-                    Publishing::Refuse(reason) => return Ok(Action::Refused { reason }),
-                    Publishing::Done(PublishOutcome::AlreadyCovered { version }) => {
-                        (Verdict::Converged, "the published state already showed every commit".into(), Some(version))
-                    }
-                    Publishing::Done(PublishOutcome::Published { version }) => {
-                        (Verdict::RolledForward, "every table was committed; recovery published them".into(), Some(version))
-                    }
+            Plan::Forward(versions) => match self.publish(&state, &versions).await? {
+                Publishing::Wait(reason) => return Ok(Action::Deferred { reason }),
+                Publishing::Refuse(reason) => return Ok(Action::Refused { reason }),
+                Publishing::Done(PublishOutcome::AlreadyCovered { version }) => {
+                    (Verdict::Converged, "the published state already showed every commit".into(), Some(version))
                 }
-            }
+                Publishing::Done(PublishOutcome::Published { version }) => {
+                    (Verdict::RolledForward, "every table was committed; recovery published them".into(), Some(version))
+                }
+            },
             Plan::Redo(missing) => {
                 let names: Vec<String> = missing.keys().cloned().collect();
+                let mut versions = state.forward_versions().unwrap_or_default();
                 match Box::pin(ingest::redo(self.lake, self.intent, &self.lease.attempt, *self.deadline, &missing)).await? {
                     None => return Ok(Action::Deferred { reason: "a source changed while being redone; the next pass rolls back".into() }),
-                    Some(done) => {
-                        for (table, version) in done {
-                            // Redone commits are only ever rolled forward: the decision comes next.
-                            state.commits.insert(table, Commit { version, removable: false });
-                        }
-                    }
+                    Some(done) => versions.extend(done),
                 }
-                if let Some(theirs) = self.decide(Outcome::Forward, &state).await? {
+                if let Some(theirs) = self.decide(Outcome::Forward, versions.clone()).await? {
                     return Ok(Action::Refused { reason: format!("redone, but the operation was decided {:?} by {} meanwhile", theirs.outcome, theirs.by) });
                 }
-                match self.publish(&state).await? {
+                match self.publish(&state, &versions).await? {
                     Publishing::Wait(reason) => return Ok(Action::Deferred { reason }),
                     Publishing::Refuse(reason) => return Ok(Action::Refused { reason }),
                     Publishing::Done(outcome) => (Verdict::Redone, format!("tables {names:?} were missing; redone from the unchanged sources"), Some(outcome.version())),
@@ -459,59 +463,34 @@ impl Recovery<'_> {
         self.record(verdict, reason, manifest_version, &state).await?;
         failpoints::hit(failpoints::RECOVER_BEFORE_FINISH)?;
         if verdict == Verdict::RolledBack {
-            self.release_sources().await?;
+            release_sources(self.lake, self.intent).await?;
         }
-        sidecar::finish_recovered(self.lake, &self.intent.op, &self.leases).await?;
+        sidecar::finish_recovered(self.lake, &self.id, &self.leases).await?;
         Ok(Action::Decided { verdict, manifest_version })
     }
 
-    /// What reached Lance (the operation's commits after the pins it started
-    /// from) and what reached the manifest.
+    /// What reached Lance (the attempt's commits after the pins it started
+    /// from), what reached the manifest, and the decision.
     async fn inspect(&self) -> Result<State> {
         let mut commits = BTreeMap::new();
         let mut removals = BTreeMap::new();
         for (table, it) in &self.intent.tables {
-            let ds = match self.lake.open_table(table, None).await {
-                Ok(ds) => ds,
-                Err(Error::Lance { source: lance::Error::DatasetNotFound { .. } | lance::Error::NotFound { .. }, .. }) => continue,
-                Err(e) => return Err(e),
-            };
-            let head = ds.version().version;
-            let from = it.start_pin.unwrap_or(0) + 1;
-            if head.saturating_sub(from) > MAX_SCAN {
-                return Err(Error::Blocked(format!(
-                    "table '{table}' has {} versions after operation {}'s start; recovery reads at most {MAX_SCAN}",
-                    head - from,
-                    self.intent.op
-                )));
+            let Some(history) = fence::commits_of(self.lake, table, it.start_pin.unwrap_or(0), &self.id, self.seen, MAX_SCAN).await? else { continue };
+            if let Some((v, _)) = history.removals.last() {
+                removals.insert(table.clone(), *v);
             }
-            for version in from..=head {
-                let Some(txn) = self.seen.transaction(&ds, table, version).await? else { continue };
-                let props = txn.transaction_properties.as_deref();
-                let get = |k: &str| props.and_then(|p| p.get(k)).map(String::as_str);
-                if get(PROP_OP) != Some(self.intent.op.as_str()) || get(PROP_INTENT) != Some(self.intent.attempt.as_str()) {
-                    continue;
-                }
-                if get(PROP_SCOPE) == Some(SCOPE_ROLLBACK) {
-                    removals.insert(table.clone(), version);
-                } else if let Some(earlier) = commits.insert(table.clone(), Commit { version, removable: adds_only(&txn.operation) }) {
-                    return Err(Error::Blocked(format!(
-                        "operation {} has two commits on table '{table}' (versions {} and {version}); recovery will not guess",
-                        self.intent.op, earlier.version
-                    )));
-                }
-            }
+            commits.insert(table.clone(), history.standing());
         }
         let latest = manifest::read_latest(self.lake).await?.ok_or_else(|| Error::Corrupt {
             what: "manifest",
             path: self.lake.uri().to_string(),
             reason: "an operation is pending but the lake has no manifest".into(),
         })?;
-        let (mut decision, mut owned) = (None, BTreeMap::<String, Vec<SourceRef>>::new());
+        let decision = sidecar::read_decision(self.lake, &self.id).await?;
+        let mut owned = BTreeMap::<String, Vec<SourceRef>>::new();
         if self.multi() {
-            decision = sidecar::read_decision(self.lake, &self.intent.op, &self.intent.attempt).await?;
             for s in &self.intent.sources {
-                if self.holds_claim(&s.id).await? {
+                if !sidecar::held_by(self.lake, &s.id, &self.intent.attempt).await?.is_empty() {
                     owned.entry(s.table.clone()).or_default().push(s.clone());
                 }
             }
@@ -520,29 +499,34 @@ impl Recovery<'_> {
     }
 
     async fn plan(&self, state: &State) -> Result<Plan> {
-        let committed = state.commits.len();
-        // Tables this operation had to commit: all, or (multi-table) those it holds sources for.
+        let committed = state.committed_tables();
+        // Tables this attempt had to commit: all, or (multi-table) those it holds sources for.
         let missing: BTreeMap<String, Vec<SourceRef>> = match self.multi() {
-            true => state.owned.iter().filter(|(t, _)| !state.commits.contains_key(*t)).map(|(t, s)| (t.clone(), s.clone())).collect(),
+            true => state.owned.iter().filter(|(t, _)| state.commits.get(*t).is_none_or(|c| c.is_empty())).map(|(t, s)| (t.clone(), s.clone())).collect(),
             false => BTreeMap::new(),
         };
         let names = || missing.keys().cloned().collect::<Vec<_>>();
         Ok(match state.decision.as_ref().map(|d| d.outcome) {
-            Some(Outcome::RollBack) => Plan::RollBack("decided to roll back earlier; finishing it".into()),
-            Some(Outcome::Forward) if missing.is_empty() && committed > 0 => Plan::Forward,
-            Some(Outcome::Forward) => Plan::Refuse(format!("decided forward, but tables {:?} have no commit of this operation", names())),
+            Some(Outcome::RollBack) => Plan::RollBack("decided to roll back; finishing it".into()),
+            Some(Outcome::Forward) => {
+                let versions = state.decision.as_ref().map(|d| d.versions.clone()).unwrap_or_default();
+                let absent: Vec<&String> = versions.iter().filter(|(t, v)| !state.commits.get(*t).is_some_and(|c| c.iter().any(|(cv, _)| cv == *v))).map(|(t, _)| t).collect();
+                if versions.is_empty() || !absent.is_empty() {
+                    Plan::Refuse(format!("decided forward, but tables {absent:?} do not show the decided commits; recovery will not guess"))
+                } else {
+                    Plan::Forward(versions)
+                }
+            }
             None if committed == 0 => Plan::RollBack("nothing was committed; the sources are released for redelivery".into()),
-            None if missing.is_empty() => Plan::Forward,
-            None => match self.changed_source(&missing).await? {
-                None => Plan::Redo(missing),
-                Some(why) => Plan::RollBack(format!("tables {:?} were never committed and cannot be redone: {why}", names())),
+            None => match state.forward_versions() {
+                None => Plan::Refuse("a table holds several undecided commits of this attempt; recovery will not guess".into()),
+                Some(versions) if missing.is_empty() => Plan::Forward(versions),
+                Some(_) => match self.changed_source(&missing).await? {
+                    None => Plan::Redo(missing),
+                    Some(why) => Plan::RollBack(format!("tables {:?} were never committed and cannot be redone: {why}", names())),
+                },
             },
         })
-    }
-
-    async fn holds_claim(&self, source_id: &str) -> Result<bool> {
-        let claim = sidecar::read_claim(self.lake, source_id).await?;
-        Ok(claim.is_some_and(|c| c.op == self.intent.op && c.attempt == self.intent.attempt))
     }
 
     /// Why `sources` cannot be read again as the writer read them.
@@ -558,7 +542,7 @@ impl Recovery<'_> {
     }
 
     /// Record `outcome` create-only; returns the decision that won instead, if another did.
-    async fn decide(&self, outcome: Outcome, state: &State) -> Result<Option<Decision>> {
+    async fn decide(&self, outcome: Outcome, versions: BTreeMap<String, u64>) -> Result<Option<Decision>> {
         self.deadline.check("recording a recovery decision")?;
         let decision = Decision {
             op: self.intent.op.clone(),
@@ -567,37 +551,50 @@ impl Recovery<'_> {
             outcome,
             by: "recovery".into(),
             at: Utc::now(),
-            versions: state.commits.iter().map(|(t, c)| (t.clone(), c.version)).collect(),
+            versions,
         };
         let won = match sidecar::decide(self.lake, &decision).await? {
             Created::Mine => None,
             Created::Theirs(theirs) => Some(theirs),
-            Created::Gone => return Err(Error::Blocked(format!("the decision of operation {} vanished while being read", self.intent.op))),
+            Created::Gone => return Err(Error::Blocked(format!("the decision of operation {} vanished while being read", self.id))),
         };
         failpoints::hit(failpoints::RECOVER_AFTER_DECISION)?;
         Ok(won)
     }
 
-    /// Publish every commit, unless other commits stand in the way.
-    async fn publish(&self, state: &State) -> Result<Publishing> {
+    /// Publish the decided commits, unless other commits stand in the way.
+    async fn publish(&self, state: &State, versions: &BTreeMap<String, u64>) -> Result<Publishing> {
         let mut pins = BTreeMap::new();
-        for (table, commit) in &state.commits {
+        for (table, &commit) in versions {
             let it = &self.intent.tables[table];
             let from = state.latest.tables.get(table).map_or(0, |p| p.version);
-            let version = if from >= commit.version {
-                commit.version
-            } else {
-                match vet(self.lake, table, from, commit.version, &self.intent.op, self.skew, self.deadline, self.seen).await {
-                    Ok(Vetted::Pin(v)) => v,
+            let mut version = commit;
+            for round in 0..=MAX_VET_ROUNDS {
+                if from >= commit {
+                    break;
+                }
+                if round == MAX_VET_ROUNDS {
+                    return Ok(Publishing::Wait(format!("table '{table}' kept gaining late commits")));
+                }
+                match fence::vet(self.lake, table, from, commit, Some(&self.lease.attempt), self.skew, self.deadline, self.seen).await {
+                    Ok(Vetted::Pin(v)) => {
+                        version = v;
+                        break;
+                    }
                     // Sweeps go oldest first; a heal or the next pass resolves that one.
-                    Ok(Vetted::Expired(op)) => {
-                        return Ok(Publishing::Wait(format!("operation {op}, also dead, has undecided commits on table '{table}' before this one's")));
+                    Ok(Vetted::Expired(id)) => {
+                        return Ok(Publishing::Wait(format!("operation {id}, also dead, has undecided commits on table '{table}' before this one's")));
+                    }
+                    Ok(Vetted::Late { id, version }) => {
+                        if let Err(reason) = fence::remove_commit(self.lake, table, &id, &self.lease.attempt, version, self.deadline).await? {
+                            return Ok(Publishing::Refuse(reason));
+                        }
                     }
                     Ok(Vetted::Foreign(reason)) => return Ok(Publishing::Refuse(reason)),
                     Err(Error::Blocked(reason)) => return Ok(Publishing::Wait(reason)),
                     Err(e) => return Err(e),
                 }
-            };
+            }
             pins.insert(table.clone(), TablePin { version, mode: it.mode, key: it.key.clone() });
         }
         let goal = Goal {
@@ -613,55 +610,41 @@ impl Recovery<'_> {
         Ok(Publishing::Done(manifest::publish(self.lake, state.latest.clone(), &goal, self.deadline).await?))
     }
 
-    /// Delete exactly the fragments the operation's commits added (invariant
-    /// 8); never restore. `Err(reason)` when that cannot be done surgically.
-    async fn remove_rows(&self, state: &mut State) -> Result<Result<(), String>> {
-        for (table, commit) in &state.commits {
-            if state.removals.contains_key(table) {
+    /// A dry run of [`Self::publish`]'s vetting: writes nothing, waits for nothing.
+    async fn vet_dry(&self, state: &State, versions: &BTreeMap<String, u64>) -> Result<Option<Action>> {
+        for (table, &commit) in versions {
+            let from = state.latest.tables.get(table).map_or(0, |p| p.version);
+            if from >= commit {
                 continue;
             }
-            if !commit.removable {
-                return Ok(Err(format!(
-                    "table '{table}' version {} is an upsert; removing its rows would not restore the rows it replaced. \
-                     Restore the load's sources and run `sluice recover` again (it then redoes the load), or repair the table by hand",
-                    commit.version
-                )));
+            match fence::vet(self.lake, table, from, commit, None, self.skew, self.deadline, self.seen).await {
+                Ok(Vetted::Pin(_) | Vetted::Late { .. }) => {}
+                Ok(Vetted::Expired(id)) => return Ok(Some(Action::Deferred { reason: format!("operation {id}, also dead, has undecided commits on table '{table}' before this one's") })),
+                Ok(Vetted::Foreign(reason)) => return Ok(Some(Action::Refused { reason })),
+                Err(Error::Blocked(reason)) => return Ok(Some(Action::Deferred { reason })),
+                Err(e) => return Err(e),
             }
-            let added = self.added_fragments(table, commit.version).await?;
-            self.deadline.check("removing a dead operation's rows")?;
-            let ds = Arc::new(self.lake.open_table(table, None).await?);
-            let properties = sidecar::commit_properties(&self.intent.op, &self.lease.attempt, &self.intent.attempt, SCOPE_ROLLBACK);
-            let mut txn = Transaction::new(
-                ds.version().version,
-                Operation::Delete { updated_fragments: Vec::new(), deleted_fragment_ids: added, predicate: format!("sluice rollback of {}", self.intent.op) },
-                None,
-            );
-            txn.transaction_properties = Some(Arc::new(properties));
-            let left = self.deadline.remaining();
-            let done = CommitBuilder::new(ds)
-                .with_timeout(Some(left))
-                .with_retry_timeout(left.min(Duration::from_secs(30)))
-                .execute(txn)
-                .await
-                .map_err(|e| Error::lance(table, e))?;
-            tracing::info!(table, op = %self.intent.op, version = done.version().version, "removed a dead operation's rows");
-            state.removals.insert(table.clone(), done.version().version);
+        }
+        Ok(None)
+    }
+
+    /// Remove every standing commit of the attempt (invariant 8); never restore.
+    async fn remove_rows(&self, state: &mut State) -> Result<Result<(), String>> {
+        for (table, commits) in &state.commits {
+            for &(version, _) in commits {
+                match fence::remove_commit(self.lake, table, &self.id, &self.lease.attempt, version, self.deadline).await? {
+                    Ok(at) => {
+                        state.removals.insert(table.clone(), at);
+                    }
+                    Err(reason) => return Ok(Err(reason)),
+                }
+            }
         }
         Ok(Ok(()))
     }
 
-    /// Fragment ids present at `version` and not before it.
-    async fn added_fragments(&self, table: &str, version: u64) -> Result<Vec<u64>> {
-        let after = self.lake.open_table(table, Some(version)).await?;
-        let before: BTreeSet<u64> = if version > 1 {
-            self.lake.open_table(table, Some(version - 1)).await?.fragments().iter().map(|f| f.id).collect()
-        } else {
-            BTreeSet::new()
-        };
-        Ok(after.fragments().iter().map(|f| f.id).filter(|id| !before.contains(id)).collect())
-    }
-
     async fn record(&self, verdict: Verdict, reason: String, manifest_version: Option<u64>, state: &State) -> Result<()> {
+        let forward = state.forward_versions().unwrap_or_default();
         let rec = AuditRecord {
             op: self.intent.op.clone(),
             attempt: self.intent.attempt.clone(),
@@ -673,7 +656,7 @@ impl Recovery<'_> {
                 .tables
                 .keys()
                 .map(|t| {
-                    let committed = state.commits.get(t).map(|c| c.version);
+                    let committed = forward.get(t).copied().or_else(|| state.commits.get(t).and_then(|c| c.first()).map(|(v, _)| *v));
                     (t.clone(), AuditTable { committed, removed_at: state.removals.get(t).copied() })
                 })
                 .collect(),
@@ -693,164 +676,38 @@ impl Recovery<'_> {
             Created::Theirs(earlier) if (earlier.verdict == Verdict::RolledBack) == (verdict == Verdict::RolledBack) => Ok(()),
             Created::Theirs(earlier) => Err(Error::Blocked(format!(
                 "operation {} was recorded as {} by sweep {}, but this sweep found {verdict}; recovery will not guess",
-                self.intent.op, earlier.verdict, earlier.by
+                self.id, earlier.verdict, earlier.by
             ))),
-            Created::Gone => Err(Error::Blocked(format!("the audit record of operation {} vanished while being read", self.intent.op))),
+            Created::Gone => Err(Error::Blocked(format!("the audit record of operation {} vanished while being read", self.id))),
         }
-    }
-
-    /// Give the sources back for redelivery: the claims this operation made.
-    async fn release_sources(&self) -> Result<()> {
-        for s in &self.intent.sources {
-            if self.holds_claim(&s.id).await? {
-                sidecar::release_claim(self.lake, &s.id).await?;
-            }
-        }
-        Ok(())
     }
 
     /// Another sweep holds the lease: wait (within our deadline) for the intent
     /// to go, then report what was recorded.
     async fn await_other(&self) -> Result<Action> {
         let mut pause = Duration::from_millis(50);
-        while sidecar::intent_exists(self.lake, &self.intent.op).await? {
+        while sidecar::intent_exists(self.lake, &self.id).await? {
             if self.deadline.remaining() <= pause {
                 return Ok(Action::Deferred { reason: "another sweep is resolving it".into() });
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(MAX_POLL);
         }
-        let rec = audit::read(self.lake, &self.intent.op, &self.intent.attempt).await?;
+        let rec = audit::read(self.lake, &self.id.op, &self.id.attempt).await?;
         Ok(Action::DoneByOther { verdict: rec.map(|r| r.verdict) })
     }
 }
 
-/// What [`vet`] found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Vetted {
-    /// The pin may move to this version.
-    Pin(u64),
-    /// Operation `0`, whose owner is presumed dead, stands in the way: resolve it, then vet again.
-    Expired(String),
-    /// A commit no sluice decision covers stands in the way (why): never published by guessing.
-    Foreign(String),
-}
-
-/// Invariant 3: may a pin of `table` advance from `from` to `to`? Every Lance
-/// commit in between must be decided forward. The pin may go further than
-/// `to` when the only way past a rolled-back operation's rows is to include
-/// recovery's commit that removes them. Waits (within `deadline`) for live
-/// multi-table loads. `to` is the caller's own commit.
-#[allow(clippy::too_many_arguments)]
-async fn vet(lake: &Lake, table: &str, from: u64, to: u64, own_op: &str, skew: Duration, deadline: &Deadline, seen: &Seen) -> Result<Vetted> {
-    assert!(from < to, "vetting an empty range");
-    if from + 1 == to {
-        return Ok(Vetted::Pin(to));
-    }
-    let mut ds = lake.open_table(table, Some(to)).await?;
-    let mut txns = read_range(&ds, table, from + 1, to - 1, seen).await?;
-    let mut to = to;
-    let mut i = 0;
-    while i < txns.len() {
-        let (version, txn) = &txns[i];
-        let version = *version;
-        i += 1;
-        let props = txn.as_ref().and_then(|t| t.transaction_properties.clone());
-        let get = |k: &str| props.as_ref().and_then(|p| p.get(k).cloned());
-        let (op, intent) = match (get(PROP_OP), get(PROP_SCOPE).as_deref()) {
-            _ if txn.as_ref().is_some_and(|t| carries_no_rows(&t.operation)) => continue,
-            (Some(_), Some(SCOPE_SINGLE | SCOPE_ROLLBACK)) => continue,
-            (Some(op), Some(SCOPE_MULTI)) if op == own_op => continue,
-            (Some(op), Some(SCOPE_MULTI)) => {
-                let intent = get(PROP_INTENT).or_else(|| get(PROP_ATTEMPT)).unwrap_or_default();
-                (op, intent)
-            }
-            _ => {
-                return Ok(Vetted::Foreign(format!(
-                    "table '{table}' version {version} was not written by a sluice operation; \
-                     sluice will not publish rows it cannot attribute (repair the table, then retry)"
-                )));
-            }
-        };
-        if removal_in(&txns[i..], &op, &intent).is_some() {
-            continue;
-        }
-        // Undecided, or rolled back without its removal in range yet: settle it.
-        let mut pause = Duration::from_millis(50);
-        loop {
-            let outcome = sidecar::read_decision(lake, &op, &intent).await?.map(|d| d.outcome);
-            if outcome == Some(Outcome::Forward) {
-                break;
-            }
-            // A later attempt's intent (a redelivery) does not own this commit.
-            let live_intent = match sidecar::read_intent(lake, &op).await?.filter(|i| i.attempt == intent) {
-                Some(found) => Some(found),
-                None if outcome.is_none() && manifest::read_latest(lake).await?.and_then(|m| m.tables.get(table).map(|p| p.version)).is_some_and(|p| p >= version) => break,
-                None => None,
-            };
-            // Rolled back (or finished without a publish): find recovery's removal beyond `to`.
-            if outcome == Some(Outcome::RollBack) || live_intent.is_none() {
-                ds = lake.open_table(table, None).await?;
-                let head = ds.version().version;
-                if head > to {
-                    let more = read_range(&ds, table, to + 1, head, seen).await?;
-                    if let Some(at) = removal_in(&more, &op, &intent) {
-                        let upto = more.iter().position(|(v, _)| *v == at).expect("found in range");
-                        txns.extend(more.into_iter().take(upto + 1));
-                        to = at;
-                        break;
-                    }
-                }
-                if live_intent.is_none() {
-                    return Ok(Vetted::Foreign(format!(
-                        "table '{table}' version {version} belongs to operation {op}, which finished without publishing \
-                         it or removing its rows; sluice will not publish them (repair the table, then retry)"
-                    )));
-                }
-            }
-            if let Some(intent) = &live_intent
-                && Utc::now() >= presumed_dead_at(intent.deadline, skew)
-            {
-                return Ok(Vetted::Expired(op));
-            }
-            if deadline.remaining() <= pause {
-                return Err(Error::Blocked(format!(
-                    "table '{table}' version {version} belongs to multi-table operation {op}, still undecided at \
-                     this worker's deadline; `sluice recover` resolves it once its own deadline has passed"
-                )));
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(MAX_POLL);
+/// Give the sources of a rolled-back attempt back for redelivery: release
+/// every claim generation it holds (only after its `roll_back` decision).
+pub(crate) async fn release_sources(lake: &Lake, intent: &Intent) -> Result<()> {
+    let mut ids: Vec<&str> = intent.sources.iter().map(|s| s.id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    for id in ids {
+        for generation in sidecar::held_by(lake, id, &intent.attempt).await? {
+            sidecar::release(lake, id, generation, &intent.attempt).await?;
         }
     }
-    Ok(Vetted::Pin(to))
-}
-
-async fn read_range(ds: &lance::Dataset, table: &str, from: u64, to: u64, seen: &Seen) -> Result<Vec<(u64, Option<Transaction>)>> {
-    let mut out = Vec::with_capacity((to + 1).saturating_sub(from) as usize);
-    for version in from..=to {
-        out.push((version, seen.transaction(ds, table, version).await?));
-    }
-    Ok(out)
-}
-
-/// The version of recovery's commit removing the rows of operation `op`'s
-/// intent attempt `intent`, if in `txns`.
-fn removal_in(txns: &[(u64, Option<Transaction>)], op: &str, intent: &str) -> Option<u64> {
-    txns.iter().find_map(|(v, t)| {
-        let p = t.as_ref()?.transaction_properties.as_ref()?;
-        let is = |k: &str, want: &str| p.get(k).map(String::as_str) == Some(want);
-        (is(PROP_OP, op) && is(PROP_INTENT, intent) && is(PROP_SCOPE, SCOPE_ROLLBACK)).then_some(*v)
-    })
-}
-
-/// Operations that only add fragments.
-fn adds_only(op: &Operation) -> bool {
-    matches!(op, Operation::Append { .. } | Operation::Overwrite { .. })
-}
-
-/// Operations that add no rows anyone could see (Lance's own bookkeeping).
-fn carries_no_rows(op: &Operation) -> bool {
-    matches!(op, Operation::ReserveFragments { .. } | Operation::CreateIndex { .. } | Operation::UpdateConfig { .. })
-        || matches!(op, Operation::Overwrite { fragments, .. } if fragments.is_empty())
+    Ok(())
 }

@@ -1,27 +1,48 @@
-//! Recovery sidecars and the exactly-once ledger.
+//! Ownership: who owns each coordination object, and the only ways to act on it.
 //!
-//! - `_ops/<op>.intent.json`: written create-only before any effect (invariant
-//!   4), deleted last, after the publish. The existence of an intent is what
-//!   "in flight" means; `_ops/` holds only in-flight operations, so listing it
-//!   costs one LIST however long the history.
-//! - `_decisions/<op>.<intent attempt>.json`: create-only, so exactly one of
-//!   a multi-table writer ("forward": every table committed) and recovery wins
-//!   it. The writer removes its own after publishing; recovery's stay (until
-//!   cleanup), so a late writer of that attempt can never win one.
-//! - `_ops/<op>.sweep-<k>.json`: recovery's lease on an expired intent,
-//!   create-only with k = 1, 2, ...: exactly one sweep acts on an operation at
-//!   a time, until its own deadline; the next takes lease k + 1 after that.
-//! - `_ingested/<source-id>.json`: the claim on a source, create-only, naming
-//!   the operation. A claim whose operation has no intent left is done: an
-//!   operation that gives up or is rolled back removes its claims before its
-//!   intent.
+//! Every object an operation writes is named by the **attempt** that owns it
+//! (an attempt is one run of an operation: a delivery, a redelivery; a uuid
+//! minted at its start). A worker only ever deletes or releases objects that
+//! carry its own attempt id, or the attempt it holds a recovery lease on. So a
+//! worker that stalls for longer than every timeout and wakes up can touch
+//! nothing of a newer attempt of the same operation: no read-then-delete race
+//! exists, because no name is shared between attempts.
+//!
+//! - `_ops/<op>.<attempt>.intent.json`: written create-only before any effect
+//!   (invariant 4), deleted last, after the attempt's outcome is decided and
+//!   carried out (published, or rolled back and released). Only in-flight
+//!   attempts have one, so listing `_ops/` costs one LIST however long the
+//!   history.
+//! - `_ops/<op>.<attempt>.sweep-<k>.json`: recovery's lease on that attempt,
+//!   create-only with k = 1, 2, ...: one sweep acts on an attempt at a time,
+//!   until its own deadline; the next takes lease k + 1 after that.
+//! - `_decisions/<op>.<attempt>.json`: the one decision on the attempt,
+//!   `forward` (naming the exact Lance versions of its commits) or
+//!   `roll_back`, create-only: the writer decides forward after its commits or
+//!   roll_back when it gives up; recovery decides either way once the writer is
+//!   presumed dead. Exactly one of them wins; everyone follows the winner. Kept
+//!   until cleanup (at least the retention floor).
+//! - `_ingested/<source-id>/<gen>.json`: generation `gen` of the claim on a
+//!   source, create-only, naming the attempt that holds it. Never deleted.
+//! - `_ingested/<source-id>/<gen>.released-<attempt>.json`: the holder's
+//!   release of generation `gen` (written only by the holder attempt, or by
+//!   recovery on its behalf, after a `roll_back` decision). A released
+//!   generation lets the next delivery claim generation `gen + 1`.
+//!
+//! - `_adopted/<table>/<version>.json`: an operator accepted the commit at that
+//!   version, which another tool made (`sluice adopt`). Kept.
+//!
+//! The state of a source follows from those objects, read in this order:
+//! the newest generation's holder has an intent (in flight), else a release of
+//! it exists (released: deliver again), else the holder published it (an
+//! attempt deletes its intent only after publishing or after releasing).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::lake::{Created, Lake};
 use crate::manifest::Mode;
 
@@ -30,6 +51,10 @@ const CLAIMS: &str = "_ingested";
 const INTENT_SUFFIX: &str = ".intent.json";
 pub(crate) const DECISIONS: &str = "_decisions";
 const LEASE_INFIX: &str = ".sweep-";
+const RELEASE_INFIX: &str = ".released-";
+const ADOPTED: &str = "_adopted";
+/// Claim generations one call tries before reporting contention.
+const MAX_CLAIM_ROUNDS: u32 = 8;
 
 /// Lance transaction properties that tie a commit to its operation.
 pub const PROP_OP: &str = "sluice.op";
@@ -37,9 +62,10 @@ pub const PROP_ATTEMPT: &str = "sluice.attempt";
 /// The attempt of the intent the commit belongs to (a sweep's redo or
 /// roll-back commits carry the dead writer's intent attempt here).
 pub const PROP_INTENT: &str = "sluice.intent";
-/// `single` (decided forward once committed), `multi` (needs a decision) or
-/// `rollback` (recovery removing the operation's rows).
+/// `single`, `multi` or `rollback` (a commit removing an attempt's rows).
 pub const PROP_SCOPE: &str = "sluice.scope";
+/// On a `rollback` commit: the Lance version whose rows it removes.
+pub const PROP_REMOVES: &str = "sluice.removes";
 pub const SCOPE_SINGLE: &str = "single";
 pub const SCOPE_MULTI: &str = "multi";
 pub const SCOPE_ROLLBACK: &str = "rollback";
@@ -78,7 +104,7 @@ pub struct SourceRef {
 pub struct Intent {
     pub op: String,
     pub attempt: String,
-    /// `ingest` or `load`.
+    /// `ingest`, `load` or `optimize`.
     pub kind: String,
     pub tables: BTreeMap<String, IntentTable>,
     pub sources: Vec<SourceRef>,
@@ -98,16 +124,24 @@ pub enum Outcome {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Decision {
     pub op: String,
-    /// The attempt of the intent this decides.
+    /// The attempt this decides.
     pub intent: String,
-    /// The decider's attempt.
+    /// The decider's attempt (the writer's own, or a sweep's).
     pub attempt: String,
     pub outcome: Outcome,
     /// `writer` or `recovery`.
     pub by: String,
     pub at: DateTime<Utc>,
-    /// Lance versions of the operation's commits, per table.
+    /// Forward: the Lance version of the attempt's one commit on each table.
+    /// Any other commit of the attempt is a late duplicate, never published.
     pub versions: BTreeMap<String, u64>,
+}
+
+impl Decision {
+    /// Is the commit at `version` of `table` the one this decision sends forward?
+    pub fn forwards(&self, table: &str, version: u64) -> bool {
+        self.outcome == Outcome::Forward && self.versions.get(table) == Some(&version)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,13 +149,21 @@ pub struct Claim {
     pub op: String,
     pub attempt: String,
     pub source: String,
+    /// The table the source goes to.
+    #[serde(default)]
+    pub table: String,
+    #[serde(default)]
+    pub generation: u32,
     pub claimed_at: DateTime<Utc>,
 }
 
-/// Recovery's lease on an operation whose owner is presumed dead.
+/// Recovery's lease on an attempt whose owner is presumed dead.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lease {
     pub op: String,
+    /// The attempt the lease is on.
+    #[serde(default)]
+    pub intent: String,
     pub k: u32,
     /// The sweep's attempt id: its Lance commits carry it.
     pub attempt: String,
@@ -130,7 +172,26 @@ pub struct Lease {
     pub worker: String,
 }
 
-/// The sidecars of one operation, as one LIST of `_ops/` shows them.
+/// One attempt of one operation: the unit of ownership.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct AttemptId {
+    pub op: String,
+    pub attempt: String,
+}
+
+impl AttemptId {
+    pub fn new(op: &str, attempt: &str) -> AttemptId {
+        AttemptId { op: op.to_string(), attempt: attempt.to_string() }
+    }
+}
+
+impl std::fmt::Display for AttemptId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (attempt {})", self.op, self.attempt)
+    }
+}
+
+/// The sidecars of one attempt, as one LIST of `_ops/` shows them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OpFiles {
     pub intent: bool,
@@ -138,86 +199,97 @@ pub struct OpFiles {
     pub leases: Vec<u32>,
 }
 
-fn intent_path(op: &str) -> String {
-    format!("{OPS}/{op}{INTENT_SUFFIX}")
+fn intent_path(op: &str, attempt: &str) -> String {
+    format!("{OPS}/{op}.{attempt}{INTENT_SUFFIX}")
 }
 
-fn decision_path(op: &str, intent: &str) -> String {
-    format!("{DECISIONS}/{op}.{intent}.json")
+fn decision_path(op: &str, attempt: &str) -> String {
+    format!("{DECISIONS}/{op}.{attempt}.json")
 }
 
-fn lease_path(op: &str, k: u32) -> String {
-    format!("{OPS}/{op}{LEASE_INFIX}{k:04}.json")
+fn lease_path(op: &str, attempt: &str, k: u32) -> String {
+    format!("{OPS}/{op}.{attempt}{LEASE_INFIX}{k:04}.json")
 }
 
-fn claim_path(source_id: &str) -> String {
-    format!("{CLAIMS}/{source_id}.json")
+fn claims_dir(source_id: &str) -> String {
+    format!("{CLAIMS}/{source_id}")
 }
 
-pub async fn create_intent(lake: &Lake, intent: &Intent) -> Result<Created<Intent>> {
-    lake.create_json(&intent_path(&intent.op), intent, |i: &Intent| i.attempt == intent.attempt).await
+fn claim_path(source_id: &str, generation: u32) -> String {
+    format!("{CLAIMS}/{source_id}/{generation:06}.json")
 }
 
-pub async fn read_intent(lake: &Lake, op: &str) -> Result<Option<Intent>> {
-    lake.get_json(&intent_path(op)).await
+fn release_path(source_id: &str, generation: u32, attempt: &str) -> String {
+    format!("{CLAIMS}/{source_id}/{generation:06}{RELEASE_INFIX}{attempt}.json")
 }
 
-pub async fn intent_exists(lake: &Lake, op: &str) -> Result<bool> {
-    lake.exists(&intent_path(op)).await
-}
-
-/// The writer's finish: its own decision (multi-table ops have one) first,
-/// the intent last.
-pub async fn finish(lake: &Lake, op: &str, attempt: &str, multi_table: bool) -> Result<()> {
-    if multi_table {
-        lake.delete(&decision_path(op, attempt)).await?;
+/// Write the intent of a new attempt. Its name is the attempt's own, so the
+/// only way to find someone else's object there is a corrupted store.
+pub async fn create_intent(lake: &Lake, intent: &Intent) -> Result<()> {
+    let path = intent_path(&intent.op, &intent.attempt);
+    match lake.create_json(&path, intent, |i: &Intent| i.attempt == intent.attempt).await? {
+        Created::Mine => Ok(()),
+        other => Err(Error::Corrupt { what: "intent", path: lake.path(&path).to_string(), reason: format!("a new attempt's name was taken: {other:?}") }),
     }
-    lake.delete(&intent_path(op)).await
 }
 
-/// Recovery's finish: leases first, the intent last; its decision stays.
-pub async fn finish_recovered(lake: &Lake, op: &str, leases: &[u32]) -> Result<()> {
+pub async fn read_intent(lake: &Lake, id: &AttemptId) -> Result<Option<Intent>> {
+    lake.get_json(&intent_path(&id.op, &id.attempt)).await
+}
+
+pub async fn intent_exists(lake: &Lake, id: &AttemptId) -> Result<bool> {
+    lake.exists(&intent_path(&id.op, &id.attempt)).await
+}
+
+/// The attempt's last step: its outcome is published or released.
+pub async fn delete_intent(lake: &Lake, id: &AttemptId) -> Result<()> {
+    lake.delete(&intent_path(&id.op, &id.attempt)).await
+}
+
+/// Recovery's finish: its leases first, the intent last (its decision stays).
+pub async fn finish_recovered(lake: &Lake, id: &AttemptId, leases: &[u32]) -> Result<()> {
     for k in leases {
-        lake.delete(&lease_path(op, *k)).await?;
+        remove_lease(lake, id, *k).await?;
     }
-    lake.delete(&intent_path(op)).await
+    delete_intent(lake, id).await
 }
 
 pub async fn take_lease(lake: &Lake, lease: &Lease) -> Result<Created<Lease>> {
-    lake.create_json(&lease_path(&lease.op, lease.k), lease, |l: &Lease| l.attempt == lease.attempt).await
+    lake.create_json(&lease_path(&lease.op, &lease.intent, lease.k), lease, |l: &Lease| l.attempt == lease.attempt).await
 }
 
-pub async fn remove_lease(lake: &Lake, op: &str, k: u32) -> Result<()> {
-    lake.delete(&lease_path(op, k)).await
+pub async fn remove_lease(lake: &Lake, id: &AttemptId, k: u32) -> Result<()> {
+    lake.delete(&lease_path(&id.op, &id.attempt, k)).await
 }
 
-pub async fn read_lease(lake: &Lake, op: &str, k: u32) -> Result<Option<Lease>> {
-    lake.get_json(&lease_path(op, k)).await
+pub async fn read_lease(lake: &Lake, id: &AttemptId, k: u32) -> Result<Option<Lease>> {
+    lake.get_json(&lease_path(&id.op, &id.attempt, k)).await
 }
 
 /// What an object under `_ops/` is, by its name.
 pub(crate) enum OpsObject {
-    Intent(String),
-    Lease(String, u32),
+    Intent(AttemptId),
+    Lease(AttemptId, u32),
 }
 
 pub(crate) fn ops_object(lake: &Lake, location: &object_store::path::Path) -> Option<OpsObject> {
     let rel = lake.relative(location)?;
     let name = rel.strip_prefix(OPS)?.strip_prefix('/')?;
-    if let Some(op) = name.strip_suffix(INTENT_SUFFIX) {
-        return Some(OpsObject::Intent(op.to_string()));
+    let split = |s: &str| s.split_once('.').map(|(op, attempt)| AttemptId::new(op, attempt));
+    if let Some(rest) = name.strip_suffix(INTENT_SUFFIX) {
+        return Some(OpsObject::Intent(split(rest)?));
     }
-    let (op, k) = name.strip_suffix(".json")?.rsplit_once(LEASE_INFIX)?;
-    Some(OpsObject::Lease(op.to_string(), k.parse().ok()?))
+    let (rest, k) = name.strip_suffix(".json")?.rsplit_once(LEASE_INFIX)?;
+    Some(OpsObject::Lease(split(rest)?, k.parse().ok()?))
 }
 
-/// Every operation with sidecars in `_ops/`: one LIST, names only.
-pub async fn list_ops(lake: &Lake) -> Result<BTreeMap<String, OpFiles>> {
-    let mut ops: BTreeMap<String, OpFiles> = BTreeMap::new();
+/// Every attempt with sidecars in `_ops/`: one LIST, names only.
+pub async fn list_ops(lake: &Lake) -> Result<BTreeMap<AttemptId, OpFiles>> {
+    let mut ops: BTreeMap<AttemptId, OpFiles> = BTreeMap::new();
     for meta in lake.list(OPS).await? {
         match ops_object(lake, &meta.location) {
-            Some(OpsObject::Intent(op)) => ops.entry(op).or_default().intent = true,
-            Some(OpsObject::Lease(op, k)) => ops.entry(op).or_default().leases.push(k),
+            Some(OpsObject::Intent(id)) => ops.entry(id).or_default().intent = true,
+            Some(OpsObject::Lease(id, k)) => ops.entry(id).or_default().leases.push(k),
             None => {}
         }
     }
@@ -227,39 +299,186 @@ pub async fn list_ops(lake: &Lake) -> Result<BTreeMap<String, OpFiles>> {
     Ok(ops)
 }
 
-pub async fn decide(lake: &Lake, decision: &Decision) -> Result<Created<Decision>> {
-    lake.create_json(&decision_path(&decision.op, &decision.intent), decision, |d: &Decision| d == decision).await
-}
-
-/// The decision on the intent of `op` whose attempt was `intent`.
-pub async fn read_decision(lake: &Lake, op: &str, intent: &str) -> Result<Option<Decision>> {
-    lake.get_json(&decision_path(op, intent)).await
-}
-
-pub async fn claim(lake: &Lake, source_id: &str, claim: &Claim) -> Result<Created<Claim>> {
-    lake.create_json(&claim_path(source_id), claim, |c: &Claim| c.attempt == claim.attempt).await
-}
-
-pub async fn read_claim(lake: &Lake, source_id: &str) -> Result<Option<Claim>> {
-    lake.get_json(&claim_path(source_id)).await
-}
-
-pub async fn release_claim(lake: &Lake, source_id: &str) -> Result<()> {
-    lake.delete(&claim_path(source_id)).await
-}
-
-/// Every in-flight operation: one LIST, then one GET per intent found.
+/// Every in-flight attempt: one LIST, then one GET per intent found.
 pub async fn pending(lake: &Lake) -> Result<Vec<Intent>> {
     let mut intents = Vec::new();
-    for (op, files) in list_ops(lake).await? {
+    for (id, files) in list_ops(lake).await? {
         if files.intent
-            && let Some(intent) = read_intent(lake, &op).await?
+            && let Some(intent) = read_intent(lake, &id).await?
         {
             intents.push(intent);
         }
     }
     intents.sort_by_key(|i| i.started_at);
     Ok(intents)
+}
+
+pub async fn decide(lake: &Lake, decision: &Decision) -> Result<Created<Decision>> {
+    lake.create_json(&decision_path(&decision.op, &decision.intent), decision, |d: &Decision| d.attempt == decision.attempt).await
+}
+
+/// The decision on attempt `id`, if one was made.
+pub async fn read_decision(lake: &Lake, id: &AttemptId) -> Result<Option<Decision>> {
+    lake.get_json(&decision_path(&id.op, &id.attempt)).await
+}
+
+/// The outcome of trying to claim a source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claimed {
+    /// This attempt holds generation `generation`.
+    Mine { generation: u32 },
+    /// Another attempt holds the newest generation (unreleased).
+    Held(Claim),
+}
+
+/// What became of the holder of a claim that is not ours.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Holder {
+    /// Its attempt is in flight (its intent, for the deadline).
+    InFlight(Intent),
+    /// It gave the source back: the source must be delivered (claimed) again.
+    Released,
+    /// It ended without releasing: it published the source's rows.
+    Published,
+}
+
+/// The claims on one source, as one LIST shows them.
+#[derive(Debug, Default)]
+struct Ledger {
+    /// Generations with a claim object.
+    claims: BTreeSet<u32>,
+    /// Releases, by generation: the attempts that wrote them.
+    releases: BTreeMap<u32, BTreeSet<String>>,
+}
+
+async fn ledger(lake: &Lake, source_id: &str) -> Result<Ledger> {
+    let dir = claims_dir(source_id);
+    let mut out = Ledger::default();
+    for meta in lake.list(&dir).await? {
+        let Some(rel) = lake.relative(&meta.location) else { continue };
+        let Some(name) = rel.strip_prefix(&dir).and_then(|n| n.strip_prefix('/')).and_then(|n| n.strip_suffix(".json")) else { continue };
+        match name.split_once(RELEASE_INFIX) {
+            Some((generation, attempt)) => {
+                if let Ok(g) = generation.parse() {
+                    out.releases.entry(g).or_default().insert(attempt.to_string());
+                }
+            }
+            None => {
+                if let Ok(g) = name.parse() {
+                    out.claims.insert(g);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+impl Ledger {
+    fn released(&self, generation: u32, attempt: &str) -> bool {
+        self.releases.get(&generation).is_some_and(|a| a.contains(attempt))
+    }
+}
+
+async fn read_claim_at(lake: &Lake, source_id: &str, generation: u32) -> Result<Claim> {
+    let path = claim_path(source_id, generation);
+    lake.get_json(&path).await?.ok_or_else(|| Error::Corrupt {
+        what: "claim",
+        path: lake.path(&path).to_string(),
+        reason: "listed, then gone: claims are never deleted".into(),
+    })
+}
+
+/// Claim `source_id` for `claim`'s attempt: generation 1 on the common path
+/// (one create-only PUT); after a released generation, the next one. A PUT
+/// with an ambiguous answer that cannot be read back may still land later:
+/// its generation is pushed to `maybe` (so a giving-up attempt releases it)
+/// and the error is returned.
+pub async fn claim(lake: &Lake, source_id: &str, claim: &Claim, maybe: &mut Vec<(String, u32)>) -> Result<Claimed> {
+    let mut generation = 1;
+    for _ in 0..MAX_CLAIM_ROUNDS {
+        let mine = Claim { generation, claimed_at: Utc::now(), ..claim.clone() };
+        let created = lake.create_json(&claim_path(source_id, generation), &mine, |c: &Claim| c.attempt == claim.attempt).await;
+        match created {
+            Ok(Created::Mine) => return Ok(Claimed::Mine { generation }),
+            Ok(Created::Theirs(_) | Created::Gone) => {}
+            Err(e) => {
+                maybe.push((source_id.to_string(), generation));
+                return Err(e);
+            }
+        }
+        let ledger = ledger(lake, source_id).await?;
+        let newest = *ledger.claims.last().expect("a claim we just saw is listed");
+        let holder = read_claim_at(lake, source_id, newest).await?;
+        if holder.attempt == claim.attempt {
+            return Ok(Claimed::Mine { generation: newest });
+        }
+        if !ledger.released(newest, &holder.attempt) {
+            return Ok(Claimed::Held(holder));
+        }
+        generation = newest + 1;
+    }
+    Err(Error::Contention {
+        what: "claiming a source",
+        attempts: MAX_CLAIM_ROUNDS,
+        last: format!("source {} was claimed and released by others every time", claim.source),
+    })
+}
+
+/// What became of `held`'s attempt. The reads go intent first, release second:
+/// an attempt releases before it deletes its intent, so a missing intent
+/// followed by a missing release proves it published.
+pub async fn holder(lake: &Lake, source_id: &str, held: &Claim) -> Result<Holder> {
+    if let Some(intent) = read_intent(lake, &AttemptId::new(&held.op, &held.attempt)).await? {
+        return Ok(Holder::InFlight(intent));
+    }
+    if lake.exists(&release_path(source_id, held.generation, &held.attempt)).await? {
+        return Ok(Holder::Released);
+    }
+    Ok(Holder::Published)
+}
+
+/// Release generation `generation` of `source_id`, held by `attempt`. Only the
+/// holder (or recovery on its behalf, after a roll-back decision) calls this;
+/// the name carries the holder, so it can release nothing of anyone else's.
+pub async fn release(lake: &Lake, source_id: &str, generation: u32, attempt: &str) -> Result<()> {
+    lake.put_json(&release_path(source_id, generation, attempt), &serde_json::json!({ "attempt": attempt, "at": Utc::now() })).await
+}
+
+/// The unreleased generations of `source_id` that `attempt` holds.
+pub async fn held_by(lake: &Lake, source_id: &str, attempt: &str) -> Result<Vec<u32>> {
+    let ledger = ledger(lake, source_id).await?;
+    let mut out = Vec::new();
+    for &g in &ledger.claims {
+        if !ledger.released(g, attempt) && read_claim_at(lake, source_id, g).await?.attempt == attempt {
+            out.push(g);
+        }
+    }
+    Ok(out)
+}
+
+/// An operator's acceptance of a commit sluice did not make (`sluice adopt`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Adoption {
+    pub table: String,
+    pub version: u64,
+    /// Lance's name for what the commit did (`Delete`, `Merge`, ...).
+    pub operation: String,
+    pub adopted_at: DateTime<Utc>,
+    pub by: String,
+}
+
+fn adoption_path(table: &str, version: u64) -> String {
+    format!("{ADOPTED}/{table}/{version:020}.json")
+}
+
+/// Record `adoption`, create-only: an earlier adoption of the same commit stands.
+pub async fn adopt(lake: &Lake, adoption: &Adoption) -> Result<()> {
+    lake.create_json(&adoption_path(&adoption.table, adoption.version), adoption, |_: &Adoption| true).await.map(|_| ())
+}
+
+/// Was the commit at `version` of `table` adopted?
+pub async fn adopted(lake: &Lake, table: &str, version: u64) -> Result<bool> {
+    lake.exists(&adoption_path(table, version)).await
 }
 
 /// `host:pid` of this worker.

@@ -12,6 +12,26 @@ use sluice::optimize::{self, Batch, Executor};
 use sluice::{Error, Lake, Result};
 use tokio::io::AsyncWriteExt;
 
+/// Environment variable naming the coordinator's pid, for `compact-tasks` children.
+pub const PARENT_PID: &str = "SLUICE_PARENT_PID";
+/// Time past the deadline a child gets to report before it is killed.
+const CHILD_GRACE: Duration = Duration::from_secs(2);
+
+/// In a `compact-tasks` child: exit as soon as the coordinator that started it
+/// is gone, so a killed coordinator leaves no worker behind.
+pub fn exit_with_parent() {
+    let Some(parent) = std::env::var(PARENT_PID).ok().and_then(|p| p.parse::<u32>().ok()) else { return };
+    std::thread::spawn(move || {
+        loop {
+            if std::os::unix::process::parent_id() != parent {
+                eprintln!("compact-tasks: the coordinator (pid {parent}) is gone; stopping");
+                std::process::exit(1);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+}
+
 pub struct Processes {
     pub root: String,
     pub clock_skew: Duration,
@@ -34,6 +54,8 @@ impl Processes {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            // The child stops when this process is gone (even after a kill -9).
+            .env(PARENT_PID, std::process::id().to_string())
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| Error::Io { path: exe.display().to_string(), source: e })?;
@@ -41,7 +63,18 @@ impl Processes {
         let mut stdin = child.stdin.take().expect("piped stdin");
         stdin.write_all(&input).await.map_err(|e| Error::Io { path: "compact-tasks stdin".into(), source: e })?;
         drop(stdin);
-        let out = child.wait_with_output().await.map_err(|e| Error::Io { path: exe.display().to_string(), source: e })?;
+        // Bounded by the deadline: a hung child is killed (on drop) and fails the run.
+        let limit = deadline.remaining() + CHILD_GRACE;
+        let out = match tokio::time::timeout(limit, child.wait_with_output()).await {
+            Ok(out) => out.map_err(|e| Error::Io { path: exe.display().to_string(), source: e })?,
+            Err(_) => {
+                return Err(Error::Blocked(format!(
+                    "a compaction worker process for table '{}' did not finish within {limit:?} (the deadline); it was \
+                     killed and nothing was committed; the next run plans again",
+                    batch.table
+                )));
+            }
+        };
         if !out.status.success() {
             return Err(Error::Blocked(format!(
                 "a compaction worker process for table '{}' failed ({}): {}; nothing was committed, the next run plans again",

@@ -115,6 +115,17 @@ enum Command {
         #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
+    /// Accept the commits another tool (pylance, LanceDB) made to TABLE after its
+    /// published version, and publish them; sluice otherwise refuses to publish
+    /// rows it cannot attribute.
+    Adopt {
+        table: String,
+        /// List the foreign commits; adopt nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
     /// Compact small fragments of published tables (all, or those named).
     Optimize {
         tables: Vec<String>,
@@ -277,6 +288,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Recover { dry_run, timeout } => {
+            lake.timing().check_timeout(timeout)?;
             let report = recover::sweep(&lake, recover::Options { clock_skew, dry_run }, timeout).await?;
             emit(cli.json, &report, || {
                 let mut out = format!("{} operation(s) pending\n", report.pending);
@@ -364,10 +376,30 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::CompactTasks { timeout } => {
+            fanout::exit_with_parent();
             let batch: optimize::Batch = serde_json::from_reader(std::io::stdin().lock())
                 .map_err(|e| Error::Usage(format!("compact-tasks reads a batch of compaction tasks as JSON on stdin: {e}")))?;
             let results = optimize::execute_batch(&lake, &batch, &sluice::deadline::Deadline::after(timeout)).await?;
             println!("{}", serde_json::to_string(&results).expect("rewrite results serialize"));
+        }
+        Command::Adopt { table, dry_run, timeout } => {
+            let report = sluice::adopt::run(&lake, &table, dry_run, timeout).await?;
+            emit(cli.json, &report, || {
+                let mut out = String::new();
+                if report.adopted.is_empty() {
+                    out.push_str(&format!("table '{table}': no foreign commits after version {}\n", report.pin));
+                }
+                for a in &report.adopted {
+                    let verb = if dry_run { "would adopt" } else { "adopted" };
+                    out.push_str(&format!("{verb} table '{table}' version {} ({})\n", a.version, a.operation));
+                }
+                match (report.manifest_version, &report.not_published) {
+                    (Some(v), _) => out.push_str(&format!("published in manifest version {v}")),
+                    (None, Some(why)) => out.push_str(&format!("not published: {why}")),
+                    (None, None) => {}
+                }
+                out.trim_end().to_string()
+            });
         }
         Command::Audit { limit } => {
             let records = sluice::audit::list(&lake, limit).await?;

@@ -124,6 +124,8 @@ impl Config {
             keep_versions,
             keep_audit: duration("SLUICE_CLEANUP_KEEP_AUDIT", Some("30days"))?.expect("default"),
         };
+        // A Lambda invocation runs at most 15 minutes: the floor must cover it.
+        timing.check_timeout(sluice::DEFAULT_TIMEOUT).map_err(|e| format!("SLUICE_RETENTION_FLOOR / SLUICE_CLOCK_SKEW: {e}"))?;
         if cleanup.keep.is_some_and(|k| k < timing.retention_floor) {
             return Err("SLUICE_CLEANUP_KEEP is below SLUICE_RETENTION_FLOOR: keep manifest versions at least as long as the floor".into());
         }

@@ -1,0 +1,421 @@
+//! May a pin pass that commit? (DESIGN.md invariants 3 and 12.)
+//!
+//! A manifest pin that moves from `from` to `to` makes every Lance commit in
+//! between visible. Each of them must be proven decided forward by durable
+//! evidence, never assumed from its scope or from timing:
+//!
+//! - Lance's own bookkeeping (no rows) and recovery's `rollback` commits pass;
+//! - a commit of attempt X passes when X's decision is `forward` *and names
+//!   this very version* (any other commit of X on the table is a late
+//!   duplicate); an undecided single-table X is decided forward on its behalf
+//!   (create-only, so it cannot cross a roll-back); a multi-table X passes
+//!   only once a manifest already shows it — so no publish shows half a load;
+//! - a commit of a rolled-back attempt passes only with the commit that
+//!   removes its rows, which the pin then includes; if nobody will remove it
+//!   (it landed after its attempt's recovery finished) the caller removes it;
+//! - an undecided commit waits for its attempt (bounded by the caller's
+//!   deadline), and is resolved by recovery once its owner is presumed dead;
+//! - anything else (no sluice tag, no decision and no audit record) is refused.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use lance::dataset::CommitBuilder;
+use lance::dataset::transaction::{Operation, Transaction};
+
+use crate::audit::{self, Verdict};
+use crate::deadline::Deadline;
+use crate::error::{Error, Result};
+use crate::lake::Lake;
+use crate::manifest;
+use crate::sidecar::{self, AttemptId, Outcome, PROP_INTENT, PROP_OP, PROP_REMOVES, PROP_SCOPE, SCOPE_MULTI, SCOPE_ROLLBACK};
+
+/// Versions a writer reads to learn whether its own commit landed.
+const MAX_HISTORY: u64 = 100_000;
+/// Longest pause between polls of another worker's progress.
+pub(crate) const MAX_POLL: Duration = Duration::from_secs(1);
+
+/// Lance transactions read during one call, by table and version: a version
+/// never changes once written, so each is read once.
+#[derive(Default)]
+pub(crate) struct Seen(std::sync::Mutex<HashMap<(String, u64), Option<Transaction>>>);
+
+impl Seen {
+    pub(crate) async fn transaction(&self, ds: &lance::Dataset, table: &str, version: u64) -> Result<Option<Transaction>> {
+        let key = (table.to_string(), version);
+        if let Some(txn) = self.0.lock().expect("seen poisoned").get(&key) {
+            return Ok(txn.clone());
+        }
+        let txn = ds.read_version_transaction(version).await.map_err(|e| Error::lance(table, e))?.transaction;
+        self.0.lock().expect("seen poisoned").insert(key, txn.clone());
+        Ok(txn)
+    }
+}
+
+/// What a Lance commit is, by its transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Tag {
+    /// Lance's own bookkeeping: nothing anyone could see.
+    NoRows,
+    /// Recovery (or a writer) removing the rows of `0`'s commit at `1` (any of its commits if `None`).
+    Removal(AttemptId, Option<u64>),
+    /// A commit of attempt `0`; `1` when it belongs to a multi-table operation.
+    Op(AttemptId, bool),
+    /// Not written by sluice.
+    Foreign,
+}
+
+impl Tag {
+    pub(crate) fn of(txn: Option<&Transaction>) -> Tag {
+        let Some(txn) = txn else { return Tag::Foreign };
+        if carries_no_rows(&txn.operation) {
+            return Tag::NoRows;
+        }
+        let props = txn.transaction_properties.as_deref();
+        let get = |k: &str| props.and_then(|p| p.get(k)).cloned();
+        let (Some(op), Some(intent), Some(scope)) = (get(PROP_OP), get(PROP_INTENT), get(PROP_SCOPE)) else { return Tag::Foreign };
+        let id = AttemptId { op, attempt: intent };
+        match scope.as_str() {
+            SCOPE_ROLLBACK => Tag::Removal(id, get(PROP_REMOVES).and_then(|v| v.parse().ok())),
+            SCOPE_MULTI => Tag::Op(id, true),
+            _ => Tag::Op(id, false),
+        }
+    }
+}
+
+/// What [`vet`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Vetted {
+    /// The pin may move to this version.
+    Pin(u64),
+    /// Attempt `0` stands in the way and its owner is presumed dead: resolve it, then vet again.
+    Expired(AttemptId),
+    /// The commit at `version` belongs to rolled-back attempt `id` and nobody
+    /// else will remove it: remove it ([`remove_commit`]), then vet again.
+    Late { id: AttemptId, version: u64 },
+    /// A commit no sluice decision covers (why): never published by guessing.
+    Foreign(String),
+}
+
+/// What the evidence says of one commit of another attempt.
+enum Standing {
+    Forward,
+    /// Shown by the latest manifest, whose pin on the table is this.
+    Published(u64),
+    /// Rolled back; `recovering` while its attempt's intent still exists (its
+    /// recovery or its writer is removing what it found).
+    RolledBack { recovering: bool },
+    /// In flight and undecided (or decided forward and not yet published): wait.
+    Pending(sidecar::Intent),
+    Unprovable(String),
+}
+
+/// May the pin of `table` move from `from` to `to` (the caller's commit)?
+/// `by` is the caller's attempt (it may decide others' commits forward);
+/// `None` for a dry run, which writes nothing and reports what it would do. Reads
+/// nothing when `to` is the very next version. Waits (within `deadline`) for
+/// live attempts; the pin may go past `to` to include the removal of a
+/// rolled-back attempt's rows.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn vet(lake: &Lake, table: &str, from: u64, to: u64, by: Option<&str>, skew: Duration, deadline: &Deadline, seen: &Seen) -> Result<Vetted> {
+    assert!(from < to, "vetting an empty range");
+    if from + 1 == to {
+        return Ok(Vetted::Pin(to));
+    }
+    // Commits a newer manifest already shows were vetted by whoever published them.
+    let published = latest_pin(lake, table).await?.unwrap_or(0);
+    let from = from.max(published);
+    if from >= to {
+        return Ok(Vetted::Pin(to));
+    }
+    let ds = lake.open_table(table, None).await?;
+    let mut txns = read_range(&ds, table, from + 1, to - 1, seen).await?;
+    let mut to = to;
+    let mut floor = from;
+    let mut i = 0;
+    'commits: while i < txns.len() {
+        let (version, tag) = txns[i].clone();
+        i += 1;
+        let (id, multi) = match tag {
+            _ if version <= floor => continue,
+            Tag::NoRows | Tag::Removal(..) => continue,
+            Tag::Foreign if sidecar::adopted(lake, table, version).await? => continue,
+            Tag::Foreign => {
+                return Ok(Vetted::Foreign(format!(
+                    "table '{table}' version {version} was not written by a sluice operation; sluice will not publish rows \
+                     it cannot attribute. If that commit is wanted, run `sluice adopt {table}`; else repair the table"
+                )));
+            }
+            Tag::Op(id, _) if removed(&txns[i..], &id, version) => continue,
+            // Our own other commits too: one commit per table is decided; any other is a late duplicate.
+            Tag::Op(id, multi) => (id, multi),
+        };
+        let mut pause = Duration::from_millis(50);
+        loop {
+            match standing(lake, table, version, &id, multi, by).await? {
+                Standing::Forward => continue 'commits,
+                Standing::Published(pin) => {
+                    floor = floor.max(pin);
+                    continue 'commits;
+                }
+                Standing::RolledBack { recovering } => {
+                    // Its removal may lie beyond `to`: the pin then moves on to it.
+                    let head = ds.latest_version_id().await.map_err(|e| Error::lance(table, e))?;
+                    if head > to {
+                        let more = read_range(&ds, table, to + 1, head, seen).await?;
+                        if let Some(at) = more.iter().position(|(_, t)| matches!(t, Tag::Removal(r, v) if *r == id && v.is_none_or(|v| v == version))) {
+                            to = more[at].0;
+                            txns.extend(more.into_iter().take(at + 1));
+                            continue 'commits;
+                        }
+                    }
+                    if !recovering {
+                        return Ok(Vetted::Late { id, version });
+                    }
+                }
+                Standing::Pending(intent) => {
+                    if Utc::now() >= crate::recover::presumed_dead_at(intent.deadline, skew) {
+                        return Ok(Vetted::Expired(id));
+                    }
+                }
+                Standing::Unprovable(reason) => return Ok(Vetted::Foreign(reason)),
+            }
+            // A dry run reports instead of waiting.
+            if by.is_none() || deadline.remaining() <= pause {
+                return Err(Error::Blocked(format!(
+                    "table '{table}' version {version} belongs to operation {id}, still undecided at this worker's \
+                     deadline; retry later (`sluice recover` resolves it once its own deadline has passed)"
+                )));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(MAX_POLL);
+        }
+    }
+    Ok(Vetted::Pin(to))
+}
+
+async fn latest_pin(lake: &Lake, table: &str) -> Result<Option<u64>> {
+    Ok(manifest::read_latest(lake).await?.and_then(|m| m.tables.get(table).map(|p| p.version)))
+}
+
+/// The evidence on the commit of `id` at `version`.
+///
+/// A single-table attempt whose commit landed can always go forward (its
+/// rows are whole, its sources claimed), so a vetter that finds it undecided
+/// decides it forward on its behalf — create-only, racing the attempt's own
+/// writer (who decides the same) and recovery (who may have decided roll_back
+/// before the commit landed): whoever wins, everyone follows. So no writer
+/// waits on another single-table writer, and none passes a commit recovery
+/// rolled back. A multi-table attempt's commit is only decided by its own
+/// writer or recovery (the vetter cannot know its other tables): undecided, it
+/// is waited for.
+async fn standing(lake: &Lake, table: &str, version: u64, id: &AttemptId, multi: bool, by: Option<&str>) -> Result<Standing> {
+    let mut decision = sidecar::read_decision(lake, id).await?;
+    if decision.is_none() {
+        if let Some(intent) = sidecar::read_intent(lake, id).await? {
+            if multi {
+                return Ok(Standing::Pending(intent));
+            }
+            match by {
+                Some(by) => decision = Some(decide_for(lake, id, table, version, by).await?),
+                // A dry run: it would decide it forward (or follow the winner).
+                None => return Ok(Standing::Forward),
+            }
+        } else {
+            // Decided before its intent went? Read again, then the audit record
+            // (cleanup removes decisions before audit records).
+            decision = sidecar::read_decision(lake, id).await?;
+        }
+    }
+    let forward = match &decision {
+        Some(d) if d.outcome == Outcome::RollBack => {
+            return Ok(Standing::RolledBack { recovering: sidecar::intent_exists(lake, id).await? });
+        }
+        Some(d) => d.forwards(table, version),
+        None => match audit::read(lake, &id.op, &id.attempt).await? {
+            Some(rec) if rec.verdict == Verdict::RolledBack => return Ok(Standing::RolledBack { recovering: false }),
+            Some(rec) => rec.tables.get(table).and_then(|t| t.committed) == Some(version),
+            None => {
+                return Ok(Standing::Unprovable(format!(
+                    "table '{table}' version {version} belongs to operation {id}, which left no decision and no audit record; \
+                     sluice will not publish it. If those rows are wanted, run `sluice adopt {table}`; else repair the table"
+                )));
+            }
+        },
+    };
+    if !forward {
+        // Another commit of a forward-decided attempt: a late duplicate.
+        return Ok(Standing::RolledBack { recovering: false });
+    }
+    if !multi {
+        return Ok(Standing::Forward);
+    }
+    // A load is shown whole or not at all: pass it only once a manifest shows it.
+    if let Some(pin) = latest_pin(lake, table).await?
+        && pin >= version
+    {
+        return Ok(Standing::Published(pin));
+    }
+    match sidecar::read_intent(lake, id).await? {
+        Some(intent) => Ok(Standing::Pending(intent)),
+        None => match latest_pin(lake, table).await? {
+            Some(pin) if pin >= version => Ok(Standing::Published(pin)),
+            _ => Ok(Standing::Unprovable(format!(
+                "table '{table}' version {version} belongs to load {id}, decided forward but finished without publishing it; \
+                 run `sluice recover`, and report this"
+            ))),
+        },
+    }
+}
+
+/// Decide single-table attempt `id` forward with its commit at `version`, on
+/// its behalf; returns the decision that stands (ours, or the one that won).
+async fn decide_for(lake: &Lake, id: &AttemptId, table: &str, version: u64, by: &str) -> Result<sidecar::Decision> {
+    let decision = sidecar::Decision {
+        op: id.op.clone(),
+        intent: id.attempt.clone(),
+        attempt: by.to_string(),
+        outcome: Outcome::Forward,
+        by: "vetter".into(),
+        at: Utc::now(),
+        versions: std::collections::BTreeMap::from([(table.to_string(), version)]),
+    };
+    match sidecar::decide(lake, &decision).await? {
+        crate::lake::Created::Mine => Ok(decision),
+        crate::lake::Created::Theirs(theirs) => Ok(theirs),
+        crate::lake::Created::Gone => Err(Error::Blocked(format!("the decision of operation {id} vanished while being read"))),
+    }
+}
+
+/// Is the commit of `id` at `version` removed by a rollback commit in `txns`?
+fn removed(txns: &[(u64, Tag)], id: &AttemptId, version: u64) -> bool {
+    txns.iter().any(|(_, t)| matches!(t, Tag::Removal(r, v) if r == id && v.is_none_or(|v| v == version)))
+}
+
+async fn read_range(ds: &lance::Dataset, table: &str, from: u64, to: u64, seen: &Seen) -> Result<Vec<(u64, Tag)>> {
+    let mut out = Vec::with_capacity((to + 1).saturating_sub(from) as usize);
+    for version in from..=to {
+        out.push((version, Tag::of(seen.transaction(ds, table, version).await?.as_ref())));
+    }
+    Ok(out)
+}
+
+/// The commits of attempt `id` on `table` after version `after`, and the
+/// removals of them, as the table's history shows them (not as any error
+/// suggested). At most `max_scan` versions are read.
+pub(crate) async fn commits_of(lake: &Lake, table: &str, after: u64, id: &AttemptId, seen: &Seen, max_scan: u64) -> Result<Option<History>> {
+    let ds = match lake.open_table(table, None).await {
+        Ok(ds) => ds,
+        Err(Error::Lance { source: lance::Error::DatasetNotFound { .. } | lance::Error::NotFound { .. }, .. }) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let head = ds.version().version;
+    if head.saturating_sub(after) > max_scan {
+        return Err(Error::Blocked(format!(
+            "table '{table}' has {} versions after operation {id}'s start; recovery reads at most {max_scan}",
+            head - after
+        )));
+    }
+    let mut history = History::default();
+    for version in after + 1..=head {
+        let txn = seen.transaction(&ds, table, version).await?;
+        match Tag::of(txn.as_ref()) {
+            Tag::Op(of, _) if &of == id => history.commits.push((version, txn.is_some_and(|t| adds_only(&t.operation)))),
+            Tag::Removal(of, removes) if &of == id => history.removals.push((version, removes)),
+            _ => {}
+        }
+    }
+    Ok(Some(history))
+}
+
+/// The version of the commit that `committer` (an attempt id, the writer's or
+/// a sweep's) made on `table` after `after`, if the history shows one: whether
+/// a commit that answered with an error landed is decided here, never from the error.
+pub(crate) async fn committed_by(lake: &Lake, table: &str, after: u64, committer: &str) -> Result<Option<u64>> {
+    let ds = match lake.open_table(table, None).await {
+        Ok(ds) => ds,
+        Err(Error::Lance { source: lance::Error::DatasetNotFound { .. } | lance::Error::NotFound { .. }, .. }) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let head = ds.version().version;
+    if head.saturating_sub(after) > MAX_HISTORY {
+        return Err(Error::Blocked(format!("table '{table}' has {} versions since this operation started; cannot tell whether its commit landed", head - after)));
+    }
+    for version in (after + 1..=head).rev() {
+        let txn = ds.read_version_transaction(version).await.map_err(|e| Error::lance(table, e))?.transaction;
+        let props = txn.as_ref().and_then(|t| t.transaction_properties.clone());
+        let get = |k: &str| props.as_ref().and_then(|p| p.get(k).cloned());
+        if get(sidecar::PROP_ATTEMPT).as_deref() == Some(committer) && get(PROP_SCOPE).as_deref() != Some(SCOPE_ROLLBACK) {
+            return Ok(Some(version));
+        }
+    }
+    Ok(None)
+}
+
+/// An attempt's commits on one table, and the commits that removed them.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct History {
+    /// (version, only added fragments: removable by deleting them).
+    pub commits: Vec<(u64, bool)>,
+    /// (version, the commit it removes, if recorded).
+    pub removals: Vec<(u64, Option<u64>)>,
+}
+
+impl History {
+    /// Commits not yet removed.
+    pub fn standing(&self) -> Vec<(u64, bool)> {
+        self.commits.iter().copied().filter(|(v, _)| !self.removals.iter().any(|(_, r)| r.is_none_or(|r| r == *v))).collect()
+    }
+}
+
+/// Remove exactly the fragments the commit at `version` added (invariant 8),
+/// tagged as the roll-back of `id` by `by`; never a restore. `Err(reason)`
+/// when that cannot be done surgically (an upsert also replaced rows).
+pub(crate) async fn remove_commit(lake: &Lake, table: &str, id: &AttemptId, by: &str, version: u64, deadline: &Deadline) -> Result<Result<u64, String>> {
+    let after = lake.open_table(table, Some(version)).await?;
+    let txn = after.read_transaction().await.map_err(|e| Error::lance(table, e))?;
+    if !txn.as_ref().is_some_and(|t| adds_only(&t.operation)) {
+        return Ok(Err(format!(
+            "table '{table}' version {version} (operation {id}) is an upsert; removing its rows would not restore the rows \
+             it replaced. Restore the table by hand, or accept the rows with `sluice adopt {table}`"
+        )));
+    }
+    let before: BTreeSet<u64> = match version {
+        v if v > 1 => lake.open_table(table, Some(v - 1)).await?.fragments().iter().map(|f| f.id).collect(),
+        _ => BTreeSet::new(),
+    };
+    let added: Vec<u64> = after.fragments().iter().map(|f| f.id).filter(|f| !before.contains(f)).collect();
+    deadline.check("removing a rolled-back operation's rows")?;
+    let ds = Arc::new(lake.open_table(table, None).await?);
+    let mut properties = sidecar::commit_properties(&id.op, by, &id.attempt, SCOPE_ROLLBACK);
+    properties.insert(PROP_REMOVES.into(), version.to_string());
+    let mut txn = Transaction::new(
+        ds.version().version,
+        Operation::Delete { updated_fragments: Vec::new(), deleted_fragment_ids: added, predicate: format!("sluice rollback of {id} version {version}") },
+        None,
+    );
+    txn.transaction_properties = Some(Arc::new(properties));
+    let left = deadline.remaining();
+    let done = CommitBuilder::new(ds)
+        .with_timeout(Some(left))
+        .with_retry_timeout(left.min(Duration::from_secs(30)))
+        .execute(txn)
+        .await
+        .map_err(|e| Error::lance(table, e))?;
+    let at = done.version().version;
+    tracing::info!(table, op = %id, version, removal = at, "removed the rows of a rolled-back commit");
+    Ok(Ok(at))
+}
+
+/// Operations that only add fragments.
+pub(crate) fn adds_only(op: &Operation) -> bool {
+    matches!(op, Operation::Append { .. } | Operation::Overwrite { .. })
+}
+
+/// Operations that add no rows anyone could see (Lance's own bookkeeping).
+fn carries_no_rows(op: &Operation) -> bool {
+    matches!(op, Operation::ReserveFragments { .. } | Operation::CreateIndex { .. } | Operation::UpdateConfig { .. })
+        || matches!(op, Operation::Overwrite { fragments, .. } if fragments.is_empty())
+}
