@@ -85,7 +85,7 @@ fn kill_9_after_commit_leaves_a_visible_intent_and_a_working_lake() {
 /// the protocol says, never part of an operation; failures before any commit
 /// leave nothing behind; the lake keeps working.
 ///
-/// A single-table commit that landed is decided forward (DESIGN.md invariant
+/// A single-table commit that landed is decided forward (docs/INVARIANTS.md invariant
 /// 3), so rows of a writer that failed after its commit stay in "limbo" until
 /// the next publish on the table shows them.
 #[test]
@@ -138,7 +138,7 @@ fn an_error_at_every_failpoint_leaves_a_consistent_lake() {
 
 /// A multi-table load killed (SIGKILL) after committing its first table: its
 /// rows are undecided, so another writer's publish on that table must not
-/// show them (DESIGN.md invariant 3) — it waits within its deadline and fails,
+/// show them (docs/INVARIANTS.md invariant 3) — it waits within its deadline and fails,
 /// while other tables keep working.
 #[test]
 fn a_load_killed_between_its_tables_is_never_published_by_another_writer() {

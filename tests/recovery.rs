@@ -1,4 +1,4 @@
-//! Recovery (DESIGN.md invariants 4-8) against real processes: every crash
+//! Recovery (docs/INVARIANTS.md invariants 4-8) against real processes: every crash
 //! the failpoint catalog can name, by injected error and by `kill -9`, then
 //! sweeps and redeliveries; and the races of the hard-cases list, made
 //! deterministic by holding one process at a failpoint while another runs.

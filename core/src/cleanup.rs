@@ -1,5 +1,5 @@
 //! Cleanup: old manifest versions, old Lance versions, the files dead writers
-//! left, and sidecars nobody needs any more (DESIGN.md invariant 11).
+//! left, and sidecars nobody needs any more (docs/INVARIANTS.md invariant 11).
 //!
 //! One run:
 //! 1. **Heal** (a recovery sweep), so dead writers are decided first.

@@ -21,6 +21,11 @@ use object_store::{
 };
 use serde::Serialize;
 
+/// Every request, at trace level (`SLUICE_LOG=sluice::requests=trace`).
+fn note(kind: &str, path: &Path) {
+    tracing::trace!(target: "sluice::requests", "{kind} {path}");
+}
+
 /// Requests seen, by kind. A LIST counts once per call (our listings are single-page).
 #[derive(Debug, Default)]
 pub struct RequestCounts {
@@ -100,6 +105,7 @@ impl fmt::Display for CountingStore {
 #[async_trait]
 impl ObjectStore for CountingStore {
     async fn put_opts(&self, location: &Path, payload: PutPayload, opts: PutOptions) -> Result<PutResult> {
+        note("PUT", location);
         RequestCounts::bump(&self.counts.put);
         self.inner.put_opts(location, payload, opts).await
     }
@@ -109,6 +115,7 @@ impl ObjectStore for CountingStore {
         location: &Path,
         opts: PutMultipartOptions,
     ) -> Result<Box<dyn MultipartUpload>> {
+        note("PUT (multipart)", location);
         RequestCounts::bump(&self.counts.put);
         let upload = self.inner.put_multipart_opts(location, opts).await?;
         Ok(Box::new(CountingUpload { upload, counts: Arc::clone(&self.counts) }))
@@ -116,12 +123,14 @@ impl ObjectStore for CountingStore {
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
         let counter = if options.head { &self.counts.head } else { &self.counts.get };
+        note(if options.head { "HEAD" } else { "GET" }, location);
         RequestCounts::bump(counter);
         self.inner.get_opts(location, options).await
     }
 
     async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
         // Stores coalesce ranges into GETs; one call is at least one request.
+        note("GET (ranges)", location);
         RequestCounts::bump(&self.counts.get);
         self.inner.get_ranges(location, ranges).await
     }
@@ -129,22 +138,30 @@ impl ObjectStore for CountingStore {
     fn delete_stream(&self, locations: BoxStream<'static, Result<Path>>) -> BoxStream<'static, Result<Path>> {
         let counts = Arc::clone(&self.counts);
         let locations = locations
-            .inspect(move |_| RequestCounts::bump(&counts.delete))
+            .inspect(move |p| {
+                if let Ok(p) = p {
+                    note("DELETE", p);
+                }
+                RequestCounts::bump(&counts.delete)
+            })
             .boxed();
         self.inner.delete_stream(locations)
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
+        note("LIST", &prefix.cloned().unwrap_or_default());
         RequestCounts::bump(&self.counts.list);
         self.inner.list(prefix)
     }
 
     fn list_with_offset(&self, prefix: Option<&Path>, offset: &Path) -> BoxStream<'static, Result<ObjectMeta>> {
+        note("LIST (offset)", &prefix.cloned().unwrap_or_default());
         RequestCounts::bump(&self.counts.list);
         self.inner.list_with_offset(prefix, offset)
     }
 
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
+        note("LIST (delimiter)", &prefix.cloned().unwrap_or_default());
         RequestCounts::bump(&self.counts.list);
         self.inner.list_with_delimiter(prefix).await
     }
@@ -198,6 +215,7 @@ impl object_store::list::PaginatedListStore for CountingLister {
         prefix: Option<&str>,
         opts: object_store::list::PaginatedListOptions,
     ) -> Result<object_store::list::PaginatedListResult> {
+        note("LIST (paged)", &Path::from(prefix.unwrap_or_default()));
         RequestCounts::bump(&self.counts.list);
         self.inner.list_paginated(prefix, opts).await
     }

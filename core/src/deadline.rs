@@ -1,4 +1,4 @@
-//! Deadlines make death provable (DESIGN.md invariant 7): a worker starts no
+//! Deadlines make death provable (docs/INVARIANTS.md invariant 7): a worker starts no
 //! Lance commit and no publish once `at - margin` has passed.
 
 use std::time::Duration;

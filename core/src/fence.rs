@@ -1,4 +1,4 @@
-//! May a pin pass that commit? (DESIGN.md invariants 3 and 12.)
+//! May a pin pass that commit? (docs/INVARIANTS.md 3 and 12.)
 //!
 //! A manifest pin that moves from `from` to `to` makes every Lance commit in
 //! between visible. Each of them must be proven decided forward by durable

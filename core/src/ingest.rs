@@ -1,4 +1,4 @@
-//! Ingest and multi-table load: DESIGN.md's door for operations that add rows.
+//! Ingest and multi-table load: the door (docs/PROTOCOL.md) for operations that add rows.
 //!
 //! 1. resolve sources (identity) — read only; the same source twice is one;
 //! 2. heal, then the intent of this attempt (`_ops/<op>.<attempt>`), before
@@ -28,6 +28,7 @@ use arrow::datatypes::SchemaRef;
 use chrono::Utc;
 use lance::Dataset;
 use lance::dataset::transaction::{Operation, Transaction};
+use lance::dataset::write::merge_insert::SourceDedupeBehavior;
 use lance::dataset::{CommitBuilder, InsertBuilder, MergeInsertBuilder, WhenMatched, WhenNotMatched, WriteMode, WriteParams};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -609,8 +610,17 @@ impl Door<'_> {
                 let txn = InsertBuilder::new(Arc::clone(&ds)).with_params(&params).execute_uncommitted_stream(reader).await;
                 txn.map(|txn| Staged { ds: Some(ds), txn, affected: None, updated: 0 })
             }
-            (Some(ds), Mode::Upsert) => self.stage_upsert(&ds, t, reader).await,
-            (None, _) => {
+            (Some(ds), Mode::Upsert) => match self.stage_upsert(&ds, t, reader).await {
+                Ok(Err(refused)) => return Err(refused),
+                Ok(Ok(staged)) => Ok(staged),
+                Err(e) => Err(e),
+            },
+            (None, mode) => {
+                // A new upsert table is created from its rows as they are: refuse a repeated key there.
+                let reader: Box<dyn RecordBatchReader + Send> = match (mode, &t.key) {
+                    (Mode::Upsert, Some(key)) => Box::new(UniqueKeys::new(reader, key, Arc::clone(&slot), self.repeated_keys_error(t))),
+                    _ => reader,
+                };
                 let params = WriteParams {
                     mode: WriteMode::Create,
                     transaction_properties: properties,
@@ -646,18 +656,36 @@ impl Door<'_> {
         Ok(Arc::new(schema.as_ref().clone().with_metadata(metadata)))
     }
 
-    async fn stage_upsert(&self, ds: &Arc<Dataset>, t: &TableWork, reader: Box<dyn RecordBatchReader + Send>) -> lance::Result<Staged> {
+    fn repeated_keys_error(&self, t: &TableWork) -> impl Fn(u64) -> Error + Send + 'static {
+        let (table, key, sources) = (t.request.table.clone(), t.key.clone(), t.sources.iter().map(|(s, _)| s.uri.clone()).collect::<Vec<_>>());
+        move |n| repeated_keys(&table, key.as_deref(), &sources, n)
+    }
+
+    fn repeated_keys(&self, t: &TableWork, repeated: u64) -> Error {
+        let sources: Vec<String> = t.sources.iter().map(|(s, _)| s.uri.clone()).collect();
+        repeated_keys(&t.request.table, t.key.as_deref(), &sources, repeated)
+    }
+
+    async fn stage_upsert(&self, ds: &Arc<Dataset>, t: &TableWork, reader: Box<dyn RecordBatchReader + Send>) -> lance::Result<Result<Staged>> {
         let key = t.key.clone().expect("upsert tables have a key");
         let mut builder = MergeInsertBuilder::try_new(Arc::clone(ds), vec![key])?;
-        builder.when_matched(WhenMatched::UpdateAll).when_not_matched(WhenNotMatched::InsertAll);
+        // Never two rows for one key: a repeated key is found here and refused below.
+        builder
+            .when_matched(WhenMatched::UpdateAll)
+            .when_not_matched(WhenNotMatched::InsertAll)
+            .source_dedupe_behavior(SourceDedupeBehavior::FirstSeen);
         let mut uncommitted = builder.try_build()?.execute_uncommitted(reader).await?;
+        let repeated = uncommitted.stats.num_skipped_duplicates;
+        if repeated > 0 {
+            return Ok(Err(self.repeated_keys(t, repeated)));
+        }
         uncommitted.transaction.transaction_properties = Some(Arc::new(self.properties()));
-        Ok(Staged {
+        Ok(Ok(Staged {
             ds: Some(Arc::clone(ds)),
             txn: uncommitted.transaction,
             affected: uncommitted.affected_rows,
             updated: uncommitted.stats.num_updated_rows,
-        })
+        }))
     }
 
     /// Commit the staged transaction. Whether a commit that answered with an
@@ -859,6 +887,82 @@ fn check_mode(request: &TableRequest, mode: Mode, key: Option<&str>) -> Result<(
         return Err(Error::Usage(format!("table '{}' upserts on key '{key}', not '{asked}'", request.table)));
     }
     Ok(())
+}
+
+/// The error for `repeated` rows that repeat an upsert key: one source doing
+/// so is bad input; keys repeated across the sources of one call have no order
+/// to apply them in, so the call must be split.
+fn repeated_keys(table: &str, key: Option<&str>, sources: &[String], repeated: u64) -> Error {
+    let key = key.unwrap_or("?");
+    match sources {
+        [one] => Error::BadInput(BadInput {
+            source_uri: one.clone(),
+            location: crate::error::Location { line: None, column: Some(key.to_string()) },
+            reason: format!("{repeated} row(s) repeat a '{key}' value of an earlier row; an upsert source must hold one row per key"),
+        }),
+        many => Error::Usage(format!(
+            "table '{table}': {repeated} row(s) repeat a '{key}' value across the {} sources of this call (or within one); \
+             ingest them in separate calls, in the order they should apply",
+            many.len()
+        )),
+    }
+}
+
+/// Streams a new upsert table's rows through, refusing the first row whose
+/// key an earlier row had (a 128-bit hash of the key's row encoding per key seen).
+struct UniqueKeys {
+    inner: Box<dyn RecordBatchReader + Send>,
+    column: String,
+    seen: std::collections::HashSet<u128>,
+    hashers: (std::hash::RandomState, std::hash::RandomState),
+    slot: decode::ErrorSlot,
+    refuse: Box<dyn Fn(u64) -> Error + Send>,
+}
+
+impl UniqueKeys {
+    fn new(inner: Box<dyn RecordBatchReader + Send>, column: &str, slot: decode::ErrorSlot, refuse: impl Fn(u64) -> Error + Send + 'static) -> UniqueKeys {
+        let hashers = (std::hash::RandomState::new(), std::hash::RandomState::new());
+        UniqueKeys { inner, column: column.to_string(), seen: Default::default(), hashers, slot, refuse: Box::new(refuse) }
+    }
+
+    fn check(&mut self, batch: &arrow::array::RecordBatch) -> std::result::Result<(), arrow::error::ArrowError> {
+        use std::hash::{BuildHasher, Hash, Hasher};
+        let Some(col) = batch.column_by_name(&self.column) else { return Ok(()) };
+        let converter = arrow::row::RowConverter::new(vec![arrow::row::SortField::new(col.data_type().clone())])?;
+        let rows = converter.convert_columns(&[Arc::clone(col)])?;
+        let (a, b) = &self.hashers;
+        for (i, row) in rows.iter().enumerate() {
+            // SQL equality: a null key matches nothing, so nulls never repeat.
+            if col.is_null(i) {
+                continue;
+            }
+            let half = |s: &std::hash::RandomState| {
+                let mut h = s.build_hasher();
+                row.as_ref().hash(&mut h);
+                h.finish()
+            };
+            if !self.seen.insert(((half(a) as u128) << 64) | half(b) as u128) {
+                *self.slot.lock().expect("error slot poisoned") = Some((self.refuse)(1));
+                return Err(arrow::error::ArrowError::InvalidArgumentError(format!("repeated key in column '{}'", self.column)));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Iterator for UniqueKeys {
+    type Item = std::result::Result<arrow::array::RecordBatch, arrow::error::ArrowError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let batch = self.inner.next()?;
+        Some(batch.and_then(|b| self.check(&b).map(|()| b)))
+    }
+}
+
+impl RecordBatchReader for UniqueKeys {
+    fn schema(&self) -> SchemaRef {
+        self.inner.schema()
+    }
 }
 
 fn inserted_rows(txn: &Transaction) -> u64 {

@@ -1,5 +1,5 @@
-//! Recovery: finish or undo the attempts of workers that died (DESIGN.md
-//! invariants 4-8 and 12).
+//! Recovery: finish or undo the attempts of workers that died (docs/INVARIANTS.md
+//! 4-8 and 12).
 //!
 //! A sweep lists `_ops/` (one LIST; nothing more when nothing is pending) and
 //! takes up only intents whose owner's deadline plus the clock-skew margin has
