@@ -292,3 +292,43 @@ pub fn scan_ids(root: &str, table: &str) -> Vec<i64> {
 pub fn pending(root: &str) -> usize {
     status(root)["pending"].as_array().unwrap().len()
 }
+
+/// Every manifest version the lake keeps, oldest first (`sluice --json history`).
+pub fn history(root: &str) -> Vec<serde_json::Value> {
+    let out = run(sluice(root).args(["--json", "history", "--limit", "100000"]));
+    assert_eq!(out.status.code(), Some(0), "history failed");
+    let mut versions = json(&out).as_array().unwrap().clone();
+    versions.reverse();
+    versions
+}
+
+/// The ids `sluice scan TABLE --at V` shows, sorted; empty when version `v`
+/// does not have the table (per `history`'s `tables`).
+pub fn scan_ids_at(root: &str, table: &str, version: &serde_json::Value) -> Vec<i64> {
+    if version["tables"].get(table).is_none() {
+        return Vec::new();
+    }
+    let v = version["version"].as_u64().unwrap().to_string();
+    let out = run(sluice(root).args(["scan", table, "--at", &v]));
+    assert_eq!(out.status.code(), Some(0), "scan {table} --at {v} failed");
+    let mut ids: Vec<i64> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].as_i64().unwrap())
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// How many of `ids` fall in `range`.
+pub fn count_in(ids: &[i64], range: std::ops::Range<i64>) -> usize {
+    ids.iter().filter(|i| range.contains(i)).count()
+}
+
+/// Sleep until `deadline` (an operation's `--timeout` from when it started) has passed.
+pub fn sleep_past(deadline: std::time::Instant) {
+    let now = std::time::Instant::now();
+    if deadline > now {
+        std::thread::sleep(deadline - now);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+}

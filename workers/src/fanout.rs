@@ -24,8 +24,10 @@ pub fn exit_with_parent() {
     std::thread::spawn(move || {
         loop {
             if std::os::unix::process::parent_id() != parent {
-                eprintln!("compact-tasks: the coordinator (pid {parent}) is gone; stopping");
-                std::process::exit(1);
+                // Not eprintln!: stderr is a pipe to the dead coordinator, and a failed write would panic.
+                let _ = std::io::Write::write_all(&mut std::io::stderr(), format!("compact-tasks: the coordinator (pid {parent}) is gone; stopping\n").as_bytes());
+                // Not exit(): its at-exit handlers can wait on threads this worker has stalled.
+                std::process::abort();
             }
             std::thread::sleep(Duration::from_millis(100));
         }

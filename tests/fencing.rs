@@ -1,0 +1,729 @@
+//! Fencing: an actor acting on a stale view (a sweep on an old read of an
+//! intent, a writer past its deadline, a commit that lands late, a delivery
+//! trusting a claim) must never undo, hide or duplicate what others did.
+//! Each test reproduces one scenario of the fencing issue with real `sluice`
+//! processes, made deterministic by holding them at failpoints; it checks only
+//! what users see: exit codes, `scan` (also `--at` every manifest version),
+//! `status`, `history`.
+// `ids_of(seed, &[range])` lists the ranges a table holds; one range is not a mistake.
+#![allow(clippy::single_range_in_vec_init)]
+
+use std::io::BufRead;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use sluice::failpoints::*;
+
+use crate::common::*;
+
+/// Run `test` on every shared backend; report every backend's failure, not just the first.
+fn on_each_backend(test: impl Fn(&Backend)) {
+    let mut failures = Vec::new();
+    for b in shared_backends() {
+        if let Err(e) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| test(&b))) {
+            let msg = e.downcast_ref::<String>().cloned().or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()));
+            failures.push(format!("[{}] {}", b.name, msg.unwrap_or_default()));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+fn seeded(root: &str, dir: &Path, tables: &[&str]) {
+    for t in tables {
+        let seed = jsonl(dir, &format!("seed-{t}.jsonl"), 0..5);
+        assert_eq!(run(sluice(root).args(["ingest", "--table", t]).arg(&seed)).status.code(), Some(0), "seeding {t}");
+    }
+}
+
+/// Wait out the deadline of an operation started at `started` with `timeout`:
+/// sleep past it, then (its process started a little later than `started`)
+/// poll until `status` shows no intent whose deadline is still ahead.
+fn wait_out(root: &str, started: Instant, timeout: Duration) {
+    sleep_past(started + timeout);
+    let limit = Instant::now() + Duration::from_secs(30);
+    while status(root)["pending"].as_array().unwrap().iter().any(|p| p["expired"] == false) {
+        assert!(Instant::now() < limit, "an intent never expired");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn recover_cmd(root: &str) -> Command {
+    let mut cmd = sluice(root);
+    cmd.args(["--json", "--clock-skew", "0s", "recover", "--timeout", "60s"]);
+    cmd
+}
+
+/// `sluice --clock-skew 0s ingest --table TABLE [extra] FILE...`.
+fn ingest_cmd(root: &str, table: &str, extra: &[&str], files: &[&Path]) -> Command {
+    let mut cmd = sluice(root);
+    cmd.args(["--clock-skew", "0s", "ingest", "--table", table]).args(extra);
+    for f in files {
+        cmd.arg(f);
+    }
+    cmd
+}
+
+/// The ids `scan TABLE` shows, sorted, or a failure naming what went wrong.
+fn readable_ids(root: &str, table: &str, what: &str) -> Vec<i64> {
+    let out = run(sluice(root).args(["scan", table]));
+    assert_eq!(out.status.code(), Some(0), "{what}: table {table} cannot be read: {}", String::from_utf8_lossy(&out.stderr).trim());
+    scan_ids(root, table)
+}
+
+/// Every kept manifest version: `table`'s ids in it.
+fn every_version(root: &str, table: &str) -> Vec<(u64, Vec<i64>)> {
+    history(root).iter().map(|v| (v["version"].as_u64().unwrap(), scan_ids_at(root, table, v))).collect()
+}
+
+fn ids_of(seed: std::ops::Range<i64>, more: &[std::ops::Range<i64>]) -> Vec<i64> {
+    let mut v: Vec<i64> = seed.chain(more.iter().cloned().flatten()).collect();
+    v.sort();
+    v
+}
+
+/// Issue scenario 1: a sweep acts on an old copy of an intent.
+///
+/// Writer A dies after claiming `s`; a sweep reads A's intent and stalls
+/// before taking its lease; a redelivery C heals A (rolls it back), writes
+/// its own intent for the same operation id, claims `s` and stalls before
+/// its commit. The stale sweep then goes on. Current code: it "finishes" A by
+/// deleting the intent by name, which is C's; C dies; nothing is pending, C's
+/// claim looks done, and every later delivery of `s` reports "already
+/// ingested" while its rows were never published (silent loss).
+#[test]
+fn a_stale_sweep_never_removes_a_redeliverys_intent() {
+    on_each_backend(|b| {
+        let dir = tempfile::tempdir().unwrap();
+        seeded(&b.root, dir.path(), &["t"]);
+        let s = jsonl(dir.path(), "s.jsonl", 100..110);
+        let started = Instant::now();
+        kill_9_at(&mut ingest_cmd(&b.root, "t", &["--timeout", "2s"], &[&s]), AFTER_CLAIMS);
+        wait_out(&b.root, started, Duration::from_secs(2));
+
+        let sweep = hold_at(&mut recover_cmd(&b.root), RECOVER_BEFORE_LEASE);
+        let c_started = Instant::now();
+        let c = hold_at(&mut ingest_cmd(&b.root, "t", &["--timeout", "3s"], &[&s]), BEFORE_COMMIT);
+        sweep.release();
+        drop(c); // kill -9 (it never gets past its hold; the sweep goes on on its own)
+        sweep.wait_with_output();
+        wait_out(&b.root, c_started, Duration::from_secs(3));
+
+        sweep_until_clean(&b.root, Duration::from_secs(60));
+        let out = run(&mut ingest_cmd(&b.root, "t", &[], &[&s]));
+        assert_eq!(out.status.code(), Some(0), "{}: the delivery after recovery succeeds", b.name);
+        let ids = readable_ids(&b.root, "t", b.name);
+        assert_eq!(count_in(&ids, 100..110), 10, "{}: s's rows are published exactly once (0 = silently lost): {ids:?}", b.name);
+        assert_eq!(ids, ids_of(0..5, &[100..110]), "{}", b.name);
+        assert_eq!(pending(&b.root), 0, "{}", b.name);
+    });
+}
+
+/// Issue scenario 2a: a writer past its deadline gives up and releases what
+/// is no longer its own.
+///
+/// A stalls before its commit until its deadline passes; redelivery C heals
+/// it (rolls it back) and publishes `s`. A then hits its deadline check and
+/// gives up. Current code: it releases `s`'s claim and deletes the intent by
+/// name, although both are C's now, so the next delivery ingests `s` again:
+/// its rows are published twice.
+#[test]
+fn a_writer_past_its_deadline_never_releases_a_redeliverys_claim() {
+    on_each_backend(|b| {
+        let dir = tempfile::tempdir().unwrap();
+        seeded(&b.root, dir.path(), &["t"]);
+        let s = jsonl(dir.path(), "s.jsonl", 100..110);
+        let started = Instant::now();
+        let a = hold_at(&mut ingest_cmd(&b.root, "t", &["--timeout", "3s"], &[&s]), BEFORE_COMMIT);
+        wait_out(&b.root, started, Duration::from_secs(3));
+
+        let out = run(&mut ingest_cmd(&b.root, "t", &[], &[&s]));
+        assert_eq!(out.status.code(), Some(0), "{}: the redelivery takes over and publishes", b.name);
+        assert_eq!(readable_ids(&b.root, "t", b.name), ids_of(0..5, &[100..110]), "{}", b.name);
+
+        a.release();
+        a.wait_with_output();
+        let out = run(&mut ingest_cmd(&b.root, "t", &[], &[&s]));
+        assert_eq!(out.status.code(), Some(0), "{}: one more delivery of s", b.name);
+        let ids = readable_ids(&b.root, "t", b.name);
+        assert_eq!(count_in(&ids, 100..110), 10, "{}: s's rows exactly once (20 = the late writer gave C's claim away): {ids:?}", b.name);
+        assert_eq!(pending(&b.root), 0, "{}", b.name);
+    });
+}
+
+/// Issue scenario 2b: the same late give-up while the redelivery is still
+/// staged, then cleanup.
+///
+/// Current code: A deletes C's intent (same name) and claim; cleanup, which
+/// protects only files newer than the oldest intent, finds none and removes
+/// C's staged data files; C then commits and publishes references to files
+/// that are gone, and the table can no longer be read.
+#[test]
+fn a_writer_past_its_deadline_never_exposes_a_live_writers_files_to_cleanup() {
+    on_each_backend(|b| {
+        let dir = tempfile::tempdir().unwrap();
+        seeded(&b.root, dir.path(), &["t"]);
+        let s = jsonl(dir.path(), "s.jsonl", 100..110);
+        let started = Instant::now();
+        let a = hold_at(&mut ingest_cmd(&b.root, "t", &["--timeout", "3s"], &[&s]), BEFORE_COMMIT);
+        wait_out(&b.root, started, Duration::from_secs(3));
+
+        let c = hold_at(&mut ingest_cmd(&b.root, "t", &["--timeout", "120s"], &[&s]), BEFORE_COMMIT);
+        a.release();
+        a.wait_with_output();
+        // Cleanup's orphan cutoff: a file must be over a second older than the oldest intent (or now).
+        std::thread::sleep(Duration::from_millis(1500));
+        let out = run(sluice(&b.root).args(["--json", "--clock-skew", "0s", "cleanup"]));
+        assert_eq!(out.status.code(), Some(0), "{}: cleanup", b.name);
+
+        c.release();
+        let out = c.wait_with_output();
+        assert_eq!(out.status.code(), Some(0), "{}: the live redelivery succeeds", b.name);
+        let ids = readable_ids(&b.root, "t", b.name);
+        assert_eq!(ids, ids_of(0..5, &[100..110]), "{}: s's rows exactly once", b.name);
+        assert_eq!(pending(&b.root), 0, "{}", b.name);
+    });
+}
+
+/// Issue scenario 2c: two optimizers of one (table, pin) share an operation id.
+///
+/// Optimizer O1 stalls after its intent until its deadline passes; O2 heals it
+/// (rolls it back), plans the same compaction (same id), writes its rewrite
+/// and stalls before committing. O1 then fails its deadline check. Current
+/// code: it removes the intent by name, O2's; cleanup then removes O2's
+/// rewritten files, O2 commits and publishes them, and the table cannot be read.
+#[test]
+fn an_optimizer_past_its_deadline_never_removes_another_optimizers_intent() {
+    on_each_backend(|b| {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..6 {
+            let f = jsonl(dir.path(), &format!("small-{i}.jsonl"), i * 10..i * 10 + 10);
+            assert_eq!(run(sluice(&b.root).args(["ingest", "--table", "t"]).arg(&f)).status.code(), Some(0));
+        }
+        let started = Instant::now();
+        let o1 = hold_at(sluice(&b.root).args(["--clock-skew", "0s", "optimize", "t", "--timeout", "3s"]), OPTIMIZE_AFTER_INTENT);
+        wait_out(&b.root, started, Duration::from_secs(3));
+
+        let o2 = hold_at(sluice(&b.root).args(["--clock-skew", "0s", "optimize", "t", "--timeout", "120s"]), OPTIMIZE_AFTER_REWRITE);
+        o1.release();
+        o1.wait_with_output();
+        std::thread::sleep(Duration::from_millis(1500));
+        let out = run(sluice(&b.root).args(["--json", "--clock-skew", "0s", "cleanup"]));
+        assert_eq!(out.status.code(), Some(0), "{}: cleanup", b.name);
+
+        o2.release();
+        let out = o2.wait_with_output();
+        assert_eq!(out.status.code(), Some(0), "{}: the live optimizer succeeds", b.name);
+        assert_eq!(readable_ids(&b.root, "t", b.name), (0..60).collect::<Vec<_>>(), "{}: every row exactly once", b.name);
+        assert_eq!(pending(&b.root), 0, "{}", b.name);
+    });
+}
+
+fn load_descriptor(dir: &Path) -> std::path::PathBuf {
+    jsonl(dir, "load-a.jsonl", 100..110);
+    jsonl(dir, "load-b.jsonl", 200..215);
+    write(dir, "load.json", br#"{"tables": [{"table": "a", "sources": ["load-a.jsonl"]}, {"table": "b", "sources": ["load-b.jsonl"]}]}"#)
+}
+
+/// In every kept manifest version, the load's rows (a: 100..110, b:
+/// 200..215) are in both tables or in neither, and never more than once.
+fn assert_load_atomic_in_every_version(root: &str, what: &str) {
+    for v in history(root) {
+        let (a, b) = (scan_ids_at(root, "a", &v), scan_ids_at(root, "b", &v));
+        let (in_a, in_b) = (count_in(&a, 100..110), count_in(&b, 200..215));
+        assert!(
+            (in_a, in_b) == (0, 0) || (in_a, in_b) == (10, 15),
+            "{what}: manifest version {} shows {in_a} of the load's 10 rows in a and {in_b} of its 15 in b (all or nothing, once): {v}",
+            v["version"]
+        );
+    }
+}
+
+/// Issue scenario 4: a publish shows half of a load.
+///
+/// Load M committed both tables and recorded its forward decision, then
+/// stalls before publishing; an ingest into table a publishes meanwhile, and
+/// M dies. Current code: that publish vets M's commit on a (decided forward)
+/// and moves a's pin past it, so a manifest version shows M's rows in a but
+/// not in b until recovery publishes b.
+#[test]
+fn a_publish_never_shows_half_of_a_load() {
+    on_each_backend(|b| {
+        let dir = tempfile::tempdir().unwrap();
+        seeded(&b.root, dir.path(), &["a", "b"]);
+        let d = load_descriptor(dir.path());
+        let started = Instant::now();
+        let m = hold_at(sluice(&b.root).args(["load", "--timeout", "4s"]).arg(&d), AFTER_DECISION);
+
+        let live = jsonl(dir.path(), "live.jsonl", 300..303);
+        let out = run(&mut ingest_cmd(&b.root, "a", &["--timeout", "60s"], &[&live]));
+        assert_eq!(out.status.code(), Some(0), "{}: the live ingest into a", b.name);
+        drop(m); // kill -9
+        assert_load_atomic_in_every_version(&b.root, &format!("{}, before recovery", b.name));
+
+        wait_out(&b.root, started, Duration::from_secs(4));
+        sweep_until_clean(&b.root, Duration::from_secs(60));
+        assert_load_atomic_in_every_version(&b.root, &format!("{}, after recovery", b.name));
+        assert_eq!(readable_ids(&b.root, "a", b.name), ids_of(0..5, &[100..110, 300..303]), "{}", b.name);
+        assert_eq!(readable_ids(&b.root, "b", b.name), ids_of(0..5, &[200..215]), "{}", b.name);
+        assert_eq!(pending(&b.root), 0, "{}", b.name);
+    });
+}
+
+/// Issue scenario 5: a late single-table commit after its roll-back.
+///
+/// Writer A passes its last deadline check and freezes (like a paused VM)
+/// just before its Lance commit; its deadline passes; recovery rolls it back
+/// (nothing committed) and releases `s`. A then wakes and its commit lands.
+/// `s` is delivered again and another file is ingested. Current code: A's
+/// late commit is `single`-scoped, so the next publish shows it, and `s`'s
+/// rows are published twice.
+#[test]
+fn a_late_commit_after_its_roll_back_is_never_published() {
+    on_each_backend(|b| {
+        let dir = tempfile::tempdir().unwrap();
+        seeded(&b.root, dir.path(), &["t"]);
+        let s = jsonl(dir.path(), "s.jsonl", 100..110);
+        let started = Instant::now();
+        let a = hold_at(&mut ingest_cmd(&b.root, "t", &["--timeout", "3s"], &[&s]), COMMIT_CHECKED);
+        wait_out(&b.root, started, Duration::from_secs(3));
+        let out = run(&mut recover_cmd(&b.root));
+        assert_eq!(out.status.code(), Some(0), "{}: recovery rolls A back", b.name);
+
+        a.release();
+        a.wait_with_output();
+        let out = run(&mut ingest_cmd(&b.root, "t", &[], &[&s]));
+        assert_eq!(out.status.code(), Some(0), "{}: the redelivery of s", b.name);
+        let other = jsonl(dir.path(), "other.jsonl", 300..303);
+        assert_eq!(run(&mut ingest_cmd(&b.root, "t", &[], &[&other])).status.code(), Some(0), "{}: another ingest", b.name);
+        sweep_until_clean(&b.root, Duration::from_secs(60));
+
+        for (v, ids) in every_version(&b.root, "t") {
+            assert!(count_in(&ids, 100..110) <= 10, "{}: manifest version {v} shows s's rows {} times: {ids:?}", b.name, count_in(&ids, 100..110) / 10);
+        }
+        let ids = readable_ids(&b.root, "t", b.name);
+        assert_eq!(count_in(&ids, 100..110), 10, "{}: s's rows exactly once: {ids:?}", b.name);
+        assert_eq!(ids, ids_of(0..5, &[100..110, 300..303]), "{}", b.name);
+        assert_eq!(pending(&b.root), 0, "{}", b.name);
+    });
+}
+
+/// A child stopped (SIGSTOP) right after it printed the `n`-th trace of a failpoint.
+struct Stopped {
+    child: std::process::Child,
+    stderr: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Stopped {
+    /// Start `cmd` with `FAILPOINTS=name=action`; when it reports reaching
+    /// `name` for the `n`-th time, stop it. `action` must keep it at that
+    /// failpoint long enough for the stop to land (a sleep of a few seconds).
+    fn at_nth(cmd: &mut Command, name: &str, n: usize, action: &str) -> Stopped {
+        let mut child = cmd
+            .env("FAILPOINTS", format!("{name}={action}"))
+            .env("SLUICE_TRACE_FAILPOINTS", "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        let marker = format!("failpoint: {name}");
+        let (mut seen, mut line) = (0, String::new());
+        while seen < n {
+            line.clear();
+            assert!(stderr.read_line(&mut line).unwrap() > 0, "{cmd:?} reached failpoint {name} only {seen} times");
+            if line.contains(&marker) {
+                seen += 1;
+            }
+        }
+        signal(child.id(), "STOP");
+        let stderr = std::thread::spawn(move || {
+            let mut rest = String::new();
+            let _ = std::io::Read::read_to_string(&mut stderr, &mut rest);
+            eprintln!("stopped child's stderr after the stop:\n{rest}");
+        });
+        Stopped { child, stderr: Some(stderr) }
+    }
+
+    /// Let it go on (SIGCONT) and wait for it to exit.
+    fn resume_and_wait(mut self) -> Option<i32> {
+        signal(self.child.id(), "CONT");
+        let status = self.child.wait().unwrap();
+        self.stderr.take().unwrap().join().unwrap();
+        status.code()
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status().unwrap().success();
+    assert!(ok, "kill -{sig} {pid}");
+}
+
+/// Issue scenario 5, multi-table variant: a late commit of a load's second
+/// table after recovery redid that table.
+///
+/// Load M commits table a, passes the deadline check of table b's commit and
+/// freezes before the commit call; its deadline passes; recovery redoes b from
+/// the unchanged source, decides forward and publishes. M wakes and its
+/// commit of b lands too. Current code: the next ingest into b vets M's late
+/// commit (the operation is decided forward) and publishes it: b's load rows
+/// twice.
+///
+/// (M is frozen with SIGSTOP while it sleeps at the failpoint's second hit:
+/// `hold_at` would stop it at the first table's commit.)
+#[test]
+fn a_late_commit_of_a_redone_load_table_is_never_published() {
+    on_each_backend(|b| {
+        let dir = tempfile::tempdir().unwrap();
+        seeded(&b.root, dir.path(), &["a", "b"]);
+        let d = load_descriptor(dir.path());
+        let started = Instant::now();
+        let m = Stopped::at_nth(sluice(&b.root).args(["load", "--timeout", "4s"]).arg(&d), COMMIT_CHECKED, 2, "1*off->sleep(5000)");
+        wait_out(&b.root, started, Duration::from_secs(4));
+        let out = run(&mut recover_cmd(&b.root));
+        assert_eq!(out.status.code(), Some(0), "{}: recovery redoes b", b.name);
+        assert_eq!(readable_ids(&b.root, "b", b.name), ids_of(0..5, &[200..215]), "{}", b.name);
+
+        m.resume_and_wait();
+        let other = jsonl(dir.path(), "other.jsonl", 300..303);
+        assert_eq!(run(&mut ingest_cmd(&b.root, "b", &[], &[&other])).status.code(), Some(0), "{}: another ingest into b", b.name);
+        sweep_until_clean(&b.root, Duration::from_secs(60));
+
+        assert_load_atomic_in_every_version(&b.root, b.name);
+        assert_eq!(readable_ids(&b.root, "a", b.name), ids_of(0..5, &[100..110]), "{}", b.name);
+        let ids = readable_ids(&b.root, "b", b.name);
+        assert_eq!(count_in(&ids, 200..215), 15, "{}: the load's rows in b exactly once: {ids:?}", b.name);
+        assert_eq!(ids, ids_of(0..5, &[200..215, 300..303]), "{}", b.name);
+        assert_eq!(pending(&b.root), 0, "{}", b.name);
+    });
+}
+
+/// Issue scenario 6: a false "already ingested".
+///
+/// Operation Y (`ingest s o`) has claimed `s` and is alive. Delivery D1 of
+/// `s` writes its intent and dies. Delivery D2 of `s` loses the intent race
+/// to D1's intent, waits for it, and once it expired takes it over (rolls it
+/// back: it claimed nothing). Current code: D2 then finds `s` claimed (by Y)
+/// and reports "already ingested", exit 0, while `s`'s rows are not
+/// published: Y has not committed, and if Y dies and is rolled back, `s`
+/// never lands without yet another delivery. The test checks: D2 exits 0 only
+/// once `s`'s rows are published; in the end they are there exactly once.
+///
+/// For determinism D2's heal-first LIST must not see D1's intent (else it
+/// resolves it there and never loses the race): D2 is held in its heal, at
+/// the lease on a third dead operation Z, while D1 writes its intent.
+#[test]
+fn a_delivery_that_lost_the_intent_race_reports_done_only_once_published() {
+    on_each_backend(|b| {
+        let dir = tempfile::tempdir().unwrap();
+        seeded(&b.root, dir.path(), &["t"]);
+        let s = jsonl(dir.path(), "s.jsonl", 100..110);
+        let o = jsonl(dir.path(), "o.jsonl", 200..205);
+        let z = jsonl(dir.path(), "z.jsonl", 300..305);
+        // Z: dead and expired, for D2's heal to stop at.
+        let z_started = Instant::now();
+        kill_9_at(&mut ingest_cmd(&b.root, "t", &["--timeout", "2s"], &[&z]), AFTER_CLAIMS);
+        wait_out(&b.root, z_started, Duration::from_secs(2));
+        // Y: alive, holding s's claim.
+        // (Default clock skew: its heal leaves Z alone.)
+        let y = hold_at(sluice(&b.root).args(["ingest", "--table", "t", "--timeout", "20s"]).arg(&s).arg(&o), AFTER_CLAIMS);
+        // D2: in its heal (it has listed the pending operations), before D1 exists.
+        let d2 = hold_at(&mut ingest_cmd(&b.root, "t", &["--timeout", "60s"], &[&s]), RECOVER_BEFORE_LEASE);
+        // D1: writes the intent of s's operation, and dies (default skew: its heal leaves Z alone).
+        kill_9_at(sluice(&b.root).args(["ingest", "--table", "t", "--timeout", "2s"]).arg(&s), AFTER_INTENT);
+        d2.release();
+        let d2 = d2.wait_with_output();
+        if d2.status.code() == Some(0) {
+            let ids = readable_ids(&b.root, "t", b.name);
+            assert_eq!(
+                count_in(&ids, 100..110),
+                10,
+                "{}: D2 exited 0 (\"already ingested\"), so s's rows must be published, once: {ids:?}",
+                b.name
+            );
+        }
+
+        // Y goes on (it publishes s and o, or, past its deadline or taken over, gives up).
+        y.release();
+        y.wait_with_output();
+        sweep_until_clean(&b.root, Duration::from_secs(60));
+        if d2.status.code() != Some(0) {
+            assert_eq!(run(&mut ingest_cmd(&b.root, "t", &[], &[&s])).status.code(), Some(0), "{}: s delivered again", b.name);
+        }
+        let ids = readable_ids(&b.root, "t", b.name);
+        assert_eq!(count_in(&ids, 100..110), 10, "{}: s's rows exactly once: {ids:?}", b.name);
+        assert_eq!(pending(&b.root), 0, "{}", b.name);
+    });
+}
+
+/// Issue scenario 7: the same source twice in one call.
+///
+/// `ingest a.jsonl a.jsonl`, `ingest b.jsonl ./b.jsonl` (the same file by
+/// another name) and a load descriptor that lists one source twice. Current
+/// code: the second claim of the same source by the same attempt is
+/// recognised as "mine" and the rows are staged twice: published twice.
+#[test]
+fn the_same_source_twice_in_one_call_is_ingested_once() {
+    on_each_backend(|b| {
+        let dir = tempfile::tempdir().unwrap();
+        seeded(&b.root, dir.path(), &["t"]);
+        // Each case is checked; the test reports every one that fails.
+        let mut problems = Vec::new();
+        let mut check = |what: &str, out: std::process::Output, rows: std::ops::Range<i64>| {
+            if out.status.code() != Some(0) {
+                problems.push(format!("{what}: exit {:?}", out.status.code()));
+            }
+            let ids = readable_ids(&b.root, "t", b.name);
+            let (n, want) = (count_in(&ids, rows.clone()), (rows.end - rows.start) as usize);
+            if n != want {
+                problems.push(format!("{what}: {n} rows of its {want} (want exactly once)"));
+            }
+        };
+
+        let a = jsonl(dir.path(), "a.jsonl", 100..110);
+        check("`ingest a.jsonl a.jsonl`", run(&mut ingest_cmd(&b.root, "t", &[], &[&a, &a])), 100..110);
+
+        jsonl(dir.path(), "b.jsonl", 200..210);
+        let out = run(ingest_cmd(&b.root, "t", &[], &[]).args(["b.jsonl", "./b.jsonl"]).current_dir(dir.path()));
+        check("`ingest b.jsonl ./b.jsonl`", out, 200..210);
+
+        jsonl(dir.path(), "c.jsonl", 300..310);
+        let d = write(dir.path(), "twice.json", br#"{"tables": [{"table": "t", "sources": ["c.jsonl", "c.jsonl"]}]}"#);
+        check("a load listing c.jsonl twice", run(sluice(&b.root).args(["load"]).arg(&d)), 300..310);
+
+        // The same table listed twice with the same source: once, or refused as a usage error.
+        jsonl(dir.path(), "e.jsonl", 400..410);
+        let d = write(dir.path(), "table-twice.json", br#"{"tables": [{"table": "t", "sources": ["e.jsonl"]}, {"table": "t", "sources": ["e.jsonl"]}]}"#);
+        let out = run(sluice(&b.root).args(["load"]).arg(&d));
+        let ids = readable_ids(&b.root, "t", b.name);
+        match (out.status.code(), count_in(&ids, 400..410)) {
+            (Some(0), 10) | (Some(2), 0) => {}
+            (code, n) => problems.push(format!("a load listing table t twice with e.jsonl: exit {code:?}, {n} rows of its 10 (want exit 0 and once, or exit 2 and none)")),
+        }
+        assert!(problems.is_empty(), "{}: {}", b.name, problems.join("; "));
+        assert_eq!(pending(&b.root), 0, "{}", b.name);
+    });
+}
+
+/// Issue scenario 7, upsert: a file that repeats a key. The table must never
+/// hold that key twice: the file is rejected as bad input (exit 3), or one row
+/// per key lands. Checked for a table the file creates and for an existing
+/// upsert table (a key it already has, and a new one).
+#[test]
+fn an_upsert_file_that_repeats_a_key_never_duplicates_it() {
+    fn rows(ids: &[i64]) -> Vec<u8> {
+        ids.iter().map(|id| format!("{{\"id\": {id}, \"name\": \"row-{id}\", \"score\": 1.5}}\n")).collect::<String>().into_bytes()
+    }
+    on_each_backend(|b| {
+        let dir = tempfile::tempdir().unwrap();
+        let upsert = ["--mode", "upsert", "--key", "id"];
+        let mut problems = Vec::new();
+        let published = |table: &str| status(&b.root)["tables"].as_array().unwrap().iter().any(|t| t["name"] == table);
+
+        // A new table from a file with id 7 twice.
+        let dup = write(dir.path(), "dup.jsonl", &rows(&[6, 7, 8, 7]));
+        let code = run(&mut ingest_cmd(&b.root, "u", &upsert, &[&dup])).status.code();
+        let ids = if published("u") { readable_ids(&b.root, "u", b.name) } else { Vec::new() };
+        match code {
+            Some(0) if ids == [6, 7, 8] => {}
+            Some(3) if ids.is_empty() => {}
+            _ => problems.push(format!("a new upsert table from a file repeating id 7: exit {code:?}, ids {ids:?} (want exit 0 and [6, 7, 8], or exit 3 and no table)")),
+        }
+
+        // An existing upsert table: id 3 (present) and id 9 (new), each twice in one file.
+        let seed = jsonl(dir.path(), "seed-v.jsonl", 0..5);
+        assert_eq!(run(&mut ingest_cmd(&b.root, "v", &upsert, &[&seed])).status.code(), Some(0), "{}", b.name);
+        let dup = write(dir.path(), "dup-v.jsonl", &rows(&[3, 9, 3, 9]));
+        let code = run(&mut ingest_cmd(&b.root, "v", &upsert, &[&dup])).status.code();
+        let ids = readable_ids(&b.root, "v", b.name);
+        match code {
+            Some(0) if ids == [0, 1, 2, 3, 4, 9] => {}
+            Some(3) if ids == [0, 1, 2, 3, 4] => {}
+            _ => problems.push(format!(
+                "an existing upsert table and a file repeating ids 3 and 9: exit {code:?}, ids {ids:?} (want exit 0 and [0, 1, 2, 3, 4, 9], or exit 3 and [0, 1, 2, 3, 4])"
+            )),
+        }
+        assert!(problems.is_empty(), "{}: {}", b.name, problems.join("; "));
+        assert_eq!(pending(&b.root), 0, "{}", b.name);
+    });
+}
+
+/// Pids of `sluice compact-tasks` processes working on the lake at `root`.
+fn compact_workers(root: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let args: Vec<String> = cmdline.split(|&c| c == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        if args.iter().any(|a| a == "compact-tasks") && args.iter().any(|a| a == root) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Wait up to `limit` for no compact-tasks worker of `root` to be left; returns those left.
+fn workers_left_after(root: &str, limit: Duration) -> Vec<u32> {
+    let until = Instant::now() + limit;
+    loop {
+        let left = compact_workers(root);
+        if left.is_empty() || Instant::now() >= until {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Kill (SIGKILL) what this test's coordinator left behind, so a failure does
+/// not leave sleeping processes; they are this test's own grandchildren.
+fn reap(pids: &[u32]) {
+    for pid in pids {
+        let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
+    }
+}
+
+fn small_fragments(root: &str, dir: &Path, table: &str, n: i64) {
+    for i in 0..n {
+        let f = jsonl(dir, &format!("{table}-{i}.jsonl"), i * 10..i * 10 + 10);
+        assert_eq!(run(sluice(root).args(["ingest", "--table", table]).arg(&f)).status.code(), Some(0));
+    }
+}
+
+/// Issue scenario 10: `optimize --parallel` and hung children.
+///
+/// The `compact-tasks` children hang after their rewrite (they inherit the
+/// coordinator's `FAILPOINTS`). The coordinator must give up by its own
+/// deadline (plus a small grace), exit non-zero and leave no child running.
+/// Current code: it waits for its children without a bound, past its
+/// `--timeout`.
+#[test]
+fn optimize_parallel_gives_up_on_hung_children_by_its_deadline() {
+    on_each_backend(|b| {
+        let dir = tempfile::tempdir().unwrap();
+        small_fragments(&b.root, dir.path(), "t", 6);
+        let mut coordinator = sluice(&b.root)
+            .args(["optimize", "t", "--parallel", "2", "--target-rows", "20", "--timeout", "5s"])
+            .env("FAILPOINTS", format!("{OPTIMIZE_AFTER_REWRITE}=sleep(600000)"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        let exited = loop {
+            if let Some(status) = coordinator.try_wait().unwrap() {
+                break Some(status);
+            }
+            if started.elapsed() > Duration::from_secs(20) {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        if exited.is_none() {
+            let _ = coordinator.kill();
+            let _ = coordinator.wait();
+        }
+        let left = workers_left_after(&b.root, Duration::from_secs(3));
+        reap(&left);
+        let status = exited.unwrap_or_else(|| panic!("{}: the coordinator (--timeout 5s) was still running after 20 s", b.name));
+        assert!(!status.success(), "{}: the coordinator fails: its workers never finished", b.name);
+        assert!(left.is_empty(), "{}: compact-tasks workers {left:?} outlived their coordinator", b.name);
+
+        sweep_until_clean(&b.root, Duration::from_secs(60));
+        assert_eq!(readable_ids(&b.root, "t", b.name), (0..60).collect::<Vec<_>>(), "{}: every row exactly once", b.name);
+    });
+}
+
+/// Issue scenario 10: a coordinator killed with `kill -9` while its
+/// `compact-tasks` children hang must not leave them running. Current code:
+/// they are orphaned and sleep on (here: 10 minutes).
+#[test]
+fn optimize_parallel_children_do_not_outlive_a_killed_coordinator() {
+    on_each_backend(|b| {
+        let dir = tempfile::tempdir().unwrap();
+        small_fragments(&b.root, dir.path(), "t", 6);
+        let mut coordinator = sluice(&b.root)
+            .args(["optimize", "t", "--parallel", "2", "--target-rows", "20", "--timeout", "120s"])
+            .env("FAILPOINTS", format!("{OPTIMIZE_AFTER_REWRITE}=sleep(600000)"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Rendezvous: both workers are running.
+        let until = Instant::now() + Duration::from_secs(60);
+        while compact_workers(&b.root).len() < 2 {
+            if Instant::now() >= until {
+                let _ = coordinator.kill();
+                let _ = coordinator.wait();
+                reap(&workers_left_after(&b.root, Duration::from_secs(1)));
+                panic!("{}: the coordinator never started two workers", b.name);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        coordinator.kill().unwrap(); // SIGKILL
+        coordinator.wait().unwrap();
+        let left = workers_left_after(&b.root, Duration::from_secs(5));
+        reap(&left);
+        assert!(left.is_empty(), "{}: compact-tasks workers {left:?} outlived their kill -9'd coordinator", b.name);
+    });
+}
+
+/// Issue scenario 8: an S3 event's own object version.
+///
+/// An S3 notification names the eTag of version 1 of a key; it is delivered
+/// after the key was overwritten with version 2. The function must not ingest
+/// version 2's rows under that event: it fails loudly, or (on a versioned
+/// bucket) ingests exactly version 1. Current code: it ignores the event's
+/// eTag/versionId, ingests whatever the key holds now (version 2) and reports
+/// success. (S3 only: the local S3 server; skipped without it.)
+#[test]
+fn an_s3_event_never_ingests_another_version_of_its_object() {
+    use object_store::{ObjectStoreExt, PutPayload, path::Path as StorePath};
+    let Ok(base) = std::env::var("SLUICE_TEST_S3") else {
+        eprintln!("note: SLUICE_TEST_S3 unset: skipped");
+        return;
+    };
+    let bucket = base.trim_start_matches("s3://").split('/').next().unwrap().to_string();
+    let store = sluice::lake::s3_store(&bucket, &sluice::lake::s3_options_from_env()).unwrap();
+    let prefix = format!("fencing-{}", uuid::Uuid::new_v4().simple());
+    let lake = format!("s3://{bucket}/{prefix}/lake");
+    let key = format!("{prefix}/incoming/orders/o.jsonl");
+    let rows = |ids: std::ops::Range<i64>| ids.map(|i| format!("{{\"id\": {i}, \"name\": \"n{i}\"}}\n")).collect::<String>();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let v1 = rt.block_on(store.put(&StorePath::from(key.as_str()), PutPayload::from(rows(0..10)))).unwrap();
+    let e_tag = v1.e_tag.clone().expect("the S3 server returns an ETag").trim_matches('"').to_string();
+    rt.block_on(store.put(&StorePath::from(key.as_str()), PutPayload::from(rows(100..110)))).unwrap();
+
+    let mut object = serde_json::json!({"key": key, "size": rows(0..10).len(), "eTag": e_tag, "sequencer": "0"});
+    if let Some(version) = &v1.version {
+        object["versionId"] = serde_json::json!(version);
+    }
+    let event = serde_json::json!({"Records": [{
+        "eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": "us-east-1",
+        "eventTime": "2026-11-24T12:00:00.000Z", "eventName": "ObjectCreated:Put",
+        "userIdentity": {"principalId": "test"}, "requestParameters": {"sourceIPAddress": "127.0.0.1"},
+        "responseElements": {},
+        "s3": {"s3SchemaVersion": "1.0", "configurationId": "incoming",
+               "bucket": {"name": bucket, "ownerIdentity": {"principalId": "test"}, "arn": format!("arn:aws:s3:::{bucket}")},
+               "object": object}
+    }]});
+    let api = crate::lambda::RuntimeApi::start();
+    let _function = api.function(&[("SLUICE_ROOT", &lake), ("SLUICE_CLOCK_SKEW", "0s")]);
+    let answer = api.call(&event);
+    eprintln!("answer: {answer:?}");
+
+    let published = status(&lake)["tables"].as_array().unwrap().iter().any(|t| t["name"] == "orders");
+    let ids = if published { scan_ids(&lake, "orders") } else { Vec::new() };
+    assert_eq!(count_in(&ids, 100..110), 0, "the event of version 1 ingested version 2's rows: {ids:?} (answer: {answer:?})");
+    if let crate::lambda::Answer::Response(r) = &answer
+        && r.get("error").is_none()
+    {
+        assert_eq!(ids, (0..10).collect::<Vec<_>>(), "the function reported success, so version 1's rows exactly once (answer: {r})");
+    }
+}
