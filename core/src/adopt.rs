@@ -36,9 +36,11 @@ pub struct Report {
     pub not_published: Option<String>,
 }
 
-/// Adopt every foreign commit of `table` after its pin, then publish up to
-/// the newest commit when everything between is decided.
-pub async fn run(lake: &Lake, table: &str, dry_run: bool, timeout: std::time::Duration) -> Result<Report> {
+/// Adopt every foreign commit of `table` after its pin (or exactly the
+/// `versions` named: also sluice commits that can be neither published nor
+/// removed, such as a rolled-back upsert), then publish up to the newest
+/// commit when everything between is decided.
+pub async fn run(lake: &Lake, table: &str, versions: &[u64], dry_run: bool, timeout: std::time::Duration) -> Result<Report> {
     lake.timing().check_timeout(timeout)?;
     let deadline = Deadline::after(timeout);
     let latest = manifest::read_latest(lake).await?.ok_or_else(|| Error::Usage(format!("no lake at {}", lake.uri())))?;
@@ -47,10 +49,17 @@ pub async fn run(lake: &Lake, table: &str, dry_run: bool, timeout: std::time::Du
     let head = ds.version().version;
     let by = uuid::Uuid::now_v7().to_string();
     let seen = Seen::default();
+    if let Some(v) = versions.iter().find(|v| **v <= pin.version || **v > head) {
+        return Err(Error::Usage(format!("table '{table}' version {v} is not after its published version {} and at most its newest, {head}", pin.version)));
+    }
     let mut adopted = Vec::new();
     for version in pin.version + 1..=head {
         let txn = seen.transaction(&ds, table, version).await?;
-        if Tag::of(txn.as_ref()) != Tag::Foreign {
+        let wanted = match versions.is_empty() {
+            true => Tag::of(txn.as_ref()) == Tag::Foreign,
+            false => versions.contains(&version),
+        };
+        if !wanted {
             continue;
         }
         let operation = txn.as_ref().map_or_else(|| "unknown (no transaction recorded)".to_string(), |t| t.operation.name().to_string());
@@ -70,10 +79,13 @@ pub async fn run(lake: &Lake, table: &str, dry_run: bool, timeout: std::time::Du
         report.not_published = Some(format!("the newest commit (version {head}) is a sluice operation's; its own publish shows the adopted commits"));
         return Ok(report);
     }
-    let version = recover::publishable_pin(lake, table, pin.version, head, &by, lake.timing().clock_skew, &deadline).await?;
+    let wanted = [(table.to_string(), TablePin { version: head, ..pin })].into();
+    let pins = recover::publishable_pins(lake, &latest, wanted, &by, recover::Expired::Resolve, lake.timing().clock_skew, &deadline)
+        .await?
+        .map_err(recover::Stop::into_error)?;
     let goal = Goal {
-        published: Published { op: format!("adopt-{table}"), attempt: by.clone(), kind: "adopt".into(), tables: [(table.to_string(), version)].into(), sources: 0 },
-        pins: [(table.to_string(), TablePin { version, ..pin })].into(),
+        published: Published { op: format!("adopt-{table}"), attempt: by.clone(), kind: "adopt".into(), tables: pins.iter().map(|(t, p)| (t.clone(), p.version)).collect(), sources: 0 },
+        pins,
     };
     report.manifest_version = Some(manifest::publish(lake, latest, &goal, &deadline).await?.version());
     Ok(report)

@@ -18,10 +18,10 @@
 //!    oldest kept manifest version and the start pin of every operation in
 //!    flight on it, through Lance's own cleanup, with unreferenced files older
 //!    than the orphan cutoff (and only those: `HideNewer`) deleted too.
-//! 5. **Sidecars**: recovery's decisions and stale leases older than the
-//!    retention floor, audit records older than `keep_audit`; never those of an
-//!    operation still in flight. Claims in `_ingested/` are the exactly-once
-//!    ledger and are kept.
+//! 5. **Sidecars**: stale leases older than the retention floor, audit records
+//!    older than `keep_audit`; never those of an attempt still in flight.
+//!    Claims in `_ingested/` (the exactly-once ledger), decisions (create-only
+//!    fences a stalled worker must lose) and adoptions are kept.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -103,7 +103,6 @@ pub struct TableCleanup {
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct SidecarCleanup {
-    pub decisions: u64,
     pub leases: u64,
     pub audit_records: u64,
 }
@@ -267,8 +266,10 @@ async fn clean_sidecars(lake: &Lake, opts: &Options, in_flight: &InFlight) -> Re
     let floor = deadline::earlier(now, lake.timing().retention_floor);
     let audit_cutoff = deadline::earlier(now, opts.keep_audit);
     let mut done = SidecarCleanup::default();
-    // Decisions and audit records are named `<op>.<attempt>.json`.
-    for (dir, cutoff, count) in [(sidecar::DECISIONS, floor, &mut done.decisions), (audit::AUDIT, audit_cutoff, &mut done.audit_records)] {
+    // Audit records are named `<op>.<attempt>.json`. Decisions stay for good
+    // (create-only: one deleted could be won again by a worker stalled past it).
+    {
+        let (dir, cutoff, count) = (audit::AUDIT, audit_cutoff, &mut done.audit_records);
         for meta in lake.list(dir).await? {
             let Some(rel) = lake.relative(&meta.location) else { continue };
             let name = rel.strip_prefix(dir).and_then(|n| n.strip_prefix('/')).and_then(|n| n.strip_suffix(".json"));

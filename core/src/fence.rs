@@ -15,7 +15,11 @@
 //!   (it landed after its attempt's recovery finished) the caller removes it;
 //! - an undecided commit waits for its attempt (bounded by the caller's
 //!   deadline), and is resolved by recovery once its owner is presumed dead;
-//! - anything else (no sluice tag, no decision and no audit record) is refused.
+//! - a load decided forward but not yet shown is joined: the caller publishes
+//!   all of its tables with its own, in one version;
+//! - a compaction's rewrite passes (same rows; it lands only on what it read);
+//! - anything else (no sluice tag, no decision and no audit record) is refused
+//!   unless an operator adopted that commit (`sluice adopt`).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -63,6 +67,11 @@ pub(crate) enum Tag {
     Removal(AttemptId, Option<u64>),
     /// A commit of attempt `0`; `1` when it belongs to a multi-table operation.
     Op(AttemptId, bool),
+    /// A sluice compaction's rewrite: the same rows, rearranged. It can only
+    /// land on the fragments it read (Lance refuses it otherwise), so it passes
+    /// whatever became of its attempt — a late one included. Another tool's
+    /// compaction too. The attempt, if sluice's.
+    Rewrite(Option<AttemptId>),
     /// Not written by sluice.
     Foreign,
 }
@@ -70,12 +79,19 @@ pub(crate) enum Tag {
 impl Tag {
     pub(crate) fn of(txn: Option<&Transaction>) -> Tag {
         let Some(txn) = txn else { return Tag::Foreign };
-        if carries_no_rows(&txn.operation) {
+        if carries_no_rows(txn) {
             return Tag::NoRows;
         }
         let props = txn.transaction_properties.as_deref();
         let get = |k: &str| props.and_then(|p| p.get(k)).cloned();
-        let (Some(op), Some(intent), Some(scope)) = (get(PROP_OP), get(PROP_INTENT), get(PROP_SCOPE)) else { return Tag::Foreign };
+        let ids = (get(PROP_OP), get(PROP_INTENT), get(PROP_SCOPE));
+        if matches!(txn.operation, Operation::Rewrite { .. }) {
+            return Tag::Rewrite(match ids {
+                (Some(op), Some(attempt), _) => Some(AttemptId { op, attempt }),
+                _ => None,
+            });
+        }
+        let (Some(op), Some(intent), Some(scope)) = ids else { return Tag::Foreign };
         let id = AttemptId { op, attempt: intent };
         match scope.as_str() {
             SCOPE_ROLLBACK => Tag::Removal(id, get(PROP_REMOVES).and_then(|v| v.parse().ok())),
@@ -97,6 +113,9 @@ pub(crate) enum Vetted {
     Late { id: AttemptId, version: u64 },
     /// A commit no sluice decision covers (why): never published by guessing.
     Foreign(String),
+    /// A load decided forward and not yet shown stands in the way: publish it
+    /// with ours (all its tables at its decided commits), then vet again.
+    Join(AttemptId),
 }
 
 /// What the evidence says of one commit of another attempt.
@@ -104,11 +123,13 @@ enum Standing {
     Forward,
     /// Shown by the latest manifest, whose pin on the table is this.
     Published(u64),
-    /// Rolled back; `recovering` while its attempt's intent still exists (its
-    /// recovery or its writer is removing what it found).
-    RolledBack { recovering: bool },
-    /// In flight and undecided (or decided forward and not yet published): wait.
+    /// Rolled back; `recovering` is its attempt's intent while it still exists
+    /// (its recovery or its writer is removing what it found).
+    RolledBack { recovering: Option<sidecar::Intent> },
+    /// In flight and undecided: wait.
     Pending(sidecar::Intent),
+    /// A load decided forward, not yet published: join it.
+    Join,
     Unprovable(String),
 }
 
@@ -119,7 +140,16 @@ enum Standing {
 /// live attempts; the pin may go past `to` to include the removal of a
 /// rolled-back attempt's rows.
 #[allow(clippy::too_many_arguments)]
-pub(crate) async fn vet(lake: &Lake, table: &str, from: u64, to: u64, by: Option<&str>, skew: Duration, deadline: &Deadline, seen: &Seen) -> Result<Vetted> {
+pub(crate) async fn vet(
+    lake: &Lake,
+    table: &str,
+    (from, to): (u64, u64),
+    by: Option<&str>,
+    joined: &BTreeSet<AttemptId>,
+    skew: Duration,
+    deadline: &Deadline,
+    seen: &Seen,
+) -> Result<Vetted> {
     assert!(from < to, "vetting an empty range");
     if from + 1 == to {
         return Ok(Vetted::Pin(to));
@@ -140,7 +170,7 @@ pub(crate) async fn vet(lake: &Lake, table: &str, from: u64, to: u64, by: Option
         i += 1;
         let (id, multi) = match tag {
             _ if version <= floor => continue,
-            Tag::NoRows | Tag::Removal(..) => continue,
+            Tag::NoRows | Tag::Removal(..) | Tag::Rewrite(_) => continue,
             Tag::Foreign if sidecar::adopted(lake, table, version).await? => continue,
             Tag::Foreign => {
                 return Ok(Vetted::Foreign(format!(
@@ -154,8 +184,9 @@ pub(crate) async fn vet(lake: &Lake, table: &str, from: u64, to: u64, by: Option
         };
         let mut pause = Duration::from_millis(50);
         loop {
-            match standing(lake, table, version, &id, multi, by).await? {
+            match standing(lake, table, version, &id, multi, by, joined).await? {
                 Standing::Forward => continue 'commits,
+                Standing::Join => return Ok(Vetted::Join(id)),
                 Standing::Published(pin) => {
                     floor = floor.max(pin);
                     continue 'commits;
@@ -171,8 +202,14 @@ pub(crate) async fn vet(lake: &Lake, table: &str, from: u64, to: u64, by: Option
                             continue 'commits;
                         }
                     }
-                    if !recovering {
-                        return Ok(Vetted::Late { id, version });
+                    if sidecar::adopted(lake, table, version).await? {
+                        continue 'commits;
+                    }
+                    match recovering {
+                        None => return Ok(Vetted::Late { id, version }),
+                        // Its remover died: recovery takes it over.
+                        Some(intent) if Utc::now() >= crate::recover::presumed_dead_at(intent.deadline, skew) => return Ok(Vetted::Expired(id)),
+                        Some(_) => {}
                     }
                 }
                 Standing::Pending(intent) => {
@@ -180,6 +217,7 @@ pub(crate) async fn vet(lake: &Lake, table: &str, from: u64, to: u64, by: Option
                         return Ok(Vetted::Expired(id));
                     }
                 }
+                Standing::Unprovable(_) if sidecar::adopted(lake, table, version).await? => continue 'commits,
                 Standing::Unprovable(reason) => return Ok(Vetted::Foreign(reason)),
             }
             // A dry run reports instead of waiting.
@@ -211,7 +249,7 @@ async fn latest_pin(lake: &Lake, table: &str) -> Result<Option<u64>> {
 /// rolled back. A multi-table attempt's commit is only decided by its own
 /// writer or recovery (the vetter cannot know its other tables): undecided, it
 /// is waited for.
-async fn standing(lake: &Lake, table: &str, version: u64, id: &AttemptId, multi: bool, by: Option<&str>) -> Result<Standing> {
+async fn standing(lake: &Lake, table: &str, version: u64, id: &AttemptId, multi: bool, by: Option<&str>, joined: &BTreeSet<AttemptId>) -> Result<Standing> {
     let mut decision = sidecar::read_decision(lake, id).await?;
     if decision.is_none() {
         if let Some(intent) = sidecar::read_intent(lake, id).await? {
@@ -231,11 +269,11 @@ async fn standing(lake: &Lake, table: &str, version: u64, id: &AttemptId, multi:
     }
     let forward = match &decision {
         Some(d) if d.outcome == Outcome::RollBack => {
-            return Ok(Standing::RolledBack { recovering: sidecar::intent_exists(lake, id).await? });
+            return Ok(Standing::RolledBack { recovering: sidecar::read_intent(lake, id).await? });
         }
         Some(d) => d.forwards(table, version),
         None => match audit::read(lake, &id.op, &id.attempt).await? {
-            Some(rec) if rec.verdict == Verdict::RolledBack => return Ok(Standing::RolledBack { recovering: false }),
+            Some(rec) if rec.verdict == Verdict::RolledBack => return Ok(Standing::RolledBack { recovering: None }),
             Some(rec) => rec.tables.get(table).and_then(|t| t.committed) == Some(version),
             None => {
                 return Ok(Standing::Unprovable(format!(
@@ -247,9 +285,9 @@ async fn standing(lake: &Lake, table: &str, version: u64, id: &AttemptId, multi:
     };
     if !forward {
         // Another commit of a forward-decided attempt: a late duplicate.
-        return Ok(Standing::RolledBack { recovering: false });
+        return Ok(Standing::RolledBack { recovering: None });
     }
-    if !multi {
+    if !multi || joined.contains(id) {
         return Ok(Standing::Forward);
     }
     // A load is shown whole or not at all: pass it only once a manifest shows it.
@@ -259,7 +297,7 @@ async fn standing(lake: &Lake, table: &str, version: u64, id: &AttemptId, multi:
         return Ok(Standing::Published(pin));
     }
     match sidecar::read_intent(lake, id).await? {
-        Some(intent) => Ok(Standing::Pending(intent)),
+        Some(_) => Ok(Standing::Join),
         None => match latest_pin(lake, table).await? {
             Some(pin) if pin >= version => Ok(Standing::Published(pin)),
             _ => Ok(Standing::Unprovable(format!(
@@ -323,6 +361,11 @@ pub(crate) async fn commits_of(lake: &Lake, table: &str, after: u64, id: &Attemp
         let txn = seen.transaction(&ds, table, version).await?;
         match Tag::of(txn.as_ref()) {
             Tag::Op(of, _) if &of == id => history.commits.push((version, txn.is_some_and(|t| adds_only(&t.operation)))),
+            // A compaction's rewrite: its commit, never to be removed (it passes every vet).
+            Tag::Rewrite(Some(of)) if &of == id => {
+                history.commits.push((version, false));
+                history.rewrites.push(version);
+            }
             Tag::Removal(of, removes) if &of == id => history.removals.push((version, removes)),
             _ => {}
         }
@@ -361,6 +404,8 @@ pub(crate) struct History {
     pub commits: Vec<(u64, bool)>,
     /// (version, the commit it removes, if recorded).
     pub removals: Vec<(u64, Option<u64>)>,
+    /// Those of `commits` that are compaction rewrites (content-preserving).
+    pub rewrites: Vec<u64>,
 }
 
 impl History {
@@ -376,10 +421,14 @@ impl History {
 pub(crate) async fn remove_commit(lake: &Lake, table: &str, id: &AttemptId, by: &str, version: u64, deadline: &Deadline) -> Result<Result<u64, String>> {
     let after = lake.open_table(table, Some(version)).await?;
     let txn = after.read_transaction().await.map_err(|e| Error::lance(table, e))?;
+    if txn.as_ref().is_some_and(|t| matches!(t.operation, Operation::Rewrite { .. })) {
+        // A compaction's rewrite keeps the same rows: nothing to take back.
+        return Ok(Ok(version));
+    }
     if !txn.as_ref().is_some_and(|t| adds_only(&t.operation)) {
         return Ok(Err(format!(
-            "table '{table}' version {version} (operation {id}) is an upsert; removing its rows would not restore the rows \
-             it replaced. Restore the table by hand, or accept the rows with `sluice adopt {table}`"
+            "table '{table}' version {version} (operation {id}) (rolled back) is an upsert; removing its rows would not restore \
+             the rows it replaced. Accept it with `sluice adopt {table} --version {version}`, or repair the table by hand"
         )));
     }
     let before: BTreeSet<u64> = match version {
@@ -414,8 +463,9 @@ pub(crate) fn adds_only(op: &Operation) -> bool {
     matches!(op, Operation::Append { .. } | Operation::Overwrite { .. })
 }
 
-/// Operations that add no rows anyone could see (Lance's own bookkeeping).
-fn carries_no_rows(op: &Operation) -> bool {
-    matches!(op, Operation::ReserveFragments { .. } | Operation::CreateIndex { .. } | Operation::UpdateConfig { .. })
-        || matches!(op, Operation::Overwrite { fragments, .. } if fragments.is_empty())
+/// Transactions that add no rows anyone could see (Lance's own bookkeeping;
+/// an empty table's creation — not an empty overwrite of a table, which removes rows).
+fn carries_no_rows(txn: &Transaction) -> bool {
+    matches!(txn.operation, Operation::ReserveFragments { .. } | Operation::CreateIndex { .. } | Operation::UpdateConfig { .. })
+        || matches!(&txn.operation, Operation::Overwrite { fragments, .. } if fragments.is_empty() && txn.read_version == 0)
 }

@@ -321,6 +321,8 @@ impl Door<'_> {
         for t in &mut tables {
             self.settle_mode(t, &base)?;
         }
+        // Heal may have used much of our time: an intent already past its deadline would be taken over at once.
+        self.deadline.check("writing the intent")?;
         sidecar::create_intent(self.lake, &self.intent(&tables)).await?;
         let mut ours = Ours::default();
         if let Err(e) = failpoints::hit(failpoints::AFTER_INTENT) {
@@ -367,7 +369,7 @@ impl Door<'_> {
                 Err(e) => return Err(e),
             }
         }
-        self.decide_forward(&tables).await?;
+        self.decide_forward(&mut tables).await?;
         failpoints::hit(failpoints::AFTER_DECISION)?;
         let version = self.publish(&tables, base).await?;
         failpoints::hit(failpoints::BEFORE_FINISH)?;
@@ -437,12 +439,14 @@ impl Door<'_> {
             for (i, source, detected) in todo.drain(..) {
                 let table = tables[i].request.table.clone();
                 let claim = Claim { op: self.op.clone(), attempt: self.attempt.clone(), source: source.uri.clone(), table: table.clone(), generation: 0, claimed_at: Utc::now() };
+                // Past our deadline recovery may take our attempt over: claim nothing more.
+                self.deadline.check("claiming a source")?;
                 match sidecar::claim(self.lake, &source.id, &claim, &mut ours.maybe).await? {
                     Claimed::Mine { generation } => {
                         ours.claimed.push((source.id.clone(), generation));
                         tables[i].sources.push((source, detected));
                     }
-                    Claimed::Held(holder) => match sidecar::holder(self.lake, &source.id, &holder).await? {
+                    Claimed::Held(holder, status) => match status {
                         Holder::Published => elsewhere.push(Elsewhere { table, source, holder }),
                         // Given back between our two reads, or in flight: try again after it.
                         Holder::Released => held.push((i, source, detected, holder, None)),
@@ -496,6 +500,13 @@ impl Door<'_> {
         };
         match sidecar::decide(self.lake, &decision).await? {
             Created::Mine => {}
+            // Recovery rolled us back first: our claims are still ours to give back.
+            Created::Theirs(theirs) if theirs.outcome == Outcome::RollBack => {
+                for (source, generation) in ours.claimed.iter().chain(&ours.maybe) {
+                    sidecar::release(self.lake, source, *generation, &self.attempt).await?;
+                }
+                return Err(Error::Blocked(format!("operation {id} was rolled back by recovery meanwhile; recovery finishes it")));
+            }
             other => {
                 return Err(Error::Blocked(format!("operation {id} was decided by recovery meanwhile ({other:?}); recovery finishes it")));
             }
@@ -749,7 +760,7 @@ impl Door<'_> {
 
     /// Decide this attempt forward, naming its commits: create-only, so if
     /// recovery decided first (our owner was presumed dead) we follow it.
-    async fn decide_forward(&self, tables: &[TableWork]) -> Result<()> {
+    async fn decide_forward(&self, tables: &mut [TableWork]) -> Result<()> {
         let decision = Decision {
             op: self.op.clone(),
             intent: self.intent.clone(),
@@ -762,8 +773,15 @@ impl Door<'_> {
         failpoints::hit(failpoints::BEFORE_DECISION)?;
         match sidecar::decide(self.lake, &decision).await? {
             Created::Mine => Ok(()),
-            // Recovery rolled us forward already: publishing the same commits is harmless.
-            Created::Theirs(theirs) if theirs.outcome == Outcome::Forward && theirs.versions == decision.versions => Ok(()),
+            // Recovery or a vetter decided us forward first: publish what that decision names.
+            Created::Theirs(theirs) if theirs.outcome == Outcome::Forward => {
+                for t in tables.iter_mut() {
+                    if let Some(v) = theirs.versions.get(&t.request.table) {
+                        t.committed = Some(*v);
+                    }
+                }
+                Ok(())
+            }
             other => Err(Error::Blocked(format!(
                 "operation {} was rolled back by recovery while this worker was stalled ({other:?}); nothing of it is \
                  published and its commits are removed. Deliver its sources again",
@@ -775,13 +793,13 @@ impl Door<'_> {
     /// Publish every table at its commit, after checking that every other
     /// commit between the pin and ours is decided forward (`fence.rs`).
     async fn publish(&self, tables: &[TableWork], base: Manifest) -> Result<u64> {
-        let mut pins = BTreeMap::new();
-        for t in tables {
-            let committed = t.committed.expect("committed before publishing");
-            let from = base.tables.get(&t.request.table).map_or(0, |p| p.version);
-            let version = recover::publishable_pin(self.lake, &t.request.table, from, committed, &self.attempt, self.skew, &self.deadline).await?;
-            pins.insert(t.request.table.clone(), TablePin { version, mode: t.mode, key: t.key.clone() });
-        }
+        let wanted = tables
+            .iter()
+            .map(|t| (t.request.table.clone(), TablePin { version: t.committed.expect("committed before publishing"), mode: t.mode, key: t.key.clone() }))
+            .collect();
+        let pins = recover::publishable_pins(self.lake, &base, wanted, &self.attempt, recover::Expired::Resolve, self.skew, &self.deadline)
+            .await?
+            .map_err(recover::Stop::into_error)?;
         let goal = Goal {
             published: Published {
                 op: self.op.clone(),

@@ -404,13 +404,20 @@ async fn compact_table(lake: &Lake, table: &str, opts: &Options, skew: Duration,
             at: Utc::now(),
             versions: BTreeMap::from([(table.to_string(), version)]),
         };
-        if !matches!(sidecar::decide(lake, &decision).await?, Created::Mine) {
-            return Err(Error::Blocked(format!("compaction {id} was decided by recovery while this optimizer was stalled; it does not publish")));
+        match sidecar::decide(lake, &decision).await? {
+            Created::Mine => {}
+            // A vetter or recovery decided our rewrite forward first: the same outcome.
+            Created::Theirs(d) if d.outcome == Outcome::Forward => {}
+            _ => return Err(Error::Blocked(format!("compaction {id} was decided by recovery while this optimizer was stalled; it does not publish"))),
         }
-        let pinned = recover::publishable_pin(lake, table, pin.version, version, &attempt, skew, deadline).await?;
+        let wanted = BTreeMap::from([(table.to_string(), manifest::TablePin { version, ..pin.clone() })]);
+        let pins = recover::publishable_pins(lake, &latest, wanted, &attempt, recover::Expired::Resolve, skew, deadline)
+            .await?
+            .map_err(recover::Stop::into_error)?;
+        let pinned = pins[table].version;
         let goal = Goal {
-            published: Published { op: op.clone(), attempt, kind: "optimize".into(), tables: BTreeMap::from([(table.to_string(), pinned)]), sources: 0 },
-            pins: BTreeMap::from([(table.to_string(), manifest::TablePin { version: pinned, ..pin })]),
+            published: Published { op: op.clone(), attempt, kind: "optimize".into(), tables: pins.iter().map(|(t, p)| (t.clone(), p.version)).collect(), sources: 0 },
+            pins,
         };
         let manifest_version = manifest::publish(lake, latest, &goal, deadline).await?.version();
         sidecar::delete_intent(lake, &id).await?;

@@ -216,43 +216,111 @@ pub(crate) async fn await_gone(lake: &Lake, id: &AttemptId, its_deadline: chrono
     Ok(())
 }
 
-/// The pin a writer may move `table` to from `from` to show its own commit at
-/// `to` ([`fence::vet`]), resolving dead attempts and removing late commits
-/// that stand in between. Bounded by `deadline` and [`MAX_VET_ROUNDS`].
-pub(crate) async fn publishable_pin(lake: &Lake, table: &str, from: u64, to: u64, by: &str, skew: Duration, deadline: &Deadline) -> Result<u64> {
-    if from >= to {
-        return Ok(to);
+/// Why a publish cannot go on now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Stop {
+    /// Something a person must look at (a commit sluice cannot attribute, a refusal).
+    Refuse(String),
+    /// Something another pass (or a later retry) resolves.
+    Wait(String),
+}
+
+impl Stop {
+    pub(crate) fn into_error(self) -> Error {
+        match self {
+            Stop::Refuse(reason) | Stop::Wait(reason) => Error::Blocked(reason),
+        }
     }
+}
+
+/// What to do about a dead attempt that stands in a publish's way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Expired {
+    /// Resolve it now (a writer).
+    Resolve,
+    /// Leave it to a later pass and report `Blocked` (a sweep: sweeps go oldest first).
+    Defer,
+}
+
+/// The pins that publish `wanted` (table → the commit to show), each vetted
+/// from its pin in `base` ([`fence::vet`]): dead attempts in the way are
+/// resolved (or deferred), late commits removed, and a load decided forward
+/// but not yet shown is **joined** — all its tables are published with ours,
+/// in the same version, at its decided commits (their settings from its
+/// intent). Bounded by `deadline` and [`MAX_VET_ROUNDS`].
+pub(crate) async fn publishable_pins(
+    lake: &Lake,
+    base: &Manifest,
+    wanted: BTreeMap<String, TablePin>,
+    by: &str,
+    expired: Expired,
+    skew: Duration,
+    deadline: &Deadline,
+) -> Result<Result<BTreeMap<String, TablePin>, Stop>> {
     let seen = Seen::default();
+    let mut want = wanted;
+    let mut joined = BTreeSet::new();
     let mut pause = Duration::from_millis(50);
-    for _ in 0..MAX_VET_ROUNDS {
-        let id = match fence::vet(lake, table, from, to, Some(by), skew, deadline, &seen).await? {
-            Vetted::Pin(v) => return Ok(v),
-            Vetted::Foreign(reason) => return Err(Error::Blocked(reason)),
-            Vetted::Late { id, version } => {
-                if let Err(reason) = fence::remove_commit(lake, table, &id, by, version, deadline).await? {
-                    return Err(Error::Blocked(reason));
+    'rounds: for _ in 0..MAX_VET_ROUNDS {
+        let mut pins = BTreeMap::new();
+        for (table, goal) in want.clone() {
+            let table = &table;
+            let from = base.tables.get(table).map_or(0, |p| p.version);
+            let vetted = match from < goal.version {
+                true => fence::vet(lake, table, (from, goal.version), Some(by), &joined, skew, deadline, &seen).await?,
+                false => Vetted::Pin(goal.version),
+            };
+            let id = match vetted {
+                Vetted::Pin(v) => {
+                    pins.insert(table.clone(), TablePin { version: v, ..goal.clone() });
+                    continue;
                 }
-                continue;
+                Vetted::Foreign(reason) => return Ok(Err(Stop::Refuse(reason))),
+                Vetted::Late { id, version } => {
+                    if let Err(reason) = fence::remove_commit(lake, table, &id, by, version, deadline).await? {
+                        return Ok(Err(Stop::Refuse(reason)));
+                    }
+                    continue 'rounds;
+                }
+                Vetted::Join(id) => {
+                    let decision = sidecar::read_decision(lake, &id).await?;
+                    let intent = sidecar::read_intent(lake, &id).await?;
+                    let (Some(decision), Some(intent)) = (decision, intent) else { continue 'rounds };
+                    for (t, v) in &decision.versions {
+                        let Some(it) = intent.tables.get(t) else { continue };
+                        let pin = want.entry(t.clone()).or_insert_with(|| TablePin { version: *v, mode: it.mode, key: it.key.clone() });
+                        pin.version = pin.version.max(*v);
+                    }
+                    tracing::info!(table, load = %id, "a load decided forward stands before this commit: publishing it too");
+                    joined.insert(id);
+                    continue 'rounds;
+                }
+                Vetted::Expired(id) => id,
+            };
+            if expired == Expired::Defer {
+                return Ok(Err(Stop::Wait(format!("operation {id}, also dead, has undecided commits on table '{table}' before this one's"))));
             }
-            Vetted::Expired(id) => id,
-        };
-        match Box::pin(resolve_attempt(lake, &id, skew, deadline)).await? {
-            Action::Decided { .. } | Action::DoneByOther { .. } => continue,
-            Action::Refused { reason } => {
-                return Err(Error::Blocked(format!("table '{table}': operation {id} stands before this commit and recovery refused it: {reason}")));
-            }
-            // Another sweep holds it, or it could not be finished yet: wait.
-            _ if deadline.remaining() > pause => tokio::time::sleep(pause).await,
-            _ => {
-                return Err(Error::Blocked(format!(
-                    "table '{table}': dead operation {id} before version {to} was not resolved by this worker's deadline; run `sluice recover`"
-                )));
+            match Box::pin(resolve_attempt(lake, &id, skew, deadline)).await? {
+                Action::Decided { .. } | Action::DoneByOther { .. } => continue 'rounds,
+                Action::Refused { reason } => {
+                    return Ok(Err(Stop::Refuse(format!("table '{table}': operation {id} stands before this commit and recovery refused it: {reason}"))));
+                }
+                // Another sweep holds it, or it could not be finished yet: wait.
+                _ if deadline.remaining() > pause => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(MAX_POLL);
+                    continue 'rounds;
+                }
+                _ => {
+                    return Ok(Err(Stop::Wait(format!(
+                        "table '{table}': dead operation {id} stands before this commit and was not resolved by this worker's deadline; run `sluice recover`"
+                    ))));
+                }
             }
         }
-        pause = (pause * 2).min(MAX_POLL);
+        return Ok(Ok(pins));
     }
-    Err(Error::Contention { what: "vetting a publish", attempts: MAX_VET_ROUNDS, last: format!("table '{table}' kept gaining undecided commits") })
+    Err(Error::Contention { what: "vetting a publish", attempts: MAX_VET_ROUNDS, last: "tables kept gaining undecided commits".into() })
 }
 
 /// Resolve `intent` if its owner is presumed dead. A sweep (`join_sweeps`)
@@ -340,12 +408,14 @@ struct State {
 }
 
 impl State {
-    /// The one commit per table that would go forward (`None` if a table has several).
-    fn forward_versions(&self) -> Option<BTreeMap<String, u64>> {
+    /// The one commit per table that goes forward: the decided ones, or else
+    /// each table's first (several commits of one attempt on a table hold the
+    /// same rows — Lance retried an ambiguous PUT — so the rest are duplicates).
+    fn forward_versions(&self) -> BTreeMap<String, u64> {
         if let Some(d) = self.decision.as_ref().filter(|d| d.outcome == Outcome::Forward) {
-            return Some(d.versions.clone());
+            return d.versions.clone();
         }
-        self.commits.iter().filter(|(_, c)| !c.is_empty()).map(|(t, c)| (c.len() == 1).then(|| (t.clone(), c[0].0))).collect()
+        self.commits.iter().filter_map(|(t, c)| c.first().map(|(v, _)| (t.clone(), *v))).collect()
     }
 
     fn committed_tables(&self) -> usize {
@@ -438,10 +508,26 @@ impl Recovery<'_> {
             },
             Plan::Redo(missing) => {
                 let names: Vec<String> = missing.keys().cloned().collect();
-                let mut versions = state.forward_versions().unwrap_or_default();
-                match Box::pin(ingest::redo(self.lake, self.intent, &self.lease.attempt, *self.deadline, &missing)).await? {
-                    None => return Ok(Action::Deferred { reason: "a source changed while being redone; the next pass rolls back".into() }),
-                    Some(done) => versions.extend(done),
+                let mut versions = state.forward_versions();
+                match Box::pin(ingest::redo(self.lake, self.intent, &self.lease.attempt, *self.deadline, &missing)).await {
+                    Ok(None) => return Ok(Action::Deferred { reason: "a source changed while being redone; the next pass rolls back".into() }),
+                    Ok(Some(done)) => versions.extend(done),
+                    // It would fail the same way on every pass: roll the load back instead.
+                    Err(e @ (Error::BadInput(_) | Error::Usage(_))) => {
+                        if let Some(theirs) = self.decide(Outcome::RollBack, BTreeMap::new()).await? {
+                            return Ok(Action::Refused { reason: format!("the redo failed ({e}), and the operation was decided {:?} by {} meanwhile", theirs.outcome, theirs.by) });
+                        }
+                        state = self.inspect().await?;
+                        if let Err(reason) = self.remove_rows(&mut state).await? {
+                            return Ok(Action::Refused { reason });
+                        }
+                        failpoints::hit(failpoints::RECOVER_AFTER_EFFECTS)?;
+                        self.record(Verdict::RolledBack, format!("tables {names:?} cannot be redone: {e}"), None, &state).await?;
+                        release_sources(self.lake, self.intent).await?;
+                        sidecar::finish_recovered(self.lake, &self.id, &self.leases).await?;
+                        return Ok(Action::Decided { verdict: Verdict::RolledBack, manifest_version: None });
+                    }
+                    Err(e) => return Err(e),
                 }
                 if let Some(theirs) = self.decide(Outcome::Forward, versions.clone()).await? {
                     return Ok(Action::Refused { reason: format!("redone, but the operation was decided {:?} by {} meanwhile", theirs.outcome, theirs.by) });
@@ -518,13 +604,10 @@ impl Recovery<'_> {
                 }
             }
             None if committed == 0 => Plan::RollBack("nothing was committed; the sources are released for redelivery".into()),
-            None => match state.forward_versions() {
-                None => Plan::Refuse("a table holds several undecided commits of this attempt; recovery will not guess".into()),
-                Some(versions) if missing.is_empty() => Plan::Forward(versions),
-                Some(_) => match self.changed_source(&missing).await? {
-                    None => Plan::Redo(missing),
-                    Some(why) => Plan::RollBack(format!("tables {:?} were never committed and cannot be redone: {why}", names())),
-                },
+            None if missing.is_empty() => Plan::Forward(state.forward_versions()),
+            None => match self.changed_source(&missing).await? {
+                None => Plan::Redo(missing),
+                Some(why) => Plan::RollBack(format!("tables {:?} were never committed and cannot be redone: {why}", names())),
             },
         })
     }
@@ -564,39 +647,20 @@ impl Recovery<'_> {
 
     /// Publish the decided commits, unless other commits stand in the way.
     async fn publish(&self, state: &State, versions: &BTreeMap<String, u64>) -> Result<Publishing> {
-        let mut pins = BTreeMap::new();
-        for (table, &commit) in versions {
-            let it = &self.intent.tables[table];
-            let from = state.latest.tables.get(table).map_or(0, |p| p.version);
-            let mut version = commit;
-            for round in 0..=MAX_VET_ROUNDS {
-                if from >= commit {
-                    break;
-                }
-                if round == MAX_VET_ROUNDS {
-                    return Ok(Publishing::Wait(format!("table '{table}' kept gaining late commits")));
-                }
-                match fence::vet(self.lake, table, from, commit, Some(&self.lease.attempt), self.skew, self.deadline, self.seen).await {
-                    Ok(Vetted::Pin(v)) => {
-                        version = v;
-                        break;
-                    }
-                    // Sweeps go oldest first; a heal or the next pass resolves that one.
-                    Ok(Vetted::Expired(id)) => {
-                        return Ok(Publishing::Wait(format!("operation {id}, also dead, has undecided commits on table '{table}' before this one's")));
-                    }
-                    Ok(Vetted::Late { id, version }) => {
-                        if let Err(reason) = fence::remove_commit(self.lake, table, &id, &self.lease.attempt, version, self.deadline).await? {
-                            return Ok(Publishing::Refuse(reason));
-                        }
-                    }
-                    Ok(Vetted::Foreign(reason)) => return Ok(Publishing::Refuse(reason)),
-                    Err(Error::Blocked(reason)) => return Ok(Publishing::Wait(reason)),
-                    Err(e) => return Err(e),
-                }
-            }
-            pins.insert(table.clone(), TablePin { version, mode: it.mode, key: it.key.clone() });
-        }
+        let wanted = versions
+            .iter()
+            .map(|(t, v)| {
+                let it = &self.intent.tables[t];
+                (t.clone(), TablePin { version: *v, mode: it.mode, key: it.key.clone() })
+            })
+            .collect();
+        let pins = match publishable_pins(self.lake, &state.latest, wanted, &self.lease.attempt, Expired::Defer, self.skew, self.deadline).await {
+            Ok(Ok(pins)) => pins,
+            Ok(Err(Stop::Refuse(reason))) => return Ok(Publishing::Refuse(reason)),
+            // Sweeps go oldest first; a heal or the next pass resolves what stands in the way.
+            Ok(Err(Stop::Wait(reason))) | Err(Error::Blocked(reason)) => return Ok(Publishing::Wait(reason)),
+            Err(e) => return Err(e),
+        };
         let goal = Goal {
             published: Published {
                 op: self.intent.op.clone(),
@@ -617,8 +681,8 @@ impl Recovery<'_> {
             if from >= commit {
                 continue;
             }
-            match fence::vet(self.lake, table, from, commit, None, self.skew, self.deadline, self.seen).await {
-                Ok(Vetted::Pin(_) | Vetted::Late { .. }) => {}
+            match fence::vet(self.lake, table, (from, commit), None, &BTreeSet::new(), self.skew, self.deadline, self.seen).await {
+                Ok(Vetted::Pin(_) | Vetted::Late { .. } | Vetted::Join(_)) => {}
                 Ok(Vetted::Expired(id)) => return Ok(Some(Action::Deferred { reason: format!("operation {id}, also dead, has undecided commits on table '{table}' before this one's") })),
                 Ok(Vetted::Foreign(reason)) => return Ok(Some(Action::Refused { reason })),
                 Err(Error::Blocked(reason)) => return Ok(Some(Action::Deferred { reason })),
@@ -644,7 +708,7 @@ impl Recovery<'_> {
     }
 
     async fn record(&self, verdict: Verdict, reason: String, manifest_version: Option<u64>, state: &State) -> Result<()> {
-        let forward = state.forward_versions().unwrap_or_default();
+        let forward = state.forward_versions();
         let rec = AuditRecord {
             op: self.intent.op.clone(),
             attempt: self.intent.attempt.clone(),

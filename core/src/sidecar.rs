@@ -21,7 +21,8 @@
 //!   `roll_back`, create-only: the writer decides forward after its commits or
 //!   roll_back when it gives up; recovery decides either way once the writer is
 //!   presumed dead. Exactly one of them wins; everyone follows the winner. Kept
-//!   until cleanup (at least the retention floor).
+//!   for good: a decision that could be deleted could be won again by a
+//!   worker that stalled past its deletion.
 //! - `_ingested/<source-id>/<gen>.json`: generation `gen` of the claim on a
 //!   source, create-only, naming the attempt that holds it. Never deleted.
 //! - `_ingested/<source-id>/<gen>.released-<attempt>.json`: the holder's
@@ -49,7 +50,7 @@ use crate::manifest::Mode;
 pub(crate) const OPS: &str = "_ops";
 const CLAIMS: &str = "_ingested";
 const INTENT_SUFFIX: &str = ".intent.json";
-pub(crate) const DECISIONS: &str = "_decisions";
+const DECISIONS: &str = "_decisions";
 const LEASE_INFIX: &str = ".sweep-";
 const RELEASE_INFIX: &str = ".released-";
 const ADOPTED: &str = "_adopted";
@@ -327,8 +328,8 @@ pub async fn read_decision(lake: &Lake, id: &AttemptId) -> Result<Option<Decisio
 pub enum Claimed {
     /// This attempt holds generation `generation`.
     Mine { generation: u32 },
-    /// Another attempt holds the newest generation (unreleased).
-    Held(Claim),
+    /// Another attempt holds the newest generation (unreleased), and what became of it.
+    Held(Claim, Holder),
 }
 
 /// What became of the holder of a claim that is not ours.
@@ -408,12 +409,16 @@ pub async fn claim(lake: &Lake, source_id: &str, claim: &Claim, maybe: &mut Vec<
         }
         let ledger = ledger(lake, source_id).await?;
         let newest = *ledger.claims.last().expect("a claim we just saw is listed");
-        let holder = read_claim_at(lake, source_id, newest).await?;
-        if holder.attempt == claim.attempt {
+        let held = read_claim_at(lake, source_id, newest).await?;
+        if held.attempt == claim.attempt {
             return Ok(Claimed::Mine { generation: newest });
         }
-        if !ledger.released(newest, &holder.attempt) {
-            return Ok(Claimed::Held(holder));
+        match ledger.released(newest, &held.attempt) {
+            true => {}
+            false => match holder(lake, source_id, &held).await? {
+                Holder::Released => {}
+                status => return Ok(Claimed::Held(held, status)),
+            },
         }
         generation = newest + 1;
     }
@@ -424,17 +429,24 @@ pub async fn claim(lake: &Lake, source_id: &str, claim: &Claim, maybe: &mut Vec<
     })
 }
 
-/// What became of `held`'s attempt. The reads go intent first, release second:
-/// an attempt releases before it deletes its intent, so a missing intent
-/// followed by a missing release proves it published.
+/// What became of `held`'s attempt. The reads go intent first, release
+/// second, decision last: an attempt releases before it deletes its intent,
+/// and is decided before either, so with no intent, a release or a roll_back
+/// decision means given back (a claim that landed late, after its attempt was
+/// rolled back, has no release: its decision says it), and neither means it
+/// published.
 pub async fn holder(lake: &Lake, source_id: &str, held: &Claim) -> Result<Holder> {
-    if let Some(intent) = read_intent(lake, &AttemptId::new(&held.op, &held.attempt)).await? {
+    let id = AttemptId::new(&held.op, &held.attempt);
+    if let Some(intent) = read_intent(lake, &id).await? {
         return Ok(Holder::InFlight(intent));
     }
     if lake.exists(&release_path(source_id, held.generation, &held.attempt)).await? {
         return Ok(Holder::Released);
     }
-    Ok(Holder::Published)
+    match read_decision(lake, &id).await? {
+        Some(d) if d.outcome == Outcome::RollBack => Ok(Holder::Released),
+        _ => Ok(Holder::Published),
+    }
 }
 
 /// Release generation `generation` of `source_id`, held by `attempt`. Only the

@@ -120,6 +120,10 @@ enum Command {
     /// rows it cannot attribute.
     Adopt {
         table: String,
+        /// Adopt exactly this Lance version (repeatable), also one sluice wrote that
+        /// can be neither published nor removed; default: every foreign commit.
+        #[arg(long = "version")]
+        versions: Vec<u64>,
         /// List the foreign commits; adopt nothing.
         #[arg(long)]
         dry_run: bool,
@@ -362,7 +366,7 @@ async fn run(cli: Cli) -> Result<()> {
                     ));
                 }
                 let s = &report.sidecars;
-                out.push_str(&format!("sidecars: {verb} {} decision(s), {} lease(s), {} audit record(s)", s.decisions, s.leases, s.audit_records));
+                out.push_str(&format!("sidecars: {verb} {} lease(s), {} audit record(s)", s.leases, s.audit_records));
                 if !report.not_done.is_empty() {
                     out.push_str(&format!("\nnot done (out of time; the next run does them): {}", report.not_done.join(", ")));
                 }
@@ -382,8 +386,8 @@ async fn run(cli: Cli) -> Result<()> {
             let results = optimize::execute_batch(&lake, &batch, &sluice::deadline::Deadline::after(timeout)).await?;
             println!("{}", serde_json::to_string(&results).expect("rewrite results serialize"));
         }
-        Command::Adopt { table, dry_run, timeout } => {
-            let report = sluice::adopt::run(&lake, &table, dry_run, timeout).await?;
+        Command::Adopt { table, versions, dry_run, timeout } => {
+            let report = sluice::adopt::run(&lake, &table, &versions, dry_run, timeout).await?;
             emit(cli.json, &report, || {
                 let mut out = String::new();
                 if report.adopted.is_empty() {
