@@ -83,7 +83,7 @@ pub fn write(dir: &Path, name: &str, content: &[u8]) -> PathBuf {
 pub fn request(table: &str, sources: &[&Path]) -> TableRequest {
     TableRequest {
         table: table.into(),
-        sources: sources.iter().map(|p| p.display().to_string()).collect(),
+        sources: sources.iter().map(|p| p.display().to_string().into()).collect(),
         format: None,
         mode: None,
         key: None,

@@ -727,3 +727,79 @@ fn an_s3_event_never_ingests_another_version_of_its_object() {
         assert_eq!(ids, (0..10).collect::<Vec<_>>(), "the function reported success, so version 1's rows exactly once (answer: {r})");
     }
 }
+
+/// Review finding: two loads whose commits cross on two tables. L1 commits a
+/// and stalls; L2 commits a and b and decides forward, then must not show
+/// L1's undecided commit on a, so it waits; L1 resumes, commits b after L2's
+/// commit there and decides forward. Waiting for each other's publish would
+/// wedge both tables for good; instead L1's publish joins L2 (decided
+/// forward, not yet shown): one manifest version shows both loads whole, and
+/// L2 then finds its goal reached.
+#[test]
+fn two_loads_crossing_on_two_tables_both_publish_whole() {
+    on_each_backend(|b| {
+        let dir = tempfile::tempdir().unwrap();
+        seeded(&b.root, dir.path(), &["a", "b"]);
+        let first = load_descriptor(dir.path());
+        jsonl(dir.path(), "second-a.jsonl", 400..410);
+        jsonl(dir.path(), "second-b.jsonl", 500..515);
+        let second = write(
+            dir.path(),
+            "second.json",
+            br#"{"tables": [{"table": "a", "sources": ["second-a.jsonl"]}, {"table": "b", "sources": ["second-b.jsonl"]}]}"#,
+        );
+        // L1 has committed a (the first table), nothing else.
+        let l1 = hold_at(sluice(&b.root).args(["load", "--timeout", "60s"]).arg(&first), AFTER_COMMIT);
+        // L2 commits a and b and decides forward; its publish then meets L1's commit on a.
+        let l2 = spawn_at(sluice(&b.root).args(["load", "--timeout", "60s"]).arg(&second), AFTER_DECISION, "off");
+        l1.release();
+        let (o1, o2) = (l1.wait_with_output(), l2.wait_with_output());
+        assert_eq!((o1.status.code(), o2.status.code()), (Some(0), Some(0)), "{}: both loads publish", b.name);
+        assert_load_atomic_in_every_version(&b.root, b.name);
+        for v in history(&b.root) {
+            let (a, bb) = (scan_ids_at(&b.root, "a", &v), scan_ids_at(&b.root, "b", &v));
+            let (in_a, in_b) = (count_in(&a, 400..410), count_in(&bb, 500..515));
+            assert!((in_a, in_b) == (0, 0) || (in_a, in_b) == (10, 15), "{}: version {} shows half of the second load", b.name, v["version"]);
+        }
+        assert_eq!(readable_ids(&b.root, "a", b.name), ids_of(0..5, &[100..110, 400..410]), "{}", b.name);
+        assert_eq!(readable_ids(&b.root, "b", b.name), ids_of(0..5, &[200..215, 500..515]), "{}", b.name);
+        assert_eq!(pending(&b.root), 0, "{}", b.name);
+    });
+}
+
+/// Another tool's commit (a Lance `Delete` written without sluice's tags)
+/// blocks every publish of the table at once, with an error that names
+/// `sluice adopt`; `sluice adopt` records it and the next publish shows it.
+#[test]
+fn a_foreign_commit_is_refused_until_adopted() {
+    on_each_backend(|b| {
+        let dir = tempfile::tempdir().unwrap();
+        seeded(&b.root, dir.path(), &["t"]);
+        // A pylance user deletes rows: an untagged Lance commit after the pin.
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let lake = sluice::Lake::open(&b.root).unwrap();
+            let mut ds = lake.open_table("t", None).await.unwrap();
+            ds.delete("id = 3").await.unwrap();
+        });
+        let more = jsonl(dir.path(), "more.jsonl", 100..103);
+        let started = Instant::now();
+        let out = run(&mut ingest_cmd(&b.root, "t", &["--timeout", "20s"], &[&more]));
+        assert_eq!(out.status.code(), Some(1), "{}: the publish is refused", b.name);
+        assert!(started.elapsed() < Duration::from_secs(10), "{}: at once, not after waiting out the deadline", b.name);
+        assert!(String::from_utf8_lossy(&out.stderr).contains("sluice adopt t"), "{}: says what to run", b.name);
+        assert_eq!(readable_ids(&b.root, "t", b.name), ids_of(0..5, &[]), "{}: nothing of it published", b.name);
+
+        let dry = json(&run(sluice(&b.root).args(["--json", "adopt", "t", "--dry-run"])));
+        assert_eq!(dry["adopted"].as_array().unwrap().len(), 1, "{}: {dry}", b.name);
+        let adopted = json(&run(sluice(&b.root).args(["--json", "adopt", "t"])));
+        assert_eq!(adopted["adopted"][0]["operation"], "Delete", "{}: {adopted}", b.name);
+        // The refused ingest's commit (decided forward) is newer than the delete:
+        // redelivered, the source waits for that attempt, which recovery then publishes.
+        let again = run(&mut ingest_cmd(&b.root, "t", &["--timeout", "40s"], &[&more]));
+        assert_eq!(again.status.code(), Some(0), "{}", b.name);
+        sweep_until_clean(&b.root, Duration::from_secs(60));
+        let want: Vec<i64> = [0, 1, 2, 4].into_iter().chain(100..103).collect();
+        assert_eq!(readable_ids(&b.root, "t", b.name), want, "{}: the delete and the rows, once", b.name);
+    });
+}

@@ -43,7 +43,7 @@ use crate::manifest::{self, Goal, Manifest, Mode, Published, TablePin};
 use crate::recover;
 use crate::fence;
 use crate::sidecar::{self, AttemptId, Claim, Claimed, Decision, Holder, Intent, IntentTable, Outcome, SCOPE_MULTI, SCOPE_SINGLE, SourceRef};
-use crate::source::Source;
+use crate::source::{Source, SourceSpec};
 
 /// Schema metadata keys that keep a table's mode inside the Lance table itself.
 const META_MODE: &str = "sluice.mode";
@@ -55,7 +55,7 @@ const MAX_REDO_ATTEMPTS: u32 = 5;
 #[derive(Debug, Clone)]
 pub struct TableRequest {
     pub table: String,
-    pub sources: Vec<String>,
+    pub sources: Vec<SourceSpec>,
     pub format: Option<Format>,
     pub mode: Option<Mode>,
     pub key: Option<String>,
@@ -200,8 +200,9 @@ pub async fn run(lake: &Lake, requests: Vec<TableRequest>, budget: Budget, progr
             return Err(Error::Usage(format!("table '{}': --mode upsert needs --key COLUMN", request.table)));
         }
         let mut sources: Vec<(Source, Detected)> = Vec::with_capacity(request.sources.len());
-        for uri in &request.sources {
-            let source = Source::resolve(uri).await?;
+        for spec in &request.sources {
+            let uri = &spec.uri;
+            let source = Source::resolve_pinned(uri, spec.pin.as_ref()).await?;
             // The same source twice in one call (`a.jsonl ./a.jsonl`) is one source.
             if sources.iter().any(|(s, _)| s.id == source.id) {
                 tracing::info!(uri, "the same source was given twice; ingesting it once");
@@ -256,7 +257,7 @@ pub(crate) async fn redo(
         let schema = it.schema.as_ref().map(|v| decode::parse_declared_schema(&v.to_string())).transpose()?;
         let mut sources = Vec::new();
         for r in refs {
-            let source = Source::resolve(&r.uri).await?;
+            let source = Source::resolve_pinned(&r.uri, r.pin.as_ref()).await?;
             if source.identity != r.identity {
                 return Ok(None);
             }
@@ -266,7 +267,7 @@ pub(crate) async fn redo(
         }
         let request = TableRequest {
             table: name.clone(),
-            sources: sources.iter().map(|(s, _)| s.uri.clone()).collect(),
+            sources: sources.iter().map(|(s, _)| SourceSpec { uri: s.uri.clone(), pin: s.pin.clone() }).collect(),
             format,
             mode: Some(it.mode),
             key: it.key.clone(),
@@ -415,6 +416,7 @@ impl Door<'_> {
                     t.sources.iter().map(|(s, _)| SourceRef {
                         table: t.request.table.clone(),
                         uri: s.uri.clone(),
+                        pin: s.pin.clone(),
                         id: s.id.clone(),
                         identity: s.identity.clone(),
                     })
@@ -441,9 +443,10 @@ impl Door<'_> {
                 let claim = Claim { op: self.op.clone(), attempt: self.attempt.clone(), source: source.uri.clone(), table: table.clone(), generation: 0, claimed_at: Utc::now() };
                 // Past our deadline recovery may take our attempt over: claim nothing more.
                 self.deadline.check("claiming a source")?;
-                match sidecar::claim(self.lake, &source.id, &claim, &mut ours.maybe).await? {
+                let key = sidecar::source_key(&source.id);
+                match sidecar::claim(self.lake, &key, &claim, &mut ours.maybe).await? {
                     Claimed::Mine { generation } => {
-                        ours.claimed.push((source.id.clone(), generation));
+                        ours.claimed.push((key, generation));
                         tables[i].sources.push((source, detected));
                     }
                     Claimed::Held(holder, status) => match status {
@@ -834,7 +837,7 @@ impl Door<'_> {
         let mut waited = false;
         for e in elsewhere {
             loop {
-                match sidecar::holder(self.lake, &e.source.id, &e.holder).await? {
+                match sidecar::holder(self.lake, &sidecar::source_key(&e.source.id), &e.holder).await? {
                     Holder::Published => break,
                     Holder::InFlight(intent) => {
                         let id = AttemptId::new(&e.holder.op, &e.holder.attempt);
@@ -877,7 +880,7 @@ struct Elsewhere {
 /// What this attempt owns, for giving it back.
 #[derive(Default)]
 struct Ours {
-    /// (source id, claim generation) claimed.
+    /// (ledger key, claim generation) claimed.
     claimed: Vec<(String, u32)>,
     /// Generations whose create-only PUT answered ambiguously: maybe ours.
     maybe: Vec<(String, u32)>,

@@ -39,7 +39,7 @@ use crate::lake::{Created, Lake};
 use crate::manifest::{self, Goal, Published};
 use crate::fence;
 use crate::recover;
-use crate::sidecar::{self, AttemptId, Decision, Intent, IntentTable, Outcome, SCOPE_SINGLE};
+use crate::sidecar::{self, AttemptId, Claim, Claimed, Decision, Holder, Intent, IntentTable, Outcome, SCOPE_SINGLE};
 
 /// Re-plans after a conflicting update or delete of the planned fragments.
 const MAX_REPLANS: u32 = 3;
@@ -341,11 +341,28 @@ async fn compact_table(lake: &Lake, table: &str, opts: &Options, skew: Duration,
             worker: sidecar::worker_name(),
         };
         let id = AttemptId::new(&op, &attempt);
-        // Another optimizer of this same state in flight: wait for it, then look
-        // again (a hint, not a lock: two that start at once are arbitrated by
-        // Lance, whose second rewrite of the same fragments conflicts).
-        if let Some(other) = sidecar::pending(lake).await?.into_iter().find(|i| i.op == op) {
-            recover::await_gone(lake, &AttemptId::new(&other.op, &other.attempt), other.deadline, skew, deadline).await?;
+        sidecar::create_intent(lake, &intent).await?;
+        // One compaction of one state at a time: the (table, pin) work item is
+        // claimed like a source. Another optimizer holding it is waited for,
+        // then the table looked at again.
+        let key = sidecar::compaction_key(table, pin.version);
+        let claim = Claim { op: op.clone(), attempt: attempt.clone(), source: format!("compaction of {table} at {}", pin.version), table: table.to_string(), generation: 0, claimed_at: Utc::now() };
+        let mut maybe = Vec::new();
+        let claimed = sidecar::claim(lake, &key, &claim, &mut maybe).await;
+        let held = match claimed {
+            Ok(Claimed::Mine { .. }) => None,
+            Ok(Claimed::Held(holder, status)) => Some((holder, status)),
+            Err(e) => {
+                give_up(lake, &id).await?;
+                return Err(e);
+            }
+        };
+        if let Some((holder, status)) = held {
+            // We did nothing yet: our intent goes, with a roll_back decision (any maybe-claim is released by it).
+            give_up(lake, &id).await?;
+            if let Holder::InFlight(other) = status {
+                recover::await_gone(lake, &AttemptId::new(&holder.op, &holder.attempt), other.deadline, skew, deadline).await?;
+            }
             let now = manifest::read_latest(lake).await?.expect("checked by run");
             if now.tables[table].version > pin.version {
                 let after = lake.open_table(table, Some(now.tables[table].version)).await?.fragments().len();
@@ -353,7 +370,6 @@ async fn compact_table(lake: &Lake, table: &str, opts: &Options, skew: Duration,
             }
             continue;
         }
-        sidecar::create_intent(lake, &intent).await?;
         // Nothing is committed until the rewrite: a failure before it rolls this attempt back.
         let batches = batches(table, plan.compaction_tasks().collect(), opts.parallel);
         let workers = executor.workers(batches.len());

@@ -576,7 +576,7 @@ impl Recovery<'_> {
         let mut owned = BTreeMap::<String, Vec<SourceRef>>::new();
         if self.multi() {
             for s in &self.intent.sources {
-                if !sidecar::held_by(self.lake, &s.id, &self.intent.attempt).await?.is_empty() {
+                if !sidecar::held_by(self.lake, &sidecar::source_key(&s.id), &self.intent.attempt).await?.is_empty() {
                     owned.entry(s.table.clone()).or_default().push(s.clone());
                 }
             }
@@ -615,7 +615,7 @@ impl Recovery<'_> {
     /// Why `sources` cannot be read again as the writer read them.
     async fn changed_source(&self, sources: &BTreeMap<String, Vec<SourceRef>>) -> Result<Option<String>> {
         for s in sources.values().flatten() {
-            match Source::resolve(&s.uri).await {
+            match Source::resolve_pinned(&s.uri, s.pin.as_ref()).await {
                 Ok(now) if now.identity == s.identity => {}
                 Ok(_) => return Ok(Some(format!("source {} changed since the load read it", s.uri))),
                 Err(e) => return Ok(Some(format!("source {} cannot be read: {e}", s.uri))),
@@ -769,8 +769,9 @@ pub(crate) async fn release_sources(lake: &Lake, intent: &Intent) -> Result<()> 
     ids.sort_unstable();
     ids.dedup();
     for id in ids {
-        for generation in sidecar::held_by(lake, id, &intent.attempt).await? {
-            sidecar::release(lake, id, generation, &intent.attempt).await?;
+        let key = sidecar::source_key(id);
+        for generation in sidecar::held_by(lake, &key, &intent.attempt).await? {
+            sidecar::release(lake, &key, generation, &intent.attempt).await?;
         }
     }
     Ok(())

@@ -49,6 +49,7 @@ use crate::manifest::Mode;
 
 pub(crate) const OPS: &str = "_ops";
 const CLAIMS: &str = "_ingested";
+const COMPACTIONS: &str = "_compactions";
 const INTENT_SUFFIX: &str = ".intent.json";
 const DECISIONS: &str = "_decisions";
 const LEASE_INFIX: &str = ".sweep-";
@@ -96,6 +97,9 @@ pub struct IntentTable {
 pub struct SourceRef {
     pub table: String,
     pub uri: String,
+    /// The S3 version the caller named, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin: Option<crate::source::ObjectPin>,
     /// Stable id of this exact source version (see `source.rs`).
     pub id: String,
     pub identity: String,
@@ -212,16 +216,23 @@ fn lease_path(op: &str, attempt: &str, k: u32) -> String {
     format!("{OPS}/{op}.{attempt}{LEASE_INFIX}{k:04}.json")
 }
 
-fn claims_dir(source_id: &str) -> String {
+/// The ledger key of a source version: at most one attempt holds it at a time.
+pub fn source_key(source_id: &str) -> String {
     format!("{CLAIMS}/{source_id}")
 }
 
-fn claim_path(source_id: &str, generation: u32) -> String {
-    format!("{CLAIMS}/{source_id}/{generation:06}.json")
+/// The ledger key of compacting `table` at pin `pin`: two optimizers of the
+/// same state do not both rewrite it.
+pub fn compaction_key(table: &str, pin: u64) -> String {
+    format!("{COMPACTIONS}/{table}/{pin:020}")
 }
 
-fn release_path(source_id: &str, generation: u32, attempt: &str) -> String {
-    format!("{CLAIMS}/{source_id}/{generation:06}{RELEASE_INFIX}{attempt}.json")
+fn claim_path(key: &str, generation: u32) -> String {
+    format!("{key}/{generation:06}.json")
+}
+
+fn release_path(key: &str, generation: u32, attempt: &str) -> String {
+    format!("{key}/{generation:06}{RELEASE_INFIX}{attempt}.json")
 }
 
 /// Write the intent of a new attempt. Its name is the attempt's own, so the
@@ -352,12 +363,12 @@ struct Ledger {
     releases: BTreeMap<u32, BTreeSet<String>>,
 }
 
-async fn ledger(lake: &Lake, source_id: &str) -> Result<Ledger> {
-    let dir = claims_dir(source_id);
+async fn ledger(lake: &Lake, key: &str) -> Result<Ledger> {
+    let dir = key;
     let mut out = Ledger::default();
     for meta in lake.list(&dir).await? {
         let Some(rel) = lake.relative(&meta.location) else { continue };
-        let Some(name) = rel.strip_prefix(&dir).and_then(|n| n.strip_prefix('/')).and_then(|n| n.strip_suffix(".json")) else { continue };
+        let Some(name) = rel.strip_prefix(dir).and_then(|n| n.strip_prefix('/')).and_then(|n| n.strip_suffix(".json")) else { continue };
         match name.split_once(RELEASE_INFIX) {
             Some((generation, attempt)) => {
                 if let Ok(g) = generation.parse() {
@@ -380,8 +391,8 @@ impl Ledger {
     }
 }
 
-async fn read_claim_at(lake: &Lake, source_id: &str, generation: u32) -> Result<Claim> {
-    let path = claim_path(source_id, generation);
+async fn read_claim_at(lake: &Lake, key: &str, generation: u32) -> Result<Claim> {
+    let path = claim_path(key, generation);
     lake.get_json(&path).await?.ok_or_else(|| Error::Corrupt {
         what: "claim",
         path: lake.path(&path).to_string(),
@@ -389,33 +400,34 @@ async fn read_claim_at(lake: &Lake, source_id: &str, generation: u32) -> Result<
     })
 }
 
-/// Claim `source_id` for `claim`'s attempt: generation 1 on the common path
+/// Claim ledger key `key` (a source: [`source_key`]; a compaction:
+/// [`compaction_key`]) for `claim`'s attempt: generation 1 on the common path
 /// (one create-only PUT); after a released generation, the next one. A PUT
 /// with an ambiguous answer that cannot be read back may still land later:
 /// its generation is pushed to `maybe` (so a giving-up attempt releases it)
 /// and the error is returned.
-pub async fn claim(lake: &Lake, source_id: &str, claim: &Claim, maybe: &mut Vec<(String, u32)>) -> Result<Claimed> {
+pub async fn claim(lake: &Lake, key: &str, claim: &Claim, maybe: &mut Vec<(String, u32)>) -> Result<Claimed> {
     let mut generation = 1;
     for _ in 0..MAX_CLAIM_ROUNDS {
         let mine = Claim { generation, claimed_at: Utc::now(), ..claim.clone() };
-        let created = lake.create_json(&claim_path(source_id, generation), &mine, |c: &Claim| c.attempt == claim.attempt).await;
+        let created = lake.create_json(&claim_path(key, generation), &mine, |c: &Claim| c.attempt == claim.attempt).await;
         match created {
             Ok(Created::Mine) => return Ok(Claimed::Mine { generation }),
             Ok(Created::Theirs(_) | Created::Gone) => {}
             Err(e) => {
-                maybe.push((source_id.to_string(), generation));
+                maybe.push((key.to_string(), generation));
                 return Err(e);
             }
         }
-        let ledger = ledger(lake, source_id).await?;
+        let ledger = ledger(lake, key).await?;
         let newest = *ledger.claims.last().expect("a claim we just saw is listed");
-        let held = read_claim_at(lake, source_id, newest).await?;
+        let held = read_claim_at(lake, key, newest).await?;
         if held.attempt == claim.attempt {
             return Ok(Claimed::Mine { generation: newest });
         }
         match ledger.released(newest, &held.attempt) {
             true => {}
-            false => match holder(lake, source_id, &held).await? {
+            false => match holder(lake, key, &held).await? {
                 Holder::Released => {}
                 status => return Ok(Claimed::Held(held, status)),
             },
@@ -435,12 +447,12 @@ pub async fn claim(lake: &Lake, source_id: &str, claim: &Claim, maybe: &mut Vec<
 /// decision means given back (a claim that landed late, after its attempt was
 /// rolled back, has no release: its decision says it), and neither means it
 /// published.
-pub async fn holder(lake: &Lake, source_id: &str, held: &Claim) -> Result<Holder> {
+pub async fn holder(lake: &Lake, key: &str, held: &Claim) -> Result<Holder> {
     let id = AttemptId::new(&held.op, &held.attempt);
     if let Some(intent) = read_intent(lake, &id).await? {
         return Ok(Holder::InFlight(intent));
     }
-    if lake.exists(&release_path(source_id, held.generation, &held.attempt)).await? {
+    if lake.exists(&release_path(key, held.generation, &held.attempt)).await? {
         return Ok(Holder::Released);
     }
     match read_decision(lake, &id).await? {
@@ -449,19 +461,19 @@ pub async fn holder(lake: &Lake, source_id: &str, held: &Claim) -> Result<Holder
     }
 }
 
-/// Release generation `generation` of `source_id`, held by `attempt`. Only the
+/// Release generation `generation` of `key`, held by `attempt`. Only the
 /// holder (or recovery on its behalf, after a roll-back decision) calls this;
 /// the name carries the holder, so it can release nothing of anyone else's.
-pub async fn release(lake: &Lake, source_id: &str, generation: u32, attempt: &str) -> Result<()> {
-    lake.put_json(&release_path(source_id, generation, attempt), &serde_json::json!({ "attempt": attempt, "at": Utc::now() })).await
+pub async fn release(lake: &Lake, key: &str, generation: u32, attempt: &str) -> Result<()> {
+    lake.put_json(&release_path(key, generation, attempt), &serde_json::json!({ "attempt": attempt, "at": Utc::now() })).await
 }
 
-/// The unreleased generations of `source_id` that `attempt` holds.
-pub async fn held_by(lake: &Lake, source_id: &str, attempt: &str) -> Result<Vec<u32>> {
-    let ledger = ledger(lake, source_id).await?;
+/// The unreleased generations of `key` that `attempt` holds.
+pub async fn held_by(lake: &Lake, key: &str, attempt: &str) -> Result<Vec<u32>> {
+    let ledger = ledger(lake, key).await?;
     let mut out = Vec::new();
     for &g in &ledger.claims {
-        if !ledger.released(g, attempt) && read_claim_at(lake, source_id, g).await?.attempt == attempt {
+        if !ledger.released(g, attempt) && read_claim_at(lake, key, g).await?.attempt == attempt {
             out.push(g);
         }
     }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use object_store::path::Path;
 use object_store::{GetOptions, ObjectStore, ObjectStoreExt};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
@@ -22,10 +23,52 @@ pub enum Location {
     S3 { store: Arc<dyn ObjectStore>, key: Path, e_tag: Option<String>, version: Option<String> },
 }
 
+/// The exact version of an S3 object a caller names, as an S3 event does
+/// (`versionId`, `eTag`): the source is that version, or an error if it is gone.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectPin {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub e_tag: Option<String>,
+}
+
+impl ObjectPin {
+    pub fn is_empty(&self) -> bool {
+        self.version_id.is_none() && self.e_tag.is_none()
+    }
+}
+
+/// A source as a caller names it: a URI, and for S3 optionally the version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceSpec {
+    pub uri: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin: Option<ObjectPin>,
+}
+
+impl From<String> for SourceSpec {
+    fn from(uri: String) -> SourceSpec {
+        SourceSpec { uri, pin: None }
+    }
+}
+
+impl From<&str> for SourceSpec {
+    fn from(uri: &str) -> SourceSpec {
+        SourceSpec { uri: uri.to_string(), pin: None }
+    }
+}
+
+fn unquote(e_tag: &str) -> &str {
+    e_tag.trim_matches('"')
+}
+
 #[derive(Clone)]
 pub struct Source {
     /// As the user gave it (normalised to an absolute path for local files).
     pub uri: String,
+    /// The S3 version the caller named, if any (kept so recovery resolves the same one).
+    pub pin: Option<ObjectPin>,
     pub identity: String,
     /// Hex digest of `identity`: the ledger key.
     pub id: String,
@@ -47,6 +90,15 @@ fn digest_hex(bytes: &[u8]) -> String {
 impl Source {
     /// Pin down which version of `uri` this is: one HEAD for S3, a hash pass for local files.
     pub async fn resolve(uri: &str) -> Result<Source> {
+        Self::resolve_pinned(uri, None).await
+    }
+
+    /// As [`Source::resolve`], but for S3 exactly the version `pin` names: a
+    /// version id is read as that version; an ETag must still be the object's
+    /// (without bucket versioning an overwritten object's old bytes are gone,
+    /// and that is an error, never the newer object in its place).
+    pub async fn resolve_pinned(uri: &str, pin: Option<&ObjectPin>) -> Result<Source> {
+        let pin = pin.filter(|p| !p.is_empty());
         if let Some(rest) = uri.strip_prefix("s3://") {
             let (bucket, key) = rest
                 .split_once('/')
@@ -54,7 +106,30 @@ impl Source {
                 .ok_or_else(|| Error::Usage(format!("source '{uri}': use s3://BUCKET/KEY")))?;
             let store = s3_store(bucket, &s3_options_from_env())?;
             let key = Path::from(key);
-            let meta = store.head(&key).await.map_err(|e| Error::store(uri, e))?;
+            let version = pin.and_then(|p| p.version_id.clone());
+            let head = GetOptions { version: version.clone(), head: true, ..Default::default() };
+            let meta = match store.get_opts(&key, head).await {
+                Ok(got) => got.meta,
+                Err(object_store::Error::NotFound { .. }) if version.is_some() => {
+                    return Err(Error::Blocked(format!(
+                        "{uri}: version {} named by the event no longer exists; it was not ingested",
+                        version.unwrap_or_default()
+                    )));
+                }
+                Err(e) => return Err(Error::store(uri, e)),
+            };
+            if let Some(want) = pin.and_then(|p| p.e_tag.as_deref())
+                && let Some(now) = meta.e_tag.as_deref()
+                && unquote(want) != unquote(now)
+            {
+                return Err(Error::Blocked(format!(
+                    "{uri}: the event names ETag {}, but the object now has ETag {}: it was overwritten, and without \
+                     bucket versioning the event's version is gone. It was not ingested; the newer version arrives \
+                     with its own event",
+                    unquote(want),
+                    unquote(now)
+                )));
+            }
             let tag = match (&meta.version, &meta.e_tag) {
                 (Some(v), _) => format!("version={v}"),
                 (None, Some(e)) => format!("etag={}", e.trim_matches('"')),
@@ -63,6 +138,7 @@ impl Source {
             let identity = format!("s3://{bucket}/{key}#{tag}");
             return Ok(Source {
                 uri: uri.to_string(),
+                pin: pin.cloned(),
                 id: digest_hex(identity.as_bytes()),
                 identity,
                 size: meta.size,
@@ -96,7 +172,7 @@ impl Source {
         .expect("hashing task panicked")
         .map_err(|e| Error::io(&shown, e))?;
         let identity = format!("file://{shown}#size={size};sha256={hash}");
-        Ok(Source { uri: shown, id: digest_hex(identity.as_bytes()), identity, size, location: Location::Local(path) })
+        Ok(Source { uri: shown, pin: None, id: digest_hex(identity.as_bytes()), identity, size, location: Location::Local(path) })
     }
 
     /// The file name, used for format detection and routing.

@@ -232,6 +232,7 @@ async fn run(cli: Cli) -> Result<()> {
                 ModeArg::Upsert => Mode::Upsert,
             });
             for (table, sources) in ingest::route(&sources, table.as_deref())? {
+                let sources = sources.into_iter().map(Into::into).collect();
                 let request = TableRequest { table, sources, format, mode, key: key.clone(), schema: schema.clone() };
                 let n = request.sources.len();
                 let report = with_progress(n, async |p| ingest::run(&lake, vec![request], Budget { timeout, clock_skew }, p).await).await?;
@@ -531,6 +532,7 @@ fn read_descriptor(path: &Path) -> Result<Vec<TableRequest>> {
                 .sources
                 .into_iter()
                 .map(|s| if s.contains("://") || Path::new(&s).is_absolute() { s } else { dir.join(s).display().to_string() })
+                .map(Into::into)
                 .collect();
             let schema = t.schema.map(|v| sluice::decode::parse_declared_schema(&v.to_string())).transpose()?;
             Ok(TableRequest { table: t.table, sources, format: t.format.as_deref().map(str::parse).transpose()?, mode: t.mode, key: t.key, schema })

@@ -7,18 +7,30 @@ use aws_lambda_events::event::eventbridge::EventBridgeEvent;
 use aws_lambda_events::event::s3::S3Event;
 use aws_lambda_events::event::sqs::SqsEvent;
 use serde_json::Value;
+use sluice::source::{ObjectPin, SourceSpec};
 
-/// An object a notification announces.
+/// An object a notification announces, and the version it announces.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Object {
     pub bucket: String,
     pub key: String,
+    pub pin: ObjectPin,
 }
 
 impl Object {
     pub fn uri(&self) -> String {
         format!("s3://{}/{}", self.bucket, self.key)
     }
+
+    /// The source to ingest: this version of the object, not whatever the key holds now.
+    pub fn spec(&self) -> SourceSpec {
+        SourceSpec { uri: self.uri(), pin: (!self.pin.is_empty()).then(|| self.pin.clone()) }
+    }
+}
+
+fn pin(version_id: Option<&str>, e_tag: Option<&str>) -> ObjectPin {
+    let keep = |s: Option<&str>| s.map(str::trim).filter(|s| !s.is_empty() && *s != "null").map(str::to_string);
+    ObjectPin { version_id: keep(version_id), e_tag: keep(e_tag) }
 }
 
 /// One SQS message: its objects, or why it cannot be read (a poison message).
@@ -56,7 +68,10 @@ fn s3_objects(event: S3Event) -> Vec<Object> {
         .records
         .into_iter()
         .filter(|r| r.event_name.as_deref().is_none_or(|n| n.starts_with("ObjectCreated")))
-        .filter_map(|r| Some(Object { bucket: r.s3.bucket.name?, key: decode_key(&r.s3.object.key?) }))
+        .filter_map(|r| {
+            let pin = pin(r.s3.object.version_id.as_deref(), r.s3.object.e_tag.as_deref());
+            Some(Object { bucket: r.s3.bucket.name?, key: decode_key(&r.s3.object.key?), pin })
+        })
         .collect()
 }
 
@@ -85,7 +100,10 @@ fn eventbridge_objects(value: Value) -> Result<Vec<Object>, String> {
     let bucket = event.detail.pointer("/bucket/name").and_then(Value::as_str);
     let key = event.detail.pointer("/object/key").and_then(Value::as_str);
     match (bucket, key) {
-        (Some(bucket), Some(key)) => Ok(vec![Object { bucket: bucket.into(), key: key.into() }]),
+        (Some(bucket), Some(key)) => {
+            let field = |name: &str| event.detail.pointer(&format!("/object/{name}")).and_then(Value::as_str);
+            Ok(vec![Object { bucket: bucket.into(), key: key.into(), pin: pin(field("version-id"), field("etag")) }])
+        }
         _ => Err("EventBridge Object Created event without detail.bucket.name and detail.object.key".into()),
     }
 }

@@ -123,8 +123,10 @@ fn requests(state: &State, objects: &[Object]) -> Result<Vec<TableRequest>, Erro
             key: route.and_then(|r| r.key.clone()),
             schema: None,
         });
-        if !request.sources.contains(&object.uri()) {
-            request.sources.push(object.uri());
+        // Each event names its object's version: two versions of one key are two sources.
+        let spec = object.spec();
+        if !request.sources.contains(&spec) {
+            request.sources.push(spec);
         }
     }
     Ok(by_table.into_values().collect())
@@ -282,14 +284,14 @@ async fn action(state: &State, payload: Value, budget: Budget, metrics: &mut Met
             let format = format.as_deref().map(str::parse).transpose()?;
             let requests = ingest::route(&sources, table.as_deref())?
                 .into_iter()
-                .map(|(table, sources)| TableRequest { table, sources, format, mode, key: key.clone(), schema: None })
+                .map(|(table, sources)| TableRequest { table, sources: sources.into_iter().map(Into::into).collect(), format, mode, key: key.clone(), schema: None })
                 .collect();
             Ok(to_json(&run_ingest(state, requests, budget, metrics).await?))
         }
         Action::Load { tables } => {
             let requests = tables
                 .into_iter()
-                .map(|t| Ok(TableRequest { table: t.table, sources: t.sources, format: t.format.as_deref().map(str::parse).transpose()?, mode: t.mode, key: t.key, schema: None }))
+                .map(|t| Ok(TableRequest { table: t.table, sources: t.sources.into_iter().map(Into::into).collect(), format: t.format.as_deref().map(str::parse).transpose()?, mode: t.mode, key: t.key, schema: None }))
                 .collect::<Result<Vec<_>, Error>>()?;
             Ok(to_json(&run_ingest(state, requests, budget, metrics).await?))
         }
