@@ -277,7 +277,7 @@ fn fault_for(rng: &mut Rng, kind: Kind, seed: u64, index: usize) -> Fault {
         1 => Fault::KillAt(rng.pick(&points)),
         2 => Fault::KillAfter(rng.range(5, 600)),
         3 => Fault::Stall(rng.pick(&points)),
-        _ => Fault::Ambiguous { seed: splitmix(seed.wrapping_mul(1000).wrapping_add(index as u64)) % 1_000_000, p: rng.pick(&[0.03, 0.08, 0.15]) },
+        _ => Fault::Ambiguous { seed: splitmix(seed.wrapping_mul(1000).wrapping_add(index as u64)) % 1_000_000, p: rng.pick(&[0.1, 0.2, 0.35]) },
     }
 }
 
@@ -808,6 +808,9 @@ pub fn explore(seed: u64, backend: &Backend, max_ops: usize) -> (Stats, Vec<Stri
     // shown_at[v][source] for every version read.
     let mut shown_at: BTreeMap<u64, HashMap<usize, Shown>> = BTreeMap::new();
     let loads: BTreeSet<usize> = pool.iter().filter_map(|s| s.load).collect();
+    // The same violation at many versions is reported once, with the versions.
+    let mut per_version: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    let mut at_version = |what: String, v: u64| per_version.entry(what).or_default().push(v);
     for &v in &versions {
         let mut map = HashMap::new();
         for table in ["a", "b", "u"] {
@@ -819,18 +822,19 @@ pub fn explore(seed: u64, backend: &Backend, max_ops: usize) -> (Stats, Vec<Stri
                 }
             };
             let c = counts(&ids);
-            let dups = c.values().filter(|n| **n > 1).count();
-            if dups > 0 {
-                violations.push(format!("version {v}: {table} shows {dups} ids twice"));
+            let dups: Vec<i64> = c.iter().filter(|(_, n)| **n > 1).map(|(id, _)| *id).collect();
+            if !dups.is_empty() {
+                let from: BTreeSet<&str> = dups.iter().filter_map(|id| pool.iter().find(|s| s.table == table && s.ids.contains(id))).map(|s| s.name.as_str()).collect();
+                at_version(format!("{table} shows ids twice, from {from:?}"), v);
             }
             let stray = c.keys().filter(|id| !pool.iter().enumerate().any(|(i, s)| s.table == table && attempted.contains(&i) && s.ids.contains(id))).count();
             if stray > 0 {
-                violations.push(format!("version {v}: {table} shows {stray} ids never sent"));
+                at_version(format!("{table} shows ids never sent"), v);
             }
             for (s, src) in pool.iter().enumerate().filter(|(_, s)| s.table == table) {
                 let got = shown(&c, src);
                 if got == Shown::Partial {
-                    violations.push(format!("version {v}: source {} half shown in {table}", src.name));
+                    at_version(format!("source {} partly shown in {table}", src.name), v);
                 }
                 map.insert(s, got);
             }
@@ -839,10 +843,13 @@ pub fn explore(seed: u64, backend: &Backend, max_ops: usize) -> (Stats, Vec<Stri
             let parts: Vec<(usize, Shown)> = pool.iter().enumerate().filter(|(_, s)| s.load == Some(l)).map(|(i, _)| (i, map.get(&i).copied().unwrap_or(Shown::Absent))).collect();
             if parts.iter().any(|p| p.1 != parts[0].1) {
                 let what: Vec<String> = parts.iter().map(|(i, s)| format!("{}={s:?}", name(*i))).collect();
-                violations.push(format!("version {v}: half of load-{l} published: {}", what.join(", ")));
+                at_version(format!("half of load-{l} published: {}", what.join(", ")), v);
             }
         }
         shown_at.insert(v, map);
+    }
+    for (what, vs) in per_version {
+        violations.push(format!("manifest version(s) {vs:?}: {what}"));
     }
     // Once shown, always shown.
     for s in 0..pool.len() {
