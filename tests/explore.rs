@@ -576,7 +576,10 @@ pub fn explore(seed: u64, backend: &Backend, max_ops: usize) -> (Stats, Vec<Stri
     let mut outcomes: Vec<Option<Outcome>> = vec![None; ops.len()];
     let mut running: Vec<Running> = Vec::new();
     let mut launched = 0usize;
-    let reap = |running: &mut Vec<Running>, outcomes: &mut Vec<Option<Outcome>>, launched: usize, force: bool| {
+    // Reap finished children; release a stall once its deadline passed and two
+    // more operations were launched since it was held (draining: at once), or
+    // when forced.
+    let reap = |running: &mut Vec<Running>, outcomes: &mut Vec<Option<Outcome>>, launched: usize, draining: bool, force: bool| {
         let mut i = 0;
         while i < running.len() {
             let r = &mut running[i];
@@ -585,7 +588,7 @@ pub fn explore(seed: u64, backend: &Backend, max_ops: usize) -> (Stats, Vec<Stri
             }
             if let (Some(at), Some(file)) = (r.held_at_launch, &r.release) {
                 let expired = r.start.elapsed() > Duration::from_millis(r.timeout * 1000 + 300);
-                if force || (expired && launched >= at + 2) {
+                if force || (expired && (draining || launched >= at + 2)) {
                     if !file.exists() {
                         std::fs::write(file, b"go").unwrap();
                     }
@@ -604,7 +607,7 @@ pub fn explore(seed: u64, backend: &Backend, max_ops: usize) -> (Stats, Vec<Stri
             std::thread::sleep(Duration::from_millis(rng.range(0, 150)));
         }
         loop {
-            reap(&mut running, &mut outcomes, launched, false);
+            reap(&mut running, &mut outcomes, launched, false, false);
             let active = running.iter().filter(|r| !r.held.load(Ordering::SeqCst)).count();
             if active < MAX_RUNNING {
                 break;
@@ -619,7 +622,7 @@ pub fn explore(seed: u64, backend: &Backend, max_ops: usize) -> (Stats, Vec<Stri
     let drain_start = Instant::now();
     while !running.is_empty() {
         let force = drain_start.elapsed() > Duration::from_secs(20);
-        reap(&mut running, &mut outcomes, launched + 2, force);
+        reap(&mut running, &mut outcomes, launched, true, force);
         std::thread::sleep(Duration::from_millis(20));
     }
     let outcomes: Vec<Outcome> = outcomes.into_iter().map(|o| o.unwrap()).collect();
