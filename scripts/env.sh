@@ -25,6 +25,8 @@ ensure_py_tool() { # ensure_py_tool EXECUTABLE PIP-SPEC...
 ensure_test_tools() {
   local exe
   for exe in moto_server aws cfn-lint; do
-    [ -x "$SLUICE_VENV/bin/$exe" ] || { ensure_py_tool "$exe" "moto[server]==5.2.5" "boto3==1.44.5" "awscli==1.46.3" "cfn-lint==1.58.0"; return; }
+    [ -x "$SLUICE_VENV/bin/$exe" ] || { ensure_py_tool "$exe" "moto[server]==5.2.5" "boto3==1.44.5" "awscli==1.46.3" "cfn-lint==1.58.0" "pylance==14.0.2"; return; }
   done
+  # pylance (a real reader for the tests) joined later: an older venv gets it too.
+  "$SLUICE_VENV/bin/python" -c 'import lance' 2>/dev/null || "$SLUICE_VENV/bin/pip" install -q "pylance==14.0.2"
 }

@@ -30,4 +30,7 @@ unset AWS_PROFILE AWS_SESSION_TOKEN AWS_ENDPOINT_URL_S3 || true
 export SLUICE_TEST_S3="s3://$BUCKET"
 export SLUICE_REQUIRE_S3=1
 
+# The interleaving explorer: a few small seeds here; scripts/explore.sh runs many.
+export SLUICE_EXPLORE_SEEDS="${SLUICE_EXPLORE_SEEDS:-2}" SLUICE_EXPLORE_MAX_OPS="${SLUICE_EXPLORE_MAX_OPS:-14}"
+
 cargo test -p sluice-workers --features failpoints --test integration "$@" -- --test-threads 2

@@ -7,6 +7,7 @@ mod common;
 mod bad_input;
 mod cleanup;
 mod deploy;
+mod explore;
 mod fencing;
 mod formats;
 mod lambda;

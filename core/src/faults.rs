@@ -4,9 +4,17 @@
 //! The fault that matters most to the protocol is the *ambiguous* conditional
 //! PUT: the server applied it, but the client saw an error (a timeout), or
 //! retried and was told "already exists".
+//!
+//! Besides the rules a test sets with [`FaultStore::inject`], a failpoints
+//! build takes random faults from the environment (`SLUICE_FAULTS`, see
+//! [`FaultSpec`]): every PUT of the process, sluice's own and Lance's, then
+//! suffers a seeded random [`Fault`] with probability `p`, and each one is
+//! logged on stderr as `fault: KIND PATH`, so a test driving real processes
+//! can produce ambiguous answers anywhere and count them.
 
 use std::fmt;
 use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -29,6 +37,168 @@ pub enum Fault {
     Rejected,
 }
 
+impl Fault {
+    /// The name logged on stderr (`fault: KIND PATH`).
+    pub fn kind(self) -> &'static str {
+        match self {
+            Fault::AppliedThenAlreadyExists => "applied-then-exists",
+            Fault::AppliedThenError => "applied-then-error",
+            Fault::Rejected => "rejected",
+        }
+    }
+}
+
+/// The environment variable holding a [`FaultSpec`] (read in failpoints builds only).
+pub const FAULTS_ENV: &str = "SLUICE_FAULTS";
+
+/// Which stores random faults hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// sluice's own store and every store Lance opens for the lake.
+    All,
+    /// sluice's own store only (manifest, sidecars, claims).
+    Sluice,
+    /// Lance's stores only (data files, Lance manifests).
+    Lance,
+}
+
+/// Random ambiguous answers: `seed=N,p=F[,scope=all|sluice|lance]`, e.g.
+/// `SLUICE_FAULTS="seed=42,p=0.05"`. With probability `p` a PUT suffers one
+/// fault, drawn uniformly: applied then a transport error, applied then
+/// "already exists" (create-only PUTs only: a client retry that found its
+/// own object), or rejected with a transport error. One process draws from one
+/// stream seeded by `seed`, so give concurrent processes different seeds to
+/// make them differ (the explorer mixes its seed with a per-process counter).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FaultSpec {
+    pub seed: u64,
+    pub p: f64,
+    pub scope: Scope,
+}
+
+impl FaultSpec {
+    /// Parse strictly: `seed` and `p` are required, each key at most once, nothing else.
+    pub fn parse(spec: &str) -> std::result::Result<FaultSpec, String> {
+        let (mut seed, mut p, mut scope) = (None, None, None);
+        for part in spec.split(',').map(str::trim) {
+            let Some((key, value)) = part.split_once('=') else {
+                return Err(format!("'{part}' is not KEY=VALUE"));
+            };
+            let (key, value) = (key.trim(), value.trim());
+            let dup = || format!("'{key}' given twice");
+            match key {
+                "seed" => {
+                    let v = value.parse::<u64>().map_err(|e| format!("seed '{value}': {e}"))?;
+                    if seed.replace(v).is_some() {
+                        return Err(dup());
+                    }
+                }
+                "p" => {
+                    let v = value.parse::<f64>().map_err(|e| format!("p '{value}': {e}"))?;
+                    if !(0.0..=1.0).contains(&v) {
+                        return Err(format!("p '{value}' is not a probability in [0, 1]"));
+                    }
+                    if p.replace(v).is_some() {
+                        return Err(dup());
+                    }
+                }
+                "scope" => {
+                    let v = match value {
+                        "all" => Scope::All,
+                        "sluice" => Scope::Sluice,
+                        "lance" => Scope::Lance,
+                        _ => return Err(format!("scope '{value}': use all, sluice or lance")),
+                    };
+                    if scope.replace(v).is_some() {
+                        return Err(dup());
+                    }
+                }
+                _ => return Err(format!("unknown key '{key}' (use seed, p, scope)")),
+            }
+        }
+        Ok(FaultSpec {
+            seed: seed.ok_or("seed=N is required")?,
+            p: p.ok_or("p=PROBABILITY is required")?,
+            scope: scope.unwrap_or(Scope::All),
+        })
+    }
+
+    /// The spec in `SLUICE_FAULTS`, in failpoints builds; `None` if unset or
+    /// (always) in other builds. A bad spec is an error naming the variable.
+    pub fn from_env() -> std::result::Result<Option<FaultSpec>, String> {
+        if !cfg!(feature = "failpoints") {
+            return Ok(None);
+        }
+        match std::env::var(FAULTS_ENV) {
+            Err(std::env::VarError::NotPresent) => Ok(None),
+            Err(e) => Err(format!("{FAULTS_ENV}: {e}")),
+            Ok(spec) => FaultSpec::parse(&spec)
+                .map(Some)
+                .map_err(|e| format!("{FAULTS_ENV}='{spec}': {e}; expected seed=N,p=F[,scope=all|sluice|lance]")),
+        }
+    }
+}
+
+/// One process's stream of random faults, shared by every [`FaultStore`] of a lake.
+#[derive(Debug)]
+pub struct RandomFaults {
+    spec: FaultSpec,
+    state: Mutex<u64>,
+    injected: AtomicU64,
+}
+
+/// splitmix64: turns any seed (0 included) into a well-mixed xorshift state.
+fn splitmix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+impl RandomFaults {
+    pub fn new(spec: FaultSpec) -> Arc<RandomFaults> {
+        Arc::new(RandomFaults { spec, state: Mutex::new(splitmix(spec.seed) | 1), injected: AtomicU64::new(0) })
+    }
+
+    pub fn spec(&self) -> FaultSpec {
+        self.spec
+    }
+
+    /// Faults injected so far.
+    pub fn injected(&self) -> u64 {
+        self.injected.load(Ordering::Relaxed)
+    }
+
+    /// Does this stream hit stores of `scope` (`Sluice` or `Lance`)?
+    pub fn covers(&self, scope: Scope) -> bool {
+        self.spec.scope == Scope::All || self.spec.scope == scope
+    }
+
+    fn next(&self) -> u64 {
+        // xorshift64*
+        let mut x = self.state.lock().expect("fault stream poisoned");
+        *x ^= *x >> 12;
+        *x ^= *x << 25;
+        *x ^= *x >> 27;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// The fault for the next PUT, if any (`create_only`: may answer "already exists").
+    fn draw(&self, create_only: bool) -> Option<Fault> {
+        let roll = (self.next() >> 11) as f64 / (1u64 << 53) as f64;
+        if roll >= self.spec.p {
+            return None;
+        }
+        let kinds: &[Fault] = if create_only {
+            &[Fault::AppliedThenError, Fault::AppliedThenAlreadyExists, Fault::Rejected]
+        } else {
+            &[Fault::AppliedThenError, Fault::Rejected]
+        };
+        self.injected.fetch_add(1, Ordering::Relaxed);
+        Some(kinds[(self.next() % kinds.len() as u64) as usize])
+    }
+}
+
 #[derive(Debug)]
 struct Rule {
     path_contains: String,
@@ -36,16 +206,23 @@ struct Rule {
     remaining: u32,
 }
 
-/// Injects [`Fault`]s into PUTs whose path contains a given string.
+/// Injects [`Fault`]s into PUTs whose path contains a given string, and
+/// (built with [`FaultStore::random`]) into random PUTs.
 #[derive(Debug)]
 pub struct FaultStore {
     inner: Arc<dyn ObjectStore>,
     rules: Mutex<Vec<Rule>>,
+    random: Option<Arc<RandomFaults>>,
 }
 
 impl FaultStore {
     pub fn new(inner: Arc<dyn ObjectStore>) -> Self {
-        Self { inner, rules: Mutex::new(Vec::new()) }
+        Self { inner, rules: Mutex::new(Vec::new()), random: None }
+    }
+
+    /// A store whose PUTs also suffer `random`'s faults (besides injected rules).
+    pub fn random(inner: Arc<dyn ObjectStore>, random: Arc<RandomFaults>) -> Self {
+        Self { inner, rules: Mutex::new(Vec::new()), random: Some(random) }
     }
 
     /// The next `times` PUTs to a path containing `path_contains` suffer `fault`.
@@ -70,10 +247,14 @@ impl fmt::Display for FaultStore {
 #[async_trait]
 impl ObjectStore for FaultStore {
     async fn put_opts(&self, location: &Path, payload: PutPayload, opts: PutOptions) -> Result<PutResult> {
-        let Some(fault) = self.take(location) else { return self.inner.put_opts(location, payload, opts).await };
+        let create_only = matches!(opts.mode, object_store::PutMode::Create);
+        let fault = self.take(location).or_else(|| self.random.as_ref().and_then(|r| r.draw(create_only)));
+        let Some(fault) = fault else { return self.inner.put_opts(location, payload, opts).await };
         if fault != Fault::Rejected {
+            // A PUT the store itself refused (a lost create race) is answered as it is.
             self.inner.put_opts(location, payload, opts).await?;
         }
+        eprintln!("fault: {} {location}", fault.kind());
         match fault {
             Fault::AppliedThenAlreadyExists => Err(object_store::Error::AlreadyExists {
                 path: location.to_string(),

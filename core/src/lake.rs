@@ -26,6 +26,7 @@ use serde::de::DeserializeOwned;
 
 use crate::counting::{CountingLister, CountingStore, RequestCounts, RequestSnapshot};
 use crate::error::{Error, Result};
+use crate::faults::{FaultSpec, FaultStore, RandomFaults, Scope};
 
 /// Where a lake lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,20 +109,25 @@ fn memory_backend(name: &str) -> Arc<InMemory> {
     Arc::clone(lakes.entry(name.to_string()).or_insert_with(|| Arc::new(InMemory::new())))
 }
 
-/// Hands Lance the lake's request counter, and for memory lakes the lake's own
-/// backend in place of the fresh one Lance would mint per `memory://` store.
+/// Hands Lance the lake's request counter, for memory lakes the lake's own
+/// backend in place of the fresh one Lance would mint per `memory://` store,
+/// and (failpoints builds, `SLUICE_FAULTS`) the process's random faults.
 #[derive(Debug)]
 struct LanceWrapper {
     counts: Arc<RequestCounts>,
     memory: Option<Arc<InMemory>>,
+    faults: Option<Arc<RandomFaults>>,
 }
 
 impl WrappingObjectStore for LanceWrapper {
     fn wrap(&self, _prefix: &str, original: Arc<dyn ObjectStore>) -> Arc<dyn ObjectStore> {
-        let inner: Arc<dyn ObjectStore> = match &self.memory {
+        let mut inner: Arc<dyn ObjectStore> = match &self.memory {
             Some(memory) => Arc::clone(memory) as Arc<dyn ObjectStore>,
             None => original,
         };
+        if let Some(faults) = &self.faults {
+            inner = Arc::new(FaultStore::random(inner, Arc::clone(faults)));
+        }
         Arc::new(CountingStore::new(inner, Arc::clone(&self.counts)))
     }
 
@@ -130,8 +136,9 @@ impl WrappingObjectStore for LanceWrapper {
         _prefix: &str,
         original: Arc<dyn object_store::list::PaginatedListStore>,
     ) -> Option<Arc<dyn object_store::list::PaginatedListStore>> {
-        // A memory lake swaps the backend, so the original lister would list the wrong store.
-        if self.memory.is_some() {
+        // A memory lake swaps the backend, so the original lister would list the
+        // wrong store; with faults, every request must go through `wrap`'s store.
+        if self.memory.is_some() || self.faults.is_some() {
             return None;
         }
         Some(Arc::new(CountingLister::new(original, Arc::clone(&self.counts))))
@@ -219,8 +226,10 @@ impl Lake {
     }
 
     /// Open with `wrap` around sluice's own store (tests inject faults this way;
-    /// Lance's stores are not wrapped).
+    /// Lance's stores are not wrapped). In failpoints builds, `SLUICE_FAULTS`
+    /// (see [`FaultSpec`]) wraps sluice's store and Lance's in random faults.
     pub fn open_wrapped(uri: &str, wrap: impl FnOnce(Arc<dyn ObjectStore>) -> Arc<dyn ObjectStore>) -> Result<Lake> {
+        let faults = FaultSpec::from_env().map_err(Error::Usage)?.map(RandomFaults::new);
         let root = Root::parse(uri)?;
         let counts = Arc::new(RequestCounts::default());
         let (raw, base, storage_options, memory): (Arc<dyn ObjectStore>, Path, _, _) = match &root {
@@ -244,10 +253,15 @@ impl Lake {
             Root::Memory { name } => format!("memory://{name}"),
             Root::Local { path } => path.display().to_string(),
         };
-        let wrapper = Arc::new(LanceWrapper { counts: Arc::clone(&counts), memory });
+        let lance_faults = faults.as_ref().filter(|f| f.covers(Scope::Lance)).cloned();
+        let wrapper = Arc::new(LanceWrapper { counts: Arc::clone(&counts), memory, faults: lance_faults });
+        let mut store = wrap(raw);
+        if let Some(f) = faults.filter(|f| f.covers(Scope::Sluice)) {
+            store = Arc::new(FaultStore::random(store, f));
+        }
         Ok(Lake {
             uri,
-            store: Arc::new(CountingStore::new(wrap(raw), Arc::clone(&counts))),
+            store: Arc::new(CountingStore::new(store, Arc::clone(&counts))),
             base,
             storage_options,
             counts,
