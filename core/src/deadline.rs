@@ -48,6 +48,12 @@ pub fn later(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
     chrono::Duration::from_std(d).ok().and_then(|d| t.checked_add_signed(d)).unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
+/// When a worker whose deadline is `deadline` is presumed dead: clocks may
+/// disagree by `skew` (saturating).
+pub fn presumed_dead_at(deadline: DateTime<Utc>, skew: Duration) -> DateTime<Utc> {
+    later(deadline, skew)
+}
+
 /// `t - d`, saturating at the beginning of representable time.
 pub fn earlier(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
     chrono::Duration::from_std(d).ok().and_then(|d| t.checked_sub_signed(d)).unwrap_or(DateTime::<Utc>::MIN_UTC)

@@ -30,7 +30,7 @@ use lance::dataset::CommitBuilder;
 use lance::dataset::transaction::{Operation, Transaction};
 
 use crate::audit::{self, Verdict};
-use crate::deadline::Deadline;
+use crate::deadline::{self, Deadline};
 use crate::error::{Error, Result};
 use crate::lake::Lake;
 use crate::manifest;
@@ -208,12 +208,12 @@ pub(crate) async fn vet(
                     match recovering {
                         None => return Ok(Vetted::Late { id, version }),
                         // Its remover died: recovery takes it over.
-                        Some(intent) if Utc::now() >= crate::recover::presumed_dead_at(intent.deadline, skew) => return Ok(Vetted::Expired(id)),
+                        Some(intent) if Utc::now() >= deadline::presumed_dead_at(intent.deadline, skew) => return Ok(Vetted::Expired(id)),
                         Some(_) => {}
                     }
                 }
                 Standing::Pending(intent) => {
-                    if Utc::now() >= crate::recover::presumed_dead_at(intent.deadline, skew) {
+                    if Utc::now() >= deadline::presumed_dead_at(intent.deadline, skew) {
                         return Ok(Vetted::Expired(id));
                     }
                 }

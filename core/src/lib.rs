@@ -21,6 +21,7 @@ pub mod read;
 pub mod recover;
 pub mod sidecar;
 pub mod source;
+mod stage;
 
 pub use error::{Error, Result};
 pub use lake::Lake;

@@ -31,11 +31,11 @@ use serde::Serialize;
 
 use crate::audit::{self, AuditRecord, AuditTable, Verdict};
 use crate::counting::RequestSnapshot;
-use crate::deadline::Deadline;
+use crate::deadline::{Deadline, presumed_dead_at};
 use crate::error::{Error, Result};
 use crate::failpoints;
 use crate::fence::{self, MAX_POLL, Seen, Vetted};
-use crate::ingest;
+use crate::stage;
 use crate::lake::{Created, Lake};
 use crate::manifest::{self, Goal, Manifest, Published, PublishOutcome, TablePin};
 use crate::sidecar::{self, AttemptId, Decision, Intent, Lease, OpFiles, Outcome, SourceRef};
@@ -178,11 +178,6 @@ pub async fn resolve_attempt(lake: &Lake, id: &AttemptId, clock_skew: Duration, 
         Some(intent) => resolve(lake, &intent, &files, Options { clock_skew, dry_run: false }, deadline, false, &Seen::default()).await,
         None => Ok(Action::DoneByOther { verdict: None }),
     }
-}
-
-/// When a worker whose deadline is `deadline` is presumed dead (saturating).
-pub(crate) fn presumed_dead_at(deadline: chrono::DateTime<Utc>, skew: Duration) -> chrono::DateTime<Utc> {
-    crate::deadline::later(deadline, skew)
 }
 
 /// When the owner of `intent` (the writer, or the sweep holding the latest
@@ -509,7 +504,7 @@ impl Recovery<'_> {
             Plan::Redo(missing) => {
                 let names: Vec<String> = missing.keys().cloned().collect();
                 let mut versions = state.forward_versions();
-                match Box::pin(ingest::redo(self.lake, self.intent, &self.lease.attempt, *self.deadline, &missing)).await {
+                match Box::pin(stage::redo(self.lake, self.intent, &self.lease.attempt, *self.deadline, &missing)).await {
                     Ok(None) => return Ok(Action::Deferred { reason: "a source changed while being redone; the next pass rolls back".into() }),
                     Ok(Some(done)) => versions.extend(done),
                     // It would fail the same way on every pass: roll the load back instead.

@@ -1,0 +1,449 @@
+//! Staging and committing one table's rows: the Lance half of the door,
+//! shared by the writer (`ingest.rs`) and recovery's redo of a dead load
+//! (`recover.rs`). Rows are written as an *uncommitted* Lance transaction
+//! (an append, a merge-insert for upsert tables, or the table's creation),
+//! then committed tagged with the operation, its attempt and its scope;
+//! whether a commit that answered with an error landed is read from the
+//! table's history.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::RecordBatchReader;
+use arrow::datatypes::SchemaRef;
+use lance::Dataset;
+use lance::dataset::transaction::{Operation, Transaction};
+use lance::dataset::write::merge_insert::SourceDedupeBehavior;
+use lance::dataset::{CommitBuilder, InsertBuilder, MergeInsertBuilder, WhenMatched, WhenNotMatched, WriteMode, WriteParams};
+use serde::Serialize;
+
+use crate::deadline::Deadline;
+use crate::decode::{self, Detected, Format, Progress, SourcesReader};
+use crate::error::{BadInput, Error, Result};
+use crate::failpoints;
+use crate::fence;
+use crate::lake::Lake;
+use crate::manifest::Mode;
+use crate::sidecar::{self, Intent, SCOPE_MULTI, SCOPE_SINGLE, SourceRef};
+use crate::source::{Source, SourceSpec};
+
+/// Who stages and commits: the attempt, and the attempt whose intent the
+/// work belongs to (the writer's own, or a dead writer's in a redo).
+pub(crate) struct Stager<'a> {
+    pub lake: &'a Lake,
+    pub op: String,
+    /// The committer's attempt.
+    pub attempt: String,
+    /// The attempt whose intent this work belongs to.
+    pub intent: String,
+    pub deadline: Deadline,
+    pub progress: Arc<Progress>,
+    pub multi: bool,
+}
+
+/// Schema metadata keys that keep a table's mode inside the Lance table itself.
+pub(crate) const META_MODE: &str = "sluice.mode";
+
+pub(crate) const META_KEY: &str = "sluice.key";
+
+/// Redos of a commit that cannot stand (upsert conflict, lost table creation).
+const MAX_REDO_ATTEMPTS: u32 = 5;
+
+/// Rows for one table, as the caller asks for them.
+#[derive(Debug, Clone)]
+pub struct TableRequest {
+    pub table: String,
+    pub sources: Vec<SourceSpec>,
+    pub format: Option<Format>,
+    pub mode: Option<Mode>,
+    pub key: Option<String>,
+    /// The schema a new table gets instead of an inferred one.
+    pub schema: Option<SchemaRef>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TableReport {
+    pub lance_version: u64,
+    pub rows_inserted: u64,
+    pub rows_updated: u64,
+}
+
+/// One table's part of an operation, as it moves through the door.
+pub(crate) struct TableWork {
+    pub request: TableRequest,
+    pub sources: Vec<(Source, Detected)>,
+    pub mode: Mode,
+    pub key: Option<String>,
+    /// The pin in the manifest the operation started from.
+    pub start_pin: Option<u64>,
+    pub committed: Option<u64>,
+    pub report: Option<TableReport>,
+}
+
+/// Recovery's redo of a multi-table load that died with `tables` uncommitted:
+/// commit each from the sources the load claimed for it, tagged with the
+/// sweep's `attempt`. `None` when a source is no longer the version the load read.
+pub(crate) async fn redo(
+    lake: &Lake,
+    intent: &Intent,
+    attempt: &str,
+    deadline: Deadline,
+    tables: &BTreeMap<String, Vec<SourceRef>>,
+) -> Result<Option<BTreeMap<String, u64>>> {
+    let mut work = Vec::with_capacity(tables.len());
+    for (name, refs) in tables {
+        let it = &intent.tables[name];
+        let format = it.format.as_deref().map(str::parse::<Format>).transpose()?;
+        let schema = it.schema.as_ref().map(|v| decode::parse_declared_schema(&v.to_string())).transpose()?;
+        let mut sources = Vec::new();
+        for r in refs {
+            let source = Source::resolve_pinned(&r.uri, r.pin.as_ref()).await?;
+            if source.identity != r.identity {
+                return Ok(None);
+            }
+            let detected = decode::detect(&source, format)?;
+            sources.push((source, detected));
+        }
+        let request = TableRequest {
+            table: name.clone(),
+            sources: sources.iter().map(|(s, _)| SourceSpec { uri: s.uri.clone(), pin: s.pin.clone() }).collect(),
+            format,
+            mode: Some(it.mode),
+            key: it.key.clone(),
+            schema,
+        };
+        work.push(TableWork { request, sources, mode: it.mode, key: it.key.clone(), start_pin: it.start_pin, committed: None, report: None });
+    }
+    let stager = Stager { lake, op: intent.op.clone(), attempt: attempt.to_string(), intent: intent.attempt.clone(), deadline, progress: Arc::default(), multi: true };
+    let mut done = BTreeMap::new();
+    for t in &mut work {
+        let stage = stager.stage(t, false).await?;
+        stager.commit(t, stage).await?;
+        done.insert(t.request.table.clone(), t.committed.expect("a commit that returned Ok recorded its version"));
+    }
+    Ok(Some(done))
+}
+
+pub(crate) struct Staged {
+    /// `None` for a table's creation.
+    ds: Option<Arc<Dataset>>,
+    txn: Transaction,
+    affected: Option<lance::dataset::scanner::RowAddrTreeMap>,
+    updated: u64,
+}
+
+pub(crate) fn check_mode(request: &TableRequest, mode: Mode, key: Option<&str>) -> Result<()> {
+    if let Some(asked) = request.mode
+        && asked != mode
+    {
+        return Err(Error::Usage(format!("table '{}' is a {mode} table; it cannot take --mode {asked}", request.table)));
+    }
+    if let (Some(asked), Some(key)) = (request.key.as_deref(), key)
+        && asked != key
+    {
+        return Err(Error::Usage(format!("table '{}' upserts on key '{key}', not '{asked}'", request.table)));
+    }
+    Ok(())
+}
+
+/// The error for `repeated` rows that repeat an upsert key: one source doing
+/// so is bad input; keys repeated across the sources of one call have no order
+/// to apply them in, so the call must be split.
+fn repeated_keys(table: &str, key: Option<&str>, sources: &[String], repeated: u64) -> Error {
+    let key = key.unwrap_or("?");
+    match sources {
+        [one] => Error::BadInput(BadInput {
+            source_uri: one.clone(),
+            location: crate::error::Location { line: None, column: Some(key.to_string()) },
+            reason: format!("{repeated} row(s) repeat a '{key}' value of an earlier row; an upsert source must hold one row per key"),
+        }),
+        many => Error::Usage(format!(
+            "table '{table}': {repeated} row(s) repeat a '{key}' value across the {} sources of this call (or within one); \
+             ingest them in separate calls, in the order they should apply",
+            many.len()
+        )),
+    }
+}
+
+/// Streams a new upsert table's rows through, refusing the first row whose
+/// key an earlier row had (a 128-bit hash of the key's row encoding per key seen).
+struct UniqueKeys {
+    inner: Box<dyn RecordBatchReader + Send>,
+    column: String,
+    seen: std::collections::HashSet<u128>,
+    hashers: (std::hash::RandomState, std::hash::RandomState),
+    slot: decode::ErrorSlot,
+    refuse: Box<dyn Fn(u64) -> Error + Send>,
+}
+
+impl UniqueKeys {
+    fn new(inner: Box<dyn RecordBatchReader + Send>, column: &str, slot: decode::ErrorSlot, refuse: impl Fn(u64) -> Error + Send + 'static) -> UniqueKeys {
+        let hashers = (std::hash::RandomState::new(), std::hash::RandomState::new());
+        UniqueKeys { inner, column: column.to_string(), seen: Default::default(), hashers, slot, refuse: Box::new(refuse) }
+    }
+
+    fn check(&mut self, batch: &arrow::array::RecordBatch) -> std::result::Result<(), arrow::error::ArrowError> {
+        use std::hash::{BuildHasher, Hash, Hasher};
+        let Some(col) = batch.column_by_name(&self.column) else { return Ok(()) };
+        let converter = arrow::row::RowConverter::new(vec![arrow::row::SortField::new(col.data_type().clone())])?;
+        let rows = converter.convert_columns(&[Arc::clone(col)])?;
+        let (a, b) = &self.hashers;
+        for (i, row) in rows.iter().enumerate() {
+            // SQL equality: a null key matches nothing, so nulls never repeat.
+            if col.is_null(i) {
+                continue;
+            }
+            let half = |s: &std::hash::RandomState| {
+                let mut h = s.build_hasher();
+                row.as_ref().hash(&mut h);
+                h.finish()
+            };
+            if !self.seen.insert(((half(a) as u128) << 64) | half(b) as u128) {
+                *self.slot.lock().expect("error slot poisoned") = Some((self.refuse)(1));
+                return Err(arrow::error::ArrowError::InvalidArgumentError(format!("repeated key in column '{}'", self.column)));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Iterator for UniqueKeys {
+    type Item = std::result::Result<arrow::array::RecordBatch, arrow::error::ArrowError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let batch = self.inner.next()?;
+        Some(batch.and_then(|b| self.check(&b).map(|()| b)))
+    }
+}
+
+impl RecordBatchReader for UniqueKeys {
+    fn schema(&self) -> SchemaRef {
+        self.inner.schema()
+    }
+}
+
+fn inserted_rows(txn: &Transaction) -> u64 {
+    let fragments = match &txn.operation {
+        Operation::Append { fragments } | Operation::Overwrite { fragments, .. } => fragments,
+        Operation::Update { new_fragments, .. } => new_fragments,
+        _ => return 0,
+    };
+    fragments.iter().filter_map(|f| f.num_rows()).map(|n| n as u64).sum()
+}
+
+impl Stager<'_> {
+    pub(crate) fn properties(&self) -> HashMap<String, String> {
+        sidecar::commit_properties(&self.op, &self.attempt, &self.intent, if self.multi { SCOPE_MULTI } else { SCOPE_SINGLE })
+    }
+
+    /// The table at its pin (or at Lance's latest), or `None` if it does not exist yet.
+    pub(crate) async fn open(&self, t: &mut TableWork, latest: bool) -> Result<Option<Arc<Dataset>>> {
+        let version = if latest { None } else { t.start_pin };
+        match self.lake.open_table(&t.request.table, version).await {
+            Ok(ds) => {
+                self.adopt_table_mode(t, &ds)?;
+                Ok(Some(Arc::new(ds)))
+            }
+            Err(Error::Lance { source: lance::Error::DatasetNotFound { .. } | lance::Error::NotFound { .. }, .. })
+                if t.start_pin.is_none() =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A table created but not yet published carries its mode in its schema.
+    /// A declared schema must match the table's columns.
+    pub(crate) fn adopt_table_mode(&self, t: &mut TableWork, ds: &Dataset) -> Result<()> {
+        if let Some(declared) = &t.request.schema {
+            let table = arrow::datatypes::Schema::from(ds.schema());
+            let columns = |s: &arrow::datatypes::Schema| s.fields().iter().map(|f| (f.name().clone(), f.data_type().clone())).collect::<Vec<_>>();
+            if columns(declared) != columns(&table) {
+                return Err(Error::Usage(format!(
+                    "table '{}' exists with columns {:?}; the declared schema differs",
+                    t.request.table,
+                    columns(&table)
+                )));
+            }
+        }
+        let meta = &ds.schema().metadata;
+        let mode = match meta.get(META_MODE).map(String::as_str) {
+            Some("upsert") => Mode::Upsert,
+            _ => Mode::Append,
+        };
+        let key = meta.get(META_KEY).cloned();
+        check_mode(&t.request, mode, key.as_deref())?;
+        t.mode = mode;
+        t.key = key;
+        Ok(())
+    }
+
+    pub(crate) fn reader(&self, t: &TableWork, target: SchemaRef) -> (Box<dyn RecordBatchReader + Send>, decode::ErrorSlot) {
+        let (reader, slot) = SourcesReader::new(t.sources.clone(), target, Arc::clone(&self.progress));
+        (Box::new(reader), slot)
+    }
+
+    /// Write the table's rows as an uncommitted Lance transaction: an append
+    /// or merge-insert on the existing table, or the table's creation.
+    pub(crate) async fn stage(&self, t: &mut TableWork, latest: bool) -> Result<Staged> {
+        match self.stage_once(t, latest).await {
+            // Created by another writer since we looked: write onto theirs.
+            Err(Error::Lance { source: lance::Error::DatasetAlreadyExists { .. }, .. }) => self.stage_once(t, true).await,
+            staged => staged,
+        }
+    }
+
+    pub(crate) async fn stage_once(&self, t: &mut TableWork, latest: bool) -> Result<Staged> {
+        let name = t.request.table.clone();
+        let ds = self.open(t, latest || t.mode == Mode::Upsert).await?;
+        let target: SchemaRef = match &ds {
+            Some(ds) => Arc::new(arrow::datatypes::Schema::from(ds.schema())),
+            None => self.new_table_schema(t).await?,
+        };
+        let (reader, slot) = self.reader(t, target);
+        let properties = Some(Arc::new(self.properties()));
+        let staged = match (ds, t.mode) {
+            (Some(ds), Mode::Append) => {
+                let params = WriteParams { mode: WriteMode::Append, transaction_properties: properties, ..Default::default() };
+                let txn = InsertBuilder::new(Arc::clone(&ds)).with_params(&params).execute_uncommitted_stream(reader).await;
+                txn.map(|txn| Staged { ds: Some(ds), txn, affected: None, updated: 0 })
+            }
+            (Some(ds), Mode::Upsert) => match self.stage_upsert(&ds, t, reader).await {
+                Ok(Err(refused)) => return Err(refused),
+                Ok(Ok(staged)) => Ok(staged),
+                Err(e) => Err(e),
+            },
+            (None, mode) => {
+                // A new upsert table is created from its rows as they are: refuse a repeated key there.
+                let reader: Box<dyn RecordBatchReader + Send> = match (mode, &t.key) {
+                    (Mode::Upsert, Some(key)) => Box::new(UniqueKeys::new(reader, key, Arc::clone(&slot), self.repeated_keys_error(t))),
+                    _ => reader,
+                };
+                let params = WriteParams {
+                    mode: WriteMode::Create,
+                    transaction_properties: properties,
+                    store_params: Some(self.lake.store_params()),
+                    session: Some(self.lake.session()),
+                    ..Default::default()
+                };
+                let uri = self.lake.table_uri(&name);
+                let txn = InsertBuilder::new(uri.as_str()).with_params(&params).execute_uncommitted_stream(reader).await;
+                txn.map(|txn| Staged { ds: None, txn, affected: None, updated: 0 })
+            }
+        };
+        staged.map_err(|e| slot.lock().expect("error slot poisoned").take().unwrap_or_else(|| Error::lance(&name, e)))
+    }
+
+    /// The schema a new table gets: inferred from its first source, with the
+    /// table's mode kept in the schema metadata.
+    pub(crate) async fn new_table_schema(&self, t: &TableWork) -> Result<SchemaRef> {
+        let schema = match &t.request.schema {
+            Some(declared) => decode::with_key(declared, t.key.as_deref())?,
+            None => {
+                let (first, detected, key) = (t.sources[0].0.clone(), t.sources[0].1, t.key.clone());
+                let handle = tokio::runtime::Handle::current();
+                tokio::task::spawn_blocking(move || decode::infer_schema(&first, detected, key.as_deref(), &handle))
+                    .await
+                    .expect("schema inference panicked")?
+            }
+        };
+        let mut metadata = HashMap::from([(META_MODE.to_string(), t.mode.to_string())]);
+        if let Some(key) = &t.key {
+            metadata.insert(META_KEY.to_string(), key.clone());
+        }
+        Ok(Arc::new(schema.as_ref().clone().with_metadata(metadata)))
+    }
+
+    pub(crate) fn repeated_keys_error(&self, t: &TableWork) -> impl Fn(u64) -> Error + Send + 'static {
+        let (table, key, sources) = (t.request.table.clone(), t.key.clone(), t.sources.iter().map(|(s, _)| s.uri.clone()).collect::<Vec<_>>());
+        move |n| repeated_keys(&table, key.as_deref(), &sources, n)
+    }
+
+    pub(crate) fn repeated_keys(&self, t: &TableWork, repeated: u64) -> Error {
+        let sources: Vec<String> = t.sources.iter().map(|(s, _)| s.uri.clone()).collect();
+        repeated_keys(&t.request.table, t.key.as_deref(), &sources, repeated)
+    }
+
+    pub(crate) async fn stage_upsert(&self, ds: &Arc<Dataset>, t: &TableWork, reader: Box<dyn RecordBatchReader + Send>) -> lance::Result<Result<Staged>> {
+        let key = t.key.clone().expect("upsert tables have a key");
+        let mut builder = MergeInsertBuilder::try_new(Arc::clone(ds), vec![key])?;
+        // Never two rows for one key: a repeated key is found here and refused below.
+        builder
+            .when_matched(WhenMatched::UpdateAll)
+            .when_not_matched(WhenNotMatched::InsertAll)
+            .source_dedupe_behavior(SourceDedupeBehavior::FirstSeen);
+        let mut uncommitted = builder.try_build()?.execute_uncommitted(reader).await?;
+        let repeated = uncommitted.stats.num_skipped_duplicates;
+        if repeated > 0 {
+            return Ok(Err(self.repeated_keys(t, repeated)));
+        }
+        uncommitted.transaction.transaction_properties = Some(Arc::new(self.properties()));
+        Ok(Ok(Staged {
+            ds: Some(Arc::clone(ds)),
+            txn: uncommitted.transaction,
+            affected: uncommitted.affected_rows,
+            updated: uncommitted.stats.num_updated_rows,
+        }))
+    }
+
+    /// Commit the staged transaction. Whether a commit that answered with an
+    /// error landed is read from the table's history (our attempt's tag), never
+    /// guessed from the error. Redone from Lance's latest version (bounded) when
+    /// the commit cannot stand as it is: an upsert that conflicts with a
+    /// concurrent update of the same rows, or a table creation that lost the
+    /// race to another creator.
+    pub(crate) async fn commit(&self, t: &mut TableWork, mut stage: Staged) -> Result<()> {
+        let name = t.request.table.clone();
+        let uri = self.lake.table_uri(&name);
+        for attempt in 1..=MAX_REDO_ATTEMPTS {
+            self.deadline.check("a Lance commit")?;
+            let rows_inserted = inserted_rows(&stage.txn);
+            let rows_updated = stage.updated;
+            let left = self.deadline.remaining();
+            let creating = stage.ds.is_none();
+            let mut builder = match &stage.ds {
+                Some(ds) => CommitBuilder::new(Arc::clone(ds)),
+                // A strict overwrite (no retries) at read version 0: if the table
+                // appeared meanwhile, Lance fails to check out version 0 instead of
+                // rebasing onto that table and replacing its rows.
+                None => CommitBuilder::new(uri.as_str())
+                    .with_store_params(self.lake.store_params())
+                    .with_session(self.lake.session())
+                    .with_max_retries(0),
+            };
+            builder = builder.with_timeout(Some(left)).with_retry_timeout(left.min(Duration::from_secs(30)));
+            if let Some(rows) = stage.affected.take() {
+                builder = builder.with_affected_rows(rows);
+            }
+            failpoints::hit(failpoints::COMMIT_CHECKED)?;
+            let failure = match builder.execute(stage.txn).await {
+                Ok(ds) => Ok(ds.version().version),
+                Err(e) => match fence::committed_by(self.lake, &name, t.start_pin.unwrap_or(0), &self.attempt).await? {
+                    Some(version) => {
+                        tracing::warn!(table = %name, version, error = %e, "the commit answered with an error but landed");
+                        Ok(version)
+                    }
+                    None => Err(e),
+                },
+            };
+            let redo = match failure {
+                Ok(version) => {
+                    t.committed = Some(version);
+                    t.report = Some(TableReport { lance_version: version, rows_inserted, rows_updated });
+                    return Ok(());
+                }
+                Err(lance::Error::RetryableCommitConflict { .. }) if t.mode == Mode::Upsert => "a concurrent update",
+                Err(_) if creating && self.open(t, true).await?.is_some() => "the table's creation by another writer",
+                Err(e) => return Err(Error::lance(&name, e)),
+            };
+            if attempt == MAX_REDO_ATTEMPTS {
+                break;
+            }
+            tracing::info!(table = %name, attempt, "commit conflicted with {redo}; redoing it on the latest version");
+            stage = self.stage(t, true).await?;
+        }
+        Err(Error::Contention { what: "committing to Lance", attempts: MAX_REDO_ATTEMPTS, last: format!("table '{name}' kept conflicting") })
+    }
+}
