@@ -805,3 +805,53 @@ fn a_foreign_commit_is_refused_until_adopted() {
         assert_eq!(readable_ids(&b.root, "t", b.name), want, "{}: the delete and the rows, once", b.name);
     });
 }
+
+/// Issue scenario 3: a table's creation that landed but answered late. The
+/// new table's first Lance manifest PUT is applied, then answered only after
+/// the writer's commit timeout fired. The writer must learn from the table's
+/// history that its creation landed — never take it for another writer's
+/// creation and append the same rows again, nor give the source back while
+/// version 1 holds its rows.
+#[test]
+fn a_creation_that_landed_but_answered_late_is_not_redone() {
+    on_each_backend(|b| {
+        let dir = tempfile::tempdir().unwrap();
+        let s = jsonl(dir.path(), "s.jsonl", 0..10);
+        let started = Instant::now();
+        let mut cmd = ingest_cmd(&b.root, "fresh", &["--timeout", "4s"], &[&s]);
+        cmd.env("SLUICE_FAULTS", "rule=fresh.lance/_versions/:applied-then-slow-8000");
+        let out = run(&mut cmd);
+        assert!(String::from_utf8_lossy(&out.stderr).contains("fault: applied-then-slow"), "{}: the fault fired", b.name);
+        wait_out(&b.root, started, Duration::from_secs(4));
+        sweep_until_clean(&b.root, Duration::from_secs(60));
+        let again = run(&mut ingest_cmd(&b.root, "fresh", &[], &[&s]));
+        assert_eq!(again.status.code(), Some(0), "{}", b.name);
+        assert_eq!(readable_ids(&b.root, "fresh", b.name), (0..10).collect::<Vec<_>>(), "{}: the rows exactly once", b.name);
+        for (v, ids) in every_version(&b.root, "fresh") {
+            assert!(ids.len() <= 10, "{}: manifest version {v} shows the rows more than once: {ids:?}", b.name);
+        }
+    });
+}
+
+/// Issue scenario 9: a claim's create-only PUT answers with an error, the
+/// read-back finds nothing, and the PUT lands only afterwards. The writer
+/// gives up; its claim must not then stand as "ingested" with no intent
+/// behind it: the next delivery ingests the source.
+#[test]
+fn a_claim_that_lands_after_its_writer_gave_up_is_not_taken_for_done() {
+    on_each_backend(|b| {
+        let dir = tempfile::tempdir().unwrap();
+        seeded(&b.root, dir.path(), &["t"]);
+        let s = jsonl(dir.path(), "s.jsonl", 100..110);
+        let mut cmd = ingest_cmd(&b.root, "t", &["--timeout", "30s"], &[&s]);
+        cmd.env("SLUICE_FAULTS", "rule=_ingested/:lands-late");
+        let out = run(&mut cmd);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("fault: landed-late"), "{}: the claim landed after the read-back: {stderr}", b.name);
+        assert_ne!(out.status.code(), Some(0), "{}: the writer gave up", b.name);
+        let again = run(&mut ingest_cmd(&b.root, "t", &[], &[&s]));
+        assert_eq!(again.status.code(), Some(0), "{}", b.name);
+        assert_eq!(readable_ids(&b.root, "t", b.name), ids_of(0..5, &[100..110]), "{}: delivered again, the source lands once", b.name);
+        assert_eq!(pending(&b.root), 0, "{}", b.name);
+    });
+}

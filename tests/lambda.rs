@@ -274,6 +274,9 @@ impl S3 {
     }
 
     fn record(&self, key: &str) -> Value {
+        // S3 names the version it announces: the object's ETag when the event was sent (none if it is missing).
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let e_tag = rt.block_on(self.store.head(&Path::from(key))).ok().and_then(|m| m.e_tag).unwrap_or_default();
         json!({
             "eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": "us-east-1",
             "eventTime": "2026-11-24T12:00:00.000Z", "eventName": "ObjectCreated:Put",
@@ -281,7 +284,7 @@ impl S3 {
             "responseElements": {},
             "s3": {"s3SchemaVersion": "1.0", "configurationId": "incoming",
                    "bucket": {"name": self.bucket, "ownerIdentity": {"principalId": "test"}, "arn": format!("arn:aws:s3:::{}", self.bucket)},
-                   "object": {"key": key.replace(' ', "+"), "size": 1, "eTag": "x", "sequencer": "0"}}
+                   "object": {"key": key.replace(' ', "+"), "size": 1, "eTag": e_tag.trim_matches('"'), "sequencer": "0"}}
         })
     }
 

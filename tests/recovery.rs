@@ -41,18 +41,14 @@ struct Case {
 const KINDS: [Kind; 4] = [Kind::Append, Kind::Upsert, Kind::Load, Kind::Optimize];
 const CRASHES: [Crash; 2] = [Crash::Error, Crash::Kill9];
 
-/// Failpoints only a multi-table load passes.
-fn load_only(fp: &str) -> bool {
-    [BEFORE_DECISION, AFTER_DECISION, RECOVER_AFTER_DECISION].contains(&fp)
-}
-
 fn matrix() -> Vec<Case> {
     let mut cases = Vec::new();
     for &fp in ALL.iter().filter(|fp| !READ.contains(fp)) {
         for kind in KINDS {
             let applies = match kind {
-                Kind::Optimize => !WRITER.contains(&fp) && fp != RECOVER_AFTER_DECISION,
-                _ => !OPTIMIZE.contains(&fp) && (!load_only(fp) || kind == Kind::Load),
+                // Every writer decides, so the decision failpoints apply to every kind.
+                Kind::Optimize => !WRITER.contains(&fp),
+                _ => !OPTIMIZE.contains(&fp),
             };
             if !applies {
                 continue;

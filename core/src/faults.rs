@@ -28,9 +28,16 @@ use object_store::{
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
+    /// Apply the PUT, then take this many milliseconds to answer (success):
+    /// a caller's timeout fires after the write happened.
+    AppliedThenSlow(u64),
+    /// Answer with a transport error at once, and apply the PUT only when the
+    /// store's next request to another path arrives: a write that lands after
+    /// the client read back and found nothing.
     /// Apply the PUT, then answer as a client that timed out, retried the
     /// create-only PUT and was told the object already exists.
     AppliedThenAlreadyExists,
+    LandsLate,
     /// Apply the PUT, then answer with a transport error.
     AppliedThenError,
     /// Do not apply the PUT; answer with a transport error.
@@ -44,8 +51,33 @@ impl Fault {
             Fault::AppliedThenAlreadyExists => "applied-then-exists",
             Fault::AppliedThenError => "applied-then-error",
             Fault::Rejected => "rejected",
+            Fault::AppliedThenSlow(_) => "applied-then-slow",
+            Fault::LandsLate => "lands-late",
         }
     }
+
+    /// `applied-then-exists`, `applied-then-error`, `rejected`,
+    /// `applied-then-slow-MS`, `lands-late`.
+    pub fn parse(kind: &str) -> std::result::Result<Fault, String> {
+        Ok(match kind {
+            "applied-then-exists" => Fault::AppliedThenAlreadyExists,
+            "applied-then-error" => Fault::AppliedThenError,
+            "rejected" => Fault::Rejected,
+            "lands-late" => Fault::LandsLate,
+            _ => match kind.strip_prefix("applied-then-slow-").map(str::parse) {
+                Some(Ok(ms)) => Fault::AppliedThenSlow(ms),
+                _ => return Err(format!("fault kind '{kind}': use applied-then-exists, applied-then-error, rejected, applied-then-slow-MS or lands-late")),
+            },
+        })
+    }
+}
+
+/// A targeted fault: the next `times` PUTs to a path containing `path` suffer `fault`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FaultRule {
+    pub path: String,
+    pub fault: Fault,
+    pub times: u32,
 }
 
 /// The environment variable holding a [`FaultSpec`] (read in failpoints builds only).
@@ -69,17 +101,23 @@ pub enum Scope {
 /// own object), or rejected with a transport error. One process draws from one
 /// stream seeded by `seed`, so give concurrent processes different seeds to
 /// make them differ (the explorer mixes its seed with a per-process counter).
-#[derive(Debug, Clone, Copy, PartialEq)]
+///
+/// Targeted faults, for deterministic tests: `rule=PATH:KIND[:TIMES]`
+/// (repeatable; `seed` and `p` may then be left out), e.g.
+/// `SLUICE_FAULTS="rule=_versions/:applied-then-slow-5000"`.
+#[derive(Debug, Clone, PartialEq)]
 pub struct FaultSpec {
     pub seed: u64,
     pub p: f64,
     pub scope: Scope,
+    pub rules: Vec<FaultRule>,
 }
 
 impl FaultSpec {
     /// Parse strictly: `seed` and `p` are required, each key at most once, nothing else.
     pub fn parse(spec: &str) -> std::result::Result<FaultSpec, String> {
         let (mut seed, mut p, mut scope) = (None, None, None);
+        let mut rules = Vec::new();
         for part in spec.split(',').map(str::trim) {
             let Some((key, value)) = part.split_once('=') else {
                 return Err(format!("'{part}' is not KEY=VALUE"));
@@ -113,13 +151,34 @@ impl FaultSpec {
                         return Err(dup());
                     }
                 }
-                _ => return Err(format!("unknown key '{key}' (use seed, p, scope)")),
+                "rule" => {
+                    let mut parts = value.split(':');
+                    let (Some(path), Some(kind)) = (parts.next(), parts.next()) else {
+                        return Err(format!("rule '{value}': use PATH:KIND[:TIMES]"));
+                    };
+                    let times = match parts.next() {
+                        Some(t) => t.parse::<u32>().map_err(|e| format!("rule '{value}': times: {e}"))?,
+                        None => 1,
+                    };
+                    rules.push(FaultRule { path: path.to_string(), fault: Fault::parse(kind)?, times });
+                }
+                _ => return Err(format!("unknown key '{key}' (use seed, p, scope, rule)")),
             }
         }
+        let targeted = !rules.is_empty();
         Ok(FaultSpec {
-            seed: seed.ok_or("seed=N is required")?,
-            p: p.ok_or("p=PROBABILITY is required")?,
+            seed: match seed {
+                Some(s) => s,
+                None if targeted => 0,
+                None => return Err("seed=N is required".into()),
+            },
+            p: match p {
+                Some(p) => p,
+                None if targeted => 0.0,
+                None => return Err("p=PROBABILITY is required".into()),
+            },
             scope: scope.unwrap_or(Scope::All),
+            rules,
         })
     }
 
@@ -134,7 +193,7 @@ impl FaultSpec {
             Err(e) => Err(format!("{FAULTS_ENV}: {e}")),
             Ok(spec) => FaultSpec::parse(&spec)
                 .map(Some)
-                .map_err(|e| format!("{FAULTS_ENV}='{spec}': {e}; expected seed=N,p=F[,scope=all|sluice|lance]")),
+                .map_err(|e| format!("{FAULTS_ENV}='{spec}': {e}; expected seed=N,p=F[,scope=all|sluice|lance][,rule=PATH:KIND[:TIMES]]")),
         }
     }
 }
@@ -145,6 +204,8 @@ pub struct RandomFaults {
     spec: FaultSpec,
     state: Mutex<u64>,
     injected: AtomicU64,
+    /// The targeted rules still to fire, shared by every store of the lake.
+    rules: Mutex<Vec<FaultRule>>,
 }
 
 /// splitmix64: turns any seed (0 included) into a well-mixed xorshift state.
@@ -157,11 +218,21 @@ fn splitmix(mut z: u64) -> u64 {
 
 impl RandomFaults {
     pub fn new(spec: FaultSpec) -> Arc<RandomFaults> {
-        Arc::new(RandomFaults { spec, state: Mutex::new(splitmix(spec.seed) | 1), injected: AtomicU64::new(0) })
+        let rules = Mutex::new(spec.rules.clone());
+        Arc::new(RandomFaults { state: Mutex::new(splitmix(spec.seed) | 1), injected: AtomicU64::new(0), rules, spec })
     }
 
     pub fn spec(&self) -> FaultSpec {
-        self.spec
+        self.spec.clone()
+    }
+
+    /// A targeted rule's fault for a PUT to `location`, if one is due.
+    fn targeted(&self, location: &Path) -> Option<Fault> {
+        let mut rules = self.rules.lock().expect("fault rules poisoned");
+        let rule = rules.iter_mut().find(|r| r.times > 0 && location.as_ref().contains(&r.path))?;
+        rule.times -= 1;
+        self.injected.fetch_add(1, Ordering::Relaxed);
+        Some(rule.fault)
     }
 
     /// Faults injected so far.
@@ -213,21 +284,38 @@ pub struct FaultStore {
     inner: Arc<dyn ObjectStore>,
     rules: Mutex<Vec<Rule>>,
     random: Option<Arc<RandomFaults>>,
+    /// A `LandsLate` PUT not yet applied.
+    late: Mutex<Option<(Path, PutPayload, PutOptions)>>,
 }
 
 impl FaultStore {
     pub fn new(inner: Arc<dyn ObjectStore>) -> Self {
-        Self { inner, rules: Mutex::new(Vec::new()), random: None }
+        Self { inner, rules: Mutex::new(Vec::new()), random: None, late: Mutex::new(None) }
     }
 
     /// A store whose PUTs also suffer `random`'s faults (besides injected rules).
     pub fn random(inner: Arc<dyn ObjectStore>, random: Arc<RandomFaults>) -> Self {
-        Self { inner, rules: Mutex::new(Vec::new()), random: Some(random) }
+        Self { inner, rules: Mutex::new(Vec::new()), random: Some(random), late: Mutex::new(None) }
     }
 
     /// The next `times` PUTs to a path containing `path_contains` suffer `fault`.
     pub fn inject(&self, path_contains: &str, fault: Fault, times: u32) {
         self.rules.lock().expect("fault rules poisoned").push(Rule { path_contains: path_contains.into(), fault, remaining: times });
+    }
+
+    /// Apply a `LandsLate` PUT once a request to another path arrives.
+    async fn land(&self, location: &Path) {
+        let pending = {
+            let mut late = self.late.lock().expect("late PUT poisoned");
+            match late.as_ref() {
+                Some((path, _, _)) if path != location => late.take(),
+                _ => None,
+            }
+        };
+        if let Some((path, payload, opts)) = pending {
+            let landed = self.inner.put_opts(&path, payload, opts).await;
+            eprintln!("fault: landed-late {path} ({})", if landed.is_ok() { "applied" } else { "refused" });
+        }
     }
 
     fn take(&self, location: &Path) -> Option<Fault> {
@@ -247,9 +335,24 @@ impl fmt::Display for FaultStore {
 #[async_trait]
 impl ObjectStore for FaultStore {
     async fn put_opts(&self, location: &Path, payload: PutPayload, opts: PutOptions) -> Result<PutResult> {
+        self.land(location).await;
         let create_only = matches!(opts.mode, object_store::PutMode::Create);
-        let fault = self.take(location).or_else(|| self.random.as_ref().and_then(|r| r.draw(create_only)));
+        let fault = self
+            .take(location)
+            .or_else(|| self.random.as_ref().and_then(|r| r.targeted(location)))
+            .or_else(|| self.random.as_ref().and_then(|r| r.draw(create_only)));
         let Some(fault) = fault else { return self.inner.put_opts(location, payload, opts).await };
+        if fault == Fault::LandsLate {
+            eprintln!("fault: {} {location}", fault.kind());
+            *self.late.lock().expect("late PUT poisoned") = Some((location.clone(), payload, opts));
+            return Err(object_store::Error::Generic { store: "FaultStore", source: "injected: no answer (the PUT lands later)".into() });
+        }
+        if let Fault::AppliedThenSlow(ms) = fault {
+            let put = self.inner.put_opts(location, payload, opts).await?;
+            eprintln!("fault: {} {location}", fault.kind());
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+            return Ok(put);
+        }
         if fault != Fault::Rejected {
             // A PUT the store itself refused (a lost create race) is answered as it is.
             self.inner.put_opts(location, payload, opts).await?;
@@ -265,6 +368,7 @@ impl ObjectStore for FaultStore {
                 source: "injected: the PUT was applied but the response was lost".into(),
             }),
             Fault::Rejected => Err(object_store::Error::Generic { store: "FaultStore", source: "injected: the PUT failed".into() }),
+            Fault::AppliedThenSlow(_) | Fault::LandsLate => unreachable!("answered above"),
         }
     }
 
@@ -273,6 +377,7 @@ impl ObjectStore for FaultStore {
     }
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
+        self.land(location).await;
         self.inner.get_opts(location, options).await
     }
 

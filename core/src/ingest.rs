@@ -278,6 +278,7 @@ impl Door<'_> {
     fn id(&self) -> AttemptId {
         AttemptId::new(&self.w.op, &self.w.intent)
     }
+
     /// The table's mode and key: the lake's if it knows the table, else the request's.
     fn settle_mode(&self, t: &mut TableWork, base: &Manifest) -> Result<()> {
         let Some(pin) = base.tables.get(&t.request.table) else { return Ok(()) };
