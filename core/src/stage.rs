@@ -43,9 +43,8 @@ pub(crate) struct Stager<'a> {
 }
 
 /// Schema metadata keys that keep a table's mode inside the Lance table itself.
-pub(crate) const META_MODE: &str = "sluice.mode";
-
-pub(crate) const META_KEY: &str = "sluice.key";
+const META_MODE: &str = "sluice.mode";
+const META_KEY: &str = "sluice.key";
 
 /// Redos of a commit that cannot stand (upsert conflict, lost table creation).
 const MAX_REDO_ATTEMPTS: u32 = 5;
