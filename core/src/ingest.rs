@@ -327,8 +327,9 @@ impl Door<'_> {
 
     /// Claim every source (one create-only PUT each on the common path). A
     /// source another attempt published leaves the plan as already ingested;
-    /// one another attempt holds in flight is waited for when we have nothing
-    /// else to do (and claimed if it is given back), or after our publish.
+    /// one another attempt holds in flight is waited for (and claimed if it is
+    /// given back) before our own work when we have nothing else to do or are
+    /// a load (a load is shown whole), after our publish otherwise.
     async fn claim(&self, tables: &mut [TableWork], ours: &mut Ours) -> Result<Vec<Elsewhere>> {
         let mut todo: Vec<(usize, Source, Detected)> =
             tables.iter_mut().enumerate().flat_map(|(i, t)| std::mem::take(&mut t.sources).into_iter().map(move |(s, d)| (i, s, d))).collect();
@@ -355,12 +356,23 @@ impl Door<'_> {
                 }
             }
             let own_work = tables.iter().any(|t| !t.sources.is_empty());
-            if held.is_empty() || own_work || round == MAX_TAKEOVER_ROUNDS {
+            // A load never publishes part of itself while another attempt still
+            // holds some of its sources: it settles them first.
+            let settle_first = self.w.multi && !held.is_empty();
+            if settle_first && round == MAX_TAKEOVER_ROUNDS {
+                let (_, source, _, holder, _) = &held[0];
+                return Err(Error::Blocked(format!(
+                    "{} of this load is still held by operation {} (attempt {}); nothing of the load was published, \
+                     deliver it again later",
+                    source.uri, holder.op, holder.attempt
+                )));
+            }
+            if held.is_empty() || (own_work && !settle_first) || round == MAX_TAKEOVER_ROUNDS {
                 // Still held elsewhere: settled after our own work, in `report`.
                 elsewhere.extend(held.into_iter().map(|(i, source, _, holder, _)| Elsewhere { table: tables[i].request.table.clone(), source, holder }));
                 break;
             }
-            // Nothing of our own to do: wait for the holders, then try again.
+            // Nothing of our own to do, or a load: wait for the holders, then try again.
             for (_, _, _, holder, intent) in &held {
                 if let Some(intent) = intent {
                     recover::await_gone(self.w.lake, &AttemptId::new(&holder.op, &holder.attempt), intent.deadline, self.skew, &self.w.deadline).await?;
