@@ -855,3 +855,42 @@ fn a_claim_that_lands_after_its_writer_gave_up_is_not_taken_for_done() {
         assert_eq!(pending(&b.root), 0, "{}", b.name);
     });
 }
+
+/// Found by the explorer (seed 46): a load that owns only some of its sources
+/// while another attempt still holds the rest must not publish its part
+/// alone. Load M1 (la → a, lb → b) holds both claims and stalls; load M2
+/// (la2 → a, lb → b) shares lb. M2 waits for M1 instead of publishing la2
+/// without lb; once M1 published, M2 publishes la2. In no manifest version
+/// is la2 shown without lb.
+#[test]
+fn a_load_sharing_a_source_with_a_load_in_flight_waits_for_it() {
+    on_each_backend(|b| {
+        let dir = tempfile::tempdir().unwrap();
+        seeded(&b.root, dir.path(), &["a", "b"]);
+        let first = load_descriptor(dir.path());
+        jsonl(dir.path(), "second-a.jsonl", 400..410);
+        let second = write(
+            dir.path(),
+            "second.json",
+            br#"{"tables": [{"table": "a", "sources": ["second-a.jsonl"]}, {"table": "b", "sources": ["load-b.jsonl"]}]}"#,
+        );
+        let m1 = hold_at(sluice(&b.root).args(["load", "--timeout", "60s"]).arg(&first), AFTER_CLAIMS);
+        let m2 = spawn_at(sluice(&b.root).args(["--json", "load", "--timeout", "60s"]).arg(&second), AFTER_INTENT, "off");
+        // M2 claims second-a, finds load-b held by M1 in flight, and waits: nothing of it shows.
+        std::thread::sleep(Duration::from_millis(1500));
+        for v in history(&b.root) {
+            assert_eq!(count_in(&scan_ids_at(&b.root, "a", &v), 400..410), 0, "{}: version {} shows M2's a without its b", b.name, v["version"]);
+        }
+        m1.release();
+        let (o1, o2) = (m1.wait_with_output(), m2.wait_with_output());
+        assert_eq!((o1.status.code(), o2.status.code()), (Some(0), Some(0)), "{}", b.name);
+        for v in history(&b.root) {
+            let (a, bb) = (scan_ids_at(&b.root, "a", &v), scan_ids_at(&b.root, "b", &v));
+            if count_in(&a, 400..410) > 0 {
+                assert_eq!(count_in(&bb, 200..215), 15, "{}: version {} shows M2's a without its b", b.name, v["version"]);
+            }
+        }
+        assert_eq!(readable_ids(&b.root, "a", b.name), ids_of(0..5, &[100..110, 400..410]), "{}", b.name);
+        assert_eq!(readable_ids(&b.root, "b", b.name), ids_of(0..5, &[200..215]), "{}", b.name);
+    });
+}
