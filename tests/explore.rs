@@ -939,6 +939,7 @@ fn seeds() {
     let which = std::env::var("SLUICE_EXPLORE_BACKEND").unwrap_or_else(|_| "both".into());
     assert!(["local", "s3", "both"].contains(&which.as_str()), "SLUICE_EXPLORE_BACKEND={which}: use local, s3 or both");
     let mut failures = Vec::new();
+    let mut printed = 0;
     let mut ran = 0;
     for seed in start..start + n {
         for backend in shared_backends() {
@@ -962,6 +963,11 @@ fn seeds() {
                     let msg = e.downcast_ref::<String>().cloned().or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()));
                     failures.push(format!("seed {seed} on {}: the explorer panicked: {}", backend.name, msg.unwrap_or_default()));
                 }
+            }
+            // Print a failure at once: a long run may be stopped before its end.
+            if failures.len() > printed {
+                eprintln!("\nFAILURE\n{}\n", failures[printed..].join("\n\n"));
+                printed = failures.len();
             }
         }
     }
