@@ -281,6 +281,11 @@ pub fn sweep_until_clean(root: &str, limit: Duration) -> Vec<serde_json::Value> 
 pub fn scan_ids(root: &str, table: &str) -> Vec<i64> {
     let out = run(sluice(root).args(["scan", table]));
     assert_eq!(out.status.code(), Some(0));
+    sorted_ids(&out)
+}
+
+/// The `id`s of a JSONL scan's output, sorted.
+fn sorted_ids(out: &Output) -> Vec<i64> {
     let mut ids: Vec<i64> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].as_i64().unwrap())
@@ -311,12 +316,7 @@ pub fn scan_ids_at(root: &str, table: &str, version: &serde_json::Value) -> Vec<
     let v = version["version"].as_u64().unwrap().to_string();
     let out = run(sluice(root).args(["scan", table, "--at", &v]));
     assert_eq!(out.status.code(), Some(0), "scan {table} --at {v} failed");
-    let mut ids: Vec<i64> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].as_i64().unwrap())
-        .collect();
-    ids.sort();
-    ids
+    sorted_ids(&out)
 }
 
 /// How many of `ids` fall in `range`.
