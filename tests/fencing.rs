@@ -407,58 +407,38 @@ fn a_late_commit_of_a_redone_load_table_is_never_published() {
 
 /// Issue scenario 6: a false "already ingested".
 ///
-/// Operation Y (`ingest s o`) has claimed `s` and is alive. Delivery D1 of
-/// `s` writes its intent and dies. Delivery D2 of `s` loses the intent race
-/// to D1's intent, waits for it, and once it expired takes it over (rolls it
-/// back: it claimed nothing). Current code: D2 then finds `s` claimed (by Y)
-/// and reports "already ingested", exit 0, while `s`'s rows are not
-/// published: Y has not committed, and if Y dies and is rolled back, `s`
-/// never lands without yet another delivery. The test checks: D2 exits 0 only
-/// once `s`'s rows are published; in the end they are there exactly once.
-///
-/// For determinism D2's heal-first LIST must not see D1's intent (else it
-/// resolves it there and never loses the race): D2 is held in its heal, at
-/// the lease on a third dead operation Z, while D1 writes its intent.
+/// Operation Y (`ingest s o`) has claimed `s` and is alive, not yet
+/// committed. Delivery D1 of `s` writes its intent and dies. Delivery D2 of
+/// `s` finds the claim held by Y. Before the fix D2 reported "already
+/// ingested", exit 0, while `s`'s rows were not published; Y then died, was
+/// rolled back, and `s` never landed. The test checks: D2, whose deadline
+/// comes before Y's, does not exit 0 (Y is held the whole time); once Y is
+/// dead and rolled back, a delivery ingests `s`, exactly once.
 #[test]
-fn a_delivery_that_lost_the_intent_race_reports_done_only_once_published() {
+fn a_delivery_facing_a_claim_in_flight_does_not_report_it_done() {
     on_each_backend(|b| {
         let dir = tempfile::tempdir().unwrap();
         seeded(&b.root, dir.path(), &["t"]);
         let s = jsonl(dir.path(), "s.jsonl", 100..110);
         let o = jsonl(dir.path(), "o.jsonl", 200..205);
-        let z = jsonl(dir.path(), "z.jsonl", 300..305);
-        // Z: dead and expired, for D2's heal to stop at.
-        let z_started = Instant::now();
-        kill_9_at(&mut ingest_cmd(&b.root, "t", &["--timeout", "2s"], &[&z]), AFTER_CLAIMS);
-        wait_out(&b.root, z_started, Duration::from_secs(2));
-        // Y: alive, holding s's claim.
-        // (Default clock skew: its heal leaves Z alone.)
-        let y = hold_at(sluice(&b.root).args(["ingest", "--table", "t", "--timeout", "20s"]).arg(&s).arg(&o), AFTER_CLAIMS);
-        // D2: in its heal (it has listed the pending operations), before D1 exists.
-        let d2 = hold_at(&mut ingest_cmd(&b.root, "t", &["--timeout", "60s"], &[&s]), RECOVER_BEFORE_LEASE);
-        // D1: writes the intent of s's operation, and dies (default skew: its heal leaves Z alone).
+        // Y: alive, holding s's claim (default clock skew: nobody presumes it dead).
+        let y_started = Instant::now();
+        let y = hold_at(sluice(&b.root).args(["ingest", "--table", "t", "--timeout", "10s"]).arg(&s).arg(&o), AFTER_CLAIMS);
+        // D1: writes the intent of s's operation, and dies.
         kill_9_at(sluice(&b.root).args(["ingest", "--table", "t", "--timeout", "2s"]).arg(&s), AFTER_INTENT);
-        d2.release();
-        let d2 = d2.wait_with_output();
-        if d2.status.code() == Some(0) {
-            let ids = readable_ids(&b.root, "t", b.name);
-            assert_eq!(
-                count_in(&ids, 100..110),
-                10,
-                "{}: D2 exited 0 (\"already ingested\"), so s's rows must be published, once: {ids:?}",
-                b.name
-            );
-        }
+        // D2: its deadline comes before Y's, so it can only wait for Y and give up.
+        let d2 = run(&mut ingest_cmd(&b.root, "t", &["--timeout", "3s"], &[&s]));
+        assert_ne!(d2.status.code(), Some(0), "{}: D2 acknowledged s while Y held it unpublished", b.name);
+        assert_eq!(count_in(&readable_ids(&b.root, "t", b.name), 100..110), 0, "{}", b.name);
 
-        // Y goes on (it publishes s and o, or, past its deadline or taken over, gives up).
-        y.release();
-        y.wait_with_output();
+        // Y dies; recovery rolls it back and gives s back; s is delivered again.
+        drop(y);
+        wait_out(&b.root, y_started, Duration::from_secs(10));
         sweep_until_clean(&b.root, Duration::from_secs(60));
-        if d2.status.code() != Some(0) {
-            assert_eq!(run(&mut ingest_cmd(&b.root, "t", &[], &[&s])).status.code(), Some(0), "{}: s delivered again", b.name);
-        }
+        assert_eq!(run(&mut ingest_cmd(&b.root, "t", &[], &[&s])).status.code(), Some(0), "{}: s delivered again", b.name);
         let ids = readable_ids(&b.root, "t", b.name);
         assert_eq!(count_in(&ids, 100..110), 10, "{}: s's rows exactly once: {ids:?}", b.name);
+        assert_eq!(count_in(&ids, 200..205), 0, "{}: o was Y's alone, and Y was rolled back: {ids:?}", b.name);
         assert_eq!(pending(&b.root), 0, "{}", b.name);
     });
 }

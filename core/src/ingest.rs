@@ -1,8 +1,8 @@
 //! Ingest and multi-table load: the door (docs/PROTOCOL.md) for operations that add rows.
 //!
 //! 1. resolve sources (identity) — read only; the same source twice is one;
-//! 2. heal, then the intent of this attempt (`_ops/<op>.<attempt>`), before
-//!    any effect;
+//! 2. the intent of this attempt (`_ops/<op>.<attempt>`), before any effect
+//!    (no sweep first: dead attempts are resolved where they stand in the way);
 //! 3. claims in the exactly-once ledger (a source held by another attempt is
 //!    done only once that attempt is proven to have published it);
 //! 4. every table's data written *uncommitted* (bad input stops here, with
@@ -19,7 +19,7 @@
 //! the writer itself: decide, remove what the history shows, release, remove
 //! the intent.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -209,16 +209,14 @@ fn operation_id(tables: &[TableWork]) -> String {
 
 impl Door<'_> {
     async fn run(&self, mut tables: Vec<TableWork>) -> Result<Report> {
-        // Heal first: dead workers' operations on our tables are resolved
-        // before we start, so a redelivery finds its source settled.
-        let names: BTreeSet<String> = tables.iter().map(|t| t.request.table.clone()).collect();
-        // Boxed: recovery's future is large and would nest inside ours.
-        Box::pin(recover::heal(self.w.lake, &names, self.skew, &self.w.deadline)).await?;
+        // No sweep first: a dead attempt in our way is resolved where we meet
+        // it (a claim it holds, a commit of its between our pin and ours);
+        // the rest is the scheduled sweep's. A LIST saved on every ingest.
         let base = manifest::writer_base(self.w.lake).await?;
         for t in &mut tables {
             self.settle_mode(t, &base)?;
         }
-        // Heal may have used much of our time: an intent already past its deadline would be taken over at once.
+        // Resolving sources may have used much of our time: an intent already past its deadline would be taken over at once.
         self.w.deadline.check("writing the intent")?;
         sidecar::create_intent(self.w.lake, &self.intent_of(&tables)).await?;
         let mut ours = Ours::default();
