@@ -165,3 +165,74 @@ fn a_declared_schema_creates_the_table_as_declared() {
     let out = run(sluice(&b.root).args(["ingest", "--table", "e", "--schema"]).arg(&bad).arg(&more));
     assert_eq!(out.status.code(), Some(2), "an unknown type name");
 }
+
+/// Column types as people write them read back as the same type, and a
+/// spelling that is not a type says what is.
+#[test]
+fn column_types_read_back_as_spelled() {
+    use sluice::types::{name, parse};
+    for s in ["bool", "int64", "uint8", "float32", "float64", "string", "binary", "date", "timestamp", "vector(768)", "vector(3, float64)", "list<string>", "list<vector(2)>"] {
+        let t = parse(s).unwrap();
+        assert_eq!(name(&t), s, "{t:?}");
+    }
+    assert_eq!(parse("Int64").unwrap(), DataType::Int64, "Arrow's names still work");
+    assert_eq!(parse("VECTOR( 4 )").unwrap(), DataType::FixedSizeList(Arc::new(Field::new_list_field(DataType::Float32, true)), 4));
+    // Types with no readable spelling print as Arrow's names, which read back exactly.
+    let strict = DataType::FixedSizeList(Arc::new(Field::new("item", DataType::Float32, false)), 2);
+    for t in [DataType::Timestamp(arrow::datatypes::TimeUnit::Nanosecond, None), strict] {
+        assert_eq!(parse(&name(&t)).unwrap(), t);
+    }
+    assert!(parse("vector(0)").unwrap_err().contains("1 to"));
+    assert!(parse("vector(x)").unwrap_err().contains("whole number"));
+    assert!(parse("vector(3, string)").unwrap_err().contains("float32"));
+    assert!(parse("Integer").unwrap_err().contains("vector(N)"), "the error lists the spellings");
+}
+
+/// A declared `vector(N)` column takes JSON arrays and Parquet lists of
+/// numbers; a vector of another length is bad input naming its row and column.
+#[test]
+fn vector_columns_take_json_arrays_and_parquet_lists() {
+    use arrow::array::{ListBuilder, Float64Builder};
+    let b = local();
+    let dir = tempfile::tempdir().unwrap();
+    let schema = write(dir.path(), "schema.json", br#"{"columns": [{"name": "id", "type": "int64", "nullable": false}, {"name": "emb", "type": "vector(3)"}]}"#);
+    let data = write(dir.path(), "a.jsonl", b"{\"id\": 1, \"emb\": [0.5, 1, -2.25]}\n{\"id\": 2, \"emb\": [0, 0, 1]}\n");
+    let out = run(sluice(&b.root).args(["ingest", "--table", "v", "--schema"]).arg(&schema).arg(&data));
+    assert_eq!(out.status.code(), Some(0));
+    let lake = Lake::open(&b.root).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ds = rt.block_on(lake.open_table("v", None)).unwrap();
+    let emb = arrow::datatypes::Schema::from(ds.schema()).field_with_name("emb").unwrap().data_type().clone();
+    assert_eq!(sluice::types::name(&emb), "vector(3)", "{emb:?}");
+
+    let parquet = |name: &str, lists: &[&[f64]]| {
+        let mut emb = ListBuilder::new(Float64Builder::new());
+        for l in lists {
+            emb.values().append_slice(l);
+            emb.append(true);
+        }
+        let ids = Int64Array::from_iter_values(10..10 + lists.len() as i64);
+        let batch = RecordBatch::try_from_iter([("id", Arc::new(ids) as _), ("emb", Arc::new(emb.finish()) as _)]).unwrap();
+        let mut out = Vec::new();
+        let mut w = parquet::arrow::ArrowWriter::try_new(&mut out, batch.schema(), None).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        write(dir.path(), name, &out)
+    };
+    let good = parquet("good.parquet", &[&[1.0, 2.0, 3.0], &[4.0, 5.0, 6.0]]);
+    assert_eq!(run(sluice(&b.root).args(["ingest", "--table", "v"]).arg(&good)).status.code(), Some(0));
+    assert_eq!(scan_ids(&b.root, "v"), vec![1, 2, 10, 11]);
+
+    let short = write(dir.path(), "short.jsonl", b"{\"id\": 3, \"emb\": [1, 2, 3]}\n{\"id\": 4, \"emb\": [1, 2]}\n");
+    let out = run(sluice(&b.root).args(["ingest", "--table", "v"]).arg(&short));
+    assert_eq!(out.status.code(), Some(3), "bad input");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 2") && err.contains("emb") && err.contains("expected 3"), "{err}");
+
+    let long = parquet("long.parquet", &[&[1.0, 2.0, 3.0], &[1.0, 2.0, 3.0, 4.0]]);
+    let out = run(sluice(&b.root).args(["ingest", "--table", "v"]).arg(&long));
+    assert_eq!(out.status.code(), Some(3), "bad input");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 2") && err.contains("emb") && err.contains("a vector of 4 values; the column is vector(3)"), "{err}");
+    assert_eq!(scan_ids(&b.root, "v"), vec![1, 2, 10, 11], "nothing of a bad source is written");
+}

@@ -19,6 +19,7 @@ use serde::Deserialize;
 
 use crate::error::{BadInput, Error, Location, Result};
 use crate::source::Source;
+use crate::types;
 
 /// Rows per batch handed to Lance.
 const BATCH_ROWS: usize = 8192;
@@ -206,8 +207,8 @@ fn infer_jsonl(source: &Source, mut reader: Box<dyn BufRead + Send>) -> Result<S
 }
 
 /// A declared table schema, as JSON: `{"columns": [{"name": "id", "type":
-/// "Int64", "nullable": false}, ...]}`. Types are arrow's names (`Int64`,
-/// `Float64`, `Utf8`, `Boolean`, `Date32`, `Timestamp(Microsecond, None)`, ...).
+/// "int64", "nullable": false}, {"name": "emb", "type": "vector(768)"}, ...]}`.
+/// Types as `types.rs` spells them (Arrow's names work too).
 pub fn parse_declared_schema(json: &str) -> Result<SchemaRef> {
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
@@ -234,8 +235,7 @@ pub fn parse_declared_schema(json: &str) -> Result<SchemaRef> {
         .columns
         .into_iter()
         .map(|c| {
-            let data_type = DataType::from_str(&c.data_type)
-                .map_err(|e| Error::Usage(format!("declared schema, column '{}': type '{}': {e}", c.name, c.data_type)))?;
+            let data_type = types::parse(&c.data_type).map_err(|e| Error::Usage(format!("declared schema, column '{}': {e}", c.name)))?;
             Ok(Field::new(c.name, data_type, c.nullable))
         })
         .collect::<Result<Vec<_>>>()?;
@@ -247,7 +247,7 @@ pub fn declared_schema_json(schema: &Schema) -> serde_json::Value {
     let columns: Vec<serde_json::Value> = schema
         .fields()
         .iter()
-        .map(|f| serde_json::json!({"name": f.name(), "type": f.data_type().to_string(), "nullable": f.is_nullable()}))
+        .map(|f| serde_json::json!({"name": f.name(), "type": types::name(f.data_type()), "nullable": f.is_nullable()}))
         .collect();
     serde_json::json!({ "columns": columns })
 }
@@ -365,17 +365,16 @@ impl Conform {
             Arc::clone(column)
         } else {
             let safe = CastOptions { safe: true, ..Default::default() };
-            let cast = cast_with_options(column, field.data_type(), &safe).map_err(|e| {
-                bad(&self.source, Some(first_row), Some(field.name().clone()), format!("cannot cast {} to {}: {e}", column.data_type(), field.data_type()))
-            })?;
+            let (from, to) = (types::name(column.data_type()), types::name(field.data_type()));
+            let cast = cast_with_options(column, field.data_type(), &safe)
+                .map_err(|e| bad(&self.source, Some(first_row), Some(field.name().clone()), format!("cannot cast {from} to {to}: {e}")))?;
             // A safe cast turns failures into nulls: the first new null is the bad row.
             if let Some(row) = (0..column.len()).find(|&r| column.is_valid(r) && cast.is_null(r)) {
-                return Err(bad(
-                    &self.source,
-                    Some(first_row + row as u64),
-                    Some(field.name().clone()),
-                    format!("value does not cast from {} to {}", column.data_type(), field.data_type()),
-                ));
+                let reason = match (list_len(column, row), types::vector_dimensions(field.data_type())) {
+                    (Some(n), Some(dims)) if n != dims as usize => format!("a vector of {n} values; the column is {to}"),
+                    _ => format!("value does not cast from {from} to {to}"),
+                };
+                return Err(bad(&self.source, Some(first_row + row as u64), Some(field.name().clone()), reason));
             }
             cast
         };
@@ -385,6 +384,17 @@ impl Conform {
             return Err(bad(&self.source, Some(first_row + row as u64), Some(field.name().clone()), "null in a required column"));
         }
         Ok(out)
+    }
+}
+
+/// The length of the list at `row`, if `column` holds lists.
+fn list_len(column: &ArrayRef, row: usize) -> Option<usize> {
+    use arrow::array::AsArray;
+    match column.data_type() {
+        DataType::List(_) => Some(column.as_list::<i32>().value_length(row) as usize),
+        DataType::LargeList(_) => Some(column.as_list::<i64>().value_length(row) as usize),
+        DataType::FixedSizeList(_, n) => Some(*n as usize),
+        _ => None,
     }
 }
 

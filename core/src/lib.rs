@@ -22,6 +22,7 @@ pub mod recover;
 pub mod sidecar;
 pub mod source;
 mod stage;
+pub mod types;
 
 pub use error::{Error, Result};
 pub use lake::Lake;

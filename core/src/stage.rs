@@ -261,9 +261,10 @@ impl Stager<'_> {
             let columns = |s: &arrow::datatypes::Schema| s.fields().iter().map(|f| (f.name().clone(), f.data_type().clone())).collect::<Vec<_>>();
             if columns(declared) != columns(&table) {
                 return Err(Error::Usage(format!(
-                    "table '{}' exists with columns {:?}; the declared schema differs",
+                    "table '{}' exists with columns ({}); the declared schema ({}) differs",
                     t.request.table,
-                    columns(&table)
+                    crate::types::describe(&table),
+                    crate::types::describe(declared)
                 )));
             }
         }
