@@ -272,7 +272,8 @@ async fn latest_manifest_lookup_is_constant_and_a_stale_hint_costs_log_lag() {
     for v in 1..=300u64 {
         let goal = Goal {
             published: Published { op: format!("op-{v}"), attempt: format!("a-{v}"), kind: "ingest".into(), tables: Default::default(), sources: 1 },
-            pins: [("t".to_string(), TablePin { version: v, mode: Mode::Append, key: None })].into(),
+            pins: [("t".to_string(), TablePin::new(v, Mode::Append, None))].into(),
+            changes: Default::default(),
         };
         manifest::publish(&lake, base.clone(), &goal, &Deadline::after(TIMEOUT)).await.unwrap();
         base = manifest::read_latest(&lake).await.unwrap().unwrap();
@@ -296,7 +297,8 @@ async fn latest_manifest_lookup_is_constant_and_a_stale_hint_costs_log_lag() {
     // A publish from a stale base loses the race once, catches up, and wins: one retry counted.
     let goal = Goal {
         published: Published { op: "op-late".into(), attempt: "a-late".into(), kind: "ingest".into(), tables: Default::default(), sources: 1 },
-        pins: [("t".to_string(), TablePin { version: 301, mode: Mode::Append, key: None })].into(),
+        pins: [("t".to_string(), TablePin::new(301, Mode::Append, None))].into(),
+        changes: Default::default(),
     };
     let old = manifest::history(&lake, 300).await.unwrap().into_iter().find(|m| m.version == 44).unwrap();
     let retries = lake.manifest_retries();

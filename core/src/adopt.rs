@@ -86,6 +86,7 @@ pub async fn run(lake: &Lake, table: &str, versions: &[u64], dry_run: bool, time
     let goal = Goal {
         published: Published { op: format!("adopt-{table}"), attempt: by.clone(), kind: "adopt".into(), tables: pins.iter().map(|(t, p)| (t.clone(), p.version)).collect(), sources: 0 },
         pins,
+        changes: Default::default(),
     };
     report.manifest_version = Some(manifest::publish(lake, latest, &goal, &deadline).await?.version());
     Ok(report)

@@ -17,7 +17,7 @@
 //!   deadline), and is resolved by recovery once its owner is presumed dead;
 //! - a load decided forward but not yet shown is joined: the caller publishes
 //!   all of its tables with its own, in one version;
-//! - a compaction's rewrite passes (same rows; it lands only on what it read);
+//! - a compaction's rewrite or an index change passes (same rows);
 //! - anything else (no sluice tag, no decision and no audit record) is refused
 //!   unless an operator adopted that commit (`sluice adopt`).
 
@@ -67,11 +67,11 @@ pub(crate) enum Tag {
     Removal(AttemptId, Option<u64>),
     /// A commit of attempt `0`; `1` when it belongs to a multi-table operation.
     Op(AttemptId, bool),
-    /// A sluice compaction's rewrite: the same rows, rearranged. It can only
-    /// land on the fragments it read (Lance refuses it otherwise), so it passes
-    /// whatever became of its attempt — a late one included. Another tool's
-    /// compaction too. The attempt, if sluice's.
-    Rewrite(Option<AttemptId>),
+    /// The same rows, rearranged or indexed: a compaction's rewrite (it can
+    /// only land on the fragments it read; Lance refuses it otherwise) or an
+    /// index change. It passes whatever became of its attempt — a late one
+    /// included; so does another tool's. The attempt, if sluice's.
+    Preserving(Option<AttemptId>),
     /// Not written by sluice.
     Foreign,
 }
@@ -79,17 +79,17 @@ pub(crate) enum Tag {
 impl Tag {
     pub(crate) fn of(txn: Option<&Transaction>) -> Tag {
         let Some(txn) = txn else { return Tag::Foreign };
-        if carries_no_rows(txn) {
-            return Tag::NoRows;
-        }
         let props = txn.transaction_properties.as_deref();
         let get = |k: &str| props.and_then(|p| p.get(k)).cloned();
         let ids = (get(PROP_OP), get(PROP_INTENT), get(PROP_SCOPE));
-        if matches!(txn.operation, Operation::Rewrite { .. }) {
-            return Tag::Rewrite(match ids {
+        if preserves_rows(&txn.operation) {
+            return Tag::Preserving(match ids {
                 (Some(op), Some(attempt), _) => Some(AttemptId { op, attempt }),
                 _ => None,
             });
+        }
+        if carries_no_rows(txn) {
+            return Tag::NoRows;
         }
         let (Some(op), Some(intent), Some(scope)) = ids else { return Tag::Foreign };
         let id = AttemptId { op, attempt: intent };
@@ -170,7 +170,7 @@ pub(crate) async fn vet(
         i += 1;
         let (id, multi) = match tag {
             _ if version <= floor => continue,
-            Tag::NoRows | Tag::Removal(..) | Tag::Rewrite(_) => continue,
+            Tag::NoRows | Tag::Removal(..) | Tag::Preserving(_) => continue,
             Tag::Foreign if sidecar::adopted(lake, table, version).await? => continue,
             Tag::Foreign => {
                 return Ok(Vetted::Foreign(format!(
@@ -361,8 +361,8 @@ pub(crate) async fn commits_of(lake: &Lake, table: &str, after: u64, id: &Attemp
         let txn = seen.transaction(&ds, table, version).await?;
         match Tag::of(txn.as_ref()) {
             Tag::Op(of, _) if &of == id => history.commits.push((version, txn.is_some_and(|t| adds_only(&t.operation)))),
-            // A compaction's rewrite: its commit, never to be removed (it passes every vet).
-            Tag::Rewrite(Some(of)) if &of == id => {
+            // A rewrite or an index change: its commit, never to be removed (it passes every vet).
+            Tag::Preserving(Some(of)) if &of == id => {
                 history.commits.push((version, false));
                 history.rewrites.push(version);
             }
@@ -404,7 +404,7 @@ pub(crate) struct History {
     pub commits: Vec<(u64, bool)>,
     /// (version, the commit it removes, if recorded).
     pub removals: Vec<(u64, Option<u64>)>,
-    /// Those of `commits` that are compaction rewrites (content-preserving).
+    /// Those of `commits` that keep the rows (rewrites, index changes).
     pub rewrites: Vec<u64>,
 }
 
@@ -421,8 +421,8 @@ impl History {
 pub(crate) async fn remove_commit(lake: &Lake, table: &str, id: &AttemptId, by: &str, version: u64, deadline: &Deadline) -> Result<Result<u64, String>> {
     let after = lake.open_table(table, Some(version)).await?;
     let txn = after.read_transaction().await.map_err(|e| Error::lance(table, e))?;
-    if txn.as_ref().is_some_and(|t| matches!(t.operation, Operation::Rewrite { .. })) {
-        // A compaction's rewrite keeps the same rows: nothing to take back.
+    if txn.as_ref().is_some_and(|t| preserves_rows(&t.operation)) {
+        // A rewrite or an index change keeps the same rows: nothing to take back.
         return Ok(Ok(version));
     }
     if !txn.as_ref().is_some_and(|t| adds_only(&t.operation)) {
@@ -463,9 +463,14 @@ pub(crate) fn adds_only(op: &Operation) -> bool {
     matches!(op, Operation::Append { .. } | Operation::Overwrite { .. })
 }
 
+/// Operations that keep every row as it was: compaction, index changes.
+fn preserves_rows(op: &Operation) -> bool {
+    matches!(op, Operation::Rewrite { .. } | Operation::CreateIndex { .. })
+}
+
 /// Transactions that add no rows anyone could see (Lance's own bookkeeping;
 /// an empty table's creation — not an empty overwrite of a table, which removes rows).
 fn carries_no_rows(txn: &Transaction) -> bool {
-    matches!(txn.operation, Operation::ReserveFragments { .. } | Operation::CreateIndex { .. } | Operation::UpdateConfig { .. })
+    matches!(txn.operation, Operation::ReserveFragments { .. } | Operation::UpdateConfig { .. })
         || matches!(&txn.operation, Operation::Overwrite { fragments, .. } if fragments.is_empty() && txn.read_version == 0)
 }

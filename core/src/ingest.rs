@@ -301,6 +301,7 @@ impl Door<'_> {
                         key: t.key.clone(),
                         format: t.request.format.map(|f| f.name().to_string()),
                         schema: t.request.schema.as_deref().map(decode::declared_schema_json),
+                        changes: Vec::new(),
                     };
                     (t.request.table.clone(), table)
                 })
@@ -502,7 +503,7 @@ impl Door<'_> {
     async fn publish(&self, tables: &[TableWork], base: Manifest) -> Result<u64> {
         let wanted = tables
             .iter()
-            .map(|t| (t.request.table.clone(), TablePin { version: t.committed.expect("committed before publishing"), mode: t.mode, key: t.key.clone() }))
+            .map(|t| (t.request.table.clone(), TablePin::new(t.committed.expect("committed before publishing"), t.mode, t.key.clone())))
             .collect();
         let pins = recover::publishable_pins(self.w.lake, &base, wanted, &self.w.attempt, recover::Expired::Resolve, self.skew, &self.w.deadline)
             .await?
@@ -516,6 +517,7 @@ impl Door<'_> {
                 sources: tables.iter().map(|t| t.sources.len()).sum(),
             },
             pins,
+            changes: BTreeMap::new(),
         };
         Ok(manifest::publish(self.w.lake, base, &goal, &self.w.deadline).await?.version())
     }

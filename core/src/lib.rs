@@ -20,6 +20,8 @@ pub mod optimize;
 pub mod read;
 pub mod recover;
 pub mod sidecar;
+pub mod settings;
+mod single;
 pub mod source;
 mod stage;
 pub mod types;

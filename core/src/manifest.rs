@@ -25,6 +25,7 @@ use crate::deadline::Deadline;
 use crate::error::{Error, Result};
 use crate::failpoints;
 use crate::lake::{Created, Lake};
+use crate::settings::{Change, IndexSpec};
 
 const VERSIONS: &str = "_manifest/versions";
 const LATEST_HINT: &str = "_manifest/latest.json";
@@ -57,6 +58,16 @@ pub struct TablePin {
     pub mode: Mode,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
+    /// The indices the table declares (`settings.rs`); optimize keeps them fresh.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub indices: Vec<IndexSpec>,
+}
+
+impl TablePin {
+    /// A pin with no settings beyond mode and key (a new table's).
+    pub fn new(version: u64, mode: Mode, key: Option<String>) -> TablePin {
+        TablePin { version, mode, key, indices: Vec::new() }
+    }
 }
 
 /// What one operation asks the manifest to show.
@@ -106,12 +117,16 @@ impl Manifest {
 pub struct Goal {
     pub published: Published,
     pub pins: BTreeMap<String, TablePin>,
+    /// Settings changes the operation made, per table: applied to whatever
+    /// settings the version it lands on has (two index changes never undo each other).
+    pub changes: BTreeMap<String, Vec<Change>>,
 }
 
 impl Goal {
     /// Does `m` already show everything this goal asks for? (Invariant 6.)
     pub fn covered_by(&self, m: &Manifest) -> bool {
         self.pins.iter().all(|(t, pin)| m.tables.get(t).is_some_and(|cur| cur.version >= pin.version))
+            && self.changes.iter().all(|(t, changes)| m.tables.get(t).is_some_and(|cur| changes.iter().all(|c| c.holds(&cur.indices))))
     }
 
     /// The next version: `base` with every goal pin moved forward, never back.
@@ -120,6 +135,11 @@ impl Goal {
         for (name, pin) in &self.pins {
             let entry = tables.entry(name.clone()).or_insert_with(|| pin.clone());
             entry.version = entry.version.max(pin.version);
+        }
+        for (name, changes) in &self.changes {
+            if let Some(entry) = tables.get_mut(name) {
+                changes.iter().for_each(|c| c.apply(&mut entry.indices));
+            }
         }
         Manifest {
             version: base.version + 1,

@@ -35,11 +35,12 @@ use crate::deadline::Deadline;
 use crate::error::{Error, Result};
 use crate::failpoints;
 use crate::ingest::Budget;
-use crate::lake::{Created, Lake};
-use crate::manifest::{self, Goal, Published};
+use crate::lake::Lake;
+use crate::manifest;
 use crate::fence;
 use crate::recover;
-use crate::sidecar::{self, AttemptId, Claim, Claimed, Decision, Holder, Intent, IntentTable, Outcome, SCOPE_SINGLE};
+use crate::single;
+use crate::sidecar::{self, AttemptId, Claim, Claimed, Holder, Intent, IntentTable, SCOPE_SINGLE};
 
 /// Re-plans after a conflicting update or delete of the planned fragments.
 const MAX_REPLANS: u32 = 3;
@@ -186,26 +187,6 @@ async fn await_pin_past(lake: &Lake, table: &str, pin: u64, deadline: &Deadline)
     Ok(())
 }
 
-/// A compaction that gives up before its rewrite is known to have landed:
-/// decide roll_back (a rewrite still in flight is then never published; it
-/// preserves content anyway), remove the intent. If recovery decided first,
-/// the outcome is its to carry out.
-async fn give_up(lake: &Lake, id: &AttemptId) -> Result<()> {
-    let decision = Decision {
-        op: id.op.clone(),
-        intent: id.attempt.clone(),
-        attempt: id.attempt.clone(),
-        outcome: Outcome::RollBack,
-        by: "writer".into(),
-        at: Utc::now(),
-        versions: BTreeMap::new(),
-    };
-    match sidecar::decide(lake, &decision).await? {
-        Created::Mine => sidecar::delete_intent(lake, id).await,
-        _ => Ok(()),
-    }
-}
-
 /// Keep the plan's leading tasks within the bytes budget (at least one).
 fn within_bytes(plan: &mut CompactionPlan, max_bytes: Option<u64>) {
     let Some(max) = max_bytes else { return };
@@ -334,7 +315,7 @@ async fn compact_table(lake: &Lake, table: &str, opts: &Options, skew: Duration,
             op: op.clone(),
             attempt: attempt.clone(),
             kind: "optimize".into(),
-            tables: BTreeMap::from([(table.to_string(), IntentTable { start_pin: Some(pin.version), mode: pin.mode, key: pin.key.clone(), format: None, schema: None })]),
+            tables: BTreeMap::from([(table.to_string(), IntentTable { start_pin: Some(pin.version), mode: pin.mode, key: pin.key.clone(), format: None, schema: None, changes: Vec::new() })]),
             sources: Vec::new(),
             started_at: Utc::now(),
             deadline: deadline.at(),
@@ -353,13 +334,13 @@ async fn compact_table(lake: &Lake, table: &str, opts: &Options, skew: Duration,
             Ok(Claimed::Mine { .. }) => None,
             Ok(Claimed::Held(holder, status)) => Some((holder, status)),
             Err(e) => {
-                give_up(lake, &id).await?;
+                single::give_up(lake, &id).await?;
                 return Err(e);
             }
         };
         if let Some((holder, status)) = held {
             // We did nothing yet: our intent goes, with a roll_back decision (any maybe-claim is released by it).
-            give_up(lake, &id).await?;
+            single::give_up(lake, &id).await?;
             if let Holder::InFlight(other) = status {
                 recover::await_gone(lake, &AttemptId::new(&holder.op, &holder.attempt), other.deadline, skew, deadline).await?;
             }
@@ -384,7 +365,7 @@ async fn compact_table(lake: &Lake, table: &str, opts: &Options, skew: Duration,
         let results = match executed {
             Ok(results) => results,
             Err(e) => {
-                give_up(lake, &id).await?;
+                single::give_up(lake, &id).await?;
                 return Err(e);
             }
         };
@@ -396,7 +377,7 @@ async fn compact_table(lake: &Lake, table: &str, opts: &Options, skew: Duration,
                 // It landed after all: the history decides, not the error.
                 Some(version) => (version, CompactionMetrics::default()),
                 None => {
-                    give_up(lake, &id).await?;
+                    single::give_up(lake, &id).await?;
                     match e {
                         // An update or delete of the same fragments won: plan again.
                         lance::Error::RetryableCommitConflict { .. } => {
@@ -411,32 +392,8 @@ async fn compact_table(lake: &Lake, table: &str, opts: &Options, skew: Duration,
         };
         failpoints::hit(failpoints::OPTIMIZE_AFTER_COMMIT)?;
 
-        let decision = Decision {
-            op: op.clone(),
-            intent: attempt.clone(),
-            attempt: attempt.clone(),
-            outcome: Outcome::Forward,
-            by: "writer".into(),
-            at: Utc::now(),
-            versions: BTreeMap::from([(table.to_string(), version)]),
-        };
-        match sidecar::decide(lake, &decision).await? {
-            Created::Mine => {}
-            // A vetter or recovery decided our rewrite forward first: the same outcome.
-            Created::Theirs(d) if d.outcome == Outcome::Forward => {}
-            _ => return Err(Error::Blocked(format!("compaction {id} was decided by recovery while this optimizer was stalled; it does not publish"))),
-        }
-        let wanted = BTreeMap::from([(table.to_string(), manifest::TablePin { version, ..pin.clone() })]);
-        let pins = recover::publishable_pins(lake, &latest, wanted, &attempt, recover::Expired::Resolve, skew, deadline)
-            .await?
-            .map_err(recover::Stop::into_error)?;
-        let pinned = pins[table].version;
-        let goal = Goal {
-            published: Published { op: op.clone(), attempt, kind: "optimize".into(), tables: pins.iter().map(|(t, p)| (t.clone(), p.version)).collect(), sources: 0 },
-            pins,
-        };
-        let manifest_version = manifest::publish(lake, latest, &goal, deadline).await?.version();
-        sidecar::delete_intent(lake, &id).await?;
+        let committed = single::Committed { id: &id, kind: "optimize", table, pin: &pin, version, changes: Vec::new() };
+        let (manifest_version, pinned) = single::finish(lake, latest, committed, skew, deadline).await?;
         let after = lake.open_table(table, Some(pinned)).await?.fragments().len();
         let action = TableAction::Compacted {
             lance_version: version,

@@ -283,7 +283,7 @@ pub(crate) async fn publishable_pins(
                     let (Some(decision), Some(intent)) = (decision, intent) else { continue 'rounds };
                     for (t, v) in &decision.versions {
                         let Some(it) = intent.tables.get(t) else { continue };
-                        let pin = want.entry(t.clone()).or_insert_with(|| TablePin { version: *v, mode: it.mode, key: it.key.clone() });
+                        let pin = want.entry(t.clone()).or_insert_with(|| TablePin::new(*v, it.mode, it.key.clone()));
                         pin.version = pin.version.max(*v);
                     }
                     tracing::info!(table, load = %id, "a load decided forward stands before this commit: publishing it too");
@@ -646,7 +646,7 @@ impl Recovery<'_> {
             .iter()
             .map(|(t, v)| {
                 let it = &self.intent.tables[t];
-                (t.clone(), TablePin { version: *v, mode: it.mode, key: it.key.clone() })
+                (t.clone(), TablePin::new(*v, it.mode, it.key.clone()))
             })
             .collect();
         let pins = match publishable_pins(self.lake, &state.latest, wanted, &self.lease.attempt, Expired::Defer, self.skew, self.deadline).await {
@@ -665,6 +665,7 @@ impl Recovery<'_> {
                 sources: self.intent.sources.len(),
             },
             pins,
+            changes: self.intent.tables.iter().filter(|(_, it)| !it.changes.is_empty()).map(|(t, it)| (t.clone(), it.changes.clone())).collect(),
         };
         Ok(Publishing::Done(manifest::publish(self.lake, state.latest.clone(), &goal, self.deadline).await?))
     }

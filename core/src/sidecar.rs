@@ -91,6 +91,9 @@ pub struct IntentTable {
     /// The declared schema of a table this operation may create (`--schema`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema: Option<serde_json::Value>,
+    /// The settings changes its publish carries (an index created or dropped).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<crate::settings::Change>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,7 +112,7 @@ pub struct SourceRef {
 pub struct Intent {
     pub op: String,
     pub attempt: String,
-    /// `ingest`, `load` or `optimize`.
+    /// `ingest`, `load`, `optimize` or `index`.
     pub kind: String,
     pub tables: BTreeMap<String, IntentTable>,
     pub sources: Vec<SourceRef>,

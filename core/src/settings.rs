@@ -1,0 +1,120 @@
+//! A table's settings kept in the lake, beside its pin in every manifest
+//! version: the indices it declares. They change only through the door (an
+//! operation whose publish carries the change), so every reader of a version
+//! sees the settings that version was published with.
+
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// The index kinds sluice builds and keeps fresh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IndexKind {
+    IvfPq,
+    IvfHnswSq,
+    IvfFlat,
+    Btree,
+    Bitmap,
+    LabelList,
+    Fts,
+}
+
+impl IndexKind {
+    pub fn is_vector(self) -> bool {
+        matches!(self, IndexKind::IvfPq | IndexKind::IvfHnswSq | IndexKind::IvfFlat)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            IndexKind::IvfPq => "ivf_pq",
+            IndexKind::IvfHnswSq => "ivf_hnsw_sq",
+            IndexKind::IvfFlat => "ivf_flat",
+            IndexKind::Btree => "btree",
+            IndexKind::Bitmap => "bitmap",
+            IndexKind::LabelList => "label_list",
+            IndexKind::Fts => "fts",
+        }
+    }
+}
+
+impl FromStr for IndexKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<IndexKind> {
+        const ALL: [IndexKind; 7] =
+            [IndexKind::IvfPq, IndexKind::IvfHnswSq, IndexKind::IvfFlat, IndexKind::Btree, IndexKind::Bitmap, IndexKind::LabelList, IndexKind::Fts];
+        ALL.into_iter().find(|k| k.name() == s.to_ascii_lowercase()).ok_or_else(|| {
+            Error::Usage(format!("unknown index type '{s}': use {}", ALL.map(IndexKind::name).join(", ")))
+        })
+    }
+}
+
+/// Distance of a vector index (and of a search that uses it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Metric {
+    L2,
+    Cosine,
+    Dot,
+}
+
+impl FromStr for Metric {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Metric> {
+        match s.to_ascii_lowercase().as_str() {
+            "l2" | "euclidean" => Ok(Metric::L2),
+            "cosine" => Ok(Metric::Cosine),
+            "dot" => Ok(Metric::Dot),
+            _ => Err(Error::Usage(format!("unknown metric '{s}': use l2, cosine or dot"))),
+        }
+    }
+}
+
+/// One declared index.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexSpec {
+    pub name: String,
+    pub column: String,
+    pub kind: IndexKind,
+    /// Vector indices only (default l2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric: Option<Metric>,
+    /// IVF partitions; by default about the square root of the rows at the first build.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partitions: Option<u32>,
+    /// PQ sub-vectors; by default a sixteenth (or eighth) of the dimensions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub_vectors: Option<u32>,
+}
+
+/// A change of a table's settings, carried by the publish of the operation
+/// that made it (and by that operation's intent, for recovery).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Change {
+    AddIndex(IndexSpec),
+    DropIndex(String),
+}
+
+impl Change {
+    /// Make the change to `indices` (idempotent).
+    pub fn apply(&self, indices: &mut Vec<IndexSpec>) {
+        match self {
+            Change::AddIndex(spec) => {
+                indices.retain(|i| i.name != spec.name);
+                indices.push(spec.clone());
+            }
+            Change::DropIndex(name) => indices.retain(|i| &i.name != name),
+        }
+    }
+
+    /// Does `indices` show the change made?
+    pub fn holds(&self, indices: &[IndexSpec]) -> bool {
+        match self {
+            Change::AddIndex(spec) => indices.contains(spec),
+            Change::DropIndex(name) => !indices.iter().any(|i| &i.name == name),
+        }
+    }
+}
