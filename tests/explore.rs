@@ -924,7 +924,39 @@ pub fn explore(seed: u64, backend: &Backend, max_ops: usize) -> (Stats, Vec<Stri
         t0.elapsed().as_secs_f64()
     );
     eprintln!("{summary}");
+    if !violations.is_empty() {
+        violations.extend(evidence(&root));
+    }
     (stats, sched, violations)
+}
+
+/// What a person needs to explain a failure: each pending attempt's intent,
+/// decision and audit record, and the history of its tables since its start pin.
+fn evidence(root: &str) -> Vec<String> {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let lake = sluice::Lake::open(root).unwrap();
+        let mut out = Vec::new();
+        for intent in sluice::sidecar::pending(&lake).await.unwrap_or_default() {
+            let id = sluice::sidecar::AttemptId::new(&intent.op, &intent.attempt);
+            out.push(format!("evidence: intent {id}: {}", serde_json::to_string(&intent).unwrap()));
+            let decision = sluice::sidecar::read_decision(&lake, &id).await;
+            out.push(format!("evidence: decision of {id}: {}", decision.map(|d| serde_json::to_string(&d).unwrap()).unwrap_or_else(|e| e.to_string())));
+            for (table, t) in &intent.tables {
+                let Ok(ds) = lake.open_table(table, None).await else { continue };
+                for version in t.start_pin.unwrap_or(0) + 1..=ds.version().version {
+                    let txn = ds.read_version_transaction(version).await.map(|v| v.transaction);
+                    let what = match txn {
+                        Ok(Some(txn)) => format!("{} {:?}", txn.operation, txn.transaction_properties),
+                        Ok(None) => "no transaction".into(),
+                        Err(e) => format!("unreadable: {e}"),
+                    };
+                    out.push(format!("evidence: table {table} v{version}: {what}"));
+                }
+            }
+        }
+        out
+    })
 }
 
 fn env_u64(name: &str, default: u64) -> u64 {

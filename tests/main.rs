@@ -10,6 +10,7 @@ mod deploy;
 mod explore;
 mod fencing;
 mod formats;
+mod indices;
 mod lambda;
 mod optimize;
 mod processes;

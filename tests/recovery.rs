@@ -20,6 +20,7 @@ enum Kind {
     Upsert,
     Load,
     Optimize,
+    Index,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,22 +39,27 @@ struct Case {
     sweep: Option<&'static str>,
 }
 
-const KINDS: [Kind; 4] = [Kind::Append, Kind::Upsert, Kind::Load, Kind::Optimize];
+const KINDS: [Kind; 5] = [Kind::Append, Kind::Upsert, Kind::Load, Kind::Optimize, Kind::Index];
 const CRASHES: [Crash; 2] = [Crash::Error, Crash::Kill9];
 
 fn matrix() -> Vec<Case> {
     let mut cases = Vec::new();
     for &fp in ALL.iter().filter(|fp| !READ.contains(fp)) {
         for kind in KINDS {
-            let applies = match kind {
-                // Every writer decides, so the decision failpoints apply to every kind.
-                Kind::Optimize => !WRITER.contains(&fp),
-                _ => !OPTIMIZE.contains(&fp),
+            // Each kind's own steps; recovery's apply to every kind.
+            let own = match kind {
+                Kind::Optimize => OPTIMIZE,
+                Kind::Index => INDEX,
+                _ => WRITER,
             };
-            if !applies {
+            if !own.contains(&fp) && !RECOVERY.contains(&fp) {
                 continue;
             }
-            let after_commit = if kind == Kind::Optimize { OPTIMIZE_AFTER_COMMIT } else { AFTER_COMMIT };
+            let after_commit = match kind {
+                Kind::Optimize => OPTIMIZE_AFTER_COMMIT,
+                Kind::Index => INDEX_AFTER_COMMIT,
+                _ => AFTER_COMMIT,
+            };
             for crash in CRASHES {
                 let (writer, sweep) = if RECOVERY.contains(&fp) { (after_commit, Some(fp)) } else { (fp, None) };
                 cases.push(Case { kind, crash, writer, sweep });
@@ -85,6 +91,7 @@ fn workload(kind: Kind, root: String, dir: &Path) -> Workload {
             }
             &[("o", &[])]
         }
+        Kind::Index => &[("x", &[])],
     };
     for (table, extra) in seeds {
         let seed = jsonl(dir, &format!("seed-{table}.jsonl"), 0..5);
@@ -103,6 +110,7 @@ fn workload(kind: Kind, root: String, dir: &Path) -> Workload {
             (["ingest", "--table", "u"].map(String::from).into_iter().chain(timeout).chain([f.display().to_string()]).collect(), vec![("u", (0..13).collect())])
         }
         Kind::Optimize => (["optimize", "o"].map(String::from).into_iter().chain(timeout).collect(), vec![("o", (0..30).collect())]),
+        Kind::Index => (["index", "create", "x", "id", "--type", "btree"].map(String::from).into_iter().chain(timeout).collect(), vec![("x", (0..5).collect())]),
         Kind::Load => {
             jsonl(dir, "new-a.jsonl", 100..110);
             jsonl(dir, "new-b.jsonl", 200..215);
@@ -150,6 +158,11 @@ fn run_case(case: Case, root: String, dir: &Path) {
         let s = status(&w.root);
         let fragments = s["tables"].as_array().unwrap().iter().find(|t| t["name"] == "o").unwrap()["fragments"].as_u64().unwrap();
         assert_eq!(fragments, 1, "{case:?}: compacted");
+    }
+    if case.kind == Kind::Index {
+        let list = json(&run(sluice(&w.root).args(["--json", "index", "list", "x"])));
+        assert_eq!(list[0]["name"], "id_idx", "{case:?}: declared: {list}");
+        assert_eq!(list[0]["rows_indexed"], 5, "{case:?}: built: {list}");
     }
     for (table, ids) in &w.expect {
         assert_eq!(&scan_ids(&w.root, table), ids, "{case:?}: table {table} has every acknowledged row exactly once");

@@ -55,6 +55,11 @@ pub const OPTIMIZE_AFTER_REWRITE: &str = "optimize.after-rewrite";
 /// An optimizer's rewrite is committed in Lance; not yet published.
 pub const OPTIMIZE_AFTER_COMMIT: &str = "optimize.after-commit";
 
+/// An index change wrote its intent; nothing built or committed yet.
+pub const INDEX_AFTER_INTENT: &str = "index.after-intent";
+/// An index change is committed in Lance; not yet decided or published.
+pub const INDEX_AFTER_COMMIT: &str = "index.after-commit";
+
 /// A reader opened a table at its pinned version; no data read yet.
 pub const SCAN_AFTER_OPEN: &str = "scan.after-open";
 
@@ -62,6 +67,8 @@ pub const SCAN_AFTER_OPEN: &str = "scan.after-open";
 pub const WRITER: &[&str] = &[AFTER_INTENT, AFTER_CLAIMS, BEFORE_COMMIT, COMMIT_CHECKED, AFTER_COMMIT, BEFORE_DECISION, AFTER_DECISION, BEFORE_PUBLISH, AFTER_PUBLISH, BEFORE_FINISH];
 /// The optimizer's own steps.
 pub const OPTIMIZE: &[&str] = &[OPTIMIZE_AFTER_INTENT, OPTIMIZE_AFTER_REWRITE, OPTIMIZE_AFTER_COMMIT];
+/// An index change's own steps.
+pub const INDEX: &[&str] = &[INDEX_AFTER_INTENT, INDEX_AFTER_COMMIT];
 /// Readers' steps (a rendezvous for tests; a reader leaves nothing behind).
 pub const READ: &[&str] = &[SCAN_AFTER_OPEN];
 /// Recovery's own steps (a crash here leaves work for the next sweep).
@@ -86,6 +93,8 @@ pub const ALL: &[&str] = &[
     OPTIMIZE_AFTER_INTENT,
     OPTIMIZE_AFTER_REWRITE,
     OPTIMIZE_AFTER_COMMIT,
+    INDEX_AFTER_INTENT,
+    INDEX_AFTER_COMMIT,
     SCAN_AFTER_OPEN,
 ];
 

@@ -41,8 +41,6 @@ use crate::source::Source;
 use crate::stage::{Stager, TableWork, check_mode};
 pub use crate::stage::{TableReport, TableRequest};
 
-
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SourceStatus {
@@ -455,17 +453,6 @@ impl Door<'_> {
         self.w.lake.put_json(&format!("{dir}/reason.json"), &reason).await
     }
 
-
-
-
-
-
-
-
-
-
-
-
     /// Decide this attempt forward, naming its commits: create-only, so if
     /// recovery decided first (our owner was presumed dead) we follow it.
     async fn decide_forward(&self, tables: &mut [TableWork]) -> Result<()> {
@@ -593,14 +580,6 @@ struct Ours {
     /// A Lance commit was started (so one may have landed).
     commit_started: bool,
 }
-
-
-
-
-
-
-
-
 
 fn chain(first: Error, then: Error) -> Error {
     tracing::error!(error = %then, "cleanup after a failed operation also failed");

@@ -13,6 +13,7 @@ pub mod failpoints;
 pub mod faults;
 pub mod fence;
 pub mod hide_newer;
+pub mod index;
 pub mod ingest;
 pub mod lake;
 pub mod manifest;

@@ -99,14 +99,87 @@ pub async fn scan(
     at: Option<u64>,
     limit: Option<u64>,
 ) -> Result<(Manifest, impl Stream<Item = Result<arrow::array::RecordBatch>>)> {
+    query(lake, table, at, Query { limit, ..Default::default() }).await
+}
+
+/// What to read of a table: a filter, columns, and a vector or text search.
+#[derive(Debug, Clone, Default)]
+pub struct Query {
+    pub limit: Option<u64>,
+    /// SQL predicate (`price > 10 AND region = 'eu'`).
+    pub filter: Option<String>,
+    pub columns: Option<Vec<String>>,
+    pub nearest: Option<Nearest>,
+    /// Full-text query on the table's text indices.
+    pub text: Option<String>,
+}
+
+/// A k-nearest-neighbour search.
+#[derive(Debug, Clone)]
+pub struct Nearest {
+    /// The vector column; the table's only one when `None`.
+    pub column: Option<String>,
+    pub vector: Vec<f32>,
+    pub k: usize,
+    pub nprobes: Option<usize>,
+    pub refine: Option<u32>,
+}
+
+/// Rows of `table` as manifest version `at` (or the latest) pins it, as `q`
+/// asks. Searches include rows no index covers yet (Lance searches them flat).
+pub async fn query(lake: &Lake, table: &str, at: Option<u64>, q: Query) -> Result<(Manifest, impl Stream<Item = Result<arrow::array::RecordBatch>>)> {
     let m = manifest_at(lake, at).await?;
     let pin = m.tables.get(table).ok_or_else(|| {
         Error::Usage(format!("table '{table}' is not in manifest version {} (tables: {:?})", m.version, m.tables.keys().collect::<Vec<_>>()))
     })?;
     let ds = lake.open_table(table, Some(pin.version)).await?;
     crate::failpoints::hit(crate::failpoints::SCAN_AFTER_OPEN)?;
+    let usage = |e: lance::Error| Error::Usage(format!("table '{table}': {e}"));
     let mut scanner = ds.scan();
-    if let Some(limit) = limit {
+    if let Some(columns) = &q.columns {
+        // A search's score is part of its answer: kept when columns are chosen.
+        let mut columns = columns.clone();
+        columns.extend(q.nearest.as_ref().map(|_| "_distance".to_string()));
+        columns.extend(q.text.as_ref().map(|_| "_score".to_string()));
+        scanner.project(&columns).map_err(usage)?;
+    }
+    if let Some(filter) = &q.filter {
+        scanner.filter(filter).map_err(usage)?;
+        // A search's k rows are k rows that match, not the matches among k rows.
+        scanner.prefilter(true);
+    }
+    if let Some(n) = &q.nearest {
+        let schema = arrow::datatypes::Schema::from(ds.schema());
+        let column = match &n.column {
+            Some(c) => c.clone(),
+            None => {
+                let vectors: Vec<&String> = schema.fields().iter().filter(|f| crate::types::vector_dimensions(f.data_type()).is_some()).map(|f| f.name()).collect();
+                match vectors.as_slice() {
+                    [one] => one.to_string(),
+                    [] => return Err(Error::Usage(format!("table '{table}' has no vector column to search"))),
+                    many => return Err(Error::Usage(format!("table '{table}' has several vector columns ({many:?}): name one with --column"))),
+                }
+            }
+        };
+        let dims = schema.field_with_name(&column).ok().and_then(|f| crate::types::vector_dimensions(f.data_type()));
+        match dims {
+            Some(d) if d as usize == n.vector.len() => {}
+            Some(d) => return Err(Error::Usage(format!("the query vector has {} values; column '{column}' of table '{table}' is vector({d})", n.vector.len()))),
+            None => return Err(Error::Usage(format!("column '{column}' of table '{table}' is not a vector column"))),
+        }
+        let query = arrow::array::Float32Array::from(n.vector.clone());
+        scanner.nearest(&column, &query, n.k).map_err(usage)?;
+        if let Some(p) = n.nprobes {
+            scanner.nprobes(p);
+        }
+        if let Some(r) = n.refine {
+            scanner.refine(r);
+        }
+    }
+    if let Some(text) = &q.text {
+        scanner.full_text_search(lance_index::scalar::FullTextSearchQuery::new(text.clone())).map_err(usage)?;
+    }
+    if let Some(limit) = q.limit {
         scanner.limit(Some(limit as i64), None).map_err(|e| Error::lance(table, e))?;
     }
     let stream = scanner.try_into_stream().await.map_err(|e| Error::lance(table, e))?;

@@ -56,6 +56,40 @@ enum OutFormat {
 }
 
 #[derive(Subcommand)]
+enum IndexCommand {
+    /// Declare an index on COLUMN and build it; it is published with the table.
+    Create {
+        table: String,
+        column: String,
+        #[arg(long = "type")]
+        kind: String,
+        /// Vector indices: l2 (default), cosine or dot.
+        #[arg(long)]
+        metric: Option<String>,
+        /// Default: COLUMN_idx.
+        #[arg(long)]
+        name: Option<String>,
+        /// IVF partitions (default: about the square root of the rows).
+        #[arg(long)]
+        partitions: Option<u32>,
+        /// PQ sub-vectors (default: a sixteenth or eighth of the dimensions).
+        #[arg(long)]
+        sub_vectors: Option<u32>,
+        #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+    /// The declared indices, with rows indexed and not yet indexed.
+    List { table: Option<String> },
+    /// Drop an index from the table's settings and from Lance.
+    Drop {
+        table: String,
+        name: String,
+        #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Create the lake (idempotent).
     Init,
@@ -101,6 +135,47 @@ enum Command {
         format: OutFormat,
         #[arg(long)]
         limit: Option<u64>,
+        /// Only rows matching this SQL predicate (`price > 10 AND region = 'eu'`).
+        #[arg(long = "where")]
+        filter: Option<String>,
+        /// Only these columns (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        columns: Option<Vec<String>>,
+    },
+    /// Nearest rows to a vector, or rows matching a text query, at the pinned
+    /// version (rows no index covers yet are searched too).
+    Search {
+        table: String,
+        /// Query vector as a JSON array: '[0.1, 0.2, ...]'.
+        #[arg(long, conflicts_with = "text", required_unless_present = "text")]
+        vector: Option<String>,
+        /// Full-text query (needs an fts index on the column).
+        #[arg(long)]
+        text: Option<String>,
+        /// The vector column (default: the table's only one).
+        #[arg(long)]
+        column: Option<String>,
+        #[arg(long = "where")]
+        filter: Option<String>,
+        #[arg(long, default_value_t = 10)]
+        k: usize,
+        #[arg(long, value_delimiter = ',')]
+        columns: Option<Vec<String>>,
+        #[arg(long)]
+        at: Option<u64>,
+        /// IVF partitions to probe (more: better recall, slower).
+        #[arg(long)]
+        nprobes: Option<usize>,
+        /// Re-rank this many times k candidates by exact distance.
+        #[arg(long)]
+        refine: Option<u32>,
+        #[arg(long, value_enum, default_value = "jsonl")]
+        format: OutFormat,
+    },
+    /// Declare, list or drop a table's indices (kept fresh by `optimize`).
+    Index {
+        #[command(subcommand)]
+        action: IndexCommand,
     },
     /// Manifest versions, newest first, with what each published.
     History {
@@ -272,26 +347,23 @@ async fn run(cli: Cli) -> Result<()> {
                 out.trim_end().to_string()
             });
         }
-        Command::Scan { table, at, format, limit } => {
-            let (_, mut batches) = read::scan(&lake, &table, at, limit).await?;
-            let stdout = std::io::stdout().lock();
-            let io_err = |e: arrow::error::ArrowError| Error::Io { path: "stdout".into(), source: std::io::Error::other(e) };
-            match format {
-                OutFormat::Jsonl => {
-                    let mut w = arrow::json::LineDelimitedWriter::new(stdout);
-                    while let Some(b) = batches.next().await {
-                        w.write(&b?).map_err(io_err)?;
-                    }
-                    w.finish().map_err(io_err)?;
-                }
-                OutFormat::Csv => {
-                    let mut w = arrow::csv::Writer::new(stdout);
-                    while let Some(b) = batches.next().await {
-                        w.write(&b?).map_err(io_err)?;
-                    }
-                }
-            }
+        Command::Scan { table, at, format, limit, filter, columns } => {
+            let (_, batches) = read::query(&lake, &table, at, read::Query { limit, filter, columns, ..Default::default() }).await?;
+            write_rows(batches, format).await?;
         }
+        Command::Search { table, vector, text, column, filter, k, columns, at, nprobes, refine, format } => {
+            let nearest = match vector {
+                Some(v) => {
+                    let vector: Vec<f32> = serde_json::from_str(&v).map_err(|e| Error::Usage(format!("--vector must be a JSON array of numbers: {e}")))?;
+                    Some(read::Nearest { column, vector, k, nprobes, refine })
+                }
+                None => None,
+            };
+            let q = read::Query { limit: Some(k as u64), filter, columns, nearest, text };
+            let (_, batches) = read::query(&lake, &table, at, q).await?;
+            write_rows(batches, format).await?;
+        }
+        Command::Index { action } => run_index(&lake, cli.json, clock_skew, action).await?,
         Command::Recover { dry_run, timeout } => {
             lake.timing().check_timeout(timeout)?;
             let report = recover::sweep(&lake, recover::Options { clock_skew, dry_run }, timeout).await?;
@@ -538,4 +610,72 @@ fn read_descriptor(path: &Path) -> Result<Vec<TableRequest>> {
             Ok(TableRequest { table: t.table, sources, format: t.format.as_deref().map(str::parse).transpose()?, mode: t.mode, key: t.key, schema })
         })
         .collect()
+}
+
+/// Rows to stdout as JSON Lines or CSV.
+async fn write_rows(mut batches: impl futures::Stream<Item = Result<arrow::array::RecordBatch>> + Unpin, format: OutFormat) -> Result<()> {
+    let stdout = std::io::stdout().lock();
+    let io_err = |e: arrow::error::ArrowError| Error::Io { path: "stdout".into(), source: std::io::Error::other(e) };
+    match format {
+        OutFormat::Jsonl => {
+            let mut w = arrow::json::LineDelimitedWriter::new(stdout);
+            while let Some(b) = batches.next().await {
+                w.write(&b?).map_err(io_err)?;
+            }
+            w.finish().map_err(io_err)?;
+        }
+        OutFormat::Csv => {
+            let mut w = arrow::csv::Writer::new(stdout);
+            while let Some(b) = batches.next().await {
+                w.write(&b?).map_err(io_err)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn run_index(lake: &Lake, json: bool, clock_skew: Duration, action: IndexCommand) -> Result<()> {
+    use sluice::index;
+    use sluice::settings::{IndexSpec, Metric};
+    let report = match action {
+        IndexCommand::Create { table, column, kind, metric, name, partitions, sub_vectors, timeout } => {
+            let spec = IndexSpec {
+                name: name.unwrap_or_else(|| format!("{column}_idx")),
+                column,
+                kind: kind.parse()?,
+                metric: metric.map(|m| m.parse::<Metric>()).transpose()?,
+                partitions,
+                sub_vectors,
+            };
+            index::create(lake, &table, spec, Budget { timeout, clock_skew }).await?
+        }
+        IndexCommand::Drop { table, name, timeout } => index::drop(lake, &table, &name, Budget { timeout, clock_skew }).await?,
+        IndexCommand::List { table } => {
+            let indices = index::list(lake, table.as_deref()).await?;
+            emit(json, &indices, || {
+                let lines: Vec<String> = indices
+                    .iter()
+                    .map(|i| {
+                        let rows = match (i.built, i.rows_indexed, i.rows_unindexed) {
+                            (false, _, _) => "not built yet (optimize builds it)".to_string(),
+                            (true, Some(a), Some(b)) => format!("{a} rows indexed, {b} not yet"),
+                            (true, _, _) => "built".to_string(),
+                        };
+                        format!("{}.{}: {} on '{}' — {rows}", i.table, i.spec.name, i.spec.kind.name(), i.spec.column)
+                    })
+                    .collect();
+                if lines.is_empty() { "no indices declared".to_string() } else { lines.join("\n") }
+            });
+            return Ok(());
+        }
+    };
+    emit(json, &report, || match &report.outcome {
+        index::Outcome::Done { lance_version, manifest_version } => {
+            format!("table '{}': index '{}' changed (lance v{lance_version}), visible in manifest version {manifest_version}", report.table, report.index)
+        }
+        index::Outcome::AlreadyDone { manifest_version } => {
+            format!("table '{}': index '{}' already as asked (manifest version {manifest_version})", report.table, report.index)
+        }
+    });
+    Ok(())
 }

@@ -1,0 +1,121 @@
+//! Indices as table settings: declared through the door, built, searched,
+//! kept across other writers' publishes, dropped; a dead index change is
+//! finished or undone by recovery.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sluice::failpoints::{INDEX_AFTER_COMMIT, INDEX_AFTER_INTENT};
+
+use crate::common::*;
+
+const DIMS: usize = 16;
+
+/// `n` rows from `first`: four clusters of vectors (cluster = id % 4, every
+/// value near 10 × cluster), a text column and a category.
+fn vectors(dir: &Path, name: &str, first: i64, n: i64) -> PathBuf {
+    let mut out = String::new();
+    for id in first..first + n {
+        let c = id % 4;
+        let v: Vec<String> = (0..DIMS).map(|d| format!("{:.3}", c as f64 * 10.0 + ((id * 7 + d as i64) % 10) as f64 / 10.0)).collect();
+        let text = if c == 3 { "the blue moon" } else { "a green field" };
+        out.push_str(&format!("{{\"id\": {id}, \"emb\": [{}], \"txt\": \"{text} {id}\", \"cat\": \"c{c}\"}}\n", v.join(", ")));
+    }
+    write(dir, name, out.as_bytes())
+}
+
+fn schema(dir: &Path) -> PathBuf {
+    write(
+        dir,
+        "schema.json",
+        format!(r#"{{"columns": [{{"name": "id", "type": "int64", "nullable": false}}, {{"name": "emb", "type": "vector({DIMS})"}}, {{"name": "txt", "type": "string"}}, {{"name": "cat", "type": "string"}}]}}"#).as_bytes(),
+    )
+}
+
+fn index_list(root: &str) -> Vec<serde_json::Value> {
+    json(&run(sluice(root).args(["--json", "index", "list"]))).as_array().unwrap().clone()
+}
+
+fn lines(out: &std::process::Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[test]
+fn indices_are_declared_built_searched_kept_and_dropped() {
+    for b in shared_backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = vectors(dir.path(), "a.jsonl", 0, 600);
+        assert_eq!(run(sluice(&b.root).args(["ingest", "--table", "t", "--schema"]).arg(schema(dir.path())).arg(&first)).status.code(), Some(0));
+        for (column, kind) in [("emb", "ivf_pq"), ("id", "btree"), ("txt", "fts")] {
+            let out = run(sluice(&b.root).args(["--json", "index", "create", "t", column, "--type", kind]));
+            assert_eq!(out.status.code(), Some(0), "{}: {kind}", b.name);
+            assert_eq!(json(&out)["outcome"], "done", "{}", b.name);
+        }
+        let list = index_list(&b.root);
+        assert_eq!(list.len(), 3, "{}: {list:?}", b.name);
+        assert!(list.iter().all(|i| i["built"] == true && i["rows_indexed"] == 600 && i["rows_unindexed"] == 0), "{}: {list:?}", b.name);
+
+        // The nearest rows to a cluster-2 point are cluster-2 rows, closest first.
+        let q = format!("[{}]", vec!["20.45"; DIMS].join(","));
+        let out = run(sluice(&b.root).args(["search", "t", "--vector", &q, "--k", "5", "--columns", "id,cat", "--nprobes", "4", "--refine", "5"]));
+        assert_eq!(out.status.code(), Some(0), "{}", b.name);
+        let rows = lines(&out);
+        assert_eq!(rows.len(), 5, "{}: {rows:?}", b.name);
+        assert!(rows.iter().all(|r| r["cat"] == "c2"), "{}: {rows:?}", b.name);
+        let d: Vec<f64> = rows.iter().map(|r| r["_distance"].as_f64().unwrap()).collect();
+        assert!(d.windows(2).all(|w| w[0] <= w[1]), "{}: closest first: {d:?}", b.name);
+        // Text search, and a filter.
+        let rows = lines(&run(sluice(&b.root).args(["search", "t", "--text", "moon", "--k", "1000", "--columns", "id"])));
+        assert_eq!(rows.len(), 150, "{}: every cluster-3 row mentions the moon", b.name);
+        let rows = lines(&run(sluice(&b.root).args(["scan", "t", "--where", "id < 3 AND cat != 'c1'", "--columns", "id"])));
+        assert_eq!(rows.iter().map(|r| r["id"].as_i64().unwrap()).collect::<Vec<_>>(), vec![0, 2], "{}", b.name);
+
+        // Another writer's publish keeps the settings; its rows are searched before optimize indexes them.
+        let more = vectors(dir.path(), "b.jsonl", 600, 100);
+        assert_eq!(run(sluice(&b.root).args(["ingest", "--table", "t"]).arg(&more)).status.code(), Some(0));
+        let list = index_list(&b.root);
+        assert_eq!(list.len(), 3, "{}: settings kept across an ingest: {list:?}", b.name);
+        assert!(list.iter().all(|i| i["rows_unindexed"] == 100), "{}: {list:?}", b.name);
+        let rows = lines(&run(sluice(&b.root).args(["search", "t", "--where", "id >= 600", "--vector", &q, "--k", "3", "--columns", "id"])));
+        assert_eq!(rows.len(), 3, "{}: unindexed rows are found: {rows:?}", b.name);
+
+        // The same request again is done; another under the same name is refused; a wrong column too.
+        let out = run(sluice(&b.root).args(["--json", "index", "create", "t", "id", "--type", "btree"]));
+        assert_eq!((out.status.code(), json(&out)["outcome"].clone()), (Some(0), "already_done".into()), "{}", b.name);
+        let out = run(sluice(&b.root).args(["index", "create", "t", "id", "--type", "bitmap", "--name", "id_idx"]));
+        assert_eq!(out.status.code(), Some(2), "{}", b.name);
+        let out = run(sluice(&b.root).args(["index", "create", "t", "txt", "--type", "ivf_pq", "--name", "txt_vec"]));
+        assert_eq!(out.status.code(), Some(2), "{}", b.name);
+        assert!(String::from_utf8_lossy(&out.stderr).contains("vector(N)"), "{}", b.name);
+
+        let out = run(sluice(&b.root).args(["index", "drop", "t", "id_idx"]));
+        assert_eq!(out.status.code(), Some(0), "{}", b.name);
+        let names: Vec<String> = index_list(&b.root).iter().map(|i| i["name"].as_str().unwrap().to_string()).collect();
+        assert_eq!(names, vec!["emb_idx", "txt_idx"], "{}", b.name);
+        assert_eq!(scan_ids(&b.root, "t").len(), 700, "{}: no index change touches a row", b.name);
+        assert_eq!(pending(&b.root), 0, "{}", b.name);
+    }
+}
+
+/// An index change killed after its Lance commit is finished by recovery
+/// (declared and published); one killed before it is undone (nothing declared).
+#[test]
+fn recovery_finishes_or_undoes_a_dead_index_change() {
+    for b in shared_backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = vectors(dir.path(), "a.jsonl", 0, 300);
+        assert_eq!(run(sluice(&b.root).args(["ingest", "--table", "t", "--schema"]).arg(schema(dir.path())).arg(&first)).status.code(), Some(0));
+        kill_9_at(sluice(&b.root).args(["index", "create", "t", "id", "--type", "btree", "--timeout", "2s"]), INDEX_AFTER_COMMIT);
+        kill_9_at(sluice(&b.root).args(["index", "create", "t", "cat", "--type", "bitmap", "--timeout", "2s"]), INDEX_AFTER_INTENT);
+        assert!(index_list(&b.root).is_empty(), "{}: nothing declared before recovery", b.name);
+        std::thread::sleep(Duration::from_secs(2));
+        let reports = sweep_until_clean(&b.root, Duration::from_secs(60));
+        let names: Vec<String> = index_list(&b.root).iter().map(|i| i["name"].as_str().unwrap().to_string()).collect();
+        assert_eq!(names, vec!["id_idx"], "{}: the committed change is published, the other undone: {reports:?}", b.name);
+        assert_eq!(pending(&b.root), 0, "{}", b.name);
+        // The undone one can be made again.
+        assert_eq!(run(sluice(&b.root).args(["index", "create", "t", "cat", "--type", "bitmap"])).status.code(), Some(0), "{}", b.name);
+        assert_eq!(index_list(&b.root).len(), 2, "{}", b.name);
+        assert_eq!(scan_ids(&b.root, "t").len(), 300, "{}", b.name);
+    }
+}
