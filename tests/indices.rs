@@ -78,6 +78,16 @@ fn indices_are_declared_built_searched_kept_and_dropped() {
         assert!(list.iter().all(|i| i["rows_unindexed"] == 100), "{}: {list:?}", b.name);
         let rows = lines(&run(sluice(&b.root).args(["search", "t", "--where", "id >= 600", "--vector", &q, "--k", "3", "--columns", "id"])));
         assert_eq!(rows.len(), 3, "{}: unindexed rows are found: {rows:?}", b.name);
+        // One optimize indexes them all, and publishes it.
+        let out = run(sluice(&b.root).args(["--json", "optimize"]));
+        assert_eq!(out.status.code(), Some(0), "{}", b.name);
+        assert_eq!(json(&out)["tables"][0]["indices"]["rows_unindexed_before"], 100, "{}", b.name);
+        let list = index_list(&b.root);
+        assert!(list.iter().all(|i| i["rows_indexed"] == 700 && i["rows_unindexed"] == 0), "{}: {list:?}", b.name);
+        let rows = lines(&run(sluice(&b.root).args(["search", "t", "--where", "id >= 600", "--vector", &q, "--k", "3", "--columns", "id"])));
+        assert_eq!(rows.len(), 3, "{}: found through the index: {rows:?}", b.name);
+        let out = json(&run(sluice(&b.root).args(["--json", "optimize"])));
+        assert!(out["tables"][0].get("indices").is_none(), "{}: nothing left to index: {out}", b.name);
 
         // The same request again is done; another under the same name is refused; a wrong column too.
         let out = run(sluice(&b.root).args(["--json", "index", "create", "t", "id", "--type", "btree"]));
@@ -98,24 +108,79 @@ fn indices_are_declared_built_searched_kept_and_dropped() {
 }
 
 /// An index change killed after its Lance commit is finished by recovery
-/// (declared and published); one killed before it is undone (nothing declared).
+/// (declared and published); one killed before it is undone (nothing
+/// declared). Until then each holds its table's maintenance claim: another
+/// change of that table waits for it (and gives up within its own deadline).
 #[test]
 fn recovery_finishes_or_undoes_a_dead_index_change() {
     for b in shared_backends() {
         let dir = tempfile::tempdir().unwrap();
-        let first = vectors(dir.path(), "a.jsonl", 0, 300);
-        assert_eq!(run(sluice(&b.root).args(["ingest", "--table", "t", "--schema"]).arg(schema(dir.path())).arg(&first)).status.code(), Some(0));
+        for table in ["t", "u"] {
+            let rows = vectors(dir.path(), &format!("{table}.jsonl"), 0, 300);
+            assert_eq!(run(sluice(&b.root).args(["ingest", "--table", table, "--schema"]).arg(schema(dir.path())).arg(&rows)).status.code(), Some(0));
+        }
         kill_9_at(sluice(&b.root).args(["index", "create", "t", "id", "--type", "btree", "--timeout", "2s"]), INDEX_AFTER_COMMIT);
-        kill_9_at(sluice(&b.root).args(["index", "create", "t", "cat", "--type", "bitmap", "--timeout", "2s"]), INDEX_AFTER_INTENT);
+        kill_9_at(sluice(&b.root).args(["index", "create", "u", "cat", "--type", "bitmap", "--timeout", "2s"]), INDEX_AFTER_INTENT);
         assert!(index_list(&b.root).is_empty(), "{}: nothing declared before recovery", b.name);
+        let out = run(sluice(&b.root).args(["index", "create", "t", "cat", "--type", "bitmap", "--timeout", "2s"]));
+        assert_eq!(out.status.code(), Some(1), "{}: the dead change still holds table t", b.name);
+        assert!(String::from_utf8_lossy(&out.stderr).contains("still running"), "{}", b.name);
         std::thread::sleep(Duration::from_secs(2));
         let reports = sweep_until_clean(&b.root, Duration::from_secs(60));
-        let names: Vec<String> = index_list(&b.root).iter().map(|i| i["name"].as_str().unwrap().to_string()).collect();
-        assert_eq!(names, vec!["id_idx"], "{}: the committed change is published, the other undone: {reports:?}", b.name);
+        let names: Vec<String> = index_list(&b.root).iter().map(|i| format!("{}.{}", i["table"].as_str().unwrap(), i["name"].as_str().unwrap())).collect();
+        assert_eq!(names, vec!["t.id_idx"], "{}: the committed change is published, the other undone: {reports:?}", b.name);
         assert_eq!(pending(&b.root), 0, "{}", b.name);
         // The undone one can be made again.
-        assert_eq!(run(sluice(&b.root).args(["index", "create", "t", "cat", "--type", "bitmap"])).status.code(), Some(0), "{}", b.name);
+        assert_eq!(run(sluice(&b.root).args(["index", "create", "u", "cat", "--type", "bitmap"])).status.code(), Some(0), "{}", b.name);
         assert_eq!(index_list(&b.root).len(), 2, "{}", b.name);
         assert_eq!(scan_ids(&b.root, "t").len(), 300, "{}", b.name);
+    }
+}
+
+/// Index maintenance while 4 processes ingest into the table and two
+/// optimizers run at once: every ingest and optimize succeeds, every row is
+/// there exactly once, and a last optimize leaves every row indexed.
+#[test]
+fn index_maintenance_while_four_processes_ingest_and_another_optimizes() {
+    for b in shared_backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let ingest = |root: &str, dir: &Path, from: i64, n: i64| {
+            for i in from..from + n {
+                let f = jsonl(dir, &format!("t-{i}.jsonl"), i * 10..i * 10 + 10);
+                assert_eq!(run(sluice(root).args(["ingest", "--table", "t"]).arg(&f)).status.code(), Some(0));
+            }
+        };
+        ingest(&b.root, dir.path(), 0, 4);
+        assert_eq!(run(sluice(&b.root).args(["index", "create", "t", "id", "--type", "btree"])).status.code(), Some(0));
+        std::thread::scope(|s| {
+            for w in 0..4i64 {
+                let (root, dir) = (b.root.clone(), dir.path().to_path_buf());
+                s.spawn(move || ingest(&root, &dir, 100 + w * 10, 4));
+            }
+            for _ in 0..2 {
+                let root = b.root.clone();
+                s.spawn(move || {
+                    for _ in 0..3 {
+                        let out = run(sluice(&root).args(["--json", "optimize", "t", "--timeout", "60s"]));
+                        assert_eq!(out.status.code(), Some(0), "an optimizer failed");
+                    }
+                });
+            }
+        });
+        let mut want: Vec<i64> = (0..40).collect();
+        for w in 0..4i64 {
+            for i in 100 + w * 10..100 + w * 10 + 4 {
+                want.extend(i * 10..i * 10 + 10);
+            }
+        }
+        want.sort();
+        assert_eq!(scan_ids(&b.root, "t"), want, "{}: every row exactly once", b.name);
+        assert_eq!(pending(&b.root), 0, "{}", b.name);
+        assert_eq!(run(sluice(&b.root).args(["optimize", "t"])).status.code(), Some(0));
+        let list = index_list(&b.root);
+        assert_eq!(list[0]["rows_indexed"], want.len(), "{}: {list:?}", b.name);
+        assert_eq!(list[0]["rows_unindexed"], 0, "{}: {list:?}", b.name);
+        let rows = lines(&run(sluice(&b.root).args(["scan", "t", "--where", "id = 1305", "--columns", "id"])));
+        assert_eq!(rows.len(), 1, "{}: {rows:?}", b.name);
     }
 }

@@ -27,7 +27,9 @@ use lance_index::scalar::{BuiltinIndexType, InvertedIndexParams, ScalarIndexPara
 use lance_index::vector::hnsw::builder::HnswBuildParams;
 use lance_index::vector::ivf::IvfBuildParams;
 use lance_index::vector::sq::builder::SQBuildParams;
+use lance_index::optimize::OptimizeOptions;
 use lance_index::{IndexParams, IndexType};
+use lance::table::format::IndexMetadata;
 use lance_linalg::distance::MetricType;
 use serde::Serialize;
 
@@ -45,6 +47,9 @@ use crate::types;
 
 /// Most IVF partitions a default picks.
 const MAX_DEFAULT_PARTITIONS: u32 = 4096;
+/// Rounds of one index request or refresh (each builds one missing index,
+/// updates the rest, or waits out another optimizer or a lost commit race).
+const MAX_ROUNDS: u32 = 16;
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
@@ -67,24 +72,64 @@ pub struct Report {
 pub async fn create(lake: &Lake, table: &str, spec: IndexSpec, budget: Budget) -> Result<Report> {
     lake.timing().check_timeout(budget.timeout)?;
     let deadline = Deadline::after(budget.timeout);
-    let (latest, pin) = published(lake, table).await?;
-    if let Some(have) = pin.indices.iter().find(|i| i.name == spec.name) {
-        return match have == &spec {
-            true => Ok(Report { table: table.into(), index: spec.name, outcome: Outcome::AlreadyDone { manifest_version: latest.version } }),
-            false => Err(Error::Usage(format!(
-                "table '{table}' already declares an index named '{}' ({} on '{}'); drop it first (`sluice index drop {table} {}`) or pick another --name",
-                have.name,
-                have.kind.name(),
-                have.column,
-                have.name
-            ))),
-        };
+    for _ in 0..MAX_ROUNDS {
+        let (latest, pin) = published(lake, table).await?;
+        if let Some(have) = pin.indices.iter().find(|i| i.name == spec.name) {
+            return match have == &spec {
+                true => Ok(Report { table: table.into(), index: spec.name, outcome: Outcome::AlreadyDone { manifest_version: latest.version } }),
+                false => Err(Error::Usage(format!(
+                    "table '{table}' already declares an index named '{}' ({} on '{}'); drop it first (`sluice index drop {table} {}`) or pick another --name",
+                    have.name,
+                    have.kind.name(),
+                    have.column,
+                    have.name
+                ))),
+            };
+        }
+        let change = Some(Change::AddIndex(spec.clone()));
+        match again(build(lake, latest, table, &pin, &spec, change, budget.clock_skew, &deadline).await, lake, table, &pin, &deadline).await? {
+            Step::Done(report) => return Ok(report),
+            Step::Nothing | Step::Again => {}
+        }
     }
+    Err(contention(table))
+}
+
+/// How one index operation ended.
+enum Step {
+    Done(Report),
+    /// Lance had nothing to do: no commit, no publish.
+    Nothing,
+    /// Another optimizer or index change held this state, or won the commit
+    /// race: look at the table again.
+    Again,
+}
+
+/// A commit lost to a concurrent one Lance cannot rebase over (a retryable
+/// conflict) is `Again`, once the winner's publish moved the pin.
+async fn again(step: Result<Step>, lake: &Lake, table: &str, pin: &TablePin, deadline: &Deadline) -> Result<Step> {
+    match step {
+        Err(Error::Lance { source: lance::Error::RetryableCommitConflict { .. }, .. }) => {
+            tracing::info!(table, "an index change lost a commit race; looking again once the winner is published");
+            single::await_pin_past(lake, table, pin.version, deadline).await?;
+            Ok(Step::Again)
+        }
+        other => other,
+    }
+}
+
+fn contention(table: &str) -> Error {
+    Error::Contention { what: "changing indices", attempts: MAX_ROUNDS, last: format!("table '{table}' kept changing under the index change") }
+}
+
+/// Build `spec` at the pin as one operation; its publish carries `change`
+/// (the declaration), or none when the index was declared already.
+#[allow(clippy::too_many_arguments)]
+async fn build(lake: &Lake, latest: manifest::Manifest, table: &str, pin: &TablePin, spec: &IndexSpec, change: Option<Change>, skew: Duration, deadline: &Deadline) -> Result<Step> {
     let mut ds = lake.open_table(table, Some(pin.version)).await?;
     let rows = ds.count_rows(None).await.map_err(|e| Error::lance(table, e))? as u64;
-    let params = build_params(&ds, table, &spec, rows)?;
-    let change = Change::AddIndex(spec.clone());
-    let id = begin(lake, table, &pin, &change, &deadline).await?;
+    let params = build_params(&ds, table, spec, rows)?;
+    let Some(id) = begin(lake, table, pin, change.as_slice(), skew, deadline).await? else { return Ok(Step::Again) };
 
     let built = async {
         failpoints::hit(failpoints::INDEX_AFTER_INTENT)?;
@@ -103,35 +148,162 @@ pub async fn create(lake: &Lake, table: &str, spec: IndexSpec, budget: Budget) -
         }
     };
     let operation = Operation::CreateIndex { new_indices: vec![meta], removed_indices: Vec::new() };
-    let version = commit(lake, table, &pin, &id, operation, &deadline).await?;
-    finish(lake, latest, table, &pin, &id, version, change, budget.clock_skew, &deadline).await
+    let version = commit(lake, table, pin, &id, operation, deadline).await?;
+    Ok(Step::Done(finish(lake, latest, table, pin, &id, version, &spec.name, change, skew, deadline).await?))
 }
 
 /// Drop index `name` of `table`: from its settings and from Lance.
 pub async fn drop(lake: &Lake, table: &str, name: &str, budget: Budget) -> Result<Report> {
     lake.timing().check_timeout(budget.timeout)?;
     let deadline = Deadline::after(budget.timeout);
-    let (latest, pin) = published(lake, table).await?;
-    let ds = lake.open_table(table, None).await?;
-    let segments: Vec<_> = ds.load_indices().await.map_err(|e| Error::lance(table, e))?.iter().filter(|i| i.name == name).cloned().collect();
-    if !pin.indices.iter().any(|i| i.name == name) {
-        if segments.is_empty() {
-            return Err(Error::Usage(format!("table '{table}' has no index named '{name}' (`sluice index list {table}` shows them)")));
+    for round in 0..MAX_ROUNDS {
+        let (latest, pin) = published(lake, table).await?;
+        let ds = lake.open_table(table, None).await?;
+        let segments: Vec<_> = ds.load_indices().await.map_err(|e| Error::lance(table, e))?.iter().filter(|i| i.name == name).cloned().collect();
+        // Not declared, but built by another tool or by a rolled-back attempt: still dropped.
+        if !pin.indices.iter().any(|i| i.name == name) && segments.is_empty() {
+            return match round {
+                0 => Err(Error::Usage(format!("table '{table}' has no index named '{name}' (`sluice index list {table}` shows them)"))),
+                // Dropped by a concurrent request we waited for.
+                _ => Ok(Report { table: table.into(), index: name.into(), outcome: Outcome::AlreadyDone { manifest_version: latest.version } }),
+            };
         }
-        // Built by another tool, or by an attempt that was rolled back: still dropped.
+        let step = drop_segments(lake, latest, table, &pin, name, segments, budget.clock_skew, &deadline).await;
+        match again(step, lake, table, &pin, &deadline).await? {
+            Step::Done(report) => return Ok(report),
+            Step::Nothing | Step::Again => {}
+        }
     }
+    Err(contention(table))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn drop_segments(lake: &Lake, latest: manifest::Manifest, table: &str, pin: &TablePin, name: &str, segments: Vec<IndexMetadata>, skew: Duration, deadline: &Deadline) -> Result<Step> {
     let change = Change::DropIndex(name.to_string());
-    let id = begin(lake, table, &pin, &change, &deadline).await?;
+    let Some(id) = begin(lake, table, pin, std::slice::from_ref(&change), skew, deadline).await? else { return Ok(Step::Again) };
     if let Err(e) = failpoints::hit(failpoints::INDEX_AFTER_INTENT) {
         single::give_up(lake, &id).await?;
         return Err(e);
     }
     let version = match segments.is_empty() {
-        // Declared but never built (or already gone from Lance): only the settings change.
+        // Declared but gone from Lance (another tool dropped it): only the settings change.
         true => pin.version,
-        false => commit(lake, table, &pin, &id, Operation::CreateIndex { new_indices: Vec::new(), removed_indices: segments }, &deadline).await?,
+        false => commit(lake, table, pin, &id, Operation::CreateIndex { new_indices: Vec::new(), removed_indices: segments }, deadline).await?,
     };
-    finish(lake, latest, table, &pin, &id, version, change, budget.clock_skew, &deadline).await
+    Ok(Step::Done(finish(lake, latest, table, pin, &id, version, name, Some(change), skew, deadline).await?))
+}
+
+/// What `optimize` did for a table's declared indices.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Refresh {
+    /// Declared indices missing from Lance, built now.
+    pub built: Vec<Report>,
+    /// The incremental update of the others (rows committed since they were built).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub updated: Option<Report>,
+    /// Rows at the pin that some declared index did not cover before this run.
+    pub rows_unindexed_before: u64,
+    /// Why the refresh stopped short (time, or other optimizers kept moving the
+    /// table); the next run goes on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_done: Option<String>,
+}
+
+/// Keep `table`'s declared indices fresh at its published pin: build the ones
+/// Lance lacks, then add the rows the others miss (Lance's incremental
+/// optimize: new rows become a delta segment, merged into the newest
+/// `merge` segments). Each is its own operation through the door. A commit
+/// that loses to a concurrent index change or compaction (Lance's retryable
+/// conflict) waits for the winner's publish and looks again, a bounded number
+/// of times.
+pub(crate) async fn refresh(lake: &Lake, table: &str, merge: usize, skew: Duration, deadline: &Deadline) -> Result<Refresh> {
+    let mut out = Refresh::default();
+    for round in 0..MAX_ROUNDS {
+        let (latest, pin) = published(lake, table).await?;
+        let (missing, stale, uncovered) = survey(lake, table, &pin).await?;
+        if round == 0 {
+            out.rows_unindexed_before = uncovered;
+        }
+        let step = if let Some(spec) = missing.first() {
+            deadline.check("building an index")?;
+            build(lake, latest, table, &pin, spec, None, skew, deadline).await
+        } else if !stale.is_empty() {
+            deadline.check("updating indices")?;
+            update(lake, latest, table, &pin, stale, merge, skew, deadline).await
+        } else {
+            return Ok(out);
+        };
+        match again(step, lake, table, &pin, deadline).await? {
+            // A build: the others may still need their update; look again.
+            Step::Done(report) if !missing.is_empty() => out.built.push(report),
+            Step::Done(report) => {
+                out.updated = Some(report);
+                return Ok(out);
+            }
+            Step::Nothing => return Ok(out),
+            Step::Again => {}
+        }
+    }
+    Err(contention(table))
+}
+
+/// The declared indices Lance lacks, those missing rows, and the most rows any misses.
+async fn survey(lake: &Lake, table: &str, pin: &TablePin) -> Result<(Vec<IndexSpec>, Vec<String>, u64)> {
+    let (mut missing, mut stale, mut most) = (Vec::new(), Vec::new(), 0);
+    if pin.indices.is_empty() {
+        return Ok((missing, stale, most));
+    }
+    let ds = lake.open_table(table, Some(pin.version)).await?;
+    let present = ds.load_indices().await.map_err(|e| Error::lance(table, e))?;
+    let fragments: Vec<(u32, u64)> = ds.fragments().iter().map(|f| (f.id as u32, f.num_rows().unwrap_or(0) as u64)).collect();
+    for spec in &pin.indices {
+        let segments: Vec<_> = present.iter().filter(|i| i.name == spec.name).collect();
+        let uncovered: u64 = fragments
+            .iter()
+            .filter(|(id, _)| !segments.iter().any(|s| s.fragment_bitmap.as_ref().is_some_and(|b| b.contains(*id))))
+            .map(|(_, rows)| rows)
+            .sum();
+        most = most.max(uncovered);
+        if segments.is_empty() {
+            missing.push(spec.clone());
+        } else if uncovered > 0 {
+            stale.push(spec.name.clone());
+        }
+    }
+    Ok((missing, stale, most))
+}
+
+/// One operation: Lance's incremental optimize of `names` at the pin, one
+/// tagged commit. `None` when Lance found nothing to do.
+#[allow(clippy::too_many_arguments)]
+async fn update(lake: &Lake, latest: manifest::Manifest, table: &str, pin: &TablePin, names: Vec<String>, merge: usize, skew: Duration, deadline: &Deadline) -> Result<Step> {
+    let Some(id) = begin(lake, table, pin, &[], skew, deadline).await? else { return Ok(Step::Again) };
+    let mut ds = lake.open_table(table, Some(pin.version)).await?;
+    let updated = async {
+        failpoints::hit(failpoints::INDEX_AFTER_INTENT)?;
+        let mut options = OptimizeOptions::merge(merge);
+        options.index_names = Some(names.clone());
+        options.transaction_properties = Some(Arc::new(sidecar::commit_properties(&id.op, &id.attempt, &id.attempt, SCOPE_SINGLE)));
+        ds.optimize_indices(&options).await.map_err(|e| Error::lance(table, e))?;
+        Ok(ds.version().version)
+    }
+    .await;
+    let version = match updated {
+        Ok(v) if v > pin.version => v,
+        // Lance skipped every index: no commit.
+        Ok(_) => {
+            single::give_up(lake, &id).await?;
+            return Ok(Step::Nothing);
+        }
+        Err(e) => match fence::committed_by(lake, table, pin.version, &id.attempt).await? {
+            Some(v) => v,
+            None => {
+                single::give_up(lake, &id).await?;
+                return Err(e);
+            }
+        },
+    };
+    Ok(Step::Done(finish(lake, latest, table, pin, &id, version, &names.join(","), None, skew, deadline).await?))
 }
 
 /// One declared index and what Lance says of it at the pin.
@@ -193,10 +365,11 @@ async fn published(lake: &Lake, table: &str) -> Result<(manifest::Manifest, Tabl
     Ok((latest, pin))
 }
 
-/// The intent of an index change: the operation is the table and the change,
-/// so two identical requests collide on their claims-free work by name.
-async fn begin(lake: &Lake, table: &str, pin: &TablePin, change: &Change, deadline: &Deadline) -> Result<AttemptId> {
-    let what = serde_json::to_string(change).expect("a change serializes");
+/// The intent of an index operation on `table` at `pin` publishing `changes`,
+/// and its claim on that state's maintenance (`None`: another optimizer or
+/// index change held it; it was waited for, look again).
+async fn begin(lake: &Lake, table: &str, pin: &TablePin, changes: &[Change], skew: Duration, deadline: &Deadline) -> Result<Option<AttemptId>> {
+    let what = format!("{}\0{}", pin.version, serde_json::to_string(changes).expect("changes serialize"));
     let op = format!("idx-{}", &hex::encode(<sha2::Sha256 as sha2::Digest>::digest(format!("{table}\0{what}")))[..24]);
     let attempt = uuid::Uuid::now_v7().to_string();
     deadline.check("writing the intent")?;
@@ -206,7 +379,7 @@ async fn begin(lake: &Lake, table: &str, pin: &TablePin, change: &Change, deadli
         kind: "index".into(),
         tables: BTreeMap::from([(
             table.to_string(),
-            IntentTable { start_pin: Some(pin.version), mode: pin.mode, key: pin.key.clone(), format: None, schema: None, changes: vec![change.clone()] },
+            IntentTable { start_pin: Some(pin.version), mode: pin.mode, key: pin.key.clone(), format: None, schema: None, changes: changes.to_vec() },
         )]),
         sources: Vec::new(),
         started_at: Utc::now(),
@@ -214,7 +387,8 @@ async fn begin(lake: &Lake, table: &str, pin: &TablePin, change: &Change, deadli
         worker: sidecar::worker_name(),
     };
     sidecar::create_intent(lake, &intent).await?;
-    Ok(AttemptId::new(&op, &attempt))
+    let id = AttemptId::new(&op, &attempt);
+    Ok(single::claim_maintenance(lake, &id, table, pin.version, skew, deadline).await?.then_some(id))
 }
 
 /// Commit `operation` read at the pin, tagged with the attempt. An error is
@@ -248,15 +422,11 @@ async fn commit(lake: &Lake, table: &str, pin: &TablePin, id: &AttemptId, operat
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn finish(lake: &Lake, latest: manifest::Manifest, table: &str, pin: &TablePin, id: &AttemptId, version: u64, change: Change, skew: Duration, deadline: &Deadline) -> Result<Report> {
+async fn finish(lake: &Lake, latest: manifest::Manifest, table: &str, pin: &TablePin, id: &AttemptId, version: u64, index: &str, change: Option<Change>, skew: Duration, deadline: &Deadline) -> Result<Report> {
     failpoints::hit(failpoints::INDEX_AFTER_COMMIT)?;
-    let index = match &change {
-        Change::AddIndex(spec) => spec.name.clone(),
-        Change::DropIndex(name) => name.clone(),
-    };
-    let committed = single::Committed { id, kind: "index", table, pin, version, changes: vec![change] };
+    let committed = single::Committed { id, kind: "index", table, pin, version, changes: change.into_iter().collect() };
     let (manifest_version, _) = single::finish(lake, latest, committed, skew, deadline).await?;
-    Ok(Report { table: table.into(), index, outcome: Outcome::Done { lance_version: version, manifest_version } })
+    Ok(Report { table: table.into(), index: index.to_string(), outcome: Outcome::Done { lance_version: version, manifest_version } })
 }
 
 /// Lance's parameters for `spec`, after checking that the column suits it.

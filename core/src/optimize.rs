@@ -38,14 +38,13 @@ use crate::ingest::Budget;
 use crate::lake::Lake;
 use crate::manifest;
 use crate::fence;
+use crate::index;
 use crate::recover;
 use crate::single;
-use crate::sidecar::{self, AttemptId, Claim, Claimed, Holder, Intent, IntentTable, SCOPE_SINGLE};
+use crate::sidecar::{self, AttemptId, Intent, IntentTable, SCOPE_SINGLE};
 
 /// Re-plans after a conflicting update or delete of the planned fragments.
-const MAX_REPLANS: u32 = 3;
-/// How long a loser of a commit race waits for the winner's publish before re-planning.
-const PIN_WAIT: Duration = Duration::from_secs(10);
+const MAX_REPLANS: u32 = 5;
 
 /// What to compact in one table, and how much per run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -71,6 +70,9 @@ pub struct Options {
     pub per_table: BTreeMap<String, Targets>,
     /// Split each table's tasks into this many batches for the executor.
     pub parallel: usize,
+    /// Index refresh: new rows become a delta segment merged into the newest
+    /// this many segments (0: a new segment each run; Lance's default is 1).
+    pub index_merge: usize,
     pub dry_run: bool,
 }
 
@@ -95,7 +97,7 @@ impl Options {
                 parsed.push((table, set, n));
             }
         }
-        let mut opts = Options { parallel: parallel.max(1), dry_run, ..Default::default() };
+        let mut opts = Options { parallel: parallel.max(1), dry_run, index_merge: 1, ..Default::default() };
         // Defaults first, so a table's own settings start from them.
         for (_, set, n) in parsed.iter().filter(|(t, _, _)| t.is_none()) {
             set(&mut opts.targets, *n);
@@ -172,20 +174,6 @@ impl Executor for InProcess {
     }
 }
 
-/// After losing a commit race, give the winner (usually another optimizer, soon
-/// to publish) a moment to move the pin, so the next plan starts from its
-/// result instead of conflicting again. Bounded by `PIN_WAIT` and the deadline.
-async fn await_pin_past(lake: &Lake, table: &str, pin: u64, deadline: &Deadline) -> Result<()> {
-    let until = std::time::Instant::now() + PIN_WAIT.min(deadline.remaining());
-    while std::time::Instant::now() < until {
-        let latest = manifest::read_latest(lake).await?.expect("checked by run");
-        if latest.tables.get(table).is_some_and(|p| p.version > pin) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    Ok(())
-}
 
 /// Keep the plan's leading tasks within the bytes budget (at least one).
 fn within_bytes(plan: &mut CompactionPlan, max_bytes: Option<u64>) {
@@ -221,8 +209,6 @@ pub enum TableAction {
     Planned { tasks: usize, source_fragments: usize },
     /// Compacted and published at this manifest version.
     Compacted { lance_version: u64, manifest_version: u64, fragments_removed: usize, fragments_added: usize, tasks: usize, workers: usize },
-    /// Another optimizer compacted this same state; it is published.
-    DoneByOther,
     /// The run's time ran out before this table's compaction was committed
     /// (or before it started); the next run plans it again.
     NotDone { reason: String },
@@ -239,6 +225,9 @@ pub struct TableReport {
     pub fragments_after: Option<usize>,
     #[serde(flatten)]
     pub action: TableAction,
+    /// The declared indices, refreshed after compaction (none declared, or a dry run: absent).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub indices: Option<index::Refresh>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -267,21 +256,43 @@ pub async fn run(lake: &Lake, tables: &[String], opts: &Options, budget: Budget,
     let mut reports = Vec::with_capacity(names.len());
     let mut out_of_time: Option<String> = None;
     for name in names {
-        let reason = match &out_of_time {
-            Some(why) => format!("not started: {why}"),
-            None if deadline.remaining().is_zero() => "not started: the run's time ran out".to_string(),
-            None => match compact_table(lake, &name, opts, budget.clock_skew, &deadline, executor).await {
-                Ok(report) => {
-                    reports.push(report);
-                    continue;
-                }
-                Err(e @ Error::Deadline { .. }) => e.to_string(),
-                Err(e) => return Err(e),
-            },
-        };
-        out_of_time.get_or_insert_with(|| reason.clone());
         let targets = opts.targets_for(&name);
-        reports.push(TableReport { table: name, targets, fragments_before: None, fragments_after: None, action: TableAction::NotDone { reason } });
+        let not_done = |reason: String| TableReport { table: name.clone(), targets, fragments_before: None, fragments_after: None, action: TableAction::NotDone { reason }, indices: None };
+        if deadline.remaining().is_zero() {
+            out_of_time.get_or_insert_with(|| "the run's time ran out".into());
+        }
+        if let Some(why) = &out_of_time {
+            reports.push(not_done(format!("not started: {why}")));
+            continue;
+        }
+        let mut report = match compact_table(lake, &name, opts, budget.clock_skew, &deadline, executor).await {
+            Ok(report) => report,
+            // Other optimizers or index changes kept moving this table: not an
+            // error of the run; the next run plans it again.
+            Err(e @ Error::Contention { .. }) => not_done(e.to_string()),
+            Err(e @ Error::Deadline { .. }) => {
+                out_of_time = Some(e.to_string());
+                reports.push(not_done(e.to_string()));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        // Then the indices, on the compacted pin: compaction first, so the new
+        // segments cover the rewritten fragments.
+        if !opts.dry_run {
+            match index::refresh(lake, &name, opts.index_merge, budget.clock_skew, &deadline).await {
+                Ok(r) if r.built.is_empty() && r.updated.is_none() && r.rows_unindexed_before == 0 => {}
+                Ok(r) => report.indices = Some(r),
+                Err(e @ (Error::Deadline { .. } | Error::Contention { .. })) => {
+                    if matches!(e, Error::Deadline { .. }) {
+                        out_of_time = Some(e.to_string());
+                    }
+                    report.indices = Some(index::Refresh { not_done: Some(e.to_string()), ..Default::default() });
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        reports.push(report);
     }
     Ok(Report { tables: reports, requests: lake.requests().since(&before) })
 }
@@ -293,7 +304,7 @@ async fn compact_table(lake: &Lake, table: &str, opts: &Options, skew: Duration,
         let pin = latest.tables[table].clone();
         let mut ds = lake.open_table(table, Some(pin.version)).await?;
         let fragments_before = ds.fragments().len();
-        let report = |action, after| TableReport { table: table.to_string(), targets, fragments_before: Some(fragments_before), fragments_after: Some(after), action };
+        let report = |action, after| TableReport { table: table.to_string(), targets, fragments_before: Some(fragments_before), fragments_after: Some(after), action, indices: None };
         let compaction = CompactionOptions {
             target_rows_per_fragment: targets.target_rows,
             max_source_fragments: Some(targets.max_fragments),
@@ -323,32 +334,8 @@ async fn compact_table(lake: &Lake, table: &str, opts: &Options, skew: Duration,
         };
         let id = AttemptId::new(&op, &attempt);
         sidecar::create_intent(lake, &intent).await?;
-        // One compaction of one state at a time: the (table, pin) work item is
-        // claimed like a source. Another optimizer holding it is waited for,
-        // then the table looked at again.
-        let key = sidecar::compaction_key(table, pin.version);
-        let claim = Claim { op: op.clone(), attempt: attempt.clone(), source: format!("compaction of {table} at {}", pin.version), table: table.to_string(), generation: 0, claimed_at: Utc::now() };
-        let mut maybe = Vec::new();
-        let claimed = sidecar::claim(lake, &key, &claim, &mut maybe).await;
-        let held = match claimed {
-            Ok(Claimed::Mine { .. }) => None,
-            Ok(Claimed::Held(holder, status)) => Some((holder, status)),
-            Err(e) => {
-                single::give_up(lake, &id).await?;
-                return Err(e);
-            }
-        };
-        if let Some((holder, status)) = held {
-            // We did nothing yet: our intent goes, with a roll_back decision (any maybe-claim is released by it).
-            single::give_up(lake, &id).await?;
-            if let Holder::InFlight(other) = status {
-                recover::await_gone(lake, &AttemptId::new(&holder.op, &holder.attempt), other.deadline, skew, deadline).await?;
-            }
-            let now = manifest::read_latest(lake).await?.expect("checked by run");
-            if now.tables[table].version > pin.version {
-                let after = lake.open_table(table, Some(now.tables[table].version)).await?.fragments().len();
-                return Ok(report(TableAction::DoneByOther, after));
-            }
+        if !single::claim_maintenance(lake, &id, table, pin.version, skew, deadline).await? {
+            // Another optimizer worked on this state: plan again from what it published.
             continue;
         }
         // Nothing is committed until the rewrite: a failure before it rolls this attempt back.
@@ -382,7 +369,7 @@ async fn compact_table(lake: &Lake, table: &str, opts: &Options, skew: Duration,
                         // An update or delete of the same fragments won: plan again.
                         lance::Error::RetryableCommitConflict { .. } => {
                             tracing::info!(table, "compaction conflicted with a rewrite, update or delete of the same fragments; re-planning");
-                            await_pin_past(lake, table, pin.version, deadline).await?;
+                            single::await_pin_past(lake, table, pin.version, deadline).await?;
                             continue;
                         }
                         e => return Err(Error::lance(table, e)),

@@ -49,7 +49,7 @@ use crate::manifest::Mode;
 
 pub(crate) const OPS: &str = "_ops";
 const CLAIMS: &str = "_ingested";
-const COMPACTIONS: &str = "_compactions";
+const MAINTENANCE: &str = "_maintenance";
 const INTENT_SUFFIX: &str = ".intent.json";
 const DECISIONS: &str = "_decisions";
 const LEASE_INFIX: &str = ".sweep-";
@@ -224,10 +224,10 @@ pub fn source_key(source_id: &str) -> String {
     format!("{CLAIMS}/{source_id}")
 }
 
-/// The ledger key of compacting `table` at pin `pin`: two optimizers of the
-/// same state do not both rewrite it.
-pub fn compaction_key(table: &str, pin: u64) -> String {
-    format!("{COMPACTIONS}/{table}/{pin:020}")
+/// The ledger key of maintaining `table` at pin `pin` (a compaction or an
+/// index refresh): two optimizers of the same state do not both rewrite it.
+pub fn maintenance_key(table: &str, pin: u64) -> String {
+    format!("{MAINTENANCE}/{table}/{pin:020}")
 }
 
 fn claim_path(key: &str, generation: u32) -> String {
@@ -403,8 +403,8 @@ async fn read_claim_at(lake: &Lake, key: &str, generation: u32) -> Result<Claim>
     })
 }
 
-/// Claim ledger key `key` (a source: [`source_key`]; a compaction:
-/// [`compaction_key`]) for `claim`'s attempt: generation 1 on the common path
+/// Claim ledger key `key` (a source: [`source_key`]; maintenance:
+/// [`maintenance_key`]) for `claim`'s attempt: generation 1 on the common path
 /// (one create-only PUT); after a released generation, the next one. A PUT
 /// with an ambiguous answer that cannot be read back may still land later:
 /// its generation is pushed to `maybe` (so a giving-up attempt releases it)

@@ -13,7 +13,10 @@ use crate::lake::{Created, Lake};
 use crate::manifest::{self, Goal, Manifest, Published, TablePin};
 use crate::recover;
 use crate::settings::Change;
-use crate::sidecar::{self, AttemptId, Decision, Outcome};
+use crate::sidecar::{self, AttemptId, Claim, Claimed, Decision, Holder, Outcome};
+
+/// How long a loser of a commit race waits for the winner's publish before looking again.
+const PIN_WAIT: Duration = Duration::from_secs(10);
 
 /// Give up before the commit is known to have landed: decide roll_back (a
 /// commit still in flight is then never published; it keeps the rows
@@ -88,4 +91,44 @@ pub(crate) async fn finish(lake: &Lake, base: Manifest, c: Committed<'_>, skew: 
     let version = manifest::publish(lake, base, &goal, deadline).await?.version();
     sidecar::delete_intent(lake, c.id).await?;
     Ok((version, pinned))
+}
+
+/// After losing a commit race, give the winner (usually another optimizer, soon
+/// to publish) a moment to move the pin, so the next plan starts from its
+/// result instead of conflicting again. Bounded by `PIN_WAIT` and the deadline.
+pub(crate) async fn await_pin_past(lake: &Lake, table: &str, pin: u64, deadline: &Deadline) -> Result<()> {
+    let until = std::time::Instant::now() + PIN_WAIT.min(deadline.remaining());
+    while std::time::Instant::now() < until {
+        let latest = manifest::read_latest(lake).await?.expect("checked by run");
+        if latest.tables.get(table).is_some_and(|p| p.version > pin) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
+
+/// Claim the maintenance of `table` at `pin` (a compaction or an index
+/// refresh) for attempt `id`, whose intent is written: one optimizer per
+/// state, like a source claim. `false`: another attempt held it; ours was
+/// given up (nothing was done yet) and the holder waited for, so the caller
+/// looks at the table again.
+pub(crate) async fn claim_maintenance(lake: &Lake, id: &AttemptId, table: &str, pin: u64, skew: Duration, deadline: &Deadline) -> Result<bool> {
+    let key = sidecar::maintenance_key(table, pin);
+    let claim = Claim { op: id.op.clone(), attempt: id.attempt.clone(), source: format!("maintenance of {table} at {pin}"), table: table.to_string(), generation: 0, claimed_at: Utc::now() };
+    // A maybe-claim needs no release of its own: our roll_back decision gives it back.
+    let mut maybe = Vec::new();
+    let (holder, status) = match sidecar::claim(lake, &key, &claim, &mut maybe).await {
+        Ok(Claimed::Mine { .. }) => return Ok(true),
+        Ok(Claimed::Held(holder, status)) => (holder, status),
+        Err(e) => {
+            give_up(lake, id).await?;
+            return Err(e);
+        }
+    };
+    give_up(lake, id).await?;
+    if let Holder::InFlight(other) = status {
+        recover::await_gone(lake, &AttemptId::new(&holder.op, &holder.attempt), other.deadline, skew, deadline).await?;
+    }
+    Ok(false)
 }

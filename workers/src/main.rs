@@ -226,6 +226,10 @@ enum Command {
         /// Run each table's compaction tasks in up to N processes; one commit.
         #[arg(long, default_value_t = 1)]
         parallel: usize,
+        /// Declared indices: the rows they miss become a new segment merged
+        /// into the newest N segments (0 keeps every segment).
+        #[arg(long, default_value_t = 1)]
+        index_merge: usize,
         #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
@@ -392,8 +396,9 @@ async fn run(cli: Cli) -> Result<()> {
                 )));
             }
         }
-        Command::Optimize { tables, dry_run, target_rows, max_fragments, max_bytes, parallel, timeout } => {
-            let opts = optimize::Options::parse(&target_rows, &max_fragments, &max_bytes, parallel, dry_run)?;
+        Command::Optimize { tables, dry_run, target_rows, max_fragments, max_bytes, parallel, index_merge, timeout } => {
+            let mut opts = optimize::Options::parse(&target_rows, &max_fragments, &max_bytes, parallel, dry_run)?;
+            opts.index_merge = index_merge;
             let budget = Budget { timeout, clock_skew };
             let report = if parallel > 1 {
                 let processes = fanout::Processes { root: cli.root.clone(), clock_skew, retention_floor: cli.retention_floor };
@@ -412,10 +417,23 @@ async fn run(cli: Cli) -> Result<()> {
                             optimize::TableAction::Compacted { lance_version, manifest_version, tasks, workers, .. } => {
                                 format!("compacted in {tasks} task(s) on {workers} worker(s) (lance v{lance_version}, manifest version {manifest_version})")
                             }
-                            optimize::TableAction::DoneByOther => "compacted by another optimizer".into(),
                             optimize::TableAction::NotDone { reason } => return format!("table {}: not done ({reason}); the next run plans it again", t.table),
                         };
-                        format!("table {}: {} -> {} fragments: {what}", t.table, t.fragments_before.expect("known for every table the run opened"), t.fragments_after.expect("known for every table the run opened"))
+                        let mut line = format!("table {}: {} -> {} fragments: {what}", t.table, t.fragments_before.expect("known for every table the run opened"), t.fragments_after.expect("known for every table the run opened"));
+                        if let Some(ix) = &t.indices {
+                            let built: Vec<&str> = ix.built.iter().map(|r| r.index.as_str()).collect();
+                            line.push_str(&format!("; indices: {} row(s) were not indexed", ix.rows_unindexed_before));
+                            if !built.is_empty() {
+                                line.push_str(&format!(", built {}", built.join(", ")));
+                            }
+                            if let Some(u) = &ix.updated {
+                                line.push_str(&format!(", updated {}", u.index));
+                            }
+                            if let Some(why) = &ix.not_done {
+                                line.push_str(&format!(", not done ({why}); the next run goes on"));
+                            }
+                        }
+                        line
                     })
                     .collect();
                 if lines.is_empty() { "no tables".into() } else { lines.join("\n") }
