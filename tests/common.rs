@@ -332,3 +332,32 @@ pub fn sleep_past(deadline: std::time::Instant) {
     }
     std::thread::sleep(Duration::from_millis(300));
 }
+
+/// Does the venv's python import pylance? (Checked once.)
+pub fn pylance() -> Option<PathBuf> {
+    static FOUND: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    FOUND
+        .get_or_init(|| {
+            let venv = std::env::var_os("SLUICE_VENV").map(PathBuf::from).unwrap_or_else(|| {
+                PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/sluice-venv")
+            });
+            let python = venv.join("bin/python");
+            let ok = Command::new(&python).args(["-c", "import lance"]).output().is_ok_and(|o| o.status.success());
+            if !ok {
+                eprintln!("note: pylance is not importable from {}: the pylance cross-check is skipped (scripts/env.sh installs it)", python.display());
+            }
+            ok.then_some(python)
+        })
+        .clone()
+}
+
+/// Python defining `storage_options(root)` for pylance on local files or the S3 server.
+pub const PYLANCE_PRELUDE: &str = r#"
+import os
+def storage_options(root):
+    if not root.startswith("s3://"):
+        return None
+    return {"region": os.environ.get("AWS_REGION", "us-east-1"), "allow_http": "true",
+            "endpoint": os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ["AWS_ENDPOINT_URL"],
+            "aws_access_key_id": os.environ["AWS_ACCESS_KEY_ID"], "aws_secret_access_key": os.environ["AWS_SECRET_ACCESS_KEY"]}
+"#;

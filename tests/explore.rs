@@ -512,33 +512,11 @@ fn counts(ids: &[i64]) -> HashMap<i64, usize> {
     m
 }
 
-/// Does the venv's python import pylance? (Checked once.)
-fn pylance() -> Option<PathBuf> {
-    static FOUND: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
-    FOUND
-        .get_or_init(|| {
-            let venv = std::env::var_os("SLUICE_VENV").map(PathBuf::from).unwrap_or_else(|| {
-                PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/sluice-venv")
-            });
-            let python = venv.join("bin/python");
-            let ok = Command::new(&python).args(["-c", "import lance"]).output().is_ok_and(|o| o.status.success());
-            if !ok {
-                eprintln!("note: pylance is not importable from {}: the pylance cross-check is skipped (scripts/env.sh installs it)", python.display());
-            }
-            ok.then_some(python)
-        })
-        .clone()
-}
-
 const PYLANCE_SCRIPT: &str = r#"
 import json, os, sys
 import lance
 root, pins = sys.argv[1], json.loads(sys.argv[2])
-opts = None
-if root.startswith("s3://"):
-    opts = {"region": os.environ.get("AWS_REGION", "us-east-1"), "allow_http": "true",
-            "endpoint": os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ["AWS_ENDPOINT_URL"],
-            "aws_access_key_id": os.environ["AWS_ACCESS_KEY_ID"], "aws_secret_access_key": os.environ["AWS_SECRET_ACCESS_KEY"]}
+opts = storage_options(root)
 out = {}
 for table, pin in pins.items():
     ds = lance.dataset(f"{root}/tables/{table}.lance", version=pin, storage_options=opts)
@@ -795,7 +773,7 @@ pub fn explore(seed: u64, backend: &Backend, max_ops: usize) -> (Stats, Vec<Stri
             .map(|ts| ts.iter().map(|t| (t["name"].as_str().unwrap().to_string(), t["pinned_version"].as_u64().unwrap())).collect())
             .unwrap_or_default();
         let uri = lake.uri().to_string();
-        let out = Command::new(python).args(["-c", PYLANCE_SCRIPT, &uri, &serde_json::to_string(&pins).unwrap()]).output().unwrap();
+        let out = Command::new(python).args(["-c", &format!("{PYLANCE_PRELUDE}{PYLANCE_SCRIPT}"), &uri, &serde_json::to_string(&pins).unwrap()]).output().unwrap();
         match serde_json::from_slice::<BTreeMap<String, Vec<i64>>>(&out.stdout) {
             Ok(py) => {
                 for (table, ids) in &py {

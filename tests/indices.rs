@@ -32,6 +32,31 @@ fn schema(dir: &Path) -> PathBuf {
     )
 }
 
+/// What pylance 14 sees of `table` at Lance version `pin`: its indices, and
+/// a vector search (through the index?) and a full-text search.
+fn pylance_search(root: &str, table: &str, pin: u64) -> serde_json::Value {
+    let python = pylance().expect("pylance 14.0.2 in the test virtualenv (scripts/test.sh installs it)");
+    let script = format!(
+        r#"{PYLANCE_PRELUDE}
+import json, sys
+import lance
+root, table, pin = sys.argv[1], sys.argv[2], int(sys.argv[3])
+ds = lance.dataset(f"{{root}}/tables/{{table}}.lance", version=pin, storage_options=storage_options(root))
+q = {{"column": "emb", "q": [20.45] * {DIMS}, "k": 5, "nprobes": 4, "refine_factor": 5}}
+plan = ds.scanner(nearest=q, columns=["id", "cat"]).explain_plan()
+print(json.dumps({{
+    "indices": sorted(i["name"] for i in ds.list_indices()),
+    "uses_ann": "ANN" in plan,
+    "nearest": ds.to_table(nearest=q, columns=["id", "cat"]).column("cat").to_pylist(),
+    "moon": ds.to_table(full_text_query="moon", columns=["id"], limit=1000).num_rows,
+}}))
+"#
+    );
+    let out = std::process::Command::new(python).args(["-c", &script, root, table, &pin.to_string()]).output().unwrap();
+    assert!(out.status.success(), "pylance: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 fn index_list(root: &str) -> Vec<serde_json::Value> {
     json(&run(sluice(root).args(["--json", "index", "list"]))).as_array().unwrap().clone()
 }
@@ -69,6 +94,13 @@ fn indices_are_declared_built_searched_kept_and_dropped() {
         assert_eq!(rows.len(), 150, "{}: every cluster-3 row mentions the moon", b.name);
         let rows = lines(&run(sluice(&b.root).args(["scan", "t", "--where", "id < 3 AND cat != 'c1'", "--columns", "id"])));
         assert_eq!(rows.iter().map(|r| r["id"].as_i64().unwrap()).collect::<Vec<_>>(), vec![0, 2], "{}", b.name);
+        // pylance at the pin sees the same indices and searches through them.
+        let pin = status(&b.root)["tables"][0]["pinned_version"].as_u64().unwrap();
+        let seen = pylance_search(&b.root, "t", pin);
+        assert_eq!(seen["indices"], serde_json::json!(["emb_idx", "id_idx", "txt_idx"]), "{}: {seen}", b.name);
+        assert!(seen["uses_ann"].as_bool().unwrap(), "{}: the vector search goes through the index: {seen}", b.name);
+        assert!(seen["nearest"].as_array().unwrap().iter().all(|c| c == "c2"), "{}: {seen}", b.name);
+        assert_eq!(seen["moon"], 150, "{}: {seen}", b.name);
 
         // Another writer's publish keeps the settings; its rows are searched before optimize indexes them.
         let more = vectors(dir.path(), "b.jsonl", 600, 100);

@@ -322,43 +322,35 @@ pub struct IndexStatus {
     pub segments: Option<u64>,
 }
 
-/// The declared indices of `table` (or of every table) at the latest version.
-pub async fn list(lake: &Lake, table: Option<&str>) -> Result<Vec<IndexStatus>> {
-    let latest = crate::read::manifest_at(lake, None).await?;
-    let mut out = Vec::new();
-    for (name, pin) in latest.tables.iter().filter(|(n, _)| table.is_none_or(|t| t == n.as_str())) {
-        if pin.indices.is_empty() {
-            continue;
-        }
-        let ds = lake.open_table(name, Some(pin.version)).await?;
-        let present = ds.load_indices().await.map_err(|e| Error::lance(name, e))?;
-        for spec in &pin.indices {
-            let built = present.iter().any(|i| i.name == spec.name);
-            let stats: Option<serde_json::Value> = match built {
-                true => serde_json::from_str(&ds.index_statistics(&spec.name).await.map_err(|e| Error::lance(name, e))?).ok(),
-                false => None,
-            };
-            let num = |k: &str| stats.as_ref().and_then(|s| s.get(k)).and_then(|v| v.as_u64());
-            out.push(IndexStatus {
-                table: name.clone(),
-                spec: spec.clone(),
-                built,
-                rows_indexed: num("num_indexed_rows"),
-                rows_unindexed: num("num_unindexed_rows"),
-                segments: num("num_indices"),
-            });
-        }
+/// The declared indices of a table, with what Lance says of each at the
+/// pin `ds` is opened at.
+pub async fn statuses(ds: &lance::Dataset, table: &str, pin: &TablePin) -> Result<Vec<IndexStatus>> {
+    if pin.indices.is_empty() {
+        return Ok(Vec::new());
     }
-    if let Some(t) = table
-        && !latest.tables.contains_key(t)
-    {
-        return Err(Error::Usage(format!("table '{t}' is not published in {}", lake.uri())));
+    let present = ds.load_indices().await.map_err(|e| Error::lance(table, e))?;
+    let mut out = Vec::with_capacity(pin.indices.len());
+    for spec in &pin.indices {
+        let built = present.iter().any(|i| i.name == spec.name);
+        let stats: Option<serde_json::Value> = match built {
+            true => serde_json::from_str(&ds.index_statistics(&spec.name).await.map_err(|e| Error::lance(table, e))?).ok(),
+            false => None,
+        };
+        let num = |k: &str| stats.as_ref().and_then(|s| s.get(k)).and_then(|v| v.as_u64());
+        out.push(IndexStatus {
+            table: table.to_string(),
+            spec: spec.clone(),
+            built,
+            rows_indexed: num("num_indexed_rows"),
+            rows_unindexed: num("num_unindexed_rows"),
+            segments: num("num_indices"),
+        });
     }
     Ok(out)
 }
 
 async fn published(lake: &Lake, table: &str) -> Result<(manifest::Manifest, TablePin)> {
-    let latest = crate::read::manifest_at(lake, None).await?;
+    let latest = manifest::read_latest(lake).await?.ok_or_else(|| Error::Usage(format!("no lake at {}: ingest something first", lake.uri())))?;
     let pin = latest.tables.get(table).cloned().ok_or_else(|| {
         Error::Usage(format!("table '{table}' is not published in {}: ingest into it first, then index it", lake.uri()))
     })?;

@@ -6,6 +6,7 @@ use futures::{Stream, StreamExt};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::index::{self, IndexStatus};
 use crate::lake::Lake;
 use crate::manifest::{self, Manifest, Mode};
 use crate::sidecar;
@@ -19,6 +20,8 @@ pub struct TableStatus {
     pub key: Option<String>,
     pub rows: u64,
     pub fragments: usize,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub indices: Vec<IndexStatus>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -71,6 +74,7 @@ pub async fn status(lake: &Lake) -> Result<Status> {
             key: pin.key.clone(),
             rows,
             fragments: ds.get_fragments().len(),
+            indices: index::statuses(&ds, name, pin).await?,
         });
     }
     let now = Utc::now();
@@ -90,6 +94,22 @@ pub async fn status(lake: &Lake) -> Result<Status> {
         })
         .collect();
     Ok(Status { root: lake.uri().to_string(), manifest_version: m.version, published_at: m.published_at, tables, pending })
+}
+
+/// The declared indices of `table` (or of every table) at the latest version.
+pub async fn indices(lake: &Lake, table: Option<&str>) -> Result<Vec<IndexStatus>> {
+    let latest = manifest_at(lake, None).await?;
+    if let Some(t) = table
+        && !latest.tables.contains_key(t)
+    {
+        return Err(Error::Usage(format!("table '{t}' is not published in {}", lake.uri())));
+    }
+    let mut out = Vec::new();
+    for (name, pin) in latest.tables.iter().filter(|(n, p)| table.is_none_or(|t| t == n.as_str()) && !p.indices.is_empty()) {
+        let ds = lake.open_table(name, Some(pin.version)).await?;
+        out.extend(index::statuses(&ds, name, pin).await?);
+    }
+    Ok(out)
 }
 
 /// Rows of `table` as manifest version `at` (or the latest) pins it.

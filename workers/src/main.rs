@@ -264,6 +264,11 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    if std::env::var_os("LANCE_INCLUDE_VECTOR_CENTROIDS").is_none() {
+        // Index statistics without the centroids (Lance's coming default, and
+        // its warning silenced). SAFETY: no other thread exists yet.
+        unsafe { std::env::set_var("LANCE_INCLUDE_VECTOR_CENTROIDS", "false") };
+    }
     let _failpoints = fail::FailScenario::setup();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| "warn".into()))
@@ -337,6 +342,9 @@ async fn run(cli: Cli) -> Result<()> {
                         "  table {:<24} lance v{:<6} {:>12} rows {:>6} fragments  {}{key}\n",
                         t.name, t.pinned_version, t.rows, t.fragments, t.mode
                     ));
+                    for i in &t.indices {
+                        out.push_str(&format!("    index {}\n", index_line(i)));
+                    }
                 }
                 if s.pending.is_empty() {
                     out.push_str("no operations in flight\n");
@@ -669,19 +677,9 @@ async fn run_index(lake: &Lake, json: bool, clock_skew: Duration, action: IndexC
         }
         IndexCommand::Drop { table, name, timeout } => index::drop(lake, &table, &name, Budget { timeout, clock_skew }).await?,
         IndexCommand::List { table } => {
-            let indices = index::list(lake, table.as_deref()).await?;
+            let indices = read::indices(lake, table.as_deref()).await?;
             emit(json, &indices, || {
-                let lines: Vec<String> = indices
-                    .iter()
-                    .map(|i| {
-                        let rows = match (i.built, i.rows_indexed, i.rows_unindexed) {
-                            (false, _, _) => "not built yet (optimize builds it)".to_string(),
-                            (true, Some(a), Some(b)) => format!("{a} rows indexed, {b} not yet"),
-                            (true, _, _) => "built".to_string(),
-                        };
-                        format!("{}.{}: {} on '{}' — {rows}", i.table, i.spec.name, i.spec.kind.name(), i.spec.column)
-                    })
-                    .collect();
+                let lines: Vec<String> = indices.iter().map(|i| format!("{}.{}", i.table, index_line(i))).collect();
                 if lines.is_empty() { "no indices declared".to_string() } else { lines.join("\n") }
             });
             return Ok(());
@@ -696,4 +694,15 @@ async fn run_index(lake: &Lake, json: bool, clock_skew: Duration, action: IndexC
         }
     });
     Ok(())
+}
+
+/// `name: kind on 'column' — rows indexed`, for `status` and `index list`.
+fn index_line(i: &sluice::index::IndexStatus) -> String {
+    let rows = match (i.built, i.rows_indexed, i.rows_unindexed) {
+        (false, _, _) => "not built yet (optimize builds it)".to_string(),
+        (true, Some(a), Some(b)) => format!("{a} rows indexed, {b} not yet"),
+        (true, _, _) => "built".to_string(),
+    };
+    let segments = i.segments.map(|n| format!(", {n} segment(s)")).unwrap_or_default();
+    format!("{}: {} on '{}' — {rows}{segments}", i.spec.name, i.spec.kind.name(), i.spec.column)
 }
