@@ -11,7 +11,8 @@ case "${1:-}" in
     port="$2"; bucket="$3"
     ensure_test_tools
     pidfile="$HOME/.cache/sluice-moto-$port.pid"
-    "$VENV/bin/moto_server" -H 127.0.0.1 -p "$port" >"$HOME/.cache/sluice-moto-$port.log" 2>&1 &
+    # moto, with conditional PUTs made atomic as on S3 (see s3_server.py).
+    "$VENV/bin/python" "$(dirname "$0")/s3_server.py" -H 127.0.0.1 -p "$port" >"$HOME/.cache/sluice-moto-$port.log" 2>&1 &
     echo $! >"$pidfile"
     for _ in $(seq 1 100); do
       if "$VENV/bin/python" - "$port" "$bucket" <<'PY' 2>/dev/null
