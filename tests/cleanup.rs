@@ -32,6 +32,22 @@ fn data_files(root: &str, table: &str) -> (BTreeSet<String>, BTreeSet<String>) {
     })
 }
 
+/// Index files of `table` in the store, and those its Lance HEAD's indices use.
+fn index_dirs(root: &str, table: &str) -> (BTreeSet<String>, BTreeSet<String>) {
+    use lance::index::DatasetIndexExt;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let lake = Lake::open(root).unwrap();
+        let dir = lake.path(&format!("tables/{table}.lance/_indices"));
+        let listed: Vec<_> = lake.store().list(Some(&dir)).try_collect().await.unwrap();
+        let prefix = dir.parts().count();
+        let listed = listed.iter().filter_map(|m| m.location.parts().nth(prefix).map(|p| p.as_ref().to_string())).collect();
+        let ds = lake.open_table(table, None).await.unwrap();
+        let used = ds.load_indices().await.unwrap().iter().map(|i| i.uuid.to_string()).collect();
+        (listed, used)
+    })
+}
+
 fn orphans(root: &str, table: &str) -> usize {
     let (listed, referenced) = data_files(root, table);
     assert!(referenced.is_subset(&listed), "a referenced data file is missing: {referenced:?} vs {listed:?}");
@@ -218,5 +234,31 @@ fn cleanup_while_a_reader_scans_an_old_manifest_version() {
         assert_eq!(scan_ids(&b.root, "t"), (0..60).collect::<Vec<_>>(), "{}", b.name);
         let usage = run(sluice(&b.root).args(["cleanup", "--keep", "1m"]));
         assert_eq!(usage.status.code(), Some(2), "{}: --keep below the retention floor is refused", b.name);
+    }
+}
+
+/// A dead index build's files (written, never committed) go with the first
+/// cleanup after its attempt is decided, like a dead writer's data files; the
+/// indices in use stay.
+#[test]
+fn cleanup_reclaims_a_dead_index_builds_files() {
+    for b in shared_backends() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..2 {
+            let f = jsonl(dir.path(), &format!("base-{i}.jsonl"), i * 10..i * 10 + 10);
+            assert_eq!(run(sluice(&b.root).args(["ingest", "--table", "t"]).arg(&f)).status.code(), Some(0));
+        }
+        assert_eq!(run(sluice(&b.root).args(["index", "create", "t", "id", "--type", "btree"])).status.code(), Some(0));
+        kill_9_at(sluice(&b.root).args(["index", "create", "t", "name", "--type", "bitmap", "--timeout", "2s"]), INDEX_AFTER_BUILD);
+        let (listed, used) = index_dirs(&b.root, "t");
+        assert_eq!((listed.len(), used.len()), (2, 1), "{}: the dead build's files are there: {listed:?}", b.name);
+        std::thread::sleep(Duration::from_secs(3));
+        let done = cleanup(&b.root, &[]);
+        assert!(table_report(&done, "t")["other_files_removed"].as_u64().unwrap() > 0, "{}: {done}", b.name);
+        let (listed, used) = index_dirs(&b.root, "t");
+        assert_eq!(listed, used, "{}: only the index in use is left", b.name);
+        assert_eq!(pending(&b.root), 0, "{}: recovery decided the dead build first", b.name);
+        let names: Vec<String> = json(&run(sluice(&b.root).args(["--json", "index", "list"]))).as_array().unwrap().iter().map(|i| i["name"].as_str().unwrap().to_string()).collect();
+        assert_eq!(names, vec!["id_idx"], "{}", b.name);
     }
 }

@@ -57,6 +57,8 @@ pub const OPTIMIZE_AFTER_COMMIT: &str = "optimize.after-commit";
 
 /// An index change wrote its intent; nothing built or committed yet.
 pub const INDEX_AFTER_INTENT: &str = "index.after-intent";
+/// An index was built (its files written); nothing committed.
+pub const INDEX_AFTER_BUILD: &str = "index.after-build";
 /// An index change is committed in Lance; not yet decided or published.
 pub const INDEX_AFTER_COMMIT: &str = "index.after-commit";
 
@@ -68,7 +70,7 @@ pub const WRITER: &[&str] = &[AFTER_INTENT, AFTER_CLAIMS, BEFORE_COMMIT, COMMIT_
 /// The optimizer's own steps.
 pub const OPTIMIZE: &[&str] = &[OPTIMIZE_AFTER_INTENT, OPTIMIZE_AFTER_REWRITE, OPTIMIZE_AFTER_COMMIT];
 /// An index change's own steps.
-pub const INDEX: &[&str] = &[INDEX_AFTER_INTENT, INDEX_AFTER_COMMIT];
+pub const INDEX: &[&str] = &[INDEX_AFTER_INTENT, INDEX_AFTER_BUILD, INDEX_AFTER_COMMIT];
 /// Readers' steps (a rendezvous for tests; a reader leaves nothing behind).
 pub const READ: &[&str] = &[SCAN_AFTER_OPEN];
 /// Recovery's own steps (a crash here leaves work for the next sweep).
@@ -94,6 +96,7 @@ pub const ALL: &[&str] = &[
     OPTIMIZE_AFTER_REWRITE,
     OPTIMIZE_AFTER_COMMIT,
     INDEX_AFTER_INTENT,
+    INDEX_AFTER_BUILD,
     INDEX_AFTER_COMMIT,
     SCAN_AFTER_OPEN,
 ];

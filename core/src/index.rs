@@ -136,6 +136,7 @@ async fn build(lake: &Lake, latest: manifest::Manifest, table: &str, pin: &Table
         let columns = [spec.column.as_str()];
         let mut builder = ds.create_index_builder(&columns, params.index_type(), params.as_ref()).name(spec.name.clone());
         let meta = builder.execute_uncommitted().await.map_err(|e| Error::lance(table, e))?;
+        failpoints::hit(failpoints::INDEX_AFTER_BUILD)?;
         deadline.check("committing an index")?;
         Ok(meta)
     }
