@@ -81,14 +81,7 @@ pub fn write(dir: &Path, name: &str, content: &[u8]) -> PathBuf {
 }
 
 pub fn request(table: &str, sources: &[&Path]) -> TableRequest {
-    TableRequest {
-        table: table.into(),
-        sources: sources.iter().map(|p| p.display().to_string().into()).collect(),
-        format: None,
-        mode: None,
-        key: None,
-        schema: None,
-    }
+    TableRequest { table: table.into(), sources: sources.iter().map(|p| p.display().to_string().into()).collect(), ..Default::default() }
 }
 
 pub fn upsert(table: &str, key: &str, sources: &[&Path]) -> TableRequest {

@@ -216,3 +216,41 @@ fn index_maintenance_while_four_processes_ingest_and_another_optimizes() {
         assert_eq!(rows.len(), 1, "{}: {rows:?}", b.name);
     }
 }
+
+/// A load descriptor declares indices with its tables: the load's publish
+/// carries the declaration and the next optimize builds them. A declaration
+/// its column cannot take is refused before anything is committed.
+#[test]
+fn a_load_declares_indices_and_optimize_builds_them() {
+    for b in shared_backends() {
+        let dir = tempfile::tempdir().unwrap();
+        vectors(dir.path(), "docs.jsonl", 0, 300);
+        jsonl(dir.path(), "plain.jsonl", 0..10);
+        let schema: serde_json::Value = serde_json::from_slice(&std::fs::read(schema(dir.path())).unwrap()).unwrap();
+        let descriptor = serde_json::json!({"tables": [
+            {"table": "docs", "sources": ["docs.jsonl"], "schema": schema,
+             "indices": [{"column": "emb", "type": "ivf_flat", "metric": "cosine"}, {"column": "txt", "type": "fts"}]},
+            {"table": "plain", "sources": ["plain.jsonl"]}
+        ]});
+        let d = write(dir.path(), "load.json", descriptor.to_string().as_bytes());
+        assert_eq!(run(sluice(&b.root).arg("load").arg(&d)).status.code(), Some(0), "{}", b.name);
+        let list = index_list(&b.root);
+        let declared: Vec<(&str, bool)> = list.iter().map(|i| (i["name"].as_str().unwrap(), i["built"].as_bool().unwrap())).collect();
+        assert_eq!(declared, vec![("emb_idx", false), ("txt_idx", false)], "{}: declared with the load, not built yet", b.name);
+        assert_eq!(run(sluice(&b.root).arg("optimize")).status.code(), Some(0), "{}", b.name);
+        let list = index_list(&b.root);
+        assert!(list.iter().all(|i| i["built"] == true && i["rows_indexed"] == 300), "{}: {list:?}", b.name);
+        assert_eq!(list[0]["metric"], "cosine", "{}", b.name);
+
+        jsonl(dir.path(), "wrong.jsonl", 100..110);
+        let bad = write(dir.path(), "bad.json", br#"{"tables": [{"table": "wrong", "sources": ["wrong.jsonl"], "indices": [{"column": "name", "type": "ivf_pq"}]}]}"#);
+        let out = run(sluice(&b.root).arg("load").arg(&bad));
+        assert_eq!(out.status.code(), Some(2), "{}", b.name);
+        assert!(String::from_utf8_lossy(&out.stderr).contains("vector(N)"), "{}", b.name);
+        assert!(status(&b.root)["tables"].as_array().unwrap().iter().all(|t| t["name"] != "wrong"), "{}: nothing of it is published", b.name);
+        assert_eq!(pending(&b.root), 0, "{}", b.name);
+        // Its source was given back: once the declaration is fixed, it loads.
+        let good = write(dir.path(), "good.json", br#"{"tables": [{"table": "wrong", "sources": ["wrong.jsonl"], "indices": [{"column": "name", "type": "btree"}]}]}"#);
+        assert_eq!(run(sluice(&b.root).arg("load").arg(&good)).status.code(), Some(0), "{}", b.name);
+    }
+}

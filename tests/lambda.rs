@@ -327,7 +327,7 @@ fn the_lambda_serves_every_event_shape_end_to_end() {
     let Some(s3) = S3::new() else { return };
     let api = RuntimeApi::start();
     let lake = s3.lake();
-    let tables = json!({format!("{}/incoming/orders/", s3.prefix): {"table": "orders"}}).to_string();
+    let tables = json!({format!("{}/incoming/orders/", s3.prefix): {"table": "orders", "indices": [{"column": "id", "type": "btree"}]}}).to_string();
     let f = api.function(&[("SLUICE_ROOT", &lake), ("SLUICE_TABLES", &tables), ("SLUICE_CLOCK_SKEW", "0s"), ("SLUICE_SCHEDULED_ACTION", "recover")]);
 
     // Direct S3 notifications: routed by prefix (orders) and by folder (clicks).
@@ -379,6 +379,9 @@ fn the_lambda_serves_every_event_shape_end_to_end() {
     assert_eq!(r["tables"][0]["action"], "compacted", "{r}");
     let r = response(api.call(&json!({"action": "status"})));
     assert_eq!(r["tables"].as_array().unwrap().len(), 2, "{r}");
+    // The route's index: declared by the first ingest, built by the optimize.
+    let orders = r["tables"].as_array().unwrap().iter().find(|t| t["name"] == "orders").unwrap();
+    assert_eq!((&orders["indices"][0]["name"], &orders["indices"][0]["built"], &orders["indices"][0]["rows_indexed"]), (&json!("id_idx"), &json!(true), &json!(40)), "{r}");
     let r = response(api.call(&json!({"action": "cleanup", "dry_run": true})));
     assert_eq!(r["dry_run"], true, "{r}");
     match api.call(&json!({"action": "compact everything"})) {

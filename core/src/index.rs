@@ -425,22 +425,9 @@ async fn finish(lake: &Lake, latest: manifest::Manifest, table: &str, pin: &Tabl
 /// Lance's parameters for `spec`, after checking that the column suits it.
 fn build_params(ds: &lance::Dataset, table: &str, spec: &IndexSpec, rows: u64) -> Result<Params> {
     let schema = arrow::datatypes::Schema::from(ds.schema());
-    let field = schema.field_with_name(&spec.column).map_err(|_| {
-        Error::Usage(format!("table '{table}' has no column '{}' (columns: {})", spec.column, types::describe(&schema)))
-    })?;
-    let t = field.data_type();
-    let unsuited = |what: &str| {
-        Error::Usage(format!(
-            "a {} index needs {what}; column '{}' of table '{table}' is {}",
-            spec.kind.name(),
-            spec.column,
-            types::name(t)
-        ))
-    };
+    spec.check_column(table, &schema)?;
     if spec.kind.is_vector() {
-        let Some(dims) = types::vector_dimensions(t) else {
-            return Err(unsuited("a vector(N) column (declare it in the table's schema; a list<float64> from inference is not one)"));
-        };
+        let dims = schema.field_with_name(&spec.column).ok().and_then(|f| types::vector_dimensions(f.data_type())).expect("checked: a vector column");
         let metric = match spec.metric.unwrap_or(Metric::L2) {
             Metric::L2 => MetricType::L2,
             Metric::Cosine => MetricType::Cosine,
@@ -460,16 +447,9 @@ fn build_params(ds: &lance::Dataset, table: &str, spec: &IndexSpec, rows: u64) -
         };
         return Ok(Params::Vector(params));
     }
-    if spec.metric.is_some() || spec.partitions.is_some() || spec.sub_vectors.is_some() {
-        return Err(Error::Usage(format!("--metric, --partitions and --sub-vectors are for vector indices, not {}", spec.kind.name())));
-    }
-    use arrow::datatypes::DataType;
     Ok(match spec.kind {
-        IndexKind::Fts if matches!(t, DataType::Utf8 | DataType::LargeUtf8) => Params::Text(InvertedIndexParams::default()),
-        IndexKind::Fts => return Err(unsuited("a string column")),
-        IndexKind::LabelList if matches!(t, DataType::List(_) | DataType::LargeList(_)) => Params::Scalar(IndexType::LabelList, ScalarIndexParams::for_builtin(BuiltinIndexType::LabelList)),
-        IndexKind::LabelList => return Err(unsuited("a list column")),
-        _ if t.is_nested() => return Err(unsuited("a scalar column")),
+        IndexKind::Fts => Params::Text(InvertedIndexParams::default()),
+        IndexKind::LabelList => Params::Scalar(IndexType::LabelList, ScalarIndexParams::for_builtin(BuiltinIndexType::LabelList)),
         IndexKind::Bitmap => Params::Scalar(IndexType::Bitmap, ScalarIndexParams::for_builtin(BuiltinIndexType::Bitmap)),
         _ => Params::Scalar(IndexType::BTree, ScalarIndexParams::for_builtin(BuiltinIndexType::BTree)),
     })

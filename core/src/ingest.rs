@@ -34,6 +34,7 @@ use crate::error::{BadInput, Error, Result};
 use crate::failpoints;
 use crate::lake::{Created, Lake};
 use crate::manifest::{self, Goal, Manifest, Mode, Published, TablePin};
+use crate::settings::Change;
 use crate::fence;
 use crate::recover;
 use crate::sidecar::{self, AttemptId, Claim, Claimed, Decision, Holder, Intent, IntentTable, Outcome, SourceRef};
@@ -174,6 +175,7 @@ pub async fn run(lake: &Lake, requests: Vec<TableRequest>, budget: Budget, progr
             start_pin: None,
             committed: None,
             report: None,
+            changes: Vec::new(),
         });
     }
     let op = operation_id(&tables);
@@ -243,6 +245,16 @@ impl Door<'_> {
                 Err(e) => return Err(self.abandon(&tables, &ours, e).await),
             }
         }
+        // An index the table cannot have is refused before anything commits.
+        for (t, s) in tables.iter().zip(&staged) {
+            for c in &t.changes {
+                if let Change::AddIndex(spec) = c
+                    && let Err(e) = spec.check_column(&t.request.table, &s.schema())
+                {
+                    return Err(self.abandon(&tables, &ours, e).await);
+                }
+            }
+        }
         if let Err(e) = failpoints::hit(failpoints::BEFORE_COMMIT) {
             return Err(self.abandon(&tables, &ours, e).await);
         }
@@ -275,9 +287,27 @@ impl Door<'_> {
         AttemptId::new(&self.w.op, &self.w.intent)
     }
 
-    /// The table's mode and key: the lake's if it knows the table, else the request's.
+    /// The table's mode and key: the lake's if it knows the table, else the
+    /// request's; and the indices the request declares that the lake does not.
     fn settle_mode(&self, t: &mut TableWork, base: &Manifest) -> Result<()> {
-        let Some(pin) = base.tables.get(&t.request.table) else { return Ok(()) };
+        let pin = base.tables.get(&t.request.table);
+        let declared = pin.map_or(&[][..], |p| &p.indices[..]);
+        for spec in &t.request.indices {
+            match declared.iter().find(|d| d.name == spec.name) {
+                Some(d) if d == spec => {}
+                Some(d) => {
+                    return Err(Error::Usage(format!(
+                        "table '{}' declares index '{}' as {} on '{}'; the request declares it otherwise (drop it first with `sluice index drop`)",
+                        t.request.table,
+                        d.name,
+                        d.kind.name(),
+                        d.column
+                    )));
+                }
+                None => t.changes.push(Change::AddIndex(spec.clone())),
+            }
+        }
+        let Some(pin) = pin else { return Ok(()) };
         check_mode(&t.request, pin.mode, pin.key.as_deref())?;
         t.mode = pin.mode;
         t.key = pin.key.clone();
@@ -299,7 +329,7 @@ impl Door<'_> {
                         key: t.key.clone(),
                         format: t.request.format.map(|f| f.name().to_string()),
                         schema: t.request.schema.as_deref().map(decode::declared_schema_json),
-                        changes: Vec::new(),
+                        changes: t.changes.clone(),
                     };
                     (t.request.table.clone(), table)
                 })
@@ -504,7 +534,7 @@ impl Door<'_> {
                 sources: tables.iter().map(|t| t.sources.len()).sum(),
             },
             pins,
-            changes: BTreeMap::new(),
+            changes: tables.iter().filter(|t| !t.changes.is_empty()).map(|t| (t.request.table.clone(), t.changes.clone())).collect(),
         };
         Ok(manifest::publish(self.w.lake, base, &goal, &self.w.deadline).await?.version())
     }

@@ -8,6 +8,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::types;
 
 /// The index kinds sluice builds and keeps fresh.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,6 +88,68 @@ pub struct IndexSpec {
     /// PQ sub-vectors; by default a sixteenth (or eighth) of the dimensions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sub_vectors: Option<u32>,
+}
+
+impl IndexSpec {
+    /// Can this index be built on a column of type `t` (of `table`)? The
+    /// error says what the kind needs.
+    pub fn check_column(&self, table: &str, schema: &arrow::datatypes::Schema) -> Result<()> {
+        let field = schema.field_with_name(&self.column).map_err(|_| {
+            Error::Usage(format!("table '{table}' has no column '{}' (columns: {})", self.column, types::describe(schema)))
+        })?;
+        let t = field.data_type();
+        use arrow::datatypes::DataType;
+        let needs = match self.kind {
+            k if k.is_vector() && types::vector_dimensions(t).is_none() => {
+                "a vector(N) column (declare it in the table's schema; a list<float64> from inference is not one)"
+            }
+            IndexKind::Fts if !matches!(t, DataType::Utf8 | DataType::LargeUtf8) => "a string column",
+            IndexKind::LabelList if !matches!(t, DataType::List(_) | DataType::LargeList(_)) => "a list column",
+            IndexKind::Btree | IndexKind::Bitmap if t.is_nested() => "a scalar column",
+            _ => return self.check_params(),
+        };
+        Err(Error::Usage(format!("a {} index needs {needs}; column '{}' of table '{table}' is {}", self.kind.name(), self.column, types::name(t))))
+    }
+
+    fn check_params(&self) -> Result<()> {
+        if !self.kind.is_vector() && (self.metric.is_some() || self.partitions.is_some() || self.sub_vectors.is_some()) {
+            return Err(Error::Usage(format!("metric, partitions and sub-vectors are for vector indices, not {} (index '{}')", self.kind.name(), self.name)));
+        }
+        Ok(())
+    }
+}
+
+/// An index as people declare it (`index create`, a load descriptor, the
+/// Lambda's routes): `{"column": "emb", "type": "ivf_pq", "metric"?: "cosine",
+/// "name"?: ..., "partitions"?: N, "sub_vectors"?: N}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IndexDecl {
+    pub column: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub metric: Option<String>,
+    /// Default: `<column>_idx`.
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub partitions: Option<u32>,
+    #[serde(default)]
+    pub sub_vectors: Option<u32>,
+}
+
+impl IndexDecl {
+    pub fn spec(self) -> Result<IndexSpec> {
+        Ok(IndexSpec {
+            name: self.name.unwrap_or_else(|| format!("{}_idx", self.column)),
+            kind: self.kind.parse()?,
+            metric: self.metric.map(|m| m.parse()).transpose()?,
+            partitions: self.partitions,
+            sub_vectors: self.sub_vectors,
+            column: self.column,
+        })
+    }
 }
 
 /// A change of a table's settings, carried by the publish of the operation

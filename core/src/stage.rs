@@ -25,6 +25,7 @@ use crate::failpoints;
 use crate::fence;
 use crate::lake::Lake;
 use crate::manifest::Mode;
+use crate::settings::{Change, IndexSpec};
 use crate::sidecar::{self, Intent, SCOPE_MULTI, SCOPE_SINGLE, SourceRef};
 use crate::source::{Source, SourceSpec};
 
@@ -50,7 +51,7 @@ const META_KEY: &str = "sluice.key";
 const MAX_REDO_ATTEMPTS: u32 = 5;
 
 /// Rows for one table, as the caller asks for them.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct TableRequest {
     pub table: String,
     pub sources: Vec<SourceSpec>,
@@ -59,6 +60,9 @@ pub struct TableRequest {
     pub key: Option<String>,
     /// The schema a new table gets instead of an inferred one.
     pub schema: Option<SchemaRef>,
+    /// Indices the table must declare: those it does not yet are declared by
+    /// this operation's publish (built by the next `optimize`).
+    pub indices: Vec<IndexSpec>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -78,6 +82,8 @@ pub(crate) struct TableWork {
     pub start_pin: Option<u64>,
     pub committed: Option<u64>,
     pub report: Option<TableReport>,
+    /// Settings changes this operation's publish carries (indices it declares).
+    pub changes: Vec<Change>,
 }
 
 /// Recovery's redo of a multi-table load that died with `tables` uncommitted:
@@ -111,8 +117,9 @@ pub(crate) async fn redo(
             mode: Some(it.mode),
             key: it.key.clone(),
             schema,
+            indices: Vec::new(),
         };
-        work.push(TableWork { request, sources, mode: it.mode, key: it.key.clone(), start_pin: it.start_pin, committed: None, report: None });
+        work.push(TableWork { request, sources, mode: it.mode, key: it.key.clone(), start_pin: it.start_pin, committed: None, report: None, changes: it.changes.clone() });
     }
     let stager = Stager { lake, op: intent.op.clone(), attempt: attempt.to_string(), intent: intent.attempt.clone(), deadline, progress: Arc::default(), multi: true };
     let mut done = BTreeMap::new();
@@ -130,6 +137,17 @@ pub(crate) struct Staged {
     txn: Transaction,
     affected: Option<lance::dataset::scanner::RowAddrTreeMap>,
     updated: u64,
+}
+
+impl Staged {
+    /// The table's schema as this commit leaves it.
+    pub(crate) fn schema(&self) -> arrow::datatypes::Schema {
+        match (&self.ds, &self.txn.operation) {
+            (_, Operation::Overwrite { schema, .. }) => arrow::datatypes::Schema::from(schema),
+            (Some(ds), _) => arrow::datatypes::Schema::from(ds.schema()),
+            (None, other) => unreachable!("a table's creation is an overwrite, not {other}"),
+        }
+    }
 }
 
 pub(crate) fn check_mode(request: &TableRequest, mode: Mode, key: Option<&str>) -> Result<()> {

@@ -317,7 +317,7 @@ async fn run(cli: Cli) -> Result<()> {
             });
             for (table, sources) in ingest::route(&sources, table.as_deref())? {
                 let sources = sources.into_iter().map(Into::into).collect();
-                let request = TableRequest { table, sources, format, mode, key: key.clone(), schema: schema.clone() };
+                let request = TableRequest { table, sources, format, mode, key: key.clone(), schema: schema.clone(), indices: Vec::new() };
                 let n = request.sources.len();
                 let report = with_progress(n, async |p| ingest::run(&lake, vec![request], Budget { timeout, clock_skew }, p).await).await?;
                 print_report(cli.json, &report);
@@ -599,7 +599,7 @@ async fn with_progress<T>(sources: usize, work: impl AsyncFnOnce(Arc<Progress>) 
     out
 }
 
-/// A load descriptor: `{"tables": [{"table": "t", "sources": [...], "format"?, "mode"?, "key"?, "schema"?}]}`.
+/// A load descriptor: `{"tables": [{"table": "t", "sources": [...], "format"?, "mode"?, "key"?, "schema"?, "indices"?}]}`.
 /// Relative source paths are relative to the descriptor's folder.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -617,6 +617,9 @@ struct DescriptorTable {
     key: Option<String>,
     /// A declared schema, as `--schema` takes it.
     schema: Option<serde_json::Value>,
+    /// Indices the table declares: `[{"column": "emb", "type": "ivf_pq"}]`.
+    #[serde(default)]
+    indices: Vec<sluice::settings::IndexDecl>,
 }
 
 fn read_descriptor(path: &Path) -> Result<Vec<TableRequest>> {
@@ -633,7 +636,8 @@ fn read_descriptor(path: &Path) -> Result<Vec<TableRequest>> {
                 .map(Into::into)
                 .collect();
             let schema = t.schema.map(|v| sluice::decode::parse_declared_schema(&v.to_string())).transpose()?;
-            Ok(TableRequest { table: t.table, sources, format: t.format.as_deref().map(str::parse).transpose()?, mode: t.mode, key: t.key, schema })
+            let indices = t.indices.into_iter().map(|d| d.spec()).collect::<Result<_>>()?;
+            Ok(TableRequest { table: t.table, sources, format: t.format.as_deref().map(str::parse).transpose()?, mode: t.mode, key: t.key, schema, indices })
         })
         .collect()
 }
@@ -662,17 +666,10 @@ async fn write_rows(mut batches: impl futures::Stream<Item = Result<arrow::array
 
 async fn run_index(lake: &Lake, json: bool, clock_skew: Duration, action: IndexCommand) -> Result<()> {
     use sluice::index;
-    use sluice::settings::{IndexSpec, Metric};
+    use sluice::settings::IndexDecl;
     let report = match action {
         IndexCommand::Create { table, column, kind, metric, name, partitions, sub_vectors, timeout } => {
-            let spec = IndexSpec {
-                name: name.unwrap_or_else(|| format!("{column}_idx")),
-                column,
-                kind: kind.parse()?,
-                metric: metric.map(|m| m.parse::<Metric>()).transpose()?,
-                partitions,
-                sub_vectors,
-            };
+            let spec = IndexDecl { column, kind, metric, name, partitions, sub_vectors }.spec()?;
             index::create(lake, &table, spec, Budget { timeout, clock_skew }).await?
         }
         IndexCommand::Drop { table, name, timeout } => index::drop(lake, &table, &name, Budget { timeout, clock_skew }).await?,

@@ -10,6 +10,7 @@ use sluice::cleanup;
 use sluice::lake::Timing;
 use sluice::manifest::Mode;
 use sluice::optimize;
+use sluice::settings::{IndexDecl, IndexSpec};
 
 /// How objects under one key prefix are ingested.
 #[derive(Debug, Clone, Deserialize)]
@@ -19,13 +20,23 @@ pub struct Route {
     pub mode: Option<Mode>,
     pub key: Option<String>,
     pub format: Option<String>,
+    /// Indices the table declares (built and kept fresh by the scheduled optimize).
+    #[serde(default)]
+    pub indices: Vec<IndexDecl>,
+}
+
+impl Route {
+    pub fn index_specs(&self) -> Vec<IndexSpec> {
+        self.indices.iter().map(|d| d.clone().spec().expect("checked at cold start")).collect()
+    }
 }
 
 #[derive(Debug, Clone)]
 pub struct Config {
     /// `SLUICE_ROOT`: the lake, e.g. s3://bucket/lake.
     pub root: String,
-    /// `SLUICE_TABLES`: JSON `{"<key prefix>": {"table": ..., "mode"?, "key"?, "format"?}}`;
+    /// `SLUICE_TABLES`: JSON `{"<key prefix>": {"table": ..., "mode"?, "key"?, "format"?,
+    /// "indices"?: [{"column": ..., "type": ...}]}}`;
     /// objects under no prefix go to the table named by their folder.
     pub routes: BTreeMap<String, Route>,
     /// `SLUICE_CLOCK_SKEW`, `SLUICE_RETENTION_FLOOR`.
@@ -101,6 +112,9 @@ impl Config {
             }
             if let Some(f) = &route.format {
                 f.parse::<sluice::decode::Format>().map_err(|e| bad("SLUICE_TABLES", f, e))?;
+            }
+            for d in &route.indices {
+                d.clone().spec().map_err(|e| bad("SLUICE_TABLES", &route.table, e))?;
             }
         }
         let timing = Timing {
