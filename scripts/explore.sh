@@ -6,7 +6,7 @@
 # Usage: scripts/explore.sh --seeds N [--start S] [--backend local|s3|both]
 #                           [--max-ops N] [--without KIND,...]
 #   --max-ops   operations per schedule, at most (default 25)
-#   --without   leave kinds out (ingest,dup,twice,multi,load,upsert,optimize,cleanup,recover),
+#   --without   leave kinds out (ingest,dup,twice,multi,load,upsert,optimize,index,cleanup,recover),
 #               e.g. to look past a known bug; reproduce a failure with the same flag
 # A failing seed prints its schedule and the command that runs it again.
 set -euo pipefail

@@ -131,11 +131,12 @@ enum Kind {
     Load,
     Upsert,
     Optimize,
+    Index,
     Cleanup,
     Recover,
 }
 
-const KINDS: [(Kind, &str, u32); 9] = [
+const KINDS: [(Kind, &str, u32); 10] = [
     (Kind::Ingest, "ingest", 20),
     (Kind::Dup, "dup", 10),
     (Kind::Twice, "twice", 7),
@@ -143,6 +144,7 @@ const KINDS: [(Kind, &str, u32); 9] = [
     (Kind::Load, "load", 12),
     (Kind::Upsert, "upsert", 10),
     (Kind::Optimize, "optimize", 7),
+    (Kind::Index, "index", 5),
     (Kind::Cleanup, "cleanup", 6),
     (Kind::Recover, "recover", 8),
 ];
@@ -163,7 +165,7 @@ fn without() -> Vec<Kind> {
 
 impl Kind {
     fn writes_sources(self) -> bool {
-        !matches!(self, Kind::Optimize | Kind::Cleanup | Kind::Recover)
+        !matches!(self, Kind::Optimize | Kind::Index | Kind::Cleanup | Kind::Recover)
     }
 }
 
@@ -269,7 +271,8 @@ fn fault_for(rng: &mut Rng, kind: Kind, seed: u64, index: usize) -> Fault {
         Kind::Ingest | Kind::Dup | Kind::Twice | Kind::Multi | Kind::Upsert => {
             WRITER.iter().copied().filter(|fp| ![BEFORE_DECISION, AFTER_DECISION].contains(fp)).collect()
         }
-        Kind::Optimize => OPTIMIZE.iter().copied().chain([BEFORE_PUBLISH, AFTER_PUBLISH]).collect(),
+        Kind::Optimize => OPTIMIZE.iter().chain(INDEX).copied().chain([BEFORE_PUBLISH, AFTER_PUBLISH]).collect(),
+        Kind::Index => INDEX.iter().copied().chain([BEFORE_PUBLISH, AFTER_PUBLISH]).collect(),
         Kind::Recover | Kind::Cleanup => RECOVERY.to_vec(),
     };
     match rng.weighted(&[40, 15, 10, 15, 20]) {
@@ -328,6 +331,13 @@ fn schedule(rng: &mut Rng, seed: u64, pool: &[Src], descriptors: &[PathBuf], max
                 (["load".to_string(), descriptors[l].display().to_string()].into_iter().chain(t).collect(), srcs)
             }
             Kind::Optimize => (["optimize".to_string()].into_iter().chain(t).collect(), vec![]),
+            // An index on a table (later optimizes keep it fresh); one of a table
+            // not published yet is refused, which is fine.
+            Kind::Index => {
+                let table = rng.pick(&["a", "b", "u"]);
+                let kind = rng.pick(&["btree", "bitmap"]);
+                (["index", "create", table, "id", "--type", kind].map(String::from).into_iter().chain(t).collect(), vec![])
+            }
             Kind::Cleanup => (
                 ["cleanup", "--keep", KEEP, "--keep-versions", "2"].map(String::from).into_iter().chain(t).collect(),
                 vec![],
