@@ -23,7 +23,7 @@
 //!    Claims in `_ingested/` (the exactly-once ledger), decisions (create-only
 //!    fences a stalled worker must lose) and adoptions are kept.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -130,7 +130,15 @@ pub async fn run(lake: &Lake, opts: Options, timeout: Duration) -> Result<Report
     let deadline = Deadline::after(timeout);
     let recovery = Box::pin(recover::sweep(lake, recover::Options { clock_skew: timing.clock_skew, dry_run: opts.dry_run }, deadline.remaining())).await?;
 
-    let in_flight = in_flight(lake).await?;
+    // A dry run's sweep only planned: the intents it would resolve are as good
+    // as gone for what cleanup may take, as they are in the real run.
+    let resolved: BTreeSet<AttemptId> = recovery
+        .ops
+        .iter()
+        .filter(|o| matches!(o.action, recover::Action::Planned { .. }))
+        .map(|o| AttemptId::new(&o.op, &o.attempt))
+        .collect();
+    let in_flight = in_flight(lake, &resolved).await?;
     let orphan_cutoff = deadline::earlier(in_flight.oldest, timing.clock_skew.saturating_add(TIMESTAMP_GRAIN));
 
     deadline.check("cleaning up manifest versions")?;
@@ -165,7 +173,8 @@ pub async fn run(lake: &Lake, opts: Options, timeout: Duration) -> Result<Report
     Ok(Report { dry_run: opts.dry_run, recovery, manifest, orphan_cutoff, tables, sidecars, not_done, requests: lake.requests().since(&before) })
 }
 
-async fn in_flight(lake: &Lake) -> Result<InFlight> {
+/// The intents in flight, but those in `resolved`.
+async fn in_flight(lake: &Lake, resolved: &BTreeSet<AttemptId>) -> Result<InFlight> {
     let listed_at = Utc::now();
     let listing = lake.list(sidecar::OPS).await?;
     let mut intents = BTreeMap::new();
@@ -173,6 +182,7 @@ async fn in_flight(lake: &Lake) -> Result<InFlight> {
     let mut leases = Vec::new();
     for meta in &listing {
         match sidecar::ops_object(lake, &meta.location) {
+            Some(OpsObject::Intent(id)) if resolved.contains(&id) => {}
             Some(OpsObject::Intent(id)) => {
                 let intent = match sidecar::read_intent(lake, &id).await {
                     Ok(Some(intent)) => Some(intent),
