@@ -254,3 +254,24 @@ fn a_load_declares_indices_and_optimize_builds_them() {
         assert_eq!(run(sluice(&b.root).arg("load").arg(&good)).status.code(), Some(0), "{}", b.name);
     }
 }
+
+/// A vector index declared on a table too small to train it is recorded
+/// empty; once enough rows arrived, one optimize trains it over all of them.
+#[test]
+fn an_index_declared_on_a_small_table_is_trained_by_optimize_later() {
+    for b in shared_backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let few = vectors(dir.path(), "few.jsonl", 0, 20);
+        assert_eq!(run(sluice(&b.root).args(["ingest", "--table", "t", "--schema"]).arg(schema(dir.path())).arg(&few)).status.code(), Some(0));
+        assert_eq!(run(sluice(&b.root).args(["index", "create", "t", "emb", "--type", "ivf_pq"])).status.code(), Some(0), "{}", b.name);
+        assert_eq!(index_list(&b.root)[0]["rows_indexed"], 0, "{}: too few rows to train", b.name);
+        let more = vectors(dir.path(), "more.jsonl", 20, 600);
+        assert_eq!(run(sluice(&b.root).args(["ingest", "--table", "t"]).arg(&more)).status.code(), Some(0));
+        assert_eq!(run(sluice(&b.root).arg("optimize")).status.code(), Some(0), "{}", b.name);
+        let list = index_list(&b.root);
+        assert_eq!((&list[0]["rows_indexed"], &list[0]["rows_unindexed"]), (&serde_json::json!(620), &serde_json::json!(0)), "{}: {list:?}", b.name);
+        let q = format!("[{}]", vec!["30.45"; DIMS].join(","));
+        let rows = lines(&run(sluice(&b.root).args(["search", "t", "--vector", &q, "--k", "5", "--columns", "cat", "--nprobes", "8", "--refine", "5"])));
+        assert!(rows.iter().all(|r| r["cat"] == "c3"), "{}: {rows:?}", b.name);
+    }
+}
