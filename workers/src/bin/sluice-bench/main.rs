@@ -17,7 +17,12 @@ use sluice::Lake;
 use sluice::decode::Progress;
 use sluice::ingest::{self, TableRequest};
 
+mod search;
+
 const TIMEOUT: Duration = Duration::from_secs(900);
+
+/// One line of the printed table: measure, sluice, plain Lance, sluice / Lance.
+type Row = (String, String, String, String);
 
 struct Args {
     /// Where lakes go: a local folder or s3://bucket/prefix.
@@ -27,10 +32,12 @@ struct Args {
     big_mb: u64,
     reps: usize,
     sizes: Vec<u64>,
-    /// Sections to run: throughput, depth, rss, latency, recovery, optimize, cleanup.
+    /// Sections to run: throughput, depth, rss, latency, recovery, optimize, cleanup, search.
     only: Vec<String>,
     /// Single-row ingests before the optimize section compacts them.
     small: u64,
+    /// The search section's table.
+    search: search::Shape,
 }
 
 impl Args {
@@ -40,7 +47,8 @@ impl Args {
 }
 
 fn args() -> Args {
-    let mut a = Args { root: String::new(), work: std::env::temp_dir().join("sluice-bench"), depth: 1000, big_mb: 1024, reps: 3, sizes: vec![1, 64], only: Vec::new(), small: 500 };
+    let search = search::Shape { rows: 200_000, dims: 768, batches: 100, queries: 100, clusters: 256, nprobes: 20, refine: 10 };
+    let mut a = Args { root: String::new(), work: std::env::temp_dir().join("sluice-bench"), depth: 1000, big_mb: 1024, reps: 3, sizes: vec![1, 64], only: Vec::new(), small: 500, search };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut val = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
@@ -53,7 +61,16 @@ fn args() -> Args {
             "--sizes" => a.sizes = val().split(',').map(|s| s.parse().expect("--sizes MB,MB")).collect(),
             "--only" => a.only = val().split(',').map(String::from).collect(),
             "--small" => a.small = val().parse().expect("--small N"),
-            other => panic!("unknown flag {other}; flags: --root --work --depth --big-mb --reps --sizes --small --only throughput,depth,rss,latency,recovery,optimize,cleanup"),
+            "--vectors" => a.search.rows = val().parse().expect("--vectors N"),
+            "--dims" => a.search.dims = val().parse().expect("--dims N"),
+            "--batches" => a.search.batches = val().parse().expect("--batches N"),
+            "--queries" => a.search.queries = val().parse().expect("--queries N"),
+            "--nprobes" => a.search.nprobes = val().parse().expect("--nprobes N"),
+            "--refine" => a.search.refine = val().parse().expect("--refine N"),
+            other => panic!(
+                "unknown flag {other}; flags: --root --work --depth --big-mb --reps --sizes --small --vectors --dims --batches --queries --nprobes --refine \
+                 --only throughput,depth,rss,latency,recovery,optimize,cleanup,search"
+            ),
         }
     }
     if a.root.is_empty() {
@@ -192,7 +209,7 @@ async fn main() {
     let run = uuid::Uuid::now_v7().simple().to_string();
     let root = |name: &str| format!("{}/{run}-{name}", a.root.trim_end_matches('/'));
     let sluice_bin = std::env::current_exe().unwrap().with_file_name("sluice");
-    let mut rows: Vec<(String, String, String, String)> = Vec::new();
+    let mut rows: Vec<Row> = Vec::new();
 
     let tiny = |i: u64| generate(&a.work, &format!("tiny-{i}.jsonl"), 0, i + 10);
 
@@ -394,6 +411,11 @@ async fn main() {
         for f in files {
             std::fs::remove_file(f).unwrap();
         }
+    }
+
+    // 8. Search: recall and latency with indices kept fresh by optimize.
+    if a.want("search") {
+        search::run(&root("search"), &a.work, &a.search, &mut rows).await;
     }
 
     println!("store: {}", a.root);
