@@ -36,7 +36,6 @@ use serde::Serialize;
 use crate::deadline::Deadline;
 use crate::error::{Error, Result};
 use crate::failpoints;
-use crate::fence;
 use crate::ingest::Budget;
 use crate::lake::Lake;
 use crate::manifest::{self, TablePin};
@@ -141,13 +140,7 @@ async fn build(lake: &Lake, latest: manifest::Manifest, table: &str, pin: &Table
         Ok(meta)
     }
     .await;
-    let meta = match built {
-        Ok(meta) => meta,
-        Err(e) => {
-            single::give_up(lake, &id).await?;
-            return Err(e);
-        }
-    };
+    let meta = single::or_give_up(lake, &id, built).await?;
     let operation = Operation::CreateIndex { new_indices: vec![meta], removed_indices: Vec::new() };
     let version = commit(lake, table, pin, &id, operation, deadline).await?;
     Ok(Step::Done(finish(lake, latest, table, pin, &id, version, &spec.name, change, skew, deadline).await?))
@@ -182,10 +175,7 @@ pub async fn drop(lake: &Lake, table: &str, name: &str, budget: Budget) -> Resul
 async fn drop_segments(lake: &Lake, latest: manifest::Manifest, table: &str, pin: &TablePin, name: &str, segments: Vec<IndexMetadata>, skew: Duration, deadline: &Deadline) -> Result<Step> {
     let change = Change::DropIndex(name.to_string());
     let Some(id) = begin(lake, table, pin, std::slice::from_ref(&change), skew, deadline).await? else { return Ok(Step::Again) };
-    if let Err(e) = failpoints::hit(failpoints::INDEX_AFTER_INTENT) {
-        single::give_up(lake, &id).await?;
-        return Err(e);
-    }
+    single::or_give_up(lake, &id, failpoints::hit(failpoints::INDEX_AFTER_INTENT)).await?;
     let version = match segments.is_empty() {
         // Declared but gone from Lance (another tool dropped it): only the settings change.
         true => pin.version,
@@ -286,7 +276,7 @@ async fn update(lake: &Lake, latest: manifest::Manifest, table: &str, pin: &Tabl
         options.index_names = Some(names.clone());
         options.transaction_properties = Some(Arc::new(sidecar::commit_properties(&id.op, &id.attempt, &id.attempt, SCOPE_SINGLE)));
         ds.optimize_indices(&options).await.map_err(|e| Error::lance(table, e))?;
-        Ok(ds.version().version)
+        Ok::<_, Error>(ds.version().version)
     }
     .await;
     let version = match updated {
@@ -296,13 +286,7 @@ async fn update(lake: &Lake, latest: manifest::Manifest, table: &str, pin: &Tabl
             single::give_up(lake, &id).await?;
             return Ok(Step::Nothing);
         }
-        Err(e) => match fence::committed_by(lake, table, pin.version, &id.attempt).await? {
-            Some(v) => v,
-            None => {
-                single::give_up(lake, &id).await?;
-                return Err(e);
-            }
-        },
+        Err(e) => single::landed_or_give_up(lake, table, pin.version, &id).await?.ok_or(e)?,
     };
     Ok(Step::Done(finish(lake, latest, table, pin, &id, version, &names.join(","), None, skew, deadline).await?))
 }
@@ -404,13 +388,7 @@ async fn commit(lake: &Lake, table: &str, pin: &TablePin, id: &AttemptId, operat
     .await;
     match committed {
         Ok(version) => Ok(version),
-        Err(e) => match fence::committed_by(lake, table, pin.version, &id.attempt).await? {
-            Some(version) => Ok(version),
-            None => {
-                single::give_up(lake, id).await?;
-                Err(e)
-            }
-        },
+        Err(e) => single::landed_or_give_up(lake, table, pin.version, id).await?.ok_or(e),
     }
 }
 

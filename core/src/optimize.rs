@@ -37,7 +37,6 @@ use crate::failpoints;
 use crate::ingest::Budget;
 use crate::lake::Lake;
 use crate::manifest;
-use crate::fence;
 use crate::index;
 use crate::recover;
 use crate::single;
@@ -349,22 +348,15 @@ async fn compact_table(lake: &Lake, table: &str, opts: &Options, skew: Duration,
             Ok(results)
         }
         .await;
-        let results = match executed {
-            Ok(results) => results,
-            Err(e) => {
-                single::give_up(lake, &id).await?;
-                return Err(e);
-            }
-        };
+        let results = single::or_give_up(lake, &id, executed).await?;
         let properties = sidecar::commit_properties(&op, &attempt, &attempt, SCOPE_SINGLE);
         let committing = CompactionOptions { transaction_properties: Some(Arc::new(properties)), ..compaction };
         let (version, metrics) = match commit_compaction(&mut ds, results, Arc::new(DatasetIndexRemapperOptions::default()), &committing).await {
             Ok(m) => (ds.version().version, m),
-            Err(e) => match fence::committed_by(lake, table, pin.version, &attempt).await? {
+            Err(e) => match single::landed_or_give_up(lake, table, pin.version, &id).await? {
                 // It landed after all: the history decides, not the error.
                 Some(version) => (version, CompactionMetrics::default()),
                 None => {
-                    single::give_up(lake, &id).await?;
                     match e {
                         // An update or delete of the same fragments won: plan again.
                         lance::Error::RetryableCommitConflict { .. } => {

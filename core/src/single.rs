@@ -8,6 +8,7 @@ use std::time::Duration;
 use chrono::Utc;
 
 use crate::deadline::Deadline;
+use crate::fence;
 use crate::error::{Error, Result};
 use crate::lake::{Created, Lake};
 use crate::manifest::{self, Goal, Manifest, Published, TablePin};
@@ -36,6 +37,26 @@ pub(crate) async fn give_up(lake: &Lake, id: &AttemptId) -> Result<()> {
         Created::Mine => sidecar::delete_intent(lake, id).await,
         _ => Ok(()),
     }
+}
+
+/// `r`, with the attempt given up first if it failed: for the work before
+/// a commit, where a failure means nothing of the attempt landed.
+pub(crate) async fn or_give_up<T>(lake: &Lake, id: &AttemptId, r: Result<T>) -> Result<T> {
+    if r.is_err() {
+        give_up(lake, id).await?;
+    }
+    r
+}
+
+/// A commit of attempt `id` on `table` answered with an error. Errors are not
+/// proof: its version if the history after `after` shows it landed; if not,
+/// the attempt is given up and `None` returned.
+pub(crate) async fn landed_or_give_up(lake: &Lake, table: &str, after: u64, id: &AttemptId) -> Result<Option<u64>> {
+    let landed = fence::committed_by(lake, table, after, &id.attempt).await?;
+    if landed.is_none() {
+        give_up(lake, id).await?;
+    }
+    Ok(landed)
 }
 
 /// What the operation committed, for [`finish`].
