@@ -649,7 +649,9 @@ pub fn explore(seed: u64, backend: &Backend, max_ops: usize) -> (Stats, Vec<Stri
         if out.killed {
             continue;
         }
-        if out.code == Some(101) || (op.fault == Fault::None && ![Some(0), Some(1)].contains(&out.code)) {
+        // An index on a table nobody published yet is refused as usage, by design.
+        let refused_early = op.kind == Kind::Index && out.code == Some(2) && out.stderr.contains("is not published");
+        if out.code == Some(101) || (op.fault == Fault::None && ![Some(0), Some(1)].contains(&out.code) && !refused_early) {
             violations.push(format!("op #{i} exited {:?}: {}", out.code, out.stderr.trim()));
         }
     }
