@@ -65,6 +65,42 @@ fn cases() -> Vec<Case> {
             column: Some("score"),
         },
         Case { name: "csv unknown column", file: "unknown.csv", content: b"id,name,shoe\n1,a,9\n".to_vec(), line: Some(1), column: Some("shoe") },
+        // Arrow would store 7 for 7.5, 80 for "80", and round 2^53 + 1: each changes a value.
+        Case {
+            name: "fraction into an integer column",
+            file: "fraction.jsonl",
+            content: b"{\"id\": 4, \"name\": \"a\", \"score\": 1.0}\n{\"id\": 7.5, \"name\": \"b\", \"score\": 1.0}\n".to_vec(),
+            line: Some(2),
+            column: Some("id"),
+        },
+        Case {
+            name: "quoted number into an integer column",
+            file: "quoted.jsonl",
+            content: b"{\"id\": 4, \"name\": \"a\", \"score\": 1.0}\n{\"name\": \"b\", \"id\": \"80\", \"score\": 1.0}\n".to_vec(),
+            line: Some(2),
+            column: Some("id"),
+        },
+        Case {
+            name: "quoted number into a float column",
+            file: "quotedfloat.jsonl",
+            content: b"{\"id\": 4, \"name\": \"a\", \"score\": \"1.5\"}\n".to_vec(),
+            line: Some(1),
+            column: Some("score"),
+        },
+        Case {
+            name: "integer a float64 cannot hold",
+            file: "rounds.jsonl",
+            content: b"{\"id\": 4, \"name\": \"a\", \"score\": 9007199254740993}\n".to_vec(),
+            line: Some(1),
+            column: Some("score"),
+        },
+        Case {
+            name: "integer out of range",
+            file: "range.jsonl",
+            content: b"{\"id\": 18446744073709551615, \"name\": \"a\", \"score\": 1}\n".to_vec(),
+            line: Some(1),
+            column: Some("id"),
+        },
     ]
 }
 

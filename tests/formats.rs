@@ -236,3 +236,120 @@ fn vector_columns_take_json_arrays_and_parquet_lists() {
     assert!(err.contains("line 2") && err.contains("emb") && err.contains("a vector of 4 values; the column is vector(3)"), "{err}");
     assert_eq!(scan_ids(&b.root, "v"), vec![1, 2, 10, 11], "nothing of a bad source is written");
 }
+
+fn parquet_of(dir: &std::path::Path, name: &str, columns: Vec<(&str, arrow::array::ArrayRef)>) -> std::path::PathBuf {
+    let batch = RecordBatch::try_from_iter(columns).unwrap();
+    let mut out = Vec::new();
+    let mut w = parquet::arrow::ArrowWriter::try_new(&mut out, batch.schema(), None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    write(dir, name, &out)
+}
+
+/// Only casts that keep every value are implicit: Parquet's 5.9 into an
+/// integer column, a string column into a number column, or an integer a
+/// float cannot hold is bad input naming the row and column; 3.0 into an
+/// integer column and integers into a float column are taken as they are.
+#[test]
+fn columnar_values_cast_only_when_nothing_changes() {
+    let b = local();
+    let dir = tempfile::tempdir().unwrap();
+    let seed = write(dir.path(), "seed.parquet", &parquet_bytes(0..2));
+    assert_eq!(run(sluice(&b.root).args(["ingest", "--table", "t"]).arg(&seed)).status.code(), Some(0));
+
+    let exact = parquet_of(
+        dir.path(),
+        "exact.parquet",
+        vec![("id", Arc::new(Float64Array::from(vec![3.0, 4.0])) as _), ("score", Arc::new(Int64Array::from(vec![7, -8])) as _)],
+    );
+    let out = run(sluice(&b.root).args(["ingest", "--table", "t"]).arg(&exact));
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(scan_ids(&b.root, "t"), vec![0, 1, 3, 4]);
+
+    let bad_cases: Vec<(&str, Vec<(&str, arrow::array::ArrayRef)>, u64, &str, &str)> = vec![
+        ("fraction.parquet", vec![("id", Arc::new(Float64Array::from(vec![5.0, 6.0, 5.9])) as _)], 3, "id", "5.9 would become 5"),
+        ("quoted.parquet", vec![("id", Arc::new(StringArray::from(vec!["80"])) as _)], 1, "id", "the file's column is string"),
+        ("rounds.parquet", vec![("id", Arc::new(Int64Array::from(vec![9])) as _), ("score", Arc::new(Int64Array::from(vec![(1i64 << 53) + 1])) as _)], 1, "score", "9007199254740993 would become"),
+    ];
+    for (name, columns, line, column, says) in bad_cases {
+        let path = parquet_of(dir.path(), name, columns);
+        let out = run(sluice(&b.root).args(["--json", "ingest", "--table", "t"]).arg(&path));
+        assert_eq!(out.status.code(), Some(3), "{name}: bad input");
+        let err = &json(&out)["error"]["bad_input"];
+        assert_eq!(err["location"]["line"], line, "{name}: {err}");
+        assert_eq!(err["location"]["column"], column, "{name}: {err}");
+        assert!(err["reason"].as_str().unwrap().contains(says), "{name}: {err}");
+    }
+    assert_eq!(scan_ids(&b.root, "t"), vec![0, 1, 3, 4], "nothing of a bad file is written");
+
+    // JSON: whole numbers written as floats are exact, so they are taken.
+    let json = write(dir.path(), "whole.jsonl", b"{\"id\": 7.0}\n{\"id\": 1e3, \"score\": 2}\n");
+    let out = run(sluice(&b.root).args(["ingest", "--table", "t"]).arg(&json));
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(scan_ids(&b.root, "t"), vec![0, 1, 3, 4, 7, 1000]);
+}
+
+/// A CSV or JSON Lines file from a spreadsheet or Windows tool starts with a
+/// UTF-8 byte-order mark: it is not part of the first column's name. A name
+/// that holds an invisible character is printed with it visible.
+#[test]
+fn byte_order_marks_are_not_data_and_invisible_names_show() {
+    let b = local();
+    let dir = tempfile::tempdir().unwrap();
+    let csv = write(dir.path(), "bom.csv", b"\xEF\xBB\xBFid,name\n1,a\n");
+    assert_eq!(run(sluice(&b.root).args(["ingest", "--table", "t"]).arg(&csv)).status.code(), Some(0));
+    let again = write(dir.path(), "bom2.csv", b"\xEF\xBB\xBFid,name\n2,b\n");
+    assert_eq!(run(sluice(&b.root).args(["ingest", "--table", "t"]).arg(&again)).status.code(), Some(0));
+    let jsonl = write(dir.path(), "bom.jsonl", b"\xEF\xBB\xBF{\"id\": 3, \"name\": \"c\"}\n");
+    let out = run(sluice(&b.root).args(["ingest", "--table", "t"]).arg(&jsonl));
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(scan_ids(&b.root, "t"), vec![1, 2, 3]);
+
+    let hidden = write(dir.path(), "hidden.csv", "id,na\u{200b}me\n4,d\n".as_bytes());
+    let out = run(sluice(&b.root).args(["ingest", "--table", "t"]).arg(&hidden));
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("column 'na\\u{200b}me'") && err.contains("\"id\", \"name\""), "{err}");
+}
+
+/// A new table's schema comes from its whole first file: a key first seen
+/// after many records is a column, and a column null for its first values
+/// takes the type of the values that follow.
+#[test]
+fn a_new_table_is_inferred_from_its_whole_first_file() {
+    let b = local();
+    let dir = tempfile::tempdir().unwrap();
+    let mut rows: String = (0..1500).map(|i| format!("{{\"id\": {i}, \"n\": null}}\n")).collect();
+    rows.push_str("{\"id\": 1500, \"n\": 5, \"late\": \"x\"}\n");
+    let path = write(dir.path(), "first.jsonl", rows.as_bytes());
+    let out = run(sluice(&b.root).args(["ingest", "--table", "t"]).arg(&path));
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut csv = String::from("id,n\n");
+    (0..1500).for_each(|i| csv.push_str(&format!("{i},\n")));
+    csv.push_str("1500,2.5\n");
+    let path = write(dir.path(), "first.csv", csv.as_bytes());
+    assert_eq!(run(sluice(&b.root).args(["ingest", "--table", "c"]).arg(&path)).status.code(), Some(0));
+
+    let lake = Lake::open(&b.root).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for (table, want) in [("t", "id int64, n int64, late string"), ("c", "id int64, n float64")] {
+        let ds = rt.block_on(lake.open_table(table, None)).unwrap();
+        assert_eq!(sluice::types::describe(&arrow::datatypes::Schema::from(ds.schema())), want);
+    }
+}
+
+/// A source delivered again under another table name is reported as already
+/// ingested into the table it really went to.
+#[test]
+fn already_ingested_names_the_table_it_went_to() {
+    let b = local();
+    let dir = tempfile::tempdir().unwrap();
+    let path = jsonl(dir.path(), "a.jsonl", 0..3);
+    assert_eq!(run(sluice(&b.root).args(["ingest", "--table", "first"]).arg(&path)).status.code(), Some(0));
+    let out = run(sluice(&b.root).args(["--json", "ingest", "--table", "second"]).arg(&path));
+    assert_eq!(out.status.code(), Some(0));
+    let report = json(&out);
+    assert_eq!(report["sources"][0]["status"], "already_ingested");
+    assert_eq!(report["sources"][0]["table"], "first", "{report}");
+    assert_eq!(table_rows(&status(&b.root), "second"), None);
+}

@@ -11,20 +11,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arrow::array::{Array, ArrayRef, RecordBatch, RecordBatchReader, new_null_array};
-use arrow::compute::{CastOptions, cast_with_options};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::error::ArrowError;
 use serde::Deserialize;
 
 
 use crate::error::{BadInput, Error, Location, Result};
+use crate::exact::{self, JsonNumbers};
 use crate::source::Source;
 use crate::types;
 
 /// Rows per batch handed to Lance.
 const BATCH_ROWS: usize = 8192;
-/// Records read to infer a new table's schema.
-const INFER_RECORDS: usize = 1000;
 /// Read buffer for text sources.
 const READ_BUFFER: usize = 1 << 20;
 /// Lance's marker for the key column merge-insert detects conflicts on.
@@ -123,6 +121,18 @@ fn text_reader(source: &Source, compression: Compression, handle: &tokio::runtim
     Ok(Box::new(BufReader::with_capacity(READ_BUFFER, inner)))
 }
 
+/// A text format's decompressed bytes, without a UTF-8 byte-order mark
+/// (spreadsheet exports start with one; it is not part of the first name).
+fn text_lines(source: &Source, compression: Compression, handle: &tokio::runtime::Handle) -> Result<Box<dyn BufRead + Send>> {
+    const BOM: &[u8] = b"\xEF\xBB\xBF";
+    let mut reader = text_reader(source, compression, handle)?;
+    let head = reader.fill_buf().map_err(|e| bad(source, Some(1), None, format!("reading (truncated or corrupt file?): {e}")))?;
+    if head.starts_with(BOM) {
+        reader.consume(BOM.len());
+    }
+    Ok(reader)
+}
+
 /// A local, decompressed file for the formats that seek (Parquet, Arrow file).
 fn seekable_file(source: &Source, compression: Compression, handle: &tokio::runtime::Handle) -> Result<(std::fs::File, Vec<tempfile::TempPath>)> {
     let (path, copy) = source.local_copy_blocking(handle)?;
@@ -142,13 +152,13 @@ fn seekable_file(source: &Source, compression: Compression, handle: &tokio::runt
 /// is nullable except an upsert key, which Lance marks as the primary key.
 pub fn infer_schema(source: &Source, detected: Detected, key: Option<&str>, handle: &tokio::runtime::Handle) -> Result<SchemaRef> {
     let schema = match detected.format {
-        Format::Jsonl => infer_jsonl(source, text_reader(source, detected.compression, handle)?)?,
+        Format::Jsonl => infer_jsonl(source, text_lines(source, detected.compression, handle)?)?,
         Format::Csv => {
-            let mut reader = text_reader(source, detected.compression, handle)?;
+            let mut reader = text_lines(source, detected.compression, handle)?;
             reject_binary(source, &mut reader)?;
             let (schema, _) = arrow::csv::reader::Format::default()
                 .with_header(true)
-                .infer_schema(reader, Some(INFER_RECORDS))
+                .infer_schema(reader, None)
                 .map_err(|e| bad(source, number_after(&e.to_string(), "at line "), None, format!("cannot infer a schema: {e}")))?;
             schema
         }
@@ -174,36 +184,56 @@ pub fn infer_schema(source: &Source, detected: Detected, key: Option<&str>, hand
     with_key(&Schema::new(fields), key)
 }
 
-/// Infer from the first records, parsing line by line so an error names its line.
+/// Infer from every record of the file (a key first seen on its last line
+/// still makes a column), streaming: one record in memory at a time.
+/// Parsed line by line so an error names its line.
 fn infer_jsonl(source: &Source, mut reader: Box<dyn BufRead + Send>) -> Result<Schema> {
-    let mut values = Vec::with_capacity(INFER_RECORDS);
+    let mut failure: Option<Error> = None;
     let (mut line, mut buf) = (0u64, Vec::new());
-    while values.len() < INFER_RECORDS {
-        buf.clear();
-        let n = reader
-            .read_until(b'\n', &mut buf)
-            .map_err(|e| bad(source, Some(line + 1), None, format!("reading (truncated or corrupt file?): {e}")))?;
-        if n == 0 {
-            break;
+    let records = std::iter::from_fn(|| {
+        loop {
+            buf.clear();
+            let read = reader.read_until(b'\n', &mut buf);
+            let step = match read {
+                Err(e) => Err(bad(source, Some(line + 1), None, format!("reading (truncated or corrupt file?): {e}"))),
+                Ok(0) => return None,
+                Ok(_) => {
+                    line += 1;
+                    if buf.iter().all(u8::is_ascii_whitespace) {
+                        continue;
+                    }
+                    parse_record(source, line, &buf)
+                }
+            };
+            return match step {
+                Ok(value) => Some(Ok(value)),
+                Err(e) => {
+                    // Stop here; the typed error is reported, not arrow's copy.
+                    failure = Some(e);
+                    None
+                }
+            };
         }
-        line += 1;
-        if buf.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        let value: serde_json::Value =
-            serde_json::from_slice(&buf).map_err(|e| {
-                // serde counts lines inside this one line; keep only the column.
-                let what = e.to_string();
-                let what = what.split(" at line ").next().unwrap_or(&what).to_string();
-                bad(source, Some(line), None, format!("not valid JSON at column {}: {what}", e.column()))
-            })?;
-        if !value.is_object() {
-            return Err(bad(source, Some(line), None, "not a JSON object"));
-        }
-        values.push(value);
+    });
+    let schema = arrow::json::reader::infer_json_schema_from_iterator(records)
+        .map_err(|e| bad(source, None, None, format!("cannot infer a schema: {e}")));
+    match failure {
+        Some(e) => Err(e),
+        None => schema,
     }
-    arrow::json::reader::infer_json_schema_from_iterator(values.iter().map(Ok))
-        .map_err(|e| bad(source, None, None, format!("cannot infer a schema: {e}")))
+}
+
+fn parse_record(source: &Source, line: u64, bytes: &[u8]) -> Result<serde_json::Value> {
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
+        // serde counts lines inside this one line; keep only the column.
+        let what = e.to_string();
+        let what = what.split(" at line ").next().unwrap_or(&what).to_string();
+        bad(source, Some(line), None, format!("not valid JSON at column {}: {what}", e.column()))
+    })?;
+    if !value.is_object() {
+        return Err(bad(source, Some(line), None, "not a JSON object"));
+    }
+    Ok(value)
 }
 
 /// A declared table schema, as JSON: `{"columns": [{"name": "id", "type":
@@ -328,7 +358,7 @@ impl Conform {
     fn plan(source: &Source, file: &Schema, target: &SchemaRef) -> Result<Conform> {
         for f in file.fields() {
             if target.field_with_name(f.name()).is_err() {
-                return Err(bad(source, Some(1), Some(f.name().clone()), "unknown column: not in the table's schema"));
+                return Err(unknown_column(source, f.name(), target));
             }
         }
         let slots = target
@@ -364,19 +394,15 @@ impl Conform {
         let out = if column.data_type() == field.data_type() {
             Arc::clone(column)
         } else {
-            let safe = CastOptions { safe: true, ..Default::default() };
-            let (from, to) = (types::name(column.data_type()), types::name(field.data_type()));
-            let cast = cast_with_options(column, field.data_type(), &safe)
-                .map_err(|e| bad(&self.source, Some(first_row), Some(field.name().clone()), format!("cannot cast {from} to {to}: {e}")))?;
-            // A safe cast turns failures into nulls: the first new null is the bad row.
-            if let Some(row) = (0..column.len()).find(|&r| column.is_valid(r) && cast.is_null(r)) {
-                let reason = match (list_len(column, row), types::vector_dimensions(field.data_type())) {
-                    (Some(n), Some(dims)) if n != dims as usize => format!("a vector of {n} values; the column is {to}"),
-                    _ => format!("value does not cast from {from} to {to}"),
+            exact::cast_column(column, field.data_type()).map_err(|(row, reason)| {
+                let reason = match (row.and_then(|r| list_len(column, r)), types::vector_dimensions(field.data_type())) {
+                    (Some(n), Some(dims)) if n != dims as usize => {
+                        format!("a vector of {n} values; the column is {}", types::name(field.data_type()))
+                    }
+                    _ => reason,
                 };
-                return Err(bad(&self.source, Some(first_row + row as u64), Some(field.name().clone()), reason));
-            }
-            cast
+                bad(&self.source, Some(first_row + row.unwrap_or(0) as u64), Some(field.name().clone()), reason)
+            })?
         };
         if !field.is_nullable()
             && let Some(row) = (0..out.len()).find(|&r| out.is_null(r))
@@ -385,6 +411,11 @@ impl Conform {
         }
         Ok(out)
     }
+}
+
+fn unknown_column(source: &Source, name: &str, target: &Schema) -> Error {
+    let names: Vec<String> = target.fields().iter().map(|f| format!("{:?}", f.name())).collect();
+    bad(source, Some(1), Some(name.to_string()), format!("unknown column: not in the table's schema ({})", names.join(", ")))
 }
 
 /// The length of the list at `row`, if `column` holds lists.
@@ -406,6 +437,8 @@ struct JsonLines {
     reader: Box<dyn BufRead + Send>,
     decoder: arrow::json::reader::Decoder,
     schema: SchemaRef,
+    /// The table's numeric columns, whose values arrow would change silently.
+    numbers: Option<JsonNumbers>,
     line: u64,
     /// The current batch's bytes, and each record's (line number, byte range) in it.
     buf: Vec<u8>,
@@ -419,6 +452,7 @@ impl JsonLines {
             source: source.clone(),
             reader,
             decoder: Self::decoder(&schema)?,
+            numbers: JsonNumbers::for_schema(&schema),
             schema,
             line: 0,
             buf: Vec::new(),
@@ -489,7 +523,13 @@ impl JsonLines {
             Ok(_) => return Err(self.locate(None)),
             Err(e) => return Err(self.locate(Some(e))),
         }
-        self.decoder.flush().map_err(|e| self.locate(Some(e)))
+        let batch = self.decoder.flush().map_err(|e| self.locate(Some(e)))?;
+        if let Some(numbers) = &self.numbers {
+            for (line, range) in &self.records {
+                numbers.check(&self.buf[range.clone()]).map_err(|e| bad(&self.source, Some(*line), Some(e.column), e.reason))?;
+            }
+        }
+        Ok(batch)
     }
 }
 
@@ -507,7 +547,7 @@ fn quoted_after(msg: &str, marker: &str) -> Option<String> {
 
 /// CSV with a header row: columns matched to the table by name.
 fn open_csv(source: &Source, compression: Compression, target: &SchemaRef, handle: &tokio::runtime::Handle) -> Result<Batches> {
-    let mut reader = text_reader(source, compression, handle)?;
+    let mut reader = text_lines(source, compression, handle)?;
     reject_binary(source, &mut reader)?;
     let mut header = String::new();
     reader.read_line(&mut header).map_err(|e| bad(source, Some(1), None, format!("reading the header: {e}")))?;
@@ -519,7 +559,7 @@ fn open_csv(source: &Source, compression: Compression, target: &SchemaRef, handl
     for name in &names {
         let field = target
             .field_with_name(name)
-            .map_err(|_| bad(source, Some(1), Some(name.clone()), "unknown column: not in the table's schema"))?;
+            .map_err(|_| unknown_column(source, name, target))?;
         fields.push(Field::new(name, field.data_type().clone(), true));
     }
     let file_schema = Arc::new(Schema::new(fields));
@@ -559,7 +599,7 @@ fn number_after(msg: &str, marker: &str) -> Option<u64> {
 /// Open one source as batches of `target`.
 fn open_source(source: &Source, detected: Detected, target: &SchemaRef, handle: &tokio::runtime::Handle) -> Result<Batches> {
     match detected.format {
-        Format::Jsonl => Ok(Box::new(JsonLines::new(source, text_reader(source, detected.compression, handle)?, Arc::clone(target))?)),
+        Format::Jsonl => Ok(Box::new(JsonLines::new(source, text_lines(source, detected.compression, handle)?, Arc::clone(target))?)),
         Format::Csv => open_csv(source, detected.compression, target, handle),
         Format::Parquet | Format::Arrow | Format::ArrowStream => {
             let (schema, batches) = open_columnar(source, detected, handle)?;

@@ -18,9 +18,9 @@ pub struct Location {
 impl fmt::Display for Location {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match (&self.line, &self.column) {
-            (Some(l), Some(c)) => write!(f, "line {l}, column '{c}'"),
+            (Some(l), Some(c)) => write!(f, "line {l}, column '{}'", c.escape_debug()),
             (Some(l), None) => write!(f, "line {l}"),
-            (None, Some(c)) => write!(f, "column '{c}'"),
+            (None, Some(c)) => write!(f, "column '{}'", c.escape_debug()),
             (None, None) => write!(f, "start of file"),
         }
     }

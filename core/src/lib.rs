@@ -9,6 +9,7 @@ pub mod counting;
 pub mod deadline;
 pub mod decode;
 pub mod error;
+mod exact;
 pub mod failpoints;
 pub mod faults;
 pub mod fence;

@@ -1,0 +1,279 @@
+//! Only casts that keep every value are implicit. Arrow's readers and casts
+//! truncate (`7.5` into an integer column is 7, Parquet's `5.9` is 5) and
+//! parse quoted numbers (`"80"` is 80) without a word; these checks turn each
+//! such value into bad input naming its row and column.
+//!
+//! Two places need it: JSON Lines, which arrow decodes straight into the
+//! table's types (checked here on the text, per top-level numeric column),
+//! and columnar files whose column type differs from the table's (checked by
+//! casting back and comparing).
+
+use std::fmt;
+
+use arrow::array::{Array, ArrayRef};
+use arrow::compute::kernels::cmp::distinct;
+use arrow::compute::{CastOptions, can_cast_types, cast_with_options};
+use arrow::datatypes::{DataType, Schema};
+use arrow::util::display::{ArrayFormatter, FormatOptions};
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+use crate::types;
+
+/// Longest quoted value an error message repeats.
+const SHOWN_CHARS: usize = 40;
+
+/// What a top-level numeric column takes without changing a value.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    /// Whole numbers in `min..=max`.
+    Int { min: i128, max: i128 },
+    /// Any number; integers only where the float holds them exactly.
+    Float { mantissa: u32 },
+}
+
+impl Kind {
+    fn of(t: &DataType) -> Option<Kind> {
+        let int = |min: i128, max: i128| Some(Kind::Int { min, max });
+        match t {
+            DataType::Int8 => int(i8::MIN.into(), i8::MAX.into()),
+            DataType::Int16 => int(i16::MIN.into(), i16::MAX.into()),
+            DataType::Int32 => int(i32::MIN.into(), i32::MAX.into()),
+            DataType::Int64 => int(i64::MIN.into(), i64::MAX.into()),
+            DataType::UInt8 => int(0, u8::MAX.into()),
+            DataType::UInt16 => int(0, u16::MAX.into()),
+            DataType::UInt32 => int(0, u32::MAX.into()),
+            DataType::UInt64 => int(0, u64::MAX.into()),
+            DataType::Float16 => Some(Kind::Float { mantissa: 11 }),
+            DataType::Float32 => Some(Kind::Float { mantissa: 24 }),
+            DataType::Float64 => Some(Kind::Float { mantissa: 53 }),
+            _ => None,
+        }
+    }
+
+    fn integer(self, v: i128) -> Result<(), Problem> {
+        match self {
+            Kind::Int { min, max } if v < min || v > max => Err(Problem::OutOfRange(v.to_string())),
+            // Exact iff its significant bits fit the mantissa (float16's
+            // exponent tops out first, at 65504).
+            Kind::Float { mantissa } => {
+                let m = v.unsigned_abs();
+                let fits = m == 0 || (m >> m.trailing_zeros()) < 1u128 << mantissa;
+                if fits && (mantissa != 11 || m <= 65_504) { Ok(()) } else { Err(Problem::Rounds(v.to_string())) }
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn float(self, v: f64) -> Result<(), Problem> {
+        let Kind::Int { min, max } = self else { return Ok(()) };
+        // Below 2^53 an f64 holds the literal's integer exactly; above, the
+        // literal (say 9007199254740993.0) may already have rounded.
+        if v.fract() != 0.0 || !v.is_finite() || v.abs() >= (1u64 << 53) as f64 {
+            return Err(Problem::NotWhole(v.to_string()));
+        }
+        let whole = v as i128;
+        if whole < min || whole > max {
+            return Err(Problem::OutOfRange(whole.to_string()));
+        }
+        Ok(())
+    }
+}
+
+/// Why a JSON value does not fit its column exactly.
+#[derive(Debug)]
+enum Problem {
+    Quoted(String),
+    NotWhole(String),
+    OutOfRange(String),
+    Rounds(String),
+}
+
+/// The top-level numeric columns of a table, checked on each JSON line.
+pub struct JsonNumbers {
+    /// (column name, its type, what it takes), in schema order.
+    columns: Vec<(String, DataType, Kind)>,
+}
+
+/// A value that would change: the column and why.
+#[derive(Debug)]
+pub struct Inexact {
+    pub column: String,
+    pub reason: String,
+}
+
+impl JsonNumbers {
+    /// `None` when the table has no top-level numeric column: nothing to check.
+    pub fn for_schema(schema: &Schema) -> Option<JsonNumbers> {
+        let columns: Vec<_> = schema
+            .fields()
+            .iter()
+            .filter_map(|f| Kind::of(f.data_type()).map(|k| (f.name().clone(), f.data_type().clone(), k)))
+            .collect();
+        (!columns.is_empty()).then_some(JsonNumbers { columns })
+    }
+
+    /// Check one line holding one JSON object. Malformed JSON is not this
+    /// check's to report: arrow's decoder has already accepted the line.
+    pub fn check(&self, line: &[u8]) -> Result<(), Inexact> {
+        let mut de = serde_json::Deserializer::from_slice(line);
+        match de.deserialize_map(Record(self)) {
+            Ok(None) | Err(_) => Ok(()),
+            Ok(Some((i, problem))) => {
+                let (column, t, _) = &self.columns[i];
+                Err(Inexact { column: column.clone(), reason: explain(&problem, &types::name(t)) })
+            }
+        }
+    }
+}
+
+fn explain(problem: &Problem, column_type: &str) -> String {
+    match problem {
+        Problem::Quoted(s) => format!(
+            "a quoted string ({}) where the column is {column_type}: write numbers without quotes, or declare the column as a string",
+            shown(s)
+        ),
+        Problem::NotWhole(v) => format!("{v} is not a whole number and the column is {column_type}: storing it would change the value"),
+        Problem::OutOfRange(v) => format!("{v} is out of range for {column_type}"),
+        Problem::Rounds(v) => format!("{v} cannot be held exactly by {column_type}: storing it would change the value"),
+    }
+}
+
+fn shown(s: &str) -> String {
+    let cut: String = s.chars().take(SHOWN_CHARS).collect();
+    if cut.len() < s.len() { format!("{:?}...", cut) } else { format!("{s:?}") }
+}
+
+/// One JSON object: the first numeric column whose value would change.
+struct Record<'a>(&'a JsonNumbers);
+
+impl<'de> Visitor<'de> for Record<'_> {
+    type Value = Option<(usize, Problem)>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut found = None;
+        while let Some(column) = map.next_key_seed(Key(self.0))? {
+            match column {
+                Some(i) if found.is_none() => {
+                    if let Err(problem) = map.next_value_seed(Number(self.0.columns[i].2))? {
+                        found = Some((i, problem));
+                    }
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// A key: the index of the numeric column it names, if any (no allocation
+/// unless the key holds escapes).
+struct Key<'a>(&'a JsonNumbers);
+
+impl<'de> DeserializeSeed<'de> for Key<'_> {
+    type Value = Option<usize>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Key<'_> {
+    type Value = Option<usize>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a key")
+    }
+    fn visit_str<E>(self, key: &str) -> Result<Self::Value, E> {
+        Ok(self.0.columns.iter().position(|(name, _, _)| name == key))
+    }
+}
+
+/// One value of a numeric column.
+struct Number(Kind);
+
+impl<'de> DeserializeSeed<'de> for Number {
+    type Value = Result<(), Problem>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Number {
+    type Value = Result<(), Problem>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a number")
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(self.0.integer(v.into()))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(self.0.integer(v.into()))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(self.0.float(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Err(Problem::Quoted(v.to_string())))
+    }
+    // Nulls pass; booleans, arrays and objects are arrow's to refuse.
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(Ok(()))
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(Ok(()))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Ok(()))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Ok(()))
+    }
+}
+
+/// A columnar file's column cast to the table's type, refusing any value the
+/// cast would change. `Err((row, reason))` names the first such row (0-based).
+pub fn cast_column(column: &ArrayRef, to: &DataType) -> Result<ArrayRef, (Option<usize>, String)> {
+    let from = column.data_type();
+    let (from_name, to_name) = (types::name(from), types::name(to));
+    if is_string(from) && !(is_string(to) || to.is_temporal()) {
+        return Err((None, format!("the file's column is {from_name} and the table's is {to_name}: quoted values are not converted")));
+    }
+    let safe = CastOptions { safe: true, ..Default::default() };
+    let cast = cast_with_options(column, to, &safe).map_err(|e| (None, format!("cannot cast {from_name} to {to_name}: {e}")))?;
+    // A safe cast turns failures into nulls: the first new null is the bad row.
+    if let Some(row) = (0..column.len()).find(|&r| column.is_valid(r) && cast.is_null(r)) {
+        return Err((Some(row), format!("value {} does not cast from {from_name} to {to_name}", value(column, row))));
+    }
+    // Casting back must give every value again (only flat types compare).
+    let flat = |t: &DataType| t.is_primitive() || is_string(t) || matches!(t, DataType::Boolean);
+    // Text parsed into dates and times is checked by the parse alone.
+    if flat(from) && flat(to) && !is_string(from) && can_cast_types(to, from) {
+        let back = cast_with_options(&cast, from, &safe).map_err(|e| (None, format!("cannot cast {to_name} back to {from_name}: {e}")))?;
+        let changed = distinct(column, &back).map_err(|e| (None, format!("comparing {from_name} with {to_name}: {e}")))?;
+        if let Some(row) = (0..column.len()).find(|&r| column.is_valid(r) && changed.value(r)) {
+            return Err((
+                Some(row),
+                format!(
+                    "{} would become {} as {to_name}: the file's column is {from_name}, and the change would lose the value",
+                    value(column, row),
+                    value(&cast, row)
+                ),
+            ));
+        }
+    }
+    Ok(cast)
+}
+
+fn is_string(t: &DataType) -> bool {
+    matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
+}
+
+fn value(array: &ArrayRef, row: usize) -> String {
+    ArrayFormatter::try_new(array.as_ref(), &FormatOptions::default())
+        .map(|f| f.value(row).to_string())
+        .unwrap_or_else(|_| "the value".to_string())
+}
