@@ -59,3 +59,30 @@ async fn a_bad_s3_source_is_quarantined_in_the_lake() {
     let dir = quarantined[0].as_ref().unwrap().path();
     assert_eq!(std::fs::read(dir.join("bad.jsonl")).unwrap(), b"{\"id\": 1}\n{\"id\": \n");
 }
+
+/// Keys with any character S3 allows (non-ASCII, `%`, `~`, `#`, `[`, `]`,
+/// spaces, `+`, `=`) ingest as the objects they name, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn keys_with_any_character_ingest_from_s3() {
+    let Some((bucket, store)) = bucket_store() else { return };
+    let b = local();
+    let prefix = format!("incoming-{}", uuid::Uuid::new_v4().simple());
+    let names = ["ünïcødé 1.jsonl", "50%25 off.jsonl", "a~b#c.jsonl", "[x]+y.jsonl", "k=v&w.jsonl", "%.jsonl"];
+    let mut uris = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let key = Path::parse(format!("{prefix}/weird/{name}")).unwrap();
+        let i = i as i64;
+        store.put(&key, PutPayload::from(format!("{{\"id\": {i}}}\n"))).await.unwrap();
+        uris.push(format!("s3://{bucket}/{key}"));
+    }
+    let out = run(sluice(&b.root).args(["--json", "ingest"]).args(&uris));
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(scan_ids(&b.root, "weird"), (0..names.len() as i64).collect::<Vec<_>>());
+    let again = run(sluice(&b.root).args(["--json", "ingest"]).args(&uris));
+    let report = json(&again);
+    assert!(report["sources"].as_array().unwrap().iter().all(|s| s["status"] == "already_ingested"), "{report}");
+    // An S3 key object_store cannot address is a usage error that says so.
+    let out = run(sluice(&b.root).args(["ingest", "--table", "weird", &format!("s3://{bucket}/{prefix}//empty-segment.jsonl")]));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot address this key"));
+}

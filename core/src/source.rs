@@ -105,7 +105,14 @@ impl Source {
                 .filter(|(b, k)| !b.is_empty() && !k.is_empty())
                 .ok_or_else(|| Error::Usage(format!("source '{uri}': use s3://BUCKET/KEY")))?;
             let store = s3_store(bucket, &s3_options_from_env())?;
-            let key = Path::from(key);
+            // The key exactly as S3 holds it (`Path::from` would percent-encode
+            // `#`, `%`, `[`... once more on the way to the server).
+            let key = Path::parse(key).map_err(|e| {
+                Error::Usage(format!(
+                    "source '{uri}': sluice's S3 client cannot address this key ({e}); keys with an empty segment ('//'), \
+                     a '.' or '..' segment or a control character must be renamed"
+                ))
+            })?;
             let version = pin.and_then(|p| p.version_id.clone());
             let head = GetOptions { version: version.clone(), head: true, ..Default::default() };
             let meta = match store.get_opts(&key, head).await {
