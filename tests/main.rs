@@ -15,6 +15,7 @@ mod lambda;
 mod optimize;
 mod processes;
 mod protocol;
+mod readers;
 mod recovery;
 mod requests;
 mod s3_sources;
