@@ -590,3 +590,36 @@ fn time_running_short_reports_the_rest_as_not_done() {
     assert_eq!(actions, ["compacted", "compacted"], "{r}");
     assert_eq!(scan(&lake, "u"), (100..120).collect::<Vec<_>>());
 }
+
+/// Events lost (a rule changed, DLQ messages expired): the scheduled backfill
+/// lists the configured prefix and ingests what the lake lacks, routed by
+/// the configured prefixes, once; rerun, it ingests nothing.
+#[test]
+fn a_scheduled_backfill_catches_sources_whose_events_were_lost() {
+    let Some(s3) = S3::new() else { return };
+    let lake = s3.lake();
+    let keys: Vec<String> = (0..6).map(|i| s3.rows(&format!("orders/day {i}.jsonl"), i * 10..i * 10 + 10)).collect();
+    let prefix = format!("s3://{}/{}/incoming/", s3.bucket, s3.prefix);
+    let tables = json!({format!("{}/incoming/orders/", s3.prefix): {"table": "sales"}}).to_string();
+    let api = RuntimeApi::start();
+    let _f = api.function(&[
+        ("SLUICE_ROOT", &lake),
+        ("SLUICE_TABLES", &tables),
+        ("SLUICE_CLOCK_SKEW", "0s"),
+        ("SLUICE_SCHEDULED_ACTION", "backfill"),
+        ("SLUICE_BACKFILL_PREFIXES", &prefix),
+        ("SLUICE_BACKFILL_SINCE", "1day"),
+    ]);
+    // Two events arrived.
+    response(api.call(&s3.s3_event(&[&keys[0], &keys[3]])));
+    let scheduled = json!({"version": "0", "id": "e3", "detail-type": "Scheduled Event", "source": "aws.events", "account": "0",
+        "time": "2026-11-30T12:00:00Z", "region": "us-east-1", "resources": [], "detail": {}});
+    let r = response(api.call(&scheduled));
+    assert_eq!((r["listed"].as_u64(), r["held"].as_u64(), r["ingested"].as_u64()), (Some(6), Some(2), Some(4)), "{r}");
+    assert_eq!(scan(&lake, "sales"), (0..60).collect::<Vec<_>>());
+    let r = response(api.call(&scheduled));
+    assert_eq!((r["held"].as_u64(), r["ingested"].as_u64()), (Some(6), Some(0)), "{r}");
+    // A direct invocation names its own prefix and window.
+    let r = response(api.call(&json!({"action": "backfill", "prefixes": [prefix], "since": "2099-01-01T00:00:00Z", "dry_run": true})));
+    assert_eq!(r["listed"], 0, "{r}");
+}

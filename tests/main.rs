@@ -4,6 +4,7 @@
 
 mod common;
 
+mod backfill;
 mod bad_input;
 mod cleanup;
 mod deploy;

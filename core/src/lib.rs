@@ -8,6 +8,7 @@ pub mod cleanup;
 pub mod counting;
 pub mod deadline;
 pub mod decode;
+pub mod discover;
 pub mod error;
 mod exact;
 pub mod failpoints;

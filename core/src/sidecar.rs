@@ -367,22 +367,11 @@ struct Ledger {
 }
 
 async fn ledger(lake: &Lake, key: &str) -> Result<Ledger> {
-    let dir = key;
     let mut out = Ledger::default();
-    for meta in lake.list(&dir).await? {
+    for meta in lake.list(key).await? {
         let Some(rel) = lake.relative(&meta.location) else { continue };
-        let Some(name) = rel.strip_prefix(dir).and_then(|n| n.strip_prefix('/')).and_then(|n| n.strip_suffix(".json")) else { continue };
-        match name.split_once(RELEASE_INFIX) {
-            Some((generation, attempt)) => {
-                if let Ok(g) = generation.parse() {
-                    out.releases.entry(g).or_default().insert(attempt.to_string());
-                }
-            }
-            None => {
-                if let Ok(g) = name.parse() {
-                    out.claims.insert(g);
-                }
-            }
+        if let Some(name) = rel.strip_prefix(key).and_then(|n| n.strip_prefix('/')).and_then(|n| n.strip_suffix(".json")) {
+            out.add(name);
         }
     }
     Ok(out)
@@ -392,6 +381,55 @@ impl Ledger {
     fn released(&self, generation: u32, attempt: &str) -> bool {
         self.releases.get(&generation).is_some_and(|a| a.contains(attempt))
     }
+
+    /// Held: the newest generation has no release (ingested or in flight).
+    /// A claim that landed after its attempt was rolled back also looks held
+    /// here, though `holder` would call it released: a listing cannot tell.
+    fn held(&self) -> bool {
+        self.claims.last().is_some_and(|g| !self.releases.contains_key(g))
+    }
+
+    fn add(&mut self, name: &str) {
+        match name.split_once(RELEASE_INFIX) {
+            Some((generation, attempt)) => {
+                if let Ok(g) = generation.parse() {
+                    self.releases.entry(g).or_default().insert(attempt.to_string());
+                }
+            }
+            None => {
+                if let Ok(g) = name.parse() {
+                    self.claims.insert(g);
+                }
+            }
+        }
+    }
+}
+
+/// Which of the source ids `wanted` the ledger holds: one LIST per source
+/// when there are at most `per_source` of them (run `concurrency` at a time),
+/// else one listing of the whole ledger (a page per 1,000 claims).
+pub async fn held_sources(lake: &Lake, wanted: &BTreeSet<&str>, per_source: usize, concurrency: usize) -> Result<BTreeSet<String>> {
+    use futures::{StreamExt, TryStreamExt};
+    let ledgers: Vec<(String, Ledger)> = if wanted.len() <= per_source {
+        futures::stream::iter(wanted.iter().map(|id| id.to_string()))
+            .map(|id| async move { Ok::<_, Error>((id.clone(), ledger(lake, &source_key(&id)).await?)) })
+            .buffer_unordered(concurrency.max(1))
+            .try_collect()
+            .await?
+    } else {
+        let mut all: BTreeMap<String, Ledger> = BTreeMap::new();
+        for meta in lake.list(CLAIMS).await? {
+            let Some(rel) = lake.relative(&meta.location) else { continue };
+            let Some((id, name)) = rel.strip_prefix(CLAIMS).and_then(|r| r.strip_prefix('/')).and_then(|r| r.split_once('/')) else {
+                continue;
+            };
+            if let (true, Some(name)) = (wanted.contains(id), name.strip_suffix(".json")) {
+                all.entry(id.to_string()).or_default().add(name);
+            }
+        }
+        all.into_iter().collect()
+    };
+    Ok(ledgers.into_iter().filter(|(_, l)| l.held()).map(|(id, _)| id).collect())
 }
 
 async fn read_claim_at(lake: &Lake, key: &str, generation: u32) -> Result<Claim> {

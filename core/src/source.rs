@@ -88,6 +88,11 @@ fn digest_hex(bytes: &[u8]) -> String {
 }
 
 impl Source {
+    /// The ledger id of a source identity.
+    pub fn id_of(identity: &str) -> String {
+        digest_hex(identity.as_bytes())
+    }
+
     /// Pin down which version of `uri` this is: one HEAD for S3, a hash pass for local files.
     pub async fn resolve(uri: &str) -> Result<Source> {
         Self::resolve_pinned(uri, None).await

@@ -117,6 +117,29 @@ enum Command {
         #[arg(required = true)]
         sources: Vec<String>,
     },
+    /// Ingest what a folder, glob or s3://bucket/prefix/ holds that the lake
+    /// does not: sources whose events were lost. Safe to rerun at any time.
+    Backfill {
+        /// Folders, globs ('data/*.jsonl', quoted) or s3://BUCKET/PREFIX/.
+        #[arg(required = true)]
+        specs: Vec<String>,
+        /// Only files modified at or after this time: RFC 3339, or a span ago (6h, 2days).
+        #[arg(long, value_parser = sluice::discover::parse_since)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        /// Target table; default: each file's folder name.
+        #[arg(long)]
+        table: Option<String>,
+        #[arg(long)]
+        format: Option<String>,
+        /// Files per batch: one Lance commit and one publish each.
+        #[arg(long, default_value_t = sluice::discover::DEFAULT_BATCH)]
+        batch: usize,
+        #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+        /// List and check the ledger only: say what would be ingested.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Load several tables from a JSON descriptor: all visible at once, or none.
     Load {
         descriptor: PathBuf,
@@ -315,6 +338,16 @@ async fn run(cli: Cli) -> Result<()> {
                 ModeArg::Append => Mode::Append,
                 ModeArg::Upsert => Mode::Upsert,
             });
+            // A folder, glob or prefix: listed, and ingested in batches less what the lake holds.
+            if sources.iter().any(|s| sluice::discover::is_collection(s)) {
+                let template = TableRequest { format, mode, key: key.clone(), schema: schema.clone(), ..Default::default() };
+                let route = |uris: &[String]| sluice::discover::route_by_folder(uris, table.as_deref(), &template);
+                let plan = sluice::discover::Plan {
+                    specs: sources, since: None, route: &route, batch: sluice::discover::DEFAULT_BATCH,
+                    budget: Budget { timeout, clock_skew }, dry_run: false,
+                };
+                return backfill(&lake, plan, cli.json).await;
+            }
             for (table, sources) in ingest::route(&sources, table.as_deref())? {
                 let sources = sources.into_iter().map(Into::into).collect();
                 let request = TableRequest { table, sources, format, mode, key: key.clone(), schema: schema.clone(), indices: Vec::new() };
@@ -322,6 +355,16 @@ async fn run(cli: Cli) -> Result<()> {
                 let report = with_progress(n, async |p| ingest::run(&lake, vec![request], Budget { timeout, clock_skew }, p).await).await?;
                 print_report(cli.json, &report);
             }
+        }
+        Command::Backfill { specs, since, table, format, batch, timeout, dry_run } => {
+            if batch == 0 {
+                return Err(Error::Usage("--batch must be at least 1".into()));
+            }
+            let format = format.as_deref().map(str::parse::<Format>).transpose()?;
+            let template = TableRequest { format, ..Default::default() };
+            let route = |uris: &[String]| sluice::discover::route_by_folder(uris, table.as_deref(), &template);
+            let plan = sluice::discover::Plan { specs, since, route: &route, batch, budget: Budget { timeout, clock_skew }, dry_run };
+            backfill(&lake, plan, cli.json).await?;
         }
         Command::Load { descriptor, timeout } => {
             let requests = read_descriptor(&descriptor)?;
@@ -572,6 +615,50 @@ fn print_report(json: bool, r: &Report) {
 }
 
 /// Runs `work`, showing rows and sources read on stderr when it is a terminal.
+async fn backfill(lake: &Lake, plan: sluice::discover::Plan<'_>, json: bool) -> Result<()> {
+    let dry_run = plan.dry_run;
+    let report = sluice::discover::backfill(lake, plan, Arc::new(Progress::default()), |r| {
+        if !json {
+            let rows: u64 = r.tables.values().map(|t| t.rows_inserted + t.rows_updated).sum();
+            eprintln!("batch: {} sources, {rows} rows, manifest version {}", r.sources.len(), r.manifest_version.unwrap_or_default());
+        }
+    })
+    .await?;
+    emit(json, &report, || {
+        let mut out = format!(
+            "listed {}: {} held by the ledger, {} quarantined earlier; ",
+            report.listed, report.held, report.quarantined_before
+        );
+        if dry_run {
+            out.push_str(&format!("{} would be ingested", report.not_done));
+        } else {
+            out.push_str(&format!(
+                "ingested {} ({} rows) in {} batches, {} found already ingested",
+                report.ingested, report.rows, report.batches, report.already_ingested
+            ));
+            if let Some(v) = report.manifest_version {
+                out.push_str(&format!(", visible in manifest version {v}"));
+            }
+            if report.not_done > 0 {
+                out.push_str(&format!("; {} left for the next run (deadline)", report.not_done));
+            }
+        }
+        for b in &report.bad {
+            out.push_str(&format!("\nquarantined: {}", b.reason));
+        }
+        out
+    });
+    match (report.bad.is_empty(), report.not_done > 0 && !dry_run) {
+        (false, _) => Err(Error::BadInput(sluice::error::BadInput {
+            source_uri: report.bad[0].uri.clone(),
+            location: Default::default(),
+            reason: format!("{} bad sources quarantined; the rest was ingested", report.bad.len()),
+        })),
+        (true, true) => Err(Error::Blocked(format!("{} sources left for the next run: the deadline came first", report.not_done))),
+        (true, false) => Ok(()),
+    }
+}
+
 async fn with_progress<T>(sources: usize, work: impl AsyncFnOnce(Arc<Progress>) -> Result<T>) -> Result<T> {
     let progress = Arc::new(Progress::default());
     if !std::io::stderr().is_terminal() {

@@ -53,6 +53,11 @@ pub struct Config {
     pub cleanup: CleanupSettings,
     /// `SLUICE_SCHEDULED_ACTION`: what a scheduled event without an action does.
     pub scheduled_action: Option<String>,
+    /// `SLUICE_BACKFILL_PREFIXES` (comma-separated `s3://BUCKET/PREFIX/`) and
+    /// `SLUICE_BACKFILL_SINCE` (a span: only objects modified within it): what
+    /// a `backfill` action lists when it names none.
+    pub backfill_prefixes: Vec<String>,
+    pub backfill_since: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -69,7 +74,7 @@ impl CleanupSettings {
     }
 }
 
-pub const ACTIONS: [&str; 6] = ["ingest", "load", "optimize", "cleanup", "recover", "status"];
+pub const ACTIONS: [&str; 7] = ["ingest", "load", "backfill", "optimize", "cleanup", "recover", "status"];
 
 fn var(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
@@ -145,9 +150,18 @@ impl Config {
         }
         let scheduled_action = var("SLUICE_SCHEDULED_ACTION");
         if let Some(a) = &scheduled_action
-            && !["optimize", "cleanup", "recover"].contains(&a.as_str())
+            && !["optimize", "cleanup", "recover", "backfill"].contains(&a.as_str())
         {
-            return Err(bad("SLUICE_SCHEDULED_ACTION", a, "expected optimize, cleanup or recover"));
+            return Err(bad("SLUICE_SCHEDULED_ACTION", a, "expected optimize, cleanup, recover or backfill"));
+        }
+        let backfill_prefixes = list("SLUICE_BACKFILL_PREFIXES");
+        for p in &backfill_prefixes {
+            if !p.starts_with("s3://") || !p.ends_with('/') {
+                return Err(bad("SLUICE_BACKFILL_PREFIXES", p, "expected s3://BUCKET/PREFIX/ (ending in '/')"));
+            }
+        }
+        if scheduled_action.as_deref() == Some("backfill") && backfill_prefixes.is_empty() {
+            return Err("SLUICE_SCHEDULED_ACTION=backfill needs SLUICE_BACKFILL_PREFIXES (s3://BUCKET/PREFIX/, ...)".into());
         }
         Ok(Config {
             root,
@@ -158,6 +172,8 @@ impl Config {
             worker_function,
             cleanup,
             scheduled_action,
+            backfill_prefixes,
+            backfill_since: duration("SLUICE_BACKFILL_SINCE", None)?,
         })
     }
 

@@ -253,6 +253,9 @@ async fn ingest_batch(state: &State, messages: Vec<Message>, budget: Budget, met
 enum Action {
     Ingest { sources: Vec<String>, table: Option<String>, format: Option<String>, mode: Option<Mode>, key: Option<String> },
     Load { tables: Vec<LoadTable> },
+    /// Objects under the prefixes the lake does not hold (events lost):
+    /// `prefixes` and `since` (RFC 3339 or a span ago) default to the configuration's.
+    Backfill { #[serde(default)] prefixes: Vec<String>, since: Option<String>, #[serde(default)] dry_run: bool, batch: Option<usize> },
     Optimize { #[serde(default)] tables: Vec<String>, #[serde(default)] dry_run: bool, parallel: Option<usize> },
     /// A fan-out worker's share of a coordinator's compaction (see `fanout`).
     #[serde(rename = "compact-tasks")]
@@ -295,6 +298,36 @@ async fn action(state: &State, payload: Value, budget: Budget, metrics: &mut Met
                 .map(|t| Ok(TableRequest { table: t.table, sources: t.sources.into_iter().map(Into::into).collect(), format: t.format.as_deref().map(str::parse).transpose()?, mode: t.mode, key: t.key, schema: None, indices: Vec::new() }))
                 .collect::<Result<Vec<_>, Error>>()?;
             Ok(to_json(&run_ingest(state, requests, budget, metrics).await?))
+        }
+        Action::Backfill { prefixes, since, dry_run, batch } => {
+            let specs = if prefixes.is_empty() { state.config.backfill_prefixes.clone() } else { prefixes };
+            if specs.is_empty() {
+                return Err(Error::Usage("backfill: name \"prefixes\" or set SLUICE_BACKFILL_PREFIXES".into()));
+            }
+            let since = match since {
+                Some(s) => Some(sluice::discover::parse_since(&s).map_err(Error::Usage)?),
+                None => state.config.backfill_since.map(|d| chrono::Utc::now() - chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)),
+            };
+            let route = |uris: &[String]| {
+                let objects = uris
+                    .iter()
+                    .map(|u| {
+                        let (bucket, key) = u.trim_start_matches("s3://").split_once('/').unwrap_or_default();
+                        Object { bucket: bucket.into(), key: key.into(), pin: Default::default() }
+                    })
+                    .collect::<Vec<_>>();
+                requests(state, &objects)
+            };
+            let plan = sluice::discover::Plan {
+                specs,
+                since,
+                route: &route,
+                batch: batch.unwrap_or(sluice::discover::DEFAULT_BATCH).max(1),
+                budget,
+                dry_run,
+            };
+            let report = sluice::discover::backfill(lake, plan, Arc::new(Progress::default()), |r| metrics.record_ingest(&Ok(r.clone()))).await?;
+            Ok(to_json(&report))
         }
         Action::Optimize { tables, dry_run, parallel } => {
             let opts = optimize::Options { dry_run, parallel: parallel.unwrap_or(state.config.optimize.parallel).max(1), ..state.config.optimize.clone() };

@@ -1,0 +1,103 @@
+//! Backfill: a folder, glob or S3 prefix ingested less what the lake holds,
+//! in bounded batches, safe to rerun and to race (the door decides).
+
+use std::process::Stdio;
+
+use object_store::{ObjectStoreExt, PutPayload};
+
+use crate::common::*;
+
+fn rows(ids: std::ops::Range<i64>) -> String {
+    ids.map(|i| format!("{{\"id\": {i}}}\n")).collect()
+}
+
+#[test]
+fn a_folder_or_glob_ingests_only_what_the_lake_lacks() {
+    let b = local();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    for (table, base) in [("orders", 0), ("clicks", 100)] {
+        for i in 0..3 {
+            write(&input.join(table), &format!("f{i}.jsonl"), rows(base + i * 10..base + i * 10 + 10).as_bytes());
+        }
+    }
+    write(&input.join("orders"), "_SUCCESS", b"");
+    write(&input.join("orders"), ".f0.jsonl.crc", b"junk");
+    // One file arrived by its event; the rest of the events were lost.
+    assert_eq!(run(sluice(&b.root).arg("ingest").arg(input.join("orders/f0.jsonl"))).status.code(), Some(0));
+
+    let dry = json(&run(sluice(&b.root).args(["--json", "backfill", "--dry-run"]).arg(&input)));
+    assert_eq!((dry["listed"].as_u64(), dry["held"].as_u64(), dry["not_done"].as_u64()), (Some(6), Some(1), Some(5)), "{dry}");
+    assert_eq!(scan_ids(&b.root, "orders"), (0..10).collect::<Vec<_>>(), "a dry run ingests nothing");
+
+    // `ingest FOLDER` is the same backfill.
+    let out = run(sluice(&b.root).args(["--json", "ingest"]).arg(&input));
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let r = json(&out);
+    assert_eq!((r["ingested"].as_u64(), r["batches"].as_u64(), r["rows"].as_u64()), (Some(5), Some(1), Some(50)), "{r}");
+    assert_eq!(scan_ids(&b.root, "orders"), (0..30).collect::<Vec<_>>());
+    assert_eq!(scan_ids(&b.root, "clicks"), (100..130).collect::<Vec<_>>());
+
+    // Rerun: nothing to do.
+    let r = json(&run(sluice(&b.root).args(["--json", "backfill"]).arg(&input)));
+    assert_eq!((r["held"].as_u64(), r["ingested"].as_u64(), r["batches"].as_u64()), (Some(6), Some(0), Some(0)), "{r}");
+
+    // A new file and a bad one, by glob, in batches of one: the bad one is
+    // quarantined and named (exit 3), the good one lands; the next run skips both.
+    write(&input.join("orders"), "f3.jsonl", rows(30..40).as_bytes());
+    write(&input.join("orders"), "bad.jsonl", b"{\"id\": 1}\n{\"id\": \n");
+    let glob = format!("{}/*/*.jsonl", input.display());
+    let out = run(sluice(&b.root).args(["--json", "backfill", "--batch", "1", &glob]));
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    // The report, then the error, each a JSON line.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let r: serde_json::Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
+    assert_eq!(json(&out)["error"]["exit_code"], 3);
+    assert_eq!(r["ingested"], 1, "{r}");
+    assert!(r["bad"][0]["reason"].as_str().unwrap().contains("bad.jsonl at line 2"), "{r}");
+    assert_eq!(scan_ids(&b.root, "orders"), (0..40).collect::<Vec<_>>());
+    let out = run(sluice(&b.root).args(["--json", "backfill", &glob]));
+    assert_eq!(out.status.code(), Some(0));
+    let r = json(&out);
+    assert_eq!((r["held"].as_u64(), r["quarantined_before"].as_u64(), r["ingested"].as_u64()), (Some(7), Some(1), Some(0)), "{r}");
+}
+
+/// Two backfills of one S3 prefix at once, racing the events that did
+/// arrive: every object's rows land exactly once, in batches.
+#[test]
+fn racing_backfills_of_an_s3_prefix_ingest_each_object_once() {
+    let Ok(base) = std::env::var("SLUICE_TEST_S3") else { return };
+    let bucket = base.trim_start_matches("s3://").split('/').next().unwrap().to_string();
+    let store = sluice::lake::s3_store(&bucket, &sluice::lake::s3_options_from_env()).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for b in shared_backends() {
+        let prefix = format!("landing-{}", uuid::Uuid::new_v4().simple());
+        let mut keys = Vec::new();
+        for i in 0..24i64 {
+            let table = if i % 2 == 0 { "even" } else { "odd" };
+            let key = object_store::path::Path::parse(format!("{prefix}/{table}/part {i:03}.jsonl")).unwrap();
+            rt.block_on(store.put(&key, PutPayload::from(rows(i * 10..i * 10 + 10)))).unwrap();
+            keys.push(format!("s3://{bucket}/{key}"));
+        }
+        let spec = format!("s3://{bucket}/{prefix}/");
+        let none = json(&run(sluice(&b.root).args(["--json", "backfill", "--dry-run", "--since", "2099-01-01T00:00:00Z", &spec])));
+        assert_eq!(none["listed"], 0, "{none}");
+
+        let backfill = || sluice(&b.root).args(["--json", "backfill", "--batch", "5", &spec]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let (one, two) = (backfill(), backfill());
+        for k in keys.iter().step_by(5) {
+            assert_eq!(run(sluice(&b.root).args(["ingest", k])).status.code(), Some(0), "{}", b.name);
+        }
+        for child in [one, two] {
+            let out = child.wait_with_output().unwrap();
+            assert_eq!(out.status.code(), Some(0), "{}: {}", b.name, String::from_utf8_lossy(&out.stderr));
+        }
+        let mut all = scan_ids(&b.root, "even");
+        all.extend(scan_ids(&b.root, "odd"));
+        all.sort();
+        assert_eq!(all, (0..240).collect::<Vec<_>>(), "{}: every row once", b.name);
+        let r = json(&run(sluice(&b.root).args(["--json", "backfill", &spec])));
+        assert_eq!((r["listed"].as_u64(), r["held"].as_u64(), r["ingested"].as_u64()), (Some(24), Some(24), Some(0)), "{}: {r}", b.name);
+    }
+}
+
