@@ -353,3 +353,49 @@ fn already_ingested_names_the_table_it_went_to() {
     assert_eq!(report["sources"][0]["table"], "first", "{report}");
     assert_eq!(table_rows(&status(&b.root), "second"), None);
 }
+
+/// ISO-8601 text in a new table's first file becomes date and timestamp
+/// columns (UTC, microseconds; nanoseconds where a value needs them); a
+/// column mixing the two, or holding other text, stays a string.
+#[test]
+fn iso_dates_and_timestamps_are_inferred_as_such() {
+    use arrow::datatypes::TimeUnit;
+    let b = local();
+    let dir = tempfile::tempdir().unwrap();
+    let jsonl = write(
+        dir.path(),
+        "a.jsonl",
+        br#"{"id": 1, "day": "2026-11-30", "at": "2026-11-30T05:00:00Z", "local": "2026-11-30 05:00:00.123", "off": "2026-11-30T07:00:00+02:00", "ns": "2026-11-30T05:00:00.123456789Z", "mixed": "2026-11-30", "txt": "2026-11-30 or so"}
+{"id": 2, "day": null, "at": "2026-11-30T06:00:00.5Z", "mixed": "2026-11-30T05:00:00Z"}
+"#,
+    );
+    assert_eq!(run(sluice(&b.root).args(["ingest", "--table", "j"]).arg(&jsonl)).status.code(), Some(0));
+    let csv = write(dir.path(), "b.csv", b"id,at,day\n1,2026-11-30T05:00:00Z,2026-11-30\n2,2026-11-30 06:00:00.25,2026-12-01\n");
+    assert_eq!(run(sluice(&b.root).args(["ingest", "--table", "c"]).arg(&csv)).status.code(), Some(0));
+
+    let lake = Lake::open(&b.root).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let types = |table: &str| {
+        let ds = rt.block_on(lake.open_table(table, None)).unwrap();
+        let schema = arrow::datatypes::Schema::from(ds.schema());
+        schema.fields().iter().map(|f| (f.name().clone(), f.data_type().clone())).collect::<std::collections::HashMap<_, _>>()
+    };
+    let micros = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+    let j = types("j");
+    for (column, want) in [
+        ("day", DataType::Date32),
+        ("at", micros.clone()),
+        ("local", micros.clone()),
+        ("off", micros.clone()),
+        ("ns", DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into()))),
+        ("mixed", DataType::Utf8),
+        ("txt", DataType::Utf8),
+    ] {
+        assert_eq!(j[column], want, "jsonl column {column}");
+    }
+    let c = types("c");
+    assert_eq!((&c["at"], &c["day"]), (&micros, &DataType::Date32));
+    // The offset is kept as the instant it names.
+    let out = run(sluice(&b.root).args(["scan", "j", "--where", "id = 1", "--columns", "off"]));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("2026-11-30T05:00:00Z"), "{}", String::from_utf8_lossy(&out.stdout));
+}

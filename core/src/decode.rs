@@ -19,6 +19,7 @@ use serde::Deserialize;
 use crate::error::{BadInput, Error, Location, Result};
 use crate::exact::{self, JsonNumbers};
 use crate::source::Source;
+use crate::times::{self, TimeColumns};
 use crate::types;
 
 /// Rows per batch handed to Lance.
@@ -160,7 +161,7 @@ pub fn infer_schema(source: &Source, detected: Detected, key: Option<&str>, hand
                 .with_header(true)
                 .infer_schema(reader, None)
                 .map_err(|e| bad(source, number_after(&e.to_string(), "at line "), None, format!("cannot infer a schema: {e}")))?;
-            schema
+            times::utc_timestamps(schema)
         }
         Format::Parquet | Format::Arrow | Format::ArrowStream => open_columnar(source, detected, handle)?.0.as_ref().clone(),
     };
@@ -189,6 +190,7 @@ pub fn infer_schema(source: &Source, detected: Detected, key: Option<&str>, hand
 /// Parsed line by line so an error names its line.
 fn infer_jsonl(source: &Source, mut reader: Box<dyn BufRead + Send>) -> Result<Schema> {
     let mut failure: Option<Error> = None;
+    let mut times = TimeColumns::default();
     let (mut line, mut buf) = (0u64, Vec::new());
     let records = std::iter::from_fn(|| {
         loop {
@@ -206,7 +208,10 @@ fn infer_jsonl(source: &Source, mut reader: Box<dyn BufRead + Send>) -> Result<S
                 }
             };
             return match step {
-                Ok(value) => Some(Ok(value)),
+                Ok(value) => {
+                    times.observe(&value);
+                    Some(Ok(value))
+                }
                 Err(e) => {
                     // Stop here; the typed error is reported, not arrow's copy.
                     failure = Some(e);
@@ -219,7 +224,7 @@ fn infer_jsonl(source: &Source, mut reader: Box<dyn BufRead + Send>) -> Result<S
         .map_err(|e| bad(source, None, None, format!("cannot infer a schema: {e}")));
     match failure {
         Some(e) => Err(e),
-        None => schema,
+        None => Ok(times.apply(schema?)),
     }
 }
 

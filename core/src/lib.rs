@@ -27,6 +27,7 @@ pub mod settings;
 mod single;
 pub mod source;
 mod stage;
+mod times;
 pub mod types;
 
 pub use error::{Error, Result};

@@ -1,0 +1,95 @@
+//! ISO-8601 text in a new table's first file becomes a date or timestamp
+//! column, not a string: `2026-11-30` a `date`, `2026-11-30T05:00:00Z` (or a
+//! space for the `T`, an offset, no zone meaning UTC) a `timestamp`, in
+//! microseconds, UTC; nanoseconds where a value has digits below the
+//! microsecond (a cast to microseconds would change it). A column mixing the
+//! two, or holding any other text, stays a string.
+
+use std::collections::HashMap;
+
+use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Timelike};
+
+/// What every string seen so far in one column parses as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Guess {
+    Date,
+    Timestamp { nanos: bool },
+    Text,
+}
+
+fn classify(s: &str) -> Guess {
+    if s.len() == 10 && NaiveDate::parse_from_str(s, "%Y-%m-%d").is_ok() {
+        return Guess::Date;
+    }
+    let time = DateTime::parse_from_rfc3339(s)
+        .map(|t| t.naive_utc())
+        .or_else(|_| NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f"))
+        .or_else(|_| NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f"));
+    match time {
+        Ok(t) => Guess::Timestamp { nanos: t.nanosecond() % 1000 != 0 },
+        Err(_) => Guess::Text,
+    }
+}
+
+fn join(a: Guess, b: Guess) -> Guess {
+    match (a, b) {
+        (Guess::Date, Guess::Date) => Guess::Date,
+        (Guess::Timestamp { nanos: x }, Guess::Timestamp { nanos: y }) => Guess::Timestamp { nanos: x || y },
+        _ => Guess::Text,
+    }
+}
+
+/// Watches the top-level string values of JSON records.
+#[derive(Debug, Default)]
+pub struct TimeColumns {
+    guesses: HashMap<String, Guess>,
+}
+
+impl TimeColumns {
+    pub fn observe(&mut self, record: &serde_json::Value) {
+        let Some(object) = record.as_object() else { return };
+        for (key, value) in object {
+            let guess = match value {
+                serde_json::Value::Null => continue,
+                serde_json::Value::String(s) => classify(s),
+                _ => Guess::Text,
+            };
+            self.guesses.entry(key.clone()).and_modify(|g| *g = join(*g, guess)).or_insert(guess);
+        }
+    }
+
+    /// `schema` (as arrow inferred it: such columns are strings) with the
+    /// columns that held only dates or only timestamps typed as such.
+    pub fn apply(&self, schema: Schema) -> Schema {
+        let fields: Vec<Field> = schema
+            .fields()
+            .iter()
+            .map(|f| match (f.data_type(), self.guesses.get(f.name())) {
+                (DataType::Utf8, Some(Guess::Date)) => f.as_ref().clone().with_data_type(DataType::Date32),
+                (DataType::Utf8, Some(Guess::Timestamp { nanos })) => f.as_ref().clone().with_data_type(timestamp(*nanos)),
+                _ => f.as_ref().clone(),
+            })
+            .collect();
+        Schema::new_with_metadata(fields, schema.metadata().clone())
+    }
+}
+
+fn timestamp(nanos: bool) -> DataType {
+    DataType::Timestamp(if nanos { TimeUnit::Nanosecond } else { TimeUnit::Microsecond }, Some("UTC".into()))
+}
+
+/// Arrow's CSV inference gives zoneless timestamps in the unit of the most
+/// fractional digits seen: make them UTC, in microseconds unless a value
+/// needs nanoseconds.
+pub fn utc_timestamps(schema: Schema) -> Schema {
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| match f.data_type() {
+            DataType::Timestamp(unit, None) => f.as_ref().clone().with_data_type(timestamp(*unit == TimeUnit::Nanosecond)),
+            _ => f.as_ref().clone(),
+        })
+        .collect();
+    Schema::new_with_metadata(fields, schema.metadata().clone())
+}
