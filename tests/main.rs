@@ -13,6 +13,7 @@ mod fencing;
 mod formats;
 mod indices;
 mod lambda;
+mod loads;
 mod optimize;
 mod processes;
 mod protocol;

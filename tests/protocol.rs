@@ -271,7 +271,7 @@ async fn latest_manifest_lookup_is_constant_and_a_stale_hint_costs_log_lag() {
     let mut stale = None;
     for v in 1..=300u64 {
         let goal = Goal {
-            published: Published { op: format!("op-{v}"), attempt: format!("a-{v}"), kind: "ingest".into(), tables: Default::default(), sources: 1 },
+            published: Published { op: format!("op-{v}"), attempt: format!("a-{v}"), kind: "ingest".into(), tables: Default::default(), sources: 1, source_list: Vec::new() },
             pins: [("t".to_string(), TablePin::new(v, Mode::Append, None))].into(),
             changes: Default::default(),
         };
@@ -296,7 +296,7 @@ async fn latest_manifest_lookup_is_constant_and_a_stale_hint_costs_log_lag() {
 
     // A publish from a stale base loses the race once, catches up, and wins: one retry counted.
     let goal = Goal {
-        published: Published { op: "op-late".into(), attempt: "a-late".into(), kind: "ingest".into(), tables: Default::default(), sources: 1 },
+        published: Published { op: "op-late".into(), attempt: "a-late".into(), kind: "ingest".into(), tables: Default::default(), sources: 1, source_list: Vec::new() },
         pins: [("t".to_string(), TablePin::new(301, Mode::Append, None))].into(),
         changes: Default::default(),
     };

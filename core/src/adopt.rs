@@ -84,7 +84,7 @@ pub async fn run(lake: &Lake, table: &str, versions: &[u64], dry_run: bool, time
         .await?
         .map_err(recover::Stop::into_error)?;
     let goal = Goal {
-        published: Published { op: format!("adopt-{table}"), attempt: by.clone(), kind: "adopt".into(), tables: pins.iter().map(|(t, p)| (t.clone(), p.version)).collect(), sources: 0 },
+        published: Published { op: format!("adopt-{table}"), attempt: by.clone(), kind: "adopt".into(), tables: pins.iter().map(|(t, p)| (t.clone(), p.version)).collect(), sources: 0, source_list: Vec::new() },
         pins,
         changes: Default::default(),
     };

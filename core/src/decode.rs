@@ -4,7 +4,7 @@
 //! Parsing is arrow's and parquet's; this module only chooses the reader,
 //! decompresses, conforms columns to the table schema and locates errors.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Read};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -625,6 +625,8 @@ fn open_source(source: &Source, detected: Detected, target: &SchemaRef, handle: 
 pub struct Progress {
     pub rows: AtomicU64,
     pub sources_done: AtomicU64,
+    /// Rows read from each finished source, by source id.
+    pub source_rows: Mutex<BTreeMap<String, u64>>,
 }
 
 /// The first typed error a reader met. Lance only sees an opaque Arrow error.
@@ -686,6 +688,7 @@ impl SourcesReader {
                         return Err(bad(source, None, None, "empty: no rows"));
                     }
                     self.progress.sources_done.fetch_add(1, Ordering::Relaxed);
+                    self.progress.source_rows.lock().expect("progress poisoned").insert(source.id.clone(), *rows);
                     self.current = None;
                 }
             }

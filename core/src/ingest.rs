@@ -33,7 +33,7 @@ use crate::decode::{self, Detected, Progress};
 use crate::error::{BadInput, Error, Result};
 use crate::failpoints;
 use crate::lake::{Created, Lake};
-use crate::manifest::{self, Goal, Manifest, Mode, Published, TablePin};
+use crate::manifest::{self, Goal, Manifest, Mode, Published, PublishedSource, TablePin};
 use crate::settings::Change;
 use crate::fence;
 use crate::recover;
@@ -532,6 +532,22 @@ impl Door<'_> {
                 kind: if self.w.multi { "load" } else { "ingest" }.into(),
                 tables: pins.iter().map(|(t, p)| (t.clone(), p.version)).collect(),
                 sources: tables.iter().map(|t| t.sources.len()).sum(),
+                source_list: {
+                    let rows = self.w.progress.source_rows.lock().expect("progress poisoned");
+                    tables
+                        .iter()
+                        .flat_map(|t| {
+                            t.sources.iter().map(|(s, _)| PublishedSource {
+                                table: t.request.table.clone(),
+                                uri: s.uri.clone(),
+                                id: s.id.clone(),
+                                identity: s.identity.clone(),
+                                bytes: Some(s.size),
+                                rows: rows.get(&s.id).copied(),
+                            })
+                        })
+                        .collect()
+                },
             },
             pins,
             changes: tables.iter().filter(|t| !t.changes.is_empty()).map(|t| (t.request.table.clone(), t.changes.clone())).collect(),

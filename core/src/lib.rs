@@ -18,6 +18,7 @@ pub mod hide_newer;
 pub mod index;
 pub mod ingest;
 pub mod lake;
+pub mod loads;
 pub mod manifest;
 pub mod optimize;
 pub mod read;

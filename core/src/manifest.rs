@@ -79,6 +79,24 @@ pub struct Published {
     pub kind: String,
     pub tables: BTreeMap<String, u64>,
     pub sources: usize,
+    /// Each source this publish made visible (`sluice sources` reads them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub source_list: Vec<PublishedSource>,
+}
+
+/// A source as the publish that made it visible records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishedSource {
+    pub table: String,
+    pub uri: String,
+    /// The ledger id of the exact version ingested.
+    pub id: String,
+    pub identity: String,
+    /// Bytes as stored, and rows read (unknown when recovery published it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

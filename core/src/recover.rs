@@ -663,6 +663,19 @@ impl Recovery<'_> {
                 kind: format!("recovery:{}", self.intent.kind),
                 tables: pins.iter().map(|(t, p)| (t.clone(), p.version)).collect(),
                 sources: self.intent.sources.len(),
+                source_list: self
+                    .intent
+                    .sources
+                    .iter()
+                    .map(|s| crate::manifest::PublishedSource {
+                        table: s.table.clone(),
+                        uri: s.uri.clone(),
+                        id: s.id.clone(),
+                        identity: s.identity.clone(),
+                        bytes: None,
+                        rows: None,
+                    })
+                    .collect(),
             },
             pins,
             changes: self.intent.tables.iter().filter(|(_, it)| !it.changes.is_empty()).map(|(t, it)| (t.clone(), it.changes.clone())).collect(),

@@ -101,6 +101,7 @@ pub(crate) async fn finish(lake: &Lake, base: Manifest, c: Committed<'_>, skew: 
             kind: c.kind.to_string(),
             tables: pins.iter().map(|(t, p)| (t.clone(), p.version)).collect(),
             sources: 0,
+            source_list: Vec::new(),
         },
         pins,
         changes: match c.changes.is_empty() {

@@ -44,6 +44,13 @@ struct Cli {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum SourceStatusArg {
+    Ingested,
+    InFlight,
+    Quarantined,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum ModeArg {
     Append,
     Upsert,
@@ -148,6 +155,21 @@ enum Command {
     },
     /// Manifest version, tables, and operations in flight.
     Status,
+    /// What became of each source: ingested (newest first, with the manifest
+    /// version that published it), in flight, or quarantined and why.
+    Sources {
+        #[arg(long)]
+        table: Option<String>,
+        /// Only sources published (started, quarantined) at or after: RFC 3339 or a span ago (6h).
+        #[arg(long, value_parser = sluice::discover::parse_since)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        /// ingested, in-flight or quarantined (repeatable; default all).
+        #[arg(long, value_enum)]
+        status: Vec<SourceStatusArg>,
+        /// At most this many ingested sources.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
     /// Rows of a table as a manifest version pins it.
     Scan {
         table: String,
@@ -371,6 +393,43 @@ async fn run(cli: Cli) -> Result<()> {
             let n = requests.iter().map(|r| r.sources.len()).sum();
             let report = with_progress(n, async |p| ingest::run(&lake, requests, Budget { timeout, clock_skew }, p).await).await?;
             print_report(cli.json, &report);
+        }
+        Command::Sources { table, since, status, limit } => {
+            use sluice::loads::{self, Status};
+            let statuses = status
+                .into_iter()
+                .map(|s| match s {
+                    SourceStatusArg::Ingested => Status::Ingested,
+                    SourceStatusArg::InFlight => Status::InFlight,
+                    SourceStatusArg::Quarantined => Status::Quarantined,
+                })
+                .collect();
+            let entries = loads::list(&lake, &loads::Filter { table, since, statuses, limit }).await?;
+            if cli.json {
+                for e in &entries {
+                    emit(true, e, String::new);
+                }
+            } else {
+                let mut out = std::io::stdout().lock();
+                for e in &entries {
+                    let what = match e.status {
+                        Status::Ingested => "ingested",
+                        Status::InFlight => "in-flight",
+                        Status::Quarantined => "quarantined",
+                    };
+                    let version = e.manifest_version.map(|v| format!(" v{v}")).unwrap_or_default();
+                    let size = match (e.rows, e.bytes) {
+                        (Some(r), Some(b)) => format!(" {r} rows {b} bytes"),
+                        (None, Some(b)) => format!(" {b} bytes"),
+                        _ => String::new(),
+                    };
+                    let table = e.table.as_deref().map(|t| format!(" -> {t}")).unwrap_or_default();
+                    let _ = writeln!(out, "{what:<11} {} {}{table}{version}{size} (op {})", e.at.format("%Y-%m-%dT%H:%M:%SZ"), e.uri, e.op);
+                    if let Some(r) = &e.reason {
+                        let _ = writeln!(out, "            {r}");
+                    }
+                }
+            }
         }
         Command::Status => {
             let s = read::status(&lake).await?;
