@@ -209,3 +209,22 @@ fn bad_input_creating_a_table_is_located_and_creates_nothing() {
     assert_eq!(run(sluice(&b.root).args(["ingest", "--table", "fresh"]).arg(&good)).status.code(), Some(0));
     assert_eq!(table_rows(&status(&b.root), "fresh"), Some(1));
 }
+
+/// Ingest into a root that holds no lake is an error that says so, unless
+/// asked to create it; nothing is written there.
+#[test]
+fn a_mistyped_root_is_an_error_not_a_new_lake() {
+    let b = local();
+    let dir = tempfile::tempdir().unwrap();
+    let file = jsonl(dir.path(), "a.jsonl", 0..3);
+    let out = run(sluice(&b.root).env_remove("SLUICE_CREATE").args(["ingest", "--table", "t"]).arg(&file));
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no lake at") && err.contains("sluice init"), "{err}");
+    assert!(!Path::new(&b.root).join("_manifest").exists() && !Path::new(&b.root).join("_ops").exists(), "nothing written");
+    assert_eq!(run(sluice(&b.root).env_remove("SLUICE_CREATE").args(["ingest", "--create", "--table", "t"]).arg(&file)).status.code(), Some(0));
+    let other = tempfile::tempdir().unwrap();
+    let root = other.path().join("lake").display().to_string();
+    assert_eq!(run(sluice(&root).env_remove("SLUICE_CREATE").arg("init")).status.code(), Some(0));
+    assert_eq!(run(sluice(&root).env_remove("SLUICE_CREATE").args(["ingest", "--table", "t"]).arg(&file)).status.code(), Some(0));
+}

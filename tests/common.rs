@@ -110,7 +110,9 @@ pub async fn ids(lake: &Lake, table: &str, at: Option<u64>) -> Vec<i64> {
 /// The real binary, with the test environment.
 pub fn sluice(root: &str) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
-    cmd.arg("--root").arg(root).env_remove("FAILPOINTS").env_remove("SLUICE_ROOT").env_remove("SLUICE_HOLD_AT");
+    // Tests start from fresh roots: the first ingest creates the lake
+    // (`a_mistyped_root_is_an_error_not_a_new_lake` checks the default).
+    cmd.arg("--root").arg(root).env_remove("FAILPOINTS").env_remove("SLUICE_ROOT").env_remove("SLUICE_HOLD_AT").env("SLUICE_CREATE", "true");
     cmd
 }
 

@@ -168,6 +168,9 @@ pub struct Lake {
     session: Arc<Session>,
     wrapper: Arc<LanceWrapper>,
     timing: Timing,
+    /// May a writer create the lake when the root holds none? (The CLI asks
+    /// for `init` or `--create`, so a mistyped root is an error, not a new lake.)
+    creates: bool,
 }
 
 /// Protocol timings every worker on a lake must agree on.
@@ -269,6 +272,7 @@ impl Lake {
             session: Arc::new(Session::default()),
             wrapper,
             timing: Timing::default(),
+            creates: true,
         })
     }
 
@@ -276,6 +280,16 @@ impl Lake {
     pub fn with_timing(mut self, timing: Timing) -> Lake {
         self.timing = timing;
         self
+    }
+
+    /// Whether a writer creates the lake when the root holds none (default yes).
+    pub fn with_create(mut self, creates: bool) -> Lake {
+        self.creates = creates;
+        self
+    }
+
+    pub fn creates(&self) -> bool {
+        self.creates
     }
 
     pub fn timing(&self) -> Timing {

@@ -311,7 +311,12 @@ pub async fn writer_base(lake: &Lake) -> Result<Manifest> {
         Some(hint) => catch_up(lake, hint).await,
         None => match read_latest(lake).await? {
             Some(latest) => Ok(latest),
-            None => init(lake).await,
+            None if lake.creates() => init(lake).await,
+            None => Err(Error::Usage(format!(
+                "no lake at {}: nothing was ever published there. Check --root (or SLUICE_ROOT) for a typo, \
+                 or create the lake with `sluice init` (or pass --create)",
+                lake.uri()
+            ))),
         },
     }
 }

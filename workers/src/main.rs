@@ -39,6 +39,10 @@ struct Cli {
     /// plus the clock skew, and be the same on every worker of a lake.
     #[arg(long, global = true, env = "SLUICE_RETENTION_FLOOR", default_value = "1h", value_parser = humantime::parse_duration)]
     retention_floor: Duration,
+    /// Let ingest, load and backfill create the lake if the root holds none
+    /// (otherwise that is an error: `sluice init` creates it).
+    #[arg(long, global = true, env = "SLUICE_CREATE")]
+    create: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -340,7 +344,7 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<()> {
     let clock_skew = cli.clock_skew;
-    let lake = Lake::open(&cli.root)?.with_timing(Timing { clock_skew, retention_floor: cli.retention_floor });
+    let lake = Lake::open(&cli.root)?.with_timing(Timing { clock_skew, retention_floor: cli.retention_floor }).with_create(cli.create);
     match cli.command {
         Command::Init => {
             let m = manifest::init(&lake).await?;
