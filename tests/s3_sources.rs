@@ -86,3 +86,22 @@ async fn keys_with_any_character_ingest_from_s3() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot address this key"));
 }
+
+/// Store failures read as one line: what, where, and what to do (S3's XML
+/// reduced to its code and message).
+#[test]
+fn store_errors_are_one_line_that_says_what_to_do() {
+    let Some((bucket, _)) = bucket_store() else { return };
+    let b = local();
+    for (root, args, says) in [
+        ("s3://no-such-bucket-here/lake", vec!["status".to_string()], "no such bucket (NoSuchBucket: The specified bucket does not exist); check the bucket name"),
+        (b.root.as_str(), vec!["ingest".to_string(), "--table".to_string(), "t".to_string(), format!("s3://{bucket}/missing/key.jsonl")], "not found ("),
+    ] {
+        let out = run(sluice(root).args(&args));
+        assert_ne!(out.status.code(), Some(0));
+        let err = String::from_utf8_lossy(&out.stderr);
+        let line = err.lines().find(|l| l.starts_with("sluice: error:")).unwrap_or_else(|| panic!("{err}"));
+        assert!(line.contains(says), "{line}");
+        assert!(!err.contains("<?xml") && !err.contains("<Error>"), "{err}");
+    }
+}

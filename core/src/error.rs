@@ -43,7 +43,7 @@ pub enum Error {
     #[error("usage: {0}")]
     Usage(String),
 
-    #[error("object store error at {path}: {source}")]
+    #[error("object store error at {path}: {}", one_line(source))]
     Store { path: String, source: object_store::Error },
 
     #[error("Lance error on table '{table}': {source}")]
@@ -107,4 +107,45 @@ impl Error {
     pub fn io(path: impl ToString, source: std::io::Error) -> Self {
         Error::Io { path: path.to_string(), source }
     }
+}
+
+/// Longest store detail an error message repeats.
+const MAX_DETAIL: usize = 240;
+
+/// A store failure in one line: what happened, the store's own words
+/// (S3's XML reduced to its code and message), and what to do.
+fn one_line(e: &object_store::Error) -> String {
+    let text = e.to_string();
+    let code = between(&text, "<Code>", "</Code>");
+    let detail = match (code, between(&text, "<Message>", "</Message>")) {
+        (Some(c), Some(m)) => format!("{c}: {m}"),
+        _ => {
+            let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
+            let flat = flat.split(" <?xml").next().unwrap_or(&flat).trim_end_matches([':', ' ']).to_string();
+            if flat.chars().count() > MAX_DETAIL { format!("{}...", flat.chars().take(MAX_DETAIL).collect::<String>()) } else { flat }
+        }
+    };
+    let lower = text.to_ascii_lowercase();
+    let (what, todo) = match e {
+        _ if code == Some("NoSuchBucket") => ("no such bucket", "check the bucket name in the root or source URL"),
+        object_store::Error::NotFound { .. } => ("not found", "check the path, or whether the object was deleted"),
+        object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. } => {
+            ("access denied", "check the credentials (AWS_* variables or the role) and the bucket policy")
+        }
+        _ if code.is_some_and(|c| c.contains("AccessDenied") || c.contains("InvalidAccessKeyId") || c.contains("SignatureDoesNotMatch")) => {
+            ("access denied", "check the credentials (AWS_* variables or the role) and the bucket policy")
+        }
+        _ if lower.contains("permission denied") => ("permission denied", "check the file system permissions of the path"),
+        _ if lower.contains("no such file or directory") => ("no such file or directory", "check that the path's folders exist"),
+        _ if lower.contains("connect") || lower.contains("dns") || lower.contains("timed out") => {
+            ("cannot reach the store", "check the endpoint (AWS_ENDPOINT_URL), the region and the network; then retry")
+        }
+        _ => ("the request failed", "retry; if it persists, check the store's health and the settings above"),
+    };
+    format!("{what} ({detail}); {todo}")
+}
+
+fn between<'a>(text: &'a str, open: &str, close: &str) -> Option<&'a str> {
+    let rest = &text[text.find(open)? + open.len()..];
+    Some(&rest[..rest.find(close)?])
 }
