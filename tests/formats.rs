@@ -399,3 +399,47 @@ fn iso_dates_and_timestamps_are_inferred_as_such() {
     let out = run(sluice(&b.root).args(["scan", "j", "--where", "id = 1", "--columns", "off"]));
     assert!(String::from_utf8_lossy(&out.stdout).contains("2026-11-30T05:00:00Z"), "{}", String::from_utf8_lossy(&out.stdout));
 }
+
+/// CSV as producers write it: `;` or tab or `|` (detected from the first
+/// line, or given), another quote, no header (columns by position), and
+/// null markers; line numbers stay right without a header.
+#[test]
+fn csv_dialects_are_read_as_written() {
+    let b = local();
+    let dir = tempfile::tempdir().unwrap();
+    let eu = write(dir.path(), "eu.csv", b"id;name;note\n1;\"a;b\";x\n2;NA;y\n");
+    let out = run(sluice(&b.root).args(["ingest", "--table", "t", "--null", "NA"]).arg(&eu));
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let tsv = write(dir.path(), "more.tsv", b"3\tc\tz\n4\t\\N\tw\n");
+    let out = run(sluice(&b.root).args(["ingest", "--table", "t", "--no-header", "--null", "\\N"]).arg(&tsv));
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let piped = write(dir.path(), "p.csv", b"5|'e|f'|v\n");
+    let out = run(sluice(&b.root).args(["ingest", "--table", "t", "--no-header", "--delimiter", "|", "--quote", "'"]).arg(&piped));
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows = String::from_utf8_lossy(&run(sluice(&b.root).args(["scan", "t", "--columns", "id,name"])).stdout).to_string();
+    assert_eq!(
+        rows.lines().collect::<Vec<_>>(),
+        [r#"{"id":1,"name":"a;b"}"#, r#"{"id":2}"#, r#"{"id":3,"name":"c"}"#, r#"{"id":4}"#, r#"{"id":5,"name":"e|f"}"#]
+    );
+
+    // A load descriptor carries the dialect per table.
+    let semi = write(dir.path(), "d/s.csv", b"6;g;u\n");
+    let descriptor = write(
+        dir.path(),
+        "d/load.json",
+        br#"{"tables": [{"table": "t", "sources": ["s.csv"], "csv": {"delimiter": ";", "header": false}}]}"#,
+    );
+    let _ = semi;
+    let out = run(sluice(&b.root).arg("load").arg(&descriptor));
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(scan_ids(&b.root, "t"), vec![1, 2, 3, 4, 5, 6]);
+
+    // Without a header, a bad value's line is its line in the file.
+    let bad = write(dir.path(), "bad.csv", b"7;h;t\nseven;i;s\n");
+    let out = run(sluice(&b.root).args(["--json", "ingest", "--table", "t", "--no-header"]).arg(&bad));
+    assert_eq!(out.status.code(), Some(3));
+    let err = &json(&out)["error"]["bad_input"];
+    assert_eq!((&err["location"]["line"], &err["location"]["column"]), (&2.into(), &"id".into()), "{err}");
+    // A delimiter a CSV reader cannot take is a usage error.
+    assert_eq!(run(sluice(&b.root).args(["ingest", "--table", "t", "--delimiter", "é"]).arg(&bad)).status.code(), Some(2));
+}

@@ -29,7 +29,7 @@ async fn s3_sources_ingest_once_per_object_version() {
 
         // Routed by folder: table `clicks`.
         let routed = sluice::ingest::route(std::slice::from_ref(&uri), None).unwrap();
-        let req = |uri: &str| sluice::ingest::TableRequest { table: "clicks".into(), sources: vec![uri.into()], format: None, mode: None, key: None, schema: None, indices: Vec::new() };
+        let req = |uri: &str| sluice::ingest::TableRequest { table: "clicks".into(), sources: vec![uri.into()], ..Default::default() };
         assert_eq!(routed.keys().collect::<Vec<_>>(), vec!["clicks"]);
         let first = ingest(&lake, vec![req(&uri)]).await.unwrap();
         assert_eq!(first.sources[0].status, SourceStatus::Ingested, "{}", b.name);

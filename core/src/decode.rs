@@ -17,6 +17,7 @@ use serde::Deserialize;
 
 
 use crate::error::{BadInput, Error, Location, Result};
+use crate::dialect::CsvOptions;
 use crate::exact::{self, JsonNumbers};
 use crate::source::Source;
 use crate::times::{self, TimeColumns};
@@ -45,7 +46,7 @@ impl FromStr for Format {
     fn from_str(s: &str) -> Result<Format> {
         Ok(match s.to_ascii_lowercase().as_str() {
             "jsonl" | "ndjson" | "json" => Format::Jsonl,
-            "csv" => Format::Csv,
+            "csv" | "tsv" => Format::Csv,
             "parquet" | "pq" => Format::Parquet,
             "arrow" | "ipc" | "feather" => Format::Arrow,
             "arrows" | "arrow-stream" => Format::ArrowStream,
@@ -78,14 +79,18 @@ pub enum Compression {
     Zstd,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Detected {
     pub format: Format,
     pub compression: Compression,
+    /// How a CSV source is written (unused for the other formats).
+    pub csv: Arc<CsvOptions>,
 }
 
-/// Format and compression from the file name (`x.jsonl.gz`), `forced` overriding the format.
-pub fn detect(source: &Source, forced: Option<Format>) -> Result<Detected> {
+/// Format and compression from the file name (`x.jsonl.gz`), `forced`
+/// overriding the format; `csv` says how CSV sources are written.
+pub fn detect(source: &Source, forced: Option<Format>, csv: Option<&CsvOptions>) -> Result<Detected> {
+    let csv = Arc::new(csv.cloned().unwrap_or_default());
     let name = source.file_name().to_ascii_lowercase();
     let (stem, compression) = if let Some(s) = name.strip_suffix(".gz").or_else(|| name.strip_suffix(".gzip")) {
         (s, Compression::Gzip)
@@ -95,7 +100,7 @@ pub fn detect(source: &Source, forced: Option<Format>) -> Result<Detected> {
         (name.as_str(), Compression::None)
     };
     if let Some(format) = forced {
-        return Ok(Detected { format, compression });
+        return Ok(Detected { format, compression, csv });
     }
     let ext = stem.rsplit_once('.').map(|(_, e)| e).unwrap_or("");
     let format = Format::from_str(ext).map_err(|_| {
@@ -104,7 +109,7 @@ pub fn detect(source: &Source, forced: Option<Format>) -> Result<Detected> {
             source.uri
         ))
     })?;
-    Ok(Detected { format, compression })
+    Ok(Detected { format, compression, csv })
 }
 
 fn bad(source: &Source, line: Option<u64>, column: Option<String>, reason: impl Into<String>) -> Error {
@@ -157,8 +162,16 @@ pub fn infer_schema(source: &Source, detected: Detected, key: Option<&str>, hand
         Format::Csv => {
             let mut reader = text_lines(source, detected.compression, handle)?;
             reject_binary(source, &mut reader)?;
-            let (schema, _) = arrow::csv::reader::Format::default()
-                .with_header(true)
+            let opts = &detected.csv;
+            let head = reader.fill_buf().map_err(|e| bad(source, Some(1), None, format!("reading: {e}")))?;
+            let mut format = arrow::csv::reader::Format::default()
+                .with_header(opts.header)
+                .with_delimiter(opts.delimiter_for(head))
+                .with_quote(opts.quote_byte());
+            if let Some(nulls) = opts.null_regex()? {
+                format = format.with_null_regex(nulls);
+            }
+            let (schema, _) = format
                 .infer_schema(reader, None)
                 .map_err(|e| bad(source, number_after(&e.to_string(), "at line "), None, format!("cannot infer a schema: {e}")))?;
             times::utc_timestamps(schema)
@@ -551,12 +564,27 @@ fn quoted_after(msg: &str, marker: &str) -> Option<String> {
 }
 
 /// CSV with a header row: columns matched to the table by name.
-fn open_csv(source: &Source, compression: Compression, target: &SchemaRef, handle: &tokio::runtime::Handle) -> Result<Batches> {
-    let mut reader = text_lines(source, compression, handle)?;
+/// CSV, columns matched to the table by the header's names, or by position
+/// without a header.
+fn open_csv(source: &Source, detected: &Detected, target: &SchemaRef, handle: &tokio::runtime::Handle) -> Result<Batches> {
+    let opts = &detected.csv;
+    let mut reader = text_lines(source, detected.compression, handle)?;
     reject_binary(source, &mut reader)?;
-    let mut header = String::new();
-    reader.read_line(&mut header).map_err(|e| bad(source, Some(1), None, format!("reading the header: {e}")))?;
-    let names: Vec<String> = header.trim_end_matches(['\r', '\n']).split(',').map(|s| s.trim().trim_matches('"').to_string()).collect();
+    let head = reader.fill_buf().map_err(|e| bad(source, Some(1), None, format!("reading: {e}")))?;
+    let delimiter = opts.delimiter_for(head);
+    let mut first = String::new();
+    let names: Vec<String> = if opts.header {
+        reader.read_line(&mut first).map_err(|e| bad(source, Some(1), None, format!("reading the header: {e}")))?;
+        opts.split_line(first.trim_end_matches(['\r', '\n']), delimiter)
+    } else {
+        // Peek at the first line for its number of fields: the table's first columns.
+        let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
+        let n = opts.split_line(String::from_utf8_lossy(line).trim_end_matches('\r'), delimiter).len();
+        if n > target.fields().len() {
+            return Err(bad(source, Some(1), None, format!("{n} fields, but the table has {} columns", target.fields().len())));
+        }
+        target.fields().iter().take(n).map(|f| f.name().clone()).collect()
+    };
     if names.iter().all(String::is_empty) {
         return Err(bad(source, Some(1), None, "empty: no header row"));
     }
@@ -569,15 +597,20 @@ fn open_csv(source: &Source, compression: Compression, target: &SchemaRef, handl
     }
     let file_schema = Arc::new(Schema::new(fields));
     let conform = Conform::plan(source, &file_schema, target)?;
-    let csv = arrow::csv::ReaderBuilder::new(Arc::clone(&file_schema))
+    let mut builder = arrow::csv::ReaderBuilder::new(Arc::clone(&file_schema))
         .with_header(false)
-        .with_batch_size(BATCH_ROWS)
-        .build(reader)
-        .map_err(|e| bad(source, None, None, e.to_string()))?;
+        .with_delimiter(delimiter)
+        .with_quote(opts.quote_byte())
+        .with_batch_size(BATCH_ROWS);
+    if let Some(nulls) = opts.null_regex()? {
+        builder = builder.with_null_regex(nulls);
+    }
+    let csv = builder.build(reader).map_err(|e| bad(source, None, None, e.to_string()))?;
     let src = source.clone();
-    let mut next_line = 2u64;
+    let data_starts = if opts.header { 2u64 } else { 1 };
+    let mut next_line = data_starts;
     Ok(Box::new(csv.map(move |b| {
-        let batch = b.map_err(|e| csv_error(&src, &names, &e, next_line))?;
+        let batch = b.map_err(|e| csv_error(&src, &names, &e, next_line, data_starts))?;
         let first = next_line;
         next_line += batch.num_rows() as u64;
         conform.apply(batch, first)
@@ -586,12 +619,12 @@ fn open_csv(source: &Source, compression: Compression, target: &SchemaRef, handl
 
 /// arrow-csv says "for column N at line M" (M counts data rows from 0 here,
 /// since the header was read separately): turn that into file line and name.
-fn csv_error(source: &Source, names: &[String], e: &ArrowError, batch_first_line: u64) -> Error {
+fn csv_error(source: &Source, names: &[String], e: &ArrowError, batch_first_line: u64, data_starts: u64) -> Error {
     let msg = e.to_string();
     let column = number_after(&msg, "for column ")
         .or_else(|| number_after(&msg, "parsing column "))
         .and_then(|i| names.get(i as usize).cloned());
-    let line = number_after(&msg, "at line ").map(|l| l + 2).unwrap_or(batch_first_line);
+    let line = number_after(&msg, "at line ").map(|l| l + data_starts).unwrap_or(batch_first_line);
     bad(source, Some(line), column, msg)
 }
 
@@ -605,7 +638,7 @@ fn number_after(msg: &str, marker: &str) -> Option<u64> {
 fn open_source(source: &Source, detected: Detected, target: &SchemaRef, handle: &tokio::runtime::Handle) -> Result<Batches> {
     match detected.format {
         Format::Jsonl => Ok(Box::new(JsonLines::new(source, text_lines(source, detected.compression, handle)?, Arc::clone(target))?)),
-        Format::Csv => open_csv(source, detected.compression, target, handle),
+        Format::Csv => open_csv(source, &detected, target, handle),
         Format::Parquet | Format::Arrow | Format::ArrowStream => {
             let (schema, batches) = open_columnar(source, detected, handle)?;
             let conform = Conform::plan(source, &schema, target)?;

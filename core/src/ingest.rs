@@ -164,7 +164,7 @@ pub async fn run(lake: &Lake, requests: Vec<TableRequest>, budget: Budget, progr
                 tracing::info!(uri, "the same source was given twice; ingesting it once");
                 continue;
             }
-            let detected = decode::detect(&source, request.format)?;
+            let detected = decode::detect(&source, request.format, request.csv.as_ref())?;
             sources.push((source, detected));
         }
         tables.push(TableWork {
@@ -328,6 +328,7 @@ impl Door<'_> {
                         mode: t.mode,
                         key: t.key.clone(),
                         format: t.request.format.map(|f| f.name().to_string()),
+                        csv: t.request.csv.clone(),
                         schema: t.request.schema.as_deref().map(decode::declared_schema_json),
                         changes: t.changes.clone(),
                     };

@@ -88,6 +88,9 @@ pub struct IntentTable {
     /// The format the caller forced (`--format`), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<String>,
+    /// How its CSV sources are written, if not the defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub csv: Option<crate::dialect::CsvOptions>,
     /// The declared schema of a table this operation may create (`--schema`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema: Option<serde_json::Value>,

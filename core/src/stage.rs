@@ -20,6 +20,7 @@ use serde::Serialize;
 
 use crate::deadline::Deadline;
 use crate::decode::{self, Detected, Format, Progress, SourcesReader};
+use crate::dialect::CsvOptions;
 use crate::error::{BadInput, Error, Result};
 use crate::failpoints;
 use crate::fence;
@@ -56,6 +57,8 @@ pub struct TableRequest {
     pub table: String,
     pub sources: Vec<SourceSpec>,
     pub format: Option<Format>,
+    /// How CSV sources are written (default: detected delimiter, a header row).
+    pub csv: Option<CsvOptions>,
     pub mode: Option<Mode>,
     pub key: Option<String>,
     /// The schema a new table gets instead of an inferred one.
@@ -107,13 +110,14 @@ pub(crate) async fn redo(
             if source.identity != r.identity {
                 return Ok(None);
             }
-            let detected = decode::detect(&source, format)?;
+            let detected = decode::detect(&source, format, it.csv.as_ref())?;
             sources.push((source, detected));
         }
         let request = TableRequest {
             table: name.clone(),
             sources: sources.iter().map(|(s, _)| SourceSpec { uri: s.uri.clone(), pin: s.pin.clone() }).collect(),
             format,
+            csv: it.csv.clone(),
             mode: Some(it.mode),
             key: it.key.clone(),
             schema,
@@ -360,7 +364,7 @@ impl Stager<'_> {
         let schema = match &t.request.schema {
             Some(declared) => decode::with_key(declared, t.key.as_deref())?,
             None => {
-                let (first, detected, key) = (t.sources[0].0.clone(), t.sources[0].1, t.key.clone());
+                let (first, detected, key) = (t.sources[0].0.clone(), t.sources[0].1.clone(), t.key.clone());
                 let handle = tokio::runtime::Handle::current();
                 tokio::task::spawn_blocking(move || decode::infer_schema(&first, detected, key.as_deref(), &handle))
                     .await

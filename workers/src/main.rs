@@ -47,6 +47,31 @@ struct Cli {
     command: Command,
 }
 
+/// How CSV sources are written.
+#[derive(clap::Args, Clone)]
+struct CsvArgs {
+    /// CSV field delimiter (default: the one of , ; tab | the first line uses most).
+    #[arg(long)]
+    delimiter: Option<char>,
+    /// CSV quote character.
+    #[arg(long, default_value_t = '"')]
+    quote: char,
+    /// CSV files have no header row: columns are the table's, in order.
+    #[arg(long)]
+    no_header: bool,
+    /// A CSV text meaning null, besides the empty field (repeatable: --null NA --null '\N').
+    #[arg(long = "null")]
+    nulls: Vec<String>,
+}
+
+impl CsvArgs {
+    fn options(self) -> Result<Option<sluice::dialect::CsvOptions>> {
+        let opts = sluice::dialect::CsvOptions { delimiter: self.delimiter, quote: self.quote, header: !self.no_header, nulls: self.nulls };
+        opts.check()?;
+        Ok((opts != sluice::dialect::CsvOptions::default()).then_some(opts))
+    }
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum SourceStatusArg {
     Ingested,
@@ -118,6 +143,8 @@ enum Command {
         /// Key column for --mode upsert.
         #[arg(long)]
         key: Option<String>,
+        #[command(flatten)]
+        csv: CsvArgs,
         /// Schema for a new table instead of inferring one: a JSON file
         /// `{"columns": [{"name": "id", "type": "Int64", "nullable": false}]}`.
         #[arg(long)]
@@ -142,6 +169,8 @@ enum Command {
         table: Option<String>,
         #[arg(long)]
         format: Option<String>,
+        #[command(flatten)]
+        csv: CsvArgs,
         /// Files per batch: one Lance commit and one publish each.
         #[arg(long, default_value_t = sluice::discover::DEFAULT_BATCH)]
         batch: usize,
@@ -352,8 +381,9 @@ async fn run(cli: Cli) -> Result<()> {
                 format!("lake ready at {} (manifest version {})", lake.uri(), m.version)
             });
         }
-        Command::Ingest { table, format, mode, key, schema, timeout, sources } => {
+        Command::Ingest { table, format, mode, key, csv, schema, timeout, sources } => {
             let format = format.as_deref().map(str::parse::<Format>).transpose()?;
+            let csv = csv.options()?;
             let schema = match schema {
                 Some(path) => Some(sluice::decode::parse_declared_schema(
                     &std::fs::read_to_string(&path).map_err(|e| Error::Usage(format!("schema file {}: {e}", path.display())))?,
@@ -366,7 +396,7 @@ async fn run(cli: Cli) -> Result<()> {
             });
             // A folder, glob or prefix: listed, and ingested in batches less what the lake holds.
             if sources.iter().any(|s| sluice::discover::is_collection(s)) {
-                let template = TableRequest { format, mode, key: key.clone(), schema: schema.clone(), ..Default::default() };
+                let template = TableRequest { format, csv, mode, key: key.clone(), schema: schema.clone(), ..Default::default() };
                 let route = |uris: &[String]| sluice::discover::route_by_folder(uris, table.as_deref(), &template);
                 let plan = sluice::discover::Plan {
                     specs: sources, since: None, route: &route, batch: sluice::discover::DEFAULT_BATCH,
@@ -376,18 +406,18 @@ async fn run(cli: Cli) -> Result<()> {
             }
             for (table, sources) in ingest::route(&sources, table.as_deref())? {
                 let sources = sources.into_iter().map(Into::into).collect();
-                let request = TableRequest { table, sources, format, mode, key: key.clone(), schema: schema.clone(), indices: Vec::new() };
+                let request = TableRequest { table, sources, format, csv: csv.clone(), mode, key: key.clone(), schema: schema.clone(), indices: Vec::new() };
                 let n = request.sources.len();
                 let report = with_progress(n, async |p| ingest::run(&lake, vec![request], Budget { timeout, clock_skew }, p).await).await?;
                 print_report(cli.json, &report);
             }
         }
-        Command::Backfill { specs, since, table, format, batch, timeout, dry_run } => {
+        Command::Backfill { specs, since, table, format, csv, batch, timeout, dry_run } => {
             if batch == 0 {
                 return Err(Error::Usage("--batch must be at least 1".into()));
             }
             let format = format.as_deref().map(str::parse::<Format>).transpose()?;
-            let template = TableRequest { format, ..Default::default() };
+            let template = TableRequest { format, csv: csv.options()?, ..Default::default() };
             let route = |uris: &[String]| sluice::discover::route_by_folder(uris, table.as_deref(), &template);
             let plan = sluice::discover::Plan { specs, since, route: &route, batch, budget: Budget { timeout, clock_skew }, dry_run };
             backfill(&lake, plan, cli.json).await?;
@@ -763,6 +793,8 @@ struct DescriptorTable {
     table: String,
     sources: Vec<String>,
     format: Option<String>,
+    /// How CSV sources are written: `{"delimiter": ";", "header": false, "nulls": ["NA"]}`.
+    csv: Option<sluice::dialect::CsvOptions>,
     mode: Option<Mode>,
     key: Option<String>,
     /// A declared schema, as `--schema` takes it.
@@ -787,7 +819,10 @@ fn read_descriptor(path: &Path) -> Result<Vec<TableRequest>> {
                 .collect();
             let schema = t.schema.map(|v| sluice::decode::parse_declared_schema(&v.to_string())).transpose()?;
             let indices = t.indices.into_iter().map(|d| d.spec()).collect::<Result<_>>()?;
-            Ok(TableRequest { table: t.table, sources, format: t.format.as_deref().map(str::parse).transpose()?, mode: t.mode, key: t.key, schema, indices })
+            if let Some(c) = &t.csv {
+                c.check()?;
+            }
+            Ok(TableRequest { table: t.table, sources, format: t.format.as_deref().map(str::parse).transpose()?, csv: t.csv, mode: t.mode, key: t.key, schema, indices })
         })
         .collect()
 }

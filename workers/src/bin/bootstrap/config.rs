@@ -20,6 +20,8 @@ pub struct Route {
     pub mode: Option<Mode>,
     pub key: Option<String>,
     pub format: Option<String>,
+    /// How its CSV objects are written: `{"delimiter": ";", "header": false, "nulls": ["NA"]}`.
+    pub csv: Option<sluice::dialect::CsvOptions>,
     /// Indices the table declares (built and kept fresh by the scheduled optimize).
     #[serde(default)]
     pub indices: Vec<IndexDecl>,
@@ -117,6 +119,9 @@ impl Config {
             }
             if let Some(f) = &route.format {
                 f.parse::<sluice::decode::Format>().map_err(|e| bad("SLUICE_TABLES", f, e))?;
+            }
+            if let Some(c) = &route.csv {
+                c.check().map_err(|e| bad("SLUICE_TABLES", &route.table, e))?;
             }
             for d in &route.indices {
                 d.clone().spec().map_err(|e| bad("SLUICE_TABLES", &route.table, e))?;

@@ -119,6 +119,7 @@ fn requests(state: &State, objects: &[Object]) -> Result<Vec<TableRequest>, Erro
             table,
             sources: Vec::new(),
             format: route.and_then(|r| r.format.as_deref()).map(|f| f.parse().expect("checked at start")),
+            csv: route.and_then(|r| r.csv.clone()),
             mode: route.and_then(|r| r.mode),
             key: route.and_then(|r| r.key.clone()),
             schema: None,
@@ -288,14 +289,14 @@ async fn action(state: &State, payload: Value, budget: Budget, metrics: &mut Met
             let format = format.as_deref().map(str::parse).transpose()?;
             let requests = ingest::route(&sources, table.as_deref())?
                 .into_iter()
-                .map(|(table, sources)| TableRequest { table, sources: sources.into_iter().map(Into::into).collect(), format, mode, key: key.clone(), schema: None, indices: Vec::new() })
+                .map(|(table, sources)| TableRequest { table, sources: sources.into_iter().map(Into::into).collect(), format, csv: None, mode, key: key.clone(), schema: None, indices: Vec::new() })
                 .collect();
             Ok(to_json(&run_ingest(state, requests, budget, metrics).await?))
         }
         Action::Load { tables } => {
             let requests = tables
                 .into_iter()
-                .map(|t| Ok(TableRequest { table: t.table, sources: t.sources.into_iter().map(Into::into).collect(), format: t.format.as_deref().map(str::parse).transpose()?, mode: t.mode, key: t.key, schema: None, indices: Vec::new() }))
+                .map(|t| Ok(TableRequest { table: t.table, sources: t.sources.into_iter().map(Into::into).collect(), format: t.format.as_deref().map(str::parse).transpose()?, csv: None, mode: t.mode, key: t.key, schema: None, indices: Vec::new() }))
                 .collect::<Result<Vec<_>, Error>>()?;
             Ok(to_json(&run_ingest(state, requests, budget, metrics).await?))
         }

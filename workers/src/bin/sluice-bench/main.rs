@@ -106,7 +106,7 @@ fn generate(dir: &Path, name: &str, mb: u64, seed: u64) -> PathBuf {
 }
 
 async fn sluice_ingest(lake: &Lake, file: &Path) -> (Duration, u64) {
-    let req = TableRequest { table: "t".into(), sources: vec![file.display().to_string().into()], format: None, mode: None, key: None, schema: None, indices: Vec::new() };
+    let req = TableRequest { table: "t".into(), sources: vec![file.display().to_string().into()], ..Default::default() };
     let start = Instant::now();
     let r = ingest::run(lake, vec![req], ingest::Budget::new(TIMEOUT), Arc::new(Progress::default())).await.expect("sluice ingest");
     (start.elapsed(), r.requests.total())
@@ -132,7 +132,7 @@ async fn scan_table(lake: &Lake) -> (usize, Duration) {
 }
 
 async fn sluice_ingest_report(lake: &Lake, file: &Path) -> ingest::Report {
-    let req = TableRequest { table: "t".into(), sources: vec![file.display().to_string().into()], format: None, mode: None, key: None, schema: None, indices: Vec::new() };
+    let req = TableRequest { table: "t".into(), sources: vec![file.display().to_string().into()], ..Default::default() };
     ingest::run(lake, vec![req], ingest::Budget::new(TIMEOUT), Arc::new(Progress::default())).await.expect("sluice ingest")
 }
 
@@ -311,7 +311,7 @@ async fn main() {
         let short = ingest::Budget { timeout: Duration::from_secs(2), clock_skew: Duration::from_secs(3600) };
         for i in 0..dead {
             let f = tiny(10_000 + u64::from(i));
-            let req = TableRequest { table: "t".into(), sources: vec![f.display().to_string().into()], format: None, mode: None, key: None, schema: None, indices: Vec::new() };
+            let req = TableRequest { table: "t".into(), sources: vec![f.display().to_string().into()], ..Default::default() };
             let r = ingest::run(&lake, vec![req], short, Arc::new(Progress::default())).await;
             assert!(r.is_err(), "the writer must die after its commit: {r:?}");
         }
