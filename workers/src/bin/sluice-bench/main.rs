@@ -256,7 +256,7 @@ async fn main() {
     if a.want("rss") {
     let big = generate(&a.work, "big.jsonl", a.big_mb, 77);
     let big_root = root("big");
-    let (t, rss) = timed_child(Command::new(&sluice_bin).args(["--root", &big_root, "ingest", "--table", "t"]).arg(&big));
+    let (t, rss) = timed_child(Command::new(&sluice_bin).args(["--root", &big_root, "--create", "ingest", "--table", "t"]).arg(&big));
     rows.push((format!("peak RSS, {} MiB JSONL ({:.1} s)", a.big_mb, t.as_secs_f64()), format!("{} MiB", rss / 1024), "-".into(), "-".into()));
     std::fs::remove_file(big).unwrap();
     }
@@ -269,7 +269,7 @@ async fn main() {
     let files: Vec<PathBuf> = (0..8 * (rounds as u64 + 1)).map(|i| generate(&a.work, &format!("c{i}.jsonl"), 1, 500 + i)).collect();
     let ingest_cmd = |f: &Path| {
         let mut c = Command::new(&sluice_bin);
-        c.args(["--root", &conc_root, "ingest", "--table", "t"]).arg(f);
+        c.args(["--root", &conc_root, "--create", "ingest", "--table", "t"]).arg(f);
         c
     };
     timed_child(&ingest_cmd(&generate(&a.work, "c-warm.jsonl", 1, 499)));
@@ -374,7 +374,7 @@ async fn main() {
         let files: Vec<PathBuf> = (0..21).map(|i| generate(&a.work, &format!("kill-{i}.jsonl"), 4, 31_000 + i)).collect();
         let ingest_cmd = |f: &Path| {
             let mut c = Command::new(&sluice_bin);
-            c.args(["--root", &croot, "ingest", "--timeout", "5s", "--table", "t"]).arg(f).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+            c.args(["--root", &croot, "--create", "ingest", "--timeout", "5s", "--table", "t"]).arg(f).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
             c
         };
         // How long one uninterrupted ingest takes, to spread the kills over it.
