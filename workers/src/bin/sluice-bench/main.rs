@@ -17,6 +17,7 @@ use sluice::Lake;
 use sluice::decode::Progress;
 use sluice::ingest::{self, TableRequest};
 
+mod backfill;
 mod search;
 
 const TIMEOUT: Duration = Duration::from_secs(900);
@@ -38,6 +39,11 @@ struct Args {
     small: u64,
     /// The search section's table.
     search: search::Shape,
+    /// The backfill section (S3): keys under the prefix, and how many are new.
+    backfill_keys: usize,
+    backfill_new: usize,
+    /// The sources section (local disk): ledger entries.
+    ledger: usize,
 }
 
 impl Args {
@@ -48,7 +54,7 @@ impl Args {
 
 fn args() -> Args {
     let search = search::Shape { rows: 200_000, dims: 768, batches: 100, queries: 100, clusters: 256, nprobes: 20, refine: 10 };
-    let mut a = Args { root: String::new(), work: std::env::temp_dir().join("sluice-bench"), depth: 1000, big_mb: 1024, reps: 3, sizes: vec![1, 64], only: Vec::new(), small: 500, search };
+    let mut a = Args { root: String::new(), work: std::env::temp_dir().join("sluice-bench"), depth: 1000, big_mb: 1024, reps: 3, sizes: vec![1, 64], only: Vec::new(), small: 500, search, backfill_keys: 10_000, backfill_new: 100, ledger: 100_000 };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut val = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
@@ -67,9 +73,12 @@ fn args() -> Args {
             "--queries" => a.search.queries = val().parse().expect("--queries N"),
             "--nprobes" => a.search.nprobes = val().parse().expect("--nprobes N"),
             "--refine" => a.search.refine = val().parse().expect("--refine N"),
+            "--backfill-keys" => a.backfill_keys = val().parse().expect("--backfill-keys N"),
+            "--backfill-new" => a.backfill_new = val().parse().expect("--backfill-new N"),
+            "--ledger" => a.ledger = val().parse().expect("--ledger N"),
             other => panic!(
                 "unknown flag {other}; flags: --root --work --depth --big-mb --reps --sizes --small --vectors --dims --batches --queries --nprobes --refine \
-                 --only throughput,depth,rss,latency,recovery,optimize,cleanup,search"
+                 --backfill-keys --backfill-new --ledger --only throughput,depth,rss,latency,recovery,optimize,cleanup,search,backfill,sources"
             ),
         }
     }
@@ -411,6 +420,17 @@ async fn main() {
         for f in files {
             std::fs::remove_file(f).unwrap();
         }
+    }
+
+    // 9. Backfill on S3 (the listing's ETags are the identities), and
+    // `sources` on local disk (a ledger of any size, written fast).
+    match a.root.strip_prefix("s3://") {
+        Some(rest) if a.want("backfill") => {
+            let bucket = rest.split('/').next().unwrap();
+            backfill::s3(&root("backfill"), bucket, &format!("{run}-backfill-src"), a.backfill_keys, a.backfill_new, &mut rows).await;
+        }
+        None if a.want("sources") => backfill::sources(&root("sources"), &a.work, a.ledger, &mut rows).await,
+        _ => {}
     }
 
     // 8. Search: recall and latency with indices kept fresh by optimize.
