@@ -443,3 +443,39 @@ fn csv_dialects_are_read_as_written() {
     // A delimiter a CSV reader cannot take is a usage error.
     assert_eq!(run(sluice(&b.root).args(["ingest", "--table", "t", "--delimiter", "é"]).arg(&bad)).status.code(), Some(2));
 }
+
+/// Hive-style folders route to the table above them and, when the table
+/// says so, become typed columns; a table that never said refuses them
+/// rather than dropping the values; `off` only routes.
+#[test]
+fn hive_partition_folders_route_and_become_typed_columns() {
+    let b = local();
+    let dir = tempfile::tempdir().unwrap();
+    let file = |path: &str, id: i64| write(dir.path(), path, format!("{{\"id\": {id}}}\n").as_bytes());
+    let first = file("in/events/date=2026-11-30/hour=05/p.jsonl", 1);
+    let out = run(sluice(&b.root).arg("ingest").arg(&first));
+    assert_eq!(out.status.code(), Some(2), "undeclared partitions are refused");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--partitions"));
+    assert_eq!(run(sluice(&b.root).args(["ingest", "--partitions", "date:date,hour:int32"]).arg(&first)).status.code(), Some(0));
+    file("in/events/date=2026-11-30/hour=06/p.jsonl", 2);
+    file("in/events/date=2026-12-01/hour=00/p.jsonl", 3);
+    assert_eq!(run(sluice(&b.root).arg("ingest").arg(dir.path().join("in"))).status.code(), Some(0));
+    let rows = String::from_utf8_lossy(&run(sluice(&b.root).args(["scan", "events"])).stdout).to_string();
+    assert_eq!(
+        rows.lines().collect::<Vec<_>>(),
+        [r#"{"id":1,"date":"2026-11-30","hour":5}"#, r#"{"id":2,"date":"2026-11-30","hour":6}"#, r#"{"id":3,"date":"2026-12-01","hour":0}"#]
+    );
+    // A value that is not of the column's type, or a missing segment, is bad input naming the column.
+    for (path, column) in [("in/events/date=soon/hour=1/p.jsonl", "date"), ("in/events/date=2026-12-02/p.jsonl", "hour")] {
+        let bad = file(path, 9);
+        let out = run(sluice(&b.root).args(["--json", "ingest"]).arg(&bad));
+        assert_eq!(out.status.code(), Some(3), "{path}");
+        assert_eq!(json(&out)["error"]["bad_input"]["location"]["column"], column, "{path}");
+    }
+    // `off`: the folders route, nothing is stored.
+    let plain = file("in/clicks/day=1/p.jsonl", 7);
+    assert_eq!(run(sluice(&b.root).args(["ingest", "--partitions", "off"]).arg(&plain)).status.code(), Some(0));
+    let more = file("in/clicks/day=2/p.jsonl", 8);
+    assert_eq!(run(sluice(&b.root).arg("ingest").arg(&more)).status.code(), Some(0), "the table said off once");
+    assert_eq!(String::from_utf8_lossy(&run(sluice(&b.root).args(["scan", "clicks"])).stdout).lines().collect::<Vec<_>>(), [r#"{"id":7}"#, r#"{"id":8}"#]);
+}

@@ -19,6 +19,7 @@ use serde::Deserialize;
 use crate::error::{BadInput, Error, Location, Result};
 use crate::dialect::CsvOptions;
 use crate::exact::{self, JsonNumbers};
+use crate::partitions;
 use crate::source::Source;
 use crate::times::{self, TimeColumns};
 use crate::types;
@@ -634,8 +635,22 @@ fn number_after(msg: &str, marker: &str) -> Option<u64> {
     rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
 }
 
-/// Open one source as batches of `target`.
+/// Open one source as batches of `target`: the file's columns, and the
+/// partition values its path holds (`partitions.rs`).
 fn open_source(source: &Source, detected: Detected, target: &SchemaRef, handle: &tokio::runtime::Handle) -> Result<Batches> {
+    let (file_target, add) = partitions::split(target, &source.uri)?;
+    let batches = open_file(source, detected, &file_target, handle)?;
+    let Some(add) = add else { return Ok(batches) };
+    let mut next_row = 1u64;
+    Ok(Box::new(batches.map(move |b| {
+        let batch = b?;
+        let first = next_row;
+        next_row += batch.num_rows() as u64;
+        add(batch, first)
+    })))
+}
+
+fn open_file(source: &Source, detected: Detected, target: &SchemaRef, handle: &tokio::runtime::Handle) -> Result<Batches> {
     match detected.format {
         Format::Jsonl => Ok(Box::new(JsonLines::new(source, text_lines(source, detected.compression, handle)?, Arc::clone(target))?)),
         Format::Csv => open_csv(source, &detected, target, handle),

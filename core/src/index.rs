@@ -356,7 +356,7 @@ async fn begin(lake: &Lake, table: &str, pin: &TablePin, changes: &[Change], ske
         kind: "index".into(),
         tables: BTreeMap::from([(
             table.to_string(),
-            IntentTable { start_pin: Some(pin.version), mode: pin.mode, key: pin.key.clone(), format: None, csv: None, schema: None, changes: changes.to_vec() },
+            IntentTable { start_pin: Some(pin.version), mode: pin.mode, key: pin.key.clone(), format: None, csv: None, partitions: None, schema: None, changes: changes.to_vec() },
         )]),
         sources: Vec::new(),
         started_at: Utc::now(),

@@ -78,7 +78,8 @@ impl Report {
     }
 }
 
-/// Route sources to tables: `--table` if given, else each source's folder name.
+/// Route sources to tables: `--table` if given, else each source's folder
+/// name, above any Hive-style `key=value` folders (`events/date=.../x.jsonl`).
 pub fn route(sources: &[String], table: Option<&str>) -> Result<BTreeMap<String, Vec<String>>> {
     let mut routed: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for uri in sources {
@@ -87,6 +88,7 @@ pub fn route(sources: &[String], table: Option<&str>) -> Result<BTreeMap<String,
             None => {
                 let mut parts = uri.trim_end_matches('/').rsplit('/');
                 parts.next();
+                let mut parts = parts.skip_while(|p| p.split_once('=').is_some_and(|(k, _)| !k.is_empty()));
                 parts.next().filter(|p| !p.is_empty() && !p.ends_with(':')).map(str::to_string).ok_or_else(|| {
                     Error::Usage(format!("cannot route {uri}: it is not inside a folder named for its table; pass --table"))
                 })?
@@ -329,6 +331,7 @@ impl Door<'_> {
                         key: t.key.clone(),
                         format: t.request.format.map(|f| f.name().to_string()),
                         csv: t.request.csv.clone(),
+                        partitions: t.request.partitions.clone(),
                         schema: t.request.schema.as_deref().map(decode::declared_schema_json),
                         changes: t.changes.clone(),
                     };

@@ -22,6 +22,7 @@ pub mod lake;
 pub mod loads;
 pub mod manifest;
 pub mod optimize;
+pub mod partitions;
 pub mod read;
 pub mod recover;
 pub mod sidecar;

@@ -91,6 +91,9 @@ pub struct IntentTable {
     /// How its CSV sources are written, if not the defaults.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub csv: Option<crate::dialect::CsvOptions>,
+    /// What a table it creates does with partition segments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partitions: Option<crate::partitions::Partitions>,
     /// The declared schema of a table this operation may create (`--schema`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema: Option<serde_json::Value>,

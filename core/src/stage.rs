@@ -21,6 +21,7 @@ use serde::Serialize;
 use crate::deadline::Deadline;
 use crate::decode::{self, Detected, Format, Progress, SourcesReader};
 use crate::dialect::CsvOptions;
+use crate::partitions::{self, Partitions};
 use crate::error::{BadInput, Error, Result};
 use crate::failpoints;
 use crate::fence;
@@ -59,6 +60,8 @@ pub struct TableRequest {
     pub format: Option<Format>,
     /// How CSV sources are written (default: detected delimiter, a header row).
     pub csv: Option<CsvOptions>,
+    /// What a new table does with `key=value` path segments (`partitions.rs`).
+    pub partitions: Option<Partitions>,
     pub mode: Option<Mode>,
     pub key: Option<String>,
     /// The schema a new table gets instead of an inferred one.
@@ -118,6 +121,7 @@ pub(crate) async fn redo(
             sources: sources.iter().map(|(s, _)| SourceSpec { uri: s.uri.clone(), pin: s.pin.clone() }).collect(),
             format,
             csv: it.csv.clone(),
+            partitions: it.partitions.clone(),
             mode: Some(it.mode),
             key: it.key.clone(),
             schema,
@@ -321,7 +325,13 @@ impl Stager<'_> {
         let name = t.request.table.clone();
         let ds = self.open(t, latest || t.mode == Mode::Upsert).await?;
         let target: SchemaRef = match &ds {
-            Some(ds) => Arc::new(arrow::datatypes::Schema::from(ds.schema())),
+            Some(ds) => {
+                let schema = arrow::datatypes::Schema::from(ds.schema());
+                for (s, _) in &t.sources {
+                    partitions::check(&schema, t.request.partitions.as_ref(), &s.uri, &name)?;
+                }
+                Arc::new(schema)
+            }
             None => self.new_table_schema(t).await?,
         };
         let (reader, slot) = self.reader(t, target);
@@ -375,7 +385,8 @@ impl Stager<'_> {
         if let Some(key) = &t.key {
             metadata.insert(META_KEY.to_string(), key.clone());
         }
-        Ok(Arc::new(schema.as_ref().clone().with_metadata(metadata)))
+        let schema = schema.as_ref().clone().with_metadata(metadata);
+        Ok(Arc::new(partitions::new_table(&schema, t.request.partitions.as_ref(), &t.sources[0].0.uri, &t.request.table)?))
     }
 
     pub(crate) fn repeated_keys_error(&self, t: &TableWork) -> impl Fn(u64) -> Error + Send + 'static {

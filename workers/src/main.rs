@@ -17,6 +17,7 @@ use sluice::ingest::{self, Budget, Report, SourceStatus, TableRequest};
 use sluice::recover::{self, Action};
 use sluice::manifest::{self, Mode};
 use sluice::optimize;
+use sluice::partitions::Partitions;
 use sluice::lake::Timing;
 use sluice::{Error, Lake, Result, cleanup, read};
 
@@ -145,6 +146,10 @@ enum Command {
         key: Option<String>,
         #[command(flatten)]
         csv: CsvArgs,
+        /// A new table's `key=value` path folders: NAME:TYPE,... stores them as
+        /// columns (date:date,hour:int32); off only routes by them.
+        #[arg(long)]
+        partitions: Option<String>,
         /// Schema for a new table instead of inferring one: a JSON file
         /// `{"columns": [{"name": "id", "type": "Int64", "nullable": false}]}`.
         #[arg(long)]
@@ -171,6 +176,10 @@ enum Command {
         format: Option<String>,
         #[command(flatten)]
         csv: CsvArgs,
+        /// A new table's `key=value` path folders: NAME:TYPE,... stores them as
+        /// columns (date:date,hour:int32); off only routes by them.
+        #[arg(long)]
+        partitions: Option<String>,
         /// Files per batch: one Lance commit and one publish each.
         #[arg(long, default_value_t = sluice::discover::DEFAULT_BATCH)]
         batch: usize,
@@ -381,9 +390,10 @@ async fn run(cli: Cli) -> Result<()> {
                 format!("lake ready at {} (manifest version {})", lake.uri(), m.version)
             });
         }
-        Command::Ingest { table, format, mode, key, csv, schema, timeout, sources } => {
+        Command::Ingest { table, format, mode, key, csv, partitions, schema, timeout, sources } => {
             let format = format.as_deref().map(str::parse::<Format>).transpose()?;
             let csv = csv.options()?;
+            let partitions = partitions.as_deref().map(Partitions::parse).transpose()?;
             let schema = match schema {
                 Some(path) => Some(sluice::decode::parse_declared_schema(
                     &std::fs::read_to_string(&path).map_err(|e| Error::Usage(format!("schema file {}: {e}", path.display())))?,
@@ -396,7 +406,7 @@ async fn run(cli: Cli) -> Result<()> {
             });
             // A folder, glob or prefix: listed, and ingested in batches less what the lake holds.
             if sources.iter().any(|s| sluice::discover::is_collection(s)) {
-                let template = TableRequest { format, csv, mode, key: key.clone(), schema: schema.clone(), ..Default::default() };
+                let template = TableRequest { format, csv, partitions, mode, key: key.clone(), schema: schema.clone(), ..Default::default() };
                 let route = |uris: &[String]| sluice::discover::route_by_folder(uris, table.as_deref(), &template);
                 let plan = sluice::discover::Plan {
                     specs: sources, since: None, route: &route, batch: sluice::discover::DEFAULT_BATCH,
@@ -406,18 +416,21 @@ async fn run(cli: Cli) -> Result<()> {
             }
             for (table, sources) in ingest::route(&sources, table.as_deref())? {
                 let sources = sources.into_iter().map(Into::into).collect();
-                let request = TableRequest { table, sources, format, csv: csv.clone(), mode, key: key.clone(), schema: schema.clone(), indices: Vec::new() };
+                let request = TableRequest {
+                    table, sources, format, csv: csv.clone(), partitions: partitions.clone(), mode, key: key.clone(), schema: schema.clone(), indices: Vec::new(),
+                };
                 let n = request.sources.len();
                 let report = with_progress(n, async |p| ingest::run(&lake, vec![request], Budget { timeout, clock_skew }, p).await).await?;
                 print_report(cli.json, &report);
             }
         }
-        Command::Backfill { specs, since, table, format, csv, batch, timeout, dry_run } => {
+        Command::Backfill { specs, since, table, format, csv, partitions, batch, timeout, dry_run } => {
             if batch == 0 {
                 return Err(Error::Usage("--batch must be at least 1".into()));
             }
             let format = format.as_deref().map(str::parse::<Format>).transpose()?;
-            let template = TableRequest { format, csv: csv.options()?, ..Default::default() };
+            let partitions = partitions.as_deref().map(Partitions::parse).transpose()?;
+            let template = TableRequest { format, csv: csv.options()?, partitions, ..Default::default() };
             let route = |uris: &[String]| sluice::discover::route_by_folder(uris, table.as_deref(), &template);
             let plan = sluice::discover::Plan { specs, since, route: &route, batch, budget: Budget { timeout, clock_skew }, dry_run };
             backfill(&lake, plan, cli.json).await?;
@@ -795,6 +808,8 @@ struct DescriptorTable {
     format: Option<String>,
     /// How CSV sources are written: `{"delimiter": ";", "header": false, "nulls": ["NA"]}`.
     csv: Option<sluice::dialect::CsvOptions>,
+    /// As `--partitions` takes it: "date:date,hour:int32" or "off".
+    partitions: Option<String>,
     mode: Option<Mode>,
     key: Option<String>,
     /// A declared schema, as `--schema` takes it.
@@ -822,7 +837,8 @@ fn read_descriptor(path: &Path) -> Result<Vec<TableRequest>> {
             if let Some(c) = &t.csv {
                 c.check()?;
             }
-            Ok(TableRequest { table: t.table, sources, format: t.format.as_deref().map(str::parse).transpose()?, csv: t.csv, mode: t.mode, key: t.key, schema, indices })
+            let partitions = t.partitions.as_deref().map(Partitions::parse).transpose()?;
+            Ok(TableRequest { table: t.table, sources, format: t.format.as_deref().map(str::parse).transpose()?, csv: t.csv, partitions, mode: t.mode, key: t.key, schema, indices })
         })
         .collect()
 }

@@ -22,6 +22,8 @@ pub struct Route {
     pub format: Option<String>,
     /// How its CSV objects are written: `{"delimiter": ";", "header": false, "nulls": ["NA"]}`.
     pub csv: Option<sluice::dialect::CsvOptions>,
+    /// `key=value` folders of a new table: "date:date,hour:int32" stores them as columns; "off" only routes.
+    pub partitions: Option<String>,
     /// Indices the table declares (built and kept fresh by the scheduled optimize).
     #[serde(default)]
     pub indices: Vec<IndexDecl>,
@@ -119,6 +121,9 @@ impl Config {
             }
             if let Some(f) = &route.format {
                 f.parse::<sluice::decode::Format>().map_err(|e| bad("SLUICE_TABLES", f, e))?;
+            }
+            if let Some(p) = &route.partitions {
+                sluice::partitions::Partitions::parse(p).map_err(|e| bad("SLUICE_TABLES", p, e))?;
             }
             if let Some(c) = &route.csv {
                 c.check().map_err(|e| bad("SLUICE_TABLES", &route.table, e))?;

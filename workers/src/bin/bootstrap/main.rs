@@ -120,6 +120,7 @@ fn requests(state: &State, objects: &[Object]) -> Result<Vec<TableRequest>, Erro
             sources: Vec::new(),
             format: route.and_then(|r| r.format.as_deref()).map(|f| f.parse().expect("checked at start")),
             csv: route.and_then(|r| r.csv.clone()),
+            partitions: route.and_then(|r| r.partitions.as_deref()).map(|p| sluice::partitions::Partitions::parse(p).expect("checked at start")),
             mode: route.and_then(|r| r.mode),
             key: route.and_then(|r| r.key.clone()),
             schema: None,
@@ -289,14 +290,14 @@ async fn action(state: &State, payload: Value, budget: Budget, metrics: &mut Met
             let format = format.as_deref().map(str::parse).transpose()?;
             let requests = ingest::route(&sources, table.as_deref())?
                 .into_iter()
-                .map(|(table, sources)| TableRequest { table, sources: sources.into_iter().map(Into::into).collect(), format, csv: None, mode, key: key.clone(), schema: None, indices: Vec::new() })
+                .map(|(table, sources)| TableRequest { table, sources: sources.into_iter().map(Into::into).collect(), format, csv: None, partitions: None, mode, key: key.clone(), schema: None, indices: Vec::new() })
                 .collect();
             Ok(to_json(&run_ingest(state, requests, budget, metrics).await?))
         }
         Action::Load { tables } => {
             let requests = tables
                 .into_iter()
-                .map(|t| Ok(TableRequest { table: t.table, sources: t.sources.into_iter().map(Into::into).collect(), format: t.format.as_deref().map(str::parse).transpose()?, csv: None, mode: t.mode, key: t.key, schema: None, indices: Vec::new() }))
+                .map(|t| Ok(TableRequest { table: t.table, sources: t.sources.into_iter().map(Into::into).collect(), format: t.format.as_deref().map(str::parse).transpose()?, csv: None, partitions: None, mode: t.mode, key: t.key, schema: None, indices: Vec::new() }))
                 .collect::<Result<Vec<_>, Error>>()?;
             Ok(to_json(&run_ingest(state, requests, budget, metrics).await?))
         }
