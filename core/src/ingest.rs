@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use futures::StreamExt;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -138,6 +139,8 @@ impl Budget {
 /// Rounds of "another attempt holds every source of ours": wait for it (or
 /// resolve it once it expired), then claim again.
 const MAX_TAKEOVER_ROUNDS: u32 = 3;
+/// Sources resolved (HEAD or hash pass) and claimed at once by one call.
+const CONCURRENT_SOURCES: usize = 16;
 /// Budget for removing our own late commit when giving up (it is fenced by our
 /// roll-back decision, so it may run past our deadline).
 const LATE_REMOVAL: Duration = Duration::from_secs(30);
@@ -158,9 +161,15 @@ pub async fn run(lake: &Lake, requests: Vec<TableRequest>, budget: Budget, progr
             return Err(Error::Usage(format!("table '{}': --mode upsert needs --key COLUMN", request.table)));
         }
         let mut sources: Vec<(Source, Detected)> = Vec::with_capacity(request.sources.len());
-        for spec in &request.sources {
-            let uri = &spec.uri;
-            let source = Source::resolve_pinned(uri, spec.pin.as_ref()).await?;
+        // One HEAD (or hash pass) each, a bounded number at a time, in order.
+        let resolved: Vec<Result<Source>> = futures::stream::iter(request.sources.clone())
+            .map(|spec| async move { Source::resolve_pinned(&spec.uri, spec.pin.as_ref()).await })
+            .buffered(CONCURRENT_SOURCES)
+            .collect()
+            .await;
+        for source in resolved {
+            let source = source?;
+            let uri = &source.uri;
             // The same source twice in one call (`a.jsonl ./a.jsonl`) is one source.
             if sources.iter().any(|(s, _)| s.id == source.id) {
                 tracing::info!(uri, "the same source was given twice; ingesting it once");
@@ -365,15 +374,43 @@ impl Door<'_> {
         let mut todo: Vec<(usize, Source, Detected)> =
             tables.iter_mut().enumerate().flat_map(|(i, t)| std::mem::take(&mut t.sources).into_iter().map(move |(s, d)| (i, s, d))).collect();
         let mut elsewhere = Vec::new();
+        let table_names: Vec<String> = tables.iter().map(|t| t.request.table.clone()).collect();
+        let tables_names = &table_names;
         for round in 1..=MAX_TAKEOVER_ROUNDS {
             let mut held = Vec::new();
-            for (i, source, detected) in todo.drain(..) {
+            // Claims are independent: a bounded number in flight, results in
+            // order. Every outcome is recorded before any error is returned,
+            // so a giving-up attempt releases all it may hold.
+            let attempts: Vec<_> = futures::stream::iter(todo.drain(..))
+                .map(|(i, source, detected)| async move {
+                    let table = tables_names[i].clone();
+                    let claim = Claim { op: self.w.op.clone(), attempt: self.w.attempt.clone(), source: source.uri.clone(), table, generation: 0, claimed_at: Utc::now() };
+                    let key = sidecar::source_key(&source.id);
+                    let mut maybe = Vec::new();
+                    // Past our deadline recovery may take our attempt over: claim nothing more.
+                    let result = match self.w.deadline.check("claiming a source") {
+                        Ok(()) => sidecar::claim(self.w.lake, &key, &claim, &mut maybe).await,
+                        Err(e) => Err(e),
+                    };
+                    (i, source, detected, key, maybe, result)
+                })
+                .buffered(CONCURRENT_SOURCES)
+                .collect()
+                .await;
+            let mut first_error = None;
+            let mut outcomes = Vec::with_capacity(attempts.len());
+            for (i, source, detected, key, maybe, result) in attempts {
+                ours.maybe.extend(maybe);
+                match result {
+                    Ok(claimed) => outcomes.push((i, source, detected, key, claimed)),
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+            for (i, source, detected, key, claimed) in outcomes {
                 let table = tables[i].request.table.clone();
-                let claim = Claim { op: self.w.op.clone(), attempt: self.w.attempt.clone(), source: source.uri.clone(), table: table.clone(), generation: 0, claimed_at: Utc::now() };
-                // Past our deadline recovery may take our attempt over: claim nothing more.
-                self.w.deadline.check("claiming a source")?;
-                let key = sidecar::source_key(&source.id);
-                match sidecar::claim(self.w.lake, &key, &claim, &mut ours.maybe).await? {
+                match claimed {
                     Claimed::Mine { generation } => {
                         ours.claimed.push((key, generation));
                         tables[i].sources.push((source, detected));
@@ -385,6 +422,9 @@ impl Door<'_> {
                         Holder::InFlight(intent) => held.push((i, source, detected, holder, Some(intent))),
                     },
                 }
+            }
+            if let Some(e) = first_error {
+                return Err(e);
             }
             let own_work = tables.iter().any(|t| !t.sources.is_empty());
             // A load never publishes part of itself while another attempt still
