@@ -673,6 +673,9 @@ fn open_file(source: &Source, detected: Detected, target: &SchemaRef, handle: &t
 pub struct Progress {
     pub rows: AtomicU64,
     pub sources_done: AtomicU64,
+    /// Bytes of the sources read so far (as stored), and of all of them once resolved.
+    pub bytes_read: Arc<AtomicU64>,
+    pub bytes_total: AtomicU64,
     /// Rows read from each finished source, by source id.
     pub source_rows: Mutex<BTreeMap<String, u64>>,
 }
@@ -689,6 +692,8 @@ pub struct SourcesReader {
     handle: tokio::runtime::Handle,
     error: ErrorSlot,
     progress: Arc<Progress>,
+    /// `bytes_read` when the current source was opened.
+    source_bytes_start: u64,
 }
 
 impl SourcesReader {
@@ -701,6 +706,7 @@ impl SourcesReader {
             handle: tokio::runtime::Handle::current(),
             error: Arc::clone(&error),
             progress,
+            source_bytes_start: 0,
         };
         (reader, error)
     }
@@ -717,7 +723,9 @@ impl SourcesReader {
     fn step(&mut self) -> Result<Option<RecordBatch>> {
         loop {
             if self.current.is_none() {
-                let Some((source, detected)) = self.sources.next() else { return Ok(None) };
+                let Some((mut source, detected)) = self.sources.next() else { return Ok(None) };
+                source.read_counter = Some(Arc::clone(&self.progress.bytes_read));
+                self.source_bytes_start = self.progress.bytes_read.load(Ordering::Relaxed);
                 let batches = open_source(&source, detected, &self.target, &self.handle)?;
                 self.current = Some((source, batches, 0));
             }
@@ -736,6 +744,9 @@ impl SourcesReader {
                         return Err(bad(source, None, None, "empty: no rows"));
                     }
                     self.progress.sources_done.fetch_add(1, Ordering::Relaxed);
+                    // Formats read through a local file are counted whole, once done.
+                    let counted = self.progress.bytes_read.load(Ordering::Relaxed) - self.source_bytes_start;
+                    self.progress.bytes_read.fetch_add(source.size.saturating_sub(counted), Ordering::Relaxed);
                     self.progress.source_rows.lock().expect("progress poisoned").insert(source.id.clone(), *rows);
                     self.current = None;
                 }

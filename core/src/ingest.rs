@@ -189,6 +189,8 @@ pub async fn run(lake: &Lake, requests: Vec<TableRequest>, budget: Budget, progr
             changes: Vec::new(),
         });
     }
+    let bytes: u64 = tables.iter().flat_map(|t| t.sources.iter().map(|(s, _)| s.size)).sum();
+    progress.bytes_total.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
     let op = operation_id(&tables);
     let attempt = uuid::Uuid::now_v7().to_string();
     let door = Door {

@@ -7,6 +7,7 @@
 use std::io::Read;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use object_store::path::Path;
 use object_store::{GetOptions, ObjectStore, ObjectStoreExt};
@@ -75,6 +76,22 @@ pub struct Source {
     /// Bytes, as stored (compressed if the file is).
     pub size: u64,
     pub location: Location,
+    /// Raw bytes read through [`Source::open_blocking`] are added here (progress).
+    pub read_counter: Option<Arc<AtomicU64>>,
+}
+
+/// A reader that counts the bytes it passes.
+struct Counted<R> {
+    inner: R,
+    counter: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.counter.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
 }
 
 impl std::fmt::Debug for Source {
@@ -155,6 +172,7 @@ impl Source {
                 identity,
                 size: meta.size,
                 location: Location::S3 { store, key, e_tag: meta.e_tag, version: meta.version },
+                read_counter: None,
             });
         }
         let path = std::path::absolute(uri.strip_prefix("file://").unwrap_or(uri)).map_err(|e| Error::io(uri, e))?;
@@ -184,7 +202,7 @@ impl Source {
         .expect("hashing task panicked")
         .map_err(|e| Error::io(&shown, e))?;
         let identity = format!("file://{shown}#size={size};sha256={hash}");
-        Ok(Source { uri: shown, pin: None, id: digest_hex(identity.as_bytes()), identity, size, location: Location::Local(path) })
+        Ok(Source { uri: shown, pin: None, id: digest_hex(identity.as_bytes()), identity, size, location: Location::Local(path), read_counter: None })
     }
 
     /// The file name, used for format detection and routing.
@@ -199,6 +217,14 @@ impl Source {
 
     /// A blocking reader over the raw bytes. Call from a blocking thread.
     pub fn open_blocking(&self, handle: &tokio::runtime::Handle) -> Result<Box<dyn Read + Send>> {
+        let raw = self.open_raw_blocking(handle)?;
+        Ok(match &self.read_counter {
+            Some(counter) => Box::new(Counted { inner: raw, counter: Arc::clone(counter) }),
+            None => raw,
+        })
+    }
+
+    fn open_raw_blocking(&self, handle: &tokio::runtime::Handle) -> Result<Box<dyn Read + Send>> {
         match &self.location {
             Location::Local(path) => {
                 let file = std::fs::File::open(path).map_err(|e| Error::io(&self.uri, e))?;

@@ -770,17 +770,37 @@ async fn with_progress<T>(sources: usize, work: impl AsyncFnOnce(Arc<Progress>) 
     if !std::io::stderr().is_terminal() {
         return work(progress).await;
     }
-    let bar = indicatif::ProgressBar::new(sources as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} {elapsed_precise} {pos}/{len} sources  {msg}")
-            .expect("valid progress template"),
-    );
+    // Bytes as stored, from the first byte of the first file: percent and ETA
+    // once the sources are resolved and their sizes known.
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(indicatif::ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}").expect("valid progress template"));
+    bar.set_message("finding the sources (a local file is hashed for its identity)");
     let ticker = {
         let (bar, progress) = (bar.clone(), Arc::clone(&progress));
         tokio::spawn(async move {
             loop {
-                bar.set_position(progress.sources_done.load(Ordering::Relaxed));
-                bar.set_message(format!("{} rows", progress.rows.load(Ordering::Relaxed)));
+                let total = progress.bytes_total.load(Ordering::Relaxed);
+                if total == 0 {
+                    bar.tick();
+                    tokio::time::sleep(Duration::from_millis(120)).await;
+                    continue;
+                }
+                if bar.length() != Some(total) {
+                    bar.set_style(
+                        indicatif::ProgressStyle::with_template(
+                            "{spinner} {elapsed_precise} [{bar:24}] {bytes}/{total_bytes} {percent}% ETA {eta}  {msg}",
+                        )
+                        .expect("valid progress template")
+                        .progress_chars("=> "),
+                    );
+                }
+                bar.set_length(total);
+                bar.set_position(progress.bytes_read.load(Ordering::Relaxed));
+                bar.set_message(format!(
+                    "{}/{sources} sources, {} rows",
+                    progress.sources_done.load(Ordering::Relaxed),
+                    progress.rows.load(Ordering::Relaxed)
+                ));
                 bar.tick();
                 tokio::time::sleep(Duration::from_millis(120)).await;
             }
