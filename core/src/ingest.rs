@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -162,13 +162,13 @@ pub async fn run(lake: &Lake, requests: Vec<TableRequest>, budget: Budget, progr
         }
         let mut sources: Vec<(Source, Detected)> = Vec::with_capacity(request.sources.len());
         // One HEAD (or hash pass) each, a bounded number at a time, in order.
-        let resolved: Vec<Result<Source>> = futures::stream::iter(request.sources.clone())
+        // The first failure stops the rest (resolving has no effects to undo).
+        let resolved: Vec<Source> = futures::stream::iter(request.sources.clone())
             .map(|spec| async move { Source::resolve_pinned(&spec.uri, spec.pin.as_ref()).await })
             .buffered(CONCURRENT_SOURCES)
-            .collect()
-            .await;
+            .try_collect()
+            .await?;
         for source in resolved {
-            let source = source?;
             let uri = &source.uri;
             // The same source twice in one call (`a.jsonl ./a.jsonl`) is one source.
             if sources.iter().any(|(s, _)| s.id == source.id) {
@@ -381,18 +381,28 @@ impl Door<'_> {
         for round in 1..=MAX_TAKEOVER_ROUNDS {
             let mut held = Vec::new();
             // Claims are independent: a bounded number in flight, results in
-            // order. Every outcome is recorded before any error is returned,
-            // so a giving-up attempt releases all it may hold.
+            // order. After a failure no new claim starts; every outcome of
+            // those started is recorded before the error is returned, so a
+            // giving-up attempt releases all it may hold.
+            let failed = &std::sync::atomic::AtomicBool::new(false);
             let attempts: Vec<_> = futures::stream::iter(todo.drain(..))
                 .map(|(i, source, detected)| async move {
                     let table = tables_names[i].clone();
                     let claim = Claim { op: self.w.op.clone(), attempt: self.w.attempt.clone(), source: source.uri.clone(), table, generation: 0, claimed_at: Utc::now() };
                     let key = sidecar::source_key(&source.id);
                     let mut maybe = Vec::new();
-                    // Past our deadline recovery may take our attempt over: claim nothing more.
-                    let result = match self.w.deadline.check("claiming a source") {
-                        Ok(()) => sidecar::claim(self.w.lake, &key, &claim, &mut maybe).await,
-                        Err(e) => Err(e),
+                    let result = if failed.load(std::sync::atomic::Ordering::SeqCst) {
+                        None
+                    } else {
+                        // Past our deadline recovery may take our attempt over: claim nothing more.
+                        let result = match self.w.deadline.check("claiming a source") {
+                            Ok(()) => sidecar::claim(self.w.lake, &key, &claim, &mut maybe).await,
+                            Err(e) => Err(e),
+                        };
+                        if result.is_err() {
+                            failed.store(true, std::sync::atomic::Ordering::SeqCst);
+                        }
+                        Some(result)
                     };
                     (i, source, detected, key, maybe, result)
                 })
@@ -404,10 +414,11 @@ impl Door<'_> {
             for (i, source, detected, key, maybe, result) in attempts {
                 ours.maybe.extend(maybe);
                 match result {
-                    Ok(claimed) => outcomes.push((i, source, detected, key, claimed)),
-                    Err(e) => {
+                    Some(Ok(claimed)) => outcomes.push((i, source, detected, key, claimed)),
+                    Some(Err(e)) => {
                         first_error.get_or_insert(e);
                     }
+                    None => {}
                 }
             }
             for (i, source, detected, key, claimed) in outcomes {

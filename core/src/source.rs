@@ -159,7 +159,10 @@ impl Source {
                     unquote(now)
                 )));
             }
-            let tag = match (&meta.version, &meta.e_tag) {
+            // A version id "null" (written while versioning was suspended) is
+            // shared by every overwrite of the key: not an identity.
+            let version = meta.version.clone().filter(|v| v != "null");
+            let tag = match (&version, &meta.e_tag) {
                 (Some(v), _) => format!("version={v}"),
                 (None, Some(e)) => format!("etag={}", e.trim_matches('"')),
                 (None, None) => format!("size={};modified={}", meta.size, meta.last_modified.timestamp_millis()),
@@ -171,7 +174,7 @@ impl Source {
                 id: digest_hex(identity.as_bytes()),
                 identity,
                 size: meta.size,
-                location: Location::S3 { store, key, e_tag: meta.e_tag, version: meta.version },
+                location: Location::S3 { store, key, e_tag: meta.e_tag, version },
                 read_counter: None,
             });
         }

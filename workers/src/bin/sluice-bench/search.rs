@@ -208,6 +208,15 @@ pub async fn run(root: &str, work: &Path, shape: &Shape, rows: &mut Vec<Row>) {
     rows.push((format!("recall@10 after optimize ({p})"), format!("{s_recall:.3}"), format!("{l_recall:.3}"), "-".into()));
     rows.push(("search latency after optimize".into(), latency(&s_times), latency(&l_times), ratio(&s_times, &l_times)));
     let pin = sluice::read::manifest_at(&lake, None).await.unwrap().tables["v"].version;
+    match pylance(&lake.table_uri("v"), pin, &queries, &truth, shape, work) {
+        Ok((recall, p50, p99)) => rows.push((
+            format!("pylance on the same table at the pin (reference; {p})"),
+            "-".into(),
+            format!("recall@10 {recall:.3}, p50 / p99 {p50:.1} / {p99:.1} ms"),
+            format!("sluice p50 {:.2}x pylance", percentile(s_times.clone(), 0.5).as_secs_f64() * 1000.0 / p50),
+        )),
+        Err(why) => eprintln!("pylance reference skipped: {why}"),
+    }
     let ds = lake.open_table("v", Some(pin)).await.unwrap();
     let mut flat = Vec::with_capacity(queries.len());
     for q in &queries {
@@ -244,4 +253,43 @@ pub async fn run(root: &str, work: &Path, shape: &Shape, rows: &mut Vec<Row>) {
 
 fn ratio(s: &[Duration], l: &[Duration]) -> String {
     format!("{:.2}x (p50)", percentile(s.to_vec(), 0.5).as_secs_f64() / percentile(l.to_vec(), 0.5).as_secs_f64())
+}
+
+/// The same queries through pylance (Python's Lance, the reference readers
+/// use) at the same version: recall@10 and p50 / p99 in ms. Needs a Python
+/// with pylance: `$SLUICE_VENV/bin/python` (scripts/env.sh makes it) or `python3`.
+fn pylance(uri: &str, version: u64, queries: &[Vec<f32>], truth: &[Vec<i64>], shape: &Shape, work: &Path) -> Result<(f64, f64, f64), String> {
+    let venv = std::env::var("SLUICE_VENV").map(std::path::PathBuf::from).unwrap_or_else(|_| {
+        std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/sluice-venv")
+    });
+    let python = [venv.join("bin/python"), "python3".into()].into_iter().find(|p| {
+        std::process::Command::new(p).args(["-c", "import lance"]).output().is_ok_and(|o| o.status.success())
+    });
+    let python = python.ok_or("no Python with pylance (scripts/env.sh installs one)")?;
+    let input = work.join("pylance-queries.json");
+    std::fs::write(&input, serde_json::json!({"queries": queries, "truth": truth}).to_string()).map_err(|e| e.to_string())?;
+    let script = r#"
+import json, sys, time, lance
+uri, version, nprobes, refine, path = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+d = json.load(open(path))
+ds = lance.dataset(uri, version=version)
+hits, times = 0, []
+for q, want in zip(d["queries"], d["truth"]):
+    start = time.perf_counter()
+    got = ds.to_table(nearest={"column": "emb", "q": q, "k": 10, "nprobes": nprobes, "refine_factor": refine}, columns=["id"])
+    times.append((time.perf_counter() - start) * 1000)
+    hits += len(set(got.column("id").to_pylist()) & set(want))
+times.sort()
+print(json.dumps({"recall": hits / (10 * len(d["queries"])), "p50": times[len(times) // 2], "p99": times[min(len(times) - 1, int(len(times) * 0.99))]}))
+"#;
+    let out = std::process::Command::new(python)
+        .args(["-c", script, uri, &version.to_string(), &shape.nprobes.to_string(), &shape.refine.to_string()])
+        .arg(&input)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).to_string());
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+    Ok((v["recall"].as_f64().unwrap_or(0.0), v["p50"].as_f64().unwrap_or(0.0), v["p99"].as_f64().unwrap_or(0.0)))
 }
