@@ -101,3 +101,31 @@ fn racing_backfills_of_an_s3_prefix_ingest_each_object_once() {
     }
 }
 
+
+/// A stray file (a README, a folder that is not a table name) is reported
+/// and left out; the rest lands. A Hive folder the table does not store is
+/// bad input, never a value dropped.
+#[test]
+fn odd_files_are_skipped_and_named_not_fatal() {
+    let b = local();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    write(&input.join("t"), "a.jsonl", rows(0..5).as_bytes());
+    write(&input.join("t"), "README.md", b"about this folder\n");
+    write(&input.join("my data"), "x.jsonl", rows(5..6).as_bytes());
+    let out = run(sluice(&b.root).args(["--json", "backfill"]).arg(&input));
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let r = json(&out);
+    assert_eq!(r["ingested"], 1, "{r}");
+    let skipped: Vec<&str> = r["skipped"].as_array().unwrap().iter().map(|s| s["uri"].as_str().unwrap()).collect();
+    assert_eq!(skipped.len(), 2, "{r}");
+    assert!(skipped.iter().any(|u| u.ends_with("README.md")) && skipped.iter().any(|u| u.contains("my data")), "{r}");
+    assert_eq!(scan_ids(&b.root, "t"), (0..5).collect::<Vec<_>>());
+
+    let first = write(&input.join("e/day=1"), "p.jsonl", rows(0..1).as_bytes());
+    assert_eq!(run(sluice(&b.root).args(["ingest", "--partitions", "day:int32"]).arg(&first)).status.code(), Some(0));
+    let extra = write(&input.join("e/day=2/hour=3"), "p.jsonl", rows(1..2).as_bytes());
+    let out = run(sluice(&b.root).args(["--json", "ingest"]).arg(&extra));
+    assert_eq!(out.status.code(), Some(3));
+    assert!(json(&out)["error"]["bad_input"]["reason"].as_str().unwrap().contains("hour=3"));
+}

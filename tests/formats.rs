@@ -479,3 +479,62 @@ fn hive_partition_folders_route_and_become_typed_columns() {
     assert_eq!(run(sluice(&b.root).arg("ingest").arg(&more)).status.code(), Some(0), "the table said off once");
     assert_eq!(String::from_utf8_lossy(&run(sluice(&b.root).args(["scan", "clicks"])).stdout).lines().collect::<Vec<_>>(), [r#"{"id":7}"#, r#"{"id":8}"#]);
 }
+
+/// What a new user met (found by trying the CLI): values of an existing
+/// date, timestamp or float column never change silently from JSON or CSV
+/// text; leading zeros keep a CSV column text; a .tsv splits on tabs; JSON
+/// columns keep the order they are written in.
+#[test]
+fn text_values_into_typed_columns_never_change_silently() {
+    let b = local();
+    let dir = tempfile::tempdir().unwrap();
+    let seed = write(dir.path(), "seed.jsonl", br#"{"z": 1, "ts": "2026-11-30T05:00:00Z", "d": "2026-11-30", "f": 1.5}
+"#);
+    assert_eq!(run(sluice(&b.root).args(["ingest", "--table", "j"]).arg(&seed)).status.code(), Some(0));
+    let lake = Lake::open(&b.root).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ds = rt.block_on(lake.open_table("j", None)).unwrap();
+    let names: Vec<String> = arrow::datatypes::Schema::from(ds.schema()).fields().iter().map(|f| f.name().clone()).collect();
+    assert_eq!(names, ["z", "ts", "d", "f"], "columns in the order written");
+    for (line, column, says) in [
+        (r#"{"ts": "2026-11-30T05:00:00.123456789Z"}"#, "ts", "below the column's unit"),
+        (r#"{"d": "2026-11-30T05:00:00Z"}"#, "d", "drop the time"),
+        (r#"{"ts": 1764478800}"#, "ts", "write ISO-8601 text"),
+        (r#"{"d": 20000}"#, "d", "write ISO-8601 text"),
+    ] {
+        let path = write(dir.path(), "bad.jsonl", format!("{line}\n").as_bytes());
+        let out = run(sluice(&b.root).args(["--json", "ingest", "--table", "j"]).arg(&path));
+        assert_eq!(out.status.code(), Some(3), "{line}");
+        let err = &json(&out)["error"]["bad_input"];
+        assert_eq!(err["location"]["column"], column, "{line}: {err}");
+        assert!(err["reason"].as_str().unwrap().contains(says), "{line}: {err}");
+    }
+
+    let seed = write(dir.path(), "seed.csv", b"ts,d,f,zip\n2026-11-30T05:00:00Z,2026-11-30,0.5,00501\n");
+    assert_eq!(run(sluice(&b.root).args(["ingest", "--table", "c"]).arg(&seed)).status.code(), Some(0));
+    let rows = String::from_utf8_lossy(&run(sluice(&b.root).args(["scan", "c", "--columns", "zip"])).stdout).to_string();
+    assert_eq!(rows.trim(), r#"{"zip":"00501"}"#, "leading zeros keep a column text");
+    for (row, column, says) in [
+        ("2026-11-30T05:00:00.123456789Z,2026-11-30,1,1", "ts", "below the column's unit"),
+        ("2026-11-30T05:00:00Z,2026-11-30T05:00:00Z,1,1", "d", "drop the time"),
+        ("2026-11-30T05:00:00Z,2026-11-30,9007199254740993,1", "f", "cannot be held exactly"),
+    ] {
+        let path = write(dir.path(), "bad.csv", format!("ts,d,f,zip\n{row}\n").as_bytes());
+        let out = run(sluice(&b.root).args(["--json", "ingest", "--table", "c"]).arg(&path));
+        assert_eq!(out.status.code(), Some(3), "{row}");
+        let err = &json(&out)["error"]["bad_input"];
+        assert_eq!((&err["location"]["column"], &err["location"]["line"]), (&column.into(), &2.into()), "{row}: {err}");
+        assert!(err["reason"].as_str().unwrap().contains(says), "{row}: {err}");
+    }
+
+    let tsv = write(dir.path(), "t.tsv", b"id\tnote, more\n1\thello, world\n");
+    assert_eq!(run(sluice(&b.root).args(["ingest", "--table", "tsv"]).arg(&tsv)).status.code(), Some(0));
+    let rows = String::from_utf8_lossy(&run(sluice(&b.root).args(["scan", "tsv"])).stdout).to_string();
+    assert_eq!(rows.trim(), r#"{"id":1,"note, more":"hello, world"}"#);
+
+    // A key alone asks for an upsert table; a key with --mode append is refused.
+    let u = write(dir.path(), "u.jsonl", b"{\"id\": 1, \"v\": 1}\n");
+    assert_eq!(run(sluice(&b.root).args(["ingest", "--table", "u", "--key", "id"]).arg(&u)).status.code(), Some(0));
+    assert_eq!(status(&b.root)["tables"].as_array().unwrap().iter().find(|t| t["name"] == "u").unwrap()["mode"], "upsert");
+    assert_eq!(run(sluice(&b.root).args(["ingest", "--table", "u2", "--mode", "append", "--key", "id"]).arg(&u)).status.code(), Some(2));
+}

@@ -91,8 +91,13 @@ pub struct Detected {
 /// Format and compression from the file name (`x.jsonl.gz`), `forced`
 /// overriding the format; `csv` says how CSV sources are written.
 pub fn detect(source: &Source, forced: Option<Format>, csv: Option<&CsvOptions>) -> Result<Detected> {
-    let csv = Arc::new(csv.cloned().unwrap_or_default());
-    let name = source.file_name().to_ascii_lowercase();
+    let (format, compression) = detect_name(&source.uri, forced)?;
+    Ok(Detected { format, compression, csv: Arc::new(csv.cloned().unwrap_or_default()) })
+}
+
+/// Format and compression from a URI's file name alone.
+pub fn detect_name(uri: &str, forced: Option<Format>) -> Result<(Format, Compression)> {
+    let name = uri.rsplit('/').next().unwrap_or(uri).to_ascii_lowercase();
     let (stem, compression) = if let Some(s) = name.strip_suffix(".gz").or_else(|| name.strip_suffix(".gzip")) {
         (s, Compression::Gzip)
     } else if let Some(s) = name.strip_suffix(".zst").or_else(|| name.strip_suffix(".zstd")) {
@@ -101,16 +106,13 @@ pub fn detect(source: &Source, forced: Option<Format>, csv: Option<&CsvOptions>)
         (name.as_str(), Compression::None)
     };
     if let Some(format) = forced {
-        return Ok(Detected { format, compression, csv });
+        return Ok((format, compression));
     }
     let ext = stem.rsplit_once('.').map(|(_, e)| e).unwrap_or("");
     let format = Format::from_str(ext).map_err(|_| {
-        Error::Usage(format!(
-            "cannot tell the format of {} from its name: pass --format jsonl|csv|parquet|arrow|arrow-stream",
-            source.uri
-        ))
+        Error::Usage(format!("cannot tell the format of {uri} from its name: pass --format jsonl|csv|parquet|arrow|arrow-stream"))
     })?;
-    Ok(Detected { format, compression, csv })
+    Ok((format, compression))
 }
 
 fn bad(source: &Source, line: Option<u64>, column: Option<String>, reason: impl Into<String>) -> Error {
@@ -167,15 +169,30 @@ pub fn infer_schema(source: &Source, detected: Detected, key: Option<&str>, hand
             let head = reader.fill_buf().map_err(|e| bad(source, Some(1), None, format!("reading: {e}")))?;
             let mut format = arrow::csv::reader::Format::default()
                 .with_header(opts.header)
-                .with_delimiter(opts.delimiter_for(head))
+                .with_delimiter(csv_delimiter(source, opts, head))
                 .with_quote(opts.quote_byte());
             if let Some(nulls) = opts.null_regex()? {
                 format = format.with_null_regex(nulls);
             }
+            let delimiter = csv_delimiter(source, opts, head);
             let (schema, _) = format
                 .infer_schema(reader, None)
                 .map_err(|e| bad(source, number_after(&e.to_string(), "at line "), None, format!("cannot infer a schema: {e}")))?;
-            times::utc_timestamps(schema)
+            let schema = times::utc_timestamps(schema);
+            // Digits with a leading zero (zip codes, ids like 00501) are text:
+            // as integers they would lose the zeros.
+            if schema.fields().iter().any(|f| f.data_type().is_integer()) {
+                let zeros = opts.leading_zero_columns(text_lines(source, detected.compression, handle)?, delimiter);
+                let fields: Vec<Field> = schema
+                    .fields()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, f)| if f.data_type().is_integer() && zeros.contains(&i) { f.as_ref().clone().with_data_type(DataType::Utf8) } else { f.as_ref().clone() })
+                    .collect();
+                Schema::new_with_metadata(fields, schema.metadata().clone())
+            } else {
+                schema
+            }
         }
         Format::Parquet | Format::Arrow | Format::ArrowStream => open_columnar(source, detected, handle)?.0.as_ref().clone(),
     };
@@ -218,6 +235,7 @@ fn infer_jsonl(source: &Source, mut reader: Box<dyn BufRead + Send>) -> Result<S
                     if buf.iter().all(u8::is_ascii_whitespace) {
                         continue;
                     }
+                    times.observe_order(&buf);
                     parse_record(source, line, &buf)
                 }
             };
@@ -565,6 +583,16 @@ fn quoted_after(msg: &str, marker: &str) -> Option<String> {
 }
 
 /// CSV with a header row: columns matched to the table by name.
+/// The delimiter: given, a tab for `.tsv` files, else detected from the first line.
+fn csv_delimiter(source: &Source, opts: &CsvOptions, head: &[u8]) -> u8 {
+    let name = source.file_name().to_ascii_lowercase();
+    let stem = name.trim_end_matches(".gz").trim_end_matches(".gzip").trim_end_matches(".zst").trim_end_matches(".zstd");
+    match opts.delimiter {
+        None if stem.ends_with(".tsv") => b'\t',
+        _ => opts.delimiter_for(head),
+    }
+}
+
 /// CSV, columns matched to the table by the header's names, or by position
 /// without a header.
 fn open_csv(source: &Source, detected: &Detected, target: &SchemaRef, handle: &tokio::runtime::Handle) -> Result<Batches> {
@@ -572,7 +600,7 @@ fn open_csv(source: &Source, detected: &Detected, target: &SchemaRef, handle: &t
     let mut reader = text_lines(source, detected.compression, handle)?;
     reject_binary(source, &mut reader)?;
     let head = reader.fill_buf().map_err(|e| bad(source, Some(1), None, format!("reading: {e}")))?;
-    let delimiter = opts.delimiter_for(head);
+    let delimiter = csv_delimiter(source, opts, head);
     let mut first = String::new();
     let names: Vec<String> = if opts.header {
         reader.read_line(&mut first).map_err(|e| bad(source, Some(1), None, format!("reading the header: {e}")))?;
@@ -598,7 +626,18 @@ fn open_csv(source: &Source, detected: &Detected, target: &SchemaRef, handle: &t
     }
     let file_schema = Arc::new(Schema::new(fields));
     let conform = Conform::plan(source, &file_schema, target)?;
-    let mut builder = arrow::csv::ReaderBuilder::new(Arc::clone(&file_schema))
+    // Float, date and timestamp columns are read as text first: arrow's
+    // parse would round 2^53 + 1, drop a date's time or truncate finer digits.
+    let as_text = |t: &DataType| t.is_floating() || t.is_temporal();
+    let text_schema = Arc::new(Schema::new(
+        file_schema
+            .fields()
+            .iter()
+            .map(|f| if as_text(f.data_type()) { f.as_ref().clone().with_data_type(DataType::Utf8) } else { f.as_ref().clone() })
+            .collect::<Vec<_>>(),
+    ));
+    let typed = Arc::clone(&file_schema);
+    let mut builder = arrow::csv::ReaderBuilder::new(Arc::clone(&text_schema))
         .with_header(false)
         .with_delimiter(delimiter)
         .with_quote(opts.quote_byte())
@@ -614,8 +653,34 @@ fn open_csv(source: &Source, detected: &Detected, target: &SchemaRef, handle: &t
         let batch = b.map_err(|e| csv_error(&src, &names, &e, next_line, data_starts))?;
         let first = next_line;
         next_line += batch.num_rows() as u64;
-        conform.apply(batch, first)
+        conform.apply(typed_text(&src, batch, &typed, first)?, first)
     })))
+}
+
+/// The columns read as text, checked value by value and parsed into their types.
+fn typed_text(source: &Source, batch: RecordBatch, typed: &SchemaRef, first_line: u64) -> Result<RecordBatch> {
+    let columns = typed
+        .fields()
+        .iter()
+        .zip(batch.columns())
+        .map(|(field, column)| {
+            if column.data_type() == field.data_type() {
+                return Ok(Arc::clone(column));
+            }
+            let at = |row: usize, reason: String| bad(source, Some(first_line + row as u64), Some(field.name().clone()), reason);
+            exact::text_column(column, field.data_type()).map_err(|(row, reason)| at(row, reason))?;
+            let safe = arrow::compute::CastOptions { safe: true, ..Default::default() };
+            let cast = arrow::compute::cast_with_options(column, field.data_type(), &safe).map_err(|e| at(0, e.to_string()))?;
+            match (0..column.len()).find(|&r| column.is_valid(r) && cast.is_null(r)) {
+                Some(row) => {
+                    let text = column.as_any().downcast_ref::<arrow::array::StringArray>().map(|s| s.value(row).to_string()).unwrap_or_default();
+                    Err(at(row, format!("{text:?} is not a value of type {}", types::name(field.data_type()))))
+                }
+                None => Ok(cast),
+            }
+        })
+        .collect::<Result<Vec<ArrayRef>>>()?;
+    RecordBatch::try_new(Arc::clone(typed), columns).map_err(|e| bad(source, Some(first_line), None, e.to_string()))
 }
 
 /// arrow-csv says "for column N at line M" (M counts data rows from 0 here,

@@ -90,6 +90,28 @@ impl CsvOptions {
             .map_err(|e| Error::Usage(format!("CSV null markers {:?}: {e}", self.nulls)))
     }
 
+    /// The columns (by position) where some value is digits with a leading
+    /// zero (`007`, `-01`; not `0` or `0.5`). One pass over the file.
+    pub fn leading_zero_columns(&self, reader: impl std::io::Read, delimiter: u8) -> std::collections::BTreeSet<usize> {
+        let mut out = std::collections::BTreeSet::new();
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(self.header)
+            .flexible(true)
+            .delimiter(delimiter)
+            .quote(self.quote_byte())
+            .from_reader(reader);
+        let mut record = csv::ByteRecord::new();
+        while let Ok(true) = reader.read_byte_record(&mut record) {
+            for (i, field) in record.iter().enumerate() {
+                let digits = field.strip_prefix(b"-").unwrap_or(field);
+                if digits.len() > 1 && digits[0] == b'0' && digits.iter().all(u8::is_ascii_digit) {
+                    out.insert(i);
+                }
+            }
+        }
+        out
+    }
+
     /// The fields of one line (the header), unquoted.
     pub fn split_line(&self, line: &str, delimiter: u8) -> Vec<String> {
         let mut reader = csv::ReaderBuilder::new().has_headers(false).delimiter(delimiter).quote(self.quote_byte()).from_reader(line.as_bytes());

@@ -154,6 +154,9 @@ pub struct BackfillReport {
     pub already_ingested: usize,
     /// Bad input met now: quarantined, each with its reason.
     pub bad: Vec<BadSource>,
+    /// Left out: files no table takes or of no known format (a README, a
+    /// folder that is not a table name), each with the reason.
+    pub skipped: Vec<BadSource>,
     pub batches: usize,
     pub rows: u64,
     pub manifest_version: Option<u64>,
@@ -196,6 +199,9 @@ pub fn route_by_folder(uris: &[String], table: Option<&str>, template: &TableReq
 /// done or the deadline is near; `on_batch` sees each batch's report.
 pub async fn backfill(lake: &Lake, plan: Plan<'_>, progress: Arc<Progress>, mut on_batch: impl FnMut(&ingest::Report)) -> Result<BackfillReport> {
     assert!(plan.batch > 0, "a batch holds at least one file");
+    if plan.budget.timeout.is_zero() {
+        return Err(Error::Usage("--timeout must be above zero".into()));
+    }
     let deadline = Deadline::after(plan.budget.timeout);
     let mut report = BackfillReport::default();
     let mut listed = Vec::new();
@@ -207,7 +213,20 @@ pub async fn backfill(lake: &Lake, plan: Plan<'_>, progress: Arc<Progress>, mut 
         }
     }
     report.listed = listed.len();
-    let (candidates, held, quarantined) = unseen(lake, listed).await?;
+    // A file no table takes, or of no format sluice reads, is reported and
+    // left out: one stray README must not stop the rest.
+    let mut routable = Vec::with_capacity(listed.len());
+    for l in listed {
+        let why = match (plan.route)(std::slice::from_ref(&l.uri)) {
+            Err(e) => Some(e.to_string()),
+            Ok(requests) => requests.first().and_then(|r| crate::decode::detect_name(&l.uri, r.format).err()).map(|e| e.to_string()),
+        };
+        match why {
+            Some(reason) => report.skipped.push(BadSource { uri: l.uri, reason }),
+            None => routable.push(l),
+        }
+    }
+    let (candidates, held, quarantined) = unseen(lake, routable).await?;
     (report.held, report.quarantined_before) = (held, quarantined);
     if plan.dry_run {
         report.not_done = candidates.len();
@@ -217,7 +236,7 @@ pub async fn backfill(lake: &Lake, plan: Plan<'_>, progress: Arc<Progress>, mut 
     while !rest.is_empty() {
         // Leave a batch's worth of time: a batch that cannot finish is not started.
         let left = deadline.remaining();
-        if report.batches > 0 && left < plan.budget.timeout / 4 {
+        if left.is_zero() || (report.batches > 0 && left < plan.budget.timeout / 4) {
             break;
         }
         let (batch, after) = rest.split_at(plan.batch.min(rest.len()));

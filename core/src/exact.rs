@@ -29,6 +29,8 @@ enum Kind {
     Int { min: i128, max: i128 },
     /// Any number; integers only where the float holds them exactly.
     Float { mantissa: u32 },
+    /// ISO-8601 text only (a number would be read as raw days or ticks).
+    Time(TimeText),
 }
 
 impl Kind {
@@ -46,12 +48,13 @@ impl Kind {
             DataType::Float16 => Some(Kind::Float { mantissa: 11 }),
             DataType::Float32 => Some(Kind::Float { mantissa: 24 }),
             DataType::Float64 => Some(Kind::Float { mantissa: 53 }),
-            _ => None,
+            other => TimeText::of(other).map(Kind::Time),
         }
     }
 
     fn integer(self, v: i128) -> Result<(), Problem> {
         match self {
+            Kind::Time(_) => Err(Problem::NumberAsTime(v.to_string())),
             Kind::Int { min, max } if v < min || v > max => Err(Problem::OutOfRange(v.to_string())),
             // Exact iff its significant bits fit the mantissa (float16's
             // exponent tops out first, at 65504).
@@ -65,6 +68,9 @@ impl Kind {
     }
 
     fn float(self, v: f64) -> Result<(), Problem> {
+        if let Kind::Time(_) = self {
+            return Err(Problem::NumberAsTime(v.to_string()));
+        }
         let Kind::Int { min, max } = self else { return Ok(()) };
         // Below 2^53 an f64 holds the literal's integer exactly; above, the
         // literal (say 9007199254740993.0) may already have rounded.
@@ -83,6 +89,8 @@ impl Kind {
 #[derive(Debug)]
 enum Problem {
     Quoted(String),
+    NumberAsTime(String),
+    Time(String),
     NotWhole(String),
     OutOfRange(String),
     Rounds(String),
@@ -132,6 +140,8 @@ fn explain(problem: &Problem, column_type: &str) -> String {
             "a quoted string ({}) where the column is {column_type}: write numbers without quotes, or declare the column as a string",
             shown(s)
         ),
+        Problem::NumberAsTime(v) => format!("a number ({v}) where the column is {column_type}: write ISO-8601 text (2026-11-30, 2026-11-30T05:00:00Z)"),
+        Problem::Time(reason) => reason.clone(),
         Problem::NotWhole(v) => format!("{v} is not a whole number and the column is {column_type}: storing it would change the value"),
         Problem::OutOfRange(v) => format!("{v} is out of range for {column_type}"),
         Problem::Rounds(v) => format!("{v} cannot be held exactly by {column_type}: storing it would change the value"),
@@ -215,7 +225,10 @@ impl<'de> Visitor<'de> for Number {
         Ok(self.0.float(v))
     }
     fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
-        Ok(Err(Problem::Quoted(v.to_string())))
+        Ok(match self.0 {
+            Kind::Time(t) => t.check(v).map_err(Problem::Time),
+            _ => Err(Problem::Quoted(v.to_string())),
+        })
     }
     // Nulls pass; booleans, arrays and objects are arrow's to refuse.
     fn visit_unit<E>(self) -> Result<Self::Value, E> {
@@ -241,6 +254,14 @@ pub fn cast_column(column: &ArrayRef, to: &DataType) -> Result<ArrayRef, (Option
     let (from_name, to_name) = (types::name(from), types::name(to));
     if is_string(from) && !(is_string(to) || to.is_temporal()) {
         return Err((None, format!("the file's column is {from_name} and the table's is {to_name}: quoted values are not converted")));
+    }
+    if from.is_integer() && to.is_temporal() {
+        return Err((None, format!("the file's column is {from_name} and the table's is {to_name}: numbers are not read as dates or times")));
+    }
+    if is_string(from)
+        && let Err((row, reason)) = text_column(column, to)
+    {
+        return Err((Some(row), reason));
     }
     let safe = CastOptions { safe: true, ..Default::default() };
     let cast = cast_with_options(column, to, &safe).map_err(|e| (None, format!("cannot cast {from_name} to {to_name}: {e}")))?;
@@ -276,4 +297,74 @@ fn value(array: &ArrayRef, row: usize) -> String {
     ArrayFormatter::try_new(array.as_ref(), &FormatOptions::default())
         .map(|f| f.value(row).to_string())
         .unwrap_or_else(|_| "the value".to_string())
+}
+
+/// What ISO-8601 text a date or timestamp column takes without losing part
+/// of it: a date column only dates (not a time of day), a timestamp column
+/// no digits below its unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeText {
+    Date,
+    /// Nanoseconds per tick of the column's unit.
+    Timestamp { tick_nanos: u32 },
+}
+
+impl TimeText {
+    pub fn of(t: &DataType) -> Option<TimeText> {
+        use arrow::datatypes::TimeUnit;
+        match t {
+            DataType::Date32 | DataType::Date64 => Some(TimeText::Date),
+            DataType::Timestamp(unit, _) => Some(TimeText::Timestamp {
+                tick_nanos: match unit {
+                    TimeUnit::Second => 1_000_000_000,
+                    TimeUnit::Millisecond => 1_000_000,
+                    TimeUnit::Microsecond => 1_000,
+                    TimeUnit::Nanosecond => 1,
+                },
+            }),
+            _ => None,
+        }
+    }
+
+    /// `Err` says why `text` would not be stored as written. Text that does
+    /// not parse at all is left to the reader, which refuses it.
+    pub fn check(self, text: &str) -> Result<(), String> {
+        use chrono::{DateTime, NaiveDate, NaiveDateTime, Timelike};
+        let time = DateTime::parse_from_rfc3339(text)
+            .map(|t| t.naive_utc())
+            .or_else(|_| NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f"))
+            .or_else(|_| NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f"));
+        match (self, time) {
+            (TimeText::Date, Ok(_)) if NaiveDate::parse_from_str(text, "%Y-%m-%d").is_err() => {
+                Err(format!("{} has a time of day and the column is a date: storing it would drop the time", shown(text)))
+            }
+            (TimeText::Timestamp { tick_nanos }, Ok(t)) if t.nanosecond() % tick_nanos != 0 => Err(format!(
+                "{} has digits below the column's unit: storing it would truncate them",
+                shown(text)
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Text (CSV fields) into `to`: each value as written, or the first row
+/// whose value would change (a float column that would round an integer,
+/// a date column given a time, a timestamp given finer digits).
+pub fn text_column(column: &ArrayRef, to: &DataType) -> Result<(), (usize, String)> {
+    use arrow::array::AsArray;
+    let Some(strings) = column.as_string_opt::<i32>() else { return Ok(()) };
+    let check: Box<dyn Fn(&str) -> Result<(), String>> = match (Kind::of(to), TimeText::of(to)) {
+        (_, Some(t)) => Box::new(move |s| t.check(s)),
+        (Some(kind @ Kind::Float { .. }), _) => Box::new(move |s: &str| match s.trim().parse::<i128>() {
+            Ok(v) => kind.integer(v).map_err(|p| explain(&p, &types::name(to))),
+            Err(_) => Ok(()),
+        }),
+        _ => return Ok(()),
+    };
+    for (row, value) in strings.iter().enumerate() {
+        if let Some(v) = value {
+            check(v).map_err(|reason| (row, reason))?;
+        }
+    }
+    Ok(())
 }

@@ -160,6 +160,11 @@ pub async fn run(lake: &Lake, requests: Vec<TableRequest>, budget: Budget, progr
         if request.mode == Some(Mode::Upsert) && request.key.is_none() {
             return Err(Error::Usage(format!("table '{}': --mode upsert needs --key COLUMN", request.table)));
         }
+        if request.mode == Some(Mode::Append) && request.key.is_some() {
+            return Err(Error::Usage(format!("table '{}': --key is the upsert key; an append table has none (drop --key or use --mode upsert)", request.table)));
+        }
+        // A key alone asks for an upsert table.
+        let request = TableRequest { mode: request.mode.or(request.key.as_ref().map(|_| Mode::Upsert)), ..request };
         let mut sources: Vec<(Source, Detected)> = Vec::with_capacity(request.sources.len());
         // One HEAD (or hash pass) each, a bounded number at a time, in order.
         // The first failure stops the rest (resolving has no effects to undo).

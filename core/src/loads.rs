@@ -96,7 +96,14 @@ pub async fn list(lake: &Lake, filter: &Filter) -> Result<Vec<Entry>> {
         }
     }
     if filter.wants(Status::Quarantined) && filter.table.is_none() {
-        out.extend(quarantined(lake, filter).await?);
+        let found = quarantined(lake, filter).await?;
+        // A quarantined file delivered again and ingested is no longer
+        // quarantined: look for it among the versions since the oldest.
+        if let Some(oldest) = found.iter().map(|q| q.at).min() {
+            let since = Filter { table: None, since: Some(oldest), statuses: Vec::new(), limit: usize::MAX };
+            let later: std::collections::BTreeSet<String> = ingested(lake, &since).await?.into_iter().map(|e| e.identity).collect();
+            out.extend(found.into_iter().filter(|q| !later.contains(&q.identity)));
+        }
     }
     if filter.wants(Status::Ingested) {
         out.extend(ingested(lake, filter).await?);

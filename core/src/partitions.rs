@@ -131,6 +131,13 @@ pub fn split(target: &SchemaRef, uri: &str) -> Result<(SchemaRef, Option<AddValu
         return Ok((Arc::clone(target), None));
     }
     let values = segments(uri);
+    if let Some((k, v)) = values.iter().find(|(k, _)| !names.contains(k)) {
+        return Err(Error::BadInput(BadInput {
+            source_uri: uri.to_string(),
+            location: Location::default(),
+            reason: format!("the path has a partition folder {k}={v} the table does not store (it partitions by {names:?}): its value would be lost"),
+        }));
+    }
     let file = Arc::new(Schema::new_with_metadata(
         target.fields().iter().filter(|f| !names.contains(f.name())).cloned().collect::<Vec<_>>(),
         target.metadata().clone(),
@@ -179,7 +186,7 @@ fn parse(text: &ArrayRef, t: &DataType) -> std::result::Result<ArrayRef, String>
     let safe = arrow::compute::CastOptions { safe: true, ..Default::default() };
     let cast = arrow::compute::cast_with_options(text, t, &safe).map_err(|e| format!("cannot read it as {}: {e}", types::name(t)))?;
     if cast.null_count() > 0 {
-        return Err(format!("not a {} value", types::name(t)));
+        return Err(format!("not a value of type {}", types::name(t)));
     }
     Ok(cast)
 }

@@ -48,7 +48,7 @@ pub struct Status {
 }
 
 fn not_initialised(lake: &Lake) -> Error {
-    Error::Usage(format!("no lake at {}: run `sluice --root {} init` or ingest something first", lake.uri(), lake.uri()))
+    Error::Usage(format!("no lake at {}: check --root (or SLUICE_ROOT) for a typo, or create it with `sluice --root {} init`", lake.uri(), lake.uri()))
 }
 
 /// The manifest at `at`, or the latest.

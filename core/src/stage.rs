@@ -162,7 +162,7 @@ pub(crate) fn check_mode(request: &TableRequest, mode: Mode, key: Option<&str>) 
     if let Some(asked) = request.mode
         && asked != mode
     {
-        return Err(Error::Usage(format!("table '{}' is a {mode} table; it cannot take --mode {asked}", request.table)));
+        return Err(Error::Usage(format!("table '{}' takes rows by {mode}; it cannot take --mode {asked}", request.table)));
     }
     if let (Some(asked), Some(key)) = (request.key.as_deref(), key)
         && asked != key

@@ -40,10 +40,13 @@ fn join(a: Guess, b: Guess) -> Guess {
     }
 }
 
-/// Watches the top-level string values of JSON records.
+/// Watches the top-level values of JSON records: which strings are times,
+/// and the order keys first appear in (the table's column order).
 #[derive(Debug, Default)]
 pub struct TimeColumns {
     guesses: HashMap<String, Guess>,
+    order: Vec<String>,
+    seen: std::collections::HashSet<String>,
 }
 
 impl TimeColumns {
@@ -55,14 +58,47 @@ impl TimeColumns {
                 serde_json::Value::String(s) => classify(s),
                 _ => Guess::Text,
             };
-            self.guesses.entry(key.clone()).and_modify(|g| *g = join(*g, guess)).or_insert(guess);
+            match self.guesses.get_mut(key) {
+                Some(g) => *g = join(*g, guess),
+                None => {
+                    self.guesses.insert(key.clone(), guess);
+                }
+            }
+        }
+
+    }
+
+    /// Note the keys of one record's raw text in the order they are written
+    /// (a parsed `serde_json::Value` has them sorted).
+    pub fn observe_order(&mut self, line: &[u8]) {
+        struct Keys<'a>(&'a mut TimeColumns);
+        impl<'de> serde::de::Visitor<'de> for Keys<'_> {
+            type Value = ();
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    if self.0.order.len() < MAX_ORDERED && !self.0.seen.contains(key.as_ref()) {
+                        self.0.seen.insert(key.to_string());
+                        self.0.order.push(key.into_owned());
+                    }
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+                Ok(())
+            }
+        }
+        if self.order.len() < MAX_ORDERED {
+            let _ = serde::Deserializer::deserialize_map(&mut serde_json::Deserializer::from_slice(line), Keys(self));
         }
     }
 
     /// `schema` (as arrow inferred it: such columns are strings) with the
     /// columns that held only dates or only timestamps typed as such.
     pub fn apply(&self, schema: Schema) -> Schema {
-        let fields: Vec<Field> = schema
+        let rank: HashMap<&str, usize> = self.order.iter().enumerate().map(|(i, k)| (k.as_str(), i)).collect();
+        let position = |name: &str| rank.get(name).copied().unwrap_or(usize::MAX);
+        let mut fields: Vec<Field> = schema
             .fields()
             .iter()
             .map(|f| match (f.data_type(), self.guesses.get(f.name())) {
@@ -71,9 +107,13 @@ impl TimeColumns {
                 _ => f.as_ref().clone(),
             })
             .collect();
+        fields.sort_by_key(|f| position(f.name()));
         Schema::new_with_metadata(fields, schema.metadata().clone())
     }
 }
+
+/// Keys whose first-seen order is kept (beyond, arrow's order stands).
+const MAX_ORDERED: usize = 4096;
 
 fn timestamp(nanos: bool) -> DataType {
     DataType::Timestamp(if nanos { TimeUnit::Nanosecond } else { TimeUnit::Microsecond }, Some("UTC".into()))

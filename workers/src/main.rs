@@ -42,7 +42,7 @@ struct Cli {
     retention_floor: Duration,
     /// Let ingest, load and backfill create the lake if the root holds none
     /// (otherwise that is an error: `sluice init` creates it).
-    #[arg(long, global = true, env = "SLUICE_CREATE")]
+    #[arg(long, global = true, env = "SLUICE_CREATE", value_parser = clap::builder::BoolishValueParser::new(), num_args = 0, default_missing_value = "true", default_value = "false")]
     create: bool,
     #[command(subcommand)]
     command: Command,
@@ -51,8 +51,9 @@ struct Cli {
 /// How CSV sources are written.
 #[derive(clap::Args, Clone)]
 struct CsvArgs {
-    /// CSV field delimiter (default: the one of , ; tab | the first line uses most).
-    #[arg(long)]
+    /// CSV field delimiter: a character, or tab / '\t' (default: a tab for .tsv files, else
+    /// the one of , ; tab | the first line uses most).
+    #[arg(long, value_parser = parse_delimiter)]
     delimiter: Option<char>,
     /// CSV quote character.
     #[arg(long, default_value_t = '"')]
@@ -63,6 +64,19 @@ struct CsvArgs {
     /// A CSV text meaning null, besides the empty field (repeatable: --null NA --null '\N').
     #[arg(long = "null")]
     nulls: Vec<String>,
+}
+
+fn parse_delimiter(s: &str) -> std::result::Result<char, String> {
+    match s {
+        "tab" | "\\t" | "\t" => Ok('\t'),
+        _ => {
+            let mut chars = s.chars();
+            match (chars.next(), chars.next()) {
+                (Some(c), None) => Ok(c),
+                _ => Err(format!("'{s}': one character, or tab")),
+            }
+        }
+    }
 }
 
 impl CsvArgs {
@@ -751,6 +765,9 @@ async fn backfill(lake: &Lake, plan: sluice::discover::Plan<'_>, json: bool) -> 
         }
         for b in &report.bad {
             out.push_str(&format!("\nquarantined: {}", b.reason));
+        }
+        for s in &report.skipped {
+            out.push_str(&format!("\nskipped: {}: {}", s.uri, s.reason));
         }
         out
     });
