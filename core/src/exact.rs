@@ -329,16 +329,12 @@ impl TimeText {
     /// `Err` says why `text` would not be stored as written. Text that does
     /// not parse at all is left to the reader, which refuses it.
     pub fn check(self, text: &str) -> Result<(), String> {
-        use chrono::{DateTime, NaiveDate, NaiveDateTime, Timelike};
-        let time = DateTime::parse_from_rfc3339(text)
-            .map(|t| t.naive_utc())
-            .or_else(|_| NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f"))
-            .or_else(|_| NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f"));
-        match (self, time) {
-            (TimeText::Date, Ok(_)) if NaiveDate::parse_from_str(text, "%Y-%m-%d").is_err() => {
+        use chrono::{NaiveDate, Timelike};
+        match (self, crate::times::parse_timestamp(text)) {
+            (TimeText::Date, Some(_)) if NaiveDate::parse_from_str(text, "%Y-%m-%d").is_err() => {
                 Err(format!("{} has a time of day and the column is a date: storing it would drop the time", shown(text)))
             }
-            (TimeText::Timestamp { tick_nanos }, Ok(t)) if t.nanosecond() % tick_nanos != 0 => Err(format!(
+            (TimeText::Timestamp { tick_nanos }, Some(t)) if t.nanosecond() % tick_nanos != 0 => Err(format!(
                 "{} has digits below the column's unit: storing it would truncate them",
                 shown(text)
             )),

@@ -22,14 +22,20 @@ fn classify(s: &str) -> Guess {
     if s.len() == 10 && NaiveDate::parse_from_str(s, "%Y-%m-%d").is_ok() {
         return Guess::Date;
     }
-    let time = DateTime::parse_from_rfc3339(s)
+    match parse_timestamp(s) {
+        Some(t) => Guess::Timestamp { nanos: t.nanosecond() % 1000 != 0 },
+        None => Guess::Text,
+    }
+}
+
+/// ISO-8601 timestamp text as an instant (UTC): RFC 3339, or a `T` or space
+/// between date and time with no zone (meaning UTC).
+pub fn parse_timestamp(s: &str) -> Option<NaiveDateTime> {
+    DateTime::parse_from_rfc3339(s)
         .map(|t| t.naive_utc())
         .or_else(|_| NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f"))
-        .or_else(|_| NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f"));
-    match time {
-        Ok(t) => Guess::Timestamp { nanos: t.nanosecond() % 1000 != 0 },
-        Err(_) => Guess::Text,
-    }
+        .or_else(|_| NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f"))
+        .ok()
 }
 
 fn join(a: Guess, b: Guess) -> Guess {
