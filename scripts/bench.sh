@@ -3,8 +3,9 @@
 # Builds release binaries (once per machine: ~48 min on 2 cores), then runs
 # sluice-bench on local disk (wall time, peak RSS, concurrency) and on the local
 # S3 server (requests per ingest, where every request is visible).
-# Usage: scripts/bench.sh [--quick] [--only throughput,depth,rss,latency,recovery,optimize,cleanup,search]
-# (search: 200,000 768-dim vectors in 100 ingests, IVF_PQ + BTREE; local disk only)
+# Usage: scripts/bench.sh [--quick] [--only throughput,roundtrips,contention,depth,rss,latency,recovery,optimize,cleanup,search,backfill,sources]
+# (search: 200,000 768-dim vectors in 100 ingests, IVF_PQ + BTREE; local disk only.
+# roundtrips, contention: 20 ms added to every request, sluice's and Lance's alike.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
@@ -25,8 +26,8 @@ while [ $# -gt 0 ]; do
 done
 
 if [ "$QUICK" = 1 ]; then
-  LOCAL_ARGS=(--sizes 1,8 --reps 3 --depth 50 --big-mb 64 --vectors 20000 --dims 128 --batches 20 --queries 50)
-  S3_ARGS=(--sizes 1 --reps 3 --depth 50 --big-mb 1)
+  LOCAL_ARGS=(--sizes 1,8 --reps 3 --depth 50 --big-mb 64 --vectors 20000 --dims 128 --batches 20 --queries 50 --writers 1,8)
+  S3_ARGS=(--sizes 1 --reps 3 --depth 50 --big-mb 1 --writers 1,8)
 else
   LOCAL_ARGS=(--sizes 1,64 --reps 5 --depth 1000 --big-mb 1024)
   S3_ARGS=(--sizes 1 --reps 3 --depth 1000 --big-mb 1)
@@ -44,5 +45,5 @@ export AWS_EC2_METADATA_DISABLED=true
 echo "## local S3 server (moto): request counts are exact; wall times measure moto"
 # The search section runs on local disk only (moto would measure moto).
 S3_ONLY=("${ONLY[@]}")
-[ ${#S3_ONLY[@]} -eq 0 ] && S3_ONLY=(--only throughput,depth,rss,latency,recovery,optimize,cleanup)
+[ ${#S3_ONLY[@]} -eq 0 ] && S3_ONLY=(--only throughput,roundtrips,contention,depth,rss,latency,recovery,optimize,cleanup,backfill)
 "$BENCH" --root s3://sluice-bench --work "${TMPDIR:-/tmp}/sluice-bench-s3" "${S3_ARGS[@]}" "${S3_ONLY[@]}"

@@ -43,6 +43,22 @@ fn cases() -> Vec<Case> {
         },
         Case { name: "empty file", file: "empty.jsonl", content: Vec::new(), line: None, column: None },
         Case {
+            // Chunks of a large file decode in parallel: the first bad line
+            // in the file is the one named, not the first chunk to finish.
+            name: "bad lines in two later chunks",
+            file: "late.jsonl",
+            content: (1..=30_000)
+                .map(|line| match line {
+                    20_001 => "{\"id\": 7.5, \"name\": \"x\", \"score\": 1.0}\n".to_string(),
+                    29_000 => "{\"id\": 29000, \"name\": \n".to_string(),
+                    _ => format!("{{\"id\": {line}, \"name\": \"n\", \"score\": 1.5}}\n"),
+                })
+                .collect::<String>()
+                .into_bytes(),
+            line: Some(20_001),
+            column: Some("id"),
+        },
+        Case {
             name: "binary file",
             file: "binary.jsonl",
             content: (0u8..=255).cycle().take(4096).collect(),

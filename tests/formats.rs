@@ -338,6 +338,23 @@ fn a_new_table_is_inferred_from_its_whole_first_file() {
     }
 }
 
+/// A large JSONL file is decoded in chunks on several threads; its rows are
+/// stored in the order written, every one once.
+#[test]
+fn a_large_file_keeps_its_row_order() {
+    let b = local();
+    let dir = tempfile::tempdir().unwrap();
+    // 9 chunks of 8192 lines, the last one short.
+    let ids: Vec<i64> = (0..70_000).map(|i| (i * 7919) % 70_001).collect();
+    let rows: String = ids.iter().map(|i| format!("{{\"id\": {i}, \"name\": \"n{i}\", \"score\": 0.5}}\n")).collect();
+    let path = write(dir.path(), "large.jsonl", rows.as_bytes());
+    let out = run(sluice(&b.root).args(["ingest", "--table", "t"]).arg(&path));
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run(sluice(&b.root).args(["scan", "t"]));
+    let scanned: Vec<i64> = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].as_i64().unwrap()).collect();
+    assert_eq!(scanned, ids, "rows in file order");
+}
+
 /// A source delivered again under another table name is reported as already
 /// ingested into the table it really went to.
 #[test]

@@ -98,25 +98,24 @@ fn workload(kind: Kind, root: String, dir: &Path) -> Workload {
         let out = run(sluice(&root).args(["ingest", "--table", table]).args(*extra).arg(&seed));
         assert_eq!(out.status.code(), Some(0), "seeding {table}");
     }
-    let timeout = ["--timeout".to_string(), "4s".to_string()];
     let (args, expect): (Vec<String>, _) = match kind {
         Kind::Append => {
             let f = jsonl(dir, "new-t.jsonl", 100..110);
-            (["ingest", "--table", "t"].map(String::from).into_iter().chain(timeout).chain([f.display().to_string()]).collect(), vec![("t", (0..5).chain(100..110).collect())])
+            (["ingest", "--table", "t"].map(String::from).into_iter().chain([f.display().to_string()]).collect(), vec![("t", (0..5).chain(100..110).collect())])
         }
         Kind::Upsert => {
             // Keys 3 and 4 exist: updated in place, never duplicated.
             let f = jsonl(dir, "new-u.jsonl", 3..13);
-            (["ingest", "--table", "u"].map(String::from).into_iter().chain(timeout).chain([f.display().to_string()]).collect(), vec![("u", (0..13).collect())])
+            (["ingest", "--table", "u"].map(String::from).into_iter().chain([f.display().to_string()]).collect(), vec![("u", (0..13).collect())])
         }
-        Kind::Optimize => (["optimize", "o"].map(String::from).into_iter().chain(timeout).collect(), vec![("o", (0..30).collect())]),
-        Kind::Index => (["index", "create", "x", "id", "--type", "btree"].map(String::from).into_iter().chain(timeout).collect(), vec![("x", (0..5).collect())]),
+        Kind::Optimize => (["optimize", "o"].map(String::from).into_iter().collect(), vec![("o", (0..30).collect())]),
+        Kind::Index => (["index", "create", "x", "id", "--type", "btree"].map(String::from).into_iter().collect(), vec![("x", (0..5).collect())]),
         Kind::Load => {
             jsonl(dir, "new-a.jsonl", 100..110);
             jsonl(dir, "new-b.jsonl", 200..215);
             let d = write(dir, "load.json", br#"{"tables": [{"table": "a", "sources": ["new-a.jsonl"]}, {"table": "b", "sources": ["new-b.jsonl"]}]}"#);
             (
-                ["load".to_string(), d.display().to_string()].into_iter().chain(timeout).collect(),
+                ["load".to_string(), d.display().to_string()].into_iter().collect(),
                 vec![("a", (0..5).chain(100..110).collect()), ("b", (0..5).chain(200..215).collect())],
             )
         }
@@ -136,7 +135,8 @@ fn crash(cmd: &mut std::process::Command, fp: &str, how: Crash) {
 fn run_case(case: Case, root: String, dir: &Path) {
     let w = workload(case.kind, root, dir);
     let writer_crash = if case.sweep.is_some() { Crash::Kill9 } else { case.crash };
-    crash(sluice(&w.root).args(&w.args), case.writer, writer_crash);
+    // The crashed writer's deadline is short, so sweeps soon may act on it.
+    crash(sluice(&w.root).args(&w.args).args(["--timeout", "4s"]), case.writer, writer_crash);
 
     if let Some(fp) = case.sweep {
         // Wait the writer out, then crash the first sweep at its own step.
@@ -152,7 +152,8 @@ fn run_case(case: Case, root: String, dir: &Path) {
     sweep_until_clean(&w.root, Duration::from_secs(60));
 
     // Redeliver: the source's rows end up published exactly once.
-    let out = run(sluice(&w.root).args(&w.args));
+    // The redelivery's is long: it proves convergence, not speed under load.
+    let out = run(sluice(&w.root).args(&w.args).args(["--timeout", "60s"]));
     assert_eq!(out.status.code(), Some(0), "{case:?}: the redelivery succeeds");
     if case.kind == Kind::Optimize {
         let s = status(&w.root);

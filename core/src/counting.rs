@@ -4,6 +4,11 @@
 //! The lake wraps both its own store and Lance's stores in one shared
 //! [`RequestCounts`], so a test or the benchmark can measure what one operation
 //! costs in requests, whoever sent them.
+//!
+//! It also measures the critical path in round trips: a request that starts
+//! after requests of depth `d` finished has depth `d + 1`; requests in flight
+//! together share a depth. The deepest finished request is how many round trips
+//! one operation waited for, in sequence (meaningful for one operation at a time).
 
 use std::fmt;
 use std::ops::Range;
@@ -35,6 +40,20 @@ pub struct RequestCounts {
     list: AtomicU64,
     delete: AtomicU64,
     copy: AtomicU64,
+    /// The depth of the deepest finished request.
+    frontier: AtomicU64,
+}
+
+/// One request in flight: finishes (at its depth) when dropped.
+struct Trip {
+    counts: Arc<RequestCounts>,
+    depth: u64,
+}
+
+impl Drop for Trip {
+    fn drop(&mut self) {
+        self.counts.frontier.fetch_max(self.depth, Ordering::Relaxed);
+    }
 }
 
 /// A point-in-time copy of [`RequestCounts`].
@@ -46,6 +65,8 @@ pub struct RequestSnapshot {
     pub list: u64,
     pub delete: u64,
     pub copy: u64,
+    /// Round trips in sequence so far (see the module doc).
+    pub round_trips: u64,
 }
 
 impl RequestSnapshot {
@@ -62,6 +83,7 @@ impl RequestSnapshot {
             list: self.list - earlier.list,
             delete: self.delete - earlier.delete,
             copy: self.copy - earlier.copy,
+            round_trips: self.round_trips - earlier.round_trips,
         }
     }
 }
@@ -75,11 +97,19 @@ impl RequestCounts {
             list: self.list.load(Ordering::Relaxed),
             delete: self.delete.load(Ordering::Relaxed),
             copy: self.copy.load(Ordering::Relaxed),
+            round_trips: self.frontier.load(Ordering::Relaxed),
         }
     }
 
     fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A request starts now: one deeper than everything finished so far.
+    fn trip(self: &Arc<Self>) -> Trip {
+        let depth = self.frontier.load(Ordering::Relaxed) + 1;
+        tracing::trace!(target: "sluice::requests", depth, "round trip");
+        Trip { counts: Arc::clone(self), depth }
     }
 }
 
@@ -107,6 +137,7 @@ impl ObjectStore for CountingStore {
     async fn put_opts(&self, location: &Path, payload: PutPayload, opts: PutOptions) -> Result<PutResult> {
         note("PUT", location);
         RequestCounts::bump(&self.counts.put);
+        let _trip = self.counts.trip();
         self.inner.put_opts(location, payload, opts).await
     }
 
@@ -117,6 +148,7 @@ impl ObjectStore for CountingStore {
     ) -> Result<Box<dyn MultipartUpload>> {
         note("PUT (multipart)", location);
         RequestCounts::bump(&self.counts.put);
+        let _trip = self.counts.trip();
         let upload = self.inner.put_multipart_opts(location, opts).await?;
         Ok(Box::new(CountingUpload { upload, counts: Arc::clone(&self.counts) }))
     }
@@ -125,6 +157,7 @@ impl ObjectStore for CountingStore {
         let counter = if options.head { &self.counts.head } else { &self.counts.get };
         note(if options.head { "HEAD" } else { "GET" }, location);
         RequestCounts::bump(counter);
+        let _trip = self.counts.trip();
         self.inner.get_opts(location, options).await
     }
 
@@ -132,6 +165,7 @@ impl ObjectStore for CountingStore {
         // Stores coalesce ranges into GETs; one call is at least one request.
         note("GET (ranges)", location);
         RequestCounts::bump(&self.counts.get);
+        let _trip = self.counts.trip();
         self.inner.get_ranges(location, ranges).await
     }
 
@@ -145,31 +179,43 @@ impl ObjectStore for CountingStore {
                 RequestCounts::bump(&counts.delete)
             })
             .boxed();
-        self.inner.delete_stream(locations)
+        until_done(self.inner.delete_stream(locations), self.counts.trip())
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
         note("LIST", &prefix.cloned().unwrap_or_default());
         RequestCounts::bump(&self.counts.list);
-        self.inner.list(prefix)
+        until_done(self.inner.list(prefix), self.counts.trip())
     }
 
     fn list_with_offset(&self, prefix: Option<&Path>, offset: &Path) -> BoxStream<'static, Result<ObjectMeta>> {
         note("LIST (offset)", &prefix.cloned().unwrap_or_default());
         RequestCounts::bump(&self.counts.list);
-        self.inner.list_with_offset(prefix, offset)
+        until_done(self.inner.list_with_offset(prefix, offset), self.counts.trip())
     }
 
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
         note("LIST (delimiter)", &prefix.cloned().unwrap_or_default());
         RequestCounts::bump(&self.counts.list);
+        let _trip = self.counts.trip();
         self.inner.list_with_delimiter(prefix).await
     }
 
     async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {
         RequestCounts::bump(&self.counts.copy);
+        let _trip = self.counts.trip();
         self.inner.copy_opts(from, to, options).await
     }
+}
+
+/// `stream`, its request finishing when the stream is done (or dropped).
+fn until_done<T: Send + 'static>(stream: BoxStream<'static, T>, trip: Trip) -> BoxStream<'static, T> {
+    stream
+        .map(move |item| {
+            let _ = &trip;
+            item
+        })
+        .boxed()
 }
 
 #[derive(Debug)]
@@ -182,11 +228,18 @@ struct CountingUpload {
 impl MultipartUpload for CountingUpload {
     fn put_part(&mut self, data: PutPayload) -> UploadPart {
         RequestCounts::bump(&self.counts.put);
-        self.upload.put_part(data)
+        let trip = self.counts.trip();
+        let part = self.upload.put_part(data);
+        Box::pin(async move {
+            let done = part.await;
+            drop(trip);
+            done
+        })
     }
 
     async fn complete(&mut self) -> Result<PutResult> {
         RequestCounts::bump(&self.counts.put);
+        let _trip = self.counts.trip();
         self.upload.complete().await
     }
 
@@ -217,6 +270,7 @@ impl object_store::list::PaginatedListStore for CountingLister {
     ) -> Result<object_store::list::PaginatedListResult> {
         note("LIST (paged)", &Path::from(prefix.unwrap_or_default()));
         RequestCounts::bump(&self.counts.list);
+        let _trip = self.counts.trip();
         self.inner.list_paginated(prefix, opts).await
     }
 }

@@ -4,7 +4,7 @@
 //! Parsing is arrow's and parquet's; this module only chooses the reader,
 //! decompresses, conforms columns to the table schema and locates errors.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::{BufRead, BufReader, Read};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -469,35 +469,109 @@ fn list_len(column: &ArrayRef, row: usize) -> Option<usize> {
 /// JSON Lines. A batch of lines is read into one buffer and decoded in one
 /// call; only when that fails, or yields a row count other than the line
 /// count, are its lines decoded one by one to name the bad one.
+/// JSON Lines as batches of the table schema. The reading thread cuts the
+/// file into chunks at line boundaries; each chunk is decoded (and checked for
+/// values that would change) on a thread of its own, at most `DECODE_WINDOW`
+/// at once, and the batches come back in file order, so the first bad line in
+/// the file is the one reported.
 struct JsonLines {
-    source: Source,
     reader: Box<dyn BufRead + Send>,
-    decoder: arrow::json::reader::Decoder,
+    chunks: Arc<JsonChunks>,
+    line: u64,
+    done: bool,
+    in_flight: VecDeque<Decoding>,
+}
+
+/// A chunk being decoded, or one whose outcome is known (a read error).
+enum Decoding {
+    Thread(std::thread::JoinHandle<Result<Option<RecordBatch>>>),
+    Ready(Result<Option<RecordBatch>>),
+}
+
+/// Up to this many lines, or this many bytes (a chunk always holds at least one line).
+const CHUNK_BYTES: usize = 8 << 20;
+
+/// Chunks decoded at once: the cores, plus one being read.
+fn decode_window() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 8) + 1
+}
+
+/// What every chunk of one source is decoded with.
+struct JsonChunks {
+    source: Source,
     schema: SchemaRef,
     /// The table's numeric columns, whose values arrow would change silently.
     numbers: Option<JsonNumbers>,
-    line: u64,
-    /// The current batch's bytes, and each record's (line number, byte range) in it.
+}
+
+/// Lines of one file: their bytes, and each record's (line number, byte range) in them.
+struct Chunk {
     buf: Vec<u8>,
     records: Vec<(u64, std::ops::Range<usize>)>,
-    done: bool,
 }
 
 impl JsonLines {
     fn new(source: &Source, reader: Box<dyn BufRead + Send>, schema: SchemaRef) -> Result<JsonLines> {
+        JsonChunks::decoder(&schema)?;
+        let numbers = JsonNumbers::for_schema(&schema);
         Ok(JsonLines {
-            source: source.clone(),
             reader,
-            decoder: Self::decoder(&schema)?,
-            numbers: JsonNumbers::for_schema(&schema),
-            schema,
+            chunks: Arc::new(JsonChunks { source: source.clone(), schema, numbers }),
             line: 0,
-            buf: Vec::new(),
-            records: Vec::with_capacity(BATCH_ROWS),
             done: false,
+            in_flight: VecDeque::new(),
         })
     }
 
+    /// The next chunk of lines, `None` at the end of the file.
+    fn read_chunk(&mut self) -> Result<Option<Chunk>> {
+        let mut chunk = Chunk { buf: Vec::new(), records: Vec::with_capacity(BATCH_ROWS) };
+        while !self.done && chunk.records.len() < BATCH_ROWS && chunk.buf.len() < CHUNK_BYTES {
+            let start = chunk.buf.len();
+            let n = self
+                .reader
+                .read_until(b'\n', &mut chunk.buf)
+                .map_err(|e| bad(&self.chunks.source, Some(self.line + 1), None, format!("reading (truncated or corrupt file?): {e}")))?;
+            if n == 0 {
+                self.done = true;
+                break;
+            }
+            self.line += 1;
+            if chunk.buf[start..].iter().all(u8::is_ascii_whitespace) {
+                chunk.buf.truncate(start);
+                continue;
+            }
+            chunk.records.push((self.line, start..chunk.buf.len()));
+        }
+        Ok((!chunk.records.is_empty()).then_some(chunk))
+    }
+
+    fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
+        let window = decode_window();
+        while !self.done && self.in_flight.len() < window {
+            match self.read_chunk() {
+                Ok(Some(chunk)) => {
+                    let chunks = Arc::clone(&self.chunks);
+                    self.in_flight.push_back(Decoding::Thread(std::thread::spawn(move || chunks.decode(&chunk))));
+                }
+                Ok(None) => {}
+                // Reported after the chunks before it, which may hold an earlier bad line.
+                Err(e) => {
+                    self.done = true;
+                    self.in_flight.push_back(Decoding::Ready(Err(e)));
+                }
+            }
+        }
+        assert!(self.in_flight.len() <= window, "decoding is bounded");
+        match self.in_flight.pop_front() {
+            None => Ok(None),
+            Some(Decoding::Ready(result)) => result,
+            Some(Decoding::Thread(thread)) => thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+        }
+    }
+}
+
+impl JsonChunks {
     fn decoder(schema: &SchemaRef) -> Result<arrow::json::reader::Decoder> {
         arrow::json::ReaderBuilder::new(Arc::clone(schema))
             .with_batch_size(BATCH_ROWS)
@@ -514,11 +588,11 @@ impl JsonLines {
         bad(&self.source, Some(line), column, msg)
     }
 
-    /// The batch failed as a whole: find the first line that fails alone.
-    fn locate(&self, e: Option<ArrowError>) -> Error {
-        for (line, range) in &self.records {
+    /// The chunk failed as a whole: find the first line that fails alone.
+    fn locate(&self, chunk: &Chunk, e: Option<ArrowError>) -> Error {
+        for (line, range) in &chunk.records {
             let result = Self::decoder(&self.schema).and_then(|mut one| {
-                let bytes = &self.buf[range.clone()];
+                let bytes = &chunk.buf[range.clone()];
                 one.decode(bytes).map_err(|e| self.error(*line, &e))?;
                 if one.has_partial_record() || one.len() != 1 {
                     return Err(bad(&self.source, Some(*line), None, "not one complete JSON object on this line (truncated?)"));
@@ -532,38 +606,17 @@ impl JsonLines {
         bad(&self.source, None, None, e.map_or_else(|| "the batch did not decode".to_string(), |e| e.to_string()))
     }
 
-    fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
-        self.buf.clear();
-        self.records.clear();
-        while !self.done && self.records.len() < BATCH_ROWS {
-            let start = self.buf.len();
-            let n = self
-                .reader
-                .read_until(b'\n', &mut self.buf)
-                .map_err(|e| bad(&self.source, Some(self.line + 1), None, format!("reading (truncated or corrupt file?): {e}")))?;
-            if n == 0 {
-                self.done = true;
-                break;
-            }
-            self.line += 1;
-            if self.buf[start..].iter().all(u8::is_ascii_whitespace) {
-                self.buf.truncate(start);
-                continue;
-            }
-            self.records.push((self.line, start..self.buf.len()));
+    fn decode(&self, chunk: &Chunk) -> Result<Option<RecordBatch>> {
+        let mut decoder = Self::decoder(&self.schema)?;
+        match decoder.decode(&chunk.buf) {
+            Ok(used) if used == chunk.buf.len() && !decoder.has_partial_record() && decoder.len() == chunk.records.len() => {}
+            Ok(_) => return Err(self.locate(chunk, None)),
+            Err(e) => return Err(self.locate(chunk, Some(e))),
         }
-        if self.records.is_empty() {
-            return Ok(None);
-        }
-        match self.decoder.decode(&self.buf) {
-            Ok(used) if used == self.buf.len() && !self.decoder.has_partial_record() && self.decoder.len() == self.records.len() => {}
-            Ok(_) => return Err(self.locate(None)),
-            Err(e) => return Err(self.locate(Some(e))),
-        }
-        let batch = self.decoder.flush().map_err(|e| self.locate(Some(e)))?;
+        let batch = decoder.flush().map_err(|e| self.locate(chunk, Some(e)))?;
         if let Some(numbers) = &self.numbers {
-            for (line, range) in &self.records {
-                numbers.check(&self.buf[range.clone()]).map_err(|e| bad(&self.source, Some(*line), Some(e.column), e.reason))?;
+            for (line, range) in &chunk.records {
+                numbers.check(&chunk.buf[range.clone()]).map_err(|e| bad(&self.source, Some(*line), Some(e.column), e.reason))?;
             }
         }
         Ok(batch)
@@ -573,7 +626,13 @@ impl JsonLines {
 impl Iterator for JsonLines {
     type Item = Result<RecordBatch>;
     fn next(&mut self) -> Option<Self::Item> {
-        self.next_batch().transpose()
+        let next = self.next_batch();
+        if next.is_err() {
+            // Nothing after a bad line is read; chunks still decoding are dropped.
+            self.done = true;
+            self.in_flight.clear();
+        }
+        next.transpose()
     }
 }
 

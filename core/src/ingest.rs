@@ -154,17 +154,48 @@ pub async fn run(lake: &Lake, requests: Vec<TableRequest>, budget: Budget, progr
     if requests.is_empty() || requests.iter().any(|r| r.sources.is_empty()) {
         return Err(Error::Usage("nothing to ingest: give at least one source per table".into()));
     }
+    // The lake's latest manifest is read alongside the sources' HEADs (reads
+    // only: a source that cannot be read fails the call as before).
+    let requests = requests.into_iter().map(checked).collect::<Result<Vec<_>>>()?;
+    let started = std::time::Instant::now();
+    let (tables, base) = futures::join!(resolve(requests), manifest::writer_base(lake));
+    let (tables, mut base) = (tables?, base?);
+    // Until our intent exists only the manifest's retention protects our start
+    // pins, and its margin is the clock skew: a slow resolve reads them again.
+    if started.elapsed() > lake.timing().clock_skew {
+        base = manifest::writer_base(lake).await?;
+    }
+    let bytes: u64 = tables.iter().flat_map(|t| t.sources.iter().map(|(s, _)| s.size)).sum();
+    progress.bytes_total.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+    let op = operation_id(&tables);
+    let attempt = uuid::Uuid::now_v7().to_string();
+    let door = Door {
+        w: Stager { lake, op: op.clone(), intent: attempt.clone(), attempt, deadline, progress, multi: tables.len() > 1 },
+        sources: tables.iter().flat_map(|t| t.sources.iter().map(|(s, _)| s.clone())).collect(),
+        skew: budget.clock_skew,
+    };
+    let mut report = door.run(tables, base).await?;
+    report.requests = lake.requests().since(&before);
+    Ok(report)
+}
+
+/// A request as the door takes it, or the usage error it is.
+fn checked(request: TableRequest) -> Result<TableRequest> {
+    validate_table_name(&request.table)?;
+    if request.mode == Some(Mode::Upsert) && request.key.is_none() {
+        return Err(Error::Usage(format!("table '{}': --mode upsert needs --key COLUMN", request.table)));
+    }
+    if request.mode == Some(Mode::Append) && request.key.is_some() {
+        return Err(Error::Usage(format!("table '{}': --key is the upsert key; an append table has none (drop --key or use --mode upsert)", request.table)));
+    }
+    // A key alone asks for an upsert table.
+    Ok(TableRequest { mode: request.mode.or(request.key.as_ref().map(|_| Mode::Upsert)), ..request })
+}
+
+/// Resolve each request's sources (one HEAD or hash pass each).
+async fn resolve(requests: Vec<TableRequest>) -> Result<Vec<TableWork>> {
     let mut tables = Vec::with_capacity(requests.len());
     for request in requests {
-        validate_table_name(&request.table)?;
-        if request.mode == Some(Mode::Upsert) && request.key.is_none() {
-            return Err(Error::Usage(format!("table '{}': --mode upsert needs --key COLUMN", request.table)));
-        }
-        if request.mode == Some(Mode::Append) && request.key.is_some() {
-            return Err(Error::Usage(format!("table '{}': --key is the upsert key; an append table has none (drop --key or use --mode upsert)", request.table)));
-        }
-        // A key alone asks for an upsert table.
-        let request = TableRequest { mode: request.mode.or(request.key.as_ref().map(|_| Mode::Upsert)), ..request };
         let mut sources: Vec<(Source, Detected)> = Vec::with_capacity(request.sources.len());
         // One HEAD (or hash pass) each, a bounded number at a time, in order.
         // The first failure stops the rest (resolving has no effects to undo).
@@ -194,20 +225,17 @@ pub async fn run(lake: &Lake, requests: Vec<TableRequest>, budget: Budget, progr
             changes: Vec::new(),
         });
     }
-    let bytes: u64 = tables.iter().flat_map(|t| t.sources.iter().map(|(s, _)| s.size)).sum();
-    progress.bytes_total.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
-    let op = operation_id(&tables);
-    let attempt = uuid::Uuid::now_v7().to_string();
-    let door = Door {
-        w: Stager { lake, op: op.clone(), intent: attempt.clone(), attempt, deadline, progress, multi: tables.len() > 1 },
-        sources: tables.iter().flat_map(|t| t.sources.iter().map(|(s, _)| s.clone())).collect(),
-        skew: budget.clock_skew,
-    };
-    let mut report = door.run(tables).await?;
-    report.requests = lake.requests().since(&before);
-    Ok(report)
+    Ok(tables)
 }
 
+
+/// How writing the intent and claiming failed.
+enum Claiming {
+    /// Before the intent was written: there is nothing to undo.
+    NoIntent(Error),
+    /// After: give up through `abandon`.
+    Failed(Error),
+}
 
 /// Deterministic from the sources' identities: a redelivery is the same operation.
 fn operation_id(tables: &[TableWork]) -> String {
@@ -226,26 +254,62 @@ fn operation_id(tables: &[TableWork]) -> String {
 }
 
 impl Door<'_> {
-    async fn run(&self, mut tables: Vec<TableWork>) -> Result<Report> {
+    async fn run(&self, mut tables: Vec<TableWork>, base: Manifest) -> Result<Report> {
         // No sweep first: a dead attempt in our way is resolved where we meet
         // it (a claim it holds, a commit of its between our pin and ours);
         // the rest is the scheduled sweep's. A LIST saved on every ingest.
-        let base = manifest::writer_base(self.w.lake).await?;
         for t in &mut tables {
             self.settle_mode(t, &base)?;
         }
         // Resolving sources may have used much of our time: an intent already past its deadline would be taken over at once.
         self.w.deadline.check("writing the intent")?;
-        sidecar::create_intent(self.w.lake, &self.intent_of(&tables)).await?;
+        let intent = self.intent_of(&tables);
+        // Reading the tables has no effect, so it runs alongside the intent's
+        // PUT and the claims (which need the intent first: invariant 4).
+        let opening: Vec<_> = tables.iter().map(Stager::opening).collect();
         let mut ours = Ours::default();
-        if let Err(e) = failpoints::hit(failpoints::AFTER_INTENT) {
-            return Err(self.abandon(&tables, &ours, e).await);
-        }
-        let elsewhere = match self.claim(&mut tables, &mut ours).await {
-            Ok(elsewhere) => elsewhere,
-            Err(e) => return Err(self.abandon(&tables, &ours, e).await),
+        let (claimed, fetched) = {
+            let fetches = futures::future::join_all(opening.iter().map(|(table, pin, latest)| self.w.fetch(table, *pin, *latest)));
+            let claims = self.intent_then_claim(&intent, &mut tables, &mut ours);
+            futures::pin_mut!(fetches, claims);
+            // The reads are waited for only if the claims leave work to do.
+            match futures::future::select(claims, fetches).await {
+                futures::future::Either::Left((claimed, fetches)) => {
+                    let work = matches!(claimed, Ok((_, true)));
+                    (claimed, if work { fetches.await } else { Vec::new() })
+                }
+                futures::future::Either::Right((fetched, claims)) => (claims.await, fetched),
+            }
         };
-        tables.retain(|t| !t.sources.is_empty());
+        let elsewhere = match claimed {
+            Ok((elsewhere, _)) => elsewhere,
+            Err(Claiming::NoIntent(e)) => return Err(e),
+            Err(Claiming::Failed(e)) => return Err(self.abandon(&tables, &ours, e).await),
+        };
+        let mut fetched = fetched;
+        assert!(fetched.is_empty() || fetched.len() == tables.len(), "one read per table, or none");
+        if ours.waited && !fetched.is_empty() {
+            // What was read at Lance's latest before waiting for another holder is stale.
+            for (i, (table, pin, latest)) in opening.iter().enumerate() {
+                if (*latest || pin.is_none()) && !tables[i].sources.is_empty() {
+                    fetched[i] = self.w.fetch(table, *pin, *latest).await;
+                }
+            }
+        }
+        // A table with no source claimed needs nothing it read (nor its error).
+        let (mut claimed, mut opened) = (Vec::with_capacity(tables.len()), Vec::with_capacity(tables.len()));
+        // (`fetched` is empty when no table has work: the loop keeps none.)
+        for (t, ds) in tables.into_iter().zip(fetched).filter(|(t, _)| !t.sources.is_empty()) {
+            match ds {
+                Ok(ds) => {
+                    claimed.push(t);
+                    opened.push(ds);
+                }
+                // No commit started: `abandon` needs only our claims.
+                Err(e) => return Err(self.abandon(&claimed, &ours, e).await),
+            }
+        }
+        let mut tables = claimed;
         if tables.is_empty() {
             // Nothing claimed, nothing written: only our intent to remove.
             sidecar::delete_intent(self.w.lake, &self.id()).await?;
@@ -257,8 +321,8 @@ impl Door<'_> {
 
         // Write everything uncommitted first: bad input stops before any commit.
         let mut staged = Vec::with_capacity(tables.len());
-        for t in &mut tables {
-            match self.w.stage(t, false).await {
+        for (t, ds) in tables.iter_mut().zip(opened) {
+            match self.w.stage_fetched(t, ds).await {
                 Ok(s) => staged.push(s),
                 Err(e) => return Err(self.abandon(&tables, &ours, e).await),
             }
@@ -294,10 +358,28 @@ impl Door<'_> {
         }
         self.decide_forward(&mut tables).await?;
         failpoints::hit(failpoints::AFTER_DECISION)?;
-        let version = self.publish(&tables, base).await?;
+        let (version, created) = self.publish(&tables, base).await?;
         failpoints::hit(failpoints::BEFORE_FINISH)?;
-        sidecar::delete_intent(self.w.lake, &self.id()).await?;
+        // Published: the hint and our intent's removal are independent (one round trip).
+        let hint = async {
+            if let Some(created) = &created {
+                manifest::write_hint(self.w.lake, created).await;
+            }
+        };
+        let id = self.id();
+        let ((), finished) = futures::join!(hint, sidecar::delete_intent(self.w.lake, &id));
+        finished?;
         self.report(Some(version), &tables, elsewhere).await
+    }
+
+    /// Write the intent, then claim every source. Nothing is ours to undo
+    /// until the intent is written.
+    /// Also says whether any source is ours to ingest.
+    async fn intent_then_claim(&self, intent: &Intent, tables: &mut [TableWork], ours: &mut Ours) -> std::result::Result<(Vec<Elsewhere>, bool), Claiming> {
+        sidecar::create_intent(self.w.lake, intent).await.map_err(Claiming::NoIntent)?;
+        failpoints::hit(failpoints::AFTER_INTENT).map_err(Claiming::Failed)?;
+        let elsewhere = self.claim(tables, ours).await.map_err(Claiming::Failed)?;
+        Ok((elsewhere, tables.iter().any(|t| !t.sources.is_empty())))
     }
 
     /// This attempt: the unit of ownership of every object it writes.
@@ -462,6 +544,7 @@ impl Door<'_> {
                 break;
             }
             // Nothing of our own to do, or a load: wait for the holders, then try again.
+            ours.waited = true;
             for (_, _, _, holder, intent) in &held {
                 if let Some(intent) = intent {
                     recover::await_gone(self.w.lake, &AttemptId::new(&holder.op, &holder.attempt), intent.deadline, self.skew, &self.w.deadline).await?;
@@ -579,7 +662,7 @@ impl Door<'_> {
 
     /// Publish every table at its commit, after checking that every other
     /// commit between the pin and ours is decided forward (`fence.rs`).
-    async fn publish(&self, tables: &[TableWork], base: Manifest) -> Result<u64> {
+    async fn publish(&self, tables: &[TableWork], base: Manifest) -> Result<(u64, Option<Manifest>)> {
         let wanted = tables
             .iter()
             .map(|t| (t.request.table.clone(), TablePin::new(t.committed.expect("committed before publishing"), t.mode, t.key.clone())))
@@ -614,7 +697,8 @@ impl Door<'_> {
             pins,
             changes: tables.iter().filter(|t| !t.changes.is_empty()).map(|t| (t.request.table.clone(), t.changes.clone())).collect(),
         };
-        Ok(manifest::publish(self.w.lake, base, &goal, &self.w.deadline).await?.version())
+        let (outcome, created) = manifest::publish_unhinted(self.w.lake, base, &goal, &self.w.deadline).await?;
+        Ok((outcome.version(), created))
     }
 
     /// The report: our sources, and those other attempts hold. An
@@ -687,6 +771,8 @@ struct Ours {
     maybe: Vec<(String, u32)>,
     /// A Lance commit was started (so one may have landed).
     commit_started: bool,
+    /// Claiming waited for another attempt to finish.
+    waited: bool,
 }
 
 fn chain(first: Error, then: Error) -> Error {

@@ -25,6 +25,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::counting::{CountingLister, CountingStore, RequestCounts, RequestSnapshot};
+use crate::delay::DelayStore;
 use crate::error::{Error, Result};
 use crate::faults::{FaultSpec, FaultStore, RandomFaults, Scope};
 
@@ -117,6 +118,7 @@ struct LanceWrapper {
     counts: Arc<RequestCounts>,
     memory: Option<Arc<InMemory>>,
     faults: Option<Arc<RandomFaults>>,
+    delay: Option<Duration>,
 }
 
 impl WrappingObjectStore for LanceWrapper {
@@ -125,6 +127,9 @@ impl WrappingObjectStore for LanceWrapper {
             Some(memory) => Arc::clone(memory) as Arc<dyn ObjectStore>,
             None => original,
         };
+        if let Some(delay) = self.delay {
+            inner = Arc::new(DelayStore::new(inner, delay));
+        }
         if let Some(faults) = &self.faults {
             inner = Arc::new(FaultStore::random(inner, Arc::clone(faults)));
         }
@@ -137,11 +142,27 @@ impl WrappingObjectStore for LanceWrapper {
         original: Arc<dyn object_store::list::PaginatedListStore>,
     ) -> Option<Arc<dyn object_store::list::PaginatedListStore>> {
         // A memory lake swaps the backend, so the original lister would list the
-        // wrong store; with faults, every request must go through `wrap`'s store.
-        if self.memory.is_some() || self.faults.is_some() {
+        // wrong store; with faults or a delay, every request must go through `wrap`'s store.
+        if self.memory.is_some() || self.faults.is_some() || self.delay.is_some() {
             return None;
         }
         Some(Arc::new(CountingLister::new(original, Arc::clone(&self.counts))))
+    }
+}
+
+/// Environment variable: milliseconds added to every request to the lake's
+/// store, sluice's and Lance's alike (a latency model for benchmarks and tests:
+/// on S3 a small request costs about 20 ms, so wall time is round trips).
+pub const STORE_DELAY_ENV: &str = "SLUICE_STORE_DELAY_MS";
+
+fn store_delay_from_env() -> Result<Option<Duration>> {
+    match std::env::var(STORE_DELAY_ENV) {
+        Err(_) => Ok(None),
+        Ok(v) => v
+            .trim()
+            .parse::<u64>()
+            .map(|ms| (ms > 0).then(|| Duration::from_millis(ms)))
+            .map_err(|_| Error::Usage(format!("{STORE_DELAY_ENV}={v}: expected whole milliseconds, like 20"))),
     }
 }
 
@@ -232,6 +253,16 @@ impl Lake {
     /// Lance's stores are not wrapped). In failpoints builds, `SLUICE_FAULTS`
     /// (see [`FaultSpec`]) wraps sluice's store and Lance's in random faults.
     pub fn open_wrapped(uri: &str, wrap: impl FnOnce(Arc<dyn ObjectStore>) -> Arc<dyn ObjectStore>) -> Result<Lake> {
+        Self::build(uri, wrap, store_delay_from_env()?)
+    }
+
+    /// Open with `delay` added to every request, sluice's and Lance's (see
+    /// [`STORE_DELAY_ENV`]); `Duration::ZERO` adds none.
+    pub fn open_delayed(uri: &str, delay: Duration) -> Result<Lake> {
+        Self::build(uri, |store| store, Some(delay).filter(|d| !d.is_zero()))
+    }
+
+    fn build(uri: &str, wrap: impl FnOnce(Arc<dyn ObjectStore>) -> Arc<dyn ObjectStore>, delay: Option<Duration>) -> Result<Lake> {
         let faults = FaultSpec::from_env().map_err(Error::Usage)?.map(RandomFaults::new);
         let root = Root::parse(uri)?;
         let counts = Arc::new(RequestCounts::default());
@@ -257,7 +288,11 @@ impl Lake {
             Root::Local { path } => path.display().to_string(),
         };
         let lance_faults = faults.as_ref().filter(|f| f.covers(Scope::Lance)).cloned();
-        let wrapper = Arc::new(LanceWrapper { counts: Arc::clone(&counts), memory, faults: lance_faults });
+        let wrapper = Arc::new(LanceWrapper { counts: Arc::clone(&counts), memory, faults: lance_faults, delay });
+        let raw = match delay {
+            Some(delay) => Arc::new(DelayStore::new(raw, delay)),
+            None => raw,
+        };
         let mut store = wrap(raw);
         if let Some(f) = faults.filter(|f| f.covers(Scope::Sluice)) {
             store = Arc::new(FaultStore::random(store, f));

@@ -7,6 +7,7 @@ pub mod audit;
 pub mod cleanup;
 pub mod counting;
 pub mod deadline;
+pub mod delay;
 pub mod dialect;
 pub mod decode;
 pub mod discover;

@@ -324,19 +324,37 @@ pub async fn writer_base(lake: &Lake) -> Result<Manifest> {
 /// Publish `goal` on top of `base` (any earlier version): create the next
 /// version; on losing the race, re-read, merge forward, retry. A goal already
 /// covered by someone else's publish is success (invariant 6).
-pub async fn publish(lake: &Lake, mut base: Manifest, goal: &Goal, deadline: &Deadline) -> Result<PublishOutcome> {
+pub async fn publish(lake: &Lake, base: Manifest, goal: &Goal, deadline: &Deadline) -> Result<PublishOutcome> {
+    let (outcome, created) = publish_unhinted(lake, base, goal, deadline).await?;
+    if let Some(created) = created {
+        write_hint(lake, &created).await;
+    }
+    Ok(outcome)
+}
+
+/// Point the latest-manifest hint at `manifest`. The hint only saves
+/// requests; a failed or crossed write costs probes, not correctness.
+pub async fn write_hint(lake: &Lake, manifest: &Manifest) {
+    if let Err(e) = lake.put_json(LATEST_HINT, manifest).await {
+        tracing::warn!(error = %e, "could not update the latest-manifest hint");
+    }
+}
+
+/// [`publish`], leaving the hint to the caller (to write it alongside its own
+/// last step): also returns the version this call created, if it created one.
+pub async fn publish_unhinted(lake: &Lake, mut base: Manifest, goal: &Goal, deadline: &Deadline) -> Result<(PublishOutcome, Option<Manifest>)> {
     for attempt in 0..MAX_PUBLISH_ATTEMPTS {
         if attempt > 0 {
             lake.count_manifest_retry();
         }
         if goal.covered_by(&base) {
-            return Ok(PublishOutcome::AlreadyCovered { version: base.version });
+            return Ok((PublishOutcome::AlreadyCovered { version: base.version }, None));
         }
         if let Err(e) = deadline.check("publishing the manifest") {
             // Out of time: someone else's publish (recovery's) may have reached our goal.
             let latest = catch_up(lake, base).await?;
             return match goal.covered_by(&latest) {
-                true => Ok(PublishOutcome::AlreadyCovered { version: latest.version }),
+                true => Ok((PublishOutcome::AlreadyCovered { version: latest.version }, None)),
                 false => Err(e),
             };
         }
@@ -353,11 +371,7 @@ pub async fn publish(lake: &Lake, mut base: Manifest, goal: &Goal, deadline: &De
             }
             Created::Mine => {
                 failpoints::hit(failpoints::AFTER_PUBLISH)?;
-                // The hint only saves requests; a failed or crossed write costs probes, not correctness.
-                if let Err(e) = lake.put_json(LATEST_HINT, &next).await {
-                    tracing::warn!(error = %e, "could not update the latest-manifest hint");
-                }
-                return Ok(PublishOutcome::Published { version: next.version });
+                return Ok((PublishOutcome::Published { version: next.version }, Some(next)));
             }
             Created::Theirs(winner) => base = catch_up(lake, winner).await?,
             // Cleanup removed it between our PUT and GET: carry on from a newer one.

@@ -264,14 +264,27 @@ impl Stager<'_> {
 
     /// The table at its pin (or at Lance's latest), or `None` if it does not exist yet.
     pub(crate) async fn open(&self, t: &mut TableWork, latest: bool) -> Result<Option<Arc<Dataset>>> {
-        let version = if latest { None } else { t.start_pin };
-        match self.lake.open_table(&t.request.table, version).await {
-            Ok(ds) => {
-                self.adopt_table_mode(t, &ds)?;
-                Ok(Some(Arc::new(ds)))
-            }
+        let ds = self.fetch(&t.request.table, t.start_pin, latest).await?;
+        if let Some(ds) = &ds {
+            self.adopt_table_mode(t, ds)?;
+        }
+        Ok(ds)
+    }
+
+    /// What staging `t` reads: the table at its pin, or at Lance's latest
+    /// (always for an upsert, which must see every row it may update).
+    pub(crate) fn opening(t: &TableWork) -> (String, Option<u64>, bool) {
+        (t.request.table.clone(), t.start_pin, t.mode == Mode::Upsert)
+    }
+
+    /// [`Stager::open`] without adopting the table's mode: reads only, so it
+    /// may run before (alongside) the intent's PUT.
+    pub(crate) async fn fetch(&self, table: &str, start_pin: Option<u64>, latest: bool) -> Result<Option<Arc<Dataset>>> {
+        let version = if latest { None } else { start_pin };
+        match self.lake.open_table(table, version).await {
+            Ok(ds) => Ok(Some(Arc::new(ds))),
             Err(Error::Lance { source: lance::Error::DatasetNotFound { .. } | lance::Error::NotFound { .. }, .. })
-                if t.start_pin.is_none() =>
+                if start_pin.is_none() =>
             {
                 Ok(None)
             }
@@ -322,8 +335,33 @@ impl Stager<'_> {
     }
 
     pub(crate) async fn stage_once(&self, t: &mut TableWork, latest: bool) -> Result<Staged> {
-        let name = t.request.table.clone();
         let ds = self.open(t, latest || t.mode == Mode::Upsert).await?;
+        self.stage_on(t, ds).await
+    }
+
+    /// [`Stager::stage`] on `ds`, the table as [`Stager::fetch`] read it
+    /// from [`Stager::opening`] (`None`: the table did not exist).
+    pub(crate) async fn stage_fetched(&self, t: &mut TableWork, ds: Option<Arc<Dataset>>) -> Result<Staged> {
+        if let Some(ds) = &ds {
+            self.adopt_table_mode(t, ds)?;
+        }
+        let creating = ds.is_none();
+        match self.stage_on(t, ds).await {
+            Err(Error::Lance { source: lance::Error::DatasetAlreadyExists { .. }, .. }) => self.stage_once(t, true).await,
+            // The table was read a while ago (alongside the intent and claims):
+            // created by another writer since, our rows go onto theirs, judged
+            // by its schema, not by what a new table would have been.
+            Err(e) if creating => match self.fetch(&t.request.table, None, true).await {
+                Ok(Some(_)) => self.stage_once(t, true).await,
+                _ => Err(e),
+            },
+            staged => staged,
+        }
+    }
+
+    /// Write `t`'s rows onto `ds` (opened, its mode adopted), or create the table.
+    async fn stage_on(&self, t: &mut TableWork, ds: Option<Arc<Dataset>>) -> Result<Staged> {
+        let name = t.request.table.clone();
         let target: SchemaRef = match &ds {
             Some(ds) => {
                 let schema = arrow::datatypes::Schema::from(ds.schema());

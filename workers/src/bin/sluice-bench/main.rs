@@ -18,6 +18,7 @@ use sluice::decode::Progress;
 use sluice::ingest::{self, TableRequest};
 
 mod backfill;
+mod roundtrips;
 mod search;
 
 const TIMEOUT: Duration = Duration::from_secs(900);
@@ -33,7 +34,7 @@ struct Args {
     big_mb: u64,
     reps: usize,
     sizes: Vec<u64>,
-    /// Sections to run: throughput, depth, rss, latency, recovery, optimize, cleanup, search.
+    /// Sections to run (all when empty): see the usage message.
     only: Vec<String>,
     /// Single-row ingests before the optimize section compacts them.
     small: u64,
@@ -44,6 +45,10 @@ struct Args {
     backfill_new: usize,
     /// The sources section (local disk): ledger entries.
     ledger: usize,
+    /// The latency model of the roundtrips and contention sections: added to every request.
+    delay: Duration,
+    /// The contention section: writers at once.
+    writers: Vec<usize>,
 }
 
 impl Args {
@@ -54,7 +59,7 @@ impl Args {
 
 fn args() -> Args {
     let search = search::Shape { rows: 200_000, dims: 768, batches: 100, queries: 100, clusters: 256, nprobes: 20, refine: 10 };
-    let mut a = Args { root: String::new(), work: std::env::temp_dir().join("sluice-bench"), depth: 1000, big_mb: 1024, reps: 3, sizes: vec![1, 64], only: Vec::new(), small: 500, search, backfill_keys: 10_000, backfill_new: 100, ledger: 100_000 };
+    let mut a = Args { root: String::new(), work: std::env::temp_dir().join("sluice-bench"), depth: 1000, big_mb: 1024, reps: 3, sizes: vec![1, 64], only: Vec::new(), small: 500, search, backfill_keys: 10_000, backfill_new: 100, ledger: 100_000, delay: Duration::from_millis(20), writers: vec![1, 8, 32] };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut val = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
@@ -76,9 +81,12 @@ fn args() -> Args {
             "--backfill-keys" => a.backfill_keys = val().parse().expect("--backfill-keys N"),
             "--backfill-new" => a.backfill_new = val().parse().expect("--backfill-new N"),
             "--ledger" => a.ledger = val().parse().expect("--ledger N"),
+            "--delay-ms" => a.delay = Duration::from_millis(val().parse().expect("--delay-ms N")),
+            "--writers" => a.writers = val().split(',').map(|s| s.parse().expect("--writers N,N")).collect(),
             other => panic!(
                 "unknown flag {other}; flags: --root --work --depth --big-mb --reps --sizes --small --vectors --dims --batches --queries --nprobes --refine \
-                 --backfill-keys --backfill-new --ledger --only throughput,depth,rss,latency,recovery,optimize,cleanup,search,backfill,sources"
+                 --backfill-keys --backfill-new --ledger --delay-ms --writers \
+                 --only throughput,roundtrips,contention,depth,rss,latency,recovery,optimize,cleanup,search,backfill,sources"
             ),
         }
     }
@@ -238,6 +246,14 @@ async fn main() {
         }
         let (s, l) = (median(s), median(l));
         rows.push((format!("wall time, {mb} MiB JSONL (median of {})", a.reps), ms(s), ms(l), format!("{:.2}x", s.as_secs_f64() / l.as_secs_f64())));
+    }
+
+    // 1b. Round trips under the latency model, and writers contending.
+    if a.want("roundtrips") {
+        roundtrips::single(root, &a.work, a.delay, a.reps, &mut rows).await;
+    }
+    if a.want("contention") {
+        roundtrips::contention(root, &a.work, a.delay, &a.writers, &mut rows).await;
     }
 
     // 2. Requests per single-file ingest at depth 1 and `depth`.

@@ -1,0 +1,138 @@
+//! Round trips: the latency model (a fixed delay before every request, sluice's
+//! and Lance's alike) makes wall time count sequential requests, as on S3.
+//!
+//! - `roundtrips`: one 1 MiB JSONL ingest, with no delay and with `delay` per
+//!   request; the round trips each waited for in sequence (counted by the
+//!   lake's wrapper, and checked against the wall-time difference).
+//! - `contention`: 1, 8 and 32 single-file ingests at once into one table,
+//!   each a separate worker (its own lake handle), with `delay` per request.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use sluice::Lake;
+
+use crate::{Row, generate, lance_append, median, ms, percentile, sluice_ingest};
+
+/// One single-file ingest: wall time, requests, round trips in sequence.
+struct Trip {
+    wall: Duration,
+    requests: u64,
+    round_trips: u64,
+}
+
+async fn sluice_trip(lake: &Lake, file: &Path) -> Trip {
+    let before = lake.requests();
+    let (wall, _) = sluice_ingest(lake, file).await;
+    let r = lake.requests().since(&before);
+    Trip { wall, requests: r.total(), round_trips: r.round_trips }
+}
+
+async fn lance_trip(lake: &Lake, file: &Path) -> Trip {
+    let before = lake.requests();
+    let (wall, _) = lance_append(lake, file).await;
+    let r = lake.requests().since(&before);
+    Trip { wall, requests: r.total(), round_trips: r.round_trips }
+}
+
+/// Medians of `reps` ingests of distinct 1 MiB files, sluice and Lance interleaved.
+async fn trips(root: &str, work: &Path, delay: Duration, reps: usize, seed: u64) -> (Vec<Trip>, Vec<Trip>) {
+    let lake = Lake::open_delayed(root, delay).unwrap();
+    let warm = generate(work, "rt-warm.jsonl", 1, seed);
+    sluice_ingest(&lake, &warm).await;
+    lance_append(&lake, &warm).await;
+    let (mut s, mut l) = (Vec::new(), Vec::new());
+    for rep in 0..reps {
+        let file = generate(work, &format!("rt-{rep}.jsonl"), 1, seed + 1 + rep as u64);
+        s.push(sluice_trip(&lake, &file).await);
+        l.push(lance_trip(&lake, &file).await);
+        std::fs::remove_file(file).unwrap();
+    }
+    (s, l)
+}
+
+fn med(trips: &[Trip], f: impl Fn(&Trip) -> u64) -> u64 {
+    let mut v: Vec<u64> = trips.iter().map(f).collect();
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn med_wall(trips: &[Trip]) -> Duration {
+    median(trips.iter().map(|t| t.wall).collect())
+}
+
+pub async fn single(root: impl Fn(&str) -> String, work: &Path, delay: Duration, reps: usize, rows: &mut Vec<Row>) {
+    let (s0, l0) = trips(&root("rt0"), work, Duration::ZERO, reps, 40_000).await;
+    let (sd, ld) = trips(&root("rtd"), work, delay, reps, 41_000).await;
+    let d = delay.as_millis();
+    let ratio = |s: Duration, l: Duration| format!("{:.2}x", s.as_secs_f64() / l.as_secs_f64());
+    let (s, l) = (med_wall(&s0), med_wall(&l0));
+    rows.push((format!("1 MiB JSONL ingest, no added delay (median of {reps})"), ms(s), ms(l), ratio(s, l)));
+    let (s, l) = (med_wall(&sd), med_wall(&ld));
+    rows.push((format!("1 MiB JSONL ingest, +{d} ms per request (median of {reps})"), ms(s), ms(l), ratio(s, l)));
+    let (rs, rl) = (med(&sd, |t| t.round_trips), med(&ld, |t| t.round_trips));
+    rows.push(("round trips in sequence, single-file ingest (counted)".into(), rs.to_string(), rl.to_string(), format!("+{}", rs as i64 - rl as i64)));
+    // The same, from time: what the delay added, in delays.
+    let by_time = |with: &[Trip], without: &[Trip]| (med_wall(with).saturating_sub(med_wall(without))).as_secs_f64() / delay.as_secs_f64();
+    let (ts, tl) = (by_time(&sd, &s0), by_time(&ld, &l0));
+    rows.push((format!("round trips in sequence, from wall time (+{d} ms minus none)"), format!("{ts:.1}"), format!("{tl:.1}"), format!("+{:.1}", ts - tl)));
+    let (qs, ql) = (med(&sd, |t| t.requests), med(&ld, |t| t.requests));
+    rows.push(("requests, single-file ingest".into(), qs.to_string(), ql.to_string(), format!("+{}", qs as i64 - ql as i64)));
+}
+
+pub async fn contention(root: impl Fn(&str) -> String, work: &Path, delay: Duration, writers: &[usize], rows: &mut Vec<Row>) {
+    let d = delay.as_millis();
+    let mut lone = None;
+    for &n in writers {
+        let at = root(&format!("contention{n}"));
+        let setup = Lake::open(&at).unwrap();
+        let warm = generate(work, &format!("ct{n}-warm.jsonl"), 0, 50_000 + n as u64);
+        sluice_ingest(&setup, &warm).await;
+        lance_append(&setup, &warm).await;
+        let files: Vec<_> = (0..n).map(|i| generate(work, &format!("ct{n}-{i}.jsonl"), 0, 51_000 + (n * 100 + i) as u64)).collect();
+        let mut sides = Vec::new();
+        for lance in [false, true] {
+            let start = Instant::now();
+            let tasks: Vec<_> = files
+                .iter()
+                .cloned()
+                .map(|f| {
+                    let at = at.clone();
+                    tokio::spawn(async move {
+                        let lake = Lake::open_delayed(&at, delay).unwrap();
+                        let (wall, _) = if lance { lance_append(&lake, &f).await } else { sluice_ingest(&lake, &f).await };
+                        (wall, lake.manifest_retries())
+                    })
+                })
+                .collect();
+            let mut walls = Vec::new();
+            let mut retries = 0;
+            for t in tasks {
+                let (wall, r) = t.await.unwrap();
+                walls.push(wall);
+                retries += r;
+            }
+            sides.push((walls, start.elapsed(), retries));
+        }
+        let (s, l) = (&sides[0], &sides[1]);
+        let p = |walls: &[Duration], q: f64| percentile(walls.to_vec(), q);
+        let (sp99, lp99) = (p(&s.0, 0.99), p(&l.0, 0.99));
+        let lone_p50 = *lone.get_or_insert(p(&s.0, 0.5));
+        rows.push((
+            format!("{n} writer(s) at once, +{d} ms per request: p50 / p99"),
+            format!("{} / {}", ms(p(&s.0, 0.5)), ms(sp99)),
+            format!("{} / {}", ms(p(&l.0, 0.5)), ms(lp99)),
+            format!("p99 {:.2}x Lance's, {:.2}x a lone ingest", sp99.as_secs_f64() / lp99.as_secs_f64(), sp99.as_secs_f64() / lone_p50.as_secs_f64()),
+        ));
+        let per_s = |count: usize, t: Duration| count as f64 / t.as_secs_f64();
+        rows.push((
+            format!("{n} writer(s) at once: publishes (commits) per second, manifest retries"),
+            format!("{:.1}/s, {} retries", per_s(n, s.1), s.2),
+            format!("{:.1}/s", per_s(n, l.1)),
+            "-".into(),
+        ));
+        for f in files {
+            std::fs::remove_file(f).unwrap();
+        }
+    }
+}
