@@ -480,6 +480,9 @@ struct JsonLines {
     line: u64,
     done: bool,
     in_flight: VecDeque<Decoding>,
+    /// Buffers of decoded chunks, for the next ones: fresh memory is zeroed
+    /// by the kernel page by page, and a growing one is copied as it grows.
+    spare: Arc<Mutex<Vec<Vec<u8>>>>,
 }
 
 /// A chunk being decoded, or one whose outcome is known (a read error).
@@ -520,12 +523,14 @@ impl JsonLines {
             line: 0,
             done: false,
             in_flight: VecDeque::new(),
+            spare: Arc::default(),
         })
     }
 
     /// The next chunk of lines, `None` at the end of the file.
     fn read_chunk(&mut self) -> Result<Option<Chunk>> {
-        let mut chunk = Chunk { buf: Vec::new(), records: Vec::with_capacity(BATCH_ROWS) };
+        let buf = self.spare.lock().expect("spare buffers poisoned").pop().unwrap_or_default();
+        let mut chunk = Chunk { buf, records: Vec::with_capacity(BATCH_ROWS) };
         while !self.done && chunk.records.len() < BATCH_ROWS && chunk.buf.len() < CHUNK_BYTES {
             let start = chunk.buf.len();
             let n = self
@@ -551,8 +556,14 @@ impl JsonLines {
         while !self.done && self.in_flight.len() < window {
             match self.read_chunk() {
                 Ok(Some(chunk)) => {
-                    let chunks = Arc::clone(&self.chunks);
-                    self.in_flight.push_back(Decoding::Thread(std::thread::spawn(move || chunks.decode(&chunk))));
+                    let (chunks, spare) = (Arc::clone(&self.chunks), Arc::clone(&self.spare));
+                    self.in_flight.push_back(Decoding::Thread(std::thread::spawn(move || {
+                        let decoded = chunks.decode(&chunk);
+                        let mut buf = chunk.buf;
+                        buf.clear();
+                        spare.lock().expect("spare buffers poisoned").push(buf);
+                        decoded
+                    })));
                 }
                 Ok(None) => {}
                 // Reported after the chunks before it, which may hold an earlier bad line.

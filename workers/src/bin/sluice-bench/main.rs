@@ -123,10 +123,14 @@ fn generate(dir: &Path, name: &str, mb: u64, seed: u64) -> PathBuf {
 }
 
 async fn sluice_ingest(lake: &Lake, file: &Path) -> (Duration, u64) {
+    try_sluice_ingest(lake, file).await.expect("sluice ingest")
+}
+
+async fn try_sluice_ingest(lake: &Lake, file: &Path) -> sluice::Result<(Duration, u64)> {
     let req = TableRequest { table: "t".into(), sources: vec![file.display().to_string().into()], ..Default::default() };
     let start = Instant::now();
-    let r = ingest::run(lake, vec![req], ingest::Budget::new(TIMEOUT), Arc::new(Progress::default())).await.expect("sluice ingest");
-    (start.elapsed(), r.requests.total())
+    let r = ingest::run(lake, vec![req], ingest::Budget::new(TIMEOUT), Arc::new(Progress::default())).await?;
+    Ok((start.elapsed(), r.requests.total()))
 }
 
 /// Fragments of table `t` as published, and the median time of 5 full scans.
@@ -155,6 +159,10 @@ async fn sluice_ingest_report(lake: &Lake, file: &Path) -> ingest::Report {
 
 /// Plain Lance: open latest, decode with arrow, append. Counted by `lake`'s wrapper.
 async fn lance_append(lake: &Lake, file: &Path) -> (Duration, u64) {
+    try_lance_append(lake, file).await.expect("plain Lance append")
+}
+
+async fn try_lance_append(lake: &Lake, file: &Path) -> lance::Result<(Duration, u64)> {
     let before = lake.requests();
     let start = Instant::now();
     let uri = lake.table_uri("plain");
@@ -166,14 +174,14 @@ async fn lance_append(lake: &Lake, file: &Path) -> (Duration, u64) {
     match existing {
         Ok(ds) => {
             let params = WriteParams { mode: WriteMode::Append, ..Default::default() };
-            InsertBuilder::new(Arc::new(ds)).with_params(&params).execute_stream(reader).await.unwrap();
+            InsertBuilder::new(Arc::new(ds)).with_params(&params).execute_stream(reader).await?;
         }
         Err(_) => {
             let params = WriteParams { mode: WriteMode::Create, store_params: Some(lake.store_params()), session: Some(lake.session()), ..Default::default() };
-            InsertBuilder::new(uri.as_str()).with_params(&params).execute_stream(reader).await.unwrap();
+            InsertBuilder::new(uri.as_str()).with_params(&params).execute_stream(reader).await?;
         }
     }
-    (start.elapsed(), lake.requests().since(&before).total())
+    Ok((start.elapsed(), lake.requests().since(&before).total()))
 }
 
 /// Data files of table `t` that its Lance HEAD does not reference: count and bytes.

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use sluice::Lake;
 
-use crate::{Row, generate, lance_append, median, ms, percentile, sluice_ingest};
+use crate::{Row, generate, lance_append, median, ms, percentile, sluice_ingest, try_lance_append, try_sluice_ingest};
 
 /// One single-file ingest: wall time, requests, round trips in sequence.
 struct Trip {
@@ -100,22 +100,32 @@ pub async fn contention(root: impl Fn(&str) -> String, work: &Path, delay: Durat
                     let at = at.clone();
                     tokio::spawn(async move {
                         let lake = Lake::open_delayed(&at, delay).unwrap();
-                        let (wall, _) = if lance { lance_append(&lake, &f).await } else { sluice_ingest(&lake, &f).await };
-                        (wall, lake.manifest_retries())
+                        let done = if lance {
+                            try_lance_append(&lake, &f).await.map_err(|e| e.to_string())
+                        } else {
+                            try_sluice_ingest(&lake, &f).await.map_err(|e| e.to_string())
+                        };
+                        (done.map(|(wall, _)| wall), lake.manifest_retries())
                     })
                 })
                 .collect();
-            let mut walls = Vec::new();
+            let (mut walls, mut failed) = (Vec::new(), Vec::new());
             let mut retries = 0;
             for t in tasks {
                 let (wall, r) = t.await.unwrap();
-                walls.push(wall);
+                match wall {
+                    Ok(wall) => walls.push(wall),
+                    Err(e) => failed.push(e),
+                }
                 retries += r;
             }
-            sides.push((walls, start.elapsed(), retries));
+            if let Some(e) = failed.first() {
+                eprintln!("{} of {n} {} writers failed; the first: {e}", failed.len(), if lance { "plain Lance" } else { "sluice" });
+            }
+            sides.push((walls, start.elapsed(), retries, failed.len()));
         }
         let (s, l) = (&sides[0], &sides[1]);
-        let p = |walls: &[Duration], q: f64| percentile(walls.to_vec(), q);
+        let p = |walls: &[Duration], q: f64| if walls.is_empty() { Duration::ZERO } else { percentile(walls.to_vec(), q) };
         let (sp99, lp99) = (p(&s.0, 0.99), p(&l.0, 0.99));
         let lone_p50 = *lone.get_or_insert(p(&s.0, 0.5));
         rows.push((
@@ -125,10 +135,11 @@ pub async fn contention(root: impl Fn(&str) -> String, work: &Path, delay: Durat
             format!("p99 {:.2}x Lance's, {:.2}x a lone ingest", sp99.as_secs_f64() / lp99.as_secs_f64(), sp99.as_secs_f64() / lone_p50.as_secs_f64()),
         ));
         let per_s = |count: usize, t: Duration| count as f64 / t.as_secs_f64();
+        let failed = |count: usize| if count == 0 { String::new() } else { format!(", {count} of {n} failed") };
         rows.push((
-            format!("{n} writer(s) at once: publishes (commits) per second, manifest retries"),
-            format!("{:.1}/s, {} retries", per_s(n, s.1), s.2),
-            format!("{:.1}/s", per_s(n, l.1)),
+            format!("{n} writer(s) at once: publishes (commits) per second, manifest retries, failures"),
+            format!("{:.1}/s, {} retries{}", per_s(s.0.len(), s.1), s.2, failed(s.3)),
+            format!("{:.1}/s{}", per_s(l.0.len(), l.1), failed(l.3)),
             "-".into(),
         ));
         for f in files {
