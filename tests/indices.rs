@@ -275,3 +275,34 @@ fn an_index_declared_on_a_small_table_is_trained_by_optimize_later() {
         assert!(rows.iter().all(|r| r["cat"] == "c3"), "{}: {rows:?}", b.name);
     }
 }
+
+/// A vector index the table has outgrown (it lacks more rows than it covers)
+/// is rebuilt by optimize, sized for the table as it is; below that, new rows
+/// are added incrementally.
+#[test]
+fn an_outgrown_vector_index_is_rebuilt_and_a_grown_one_extended() {
+    let b = local();
+    let dir = tempfile::tempdir().unwrap();
+    let first = vectors(dir.path(), "first.jsonl", 0, 300);
+    assert_eq!(run(sluice(&b.root).args(["ingest", "--table", "t", "--schema"]).arg(schema(dir.path())).arg(&first)).status.code(), Some(0));
+    assert_eq!(run(sluice(&b.root).args(["index", "create", "t", "emb", "--type", "ivf_pq"])).status.code(), Some(0));
+    assert_eq!(index_list(&b.root)[0]["rows_indexed"], 300);
+    let optimize = |root: &str| json(&run(sluice(root).args(["--json", "optimize"])))["tables"][0]["indices"].clone();
+
+    // 400 new rows against 300 covered: rebuilt, one segment over all 700.
+    let more = vectors(dir.path(), "more.jsonl", 300, 400);
+    assert_eq!(run(sluice(&b.root).args(["ingest", "--table", "t"]).arg(&more)).status.code(), Some(0));
+    let done = optimize(&b.root);
+    assert_eq!(done["built"][0]["index"], "emb_idx", "rebuilt: {done}");
+    assert!(done["updated"].is_null(), "{done}");
+    let list = index_list(&b.root);
+    assert_eq!((&list[0]["rows_indexed"], &list[0]["segments"]), (&serde_json::json!(700), &serde_json::json!(1)), "{list:?}");
+
+    // 100 new rows against 700 covered: extended, not rebuilt.
+    let few = vectors(dir.path(), "few.jsonl", 700, 100);
+    assert_eq!(run(sluice(&b.root).args(["ingest", "--table", "t"]).arg(&few)).status.code(), Some(0));
+    let done = optimize(&b.root);
+    assert!(done["built"].as_array().is_none_or(|b| b.is_empty()), "{done}");
+    assert_eq!(done["updated"]["index"], "emb_idx", "{done}");
+    assert_eq!(index_list(&b.root)[0]["rows_indexed"], 800);
+}

@@ -51,6 +51,10 @@ fn sources_says_what_became_of_each_file() {
         // Filters: table, status, limit, since.
         let t = sources(&b.root, &["--table", "t", "--status", "ingested"]);
         assert_eq!(t.len(), 1);
+        // A quarantined file is listed under the table it was for.
+        let q = sources(&b.root, &["--table", "t", "--status", "quarantined"]);
+        assert_eq!((q.len(), &q[0]["table"]), (1, &"t".into()), "{q:?}");
+        assert!(sources(&b.root, &["--table", "u", "--status", "quarantined"]).is_empty());
         assert_eq!(sources(&b.root, &["--status", "ingested", "--limit", "2"]).len(), 2);
         assert!(sources(&b.root, &["--since", "2099-01-01T00:00:00Z"]).is_empty());
 

@@ -128,12 +128,14 @@ async fn build(lake: &Lake, latest: manifest::Manifest, table: &str, pin: &Table
     let mut ds = lake.open_table(table, Some(pin.version)).await?;
     let rows = ds.count_rows(None).await.map_err(|e| Error::lance(table, e))? as u64;
     let params = build_params(&ds, table, spec, rows)?;
+    // A rebuild replaces every segment of the index, in the same commit.
+    let replacing: Vec<IndexMetadata> = ds.load_indices().await.map_err(|e| Error::lance(table, e))?.iter().filter(|i| i.name == spec.name).cloned().collect();
     let Some(id) = begin(lake, table, pin, change.as_slice(), skew, deadline).await? else { return Ok(Step::Again) };
 
     let built = async {
         failpoints::hit(failpoints::INDEX_AFTER_INTENT)?;
         let columns = [spec.column.as_str()];
-        let mut builder = ds.create_index_builder(&columns, params.index_type(), params.as_ref()).name(spec.name.clone());
+        let mut builder = ds.create_index_builder(&columns, params.index_type(), params.as_ref()).name(spec.name.clone()).replace(!replacing.is_empty());
         let meta = builder.execute_uncommitted().await.map_err(|e| Error::lance(table, e))?;
         failpoints::hit(failpoints::INDEX_AFTER_BUILD)?;
         deadline.check("committing an index")?;
@@ -141,7 +143,7 @@ async fn build(lake: &Lake, latest: manifest::Manifest, table: &str, pin: &Table
     }
     .await;
     let meta = single::or_give_up(lake, &id, built).await?;
-    let operation = Operation::CreateIndex { new_indices: vec![meta], removed_indices: Vec::new() };
+    let operation = Operation::CreateIndex { new_indices: vec![meta], removed_indices: replacing };
     let version = commit(lake, table, pin, &id, operation, deadline).await?;
     Ok(Step::Done(finish(lake, latest, table, pin, &id, version, &spec.name, change, skew, deadline).await?))
 }
@@ -187,7 +189,8 @@ async fn drop_segments(lake: &Lake, latest: manifest::Manifest, table: &str, pin
 /// What `optimize` did for a table's declared indices.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Refresh {
-    /// Declared indices missing from Lance, built now.
+    /// Declared indices missing from Lance, or vector indices the table has
+    /// outgrown (see [`outgrown`]), built now.
     pub built: Vec<Report>,
     /// The incremental update of the others (rows committed since they were built).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -255,13 +258,24 @@ async fn survey(lake: &Lake, table: &str, pin: &TablePin) -> Result<(Vec<IndexSp
             .map(|(_, rows)| rows)
             .sum();
         most = most.max(uncovered);
-        if segments.is_empty() {
+        let total: u64 = fragments.iter().map(|(_, rows)| rows).sum();
+        if segments.is_empty() || outgrown(spec, total - uncovered, uncovered) {
             missing.push(spec.clone());
         } else if uncovered > 0 {
             stale.push(spec.name.clone());
         }
     }
     Ok((missing, stale, most))
+}
+
+/// A vector index outgrows what it was trained on once the rows it lacks
+/// outnumber the rows it covers: it is then rebuilt (partitions sized for the
+/// table as it is now) rather than extended. Extending keeps the centroids and
+/// codebook of the smaller table: on 200,000 rows indexed at 20,000, recall@10
+/// fell to 0.15 where a rebuild gave 0.69 (nprobes 20, refine 10). Rebuilding
+/// at each doubling costs at most twice a single build over the table's life.
+fn outgrown(spec: &IndexSpec, covered: u64, uncovered: u64) -> bool {
+    spec.kind.is_vector() && uncovered > covered
 }
 
 /// One operation: Lance's incremental optimize of `names` at the pin, one
@@ -415,7 +429,9 @@ fn build_params(ds: &lance::Dataset, table: &str, spec: &IndexSpec, rows: u64) -
         let params = match spec.kind {
             IndexKind::IvfFlat => VectorIndexParams::ivf_flat(partitions, metric),
             IndexKind::IvfPq => {
-                let sub_vectors = spec.sub_vectors.map(|s| s as i32).unwrap_or(if dims % 16 == 0 { dims / 16 } else if dims % 8 == 0 { dims / 8 } else { 1 });
+                // 8 dimensions per code byte: at 16, points of one cluster
+                // blur together (recall@10 0.69 vs 0.90 at refine 10, bench data).
+                let sub_vectors = spec.sub_vectors.map(|s| s as i32).unwrap_or(if dims % 8 == 0 { dims / 8 } else if dims % 4 == 0 { dims / 4 } else { 1 });
                 if sub_vectors < 1 || dims % sub_vectors != 0 {
                     return Err(Error::Usage(format!("--sub-vectors {sub_vectors} must divide the {dims} dimensions of column '{}'", spec.column)));
                 }

@@ -561,7 +561,7 @@ impl Door<'_> {
     /// release our claims, remove our intent. Returns `error`.
     async fn abandon(&self, tables: &[TableWork], ours: &Ours, error: Error) -> Error {
         if let Error::BadInput(bad) = &error
-            && let Err(e) = self.quarantine(bad).await
+            && let Err(e) = self.quarantine(bad, tables).await
         {
             tracing::error!(error = %e, source = %bad.source_uri, "could not quarantine the bad source");
         }
@@ -612,19 +612,22 @@ impl Door<'_> {
         }
         sidecar::delete_intent(self.w.lake, &id).await
     }
-    async fn quarantine(&self, bad: &BadInput) -> Result<()> {
+    async fn quarantine(&self, bad: &BadInput, tables: &[TableWork]) -> Result<()> {
         let source = self.sources.iter().find(|s| s.uri == bad.source_uri).expect("bad input names one of our sources");
+        let table = tables.iter().find(|t| t.sources.iter().any(|(s, _)| s.id == source.id)).map(|t| t.request.table.as_str());
         let dir = format!("_quarantine/{}", source.id);
         source.copy_into(self.w.lake, &format!("{dir}/{}", source.file_name())).await?;
         #[derive(Serialize)]
         struct Reason<'a> {
             op: &'a str,
+            /// The table the source was for (`sluice sources --table`).
+            table: Option<&'a str>,
             at: chrono::DateTime<Utc>,
             identity: &'a str,
             error: &'a BadInput,
             message: String,
         }
-        let reason = Reason { op: &self.w.op, at: Utc::now(), identity: &source.identity, error: bad, message: bad.to_string() };
+        let reason = Reason { op: &self.w.op, table, at: Utc::now(), identity: &source.identity, error: bad, message: bad.to_string() };
         self.w.lake.put_json(&format!("{dir}/reason.json"), &reason).await
     }
 

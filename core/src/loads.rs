@@ -95,7 +95,7 @@ pub async fn list(lake: &Lake, filter: &Filter) -> Result<Vec<Entry>> {
             }
         }
     }
-    if filter.wants(Status::Quarantined) && filter.table.is_none() {
+    if filter.wants(Status::Quarantined) {
         let found = quarantined(lake, filter).await?;
         // A quarantined file delivered again and ingested is no longer
         // quarantined: look for it among the versions since the oldest.
@@ -151,6 +151,9 @@ async fn quarantined(lake: &Lake, filter: &Filter) -> Result<Vec<Entry>> {
     #[derive(Deserialize)]
     struct Reason {
         op: String,
+        /// Absent in records written before it was kept.
+        #[serde(default)]
+        table: Option<String>,
         at: DateTime<Utc>,
         identity: String,
         message: String,
@@ -167,11 +170,14 @@ async fn quarantined(lake: &Lake, filter: &Filter) -> Result<Vec<Entry>> {
             continue;
         }
         let Some(r) = lake.get_json::<Reason>(&rel).await? else { continue };
+        if !filter.keeps(r.table.as_deref(), r.at) {
+            continue;
+        }
         out.push(Entry {
             status: Status::Quarantined,
             uri: r.error.source_uri,
             identity: r.identity,
-            table: None,
+            table: r.table,
             op: r.op,
             manifest_version: None,
             rows: None,

@@ -228,6 +228,11 @@ fn timed_child(cmd: &Command) -> (Duration, u64) {
 
 #[tokio::main]
 async fn main() {
+    // `SLUICE_LOG=sluice::requests=trace` shows every request, sluice's and Lance's.
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
     let a = args();
     let _ = std::fs::remove_dir_all(&a.work);
     std::fs::create_dir_all(&a.work).unwrap();
