@@ -268,7 +268,7 @@ impl Door<'_> {
         // PUT and the claims (which need the intent first: invariant 4).
         let opening: Vec<_> = tables.iter().map(Stager::opening).collect();
         let mut ours = Ours::default();
-        let (claimed, fetched) = {
+        let (claimed, mut fetched) = {
             let fetches = futures::future::join_all(opening.iter().map(|(table, pin, latest)| self.w.fetch(table, *pin, *latest)));
             let claims = self.intent_then_claim(&intent, &mut tables, &mut ours);
             futures::pin_mut!(fetches, claims);
@@ -286,7 +286,6 @@ impl Door<'_> {
             Err(Claiming::NoIntent(e)) => return Err(e),
             Err(Claiming::Failed(e)) => return Err(self.abandon(&tables, &ours, e).await),
         };
-        let mut fetched = fetched;
         assert!(fetched.is_empty() || fetched.len() == tables.len(), "one read per table, or none");
         if ours.waited && !fetched.is_empty() {
             // What was read at Lance's latest before waiting for another holder is stale.
@@ -297,19 +296,19 @@ impl Door<'_> {
             }
         }
         // A table with no source claimed needs nothing it read (nor its error).
-        let (mut claimed, mut opened) = (Vec::with_capacity(tables.len()), Vec::with_capacity(tables.len()));
         // (`fetched` is empty when no table has work: the loop keeps none.)
+        let (mut kept, mut opened) = (Vec::with_capacity(tables.len()), Vec::with_capacity(tables.len()));
         for (t, ds) in tables.into_iter().zip(fetched).filter(|(t, _)| !t.sources.is_empty()) {
             match ds {
                 Ok(ds) => {
-                    claimed.push(t);
+                    kept.push(t);
                     opened.push(ds);
                 }
                 // No commit started: `abandon` needs only our claims.
-                Err(e) => return Err(self.abandon(&claimed, &ours, e).await),
+                Err(e) => return Err(self.abandon(&kept, &ours, e).await),
             }
         }
-        let mut tables = claimed;
+        let mut tables = kept;
         if tables.is_empty() {
             // Nothing claimed, nothing written: only our intent to remove.
             sidecar::delete_intent(self.w.lake, &self.id()).await?;
@@ -372,9 +371,8 @@ impl Door<'_> {
         self.report(Some(version), &tables, elsewhere).await
     }
 
-    /// Write the intent, then claim every source. Nothing is ours to undo
-    /// until the intent is written.
-    /// Also says whether any source is ours to ingest.
+    /// Write the intent, then claim every source; also says whether any
+    /// source is ours to ingest. Nothing is ours to undo until the intent is written.
     async fn intent_then_claim(&self, intent: &Intent, tables: &mut [TableWork], ours: &mut Ours) -> std::result::Result<(Vec<Elsewhere>, bool), Claiming> {
         sidecar::create_intent(self.w.lake, intent).await.map_err(Claiming::NoIntent)?;
         failpoints::hit(failpoints::AFTER_INTENT).map_err(Claiming::Failed)?;

@@ -58,7 +58,7 @@ impl Args {
 }
 
 fn args() -> Args {
-    let search = search::Shape { rows: 200_000, dims: 768, batches: 100, queries: 100, clusters: 256, nprobes: 20, refine: 10 };
+    let search = search::Shape { rows: 200_000, dims: 768, batches: 100, queries: 100, clusters: 256, nprobes: 20, refine: 20 };
     let mut a = Args { root: String::new(), work: std::env::temp_dir().join("sluice-bench"), depth: 1000, big_mb: 1024, reps: 3, sizes: vec![1, 64], only: Vec::new(), small: 500, search, backfill_keys: 10_000, backfill_new: 100, ledger: 100_000, delay: Duration::from_millis(20), writers: vec![1, 8, 32] };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
