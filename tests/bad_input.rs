@@ -43,19 +43,20 @@ fn cases() -> Vec<Case> {
         },
         Case { name: "empty file", file: "empty.jsonl", content: Vec::new(), line: None, column: None },
         Case {
-            // Chunks of a large file decode in parallel: the first bad line
-            // in the file is the one named, not the first chunk to finish.
+            // Chunks of 8,192 lines decode in parallel: the first bad line in
+            // the file (chunk 2) is the one named, not one in a chunk read
+            // later (chunk 3) that may finish first.
             name: "bad lines in two later chunks",
             file: "late.jsonl",
             content: (1..=30_000)
                 .map(|line| match line {
-                    20_001 => "{\"id\": 7.5, \"name\": \"x\", \"score\": 1.0}\n".to_string(),
-                    29_000 => "{\"id\": 29000, \"name\": \n".to_string(),
+                    10_001 => "{\"id\": 7.5, \"name\": \"x\", \"score\": 1.0}\n".to_string(),
+                    20_000 => "{\"id\": 20000, \"name\": \n".to_string(),
                     _ => format!("{{\"id\": {line}, \"name\": \"n\", \"score\": 1.5}}\n"),
                 })
                 .collect::<String>()
                 .into_bytes(),
-            line: Some(20_001),
+            line: Some(10_001),
             column: Some("id"),
         },
         Case {

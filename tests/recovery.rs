@@ -108,14 +108,14 @@ fn workload(kind: Kind, root: String, dir: &Path) -> Workload {
             let f = jsonl(dir, "new-u.jsonl", 3..13);
             (["ingest", "--table", "u"].map(String::from).into_iter().chain([f.display().to_string()]).collect(), vec![("u", (0..13).collect())])
         }
-        Kind::Optimize => (["optimize", "o"].map(String::from).into_iter().collect(), vec![("o", (0..30).collect())]),
-        Kind::Index => (["index", "create", "x", "id", "--type", "btree"].map(String::from).into_iter().collect(), vec![("x", (0..5).collect())]),
+        Kind::Optimize => (["optimize", "o"].map(String::from).to_vec(), vec![("o", (0..30).collect())]),
+        Kind::Index => (["index", "create", "x", "id", "--type", "btree"].map(String::from).to_vec(), vec![("x", (0..5).collect())]),
         Kind::Load => {
             jsonl(dir, "new-a.jsonl", 100..110);
             jsonl(dir, "new-b.jsonl", 200..215);
             let d = write(dir, "load.json", br#"{"tables": [{"table": "a", "sources": ["new-a.jsonl"]}, {"table": "b", "sources": ["new-b.jsonl"]}]}"#);
             (
-                ["load".to_string(), d.display().to_string()].into_iter().collect(),
+                vec!["load".to_string(), d.display().to_string()],
                 vec![("a", (0..5).chain(100..110).collect()), ("b", (0..5).chain(200..215).collect())],
             )
         }

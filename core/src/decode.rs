@@ -466,20 +466,20 @@ fn list_len(column: &ArrayRef, row: usize) -> Option<usize> {
     }
 }
 
-/// JSON Lines. A batch of lines is read into one buffer and decoded in one
-/// call; only when that fails, or yields a row count other than the line
-/// count, are its lines decoded one by one to name the bad one.
 /// JSON Lines as batches of the table schema. The reading thread cuts the
-/// file into chunks at line boundaries; each chunk is decoded (and checked for
-/// values that would change) on a thread of its own, at most `DECODE_WINDOW`
-/// at once, and the batches come back in file order, so the first bad line in
-/// the file is the one reported.
+/// file into chunks at line boundaries; each chunk is decoded in one call (and
+/// checked for values that would change) on a thread of its own, at most
+/// `window` at once, and the batches come back in file order, so the first bad
+/// line in the file is the one reported. Only a chunk that fails, or yields a
+/// row count other than its line count, is decoded line by line to name the bad one.
 struct JsonLines {
     reader: Box<dyn BufRead + Send>,
     chunks: Arc<JsonChunks>,
     line: u64,
     done: bool,
     in_flight: VecDeque<Decoding>,
+    /// Chunks decoded at once: the cores, plus one being read.
+    window: usize,
     /// Buffers of decoded chunks, for the next ones: fresh memory is zeroed
     /// by the kernel page by page, and a growing one is copied as it grows.
     spare: Arc<Mutex<Vec<Vec<u8>>>>,
@@ -493,11 +493,6 @@ enum Decoding {
 
 /// Up to this many lines, or this many bytes (a chunk always holds at least one line).
 const CHUNK_BYTES: usize = 8 << 20;
-
-/// Chunks decoded at once: the cores, plus one being read.
-fn decode_window() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 8) + 1
-}
 
 /// What every chunk of one source is decoded with.
 struct JsonChunks {
@@ -515,6 +510,7 @@ struct Chunk {
 
 impl JsonLines {
     fn new(source: &Source, reader: Box<dyn BufRead + Send>, schema: SchemaRef) -> Result<JsonLines> {
+        // A schema arrow cannot decode JSON into fails here, not in a thread.
         JsonChunks::decoder(&schema)?;
         let numbers = JsonNumbers::for_schema(&schema);
         Ok(JsonLines {
@@ -523,6 +519,7 @@ impl JsonLines {
             line: 0,
             done: false,
             in_flight: VecDeque::new(),
+            window: std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 8) + 1,
             spare: Arc::default(),
         })
     }
@@ -552,8 +549,7 @@ impl JsonLines {
     }
 
     fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
-        let window = decode_window();
-        while !self.done && self.in_flight.len() < window {
+        while !self.done && self.in_flight.len() < self.window {
             match self.read_chunk() {
                 Ok(Some(chunk)) => {
                     let (chunks, spare) = (Arc::clone(&self.chunks), Arc::clone(&self.spare));
@@ -573,7 +569,7 @@ impl JsonLines {
                 }
             }
         }
-        assert!(self.in_flight.len() <= window, "decoding is bounded");
+        assert!(self.in_flight.len() <= self.window, "decoding is bounded");
         match self.in_flight.pop_front() {
             None => Ok(None),
             Some(Decoding::Ready(result)) => result,

@@ -250,6 +250,7 @@ async fn survey(lake: &Lake, table: &str, pin: &TablePin) -> Result<(Vec<IndexSp
     let ds = lake.open_table(table, Some(pin.version)).await?;
     let present = ds.load_indices().await.map_err(|e| Error::lance(table, e))?;
     let fragments: Vec<(u32, u64)> = ds.fragments().iter().map(|f| (f.id as u32, f.num_rows().unwrap_or(0) as u64)).collect();
+    let total: u64 = fragments.iter().map(|(_, rows)| rows).sum();
     for spec in &pin.indices {
         let segments: Vec<_> = present.iter().filter(|i| i.name == spec.name).collect();
         let uncovered: u64 = fragments
@@ -258,7 +259,6 @@ async fn survey(lake: &Lake, table: &str, pin: &TablePin) -> Result<(Vec<IndexSp
             .map(|(_, rows)| rows)
             .sum();
         most = most.max(uncovered);
-        let total: u64 = fragments.iter().map(|(_, rows)| rows).sum();
         if segments.is_empty() || outgrown(spec, total - uncovered, uncovered) {
             missing.push(spec.clone());
         } else if uncovered > 0 {

@@ -14,6 +14,7 @@ use arrow::array::RecordBatchReader;
 use lance::dataset::builder::DatasetBuilder;
 use lance::dataset::{InsertBuilder, WriteMode, WriteParams};
 use sluice::Lake;
+use sluice::counting::RequestSnapshot;
 use sluice::decode::Progress;
 use sluice::ingest::{self, TableRequest};
 
@@ -122,15 +123,16 @@ fn generate(dir: &Path, name: &str, mb: u64, seed: u64) -> PathBuf {
     path
 }
 
-async fn sluice_ingest(lake: &Lake, file: &Path) -> (Duration, u64) {
+/// One ingest of `file` into table `t`: wall time and the requests it made.
+async fn sluice_ingest(lake: &Lake, file: &Path) -> (Duration, RequestSnapshot) {
     try_sluice_ingest(lake, file).await.expect("sluice ingest")
 }
 
-async fn try_sluice_ingest(lake: &Lake, file: &Path) -> sluice::Result<(Duration, u64)> {
+async fn try_sluice_ingest(lake: &Lake, file: &Path) -> sluice::Result<(Duration, RequestSnapshot)> {
     let req = TableRequest { table: "t".into(), sources: vec![file.display().to_string().into()], ..Default::default() };
     let start = Instant::now();
     let r = ingest::run(lake, vec![req], ingest::Budget::new(TIMEOUT), Arc::new(Progress::default())).await?;
-    Ok((start.elapsed(), r.requests.total()))
+    Ok((start.elapsed(), r.requests))
 }
 
 /// Fragments of table `t` as published, and the median time of 5 full scans.
@@ -158,11 +160,11 @@ async fn sluice_ingest_report(lake: &Lake, file: &Path) -> ingest::Report {
 }
 
 /// Plain Lance: open latest, decode with arrow, append. Counted by `lake`'s wrapper.
-async fn lance_append(lake: &Lake, file: &Path) -> (Duration, u64) {
+async fn lance_append(lake: &Lake, file: &Path) -> (Duration, RequestSnapshot) {
     try_lance_append(lake, file).await.expect("plain Lance append")
 }
 
-async fn try_lance_append(lake: &Lake, file: &Path) -> lance::Result<(Duration, u64)> {
+async fn try_lance_append(lake: &Lake, file: &Path) -> lance::Result<(Duration, RequestSnapshot)> {
     let before = lake.requests();
     let start = Instant::now();
     let uri = lake.table_uri("plain");
@@ -181,7 +183,7 @@ async fn try_lance_append(lake: &Lake, file: &Path) -> lance::Result<(Duration, 
             InsertBuilder::new(uri.as_str()).with_params(&params).execute_stream(reader).await?;
         }
     }
-    Ok((start.elapsed(), lake.requests().since(&before).total()))
+    Ok((start.elapsed(), lake.requests().since(&before)))
 }
 
 /// Data files of table `t` that its Lance HEAD does not reference: count and bytes.
@@ -274,8 +276,7 @@ async fn main() {
     let lake = Lake::open(&root("depth")).unwrap();
     let (_, s1) = sluice_ingest(&lake, &tiny(0)).await;
     let (_, l1) = lance_append(&lake, &tiny(0)).await;
-    let (_, s2) = sluice_ingest(&lake, &tiny(1)).await;
-    let (_, l2) = lance_append(&lake, &tiny(1)).await;
+    let (s2, l2) = (sluice_ingest(&lake, &tiny(1)).await.1.total(), lance_append(&lake, &tiny(1)).await.1.total());
     rows.push(("requests per ingest, depth 2".into(), s2.to_string(), l2.to_string(), format!("+{}", s2 as i64 - l2 as i64)));
     let _ = (s1, l1);
     for i in 2..a.depth {
@@ -285,8 +286,7 @@ async fn main() {
         std::fs::remove_file(f).unwrap();
     }
     let f = tiny(a.depth + 1);
-    let (_, sd) = sluice_ingest(&lake, &f).await;
-    let (_, ld) = lance_append(&lake, &f).await;
+    let (sd, ld) = (sluice_ingest(&lake, &f).await.1.total(), lance_append(&lake, &f).await.1.total());
     rows.push((format!("requests per ingest, depth {}", a.depth), sd.to_string(), ld.to_string(), format!("+{}", sd as i64 - ld as i64)));
     }
 

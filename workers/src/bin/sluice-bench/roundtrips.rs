@@ -12,28 +12,12 @@ use std::time::{Duration, Instant};
 
 use sluice::Lake;
 
+use sluice::counting::RequestSnapshot;
+
 use crate::{Row, generate, lance_append, median, ms, percentile, sluice_ingest, try_lance_append, try_sluice_ingest};
 
-/// One single-file ingest: wall time, requests, round trips in sequence.
-struct Trip {
-    wall: Duration,
-    requests: u64,
-    round_trips: u64,
-}
-
-async fn sluice_trip(lake: &Lake, file: &Path) -> Trip {
-    let before = lake.requests();
-    let (wall, _) = sluice_ingest(lake, file).await;
-    let r = lake.requests().since(&before);
-    Trip { wall, requests: r.total(), round_trips: r.round_trips }
-}
-
-async fn lance_trip(lake: &Lake, file: &Path) -> Trip {
-    let before = lake.requests();
-    let (wall, _) = lance_append(lake, file).await;
-    let r = lake.requests().since(&before);
-    Trip { wall, requests: r.total(), round_trips: r.round_trips }
-}
+/// One single-file ingest: wall time, and the requests it made.
+type Trip = (Duration, RequestSnapshot);
 
 /// Medians of `reps` ingests of distinct 1 MiB files, sluice and Lance interleaved.
 async fn trips(root: &str, work: &Path, delay: Duration, reps: usize, seed: u64) -> (Vec<Trip>, Vec<Trip>) {
@@ -44,21 +28,21 @@ async fn trips(root: &str, work: &Path, delay: Duration, reps: usize, seed: u64)
     let (mut s, mut l) = (Vec::new(), Vec::new());
     for rep in 0..reps {
         let file = generate(work, &format!("rt-{rep}.jsonl"), 1, seed + 1 + rep as u64);
-        s.push(sluice_trip(&lake, &file).await);
-        l.push(lance_trip(&lake, &file).await);
+        s.push(sluice_ingest(&lake, &file).await);
+        l.push(lance_append(&lake, &file).await);
         std::fs::remove_file(file).unwrap();
     }
     (s, l)
 }
 
-fn med(trips: &[Trip], f: impl Fn(&Trip) -> u64) -> u64 {
-    let mut v: Vec<u64> = trips.iter().map(f).collect();
+fn med(trips: &[Trip], f: impl Fn(&RequestSnapshot) -> u64) -> u64 {
+    let mut v: Vec<u64> = trips.iter().map(|(_, r)| f(r)).collect();
     v.sort();
     v[v.len() / 2]
 }
 
 fn med_wall(trips: &[Trip]) -> Duration {
-    median(trips.iter().map(|t| t.wall).collect())
+    median(trips.iter().map(|(wall, _)| *wall).collect())
 }
 
 pub async fn single(root: impl Fn(&str) -> String, work: &Path, delay: Duration, reps: usize, rows: &mut Vec<Row>) {
@@ -70,13 +54,13 @@ pub async fn single(root: impl Fn(&str) -> String, work: &Path, delay: Duration,
     rows.push((format!("1 MiB JSONL ingest, no added delay (median of {reps})"), ms(s), ms(l), ratio(s, l)));
     let (s, l) = (med_wall(&sd), med_wall(&ld));
     rows.push((format!("1 MiB JSONL ingest, +{d} ms per request (median of {reps})"), ms(s), ms(l), ratio(s, l)));
-    let (rs, rl) = (med(&sd, |t| t.round_trips), med(&ld, |t| t.round_trips));
+    let (rs, rl) = (med(&sd, |r| r.round_trips), med(&ld, |r| r.round_trips));
     rows.push(("round trips in sequence, single-file ingest (counted)".into(), rs.to_string(), rl.to_string(), format!("+{}", rs as i64 - rl as i64)));
     // The same, from time: what the delay added, in delays.
     let by_time = |with: &[Trip], without: &[Trip]| (med_wall(with).saturating_sub(med_wall(without))).as_secs_f64() / delay.as_secs_f64();
     let (ts, tl) = (by_time(&sd, &s0), by_time(&ld, &l0));
     rows.push((format!("round trips in sequence, from wall time (+{d} ms minus none)"), format!("{ts:.1}"), format!("{tl:.1}"), format!("+{:.1}", ts - tl)));
-    let (qs, ql) = (med(&sd, |t| t.requests), med(&ld, |t| t.requests));
+    let (qs, ql) = (med(&sd, RequestSnapshot::total), med(&ld, RequestSnapshot::total));
     rows.push(("requests, single-file ingest".into(), qs.to_string(), ql.to_string(), format!("+{}", qs as i64 - ql as i64)));
 }
 
