@@ -50,6 +50,18 @@ pub fn shared_backends() -> Vec<Backend> {
     out
 }
 
+/// Run `test` on every shared backend; report every backend's failure, not just the first.
+pub fn on_each_backend(test: impl Fn(&Backend)) {
+    let mut failures = Vec::new();
+    for b in shared_backends() {
+        if let Err(e) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| test(&b))) {
+            let msg = e.downcast_ref::<String>().cloned().or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()));
+            failures.push(format!("[{}] {}", b.name, msg.unwrap_or_default()));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
 pub fn memory() -> Backend {
     Backend { name: "memory", root: format!("memory://{}", unique()), _dir: None }
 }
@@ -317,6 +329,18 @@ pub fn scan_ids_at(root: &str, table: &str, version: &serde_json::Value) -> Vec<
 /// How many of `ids` fall in `range`.
 pub fn count_in(ids: &[i64], range: std::ops::Range<i64>) -> usize {
     ids.iter().filter(|i| range.contains(i)).count()
+}
+
+/// Wait out the deadline of an operation started at `started` with `timeout`:
+/// sleep past it, then (its process started a little later than `started`)
+/// poll until `status` shows no intent whose deadline is still ahead.
+pub fn wait_out(root: &str, started: std::time::Instant, timeout: Duration) {
+    sleep_past(started + timeout);
+    let limit = std::time::Instant::now() + Duration::from_secs(30);
+    while status(root)["pending"].as_array().unwrap().iter().any(|p| p["expired"] == false) {
+        assert!(std::time::Instant::now() < limit, "an intent never expired");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Sleep until `deadline` (an operation's `--timeout` from when it started) has passed.

@@ -134,9 +134,11 @@ enum Kind {
     Index,
     Cleanup,
     Recover,
+    /// An ingest into a table that adds columns, of a source with a column it may lack.
+    Evolve,
 }
 
-const KINDS: [(Kind, &str, u32); 10] = [
+const KINDS: [(Kind, &str, u32); 11] = [
     (Kind::Ingest, "ingest", 20),
     (Kind::Dup, "dup", 10),
     (Kind::Twice, "twice", 7),
@@ -147,6 +149,7 @@ const KINDS: [(Kind, &str, u32); 10] = [
     (Kind::Index, "index", 5),
     (Kind::Cleanup, "cleanup", 6),
     (Kind::Recover, "recover", 8),
+    (Kind::Evolve, "evolve", 8),
 ];
 
 /// Kinds `SLUICE_EXPLORE_WITHOUT=twice,load` leaves out of every schedule
@@ -241,7 +244,15 @@ fn sources(rng: &mut Rng, dir: &Path) -> (Vec<Src>, Vec<PathBuf>) {
         let n = rng.range(3, 20) as i64;
         let ids = next_id..next_id + n;
         next_id += n + rng.range(0, 5) as i64;
-        let path = jsonl(dir, &format!("src/{name}.jsonl"), ids.clone());
+        let path = match table {
+            // Each source of table e has one of two columns the table starts without.
+            "e" => {
+                let column = format!("c{}", pool.len() % 2);
+                let lines: String = ids.clone().map(|id| format!("{{\"id\": {id}, \"name\": \"row-{id}\", \"{column}\": {id}}}\n")).collect();
+                write(dir, &format!("src/{name}.jsonl"), lines.as_bytes())
+            }
+            _ => jsonl(dir, &format!("src/{name}.jsonl"), ids.clone()),
+        };
         pool.push(Src { name, table, ids, path, load });
     };
     for i in 0..5 {
@@ -252,6 +263,9 @@ fn sources(rng: &mut Rng, dir: &Path) -> (Vec<Src>, Vec<PathBuf>) {
     }
     for i in 0..3 {
         make("u", format!("u-{i}"), None, rng, &mut pool);
+    }
+    for i in 0..3 {
+        make("e", format!("e-{i}"), None, rng, &mut pool);
     }
     let mut descriptors = Vec::new();
     for l in 0..2 {
@@ -271,6 +285,7 @@ fn fault_for(rng: &mut Rng, kind: Kind, seed: u64, index: usize) -> Fault {
         Kind::Ingest | Kind::Dup | Kind::Twice | Kind::Multi | Kind::Upsert => {
             WRITER.iter().copied().filter(|fp| ![BEFORE_DECISION, AFTER_DECISION].contains(fp)).collect()
         }
+        Kind::Evolve => WRITER.iter().chain(COLUMNS).copied().filter(|fp| ![BEFORE_DECISION, AFTER_DECISION].contains(fp)).collect(),
         Kind::Optimize => OPTIMIZE.iter().chain(INDEX).copied().chain([BEFORE_PUBLISH, AFTER_PUBLISH]).collect(),
         Kind::Index => INDEX.iter().copied().chain([BEFORE_PUBLISH, AFTER_PUBLISH]).collect(),
         Kind::Recover | Kind::Cleanup => RECOVERY.to_vec(),
@@ -286,7 +301,7 @@ fn fault_for(rng: &mut Rng, kind: Kind, seed: u64, index: usize) -> Fault {
 
 fn schedule(rng: &mut Rng, seed: u64, pool: &[Src], descriptors: &[PathBuf], max_ops: usize, without: &[Kind]) -> Vec<Op> {
     let of = |table: &str| -> Vec<usize> { (0..pool.len()).filter(|&i| pool[i].table == table && pool[i].load.is_none()).collect() };
-    let (a, b, u) = (of("a"), of("b"), of("u"));
+    let (a, b, u, e) = (of("a"), of("b"), of("u"), of("e"));
     let n = rng.range(12.min(max_ops as u64), max_ops as u64) as usize;
     let mut ops: Vec<Op> = Vec::new();
     let path = |i: usize| pool[i].path.display().to_string();
@@ -343,6 +358,10 @@ fn schedule(rng: &mut Rng, seed: u64, pool: &[Src], descriptors: &[PathBuf], max
                 vec![],
             ),
             Kind::Recover => (["recover".to_string()].into_iter().chain(t).collect(), vec![]),
+            Kind::Evolve => {
+                let s = rng.pick(&e);
+                (["ingest", "--table", "e", "--evolution", "add-columns"].map(String::from).into_iter().chain(t).chain([path(s)]).collect(), vec![s])
+            }
         };
         let fault = fault_for(rng, kind, seed, ops.len());
         ops.push(Op { kind, args: args.clone(), sources: srcs.clone(), fault, with_prev: false, timeout });
@@ -724,7 +743,7 @@ pub fn explore(seed: u64, backend: &Backend, max_ops: usize) -> (Stats, Vec<Stri
 
     // The latest state: every attempted source's rows exactly once, nothing else.
     let mut latest_ids = BTreeMap::new();
-    for table in ["a", "b", "u"] {
+    for table in ["a", "b", "u", "e"] {
         let expect: BTreeSet<usize> = attempted.iter().copied().filter(|&s| pool[s].table == table).collect();
         let ids = match scan_cli(&root, table) {
             Ok(ids) => ids,
@@ -813,7 +832,7 @@ pub fn explore(seed: u64, backend: &Backend, max_ops: usize) -> (Stats, Vec<Stri
     let mut at_version = |what: String, v: u64| per_version.entry(what).or_default().push(v);
     for &v in &versions {
         let mut map = HashMap::new();
-        for table in ["a", "b", "u"] {
+        for table in ["a", "b", "u", "e"] {
             let ids = match visible(&rt, &lake, table, Some(v)) {
                 Ok(ids) => ids,
                 Err(e) => {

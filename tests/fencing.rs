@@ -17,34 +17,10 @@ use sluice::failpoints::*;
 
 use crate::common::*;
 
-/// Run `test` on every shared backend; report every backend's failure, not just the first.
-fn on_each_backend(test: impl Fn(&Backend)) {
-    let mut failures = Vec::new();
-    for b in shared_backends() {
-        if let Err(e) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| test(&b))) {
-            let msg = e.downcast_ref::<String>().cloned().or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()));
-            failures.push(format!("[{}] {}", b.name, msg.unwrap_or_default()));
-        }
-    }
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
-}
-
 fn seeded(root: &str, dir: &Path, tables: &[&str]) {
     for t in tables {
         let seed = jsonl(dir, &format!("seed-{t}.jsonl"), 0..5);
         assert_eq!(run(sluice(root).args(["ingest", "--table", t]).arg(&seed)).status.code(), Some(0), "seeding {t}");
-    }
-}
-
-/// Wait out the deadline of an operation started at `started` with `timeout`:
-/// sleep past it, then (its process started a little later than `started`)
-/// poll until `status` shows no intent whose deadline is still ahead.
-fn wait_out(root: &str, started: Instant, timeout: Duration) {
-    sleep_past(started + timeout);
-    let limit = Instant::now() + Duration::from_secs(30);
-    while status(root)["pending"].as_array().unwrap().iter().any(|p| p["expired"] == false) {
-        assert!(Instant::now() < limit, "an intent never expired");
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

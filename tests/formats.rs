@@ -387,7 +387,7 @@ fn iso_dates_and_timestamps_are_inferred_as_such() {
 "#,
     );
     assert_eq!(run(sluice(&b.root).args(["ingest", "--table", "j"]).arg(&jsonl)).status.code(), Some(0));
-    let csv = write(dir.path(), "b.csv", b"id,at,day\n1,2026-11-30T05:00:00Z,2026-11-30\n2,2026-11-30 06:00:00.25,2026-12-01\n");
+    let csv = write(dir.path(), "b.csv", b"id,at,day,mixed\n1,2026-11-30T05:00:00Z,2026-11-30,2026-11-30\n2,2026-11-30 06:00:00.25,2026-12-01,2026-11-30T05:00:00Z\n");
     assert_eq!(run(sluice(&b.root).args(["ingest", "--table", "c"]).arg(&csv)).status.code(), Some(0));
 
     let lake = Lake::open(&b.root).unwrap();
@@ -411,7 +411,7 @@ fn iso_dates_and_timestamps_are_inferred_as_such() {
         assert_eq!(j[column], want, "jsonl column {column}");
     }
     let c = types("c");
-    assert_eq!((&c["at"], &c["day"]), (&micros, &DataType::Date32));
+    assert_eq!((&c["at"], &c["day"], &c["mixed"]), (&micros, &DataType::Date32, &DataType::Utf8), "as in JSON Lines");
     // The offset is kept as the instant it names.
     let out = run(sluice(&b.root).args(["scan", "j", "--where", "id = 1", "--columns", "off"]));
     assert!(String::from_utf8_lossy(&out.stdout).contains("2026-11-30T05:00:00Z"), "{}", String::from_utf8_lossy(&out.stdout));

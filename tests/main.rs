@@ -8,6 +8,7 @@ mod backfill;
 mod bad_input;
 mod cleanup;
 mod deploy;
+mod evolution;
 mod explore;
 mod fencing;
 mod formats;

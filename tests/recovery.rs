@@ -21,6 +21,8 @@ enum Kind {
     Load,
     Optimize,
     Index,
+    /// An ingest whose source has a column the table adds first.
+    Columns,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,7 +41,7 @@ struct Case {
     sweep: Option<&'static str>,
 }
 
-const KINDS: [Kind; 5] = [Kind::Append, Kind::Upsert, Kind::Load, Kind::Optimize, Kind::Index];
+const KINDS: [Kind; 6] = [Kind::Append, Kind::Upsert, Kind::Load, Kind::Optimize, Kind::Index, Kind::Columns];
 const CRASHES: [Crash; 2] = [Crash::Error, Crash::Kill9];
 
 fn matrix() -> Vec<Case> {
@@ -50,6 +52,7 @@ fn matrix() -> Vec<Case> {
             let own = match kind {
                 Kind::Optimize => OPTIMIZE,
                 Kind::Index => INDEX,
+                Kind::Columns => COLUMNS,
                 _ => WRITER,
             };
             if !own.contains(&fp) && !RECOVERY.contains(&fp) {
@@ -58,6 +61,7 @@ fn matrix() -> Vec<Case> {
             let after_commit = match kind {
                 Kind::Optimize => OPTIMIZE_AFTER_COMMIT,
                 Kind::Index => INDEX_AFTER_COMMIT,
+                Kind::Columns => COLUMNS_AFTER_COMMIT,
                 _ => AFTER_COMMIT,
             };
             for crash in CRASHES {
@@ -92,6 +96,7 @@ fn workload(kind: Kind, root: String, dir: &Path) -> Workload {
             &[("o", &[])]
         }
         Kind::Index => &[("x", &[])],
+        Kind::Columns => &[("c", &["--evolution", "add-columns"])],
     };
     for (table, extra) in seeds {
         let seed = jsonl(dir, &format!("seed-{table}.jsonl"), 0..5);
@@ -110,6 +115,11 @@ fn workload(kind: Kind, root: String, dir: &Path) -> Workload {
         }
         Kind::Optimize => (["optimize", "o"].map(String::from).to_vec(), vec![("o", (0..30).collect())]),
         Kind::Index => (["index", "create", "x", "id", "--type", "btree"].map(String::from).to_vec(), vec![("x", (0..5).collect())]),
+        Kind::Columns => {
+            let lines: String = (100..110).map(|i| format!("{{\"id\": {i}, \"extra\": {i}}}\n")).collect();
+            let f = write(dir, "new-c.jsonl", lines.as_bytes());
+            (["ingest", "--table", "c"].map(String::from).into_iter().chain([f.display().to_string()]).collect(), vec![("c", (0..5).chain(100..110).collect())])
+        }
         Kind::Load => {
             jsonl(dir, "new-a.jsonl", 100..110);
             jsonl(dir, "new-b.jsonl", 200..215);
@@ -165,6 +175,11 @@ fn run_case(case: Case, root: String, dir: &Path) {
         assert_eq!(list[0]["name"], "id_idx", "{case:?}: declared: {list}");
         assert_eq!(list[0]["rows_indexed"], 5, "{case:?}: built: {list}");
     }
+    if case.kind == Kind::Columns {
+        let out = run(sluice(&w.root).args(["scan", "c", "--where", "extra IS NOT NULL", "--columns", "id,extra"]));
+        let extra: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(String::from).collect();
+        assert_eq!(extra.len(), 10, "{case:?}: the new column holds the source's values: {extra:?}");
+    }
     for (table, ids) in &w.expect {
         assert_eq!(&scan_ids(&w.root, table), ids, "{case:?}: table {table} has every acknowledged row exactly once");
     }
@@ -183,7 +198,9 @@ fn run_case(case: Case, root: String, dir: &Path) {
     ops.dedup();
     assert_eq!(ops.len(), n, "{case:?}: one audit record per operation");
     if case.sweep.is_some() {
-        assert_eq!(n, 1, "{case:?}: the dead writer's operation was audited");
+        // An ingest that died after adding columns left two operations: the columns' and its own.
+        let dead = if case.kind == Kind::Columns { 2 } else { 1 };
+        assert_eq!(n, dead, "{case:?}: the dead writer's operations were audited");
     }
 
     // The next ingest works.

@@ -20,6 +20,7 @@ use crate::error::{BadInput, Error, Location, Result};
 use crate::dialect::CsvOptions;
 use crate::exact::{self, JsonNumbers};
 use crate::partitions;
+use crate::rescue;
 use crate::source::Source;
 use crate::times::{self, TimeColumns};
 use crate::types;
@@ -116,7 +117,7 @@ pub fn detect_name(uri: &str, forced: Option<Format>) -> Result<(Format, Compres
 }
 
 fn bad(source: &Source, line: Option<u64>, column: Option<String>, reason: impl Into<String>) -> Error {
-    Error::BadInput(BadInput { source_uri: source.uri.clone(), location: Location { line, column }, reason: reason.into() })
+    Error::BadInput(BadInput { source_uri: source.uri.clone(), location: Location { line, column }, reason: reason.into(), new_column: false })
 }
 
 /// The decompressed bytes of a text source.
@@ -180,14 +181,20 @@ pub fn infer_schema(source: &Source, detected: Detected, key: Option<&str>, hand
                 .map_err(|e| bad(source, number_after(&e.to_string(), "at line "), None, format!("cannot infer a schema: {e}")))?;
             let schema = times::utc_timestamps(schema);
             // Digits with a leading zero (zip codes, ids like 00501) are text:
-            // as integers they would lose the zeros.
-            if schema.fields().iter().any(|f| f.data_type().is_integer()) {
-                let zeros = opts.leading_zero_columns(text_lines(source, detected.compression, handle)?, delimiter);
+            // as integers they would lose the zeros. So is a column mixing
+            // dates and timestamps, as in JSON Lines.
+            let temporal: std::collections::BTreeSet<usize> =
+                schema.fields().iter().enumerate().filter(|(_, f)| f.data_type().is_temporal()).map(|(i, _)| i).collect();
+            if schema.fields().iter().any(|f| f.data_type().is_integer()) || !temporal.is_empty() {
+                let text = opts.text_columns(text_lines(source, detected.compression, handle)?, delimiter, &temporal);
                 let fields: Vec<Field> = schema
                     .fields()
                     .iter()
                     .enumerate()
-                    .map(|(i, f)| if f.data_type().is_integer() && zeros.contains(&i) { f.as_ref().clone().with_data_type(DataType::Utf8) } else { f.as_ref().clone() })
+                    .map(|(i, f)| {
+                        let integer_or_time = f.data_type().is_integer() || f.data_type().is_temporal();
+                        if integer_or_time && text.contains(&i) { f.as_ref().clone().with_data_type(DataType::Utf8) } else { f.as_ref().clone() }
+                    })
                     .collect();
                 Schema::new_with_metadata(fields, schema.metadata().clone())
             } else {
@@ -214,6 +221,22 @@ pub fn infer_schema(source: &Source, detected: Detected, key: Option<&str>, hand
         return Err(bad(source, None, Some(key.to_string()), "the upsert key column is not in the source"));
     }
     with_key(&Schema::new(fields), key)
+}
+
+/// Columns `sources` have that `table` lacks, typed as inference over each
+/// whole source types them (nullable; the first source to have one decides
+/// its type, and the others' values are cast to it).
+pub fn new_columns(sources: &[(Source, Detected)], table: &Schema, handle: &tokio::runtime::Handle) -> Result<Vec<Field>> {
+    let mut new: Vec<Field> = Vec::new();
+    for (source, detected) in sources {
+        let inferred = infer_schema(source, detected.clone(), None, handle)?;
+        for f in inferred.fields() {
+            if table.field_with_name(f.name()).is_err() && !new.iter().any(|n| n.name() == f.name()) {
+                new.push(f.as_ref().clone().with_nullable(true));
+            }
+        }
+    }
+    Ok(new)
 }
 
 /// Infer from every record of the file (a key first seen on its last line
@@ -383,48 +406,86 @@ fn open_columnar(source: &Source, detected: Detected, handle: &tokio::runtime::H
 }
 
 /// Maps a file's columns onto the table's: reorders, casts, fills missing
-/// nullable columns with nulls; refuses unknown columns.
+/// nullable columns with nulls; refuses unknown columns (a `rescue` table
+/// keeps them, and values that do not cast, in its rescue column).
 struct Conform {
     source: Source,
     target: SchemaRef,
     /// For each target column, its index in the file, if present.
     slots: Vec<Option<usize>>,
+    /// A `rescue` table's rescue column (in the target) and the file's
+    /// columns the table lacks.
+    rescue: Option<(usize, Vec<usize>)>,
 }
 
 impl Conform {
-    fn plan(source: &Source, file: &Schema, target: &SchemaRef) -> Result<Conform> {
-        for f in file.fields() {
-            if target.field_with_name(f.name()).is_err() {
-                return Err(unknown_column(source, f.name(), target));
+    fn plan(source: &Source, file: &Schema, target: &SchemaRef, rescue: bool) -> Result<Conform> {
+        let rescue_at = if rescue { target.index_of(rescue::RESCUE_COLUMN).ok() } else { None };
+        let mut extra = Vec::new();
+        for (i, f) in file.fields().iter().enumerate() {
+            // A file's own column of that name is rescued too (never overwritten).
+            if target.field_with_name(f.name()).is_err() || (rescue_at.is_some() && f.name() == rescue::RESCUE_COLUMN) {
+                match rescue_at {
+                    Some(_) => extra.push(i),
+                    None => return Err(unknown_column(source, 1, f.name(), target)),
+                }
             }
         }
         let slots = target
             .fields()
             .iter()
             .map(|t| {
-                let slot = file.index_of(t.name()).ok();
+                let slot = file.index_of(t.name()).ok().filter(|i| !extra.contains(i));
                 if slot.is_none() && !t.is_nullable() {
                     return Err(bad(source, Some(1), Some(t.name().clone()), "required column is missing"));
                 }
                 Ok(slot)
             })
             .collect::<Result<_>>()?;
-        Ok(Conform { source: source.clone(), target: Arc::clone(target), slots })
+        Ok(Conform { source: source.clone(), target: Arc::clone(target), slots, rescue: rescue_at.map(|at| (at, extra)) })
     }
 
-    /// `first_row` is the 1-based row (or line) number of the batch's first row.
-    fn apply(&self, batch: RecordBatch, first_row: u64) -> Result<RecordBatch> {
-        let columns = self
-            .target
-            .fields()
-            .iter()
-            .zip(&self.slots)
-            .map(|(field, slot)| match slot {
-                None => Ok(new_null_array(field.data_type(), batch.num_rows())),
-                Some(i) => self.cast(batch.column(*i), field, first_row),
-            })
-            .collect::<Result<Vec<ArrayRef>>>()?;
-        RecordBatch::try_new(Arc::clone(&self.target), columns).map_err(|e| bad(&self.source, Some(first_row), None, e.to_string()))
+    /// `first_row` is the 1-based row (or line) number of the batch's first
+    /// row; `cells`, what the reader already rescued from it.
+    fn apply(&self, batch: RecordBatch, first_row: u64, mut cells: rescue::Cells) -> Result<RecordBatch> {
+        let rows = batch.num_rows();
+        let fail = |e: ArrowError| bad(&self.source, Some(first_row), None, e.to_string());
+        if let Some((_, extra)) = &self.rescue {
+            for &i in extra {
+                cells.add(batch.schema().field(i).name(), Arc::clone(batch.column(i)));
+            }
+        }
+        let mut columns = Vec::with_capacity(self.target.fields().len());
+        for (field, slot) in self.target.fields().iter().zip(&self.slots) {
+            let column = match slot {
+                None => new_null_array(field.data_type(), rows),
+                Some(i) => {
+                    let column = batch.column(*i);
+                    match (self.cast(column, field, first_row), &self.rescue) {
+                        (Ok(cast), _) => cast,
+                        (Err(Error::BadInput(_)), Some(_)) if column.data_type() != field.data_type() => {
+                            let (cast, failed) = rescue::cast_by_row(column, |c| exact::cast_column(c, field.data_type())).map_err(fail)?;
+                            cells.add_rows(field.name(), column, &failed).map_err(fail)?;
+                            self.required(&cast, field, first_row)?;
+                            cast
+                        }
+                        (Err(e), _) => return Err(e),
+                    }
+                }
+            };
+            columns.push(column);
+        }
+        if let Some((at, _)) = &self.rescue {
+            columns[*at] = cells.to_json(rows).map_err(fail)?;
+        }
+        RecordBatch::try_new(Arc::clone(&self.target), columns).map_err(fail)
+    }
+
+    fn required(&self, column: &ArrayRef, field: &Field, first_row: u64) -> Result<()> {
+        match (0..column.len()).find(|&r| !field.is_nullable() && column.is_null(r)) {
+            Some(row) => Err(bad(&self.source, Some(first_row + row as u64), Some(field.name().clone()), "null in a required column")),
+            None => Ok(()),
+        }
     }
 
     fn cast(&self, column: &ArrayRef, field: &Field, first_row: u64) -> Result<ArrayRef> {
@@ -441,18 +502,18 @@ impl Conform {
                 bad(&self.source, Some(first_row + row.unwrap_or(0) as u64), Some(field.name().clone()), reason)
             })?
         };
-        if !field.is_nullable()
-            && let Some(row) = (0..out.len()).find(|&r| out.is_null(r))
-        {
-            return Err(bad(&self.source, Some(first_row + row as u64), Some(field.name().clone()), "null in a required column"));
-        }
+        self.required(&out, field, first_row)?;
         Ok(out)
     }
 }
 
-fn unknown_column(source: &Source, name: &str, target: &Schema) -> Error {
+fn unknown_column(source: &Source, line: u64, name: &str, target: &Schema) -> Error {
     let names: Vec<String> = target.fields().iter().map(|f| format!("{:?}", f.name())).collect();
-    bad(source, Some(1), Some(name.to_string()), format!("unknown column: not in the table's schema ({})", names.join(", ")))
+    let reason = format!(
+        "unknown column: not in the table's schema ({}); a table whose schema evolution is add-columns (`--evolution add-columns`) adds it",
+        names.join(", ")
+    );
+    Error::BadInput(BadInput { source_uri: source.uri.clone(), location: Location { line: Some(line), column: Some(name.to_string()) }, reason, new_column: true })
 }
 
 /// The length of the list at `row`, if `column` holds lists.
@@ -497,9 +558,12 @@ const CHUNK_BYTES: usize = 8 << 20;
 /// What every chunk of one source is decoded with.
 struct JsonChunks {
     source: Source,
+    /// The table's columns JSON values decode into (not its rescue column).
     schema: SchemaRef,
     /// The table's numeric columns, whose values arrow would change silently.
     numbers: Option<JsonNumbers>,
+    /// A `rescue` table's schema, and where its rescue column is in it.
+    rescue: Option<(SchemaRef, usize)>,
 }
 
 /// Lines of one file: their bytes, and each record's (line number, byte range) in them.
@@ -509,13 +573,21 @@ struct Chunk {
 }
 
 impl JsonLines {
-    fn new(source: &Source, reader: Box<dyn BufRead + Send>, schema: SchemaRef) -> Result<JsonLines> {
+    fn new(source: &Source, reader: Box<dyn BufRead + Send>, target: SchemaRef, rescue: bool) -> Result<JsonLines> {
+        let (schema, rescue) = match target.index_of(rescue::RESCUE_COLUMN) {
+            Ok(at) if rescue => {
+                let mut fields: Vec<Field> = target.fields().iter().map(|f| f.as_ref().clone()).collect();
+                fields.remove(at);
+                (Arc::new(Schema::new_with_metadata(fields, target.metadata().clone())), Some((target, at)))
+            }
+            _ => (target, None),
+        };
         // A schema arrow cannot decode JSON into fails here, not in a thread.
         JsonChunks::decoder(&schema)?;
         let numbers = JsonNumbers::for_schema(&schema);
         Ok(JsonLines {
             reader,
-            chunks: Arc::new(JsonChunks { source: source.clone(), schema, numbers }),
+            chunks: Arc::new(JsonChunks { source: source.clone(), schema, numbers, rescue }),
             line: 0,
             done: false,
             in_flight: VecDeque::new(),
@@ -591,6 +663,10 @@ impl JsonChunks {
     fn error(&self, line: u64, e: &ArrowError) -> Error {
         let msg = e.to_string();
         let msg = msg.strip_prefix("Json error: ").unwrap_or(&msg);
+        // A key of the record itself (not one nested in a field) the table lacks.
+        if let Some(name) = msg.strip_prefix("column '").and_then(|m| m.strip_suffix("' missing from schema")) {
+            return unknown_column(&self.source, line, name, &self.schema);
+        }
         let column = quoted_after(msg, "whilst decoding field '").or_else(|| quoted_after(msg, "column '"));
         bad(&self.source, Some(line), column, msg)
     }
@@ -598,22 +674,98 @@ impl JsonChunks {
     /// The chunk failed as a whole: find the first line that fails alone.
     fn locate(&self, chunk: &Chunk, e: Option<ArrowError>) -> Error {
         for (line, range) in &chunk.records {
-            let result = Self::decoder(&self.schema).and_then(|mut one| {
-                let bytes = &chunk.buf[range.clone()];
-                one.decode(bytes).map_err(|e| self.error(*line, &e))?;
-                if one.has_partial_record() || one.len() != 1 {
-                    return Err(bad(&self.source, Some(*line), None, "not one complete JSON object on this line (truncated?)"));
-                }
-                one.flush().map_err(|e| self.error(*line, &e))
-            });
-            if let Err(err) = result {
+            if let Err(err) = self.decode_one(*line, &chunk.buf[range.clone()]) {
                 return err;
             }
         }
         bad(&self.source, None, None, e.map_or_else(|| "the batch did not decode".to_string(), |e| e.to_string()))
     }
 
+    /// Does this one line decode, and keep every value as written?
+    fn decode_one(&self, line: u64, bytes: &[u8]) -> Result<()> {
+        let mut one = Self::decoder(&self.schema)?;
+        one.decode(bytes).map_err(|e| self.error(line, &e))?;
+        if one.has_partial_record() || one.len() != 1 {
+            return Err(bad(&self.source, Some(line), None, "not one complete JSON object on this line (truncated?)"));
+        }
+        one.flush().map_err(|e| self.error(line, &e))?;
+        match &self.numbers {
+            Some(numbers) => numbers.check(bytes).map_err(|e| bad(&self.source, Some(line), Some(e.column), e.reason)),
+            None => Ok(()),
+        }
+    }
+
     fn decode(&self, chunk: &Chunk) -> Result<Option<RecordBatch>> {
+        let Some((target, at)) = &self.rescue else { return self.decode_whole(chunk) };
+        let (batch, rescued) = match self.decode_whole(chunk) {
+            Ok(batch) => (batch, None),
+            // Some line has what does not fit: rescue it line by line.
+            Err(Error::BadInput(_)) => self.decode_rescuing(chunk)?,
+            Err(e) => return Err(e),
+        };
+        let Some(batch) = batch else { return Ok(None) };
+        let rows = batch.num_rows();
+        let mut columns = batch.columns().to_vec();
+        columns.insert(*at, rescued.unwrap_or_else(|| new_null_array(&DataType::Utf8, rows)));
+        RecordBatch::try_new(Arc::clone(target), columns).map(Some).map_err(|e| bad(&self.source, None, None, e.to_string()))
+    }
+
+    /// Each line with what does not fit taken out of it (into the rescue
+    /// column, as written), then the lines decoded in one call.
+    fn decode_rescuing(&self, chunk: &Chunk) -> Result<(Option<RecordBatch>, Option<ArrayRef>)> {
+        let mut fixed = Vec::with_capacity(chunk.buf.len());
+        let mut rescued = Vec::with_capacity(chunk.records.len());
+        for (line, range) in &chunk.records {
+            let (kept, out) = self.rescue_line(*line, &chunk.buf[range.clone()])?;
+            fixed.extend_from_slice(&kept);
+            fixed.push(b'\n');
+            rescued.push(out);
+        }
+        let mut decoder = Self::decoder(&self.schema)?;
+        let failed = |e: ArrowError| bad(&self.source, None, None, format!("lines left after rescuing did not decode: {e}"));
+        decoder.decode(&fixed).map_err(failed)?;
+        let batch = decoder.flush().map_err(failed)?;
+        Ok((batch, Some(Arc::new(arrow::array::StringArray::from(rescued)))))
+    }
+
+    /// One line as the table takes it, and the members it cannot take (as a
+    /// JSON object, as written), if any. A line that is not a JSON object,
+    /// or fails for want of something (a required value), stays bad input.
+    fn rescue_line(&self, line: u64, bytes: &[u8]) -> Result<(Vec<u8>, Option<String>)> {
+        let Some(mut kept) = rescue::members(bytes) else {
+            return Err(self.decode_one(line, bytes).err().unwrap_or_else(|| bad(&self.source, Some(line), None, "not a JSON object")));
+        };
+        let mut out: Vec<&[u8]> = Vec::new();
+        // Each round takes at least one member out.
+        for _ in 0..=kept.len() {
+            let text = rescue::object(&kept.iter().map(|(_, m)| *m).collect::<Vec<_>>());
+            let error = match self.decode_one(line, &text) {
+                Ok(()) => {
+                    let rescued = (!out.is_empty()).then(|| String::from_utf8_lossy(&rescue::object(&out)).into_owned());
+                    return Ok((text, rescued));
+                }
+                Err(e) => e,
+            };
+            let column = match &error {
+                Error::BadInput(b) => b.location.column.clone(),
+                _ => None,
+            };
+            let before = kept.len();
+            kept.retain(|(key, member)| {
+                let rescue = Some(key) == column.as_ref();
+                if rescue {
+                    out.push(*member);
+                }
+                !rescue
+            });
+            if kept.len() == before {
+                return Err(error);
+            }
+        }
+        unreachable!("a line has finitely many members")
+    }
+
+    fn decode_whole(&self, chunk: &Chunk) -> Result<Option<RecordBatch>> {
         let mut decoder = Self::decoder(&self.schema)?;
         match decoder.decode(&chunk.buf) {
             Ok(used) if used == chunk.buf.len() && !decoder.has_partial_record() && decoder.len() == chunk.records.len() => {}
@@ -661,7 +813,7 @@ fn csv_delimiter(source: &Source, opts: &CsvOptions, head: &[u8]) -> u8 {
 
 /// CSV, columns matched to the table by the header's names, or by position
 /// without a header.
-fn open_csv(source: &Source, detected: &Detected, target: &SchemaRef, handle: &tokio::runtime::Handle) -> Result<Batches> {
+fn open_csv(source: &Source, detected: &Detected, target: &SchemaRef, rescue: bool, handle: &tokio::runtime::Handle) -> Result<Batches> {
     let opts = &detected.csv;
     let mut reader = text_lines(source, detected.compression, handle)?;
     reject_binary(source, &mut reader)?;
@@ -685,16 +837,21 @@ fn open_csv(source: &Source, detected: &Detected, target: &SchemaRef, handle: &t
     }
     let mut fields = Vec::with_capacity(names.len());
     for name in &names {
-        let field = target
-            .field_with_name(name)
-            .map_err(|_| unknown_column(source, name, target))?;
-        fields.push(Field::new(name, field.data_type().clone(), true));
+        // A column the table lacks is text, for a `rescue` table to keep.
+        let data_type = match target.field_with_name(name) {
+            Ok(field) if !(rescue && name == rescue::RESCUE_COLUMN) => field.data_type().clone(),
+            _ if rescue => DataType::Utf8,
+            _ => return Err(unknown_column(source, 1, name, target)),
+        };
+        fields.push(Field::new(name, data_type, true));
     }
     let file_schema = Arc::new(Schema::new(fields));
-    let conform = Conform::plan(source, &file_schema, target)?;
+    let conform = Conform::plan(source, &file_schema, target, rescue)?;
     // Float, date and timestamp columns are read as text first: arrow's
     // parse would round 2^53 + 1, drop a date's time or truncate finer digits.
-    let as_text = |t: &DataType| t.is_floating() || t.is_temporal();
+    // For a `rescue` table every column is, so a value that does not parse is
+    // rescued rather than failing its batch.
+    let as_text = |t: &DataType| rescue || t.is_floating() || t.is_temporal();
     let text_schema = Arc::new(Schema::new(
         file_schema
             .fields()
@@ -719,34 +876,56 @@ fn open_csv(source: &Source, detected: &Detected, target: &SchemaRef, handle: &t
         let batch = b.map_err(|e| csv_error(&src, &names, &e, next_line, data_starts))?;
         let first = next_line;
         next_line += batch.num_rows() as u64;
-        conform.apply(typed_text(&src, batch, &typed, first)?, first)
+        let (batch, cells) = typed_text(&src, batch, &typed, first, rescue)?;
+        conform.apply(batch, first, cells)
     })))
 }
 
-/// The columns read as text, checked value by value and parsed into their types.
-fn typed_text(source: &Source, batch: RecordBatch, typed: &SchemaRef, first_line: u64) -> Result<RecordBatch> {
-    let columns = typed
-        .fields()
-        .iter()
-        .zip(batch.columns())
-        .map(|(field, column)| {
-            if column.data_type() == field.data_type() {
-                return Ok(Arc::clone(column));
+/// The columns read as text, checked value by value and parsed into their
+/// types; with `rescue`, a value that does not parse is left null and kept
+/// (as written) among the batch's rescued cells.
+fn typed_text(source: &Source, batch: RecordBatch, typed: &SchemaRef, first_line: u64, rescue: bool) -> Result<(RecordBatch, rescue::Cells)> {
+    let mut cells = rescue::Cells::default();
+    let mut columns = Vec::with_capacity(typed.fields().len());
+    for (field, column) in typed.fields().iter().zip(batch.columns()) {
+        if column.data_type() == field.data_type() {
+            columns.push(Arc::clone(column));
+            continue;
+        }
+        let at = |row: usize, reason: String| bad(source, Some(first_line + row as u64), Some(field.name().clone()), reason);
+        let parsed = match text_to(column, field.data_type()) {
+            Ok(parsed) => parsed,
+            Err(_) if rescue => {
+                let (parsed, failed) = rescue::cast_by_row(column, |c| text_to(c, field.data_type())).map_err(|e| at(0, e.to_string()))?;
+                cells.add_rows(field.name(), column, &failed).map_err(|e| at(0, e.to_string()))?;
+                parsed
             }
-            let at = |row: usize, reason: String| bad(source, Some(first_line + row as u64), Some(field.name().clone()), reason);
-            exact::text_column(column, field.data_type()).map_err(|(row, reason)| at(row, reason))?;
-            let safe = arrow::compute::CastOptions { safe: true, ..Default::default() };
-            let cast = arrow::compute::cast_with_options(column, field.data_type(), &safe).map_err(|e| at(0, e.to_string()))?;
-            match (0..column.len()).find(|&r| column.is_valid(r) && cast.is_null(r)) {
-                Some(row) => {
-                    let text = column.as_any().downcast_ref::<arrow::array::StringArray>().map(|s| s.value(row).to_string()).unwrap_or_default();
-                    Err(at(row, format!("{text:?} is not a value of type {}", types::name(field.data_type()))))
-                }
-                None => Ok(cast),
-            }
-        })
-        .collect::<Result<Vec<ArrayRef>>>()?;
-    RecordBatch::try_new(Arc::clone(typed), columns).map_err(|e| bad(source, Some(first_line), None, e.to_string()))
+            Err((row, reason)) => return Err(at(row, reason)),
+        };
+        columns.push(parsed);
+    }
+    let batch = RecordBatch::try_new(Arc::clone(typed), columns).map_err(|e| bad(source, Some(first_line), None, e.to_string()))?;
+    Ok((batch, cells))
+}
+
+/// CSV text into `to` as arrow's CSV reader parses it, refusing any value
+/// that would change: `Err((row, reason))` names the first that does not fit.
+fn text_to(column: &ArrayRef, to: &DataType) -> std::result::Result<ArrayRef, (usize, String)> {
+    let strings = column.as_any().downcast_ref::<arrow::array::StringArray>().expect("CSV columns are read as text");
+    let not_a = |row: usize| (row, format!("{:?} is not a value of type {}", strings.value(row), types::name(to)));
+    exact::text_column(column, to)?;
+    // Only what the CSV reader takes as a bool (arrow's cast also takes `yes`, `1`, ...).
+    if to == &DataType::Boolean
+        && let Some(row) = (0..strings.len()).find(|&r| strings.is_valid(r) && !["true", "false"].iter().any(|b| strings.value(r).eq_ignore_ascii_case(b)))
+    {
+        return Err(not_a(row));
+    }
+    let safe = arrow::compute::CastOptions { safe: true, ..Default::default() };
+    let cast = arrow::compute::cast_with_options(column, to, &safe).map_err(|e| (0, e.to_string()))?;
+    match (0..column.len()).find(|&r| column.is_valid(r) && cast.is_null(r)) {
+        Some(row) => Err(not_a(row)),
+        None => Ok(cast),
+    }
 }
 
 /// arrow-csv says "for column N at line M" (M counts data rows from 0 here,
@@ -768,9 +947,9 @@ fn number_after(msg: &str, marker: &str) -> Option<u64> {
 
 /// Open one source as batches of `target`: the file's columns, and the
 /// partition values its path holds (`partitions.rs`).
-fn open_source(source: &Source, detected: Detected, target: &SchemaRef, handle: &tokio::runtime::Handle) -> Result<Batches> {
+fn open_source(source: &Source, detected: Detected, target: &SchemaRef, rescue: bool, handle: &tokio::runtime::Handle) -> Result<Batches> {
     let (file_target, add) = partitions::split(target, &source.uri)?;
-    let batches = open_file(source, detected, &file_target, handle)?;
+    let batches = open_file(source, detected, &file_target, rescue, handle)?;
     let Some(add) = add else { return Ok(batches) };
     let mut next_row = 1u64;
     Ok(Box::new(batches.map(move |b| {
@@ -781,19 +960,19 @@ fn open_source(source: &Source, detected: Detected, target: &SchemaRef, handle: 
     })))
 }
 
-fn open_file(source: &Source, detected: Detected, target: &SchemaRef, handle: &tokio::runtime::Handle) -> Result<Batches> {
+fn open_file(source: &Source, detected: Detected, target: &SchemaRef, rescue: bool, handle: &tokio::runtime::Handle) -> Result<Batches> {
     match detected.format {
-        Format::Jsonl => Ok(Box::new(JsonLines::new(source, text_lines(source, detected.compression, handle)?, Arc::clone(target))?)),
-        Format::Csv => open_csv(source, &detected, target, handle),
+        Format::Jsonl => Ok(Box::new(JsonLines::new(source, text_lines(source, detected.compression, handle)?, Arc::clone(target), rescue)?)),
+        Format::Csv => open_csv(source, &detected, target, rescue, handle),
         Format::Parquet | Format::Arrow | Format::ArrowStream => {
             let (schema, batches) = open_columnar(source, detected, handle)?;
-            let conform = Conform::plan(source, &schema, target)?;
+            let conform = Conform::plan(source, &schema, target, rescue)?;
             let mut next_row = 1u64;
             Ok(Box::new(batches.map(move |b| {
                 let batch = b?;
                 let first = next_row;
                 next_row += batch.num_rows() as u64;
-                conform.apply(batch, first)
+                conform.apply(batch, first, rescue::Cells::default())
             })))
         }
     }
@@ -820,6 +999,8 @@ pub struct SourcesReader {
     sources: std::vec::IntoIter<(Source, Detected)>,
     current: Option<(Source, Batches, u64)>,
     target: SchemaRef,
+    /// What does not fit goes to the table's rescue column.
+    rescue: bool,
     handle: tokio::runtime::Handle,
     error: ErrorSlot,
     progress: Arc<Progress>,
@@ -828,12 +1009,14 @@ pub struct SourcesReader {
 }
 
 impl SourcesReader {
-    pub fn new(sources: Vec<(Source, Detected)>, target: SchemaRef, progress: Arc<Progress>) -> (SourcesReader, ErrorSlot) {
+    pub fn new(sources: Vec<(Source, Detected)>, target: SchemaRef, rescue: bool, progress: Arc<Progress>) -> (SourcesReader, ErrorSlot) {
+        assert!(!rescue || target.field_with_name(rescue::RESCUE_COLUMN).is_ok(), "a rescuing reader writes the rescue column");
         let error: ErrorSlot = Arc::default();
         let reader = SourcesReader {
             sources: sources.into_iter(),
             current: None,
             target,
+            rescue,
             handle: tokio::runtime::Handle::current(),
             error: Arc::clone(&error),
             progress,
@@ -857,7 +1040,7 @@ impl SourcesReader {
                 let Some((mut source, detected)) = self.sources.next() else { return Ok(None) };
                 source.read_counter = Some(Arc::clone(&self.progress.bytes_read));
                 self.source_bytes_start = self.progress.bytes_read.load(Ordering::Relaxed);
-                let batches = open_source(&source, detected, &self.target, &self.handle)?;
+                let batches = open_source(&source, detected, &self.target, self.rescue, &self.handle)?;
                 self.current = Some((source, batches, 0));
             }
             let (source, batches, rows) = self.current.as_mut().expect("a source is open");

@@ -90,10 +90,14 @@ impl CsvOptions {
             .map_err(|e| Error::Usage(format!("CSV null markers {:?}: {e}", self.nulls)))
     }
 
-    /// The columns (by position) where some value is digits with a leading
-    /// zero (`007`, `-01`; not `0` or `0.5`). One pass over the file.
-    pub fn leading_zero_columns(&self, reader: impl std::io::Read, delimiter: u8) -> std::collections::BTreeSet<usize> {
+    /// The columns (by position) inference must leave as text, from one pass
+    /// over the file: where some value is digits with a leading zero (`007`,
+    /// `-01`; not `0` or `0.5`), and, among the `temporal` columns, where
+    /// dates and timestamps mix (neither type holds both as they were written).
+    pub fn text_columns(&self, reader: impl std::io::Read, delimiter: u8, temporal: &std::collections::BTreeSet<usize>) -> std::collections::BTreeSet<usize> {
         let mut out = std::collections::BTreeSet::new();
+        // Per temporal column: (a date seen, a timestamp seen).
+        let mut seen: std::collections::BTreeMap<usize, (bool, bool)> = temporal.iter().map(|&i| (i, (false, false))).collect();
         let mut reader = csv::ReaderBuilder::new()
             .has_headers(self.header)
             .flexible(true)
@@ -107,8 +111,17 @@ impl CsvOptions {
                 if digits.len() > 1 && digits[0] == b'0' && digits.iter().all(u8::is_ascii_digit) {
                     out.insert(i);
                 }
+                if let Some((date, timestamp)) = seen.get_mut(&i) {
+                    match std::str::from_utf8(field).ok().filter(|f| !f.is_empty()) {
+                        Some(f) if crate::times::is_date(f) => *date = true,
+                        Some(f) if crate::times::parse_timestamp(f).is_some() => *timestamp = true,
+                        // A null marker: inference already took it as null.
+                        _ => {}
+                    }
+                }
             }
         }
+        out.extend(seen.into_iter().filter(|(_, (date, timestamp))| *date && *timestamp).map(|(i, _)| i));
         out
     }
 

@@ -33,6 +33,9 @@ pub struct BadInput {
     pub source_uri: String,
     pub location: Location,
     pub reason: String,
+    /// A column the table lacks (a table that adds columns takes it instead).
+    #[serde(skip)]
+    pub new_column: bool,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -62,6 +62,11 @@ pub const INDEX_AFTER_BUILD: &str = "index.after-build";
 /// An index change is committed in Lance; not yet decided or published.
 pub const INDEX_AFTER_COMMIT: &str = "index.after-commit";
 
+/// A schema change adding columns wrote its intent, claimed the table's
+/// maintenance and built its commit on Lance's latest version; nothing committed.
+pub const COLUMNS_BEFORE_COMMIT: &str = "columns.before-commit";
+/// New columns are committed in Lance; not yet decided or published.
+pub const COLUMNS_AFTER_COMMIT: &str = "columns.after-commit";
 /// A reader opened a table at its pinned version; no data read yet.
 pub const SCAN_AFTER_OPEN: &str = "scan.after-open";
 
@@ -71,6 +76,8 @@ pub const WRITER: &[&str] = &[AFTER_INTENT, AFTER_CLAIMS, BEFORE_COMMIT, COMMIT_
 pub const OPTIMIZE: &[&str] = &[OPTIMIZE_AFTER_INTENT, OPTIMIZE_AFTER_REWRITE, OPTIMIZE_AFTER_COMMIT];
 /// An index change's own steps.
 pub const INDEX: &[&str] = &[INDEX_AFTER_INTENT, INDEX_AFTER_BUILD, INDEX_AFTER_COMMIT];
+/// A schema change's own steps.
+pub const COLUMNS: &[&str] = &[COLUMNS_BEFORE_COMMIT, COLUMNS_AFTER_COMMIT];
 /// Readers' steps (a rendezvous for tests; a reader leaves nothing behind).
 pub const READ: &[&str] = &[SCAN_AFTER_OPEN];
 /// Recovery's own steps (a crash here leaves work for the next sweep).
@@ -98,6 +105,8 @@ pub const ALL: &[&str] = &[
     INDEX_AFTER_INTENT,
     INDEX_AFTER_BUILD,
     INDEX_AFTER_COMMIT,
+    COLUMNS_BEFORE_COMMIT,
+    COLUMNS_AFTER_COMMIT,
     SCAN_AFTER_OPEN,
 ];
 

@@ -17,7 +17,8 @@
 //!   deadline), and is resolved by recovery once its owner is presumed dead;
 //! - a load decided forward but not yet shown is joined: the caller publishes
 //!   all of its tables with its own, in one version;
-//! - a compaction's rewrite or an index change passes (same rows);
+//! - a compaction's rewrite, an index change or sluice's new columns pass
+//!   (same rows; a new column is null in every one of them);
 //! - anything else (no sluice tag, no decision and no audit record) is refused
 //!   unless an operator adopted that commit (`sluice adopt`).
 
@@ -34,7 +35,7 @@ use crate::deadline::{self, Deadline};
 use crate::error::{Error, Result};
 use crate::lake::Lake;
 use crate::manifest;
-use crate::sidecar::{self, AttemptId, Outcome, PROP_INTENT, PROP_OP, PROP_REMOVES, PROP_SCOPE, SCOPE_MULTI, SCOPE_ROLLBACK};
+use crate::sidecar::{self, AttemptId, Outcome, PROP_INTENT, PROP_OP, PROP_REMOVES, PROP_SCOPE, SCOPE_COLUMNS, SCOPE_MULTI, SCOPE_ROLLBACK};
 
 /// Versions a writer reads to learn whether its own commit landed.
 const MAX_HISTORY: u64 = 100_000;
@@ -68,8 +69,8 @@ pub(crate) enum Tag {
     /// A commit of attempt `0`; `1` when it belongs to a multi-table operation.
     Op(AttemptId, bool),
     /// The same rows, rearranged or indexed: a compaction's rewrite (it can
-    /// only land on the fragments it read; Lance refuses it otherwise) or an
-    /// index change. It passes whatever became of its attempt — a late one
+    /// only land on the fragments it read; Lance refuses it otherwise), an
+    /// index change, or nullable columns sluice added (null in every row). It passes whatever became of its attempt — a late one
     /// included; so does another tool's. The attempt, if sluice's.
     Preserving(Option<AttemptId>),
     /// Not written by sluice.
@@ -82,7 +83,10 @@ impl Tag {
         let props = txn.transaction_properties.as_deref();
         let get = |k: &str| props.and_then(|p| p.get(k)).cloned();
         let ids = (get(PROP_OP), get(PROP_INTENT), get(PROP_SCOPE));
-        if preserves_rows(&txn.operation) {
+        // sluice's new columns keep every row as it was, plus nulls; another
+        // tool's merge may rewrite data (`sluice adopt` decides on it).
+        let adds_null_columns = matches!(txn.operation, Operation::Merge { .. }) && ids.2.as_deref() == Some(SCOPE_COLUMNS);
+        if preserves_rows(&txn.operation) || adds_null_columns {
             return Tag::Preserving(match ids {
                 (Some(op), Some(attempt), _) => Some(AttemptId { op, attempt }),
                 _ => None,

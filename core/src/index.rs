@@ -14,11 +14,9 @@
 //! one that lands after its attempt was rolled back is an undeclared index
 //! nobody maintains, never a change of data.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
 use lance::dataset::CommitBuilder;
 use lance::dataset::transaction::{Operation, Transaction};
 use lance::index::DatasetIndexExt;
@@ -40,7 +38,7 @@ use crate::ingest::Budget;
 use crate::lake::Lake;
 use crate::manifest::{self, TablePin};
 use crate::settings::{Change, IndexKind, IndexSpec, Metric};
-use crate::sidecar::{self, AttemptId, Intent, IntentTable, SCOPE_SINGLE};
+use crate::sidecar::{self, AttemptId, SCOPE_SINGLE};
 use crate::single;
 use crate::types;
 
@@ -360,26 +358,8 @@ async fn published(lake: &Lake, table: &str) -> Result<(manifest::Manifest, Tabl
 /// and its claim on that state's maintenance (`None`: another optimizer or
 /// index change held it; it was waited for, look again).
 async fn begin(lake: &Lake, table: &str, pin: &TablePin, changes: &[Change], skew: Duration, deadline: &Deadline) -> Result<Option<AttemptId>> {
-    let what = format!("{}\0{}", pin.version, serde_json::to_string(changes).expect("changes serialize"));
-    let op = format!("idx-{}", &hex::encode(<sha2::Sha256 as sha2::Digest>::digest(format!("{table}\0{what}")))[..24]);
-    let attempt = uuid::Uuid::now_v7().to_string();
-    deadline.check("writing the intent")?;
-    let intent = Intent {
-        op: op.clone(),
-        attempt: attempt.clone(),
-        kind: "index".into(),
-        tables: BTreeMap::from([(
-            table.to_string(),
-            IntentTable { start_pin: Some(pin.version), mode: pin.mode, key: pin.key.clone(), format: None, csv: None, partitions: None, schema: None, changes: changes.to_vec() },
-        )]),
-        sources: Vec::new(),
-        started_at: Utc::now(),
-        deadline: deadline.at(),
-        worker: sidecar::worker_name(),
-    };
-    sidecar::create_intent(lake, &intent).await?;
-    let id = AttemptId::new(&op, &attempt);
-    Ok(single::claim_maintenance(lake, &id, table, pin.version, skew, deadline).await?.then_some(id))
+    let what = serde_json::to_string(changes).expect("changes serialize");
+    single::begin(lake, single::Kind { name: "index", prefix: "idx" }, table, pin, changes, &what, skew, deadline).await
 }
 
 /// Commit `operation` read at the pin, tagged with the attempt. An error is

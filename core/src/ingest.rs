@@ -35,12 +35,14 @@ use crate::error::{BadInput, Error, Result};
 use crate::failpoints;
 use crate::lake::{Created, Lake};
 use crate::manifest::{self, Goal, Manifest, Mode, Published, PublishedSource, TablePin};
-use crate::settings::Change;
+use crate::columns;
+use crate::rescue;
+use crate::settings::{Change, Evolution, RESCUE_COLUMN};
 use crate::fence;
 use crate::recover;
 use crate::sidecar::{self, AttemptId, Claim, Claimed, Decision, Holder, Intent, IntentTable, Outcome, SourceRef};
 use crate::source::Source;
-use crate::stage::{Stager, TableWork, check_mode};
+use crate::stage::{Staged, Stager, TableWork, check_mode};
 pub use crate::stage::{TableReport, TableRequest};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -215,6 +217,7 @@ async fn resolve(requests: Vec<TableRequest>) -> Result<Vec<TableWork>> {
             sources.push((source, detected));
         }
         tables.push(TableWork {
+            evolution: request.evolution.unwrap_or_default(),
             mode: request.mode.unwrap_or(Mode::Append),
             key: request.key.clone(),
             request,
@@ -321,7 +324,15 @@ impl Door<'_> {
         // Write everything uncommitted first: bad input stops before any commit.
         let mut staged = Vec::with_capacity(tables.len());
         for (t, ds) in tables.iter_mut().zip(opened) {
-            match self.w.stage_fetched(t, ds).await {
+            let lacks_rescue = t.evolution == Evolution::Rescue && ds.as_ref().is_some_and(|ds| ds.schema().field(RESCUE_COLUMN).is_none());
+            let stage = match lacks_rescue {
+                true => self.add_columns(t).await,
+                false => match self.w.stage_fetched(t, ds).await {
+                    Err(Error::BadInput(bad)) if bad.new_column && t.evolution == Evolution::AddColumns => self.add_columns(t).await,
+                    stage => stage,
+                },
+            };
+            match stage {
                 Ok(s) => staged.push(s),
                 Err(e) => return Err(self.abandon(&tables, &ours, e).await),
             }
@@ -371,6 +382,30 @@ impl Door<'_> {
         self.report(Some(version), &tables, elsewhere).await
     }
 
+    /// `t`'s table lacks columns it needs — its sources' new columns, if it
+    /// adds columns; its rescue column, if it rescues — : add them (an
+    /// operation of its own, published before our rows, which keep our
+    /// claims), then stage onto Lance's latest version, which has them.
+    async fn add_columns(&self, t: &mut TableWork) -> Result<Staged> {
+        let table = t.request.table.clone();
+        let Some(ds) = self.w.fetch(&table, None, true).await? else {
+            return Err(Error::Blocked(format!("table '{table}' vanished while its columns were being added")));
+        };
+        let schema = arrow::datatypes::Schema::from(ds.schema());
+        let new = match t.evolution {
+            Evolution::AddColumns => {
+                let (sources, handle) = (t.sources.clone(), tokio::runtime::Handle::current());
+                tokio::task::spawn_blocking(move || decode::new_columns(&sources, &schema, &handle)).await.expect("schema inference panicked")?
+            }
+            Evolution::Rescue => [rescue::field()].into_iter().filter(|f| schema.field_with_name(f.name()).is_err()).collect(),
+            Evolution::Strict => unreachable!("a strict table adds no columns"),
+        };
+        if !new.is_empty() {
+            columns::add(self.w.lake, &table, &new, self.skew, &self.w.deadline).await?;
+        }
+        self.w.stage_once(t, true).await
+    }
+
     /// Write the intent, then claim every source; also says whether any
     /// source is ours to ingest. Nothing is ours to undo until the intent is written.
     async fn intent_then_claim(&self, intent: &Intent, tables: &mut [TableWork], ours: &mut Ours) -> std::result::Result<(Vec<Elsewhere>, bool), Claiming> {
@@ -405,7 +440,13 @@ impl Door<'_> {
                 None => t.changes.push(Change::AddIndex(spec.clone())),
             }
         }
+        match (t.request.evolution, pin) {
+            (Some(wanted), Some(pin)) if wanted != pin.evolution => t.changes.push(Change::Evolution(wanted)),
+            (Some(wanted), None) if wanted != Evolution::Strict => t.changes.push(Change::Evolution(wanted)),
+            _ => {}
+        }
         let Some(pin) = pin else { return Ok(()) };
+        t.evolution = t.request.evolution.unwrap_or(pin.evolution);
         check_mode(&t.request, pin.mode, pin.key.as_deref())?;
         t.mode = pin.mode;
         t.key = pin.key.clone();
@@ -430,6 +471,7 @@ impl Door<'_> {
                         partitions: t.request.partitions.clone(),
                         schema: t.request.schema.as_deref().map(decode::declared_schema_json),
                         changes: t.changes.clone(),
+                        evolution: t.evolution,
                     };
                     (t.request.table.clone(), table)
                 })

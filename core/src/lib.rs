@@ -5,6 +5,7 @@
 pub mod adopt;
 pub mod audit;
 pub mod cleanup;
+mod columns;
 pub mod counting;
 pub mod deadline;
 pub mod delay;
@@ -26,6 +27,7 @@ pub mod optimize;
 pub mod partitions;
 pub mod read;
 pub mod recover;
+mod rescue;
 pub mod sidecar;
 pub mod settings;
 mod single;

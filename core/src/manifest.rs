@@ -25,7 +25,7 @@ use crate::deadline::Deadline;
 use crate::error::{Error, Result};
 use crate::failpoints;
 use crate::lake::{Created, Lake};
-use crate::settings::{Change, IndexSpec};
+use crate::settings::{Change, Evolution, IndexSpec};
 
 const VERSIONS: &str = "_manifest/versions";
 const LATEST_HINT: &str = "_manifest/latest.json";
@@ -61,12 +61,15 @@ pub struct TablePin {
     /// The indices the table declares (`settings.rs`); optimize keeps them fresh.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub indices: Vec<IndexSpec>,
+    /// What an ingest does with a source column the table lacks.
+    #[serde(default, skip_serializing_if = "Evolution::is_strict")]
+    pub evolution: Evolution,
 }
 
 impl TablePin {
     /// A pin with no settings beyond mode and key (a new table's).
     pub fn new(version: u64, mode: Mode, key: Option<String>) -> TablePin {
-        TablePin { version, mode, key, indices: Vec::new() }
+        TablePin { version, mode, key, indices: Vec::new(), evolution: Evolution::Strict }
     }
 }
 
@@ -144,7 +147,7 @@ impl Goal {
     /// Does `m` already show everything this goal asks for? (Invariant 6.)
     pub fn covered_by(&self, m: &Manifest) -> bool {
         self.pins.iter().all(|(t, pin)| m.tables.get(t).is_some_and(|cur| cur.version >= pin.version))
-            && self.changes.iter().all(|(t, changes)| m.tables.get(t).is_some_and(|cur| changes.iter().all(|c| c.holds(&cur.indices))))
+            && self.changes.iter().all(|(t, changes)| m.tables.get(t).is_some_and(|cur| changes.iter().all(|c| c.holds(&cur.indices, cur.evolution))))
     }
 
     /// The next version: `base` with every goal pin moved forward, never back.
@@ -156,7 +159,7 @@ impl Goal {
         }
         for (name, changes) in &self.changes {
             if let Some(entry) = tables.get_mut(name) {
-                changes.iter().for_each(|c| c.apply(&mut entry.indices));
+                changes.iter().for_each(|c| c.apply(&mut entry.indices, &mut entry.evolution));
             }
         }
         Manifest {

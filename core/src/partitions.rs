@@ -136,6 +136,7 @@ pub fn split(target: &SchemaRef, uri: &str) -> Result<(SchemaRef, Option<AddValu
             source_uri: uri.to_string(),
             location: Location::default(),
             reason: format!("the path has a partition folder {k}={v} the table does not store (it partitions by {names:?}): its value would be lost"),
+            new_column: false,
         }));
     }
     let file = Arc::new(Schema::new_with_metadata(
@@ -150,6 +151,7 @@ pub fn split(target: &SchemaRef, uri: &str) -> Result<(SchemaRef, Option<AddValu
                 source_uri: uri.to_string(),
                 location: Location { line: None, column: Some(name.clone()) },
                 reason: format!("the path has no {name}=... segment, and the table partitions by {names:?}"),
+                new_column: false,
             })
         })?;
         constants.push((name.clone(), value, field.data_type().clone()));
@@ -168,6 +170,7 @@ pub fn split(target: &SchemaRef, uri: &str) -> Result<(SchemaRef, Option<AddValu
                             source_uri: uri.clone(),
                             location: Location { line: Some(first_row), column: Some(name.clone()) },
                             reason: format!("path segment {name}={value}: {reason}"),
+                            new_column: false,
                         })
                     })
                 }

@@ -22,6 +22,8 @@ pub struct TableStatus {
     pub fragments: usize,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub indices: Vec<IndexStatus>,
+    /// What an ingest does with a source column the table lacks.
+    pub evolution: crate::settings::Evolution,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -75,6 +77,7 @@ pub async fn status(lake: &Lake) -> Result<Status> {
             rows,
             fragments: ds.get_fragments().len(),
             indices: index::statuses(&ds, name, pin).await?,
+            evolution: pin.evolution,
         });
     }
     let now = Utc::now();

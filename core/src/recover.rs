@@ -356,8 +356,11 @@ async fn resolve(lake: &Lake, intent: &Intent, files: &OpFiles, opts: Options, d
         seen,
     };
     if Utc::now() < expires {
-        // Another sweep holds a live lease on it.
-        return r.await_other().await;
+        // Another sweep holds a live lease on it: wait for its outcome, or
+        // for its lease to run out (a sweep that died), then take over.
+        if let Some(action) = r.await_other(Some(expires)).await? {
+            return Ok(action);
+        }
     }
     if opts.dry_run {
         let state = r.inspect().await?;
@@ -375,7 +378,7 @@ async fn resolve(lake: &Lake, intent: &Intent, files: &OpFiles, opts: Options, d
     match sidecar::take_lease(lake, &r.lease).await? {
         Created::Mine => {}
         // Another sweep took over first: wait for its outcome.
-        Created::Theirs(_) | Created::Gone => return r.await_other().await,
+        Created::Theirs(_) | Created::Gone => return Ok(r.await_other(None).await?.expect("waited until the intent was gone or the deadline")),
     }
     r.leases.push(r.lease.k);
     failpoints::hit(failpoints::RECOVER_AFTER_LEASE)?;
@@ -757,17 +760,22 @@ impl Recovery<'_> {
 
     /// Another sweep holds the lease: wait (within our deadline) for the intent
     /// to go, then report what was recorded.
-    async fn await_other(&self) -> Result<Action> {
+    /// Wait for another sweep to finish this attempt. `None`: its lease
+    /// ran out at `until` with the attempt unfinished (that sweep died).
+    async fn await_other(&self, until: Option<chrono::DateTime<Utc>>) -> Result<Option<Action>> {
         let mut pause = Duration::from_millis(50);
         while sidecar::intent_exists(self.lake, &self.id).await? {
+            if until.is_some_and(|t| Utc::now() >= t) {
+                return Ok(None);
+            }
             if self.deadline.remaining() <= pause {
-                return Ok(Action::Deferred { reason: "another sweep is resolving it".into() });
+                return Ok(Some(Action::Deferred { reason: "another sweep is resolving it".into() }));
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(MAX_POLL);
         }
         let rec = audit::read(self.lake, &self.id.op, &self.id.attempt).await?;
-        Ok(Action::DoneByOther { verdict: rec.map(|r| r.verdict) })
+        Ok(Some(Action::DoneByOther { verdict: rec.map(|r| r.verdict) }))
     }
 }
 

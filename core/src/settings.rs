@@ -1,5 +1,5 @@
 //! A table's settings kept in the lake, beside its pin in every manifest
-//! version: the indices it declares. They change only through the door (an
+//! version: the indices it declares and how its schema evolves. They change only through the door (an
 //! operation whose publish carries the change), so every reader of a version
 //! sees the settings that version was published with.
 
@@ -152,6 +152,50 @@ impl IndexDecl {
     }
 }
 
+/// What an ingest does with a source column the table lacks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Evolution {
+    /// Bad input: the source is quarantined.
+    #[default]
+    Strict,
+    /// The column is added to the table (nullable, null for every earlier
+    /// row) by an operation of its own, then the source is ingested.
+    AddColumns,
+    /// The schema stays; what does not fit it (a field the table lacks, a
+    /// value its column cannot hold as written) goes into [`RESCUE_COLUMN`].
+    Rescue,
+}
+
+/// A `rescue` table's column for what does not fit: one JSON object per row.
+pub const RESCUE_COLUMN: &str = "_rescued_data";
+
+impl Evolution {
+    pub fn name(self) -> &'static str {
+        match self {
+            Evolution::Strict => "strict",
+            Evolution::AddColumns => "add-columns",
+            Evolution::Rescue => "rescue",
+        }
+    }
+
+    pub fn is_strict(&self) -> bool {
+        *self == Evolution::Strict
+    }
+}
+
+impl FromStr for Evolution {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Evolution> {
+        match s.to_ascii_lowercase().replace('_', "-").as_str() {
+            "strict" => Ok(Evolution::Strict),
+            "add-columns" => Ok(Evolution::AddColumns),
+            "rescue" => Ok(Evolution::Rescue),
+            _ => Err(Error::Usage(format!("unknown schema evolution '{s}': use strict, add-columns or rescue"))),
+        }
+    }
+}
+
 /// A change of a table's settings, carried by the publish of the operation
 /// that made it (and by that operation's intent, for recovery).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -159,25 +203,28 @@ impl IndexDecl {
 pub enum Change {
     AddIndex(IndexSpec),
     DropIndex(String),
+    Evolution(Evolution),
 }
 
 impl Change {
-    /// Make the change to `indices` (idempotent).
-    pub fn apply(&self, indices: &mut Vec<IndexSpec>) {
+    /// Make the change to a table's settings (idempotent).
+    pub fn apply(&self, indices: &mut Vec<IndexSpec>, evolution: &mut Evolution) {
         match self {
             Change::AddIndex(spec) => {
                 indices.retain(|i| i.name != spec.name);
                 indices.push(spec.clone());
             }
             Change::DropIndex(name) => indices.retain(|i| &i.name != name),
+            Change::Evolution(e) => *evolution = *e,
         }
     }
 
-    /// Does `indices` show the change made?
-    pub fn holds(&self, indices: &[IndexSpec]) -> bool {
+    /// Do the settings show the change made?
+    pub fn holds(&self, indices: &[IndexSpec], evolution: Evolution) -> bool {
         match self {
             Change::AddIndex(spec) => indices.contains(spec),
             Change::DropIndex(name) => !indices.iter().any(|i| &i.name == name),
+            Change::Evolution(e) => evolution == *e,
         }
     }
 }

@@ -64,13 +64,15 @@ pub const PROP_ATTEMPT: &str = "sluice.attempt";
 /// The attempt of the intent the commit belongs to (a sweep's redo or
 /// roll-back commits carry the dead writer's intent attempt here).
 pub const PROP_INTENT: &str = "sluice.intent";
-/// `single`, `multi` or `rollback` (a commit removing an attempt's rows).
+/// `single`, `multi`, `rollback` (a commit removing an attempt's rows) or
+/// `columns` (a schema change adding nullable columns, no data).
 pub const PROP_SCOPE: &str = "sluice.scope";
 /// On a `rollback` commit: the Lance version whose rows it removes.
 pub const PROP_REMOVES: &str = "sluice.removes";
 pub const SCOPE_SINGLE: &str = "single";
 pub const SCOPE_MULTI: &str = "multi";
 pub const SCOPE_ROLLBACK: &str = "rollback";
+pub const SCOPE_COLUMNS: &str = "columns";
 
 /// The Lance transaction properties of a commit by operation `op`: the
 /// committer's `attempt`, the `intent` attempt it belongs to, and its scope.
@@ -100,6 +102,9 @@ pub struct IntentTable {
     /// The settings changes its publish carries (an index created or dropped).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub changes: Vec<crate::settings::Change>,
+    /// What its rows do with what the table lacks (a redo does the same).
+    #[serde(default, skip_serializing_if = "crate::settings::Evolution::is_strict")]
+    pub evolution: crate::settings::Evolution,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,6 +1,7 @@
 //! How a single-table operation that keeps every row (a compaction, an index
-//! change) ends: given up before its commit is known to have landed, or
-//! decided forward and published with its settings changes.
+//! change, new columns) begins — its intent, then a claim on the table's
+//! published state — and ends: given up before its commit is known to have
+//! landed, or decided forward and published with its settings changes.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -14,10 +15,45 @@ use crate::lake::{Created, Lake};
 use crate::manifest::{self, Goal, Manifest, Published, TablePin};
 use crate::recover;
 use crate::settings::Change;
-use crate::sidecar::{self, AttemptId, Claim, Claimed, Decision, Holder, Outcome};
+use crate::sidecar::{self, AttemptId, Claim, Claimed, Decision, Holder, Intent, IntentTable, Outcome};
 
 /// How long a loser of a commit race waits for the winner's publish before looking again.
 const PIN_WAIT: Duration = Duration::from_secs(10);
+
+/// What kind of single-table operation an intent is for, and its op ids' prefix.
+#[derive(Clone, Copy)]
+pub(crate) struct Kind {
+    pub name: &'static str,
+    pub prefix: &'static str,
+}
+
+/// Write the intent of a `kind` operation on `table` at `pin` (its op id
+/// deterministic from the table, the pin and `what` it does), then claim the
+/// table's maintenance at the pin. `None`: another attempt held it; ours was
+/// given up and the holder waited for, so the caller looks at the table again.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn begin(lake: &Lake, kind: Kind, table: &str, pin: &TablePin, changes: &[Change], what: &str, skew: Duration, deadline: &Deadline) -> Result<Option<AttemptId>> {
+    let digest = <sha2::Sha256 as sha2::Digest>::digest(format!("{table}\0{}\0{what}", pin.version));
+    let op = format!("{}-{}", kind.prefix, &hex::encode(digest)[..24]);
+    let attempt = uuid::Uuid::now_v7().to_string();
+    deadline.check("writing the intent")?;
+    let intent = Intent {
+        op: op.clone(),
+        attempt: attempt.clone(),
+        kind: kind.name.into(),
+        tables: BTreeMap::from([(
+            table.to_string(),
+            IntentTable { start_pin: Some(pin.version), mode: pin.mode, key: pin.key.clone(), format: None, csv: None, partitions: None, schema: None, changes: changes.to_vec(), evolution: Default::default() },
+        )]),
+        sources: Vec::new(),
+        started_at: Utc::now(),
+        deadline: deadline.at(),
+        worker: sidecar::worker_name(),
+    };
+    sidecar::create_intent(lake, &intent).await?;
+    let id = AttemptId::new(&op, &attempt);
+    Ok(claim_maintenance(lake, &id, table, pin.version, skew, deadline).await?.then_some(id))
+}
 
 /// Give up before the commit is known to have landed: decide roll_back (a
 /// commit still in flight is then never published; it keeps the rows

@@ -27,7 +27,8 @@ use crate::failpoints;
 use crate::fence;
 use crate::lake::Lake;
 use crate::manifest::Mode;
-use crate::settings::{Change, IndexSpec};
+use crate::rescue;
+use crate::settings::{Change, Evolution, IndexSpec, RESCUE_COLUMN};
 use crate::sidecar::{self, Intent, SCOPE_MULTI, SCOPE_SINGLE, SourceRef};
 use crate::source::{Source, SourceSpec};
 
@@ -69,6 +70,9 @@ pub struct TableRequest {
     /// Indices the table must declare: those it does not yet are declared by
     /// this operation's publish (built by the next `optimize`).
     pub indices: Vec<IndexSpec>,
+    /// What the table does with a source column it lacks, from this
+    /// operation's publish on (`None`: as it does now; strict for a new table).
+    pub evolution: Option<Evolution>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -90,6 +94,8 @@ pub(crate) struct TableWork {
     pub report: Option<TableReport>,
     /// Settings changes this operation's publish carries (indices it declares).
     pub changes: Vec<Change>,
+    /// What the table does with a source column it lacks.
+    pub evolution: Evolution,
 }
 
 /// Recovery's redo of a multi-table load that died with `tables` uncommitted:
@@ -126,13 +132,28 @@ pub(crate) async fn redo(
             key: it.key.clone(),
             schema,
             indices: Vec::new(),
+            evolution: None,
         };
-        work.push(TableWork { request, sources, mode: it.mode, key: it.key.clone(), start_pin: it.start_pin, committed: None, report: None, changes: it.changes.clone() });
+        work.push(TableWork {
+            request,
+            sources,
+            mode: it.mode,
+            key: it.key.clone(),
+            start_pin: it.start_pin,
+            committed: None,
+            report: None,
+            changes: it.changes.clone(),
+            evolution: it.evolution,
+        });
     }
     let stager = Stager { lake, op: intent.op.clone(), attempt: attempt.to_string(), intent: intent.attempt.clone(), deadline, progress: Arc::default(), multi: true };
     let mut done = BTreeMap::new();
     for t in &mut work {
-        let stage = stager.stage(t, false).await?;
+        let stage = match stager.stage(t, false).await {
+            // The load added columns before it died: its rows go onto the table that has them.
+            Err(Error::BadInput(bad)) if bad.new_column => stager.stage(t, true).await?,
+            staged => staged?,
+        };
         stager.commit(t, stage).await?;
         done.insert(t.request.table.clone(), t.committed.expect("a commit that returned Ok recorded its version"));
     }
@@ -182,6 +203,7 @@ fn repeated_keys(table: &str, key: Option<&str>, sources: &[String], repeated: u
             source_uri: one.clone(),
             location: crate::error::Location { line: None, column: Some(key.to_string()) },
             reason: format!("{repeated} row(s) repeat a '{key}' value of an earlier row; an upsert source must hold one row per key"),
+            new_column: false,
         }),
         many => Error::Usage(format!(
             "table '{table}': {repeated} row(s) repeat a '{key}' value across the {} sources of this call (or within one); \
@@ -298,7 +320,12 @@ impl Stager<'_> {
         if let Some(declared) = &t.request.schema {
             let table = arrow::datatypes::Schema::from(ds.schema());
             let columns = |s: &arrow::datatypes::Schema| s.fields().iter().map(|f| (f.name().clone(), f.data_type().clone())).collect::<Vec<_>>();
-            if columns(declared) != columns(&table) {
+            // A table that adds columns may have grown past its declaration.
+            let matches = match t.evolution {
+                Evolution::Strict => columns(declared) == columns(&table),
+                Evolution::AddColumns | Evolution::Rescue => columns(declared).iter().all(|c| columns(&table).contains(c)),
+            };
+            if !matches {
                 return Err(Error::Usage(format!(
                     "table '{}' exists with columns ({}); the declared schema ({}) differs",
                     t.request.table,
@@ -320,7 +347,10 @@ impl Stager<'_> {
     }
 
     pub(crate) fn reader(&self, t: &TableWork, target: SchemaRef) -> (Box<dyn RecordBatchReader + Send>, decode::ErrorSlot) {
-        let (reader, slot) = SourcesReader::new(t.sources.clone(), target, Arc::clone(&self.progress));
+        // A table that has not gained its rescue column yet (the door adds it
+        // first; a redo meets it on the table as it is) takes rows strictly.
+        let rescue = t.evolution == Evolution::Rescue && target.field_with_name(RESCUE_COLUMN).is_ok();
+        let (reader, slot) = SourcesReader::new(t.sources.clone(), target, rescue, Arc::clone(&self.progress));
         (Box::new(reader), slot)
     }
 
@@ -406,19 +436,30 @@ impl Stager<'_> {
         staged.map_err(|e| slot.lock().expect("error slot poisoned").take().unwrap_or_else(|| Error::lance(&name, e)))
     }
 
-    /// The schema a new table gets: inferred from its first source, with the
-    /// table's mode kept in the schema metadata.
+    /// The schema a new table gets: declared, or inferred from its first
+    /// source (and, for a table that adds columns, every column of the
+    /// others), with the table's mode kept in the schema metadata.
     pub(crate) async fn new_table_schema(&self, t: &TableWork) -> Result<SchemaRef> {
-        let schema = match &t.request.schema {
-            Some(declared) => decode::with_key(declared, t.key.as_deref())?,
-            None => {
-                let (first, detected, key) = (t.sources[0].0.clone(), t.sources[0].1.clone(), t.key.clone());
-                let handle = tokio::runtime::Handle::current();
-                tokio::task::spawn_blocking(move || decode::infer_schema(&first, detected, key.as_deref(), &handle))
-                    .await
-                    .expect("schema inference panicked")?
+        let (declared, sources, key, evolution) = (t.request.schema.clone(), t.sources.clone(), t.key.clone(), t.evolution);
+        let handle = tokio::runtime::Handle::current();
+        let schema = tokio::task::spawn_blocking(move || {
+            let inferred_from = usize::from(declared.is_none());
+            let schema = match declared {
+                Some(declared) => decode::with_key(&declared, key.as_deref())?,
+                None => decode::infer_schema(&sources[0].0, sources[0].1.clone(), key.as_deref(), &handle)?,
+            };
+            let mut fields: Vec<arrow::datatypes::Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+            match evolution {
+                Evolution::Strict => return Ok(schema),
+                // A table that adds columns starts with every column of this call's sources.
+                Evolution::AddColumns => fields.extend(decode::new_columns(&sources[inferred_from..], &schema, &handle)?),
+                Evolution::Rescue if schema.field_with_name(RESCUE_COLUMN).is_err() => fields.push(rescue::field()),
+                Evolution::Rescue => {}
             }
-        };
+            Ok::<_, Error>(Arc::new(arrow::datatypes::Schema::new_with_metadata(fields, schema.metadata().clone())))
+        })
+        .await
+        .expect("schema inference panicked")?;
         let mut metadata = HashMap::from([(META_MODE.to_string(), t.mode.to_string())]);
         if let Some(key) = &t.key {
             metadata.insert(META_KEY.to_string(), key.clone());

@@ -18,8 +18,13 @@ enum Guess {
     Text,
 }
 
+/// `2026-11-30`: a date, written as a date.
+pub fn is_date(s: &str) -> bool {
+    s.len() == 10 && NaiveDate::parse_from_str(s, "%Y-%m-%d").is_ok()
+}
+
 fn classify(s: &str) -> Guess {
-    if s.len() == 10 && NaiveDate::parse_from_str(s, "%Y-%m-%d").is_ok() {
+    if is_date(s) {
         return Guess::Date;
     }
     match parse_timestamp(s) {

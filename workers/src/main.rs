@@ -168,6 +168,11 @@ enum Command {
         /// `{"columns": [{"name": "id", "type": "Int64", "nullable": false}]}`.
         #[arg(long)]
         schema: Option<PathBuf>,
+        /// What the table does with a source column it lacks, from now on
+        /// (kept in the lake): strict (bad input) or add-columns (a new
+        /// nullable column); default: as it does now, strict for a new table.
+        #[arg(long)]
+        evolution: Option<String>,
         /// Budget for the whole operation, e.g. 90s, 15m.
         #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
         timeout: Duration,
@@ -194,6 +199,9 @@ enum Command {
         /// columns (date:date,hour:int32); off only routes by them.
         #[arg(long)]
         partitions: Option<String>,
+        /// strict or add-columns, as for `ingest`.
+        #[arg(long)]
+        evolution: Option<String>,
         /// Files per batch: one Lance commit and one publish each.
         #[arg(long, default_value_t = sluice::discover::DEFAULT_BATCH)]
         batch: usize,
@@ -406,8 +414,9 @@ async fn run(cli: Cli) -> Result<()> {
                 format!("lake ready at {} (manifest version {})", lake.uri(), m.version)
             });
         }
-        Command::Ingest { table, format, mode, key, csv, partitions, schema, timeout, sources } => {
+        Command::Ingest { table, format, mode, key, csv, partitions, schema, evolution, timeout, sources } => {
             let format = format.as_deref().map(str::parse::<Format>).transpose()?;
+            let evolution = evolution.as_deref().map(str::parse).transpose()?;
             let csv = csv.options()?;
             let partitions = partitions.as_deref().map(Partitions::parse).transpose()?;
             let schema = match schema {
@@ -422,7 +431,7 @@ async fn run(cli: Cli) -> Result<()> {
             });
             // A folder, glob or prefix: listed, and ingested in batches less what the lake holds.
             if sources.iter().any(|s| sluice::discover::is_collection(s)) {
-                let template = TableRequest { format, csv, partitions, mode, key: key.clone(), schema: schema.clone(), ..Default::default() };
+                let template = TableRequest { format, csv, partitions, mode, key: key.clone(), schema: schema.clone(), evolution, ..Default::default() };
                 let route = |uris: &[String]| sluice::discover::route_by_folder(uris, table.as_deref(), &template);
                 let plan = sluice::discover::Plan {
                     specs: sources, since: None, route: &route, batch: sluice::discover::DEFAULT_BATCH,
@@ -434,19 +443,21 @@ async fn run(cli: Cli) -> Result<()> {
                 let sources = sources.into_iter().map(Into::into).collect();
                 let request = TableRequest {
                     table, sources, format, csv: csv.clone(), partitions: partitions.clone(), mode, key: key.clone(), schema: schema.clone(), indices: Vec::new(),
+                    evolution,
                 };
                 let n = request.sources.len();
                 let report = with_progress(n, async |p| ingest::run(&lake, vec![request], Budget { timeout, clock_skew }, p).await).await?;
                 print_report(cli.json, &report);
             }
         }
-        Command::Backfill { specs, since, table, format, csv, partitions, batch, timeout, dry_run } => {
+        Command::Backfill { specs, since, table, format, csv, partitions, evolution, batch, timeout, dry_run } => {
             if batch == 0 {
                 return Err(Error::Usage("--batch must be at least 1".into()));
             }
             let format = format.as_deref().map(str::parse::<Format>).transpose()?;
             let partitions = partitions.as_deref().map(Partitions::parse).transpose()?;
-            let template = TableRequest { format, csv: csv.options()?, partitions, ..Default::default() };
+            let evolution = evolution.as_deref().map(str::parse).transpose()?;
+            let template = TableRequest { format, csv: csv.options()?, partitions, evolution, ..Default::default() };
             let route = |uris: &[String]| sluice::discover::route_by_folder(uris, table.as_deref(), &template);
             let plan = sluice::discover::Plan { specs, since, route: &route, batch, budget: Budget { timeout, clock_skew }, dry_run };
             backfill(&lake, plan, cli.json).await?;
@@ -503,8 +514,9 @@ async fn run(cli: Cli) -> Result<()> {
                 }
                 for t in &s.tables {
                     let key = t.key.as_deref().map(|k| format!(" key={k}")).unwrap_or_default();
+                    let evolution = if t.evolution.is_strict() { String::new() } else { format!(" {}", t.evolution.name()) };
                     out.push_str(&format!(
-                        "  table {:<24} lance v{:<6} {:>12} rows {:>6} fragments  {}{key}\n",
+                        "  table {:<24} lance v{:<6} {:>12} rows {:>6} fragments  {}{key}{evolution}\n",
                         t.name, t.pinned_version, t.rows, t.fragments, t.mode
                     ));
                     for i in &t.indices {
@@ -778,6 +790,7 @@ async fn backfill(lake: &Lake, plan: sluice::discover::Plan<'_>, json: bool) -> 
             source_uri: report.bad[0].uri.clone(),
             location: Default::default(),
             reason: format!("{} bad sources quarantined; the rest was ingested", report.bad.len()),
+            new_column: false,
         })),
         (true, true) => Err(Error::Blocked(format!("{} sources left for the next run: the deadline came first", report.not_done))),
         (true, false) => Ok(()),
@@ -856,6 +869,8 @@ struct DescriptorTable {
     /// Indices the table declares: `[{"column": "emb", "type": "ivf_pq"}]`.
     #[serde(default)]
     indices: Vec<sluice::settings::IndexDecl>,
+    /// As `--evolution` takes it: "strict" or "add-columns".
+    evolution: Option<String>,
 }
 
 fn read_descriptor(path: &Path) -> Result<Vec<TableRequest>> {
@@ -877,7 +892,8 @@ fn read_descriptor(path: &Path) -> Result<Vec<TableRequest>> {
                 c.check()?;
             }
             let partitions = t.partitions.as_deref().map(Partitions::parse).transpose()?;
-            Ok(TableRequest { table: t.table, sources, format: t.format.as_deref().map(str::parse).transpose()?, csv: t.csv, partitions, mode: t.mode, key: t.key, schema, indices })
+            let evolution = t.evolution.as_deref().map(str::parse).transpose()?;
+            Ok(TableRequest { table: t.table, sources, format: t.format.as_deref().map(str::parse).transpose()?, csv: t.csv, partitions, mode: t.mode, key: t.key, schema, indices, evolution })
         })
         .collect()
 }

@@ -27,6 +27,8 @@ pub struct Route {
     /// Indices the table declares (built and kept fresh by the scheduled optimize).
     #[serde(default)]
     pub indices: Vec<IndexDecl>,
+    /// What the table does with an object's column it lacks: "strict" or "add-columns".
+    pub evolution: Option<sluice::settings::Evolution>,
 }
 
 impl Route {
@@ -40,7 +42,7 @@ pub struct Config {
     /// `SLUICE_ROOT`: the lake, e.g. s3://bucket/lake.
     pub root: String,
     /// `SLUICE_TABLES`: JSON `{"<key prefix>": {"table": ..., "mode"?, "key"?, "format"?,
-    /// "indices"?: [{"column": ..., "type": ...}]}}`;
+    /// "indices"?: [{"column": ..., "type": ...}], "evolution"?: "add-columns"}}`;
     /// objects under no prefix go to the table named by their folder.
     pub routes: BTreeMap<String, Route>,
     /// `SLUICE_CLOCK_SKEW`, `SLUICE_RETENTION_FLOOR`.

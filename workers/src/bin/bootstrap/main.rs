@@ -125,6 +125,7 @@ fn requests(state: &State, objects: &[Object]) -> Result<Vec<TableRequest>, Erro
             key: route.and_then(|r| r.key.clone()),
             schema: None,
             indices: route.map(|r| r.index_specs()).unwrap_or_default(),
+            evolution: route.and_then(|r| r.evolution),
         });
         // Each event names its object's version: two versions of one key are two sources.
         let spec = object.spec();
@@ -290,14 +291,14 @@ async fn action(state: &State, payload: Value, budget: Budget, metrics: &mut Met
             let format = format.as_deref().map(str::parse).transpose()?;
             let requests = ingest::route(&sources, table.as_deref())?
                 .into_iter()
-                .map(|(table, sources)| TableRequest { table, sources: sources.into_iter().map(Into::into).collect(), format, csv: None, partitions: None, mode, key: key.clone(), schema: None, indices: Vec::new() })
+                .map(|(table, sources)| TableRequest { table, sources: sources.into_iter().map(Into::into).collect(), format, csv: None, partitions: None, mode, key: key.clone(), schema: None, indices: Vec::new(), evolution: None })
                 .collect();
             Ok(to_json(&run_ingest(state, requests, budget, metrics).await?))
         }
         Action::Load { tables } => {
             let requests = tables
                 .into_iter()
-                .map(|t| Ok(TableRequest { table: t.table, sources: t.sources.into_iter().map(Into::into).collect(), format: t.format.as_deref().map(str::parse).transpose()?, csv: None, partitions: None, mode: t.mode, key: t.key, schema: None, indices: Vec::new() }))
+                .map(|t| Ok(TableRequest { table: t.table, sources: t.sources.into_iter().map(Into::into).collect(), format: t.format.as_deref().map(str::parse).transpose()?, csv: None, partitions: None, mode: t.mode, key: t.key, schema: None, indices: Vec::new(), evolution: None }))
                 .collect::<Result<Vec<_>, Error>>()?;
             Ok(to_json(&run_ingest(state, requests, budget, metrics).await?))
         }

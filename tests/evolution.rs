@@ -1,0 +1,264 @@
+//! Schema evolution: a table whose evolution is `add-columns` takes a
+//! source's new fields as nullable columns — an operation of its own,
+//! published before the rows that need them — while a strict table refuses
+//! them as bad input. The races (an append staged on the old schema, a schema
+//! change that loses to an append, two sources needing one column) are made
+//! deterministic by holding processes at failpoints.
+// A column's rows are listed as ranges; one range is not a mistake.
+#![allow(clippy::single_range_in_vec_init)]
+
+use std::path::Path;
+
+use sluice::failpoints::*;
+
+use crate::common::*;
+
+/// `sluice scan TABLE` as JSON rows, sorted by id (nulls are left out).
+fn rows(root: &str, table: &str) -> Vec<serde_json::Value> {
+    let out = run(sluice(root).args(["scan", table]));
+    assert_eq!(out.status.code(), Some(0), "scan {table}");
+    let mut rows: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    rows.sort_by_key(|r| r["id"].as_i64());
+    rows
+}
+
+fn table_status(root: &str, table: &str) -> serde_json::Value {
+    status(root)["tables"].as_array().unwrap().iter().find(|t| t["name"] == table).cloned().unwrap_or_else(|| panic!("no table {table}"))
+}
+
+fn ingest(root: &str, table: &str, extra: &[&str], file: &Path) -> std::process::Output {
+    run(sluice(root).args(["--clock-skew", "0s", "ingest", "--table", table]).args(extra).arg(file))
+}
+
+/// The table's Arrow schema at its pin, as pylance reads it: `name: type` lines.
+fn pylance_schema(root: &str, table: &str) -> String {
+    let python = pylance().expect("pylance 14.0.2 in the test virtualenv (scripts/test.sh installs it)");
+    let pin = table_status(root, table)["pinned_version"].as_u64().unwrap();
+    let script = format!(
+        "{PYLANCE_PRELUDE}\nimport lance\nds = lance.dataset('{root}/tables/{table}.lance', version={pin}, storage_options=storage_options('{root}'))\n\
+         print('\\n'.join(f'{{f.name}}: {{f.type}}' for f in ds.schema))\nassert ds.count_rows() == len(ds.to_table())\n"
+    );
+    let out = std::process::Command::new(python).arg("-c").arg(script).output().unwrap();
+    assert!(out.status.success(), "pylance: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn new_fields_become_columns_of_a_table_that_adds_them_and_bad_input_of_a_strict_one() {
+    on_each_backend(|b| {
+        let dir = tempfile::tempdir().unwrap();
+        let first = write(dir.path(), "1.jsonl", b"{\"id\": 1, \"a\": \"x\"}\n{\"id\": 2, \"a\": \"y\"}\n");
+        let wider = write(dir.path(), "2.jsonl", b"{\"id\": 3, \"a\": \"z\", \"b\": 7.5, \"c\": \"2026-11-30T05:00:00Z\"}\n{\"id\": 4, \"b\": 1}\n");
+        assert_eq!(ingest(&b.root, "t", &[], &first).status.code(), Some(0));
+
+        // Strict (the default): the new field is bad input that says how to take it.
+        let out = ingest(&b.root, "t", &[], &wider);
+        assert_eq!(out.status.code(), Some(3), "{out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("line 1, column 'b'") && err.contains("unknown column") && err.contains("--evolution add-columns"), "{err}");
+        assert_eq!(table_rows(&status(&b.root), "t"), Some(2));
+
+        // add-columns: the columns come first, as an operation of their own, then the rows.
+        let out = ingest(&b.root, "t", &["--evolution", "add-columns"], &wider);
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        assert_eq!(table_status(&b.root, "t")["evolution"], "add-columns");
+        let kinds: Vec<String> = history(&b.root).iter().map(|v| v["published"][0]["kind"].as_str().unwrap_or("").to_string()).collect();
+        assert_eq!(kinds[kinds.len() - 2..], ["columns", "ingest"], "{kinds:?}");
+        assert_eq!(
+            rows(&b.root, "t"),
+            [
+                serde_json::json!({"id": 1, "a": "x"}),
+                serde_json::json!({"id": 2, "a": "y"}),
+                serde_json::json!({"id": 3, "a": "z", "b": 7.5, "c": "2026-11-30T05:00:00Z"}),
+                serde_json::json!({"id": 4, "b": 1.0}),
+            ]
+        );
+        assert_eq!(pylance_schema(&b.root, "t"), "id: int64\na: string\nb: double\nc: timestamp[us, tz=UTC]");
+
+        // The policy is the table's now: a CSV with one more column needs no flag.
+        let csv = write(dir.path(), "3.csv", b"id,d,b\n5,true,2.5\n");
+        assert_eq!(ingest(&b.root, "t", &[], &csv).status.code(), Some(0));
+        assert_eq!(rows(&b.root, "t")[4], serde_json::json!({"id": 5, "d": true, "b": 2.5}));
+        // A value that does not fit a column the table has is still bad input.
+        let clash = write(dir.path(), "4.jsonl", b"{\"id\": 6, \"b\": \"seven\"}\n");
+        assert_eq!(ingest(&b.root, "t", &[], &clash).status.code(), Some(3));
+        // And the table can be made strict again.
+        let later = write(dir.path(), "5.jsonl", b"{\"id\": 7, \"e\": 1}\n");
+        assert_eq!(ingest(&b.root, "t", &["--evolution", "strict"], &later).status.code(), Some(3));
+        assert_eq!(table_rows(&status(&b.root), "t"), Some(5));
+
+        // A new table that adds columns starts with every column of its first call's files.
+        let n1 = write(dir.path(), "n1.jsonl", b"{\"id\": 1}\n");
+        let n2 = write(dir.path(), "n2.jsonl", b"{\"id\": 2, \"late\": \"yes\"}\n");
+        let out = run(sluice(&b.root).args(["ingest", "--table", "n", "--evolution", "add-columns"]).arg(&n1).arg(&n2));
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        assert_eq!(rows(&b.root, "n"), [serde_json::json!({"id": 1}), serde_json::json!({"id": 2, "late": "yes"})]);
+
+        // A declared schema stays valid for a table that grew past it.
+        let schema = write(dir.path(), "schema.json", br#"{"columns": [{"name": "id", "type": "int64", "nullable": false}]}"#);
+        let s = schema.display().to_string();
+        for (i, line) in ["{\"id\": 1}\n", "{\"id\": 2, \"extra\": 2}\n", "{\"id\": 3}\n"].iter().enumerate() {
+            let f = write(dir.path(), &format!("d{i}.jsonl"), line.as_bytes());
+            let out = ingest(&b.root, "d", &["--schema", &s, "--evolution", "add-columns"], &f);
+            assert_eq!(out.status.code(), Some(0), "{out:?}");
+        }
+        assert_eq!(pylance_schema(&b.root, "d"), "id: int64\nextra: int64");
+        assert_eq!(pending(&b.root), 0);
+    });
+}
+
+#[test]
+fn adding_columns_races_appends_and_another_schema_change() {
+    on_each_backend(|b| {
+        let dir = tempfile::tempdir().unwrap();
+        let seed = jsonl(dir.path(), "seed.jsonl", 0..5);
+        assert_eq!(ingest(&b.root, "t", &["--evolution", "add-columns"], &seed).status.code(), Some(0));
+        let with = |name: &str, ids: std::ops::Range<i64>, column: &str| {
+            let lines: String = ids.map(|i| format!("{{\"id\": {i}, \"name\": \"row-{i}\", \"score\": {}.5, \"{column}\": {i}}}\n", i % 97)).collect();
+            write(dir.path(), name, lines.as_bytes())
+        };
+
+        // 1. The schema change built its commit; an append lands first: the
+        //    change is rebuilt on the new latest version, never lost or forced.
+        let x = hold_at(sluice(&b.root).args(["--clock-skew", "0s", "ingest", "--table", "t"]).arg(with("x.jsonl", 100..103, "b")), COLUMNS_BEFORE_COMMIT);
+        let plain = jsonl(dir.path(), "plain.jsonl", 200..203);
+        assert_eq!(ingest(&b.root, "t", &[], &plain).status.code(), Some(0));
+        x.release();
+        assert_eq!(x.wait_with_output().status.code(), Some(0));
+
+        // 2. An append staged on the old schema lands after the new column:
+        //    its rows read null there, every other value as sent.
+        let y = hold_at(sluice(&b.root).args(["--clock-skew", "0s", "ingest", "--table", "t"]).arg(jsonl(dir.path(), "y.jsonl", 300..303)), COMMIT_CHECKED);
+        assert_eq!(ingest(&b.root, "t", &[], &with("z.jsonl", 400..403, "c")).status.code(), Some(0));
+        y.release();
+        assert_eq!(y.wait_with_output().status.code(), Some(0));
+
+        // 3. Two sources need the same new column at once: one adds it, the
+        //    other waits for that and takes it (or adds nothing of its own).
+        let first = hold_at(sluice(&b.root).args(["--clock-skew", "0s", "ingest", "--table", "t"]).arg(with("p.jsonl", 500..503, "d")), COLUMNS_BEFORE_COMMIT);
+        let mut second = sluice(&b.root);
+        second.args(["--clock-skew", "0s", "ingest", "--table", "t"]).arg(with("q.jsonl", 600..603, "d"));
+        let second = std::thread::spawn(move || run(&mut second));
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        first.release();
+        assert_eq!(first.wait_with_output().status.code(), Some(0));
+        assert_eq!(second.join().unwrap().status.code(), Some(0));
+
+        let all = rows(&b.root, "t");
+        let ids: Vec<i64> = all.iter().map(|r| r["id"].as_i64().unwrap()).collect();
+        let expect: Vec<i64> = [0..5, 100..103, 200..203, 300..303, 400..403, 500..503, 600..603].into_iter().flatten().collect();
+        assert_eq!(ids, expect, "every acknowledged row exactly once");
+        let sent: [(&str, &[std::ops::Range<i64>]); 3] = [("b", &[100..103]), ("c", &[400..403]), ("d", &[500..503, 600..603])];
+        for r in &all {
+            let id = r["id"].as_i64().unwrap();
+            for (column, ranges) in sent {
+                let want = if ranges.iter().any(|range| range.contains(&id)) { serde_json::json!(id) } else { serde_json::Value::Null };
+                assert_eq!(r.get(column).cloned().unwrap_or_default(), want, "row {r}, column {column}");
+            }
+            assert_eq!(r["name"], format!("row-{id}"), "row {r}: every other value as sent");
+            assert_eq!(r["score"], (id % 97) as f64 + 0.5, "row {r}: every other value as sent");
+        }
+        assert_eq!(pylance_schema(&b.root, "t"), "id: int64\nname: string\nscore: double\nb: int64\nc: int64\nd: int64");
+        let columns = history(&b.root).iter().filter(|v| v["published"][0]["kind"] == "columns").count();
+        assert_eq!(columns, 3, "one schema change per new column");
+        assert_eq!(pending(&b.root), 0);
+    });
+}
+
+/// A schema change frozen just before its commit (like a paused VM) is rolled
+/// back by recovery once its deadline passed, then wakes and its commit
+/// lands. That commit adds only a column of nulls: the next publish passes
+/// it, and the redelivered source's rows arrive once.
+#[test]
+fn a_schema_change_that_lands_after_its_roll_back_shows_only_a_column_of_nulls() {
+    on_each_backend(|b| {
+        let dir = tempfile::tempdir().unwrap();
+        let seed = jsonl(dir.path(), "seed.jsonl", 0..5);
+        assert_eq!(ingest(&b.root, "t", &["--evolution", "add-columns"], &seed).status.code(), Some(0));
+        let wide = write(dir.path(), "wide.jsonl", b"{\"id\": 100, \"b\": 1}\n{\"id\": 101, \"b\": 2}\n");
+        let started = std::time::Instant::now();
+        let x = hold_at(sluice(&b.root).args(["--clock-skew", "0s", "ingest", "--table", "t", "--timeout", "3s"]).arg(&wide), COLUMNS_BEFORE_COMMIT);
+        wait_out(&b.root, started, std::time::Duration::from_secs(3));
+        let out = run(sluice(&b.root).args(["--json", "--clock-skew", "0s", "recover", "--timeout", "60s"]));
+        assert_eq!(out.status.code(), Some(0), "recovery rolls the schema change and its ingest back");
+        x.release();
+        assert_ne!(x.wait_with_output().status.code(), Some(0), "a decided attempt never reports success");
+
+        let other = jsonl(dir.path(), "other.jsonl", 200..203);
+        assert_eq!(ingest(&b.root, "t", &[], &other).status.code(), Some(0), "the next ingest publishes past the late commit");
+        assert_eq!(ingest(&b.root, "t", &[], &wide).status.code(), Some(0), "the redelivery");
+        sweep_until_clean(&b.root, std::time::Duration::from_secs(60));
+        let all = rows(&b.root, "t");
+        let ids: Vec<i64> = all.iter().map(|r| r["id"].as_i64().unwrap()).collect();
+        assert_eq!(ids, [0..5, 100..102, 200..203].into_iter().flatten().collect::<Vec<_>>());
+        assert_eq!(all.iter().filter_map(|r| r.get("b")?.as_i64()).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(pending(&b.root), 0);
+    });
+}
+
+/// A `rescue` table keeps what does not fit — fields it lacks, values its
+/// columns cannot hold as written — in `_rescued_data`, one JSON object per
+/// row, and takes the rest of each row; what is not a row stays bad input.
+#[test]
+fn a_rescue_table_keeps_what_does_not_fit_in_its_rescue_column() {
+    on_each_backend(|b| {
+        let dir = tempfile::tempdir().unwrap();
+        let first = write(dir.path(), "1.jsonl", b"{\"id\": 1, \"n\": 5, \"t\": \"2026-11-30T05:00:00Z\"}\n{\"id\": 2, \"n\": 6}\n");
+        assert_eq!(ingest(&b.root, "r", &["--evolution", "rescue"], &first).status.code(), Some(0));
+        assert_eq!(pylance_schema(&b.root, "r"), "id: int64\nn: int64\nt: timestamp[us, tz=UTC]\n_rescued_data: string");
+
+        let drift = write(
+            dir.path(),
+            "2.jsonl",
+            br#"{"id": 3, "n": 7.5, "extra": {"k": [1, 2]}}
+{"id": 4, "n": "80", "t": "soon"}
+{"id": 5, "n": 123456789012345678901234}
+{"id": 6, "n": 8}
+"#,
+        );
+        let out = ingest(&b.root, "r", &[], &drift);
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        let csv = write(dir.path(), "3.csv", b"id,n,colour\n7,9,red\n8,x,blue\n");
+        let out = ingest(&b.root, "r", &[], &csv);
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+
+        let rescued = |r: &serde_json::Value| r.get("_rescued_data").map(|s| serde_json::from_str::<serde_json::Value>(s.as_str().unwrap()).unwrap());
+        let all = rows(&b.root, "r");
+        let want: [(serde_json::Value, Option<serde_json::Value>); 8] = [
+            (serde_json::json!({"id": 1, "n": 5, "t": "2026-11-30T05:00:00Z"}), None),
+            (serde_json::json!({"id": 2, "n": 6}), None),
+            (serde_json::json!({"id": 3}), Some(serde_json::json!({"n": 7.5, "extra": {"k": [1, 2]}}))),
+            (serde_json::json!({"id": 4}), Some(serde_json::json!({"n": "80", "t": "soon"}))),
+            (serde_json::json!({"id": 5}), Some(serde_json::from_str(r#"{"n": 123456789012345678901234}"#).unwrap())),
+            (serde_json::json!({"id": 6, "n": 8}), None),
+            (serde_json::json!({"id": 7, "n": 9}), Some(serde_json::json!({"colour": "red"}))),
+            (serde_json::json!({"id": 8}), Some(serde_json::json!({"n": "x", "colour": "blue"}))),
+        ];
+        assert_eq!(all.len(), want.len(), "{all:?}");
+        for (row, (values, kept)) in all.iter().zip(want) {
+            let mut plain = row.clone();
+            plain.as_object_mut().unwrap().remove("_rescued_data");
+            assert_eq!(plain, values, "row {row}");
+            assert_eq!(rescued(row), kept, "row {row}");
+        }
+        // The rescued text is the source's, digit for digit.
+        let big = all.iter().find(|r| r["id"] == 5).unwrap();
+        assert!(big["_rescued_data"].as_str().unwrap().contains("123456789012345678901234"), "{big}");
+
+        // What is not a row is still bad input.
+        let broken = write(dir.path(), "4.jsonl", b"{\"id\": 9}\n{\"id\": 10, \"n\": \n");
+        let out = ingest(&b.root, "r", &[], &broken);
+        assert_eq!(out.status.code(), Some(3), "{out:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("line 2"), "{out:?}");
+
+        // A strict table that starts rescuing gains the column first.
+        let strict = jsonl(dir.path(), "s1.jsonl", 0..2);
+        assert_eq!(ingest(&b.root, "s", &[], &strict).status.code(), Some(0));
+        let odd = write(dir.path(), "s2.jsonl", b"{\"id\": 2, \"name\": \"row-2\", \"score\": 2.5, \"shoe\": 9}\n");
+        assert_eq!(ingest(&b.root, "s", &["--evolution", "rescue"], &odd).status.code(), Some(0));
+        let all = rows(&b.root, "s");
+        assert_eq!(rescued(&all[2]), Some(serde_json::json!({"shoe": 9})), "{all:?}");
+        assert_eq!(rescued(&all[0]), None);
+        assert_eq!(pending(&b.root), 0);
+    });
+}
