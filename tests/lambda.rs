@@ -329,7 +329,7 @@ fn the_lambda_serves_every_event_shape_end_to_end() {
     let Some(s3) = S3::new() else { return };
     let api = RuntimeApi::start();
     let lake = s3.lake();
-    let tables = json!({format!("{}/incoming/orders/", s3.prefix): {"table": "orders", "indices": [{"column": "id", "type": "btree"}]}}).to_string();
+    let tables = json!({format!("{}/incoming/orders/", s3.prefix): {"table": "orders", "indices": [{"column": "id", "type": "btree"}], "evolution": "add-columns"}}).to_string();
     let f = api.function(&[("SLUICE_ROOT", &lake), ("SLUICE_TABLES", &tables), ("SLUICE_CLOCK_SKEW", "0s"), ("SLUICE_SCHEDULED_ACTION", "recover")]);
 
     // Direct S3 notifications: routed by prefix (orders) and by folder (clicks).
@@ -400,6 +400,13 @@ fn the_lambda_serves_every_event_shape_end_to_end() {
     assert_eq!(metrics[0]["_aws"]["CloudWatchMetrics"][0]["Namespace"], "sluice");
     assert_eq!(metrics[0]["Bytes"], jsonl_rows(0..10).len() + jsonl_rows(100..105).len(), "the first call's two files");
     assert_eq!(metrics[0]["ManifestRetries"], 0, "nobody raced it");
+
+    // The route's table adds columns: a field it lacks becomes one.
+    let o5 = s3.put("orders/o5.jsonl", "{\"id\": 40, \"coupon\": \"SAVE5\"}\n".into());
+    response(api.call(&s3.s3_event(&[&o5])));
+    assert_eq!(scan(&lake, "orders"), (0..41).collect::<Vec<_>>());
+    let orders = status(&lake)["tables"].as_array().unwrap().iter().find(|t| t["name"] == "orders").cloned().unwrap();
+    assert_eq!(orders["evolution"], "add-columns", "{orders}");
 
     // A bad configuration stops the cold start with the variable's name.
     let mut bad = api.function(&[("SLUICE_ROOT", &lake), ("SLUICE_CLOCK_SKEW", "soon")]);
