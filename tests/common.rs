@@ -92,6 +92,16 @@ pub fn write(dir: &Path, name: &str, content: &[u8]) -> PathBuf {
     path
 }
 
+/// A Parquet file of these columns.
+pub fn parquet_of(dir: &Path, name: &str, columns: Vec<(&str, arrow::array::ArrayRef)>) -> PathBuf {
+    let batch = arrow::array::RecordBatch::try_from_iter(columns).unwrap();
+    let mut out = Vec::new();
+    let mut w = parquet::arrow::ArrowWriter::try_new(&mut out, batch.schema(), None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    write(dir, name, &out)
+}
+
 pub fn request(table: &str, sources: &[&Path]) -> TableRequest {
     TableRequest { table: table.into(), sources: sources.iter().map(|p| p.display().to_string().into()).collect(), ..Default::default() }
 }

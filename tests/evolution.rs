@@ -222,9 +222,22 @@ fn a_rescue_table_keeps_what_does_not_fit_in_its_rescue_column() {
         let out = ingest(&b.root, "r", &[], &csv);
         assert_eq!(out.status.code(), Some(0), "{out:?}");
 
+        // Parquet: a float column into the integer one (5.5 does not fit, 6.0 does), and one the table lacks.
+        let parquet = parquet_of(
+            dir.path(),
+            "p.parquet",
+            vec![
+                ("id", std::sync::Arc::new(arrow::array::Int64Array::from(vec![20, 21])) as arrow::array::ArrayRef),
+                ("n", std::sync::Arc::new(arrow::array::Float64Array::from(vec![5.5, 6.0]))),
+                ("shade", std::sync::Arc::new(arrow::array::StringArray::from(vec![Some("teal"), None]))),
+            ],
+        );
+        let out = ingest(&b.root, "r", &[], &parquet);
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+
         let rescued = |r: &serde_json::Value| r.get("_rescued_data").map(|s| serde_json::from_str::<serde_json::Value>(s.as_str().unwrap()).unwrap());
         let all = rows(&b.root, "r");
-        let want: [(serde_json::Value, Option<serde_json::Value>); 8] = [
+        let want: [(serde_json::Value, Option<serde_json::Value>); 10] = [
             (serde_json::json!({"id": 1, "n": 5, "t": "2026-11-30T05:00:00Z"}), None),
             (serde_json::json!({"id": 2, "n": 6}), None),
             (serde_json::json!({"id": 3}), Some(serde_json::json!({"n": 7.5, "extra": {"k": [1, 2]}}))),
@@ -233,6 +246,8 @@ fn a_rescue_table_keeps_what_does_not_fit_in_its_rescue_column() {
             (serde_json::json!({"id": 6, "n": 8}), None),
             (serde_json::json!({"id": 7, "n": 9}), Some(serde_json::json!({"colour": "red"}))),
             (serde_json::json!({"id": 8}), Some(serde_json::json!({"n": "x", "colour": "blue"}))),
+            (serde_json::json!({"id": 20}), Some(serde_json::json!({"n": 5.5, "shade": "teal"}))),
+            (serde_json::json!({"id": 21, "n": 6}), None),
         ];
         assert_eq!(all.len(), want.len(), "{all:?}");
         for (row, (values, kept)) in all.iter().zip(want) {

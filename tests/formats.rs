@@ -237,15 +237,6 @@ fn vector_columns_take_json_arrays_and_parquet_lists() {
     assert_eq!(scan_ids(&b.root, "v"), vec![1, 2, 10, 11], "nothing of a bad source is written");
 }
 
-fn parquet_of(dir: &std::path::Path, name: &str, columns: Vec<(&str, arrow::array::ArrayRef)>) -> std::path::PathBuf {
-    let batch = RecordBatch::try_from_iter(columns).unwrap();
-    let mut out = Vec::new();
-    let mut w = parquet::arrow::ArrowWriter::try_new(&mut out, batch.schema(), None).unwrap();
-    w.write(&batch).unwrap();
-    w.close().unwrap();
-    write(dir, name, &out)
-}
-
 /// Only casts that keep every value are implicit: Parquet's 5.9 into an
 /// integer column, a string column into a number column, or an integer a
 /// float cannot hold is bad input naming the row and column; 3.0 into an
