@@ -349,8 +349,9 @@ fn schedule(rng: &mut Rng, seed: u64, pool: &[Src], descriptors: &[PathBuf], max
             // An index on a table (later optimizes keep it fresh); one of a table
             // not published yet is refused, which is fine.
             Kind::Index => {
-                let table = rng.pick(&["a", "b", "u"]);
-                let kind = rng.pick(&["btree", "bitmap"]);
+                // One kind per table: a second request for its index is then
+                // "already declared", never a usage error.
+                let (table, kind) = rng.pick(&[("a", "btree"), ("b", "bitmap"), ("u", "btree")]);
                 (["index", "create", table, "id", "--type", kind].map(String::from).into_iter().chain(t).collect(), vec![])
             }
             Kind::Cleanup => (

@@ -168,9 +168,10 @@ enum Command {
         /// `{"columns": [{"name": "id", "type": "Int64", "nullable": false}]}`.
         #[arg(long)]
         schema: Option<PathBuf>,
-        /// What the table does with a source column it lacks, from now on
-        /// (kept in the lake): strict (bad input) or add-columns (a new
-        /// nullable column); default: as it does now, strict for a new table.
+        /// What the table does with what it lacks, from now on (kept in the
+        /// lake): strict (bad input), add-columns (a new nullable column) or
+        /// rescue (fields and values that do not fit go to _rescued_data as
+        /// JSON); default: as it does now, strict for a new table.
         #[arg(long)]
         evolution: Option<String>,
         /// Budget for the whole operation, e.g. 90s, 15m.
@@ -199,7 +200,7 @@ enum Command {
         /// columns (date:date,hour:int32); off only routes by them.
         #[arg(long)]
         partitions: Option<String>,
-        /// strict or add-columns, as for `ingest`.
+        /// strict, add-columns or rescue, as for `ingest`.
         #[arg(long)]
         evolution: Option<String>,
         /// Files per batch: one Lance commit and one publish each.
@@ -869,7 +870,7 @@ struct DescriptorTable {
     /// Indices the table declares: `[{"column": "emb", "type": "ivf_pq"}]`.
     #[serde(default)]
     indices: Vec<sluice::settings::IndexDecl>,
-    /// As `--evolution` takes it: "strict" or "add-columns".
+    /// As `--evolution` takes it: "strict", "add-columns" or "rescue".
     evolution: Option<String>,
 }
 
