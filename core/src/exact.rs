@@ -330,6 +330,14 @@ impl TimeText {
     /// not parse at all is left to the reader, which refuses it.
     pub fn check(self, text: &str) -> Result<(), String> {
         use chrono::{NaiveDate, Timelike};
+        // Most text shows without a parse that it loses nothing: a date alone
+        // (no time of day to drop), or no more fraction digits than the unit keeps.
+        let fraction_digits = || text.split_once('.').map_or(0, |(_, f)| f.bytes().take_while(u8::is_ascii_digit).count() as u32);
+        match self {
+            TimeText::Date if text.len() == 10 => return Ok(()),
+            TimeText::Timestamp { tick_nanos } if fraction_digits() <= 9 - tick_nanos.ilog10() => return Ok(()),
+            _ => {}
+        }
         match (self, crate::times::parse_timestamp(text)) {
             (TimeText::Date, Some(_)) if NaiveDate::parse_from_str(text, "%Y-%m-%d").is_err() => {
                 Err(format!("{} has a time of day and the column is a date: storing it would drop the time", shown(text)))
