@@ -554,6 +554,8 @@ enum Decoding {
 
 /// Up to this many lines, or this many bytes (a chunk always holds at least one line).
 const CHUNK_BYTES: usize = 8 << 20;
+/// Lines a `rescue` table's failed chunk is tried in before any is taken apart.
+const RESCUE_BLOCK: usize = 32;
 
 /// What every chunk of one source is decoded with.
 struct JsonChunks {
@@ -711,21 +713,47 @@ impl JsonChunks {
     }
 
     /// Each line with what does not fit taken out of it (into the rescue
-    /// column, as written), then the lines decoded in one call.
+    /// column, as written), then the lines decoded in one call. Lines are
+    /// tried a block at a time first: only a block that fails is taken apart.
     fn decode_rescuing(&self, chunk: &Chunk) -> Result<(Option<RecordBatch>, Option<ArrayRef>)> {
         let mut fixed = Vec::with_capacity(chunk.buf.len());
         let mut rescued = Vec::with_capacity(chunk.records.len());
-        for (line, range) in &chunk.records {
-            let (kept, out) = self.rescue_line(*line, &chunk.buf[range.clone()])?;
-            fixed.extend_from_slice(&kept);
-            fixed.push(b'\n');
-            rescued.push(out);
+        for block in chunk.records.chunks(RESCUE_BLOCK) {
+            let lines = || block.iter().map(|(line, range)| (*line, &chunk.buf[range.clone()]));
+            if self.fits(lines()) {
+                for (_, bytes) in lines() {
+                    fixed.extend_from_slice(bytes);
+                    fixed.push(b'\n');
+                    rescued.push(None);
+                }
+                continue;
+            }
+            for (line, bytes) in lines() {
+                let (kept, out) = self.rescue_line(line, bytes)?;
+                fixed.extend_from_slice(&kept);
+                fixed.push(b'\n');
+                rescued.push(out);
+            }
         }
         let mut decoder = Self::decoder(&self.schema)?;
         let failed = |e: ArrowError| bad(&self.source, None, None, format!("lines left after rescuing did not decode: {e}"));
         decoder.decode(&fixed).map_err(failed)?;
         let batch = decoder.flush().map_err(failed)?;
         Ok((batch, Some(Arc::new(arrow::array::StringArray::from(rescued)))))
+    }
+
+    /// Do these lines decode together, keeping every value as written?
+    fn fits<'b>(&self, lines: impl Iterator<Item = (u64, &'b [u8])>) -> bool {
+        let Ok(mut decoder) = Self::decoder(&self.schema) else { return false };
+        let mut n = 0;
+        for (_, bytes) in lines {
+            n += 1;
+            let numbers_fit = self.numbers.as_ref().is_none_or(|numbers| numbers.check(bytes).is_ok());
+            if !numbers_fit || decoder.decode(bytes).is_err() || decoder.decode(b"\n").is_err() {
+                return false;
+            }
+        }
+        !decoder.has_partial_record() && decoder.len() == n && decoder.flush().is_ok()
     }
 
     /// One line as the table takes it, and the members it cannot take (as a
