@@ -277,3 +277,134 @@ fn a_rescue_table_keeps_what_does_not_fit_in_its_rescue_column() {
         assert_eq!(pending(&b.root), 0);
     });
 }
+
+/// The worst stall: a schema change built on the table as it was, frozen
+/// before its commit past recovery *and* cleanup, lands on a state it was
+/// not built on. Lance cannot check it against the versions cleanup removed,
+/// and its fragment list brings back a rolled-back writer's rows (whose files
+/// cleanup deleted). The next publish must remove exactly that, never show it.
+#[test]
+fn a_schema_change_landing_on_a_state_it_was_not_built_on_is_undone() {
+    on_each_backend(|b| {
+        let dir = tempfile::tempdir().unwrap();
+        let cmd = || {
+            let mut c = sluice(&b.root);
+            c.env("SLUICE_CLOCK_SKEW", "1s").env("SLUICE_RETENTION_FLOOR", "8s");
+            c
+        };
+        let file = |name: &str, line: &str| write(dir.path(), name, format!("{line}\n").as_bytes());
+        let (a, x, w, y) = (file("a.jsonl", r#"{"id": 1, "s": "a"}"#), file("x.jsonl", r#"{"id": 2, "s": "x"}"#), file("w.jsonl", r#"{"id": 3, "c": "new"}"#), file("y.jsonl", r#"{"id": 4, "s": "y"}"#));
+        assert_eq!(run(cmd().args(["ingest", "--table", "t", "--evolution", "add-columns", "--timeout", "6s"]).arg(&a)).status.code(), Some(0));
+
+        // X freezes before its commit, is rolled back, and its commit lands late.
+        let started = std::time::Instant::now();
+        let held = hold_at(cmd().args(["ingest", "--table", "t", "--timeout", "4s"]).arg(&x), COMMIT_CHECKED);
+        wait_out(&b.root, started, std::time::Duration::from_secs(5));
+        assert_eq!(run(cmd().args(["recover", "--timeout", "6s"])).status.code(), Some(0));
+        held.release();
+        held.wait_with_output();
+
+        // W builds its schema change on that state (X's fragment still in it) and freezes.
+        let started = std::time::Instant::now();
+        let w_held = hold_at(cmd().args(["ingest", "--table", "t", "--timeout", "4s"]).arg(&w), COLUMNS_BEFORE_COMMIT);
+        wait_out(&b.root, started, std::time::Duration::from_secs(5));
+        // Others publish (removing X's fragment), recovery rolls W back, cleanup takes the old versions.
+        for column in ["id", "s"] {
+            assert_eq!(run(cmd().args(["index", "create", "t", column, "--type", "btree", "--timeout", "6s"])).status.code(), Some(0));
+        }
+        std::thread::sleep(std::time::Duration::from_secs(9));
+        assert_eq!(run(cmd().args(["cleanup", "--keep-versions", "1", "--keep", "8s", "--timeout", "6s"])).status.code(), Some(0));
+        w_held.release();
+        assert_ne!(w_held.wait_with_output().status.code(), Some(0), "W was rolled back: it reports no success");
+
+        // The next publish removes what W's commit brought back; X's row never shows.
+        assert_eq!(run(cmd().args(["ingest", "--table", "t", "--timeout", "6s"]).arg(&y)).status.code(), Some(0));
+        assert_eq!(rows(&b.root, "t").iter().map(|r| r["id"].as_i64().unwrap()).collect::<Vec<_>>(), [1, 4]);
+        sweep_until_clean(&b.root, std::time::Duration::from_secs(60));
+        assert_eq!(run(cmd().args(["ingest", "--table", "t", "--timeout", "6s"]).arg(&w)).status.code(), Some(0), "W's source, delivered again");
+        assert_eq!(run(cmd().args(["ingest", "--table", "t", "--timeout", "6s"]).arg(&x)).status.code(), Some(0), "X's source, delivered again");
+        let all = rows(&b.root, "t");
+        assert_eq!(all.iter().map(|r| r["id"].as_i64().unwrap()).collect::<Vec<_>>(), [1, 2, 3, 4]);
+        assert_eq!(all[2]["c"], "new");
+        for v in history(&b.root) {
+            let out = run(sluice(&b.root).args(["scan", "t", "--at", &v["version"].to_string()]));
+            assert!(out.status.code() == Some(0) || v["tables"].get("t").is_none(), "every kept version reads: {v}");
+        }
+        assert_eq!(pending(&b.root), 0);
+    });
+}
+
+/// Recovery decides to roll a frozen schema change back; its commit lands
+/// between that decision and recovery's look at the table. New columns keep
+/// every row, so there is nothing to remove: recovery finishes, never refuses.
+#[test]
+fn recovery_finishes_a_rolled_back_schema_change_whose_commit_landed_after_its_decision() {
+    on_each_backend(|b| {
+        let dir = tempfile::tempdir().unwrap();
+        let seed = jsonl(dir.path(), "seed.jsonl", 0..3);
+        assert_eq!(ingest(&b.root, "t", &["--evolution", "add-columns"], &seed).status.code(), Some(0));
+        let wide = write(dir.path(), "wide.jsonl", b"{\"id\": 100, \"b\": 1}\n");
+        let started = std::time::Instant::now();
+        let w = hold_at(sluice(&b.root).args(["--clock-skew", "0s", "ingest", "--table", "t", "--timeout", "3s"]).arg(&wide), COLUMNS_BEFORE_COMMIT);
+        wait_out(&b.root, started, std::time::Duration::from_secs(3));
+        // The sweep decides the ingest, then the schema change, and sleeps
+        // right after that second decision: W's commit lands meanwhile.
+        let mut sweep = sluice(&b.root)
+            .args(["--json", "--clock-skew", "0s", "recover", "--timeout", "60s"])
+            .env("FAILPOINTS", format!("{RECOVER_AFTER_DECISION}=1*off->sleep(6000)"))
+            .env("SLUICE_TRACE_FAILPOINTS", "1")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = std::io::BufReader::new(sweep.stderr.take().unwrap());
+        let (mut decided, mut line) = (0, String::new());
+        while decided < 2 {
+            line.clear();
+            assert!(std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() > 0, "the sweep never decided twice");
+            decided += usize::from(line.contains(RECOVER_AFTER_DECISION));
+        }
+        w.release();
+        assert_ne!(w.wait_with_output().status.code(), Some(0), "W was rolled back: it reports no success");
+        let out = sweep.wait_with_output().unwrap();
+        let report = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "recovery finishes: {report}");
+        assert!(report.contains(r#""kind":"columns","tables":["t"],"action":"decided","verdict":"rolled_back""#), "{report}");
+        sweep_until_clean(&b.root, std::time::Duration::from_secs(60));
+        assert_eq!(ingest(&b.root, "t", &[], &wide).status.code(), Some(0), "the source, delivered again");
+        let all = rows(&b.root, "t");
+        assert_eq!(all.iter().map(|r| r["id"].as_i64().unwrap()).collect::<Vec<_>>(), [0, 1, 2, 100]);
+        assert_eq!(all[3]["b"], 1);
+        assert_eq!(pending(&b.root), 0);
+    });
+}
+
+/// A load whose second table starts rescuing dies after its first table's
+/// commit: the rescue column was added while staging, so recovery redoes the
+/// second table on the table as it is now, rescuing as the load would have.
+#[test]
+fn a_load_that_died_after_adding_its_rescue_column_is_redone_with_it() {
+    on_each_backend(|b| {
+        let dir = tempfile::tempdir().unwrap();
+        for t in ["a", "r"] {
+            let seed = jsonl(dir.path(), &format!("seed-{t}.jsonl"), 0..3);
+            assert_eq!(ingest(&b.root, t, &[], &seed).status.code(), Some(0));
+        }
+        jsonl(dir.path(), "a1.jsonl", 10..13);
+        write(dir.path(), "r1.jsonl", b"{\"id\": 20, \"name\": \"row-20\", \"score\": \"high\"}\n");
+        let d = write(
+            dir.path(),
+            "load.json",
+            br#"{"tables": [{"table": "a", "sources": ["a1.jsonl"]}, {"table": "r", "sources": ["r1.jsonl"], "evolution": "rescue"}]}"#,
+        );
+        let started = std::time::Instant::now();
+        kill_9_at(sluice(&b.root).args(["--clock-skew", "0s", "load", "--timeout", "4s"]).arg(&d), AFTER_COMMIT);
+        wait_out(&b.root, started, std::time::Duration::from_secs(4));
+        sweep_until_clean(&b.root, std::time::Duration::from_secs(60));
+        assert_eq!(scan_ids(&b.root, "a"), [0, 1, 2, 10, 11, 12]);
+        let r = rows(&b.root, "r");
+        assert_eq!(r.iter().map(|r| r["id"].as_i64().unwrap()).collect::<Vec<_>>(), [0, 1, 2, 20]);
+        assert_eq!(r[3]["_rescued_data"], r#"{"score": "high"}"#, "{r:?}");
+        assert_eq!(pending(&b.root), 0);
+    });
+}

@@ -339,9 +339,36 @@ fn removed(txns: &[(u64, Tag)], id: &AttemptId, version: u64) -> bool {
 async fn read_range(ds: &lance::Dataset, table: &str, from: u64, to: u64, seen: &Seen) -> Result<Vec<(u64, Tag)>> {
     let mut out = Vec::with_capacity((to + 1).saturating_sub(from) as usize);
     for version in from..=to {
-        out.push((version, Tag::of(seen.transaction(ds, table, version).await?.as_ref())));
+        let txn = seen.transaction(ds, table, version).await?;
+        let tag = match Tag::of(txn.as_ref()) {
+            // New columns that did not land on the state they were built on
+            // are vetted like any commit of their attempt (and removed if it
+            // was rolled back).
+            Tag::Preserving(Some(id)) if is_columns_merge(txn.as_ref()) && !lands_as_built(ds, table, version).await? => Tag::Op(id, false),
+            tag => tag,
+        };
+        out.push((version, tag));
     }
     Ok(out)
+}
+
+/// A sluice schema change: a merge that adds columns to every fragment as it was.
+fn is_columns_merge(txn: Option<&Transaction>) -> bool {
+    txn.is_some_and(|t| {
+        matches!(t.operation, Operation::Merge { .. }) && t.transaction_properties.as_deref().and_then(|p| p.get(PROP_SCOPE)).map(String::as_str) == Some(SCOPE_COLUMNS)
+    })
+}
+
+/// Does the merge at `version` keep exactly the fragments of the version it
+/// landed on? One built on an older state that landed late (its worker
+/// stalled past recovery, and cleanup took the versions Lance would have
+/// checked it against) carries that state's fragments: rows removed since
+/// would come back.
+async fn lands_as_built(ds: &lance::Dataset, table: &str, version: u64) -> Result<bool> {
+    let at = |v: u64| async move { ds.checkout_version(v).await.map_err(|e| Error::lance(table, e)) };
+    let (after, before) = (at(version).await?, at(version - 1).await?);
+    let by_id = |d: &lance::Dataset| d.fragments().iter().map(|f| (f.id, (f.files.clone(), f.deletion_file.clone()))).collect::<std::collections::BTreeMap<_, _>>();
+    Ok(by_id(&after) == by_id(&before))
 }
 
 /// The commits of attempt `id` on `table` after version `after`, and the
@@ -425,28 +452,45 @@ impl History {
 pub(crate) async fn remove_commit(lake: &Lake, table: &str, id: &AttemptId, by: &str, version: u64, deadline: &Deadline) -> Result<Result<u64, String>> {
     let after = lake.open_table(table, Some(version)).await?;
     let txn = after.read_transaction().await.map_err(|e| Error::lance(table, e))?;
-    if txn.as_ref().is_some_and(|t| preserves_rows(&t.operation)) {
-        // A rewrite or an index change keeps the same rows: nothing to take back.
+    let misplaced_columns = is_columns_merge(txn.as_ref()) && !lands_as_built(&after, table, version).await?;
+    if txn.as_ref().is_some_and(|t| preserves_rows(&t.operation)) || (is_columns_merge(txn.as_ref()) && !misplaced_columns) {
+        // A rewrite, an index change or new columns keep the same rows: nothing to take back.
         return Ok(Ok(version));
     }
-    if !txn.as_ref().is_some_and(|t| adds_only(&t.operation)) {
+    if !misplaced_columns && !txn.as_ref().is_some_and(|t| adds_only(&t.operation)) {
         return Ok(Err(format!(
             "table '{table}' version {version} (operation {id}) (rolled back) is an upsert; removing its rows would not restore \
              the rows it replaced. Accept it with `sluice adopt {table} --version {version}`, or repair the table by hand"
         )));
     }
-    let before: BTreeSet<u64> = match version {
-        v if v > 1 => lake.open_table(table, Some(v - 1)).await?.fragments().iter().map(|f| f.id).collect(),
-        _ => BTreeSet::new(),
+    let before = match version {
+        v if v > 1 => lake.open_table(table, Some(v - 1)).await?.fragments().as_ref().clone(),
+        _ => Vec::new(),
     };
-    let added: Vec<u64> = after.fragments().iter().map(|f| f.id).filter(|f| !before.contains(f)).collect();
+    let added: Vec<u64> = after.fragments().iter().map(|f| f.id).filter(|f| !before.iter().any(|b| b.id == *f)).collect();
     deadline.check("removing a rolled-back operation's rows")?;
     let ds = Arc::new(lake.open_table(table, None).await?);
+    // A misplaced schema change also put back older copies of fragments
+    // (deletions undone): restore the copies it landed on, unless a later
+    // commit changed the fragment again.
+    let mut restored = Vec::new();
+    for b in before.iter().filter(|b| misplaced_columns && after.fragments().iter().any(|a| a.id == b.id && a != *b)) {
+        let (put_back, now) = (after.fragments().iter().find(|a| a.id == b.id), ds.fragments().iter().find(|f| f.id == b.id));
+        if now.is_some() && now != put_back {
+            return Ok(Err(format!(
+                "table '{table}' version {version} (operation {id}, rolled back) is a schema change that landed on a state it was \
+                 not built on, and fragment {} changed again since: repair the table by hand (its fragments should be those of version {})",
+                b.id,
+                version - 1
+            )));
+        }
+        restored.extend(now.map(|_| b.clone()));
+    }
     let mut properties = sidecar::commit_properties(&id.op, by, &id.attempt, SCOPE_ROLLBACK);
     properties.insert(PROP_REMOVES.into(), version.to_string());
     let mut txn = Transaction::new(
         ds.version().version,
-        Operation::Delete { updated_fragments: Vec::new(), deleted_fragment_ids: added, predicate: format!("sluice rollback of {id} version {version}") },
+        Operation::Delete { updated_fragments: restored, deleted_fragment_ids: added, predicate: format!("sluice rollback of {id} version {version}") },
         None,
     );
     txn.transaction_properties = Some(Arc::new(properties));

@@ -361,6 +361,7 @@ async fn resolve(lake: &Lake, intent: &Intent, files: &OpFiles, opts: Options, d
         if let Some(action) = r.await_other(Some(expires)).await? {
             return Ok(action);
         }
+        r.lease.taken_at = Utc::now();
     }
     if opts.dry_run {
         let state = r.inspect().await?;

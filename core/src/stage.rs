@@ -149,11 +149,9 @@ pub(crate) async fn redo(
     let stager = Stager { lake, op: intent.op.clone(), attempt: attempt.to_string(), intent: intent.attempt.clone(), deadline, progress: Arc::default(), multi: true };
     let mut done = BTreeMap::new();
     for t in &mut work {
-        let stage = match stager.stage(t, false).await {
-            // The load added columns before it died: its rows go onto the table that has them.
-            Err(Error::BadInput(bad)) if bad.new_column => stager.stage(t, true).await?,
-            staged => staged?,
-        };
+        // A table that evolves gained its columns (new ones, or the rescue
+        // column) after the load's start pin: its rows go onto it as it is now.
+        let stage = stager.stage(t, t.evolution != Evolution::Strict).await?;
         stager.commit(t, stage).await?;
         done.insert(t.request.table.clone(), t.committed.expect("a commit that returned Ok recorded its version"));
     }
