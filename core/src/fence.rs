@@ -70,8 +70,9 @@ pub(crate) enum Tag {
     Op(AttemptId, bool),
     /// The same rows, rearranged or indexed: a compaction's rewrite (it can
     /// only land on the fragments it read; Lance refuses it otherwise), an
-    /// index change, or nullable columns sluice added (null in every row). It passes whatever became of its attempt — a late one
-    /// included; so does another tool's. The attempt, if sluice's.
+    /// index change, or nullable columns sluice added (null in every row).
+    /// It passes whatever became of its attempt — a late one included; so
+    /// does another tool's. The attempt, if sluice's.
     Preserving(Option<AttemptId>),
     /// Not written by sluice.
     Foreign,
@@ -85,8 +86,7 @@ impl Tag {
         let ids = (get(PROP_OP), get(PROP_INTENT), get(PROP_SCOPE));
         // sluice's new columns keep every row as it was, plus nulls; another
         // tool's merge may rewrite data (`sluice adopt` decides on it).
-        let adds_null_columns = matches!(txn.operation, Operation::Merge { .. }) && ids.2.as_deref() == Some(SCOPE_COLUMNS);
-        if preserves_rows(&txn.operation) || adds_null_columns {
+        if preserves_rows(&txn.operation) || is_columns_merge(Some(txn)) {
             return Tag::Preserving(match ids {
                 (Some(op), Some(attempt), _) => Some(AttemptId { op, attempt }),
                 _ => None,
@@ -452,8 +452,9 @@ impl History {
 pub(crate) async fn remove_commit(lake: &Lake, table: &str, id: &AttemptId, by: &str, version: u64, deadline: &Deadline) -> Result<Result<u64, String>> {
     let after = lake.open_table(table, Some(version)).await?;
     let txn = after.read_transaction().await.map_err(|e| Error::lance(table, e))?;
-    let misplaced_columns = is_columns_merge(txn.as_ref()) && !lands_as_built(&after, table, version).await?;
-    if txn.as_ref().is_some_and(|t| preserves_rows(&t.operation)) || (is_columns_merge(txn.as_ref()) && !misplaced_columns) {
+    let columns = is_columns_merge(txn.as_ref());
+    let misplaced_columns = columns && !lands_as_built(&after, table, version).await?;
+    if txn.as_ref().is_some_and(|t| preserves_rows(&t.operation)) || (columns && !misplaced_columns) {
         // A rewrite, an index change or new columns keep the same rows: nothing to take back.
         return Ok(Ok(version));
     }

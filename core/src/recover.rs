@@ -760,9 +760,8 @@ impl Recovery<'_> {
     }
 
     /// Another sweep holds the lease: wait (within our deadline) for the intent
-    /// to go, then report what was recorded.
-    /// Wait for another sweep to finish this attempt. `None`: its lease
-    /// ran out at `until` with the attempt unfinished (that sweep died).
+    /// to go, then report what was recorded. `None`: its lease ran out at
+    /// `until` with the attempt unfinished (that sweep died).
     async fn await_other(&self, until: Option<chrono::DateTime<Utc>>) -> Result<Option<Action>> {
         let mut pause = Duration::from_millis(50);
         while sidecar::intent_exists(self.lake, &self.id).await? {
