@@ -234,10 +234,21 @@ fn a_rescue_table_keeps_what_does_not_fit_in_its_rescue_column() {
         );
         let out = ingest(&b.root, "r", &[], &parquet);
         assert_eq!(out.status.code(), Some(0), "{out:?}");
+        // A text column into the integer one: no value fits, every one is rescued.
+        let text = parquet_of(
+            dir.path(),
+            "q.parquet",
+            vec![
+                ("id", std::sync::Arc::new(arrow::array::Int64Array::from(vec![22])) as arrow::array::ArrayRef),
+                ("n", std::sync::Arc::new(arrow::array::StringArray::from(vec!["80"]))),
+            ],
+        );
+        let out = ingest(&b.root, "r", &[], &text);
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
 
         let rescued = |r: &serde_json::Value| r.get("_rescued_data").map(|s| serde_json::from_str::<serde_json::Value>(s.as_str().unwrap()).unwrap());
         let all = rows(&b.root, "r");
-        let want: [(serde_json::Value, Option<serde_json::Value>); 10] = [
+        let want: [(serde_json::Value, Option<serde_json::Value>); 11] = [
             (serde_json::json!({"id": 1, "n": 5, "t": "2026-11-30T05:00:00Z"}), None),
             (serde_json::json!({"id": 2, "n": 6}), None),
             (serde_json::json!({"id": 3}), Some(serde_json::json!({"n": 7.5, "extra": {"k": [1, 2]}}))),
@@ -248,6 +259,7 @@ fn a_rescue_table_keeps_what_does_not_fit_in_its_rescue_column() {
             (serde_json::json!({"id": 8}), Some(serde_json::json!({"n": "x", "colour": "blue"}))),
             (serde_json::json!({"id": 20}), Some(serde_json::json!({"n": 5.5, "shade": "teal"}))),
             (serde_json::json!({"id": 21, "n": 6}), None),
+            (serde_json::json!({"id": 22}), Some(serde_json::json!({"n": "80"}))),
         ];
         assert_eq!(all.len(), want.len(), "{all:?}");
         for (row, (values, kept)) in all.iter().zip(want) {

@@ -464,7 +464,7 @@ impl Conform {
                     match (self.cast(column, field, first_row), &self.rescue) {
                         (Ok(cast), _) => cast,
                         (Err(Error::BadInput(_)), Some(_)) if column.data_type() != field.data_type() => {
-                            let (cast, failed) = rescue::cast_by_row(column, |c| exact::cast_column(c, field.data_type())).map_err(fail)?;
+                            let (cast, failed) = rescue::cast_by_row(column, field.data_type(), |c| exact::cast_column(c, field.data_type())).map_err(fail)?;
                             cells.add_rows(field.name(), column, &failed).map_err(fail)?;
                             self.required(&cast, field, first_row)?;
                             cast
@@ -510,7 +510,8 @@ impl Conform {
 fn unknown_column(source: &Source, line: u64, name: &str, target: &Schema) -> Error {
     let names: Vec<String> = target.fields().iter().map(|f| format!("{:?}", f.name())).collect();
     let reason = format!(
-        "unknown column: not in the table's schema ({}); a table whose schema evolution is add-columns (`--evolution add-columns`) adds it",
+        "unknown column: not in the table's schema ({}); the file is quarantined. Ingest it again with `--evolution add-columns` \
+         to add the column, or `--evolution rescue` to keep such fields in _rescued_data",
         names.join(", ")
     );
     Error::BadInput(BadInput { source_uri: source.uri.clone(), location: Location { line: Some(line), column: Some(name.to_string()) }, reason, new_column: true })
@@ -924,7 +925,7 @@ fn typed_text(source: &Source, batch: RecordBatch, typed: &SchemaRef, first_line
         let parsed = match text_to(column, field.data_type()) {
             Ok(parsed) => parsed,
             Err(_) if rescue => {
-                let (parsed, failed) = rescue::cast_by_row(column, |c| text_to(c, field.data_type())).map_err(|e| at(0, e.to_string()))?;
+                let (parsed, failed) = rescue::cast_by_row(column, field.data_type(), |c| text_to(c, field.data_type())).map_err(|e| at(0, e.to_string()))?;
                 cells.add_rows(field.name(), column, &failed).map_err(|e| at(0, e.to_string()))?;
                 parsed
             }

@@ -8,14 +8,14 @@
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, BooleanArray, StringArray};
-use arrow::datatypes::{Field, Schema};
+use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
 
 pub use crate::settings::RESCUE_COLUMN;
 
 /// The rescue column's field: text, nullable.
 pub fn field() -> Field {
-    Field::new(RESCUE_COLUMN, arrow::datatypes::DataType::Utf8, true)
+    Field::new(RESCUE_COLUMN, DataType::Utf8, true)
 }
 
 /// Rescued cells of one batch, as they were in the file: per file column,
@@ -43,7 +43,7 @@ impl Cells {
     /// One JSON object per row (its non-null cells), or null.
     pub fn to_json(&self, rows: usize) -> Result<ArrayRef, arrow::error::ArrowError> {
         if self.columns.is_empty() {
-            return Ok(arrow::array::new_null_array(&arrow::datatypes::DataType::Utf8, rows));
+            return Ok(arrow::array::new_null_array(&DataType::Utf8, rows));
         }
         let batch = RecordBatch::try_new(Arc::new(Schema::new(self.fields.clone())), self.columns.clone())?;
         let mut writer = arrow::json::LineDelimitedWriter::new(Vec::new());
@@ -56,11 +56,17 @@ impl Cells {
     }
 }
 
-/// Cast `column` row by row with `cast` (after the whole column failed):
-/// the column with the rows that do not cast left null, and which those are.
-pub fn cast_by_row<E>(column: &ArrayRef, cast: impl Fn(&ArrayRef) -> Result<ArrayRef, E>) -> Result<(ArrayRef, BooleanArray), arrow::error::ArrowError> {
+/// Cast `column` to `to` row by row with `cast` (after the whole column
+/// failed): the column with the rows that do not cast left null, and which
+/// those are.
+pub fn cast_by_row<E>(column: &ArrayRef, to: &DataType, cast: impl Fn(&ArrayRef) -> Result<ArrayRef, E>) -> Result<(ArrayRef, BooleanArray), arrow::error::ArrowError> {
     let failed: BooleanArray = (0..column.len()).map(|r| Some(column.is_valid(r) && cast(&column.slice(r, 1)).is_err())).collect();
     let kept = arrow::compute::nullif(column, &failed)?;
+    // No value left: a cast refused for the column's type alone (text into
+    // a number column) would refuse even the nulls.
+    if kept.null_count() == kept.len() {
+        return Ok((arrow::array::new_null_array(to, column.len()), failed));
+    }
     let cast = cast(&kept).map_err(|_| arrow::error::ArrowError::ComputeError("a column cast row by row still fails whole".into()))?;
     Ok((cast, failed))
 }
