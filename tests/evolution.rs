@@ -82,6 +82,14 @@ fn new_fields_become_columns_of_a_table_that_adds_them_and_bad_input_of_a_strict
         // A value that does not fit a column the table has is still bad input.
         let clash = write(dir.path(), "4.jsonl", b"{\"id\": 6, \"b\": \"seven\"}\n");
         assert_eq!(ingest(&b.root, "t", &[], &clash).status.code(), Some(3));
+        // A field nested in an existing struct column is never added, and the message says so.
+        let nested_seed = write(dir.path(), "n0.jsonl", b"{\"id\": 1, \"addr\": {\"city\": \"Oslo\"}}\n");
+        assert_eq!(ingest(&b.root, "nest", &["--evolution", "add-columns"], &nested_seed).status.code(), Some(0));
+        let nested = write(dir.path(), "n1.jsonl", b"{\"id\": 2, \"addr\": {\"city\": \"Rome\", \"zip\": \"00100\"}}\n");
+        let out = ingest(&b.root, "nest", &[], &nested);
+        assert_eq!(out.status.code(), Some(3), "{out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("column 'addr': field 'zip' inside column 'addr' is not in the table's schema"), "{err}");
         // And the table can be made strict again.
         let later = write(dir.path(), "5.jsonl", b"{\"id\": 7, \"e\": 1}\n");
         assert_eq!(ingest(&b.root, "t", &["--evolution", "strict"], &later).status.code(), Some(3));

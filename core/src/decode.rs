@@ -671,7 +671,19 @@ impl JsonChunks {
             return unknown_column(&self.source, line, name, &self.schema);
         }
         let column = quoted_after(msg, "whilst decoding field '").or_else(|| quoted_after(msg, "column '"));
-        bad(&self.source, Some(line), column, msg)
+        // The location names the column; the rest is what went wrong in it.
+        let what = match &column {
+            Some(c) => msg.strip_prefix(&format!("whilst decoding field '{c}': ")).unwrap_or(msg),
+            None => msg,
+        };
+        let reason = match (what.strip_prefix("column '").and_then(|m| m.strip_suffix("' missing from schema")), &column) {
+            (Some(nested), Some(c)) => format!(
+                "field '{nested}' inside column '{c}' is not in the table's schema: fields nested in a column are never added \
+                 (`--evolution rescue` keeps such a value in _rescued_data)"
+            ),
+            _ => what.to_string(),
+        };
+        bad(&self.source, Some(line), column, reason)
     }
 
     /// The chunk failed as a whole: find the first line that fails alone.
