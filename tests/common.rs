@@ -236,7 +236,13 @@ impl Drop for Held {
 /// Start `cmd` with `action` at failpoint `name` and return once it got there
 /// (it then runs the action: a sleep holds it at that step).
 pub fn spawn_at(cmd: &mut Command, name: &str, action: &str) -> Held {
-    start_at(cmd.env("FAILPOINTS", format!("{name}={action}")), name, None)
+    spawn_at_nth(cmd, name, 1, action)
+}
+
+/// [`spawn_at`], returning once it reached `name` for the `n`-th time
+/// (`action` may skip the first hits: `1*off->sleep(6000)`).
+pub fn spawn_at_nth(cmd: &mut Command, name: &str, n: usize, action: &str) -> Held {
+    start_at(cmd.env("FAILPOINTS", format!("{name}={action}")), name, n, None)
 }
 
 /// Start `cmd`, and return once it stands at failpoint `name`, where it
@@ -245,10 +251,10 @@ pub fn hold_at(cmd: &mut Command, name: &str) -> Held {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("release");
     cmd.env("SLUICE_HOLD_AT", format!("{name}={}", file.display()));
-    start_at(cmd, name, Some((dir, file)))
+    start_at(cmd, name, 1, Some((dir, file)))
 }
 
-fn start_at(cmd: &mut Command, name: &str, release: Option<(tempfile::TempDir, PathBuf)>) -> Held {
+fn start_at(cmd: &mut Command, name: &str, n: usize, release: Option<(tempfile::TempDir, PathBuf)>) -> Held {
     use std::io::BufRead;
     let mut child = cmd
         .env("SLUICE_TRACE_FAILPOINTS", "1")
@@ -258,13 +264,11 @@ fn start_at(cmd: &mut Command, name: &str, release: Option<(tempfile::TempDir, P
         .unwrap();
     let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
     let marker = format!("failpoint: {name}");
-    let mut line = String::new();
-    loop {
+    let (mut reached, mut line) = (0, String::new());
+    while reached < n {
         line.clear();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "{cmd:?} never reached failpoint {name}");
-        if line.contains(&marker) {
-            break;
-        }
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "{cmd:?} reached failpoint {name} {reached} times, not {n}");
+        reached += usize::from(line.contains(&marker));
     }
     // Keep draining stderr so the child never blocks on a full pipe.
     let stderr = std::thread::spawn(move || {

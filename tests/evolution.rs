@@ -369,24 +369,15 @@ fn recovery_finishes_a_rolled_back_schema_change_whose_commit_landed_after_its_d
         wait_out(&b.root, started, std::time::Duration::from_secs(3));
         // The sweep decides the ingest, then the schema change, and sleeps
         // right after that second decision: W's commit lands meanwhile.
-        let mut sweep = sluice(&b.root)
-            .args(["--json", "--clock-skew", "0s", "recover", "--timeout", "60s"])
-            .env("FAILPOINTS", format!("{RECOVER_AFTER_DECISION}=1*off->sleep(6000)"))
-            .env("SLUICE_TRACE_FAILPOINTS", "1")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stderr = std::io::BufReader::new(sweep.stderr.take().unwrap());
-        let (mut decided, mut line) = (0, String::new());
-        while decided < 2 {
-            line.clear();
-            assert!(std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() > 0, "the sweep never decided twice");
-            decided += usize::from(line.contains(RECOVER_AFTER_DECISION));
-        }
+        let sweep = spawn_at_nth(
+            sluice(&b.root).args(["--json", "--clock-skew", "0s", "recover", "--timeout", "60s"]),
+            RECOVER_AFTER_DECISION,
+            2,
+            "1*off->sleep(6000)",
+        );
         w.release();
         assert_ne!(w.wait_with_output().status.code(), Some(0), "W was rolled back: it reports no success");
-        let out = sweep.wait_with_output().unwrap();
+        let out = sweep.wait_with_output();
         let report = String::from_utf8_lossy(&out.stdout);
         assert_eq!(out.status.code(), Some(0), "recovery finishes: {report}");
         assert!(report.contains(r#""kind":"columns","tables":["t"],"action":"decided","verdict":"rolled_back""#), "{report}");
