@@ -3,6 +3,8 @@
 
 use std::process::{Child, Stdio};
 
+use sluice::failpoints::AFTER_CLAIMS;
+
 use crate::common::*;
 
 fn spawn_ingest(root: &str, table: &str, file: &std::path::Path) -> Child {
@@ -200,4 +202,41 @@ fn concurrent_upserts_keep_every_key_once() {
         keys.sort();
         assert_eq!(keys, (0..103).collect::<Vec<_>>(), "{}: every key exactly once", b.name);
     }
+}
+
+/// Small sources are staged alongside their claims; when a claim is lost the
+/// staged rows must be dropped, never committed. B ingests `a` and `c` while
+/// A holds `a`'s claim (stopped after claiming): B publishes `c` alone.
+#[test]
+fn rows_staged_alongside_a_lost_claim_are_dropped() {
+    on_each_backend(|b| {
+        let dir = tempfile::tempdir().unwrap();
+        let (first, a, c) = (jsonl(dir.path(), "first.jsonl", 100..101), jsonl(dir.path(), "a.jsonl", 0..10), jsonl(dir.path(), "c.jsonl", 10..20));
+        assert_eq!(run(sluice(&b.root).args(["ingest", "--table", "t"]).arg(&first)).status.code(), Some(0));
+        let held = hold_at(sluice(&b.root).args(["ingest", "--table", "t", "--timeout", "60s"]).arg(&a), AFTER_CLAIMS);
+        let other = sluice(&b.root)
+            .args(["ingest", "--table", "t", "--timeout", "60s"])
+            .args([&a, &c])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // B publishes `c`, then waits for A's publish of `a`.
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            match table_rows(&status(&b.root), "t") {
+                Some(11) => break,
+                Some(n) if n > 11 => panic!("B published {n} rows: more than its own"),
+                _ => assert!(std::time::Instant::now() < until, "B never published c"),
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        held.release();
+        assert_eq!(held.wait_with_output().status.code(), Some(0), "A publishes a");
+        let out = other.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "B: {}", String::from_utf8_lossy(&out.stderr));
+        let mut want: Vec<i64> = (0..20).collect();
+        want.push(100);
+        assert_eq!(scan_ids(&b.root, "t"), want, "every row once");
+    });
 }

@@ -27,13 +27,47 @@ async fn requests_per_ingest_are_flat_in_history_depth() {
         let deep = ingest(&lake, vec![request("t", &[&jsonl(dir.path(), "d200.jsonl", 500..501)])]).await.unwrap();
         assert!(deep.manifest_version.unwrap() >= 200);
         eprintln!("{}: requests per ingest at depth 2: {:?}; at depth {}: {:?}; with a delay: {:?}", b.name, shallow.requests, deep.manifest_version.unwrap(), deep.requests, timed.requests);
-        // The budget: 12 requests, Lance's 5 and sluice's 7 (intent, claim,
-        // hint GET, forward decision, manifest version, hint PUT, intent DELETE).
-        assert!(cost(&shallow) <= 12, "{}: {} requests for one ingest", b.name, cost(&shallow));
-        // In sequence: the hint GET; the intent, then the claim, alongside
-        // Lance's reads of the table; Lance's commit; the decision; the
-        // manifest version; the hint PUT alongside the intent's DELETE.
-        assert!(timed.requests.round_trips <= 10, "{}: {} round trips in sequence for one ingest ({:?})", b.name, timed.requests.round_trips, timed.requests);
+        // The budget: 11 requests, Lance's 4 (the pin says where its manifest
+        // is: no HEAD, and a warm session has read it) and sluice's 7 (intent,
+        // claim, hint GET, forward decision, manifest version, hint PUT,
+        // intent DELETE).
+        assert_eq!(shallow.requests.head, 0, "{}: the pin saves Lance's HEAD", b.name);
+        assert!(cost(&shallow) <= 11, "{}: {} requests for one ingest", b.name, cost(&shallow));
+        // In sequence: the hint GET; the intent alongside Lance's read of the
+        // table; the claim alongside the data file's PUT; Lance's commit; the
+        // decision; the manifest version; the hint PUT alongside the intent's DELETE.
+        assert!(timed.requests.round_trips <= 9, "{}: {} round trips in sequence for one ingest ({:?})", b.name, timed.requests.round_trips, timed.requests);
         assert!(cost(&deep) <= cost(&shallow) + 2, "{}: {} requests at depth 200 vs {} at depth 2", b.name, cost(&deep), cost(&shallow));
+    }
+}
+
+/// A pin knows where Lance keeps its version's manifest: a cold process opens
+/// it with one GET instead of a HEAD and a GET, and a wrong record (a size
+/// that is not the file's) costs Lance a HEAD, never a wrong table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pin_opens_its_version_without_a_head() {
+    let mut backends = vec![memory()];
+    backends.extend(shared_backends());
+    for b in backends {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::open(&b.root).unwrap();
+        ingest(&lake, vec![request("t", &[&jsonl(dir.path(), "a.jsonl", 0..10)])]).await.unwrap();
+        ingest(&lake, vec![request("t", &[&jsonl(dir.path(), "b.jsonl", 10..20)])]).await.unwrap();
+        let pin = sluice::manifest::read_latest(&lake).await.unwrap().unwrap().tables["t"].clone();
+        let known = pin.known_manifest().expect("an ingest records where its commit's manifest is").clone();
+        assert_eq!(known.version, pin.version);
+        for (size, heads) in [(known.size, 0), (known.size - 7, 1), (known.size + 7, 1), (known.size * 100, 1)] {
+            // A fresh handle: nothing cached.
+            let cold = Lake::open(&b.root).unwrap();
+            let record = sluice::known_manifest::LanceManifest { size, ..known.clone() };
+            let before = cold.requests();
+            let ds = cold.open_known("t", Some(pin.version), Some(&record)).await.unwrap();
+            let cost = cold.requests().since(&before);
+            assert_eq!(ds.count_rows(None).await.unwrap(), 20, "{}: size {size}", b.name);
+            if b.name != "local" {
+                // (Lance reads local files outside the counted store.)
+                assert_eq!(cost.head, heads, "{}: size {size}: {cost:?}", b.name);
+            }
+        }
     }
 }

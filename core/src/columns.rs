@@ -55,7 +55,7 @@ pub(crate) async fn add(lake: &Lake, table: &str, wanted: &[Field], skew: Durati
                 "table '{table}' is being created by another operation that has not published it yet; deliver this source again once it has"
             )));
         };
-        let published = lake.open_table(table, Some(pin.version)).await?;
+        let published = lake.open_known(table, Some(pin.version), pin.known_manifest()).await?;
         let missing: Vec<Field> = wanted.iter().filter(|f| published.schema().field(f.name()).is_none()).cloned().collect();
         if missing.is_empty() {
             return Ok(latest.version);

@@ -123,7 +123,7 @@ fn contention(table: &str) -> Error {
 /// (the declaration), or none when the index was declared already.
 #[allow(clippy::too_many_arguments)]
 async fn build(lake: &Lake, latest: manifest::Manifest, table: &str, pin: &TablePin, spec: &IndexSpec, change: Option<Change>, skew: Duration, deadline: &Deadline) -> Result<Step> {
-    let mut ds = lake.open_table(table, Some(pin.version)).await?;
+    let mut ds = lake.open_known(table, Some(pin.version), pin.known_manifest()).await?;
     let rows = ds.count_rows(None).await.map_err(|e| Error::lance(table, e))? as u64;
     let params = build_params(&ds, table, spec, rows)?;
     // A rebuild replaces every segment of the index, in the same commit.
@@ -245,7 +245,7 @@ async fn survey(lake: &Lake, table: &str, pin: &TablePin) -> Result<(Vec<IndexSp
     if pin.indices.is_empty() {
         return Ok((missing, stale, most));
     }
-    let ds = lake.open_table(table, Some(pin.version)).await?;
+    let ds = lake.open_known(table, Some(pin.version), pin.known_manifest()).await?;
     let present = ds.load_indices().await.map_err(|e| Error::lance(table, e))?;
     let fragments: Vec<(u32, u64)> = ds.fragments().iter().map(|f| (f.id as u32, f.num_rows().unwrap_or(0) as u64)).collect();
     let total: u64 = fragments.iter().map(|(_, rows)| rows).sum();
@@ -281,7 +281,7 @@ fn outgrown(spec: &IndexSpec, covered: u64, uncovered: u64) -> bool {
 #[allow(clippy::too_many_arguments)]
 async fn update(lake: &Lake, latest: manifest::Manifest, table: &str, pin: &TablePin, names: Vec<String>, merge: usize, skew: Duration, deadline: &Deadline) -> Result<Step> {
     let Some(id) = begin(lake, table, pin, &[], skew, deadline).await? else { return Ok(Step::Again) };
-    let mut ds = lake.open_table(table, Some(pin.version)).await?;
+    let mut ds = lake.open_known(table, Some(pin.version), pin.known_manifest()).await?;
     let updated = async {
         failpoints::hit(failpoints::INDEX_AFTER_INTENT)?;
         let mut options = OptimizeOptions::merge(merge);

@@ -24,7 +24,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use futures::channel::oneshot;
 use futures::{StreamExt, TryStreamExt};
+use lance::Dataset;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -42,7 +44,7 @@ use crate::fence;
 use crate::recover;
 use crate::sidecar::{self, AttemptId, Claim, Claimed, Decision, Holder, Intent, IntentTable, Outcome, SourceRef};
 use crate::source::Source;
-use crate::stage::{Staged, Stager, TableWork, check_mode};
+use crate::stage::{Opening, Staged, Stager, TableWork, check_mode};
 pub use crate::stage::{TableReport, TableRequest};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -143,6 +145,9 @@ impl Budget {
 const MAX_TAKEOVER_ROUNDS: u32 = 3;
 /// Sources resolved (HEAD or hash pass) and claimed at once by one call.
 const CONCURRENT_SOURCES: usize = 16;
+/// Sources up to this size in all are staged alongside the claims: a round
+/// trip saved, and at most this much staged for nothing when a claim is lost.
+const SPECULATE_MAX_BYTES: u64 = 8 << 20;
 /// Budget for removing our own late commit when giving up (it is fenced by our
 /// roll-back decision, so it may run past our deadline).
 const LATE_REMOVAL: Duration = Duration::from_secs(30);
@@ -223,7 +228,9 @@ async fn resolve(requests: Vec<TableRequest>) -> Result<Vec<TableWork>> {
             request,
             sources,
             start_pin: None,
+            start_manifest: None,
             committed: None,
+            committed_manifest: None,
             report: None,
             changes: Vec::new(),
         });
@@ -268,33 +275,43 @@ impl Door<'_> {
         self.w.deadline.check("writing the intent")?;
         let intent = self.intent_of(&tables);
         // Reading the tables has no effect, so it runs alongside the intent's
-        // PUT and the claims (which need the intent first: invariant 4).
+        // PUT and the claims (which need the intent first: invariant 4). Small
+        // sources are also staged alongside the claims, on copies of the work,
+        // once the intent is durable: kept only if every source is claimed.
         let opening: Vec<_> = tables.iter().map(Stager::opening).collect();
+        let small = tables.iter().flat_map(|t| &t.sources).map(|(s, _)| s.size).sum::<u64>() <= SPECULATE_MAX_BYTES;
+        let copies = (small && !self.w.multi).then(|| tables.clone());
+        let (durable, intent_written) = futures::channel::oneshot::channel();
         let mut ours = Ours::default();
-        let (claimed, mut fetched) = {
-            let fetches = futures::future::join_all(opening.iter().map(|(table, pin, latest)| self.w.fetch(table, *pin, *latest)));
-            let claims = self.intent_then_claim(&intent, &mut tables, &mut ours);
-            futures::pin_mut!(fetches, claims);
-            // The reads are waited for only if the claims leave work to do.
-            match futures::future::select(claims, fetches).await {
-                futures::future::Either::Left((claimed, fetches)) => {
-                    let work = matches!(claimed, Ok((_, true)));
-                    (claimed, if work { fetches.await } else { Vec::new() })
-                }
-                futures::future::Either::Right((fetched, claims)) => (claims.await, fetched),
+        let (claimed, mut fetched, speculated) = {
+            let reads = self.read_then_stage(&opening, copies, intent_written);
+            let claims = self.intent_then_claim(&intent, &mut tables, &mut ours, durable);
+            futures::pin_mut!(reads, claims);
+            // The reads (and staging) are waited for only if the claims leave work to do.
+            match futures::future::select(claims, reads).await {
+                futures::future::Either::Left((claimed, reads)) => match claimed {
+                    Ok(Claims { work: true, .. }) => {
+                        let (fetched, speculated) = reads.await;
+                        (claimed, fetched, speculated)
+                    }
+                    claimed => (claimed, Vec::new(), None),
+                },
+                futures::future::Either::Right(((fetched, speculated), claims)) => (claims.await, fetched, speculated),
             }
         };
-        let elsewhere = match claimed {
-            Ok((elsewhere, _)) => elsewhere,
+        let (elsewhere, all_ours) = match claimed {
+            Ok(Claims { elsewhere, all_ours, .. }) => (elsewhere, all_ours),
             Err(Claiming::NoIntent(e)) => return Err(e),
             Err(Claiming::Failed(e)) => return Err(self.abandon(&tables, &ours, e).await),
         };
+        // Staged before the claims were known: it stands if they changed nothing.
+        let speculated = speculated.filter(|_| all_ours && !ours.waited);
         assert!(fetched.is_empty() || fetched.len() == tables.len(), "one read per table, or none");
         if ours.waited && !fetched.is_empty() {
             // What was read at Lance's latest before waiting for another holder is stale.
-            for (i, (table, pin, latest)) in opening.iter().enumerate() {
-                if (*latest || pin.is_none()) && !tables[i].sources.is_empty() {
-                    fetched[i] = self.w.fetch(table, *pin, *latest).await;
+            for (i, o) in opening.iter().enumerate() {
+                if (o.latest || o.pin.is_none()) && !tables[i].sources.is_empty() {
+                    fetched[i] = self.w.fetch_opening(o).await;
                 }
             }
         }
@@ -313,7 +330,8 @@ impl Door<'_> {
         }
         let mut tables = kept;
         if tables.is_empty() {
-            // Nothing claimed, nothing written: only our intent to remove.
+            // Nothing claimed: only our intent to remove. Rows staged alongside
+            // the claims are files no version references: cleanup's orphans.
             sidecar::delete_intent(self.w.lake, &self.id()).await?;
             return self.report(None, &tables, elsewhere).await;
         }
@@ -323,9 +341,13 @@ impl Door<'_> {
 
         // Write everything uncommitted first: bad input stops before any commit.
         let mut staged = Vec::with_capacity(tables.len());
+        if let Some((copies, done)) = speculated {
+            assert_eq!(copies.len(), tables.len(), "staged alongside the claims: every table, all its sources ours");
+            (tables, staged) = (copies, done);
+            opened.clear();
+        }
         for (t, ds) in tables.iter_mut().zip(opened) {
-            let lacks_rescue = t.evolution == Evolution::Rescue && ds.as_ref().is_some_and(|ds| ds.schema().field(RESCUE_COLUMN).is_none());
-            let stage = match lacks_rescue {
+            let stage = match lacks_rescue(t, ds.as_deref()) {
                 true => self.add_columns(t).await,
                 false => match self.w.stage_fetched(t, ds).await {
                     Err(Error::BadInput(bad)) if bad.new_column && t.evolution == Evolution::AddColumns => self.add_columns(t).await,
@@ -388,7 +410,7 @@ impl Door<'_> {
     /// claims), then stage onto Lance's latest version, which has them.
     async fn add_columns(&self, t: &mut TableWork) -> Result<Staged> {
         let table = t.request.table.clone();
-        let Some(ds) = self.w.fetch(&table, None, true).await? else {
+        let Some(ds) = self.w.fetch(&table, None, None, true).await? else {
             return Err(Error::Blocked(format!("table '{table}' vanished while its columns were being added")));
         };
         let schema = arrow::datatypes::Schema::from(ds.schema());
@@ -406,13 +428,42 @@ impl Door<'_> {
         self.w.stage_once(t, true).await
     }
 
-    /// Write the intent, then claim every source; also says whether any
-    /// source is ours to ingest. Nothing is ours to undo until the intent is written.
-    async fn intent_then_claim(&self, intent: &Intent, tables: &mut [TableWork], ours: &mut Ours) -> std::result::Result<(Vec<Elsewhere>, bool), Claiming> {
+    /// Write the intent (saying so on `durable`), then claim every source.
+    /// Nothing is ours to undo until the intent is written.
+    async fn intent_then_claim(&self, intent: &Intent, tables: &mut [TableWork], ours: &mut Ours, durable: oneshot::Sender<()>) -> std::result::Result<Claims, Claiming> {
         sidecar::create_intent(self.w.lake, intent).await.map_err(Claiming::NoIntent)?;
+        // Dropped unsent on any error above: what waits for it never writes.
+        let _ = durable.send(());
         failpoints::hit(failpoints::AFTER_INTENT).map_err(Claiming::Failed)?;
+        let count = |tables: &[TableWork]| tables.iter().map(|t| t.sources.len()).sum::<usize>();
+        let before = count(tables);
         let elsewhere = self.claim(tables, ours).await.map_err(Claiming::Failed)?;
-        Ok((elsewhere, tables.iter().any(|t| !t.sources.is_empty())))
+        Ok(Claims { elsewhere, work: count(tables) > 0, all_ours: count(tables) == before })
+    }
+
+    /// Read every table as `opening` says; then, given `copies` of the work
+    /// and once the intent is `durable`, stage them (invariant 4: no data file
+    /// before the intent). The staging is `None` where it cannot stand as is
+    /// (any error, or a rescue column to add): the door stages again after
+    /// the claims, and deals with the error there.
+    async fn read_then_stage(&self, opening: &[Opening], copies: Option<Vec<TableWork>>, durable: oneshot::Receiver<()>) -> (Vec<Result<Option<Arc<Dataset>>>>, Option<(Vec<TableWork>, Vec<Staged>)>) {
+        let fetched = futures::future::join_all(opening.iter().map(|o| self.w.fetch_opening(o))).await;
+        let Some(mut copies) = copies else { return (fetched, None) };
+        if durable.await.is_err() {
+            return (fetched, None);
+        }
+        let mut staged = Vec::with_capacity(copies.len());
+        for (t, ds) in copies.iter_mut().zip(&fetched) {
+            let Ok(ds) = ds else { return (fetched, None) };
+            if lacks_rescue(t, ds.as_deref()) {
+                return (fetched, None);
+            }
+            match self.w.stage_fetched(t, ds.clone()).await {
+                Ok(s) => staged.push(s),
+                Err(_) => return (fetched, None),
+            }
+        }
+        (fetched, Some((copies, staged)))
     }
 
     /// This attempt: the unit of ownership of every object it writes.
@@ -451,6 +502,7 @@ impl Door<'_> {
         t.mode = pin.mode;
         t.key = pin.key.clone();
         t.start_pin = Some(pin.version);
+        t.start_manifest = pin.known_manifest().cloned();
         Ok(())
     }
 
@@ -689,8 +741,11 @@ impl Door<'_> {
             // Recovery or a vetter decided us forward first: publish what that decision names.
             Created::Theirs(theirs) if theirs.outcome == Outcome::Forward => {
                 for t in tables.iter_mut() {
-                    if let Some(v) = theirs.versions.get(&t.request.table) {
+                    if let Some(v) = theirs.versions.get(&t.request.table)
+                        && t.committed != Some(*v)
+                    {
                         t.committed = Some(*v);
+                        t.committed_manifest = None;
                     }
                 }
                 Ok(())
@@ -708,7 +763,10 @@ impl Door<'_> {
     async fn publish(&self, tables: &[TableWork], base: Manifest) -> Result<(u64, Option<Manifest>)> {
         let wanted = tables
             .iter()
-            .map(|t| (t.request.table.clone(), TablePin::new(t.committed.expect("committed before publishing"), t.mode, t.key.clone())))
+            .map(|t| {
+                let pin = TablePin::new(t.committed.expect("committed before publishing"), t.mode, t.key.clone());
+                (t.request.table.clone(), TablePin { lance_manifest: t.committed_manifest.clone(), ..pin })
+            })
             .collect();
         let pins = recover::publishable_pins(self.w.lake, &base, wanted, &self.w.attempt, recover::Expired::Resolve, self.skew, &self.w.deadline)
             .await?
@@ -816,6 +874,19 @@ struct Ours {
     commit_started: bool,
     /// Claiming waited for another attempt to finish.
     waited: bool,
+}
+
+/// What claiming found: the sources held elsewhere; whether any is ours to
+/// ingest; whether all are (the plan is as it was before claiming).
+struct Claims {
+    elsewhere: Vec<Elsewhere>,
+    work: bool,
+    all_ours: bool,
+}
+
+/// `t` rescues what does not fit, but its table lacks the rescue column yet.
+fn lacks_rescue(t: &TableWork, ds: Option<&Dataset>) -> bool {
+    t.evolution == Evolution::Rescue && ds.is_some_and(|ds| ds.schema().field(RESCUE_COLUMN).is_none())
 }
 
 fn chain(first: Error, then: Error) -> Error {

@@ -20,6 +20,7 @@ pub mod fence;
 pub mod hide_newer;
 pub mod index;
 pub mod ingest;
+pub mod known_manifest;
 pub mod lake;
 pub mod loads;
 pub mod manifest;

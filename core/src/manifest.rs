@@ -25,6 +25,7 @@ use crate::deadline::Deadline;
 use crate::error::{Error, Result};
 use crate::failpoints;
 use crate::lake::{Created, Lake};
+use crate::known_manifest::LanceManifest;
 use crate::settings::{Change, Evolution, IndexSpec};
 
 const VERSIONS: &str = "_manifest/versions";
@@ -64,12 +65,22 @@ pub struct TablePin {
     /// What an ingest does with a source column the table lacks.
     #[serde(default, skip_serializing_if = "Evolution::is_strict")]
     pub evolution: Evolution,
+    /// Where Lance keeps the manifest of a version of the table, as its
+    /// committer saw it: opening `version` then skips Lance's HEAD. Used
+    /// only while it names `version` (pins move forward without it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lance_manifest: Option<LanceManifest>,
 }
 
 impl TablePin {
     /// A pin with no settings beyond mode and key (a new table's).
     pub fn new(version: u64, mode: Mode, key: Option<String>) -> TablePin {
-        TablePin { version, mode, key, indices: Vec::new(), evolution: Evolution::Strict }
+        TablePin { version, mode, key, indices: Vec::new(), evolution: Evolution::Strict, lance_manifest: None }
+    }
+
+    /// Where Lance's manifest of this pin's version is, if known.
+    pub fn known_manifest(&self) -> Option<&LanceManifest> {
+        self.lance_manifest.as_ref().filter(|m| m.version == self.version)
     }
 }
 
@@ -155,7 +166,10 @@ impl Goal {
         let mut tables = base.tables.clone();
         for (name, pin) in &self.pins {
             let entry = tables.entry(name.clone()).or_insert_with(|| pin.clone());
-            entry.version = entry.version.max(pin.version);
+            if pin.version > entry.version || (pin.version == entry.version && pin.known_manifest().is_some()) {
+                entry.version = pin.version;
+                entry.lance_manifest = pin.known_manifest().cloned();
+            }
         }
         for (name, changes) in &self.changes {
             if let Some(entry) = tables.get_mut(name) {

@@ -301,7 +301,7 @@ async fn compact_table(lake: &Lake, table: &str, opts: &Options, skew: Duration,
     for _ in 0..MAX_REPLANS {
         let latest = manifest::read_latest(lake).await?.expect("checked by run");
         let pin = latest.tables[table].clone();
-        let mut ds = lake.open_table(table, Some(pin.version)).await?;
+        let mut ds = lake.open_known(table, Some(pin.version), pin.known_manifest()).await?;
         let fragments_before = ds.fragments().len();
         let report = |action, after| TableReport { table: table.to_string(), targets, fragments_before: Some(fragments_before), fragments_after: Some(after), action, indices: None };
         let compaction = CompactionOptions {

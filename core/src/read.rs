@@ -67,7 +67,7 @@ pub async fn status(lake: &Lake) -> Result<Status> {
     let m = manifest_at(lake, None).await?;
     let mut tables = Vec::with_capacity(m.tables.len());
     for (name, pin) in &m.tables {
-        let ds = lake.open_table(name, Some(pin.version)).await?;
+        let ds = lake.open_known(name, Some(pin.version), pin.known_manifest()).await?;
         let rows = ds.count_rows(None).await.map_err(|e| Error::lance(name, e))? as u64;
         tables.push(TableStatus {
             name: name.clone(),
@@ -109,7 +109,7 @@ pub async fn indices(lake: &Lake, table: Option<&str>) -> Result<Vec<IndexStatus
     }
     let mut out = Vec::new();
     for (name, pin) in latest.tables.iter().filter(|(n, p)| table.is_none_or(|t| t == n.as_str()) && !p.indices.is_empty()) {
-        let ds = lake.open_table(name, Some(pin.version)).await?;
+        let ds = lake.open_known(name, Some(pin.version), pin.known_manifest()).await?;
         out.extend(index::statuses(&ds, name, pin).await?);
     }
     Ok(out)
@@ -155,7 +155,7 @@ pub async fn query(lake: &Lake, table: &str, at: Option<u64>, q: Query) -> Resul
     let pin = m.tables.get(table).ok_or_else(|| {
         Error::Usage(format!("table '{table}' is not in manifest version {} (tables: {:?})", m.version, m.tables.keys().collect::<Vec<_>>()))
     })?;
-    let ds = lake.open_table(table, Some(pin.version)).await?;
+    let ds = lake.open_known(table, Some(pin.version), pin.known_manifest()).await?;
     crate::failpoints::hit(crate::failpoints::SCAN_AFTER_OPEN)?;
     let usage = |e: lance::Error| Error::Usage(format!("table '{table}': {e}"));
     let mut scanner = ds.scan();

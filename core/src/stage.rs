@@ -25,6 +25,7 @@ use crate::partitions::{self, Partitions};
 use crate::error::{BadInput, Error, Result};
 use crate::failpoints;
 use crate::fence;
+use crate::known_manifest::LanceManifest;
 use crate::lake::Lake;
 use crate::manifest::Mode;
 use crate::rescue;
@@ -44,6 +45,15 @@ pub(crate) struct Stager<'a> {
     pub deadline: Deadline,
     pub progress: Arc<Progress>,
     pub multi: bool,
+}
+
+/// What staging a table reads first ([`Stager::opening`]).
+pub(crate) struct Opening {
+    pub table: String,
+    pub pin: Option<u64>,
+    pub known: Option<LanceManifest>,
+    /// Lance's latest version instead of the pin.
+    pub latest: bool,
 }
 
 /// Schema metadata keys that keep a table's mode inside the Lance table itself.
@@ -83,6 +93,7 @@ pub struct TableReport {
 }
 
 /// One table's part of an operation, as it moves through the door.
+#[derive(Clone)]
 pub(crate) struct TableWork {
     pub request: TableRequest,
     pub sources: Vec<(Source, Detected)>,
@@ -90,7 +101,11 @@ pub(crate) struct TableWork {
     pub key: Option<String>,
     /// The pin in the manifest the operation started from.
     pub start_pin: Option<u64>,
+    /// Where Lance keeps the start pin's manifest, if the pin knows.
+    pub start_manifest: Option<LanceManifest>,
     pub committed: Option<u64>,
+    /// Where Lance keeps our commit's manifest, if Lance said.
+    pub committed_manifest: Option<LanceManifest>,
     pub report: Option<TableReport>,
     /// Settings changes this operation's publish carries (indices it declares).
     pub changes: Vec<Change>,
@@ -140,7 +155,9 @@ pub(crate) async fn redo(
             mode: it.mode,
             key: it.key.clone(),
             start_pin: it.start_pin,
+            start_manifest: None,
             committed: None,
+            committed_manifest: None,
             report: None,
             changes: it.changes.clone(),
             evolution: it.evolution,
@@ -284,7 +301,7 @@ impl Stager<'_> {
 
     /// The table at its pin (or at Lance's latest), or `None` if it does not exist yet.
     pub(crate) async fn open(&self, t: &mut TableWork, latest: bool) -> Result<Option<Arc<Dataset>>> {
-        let ds = self.fetch(&t.request.table, t.start_pin, latest).await?;
+        let ds = self.fetch(&t.request.table, t.start_pin, t.start_manifest.as_ref(), latest).await?;
         if let Some(ds) = &ds {
             self.adopt_table_mode(t, ds)?;
         }
@@ -293,15 +310,20 @@ impl Stager<'_> {
 
     /// What staging `t` reads: the table at its pin, or at Lance's latest
     /// (always for an upsert, which must see every row it may update).
-    pub(crate) fn opening(t: &TableWork) -> (String, Option<u64>, bool) {
-        (t.request.table.clone(), t.start_pin, t.mode == Mode::Upsert)
+    pub(crate) fn opening(t: &TableWork) -> Opening {
+        Opening { table: t.request.table.clone(), pin: t.start_pin, known: t.start_manifest.clone(), latest: t.mode == Mode::Upsert }
+    }
+
+    /// [`Stager::fetch`] what [`Stager::opening`] says.
+    pub(crate) async fn fetch_opening(&self, o: &Opening) -> Result<Option<Arc<Dataset>>> {
+        self.fetch(&o.table, o.pin, o.known.as_ref(), o.latest).await
     }
 
     /// [`Stager::open`] without adopting the table's mode: reads only, so it
     /// may run before (alongside) the intent's PUT.
-    pub(crate) async fn fetch(&self, table: &str, start_pin: Option<u64>, latest: bool) -> Result<Option<Arc<Dataset>>> {
+    pub(crate) async fn fetch(&self, table: &str, start_pin: Option<u64>, known: Option<&LanceManifest>, latest: bool) -> Result<Option<Arc<Dataset>>> {
         let version = if latest { None } else { start_pin };
-        match self.lake.open_table(table, version).await {
+        match self.lake.open_known(table, version, known).await {
             Ok(ds) => Ok(Some(Arc::new(ds))),
             Err(Error::Lance { source: lance::Error::DatasetNotFound { .. } | lance::Error::NotFound { .. }, .. })
                 if start_pin.is_none() =>
@@ -379,7 +401,7 @@ impl Stager<'_> {
             // The table was read a while ago (alongside the intent and claims):
             // created by another writer since, our rows go onto theirs, judged
             // by its schema, not by what a new table would have been.
-            Err(e) if creating => match self.fetch(&t.request.table, None, true).await {
+            Err(e) if creating => match self.fetch(&t.request.table, None, None, true).await {
                 Ok(Some(_)) => self.stage_once(t, true).await,
                 _ => Err(e),
             },
@@ -529,18 +551,19 @@ impl Stager<'_> {
             }
             failpoints::hit(failpoints::COMMIT_CHECKED)?;
             let failure = match builder.execute(stage.txn).await {
-                Ok(ds) => Ok(ds.version().version),
+                Ok(ds) => Ok((ds.version().version, LanceManifest::of(&ds))),
                 Err(e) => match fence::committed_by(self.lake, &name, t.start_pin.unwrap_or(0), &self.attempt).await? {
                     Some(version) => {
                         tracing::warn!(table = %name, version, error = %e, "the commit answered with an error but landed");
-                        Ok(version)
+                        Ok((version, None))
                     }
                     None => Err(e),
                 },
             };
             let redo = match failure {
-                Ok(version) => {
+                Ok((version, at)) => {
                     t.committed = Some(version);
+                    t.committed_manifest = at;
                     t.report = Some(TableReport { lance_version: version, rows_inserted, rows_updated });
                     return Ok(());
                 }
