@@ -1031,6 +1031,17 @@ pub struct Progress {
     pub source_rows: Mutex<BTreeMap<String, u64>>,
 }
 
+impl Progress {
+    /// Count what `other` read (work done apart, then kept) as read here.
+    pub fn absorb(&self, other: &Progress) {
+        self.rows.fetch_add(other.rows.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.sources_done.fetch_add(other.sources_done.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.bytes_read.fetch_add(other.bytes_read.load(Ordering::Relaxed), Ordering::Relaxed);
+        let theirs = other.source_rows.lock().expect("progress poisoned").clone();
+        self.source_rows.lock().expect("progress poisoned").extend(theirs);
+    }
+}
+
 /// The first typed error a reader met. Lance only sees an opaque Arrow error.
 pub type ErrorSlot = Arc<Mutex<Option<Error>>>;
 

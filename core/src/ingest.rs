@@ -32,7 +32,7 @@ use sha2::{Digest, Sha256};
 
 use crate::counting::RequestSnapshot;
 use crate::deadline::Deadline;
-use crate::decode::{self, Detected, Progress};
+use crate::decode::{self, Compression, Detected, Progress};
 use crate::error::{BadInput, Error, Result};
 use crate::failpoints;
 use crate::lake::{Created, Lake};
@@ -279,7 +279,9 @@ impl Door<'_> {
         // sources are also staged alongside the claims, on copies of the work,
         // once the intent is durable: kept only if every source is claimed.
         let opening: Vec<_> = tables.iter().map(Stager::opening).collect();
-        let small = tables.iter().flat_map(|t| &t.sources).map(|(s, _)| s.size).sum::<u64>() <= SPECULATE_MAX_BYTES;
+        // (A compressed source counts at what it may decode to.)
+        let weight = |(s, d): &(Source, Detected)| if d.compression == Compression::None { s.size } else { s.size.saturating_mul(8) };
+        let small = tables.iter().flat_map(|t| &t.sources).map(weight).sum::<u64>() <= SPECULATE_MAX_BYTES;
         let copies = (small && !self.w.multi).then(|| tables.clone());
         let (durable, intent_written) = futures::channel::oneshot::channel();
         let mut ours = Ours::default();
@@ -287,25 +289,31 @@ impl Door<'_> {
             let reads = self.read_then_stage(&opening, copies, intent_written);
             let claims = self.intent_then_claim(&intent, &mut tables, &mut ours, durable);
             futures::pin_mut!(reads, claims);
-            // The reads (and staging) are waited for only if the claims leave work to do.
+            // The reads (and staging) are waited for only if the claims leave
+            // work to do; staging that cannot stand is dropped, not waited for
+            // (the tables are read again: from the session's cache, mostly).
             match futures::future::select(claims, reads).await {
                 futures::future::Either::Left((claimed, reads)) => match claimed {
-                    Ok(Claims { work: true, .. }) => {
+                    Ok(Claims { work: true, unchanged: true, .. }) => {
                         let (fetched, speculated) = reads.await;
                         (claimed, fetched, speculated)
+                    }
+                    Ok(Claims { work: true, .. }) => {
+                        drop(reads);
+                        (claimed, futures::future::join_all(opening.iter().map(|o| self.w.fetch_opening(o))).await, None)
                     }
                     claimed => (claimed, Vec::new(), None),
                 },
                 futures::future::Either::Right(((fetched, speculated), claims)) => (claims.await, fetched, speculated),
             }
         };
-        let (elsewhere, all_ours) = match claimed {
-            Ok(Claims { elsewhere, all_ours, .. }) => (elsewhere, all_ours),
+        let (elsewhere, unchanged) = match claimed {
+            Ok(Claims { elsewhere, unchanged, .. }) => (elsewhere, unchanged),
             Err(Claiming::NoIntent(e)) => return Err(e),
             Err(Claiming::Failed(e)) => return Err(self.abandon(&tables, &ours, e).await),
         };
         // Staged before the claims were known: it stands if they changed nothing.
-        let speculated = speculated.filter(|_| all_ours && !ours.waited);
+        let speculated = speculated.filter(|_| unchanged);
         assert!(fetched.is_empty() || fetched.len() == tables.len(), "one read per table, or none");
         if ours.waited && !fetched.is_empty() {
             // What was read at Lance's latest before waiting for another holder is stale.
@@ -341,10 +349,11 @@ impl Door<'_> {
 
         // Write everything uncommitted first: bad input stops before any commit.
         let mut staged = Vec::with_capacity(tables.len());
-        if let Some((copies, done)) = speculated {
+        if let Some((copies, done, progress)) = speculated {
             assert_eq!(copies.len(), tables.len(), "staged alongside the claims: every table, all its sources ours");
             (tables, staged) = (copies, done);
             opened.clear();
+            self.w.progress.absorb(&progress);
         }
         for (t, ds) in tables.iter_mut().zip(opened) {
             let stage = match lacks_rescue(t, ds.as_deref()) {
@@ -438,7 +447,7 @@ impl Door<'_> {
         let count = |tables: &[TableWork]| tables.iter().map(|t| t.sources.len()).sum::<usize>();
         let before = count(tables);
         let elsewhere = self.claim(tables, ours).await.map_err(Claiming::Failed)?;
-        Ok(Claims { elsewhere, work: count(tables) > 0, all_ours: count(tables) == before })
+        Ok(Claims { elsewhere, work: count(tables) > 0, unchanged: count(tables) == before && !ours.waited })
     }
 
     /// Read every table as `opening` says; then, given `copies` of the work
@@ -446,24 +455,26 @@ impl Door<'_> {
     /// before the intent). The staging is `None` where it cannot stand as is
     /// (any error, or a rescue column to add): the door stages again after
     /// the claims, and deals with the error there.
-    async fn read_then_stage(&self, opening: &[Opening], copies: Option<Vec<TableWork>>, durable: oneshot::Receiver<()>) -> (Vec<Result<Option<Arc<Dataset>>>>, Option<(Vec<TableWork>, Vec<Staged>)>) {
+    async fn read_then_stage(&self, opening: &[Opening], copies: Option<Vec<TableWork>>, durable: oneshot::Receiver<()>) -> (Vec<Result<Option<Arc<Dataset>>>>, Option<(Vec<TableWork>, Vec<Staged>, Arc<Progress>)>) {
         let fetched = futures::future::join_all(opening.iter().map(|o| self.w.fetch_opening(o))).await;
         let Some(mut copies) = copies else { return (fetched, None) };
         if durable.await.is_err() {
             return (fetched, None);
         }
+        // Its own progress, counted only if it stands.
+        let w = Stager { progress: Arc::default(), op: self.w.op.clone(), attempt: self.w.attempt.clone(), intent: self.w.intent.clone(), ..self.w };
         let mut staged = Vec::with_capacity(copies.len());
         for (t, ds) in copies.iter_mut().zip(&fetched) {
             let Ok(ds) = ds else { return (fetched, None) };
             if lacks_rescue(t, ds.as_deref()) {
                 return (fetched, None);
             }
-            match self.w.stage_fetched(t, ds.clone()).await {
+            match w.stage_fetched(t, ds.clone()).await {
                 Ok(s) => staged.push(s),
                 Err(_) => return (fetched, None),
             }
         }
-        (fetched, Some((copies, staged)))
+        (fetched, Some((copies, staged, w.progress)))
     }
 
     /// This attempt: the unit of ownership of every object it writes.
@@ -877,11 +888,12 @@ struct Ours {
 }
 
 /// What claiming found: the sources held elsewhere; whether any is ours to
-/// ingest; whether all are (the plan is as it was before claiming).
+/// ingest; whether the plan is as it was before claiming (every source ours
+/// at once, no other holder waited for).
 struct Claims {
     elsewhere: Vec<Elsewhere>,
     work: bool,
-    all_ours: bool,
+    unchanged: bool,
 }
 
 /// `t` rescues what does not fit, but its table lacks the rescue column yet.

@@ -8,11 +8,11 @@
 //! everything else, commits included, to Lance's own handler for the table.
 //!
 //! A manifest file is written once (create-only) and never rewritten, so the
-//! size stays true while the file exists. Should it not (a table removed and
-//! made again), Lance's reader finds no magic where the record says the file
-//! ends and reads it again by HEAD, or the read fails and `Lake::open_known`
-//! opens the version as Lance finds it: a wrong record costs requests, never
-//! a wrong manifest.
+//! record stays true while the file exists: sluice never removes a table and
+//! makes it again at the same address. (Were a record wrong, Lance's reader
+//! would find no magic where it says the file ends and read it again by HEAD,
+//! or fail, and `Lake::open_known` then opens the version as Lance finds it.)
+//! Branches and tags (other base paths) are not used by sluice.
 
 use std::sync::Arc;
 

@@ -165,7 +165,7 @@ impl Goal {
     fn apply(&self, base: &Manifest) -> Manifest {
         let mut tables = base.tables.clone();
         for (name, pin) in &self.pins {
-            let entry = tables.entry(name.clone()).or_insert_with(|| pin.clone());
+            let entry = tables.entry(name.clone()).or_insert_with(|| TablePin { lance_manifest: pin.known_manifest().cloned(), ..pin.clone() });
             if pin.version > entry.version || (pin.version == entry.version && pin.known_manifest().is_some()) {
                 entry.version = pin.version;
                 entry.lance_manifest = pin.known_manifest().cloned();
