@@ -33,4 +33,6 @@ export SLUICE_REQUIRE_S3=1
 # The interleaving explorer: a few small seeds here; scripts/explore.sh runs many.
 export SLUICE_EXPLORE_SEEDS="${SLUICE_EXPLORE_SEEDS:-2}" SLUICE_EXPLORE_MAX_OPS="${SLUICE_EXPLORE_MAX_OPS:-14}"
 
+# The library's unit tests (pure functions), then the integration suite.
+cargo test -p sluice-core --lib
 cargo test -p sluice-workers --features failpoints --test integration "$@" -- --test-threads 2

@@ -283,7 +283,7 @@ impl Door<'_> {
         let weight = |(s, d): &(Source, Detected)| if d.compression == Compression::None { s.size } else { s.size.saturating_mul(8) };
         let small = tables.iter().flat_map(|t| &t.sources).map(weight).sum::<u64>() <= SPECULATE_MAX_BYTES;
         let copies = (small && !self.w.multi).then(|| tables.clone());
-        let (durable, intent_written) = futures::channel::oneshot::channel();
+        let (durable, intent_written) = oneshot::channel();
         let mut ours = Ours::default();
         let (claimed, mut fetched, speculated) = {
             let reads = self.read_then_stage(&opening, copies, intent_written);

@@ -456,3 +456,42 @@ pub async fn history(lake: &Lake, limit: usize) -> Result<Vec<Manifest>> {
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(version: u64) -> Option<LanceManifest> {
+        Some(LanceManifest { version, size: 100 + version, e_tag: None })
+    }
+
+    fn pin(version: u64, known: Option<LanceManifest>) -> TablePin {
+        TablePin { lance_manifest: known, ..TablePin::new(version, Mode::Append, None) }
+    }
+
+    fn goal(pins: &[(&str, TablePin)]) -> Goal {
+        let published = Published { op: "op".into(), attempt: "a".into(), kind: "ingest".into(), tables: BTreeMap::new(), sources: 0, source_list: Vec::new() };
+        Goal { published, pins: pins.iter().map(|(t, p)| (t.to_string(), p.clone())).collect(), changes: BTreeMap::new() }
+    }
+
+    /// A pin's record of Lance's manifest follows the pin: kept only while it
+    /// names the pinned version, never carried to another.
+    #[test]
+    fn a_pins_record_names_its_own_version_or_none() {
+        let base = Manifest { tables: BTreeMap::from([("t".to_string(), pin(3, record(3)))]), ..Manifest::empty() };
+        // Forward with a record: the new record.
+        assert_eq!(goal(&[("t", pin(5, record(5)))]).apply(&base).tables["t"], pin(5, record(5)));
+        // Forward without one (or with another version's): none.
+        assert_eq!(goal(&[("t", pin(5, None))]).apply(&base).tables["t"], pin(5, None));
+        assert_eq!(goal(&[("t", pin(5, record(4)))]).apply(&base).tables["t"], pin(5, None));
+        // Behind: the base's pin and record stay.
+        assert_eq!(goal(&[("t", pin(2, record(2)))]).apply(&base).tables["t"], pin(3, record(3)));
+        // The same version: a record is kept, or filled in.
+        assert_eq!(goal(&[("t", pin(3, None))]).apply(&base).tables["t"], pin(3, record(3)));
+        let bare = Manifest { tables: BTreeMap::from([("t".to_string(), pin(3, None))]), ..Manifest::empty() };
+        assert_eq!(goal(&[("t", pin(3, record(3)))]).apply(&bare).tables["t"], pin(3, record(3)));
+        // A new table takes only a record of its own version.
+        assert_eq!(goal(&[("u", pin(1, record(9)))]).apply(&base).tables["u"], pin(1, None));
+        assert_eq!(pin(4, record(3)).known_manifest(), None);
+    }
+}
