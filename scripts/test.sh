@@ -33,6 +33,7 @@ export SLUICE_REQUIRE_S3=1
 # The interleaving explorer: a few small seeds here; scripts/explore.sh runs many.
 export SLUICE_EXPLORE_SEEDS="${SLUICE_EXPLORE_SEEDS:-2}" SLUICE_EXPLORE_MAX_OPS="${SLUICE_EXPLORE_MAX_OPS:-14}"
 
-# The library's unit tests (pure functions), then the integration suite.
-cargo test -p sluice-core --lib
-cargo test -p sluice-workers --features failpoints --test integration "$@" -- --test-threads 2
+# The library's unit tests, then the integration suite: one invocation, so
+# both share one build of every dependency (a separate `-p sluice-core` run
+# resolves other features and rebuilds Lance).
+cargo test -p sluice-core -p sluice-workers --features sluice-workers/failpoints --lib --test integration "$@" -- --test-threads 2

@@ -6,7 +6,8 @@
 //! 3. claims in the exactly-once ledger (a source held by another attempt is
 //!    done only once that attempt is proven to have published it);
 //! 4. every table's data written *uncommitted* (bad input stops here, with
-//!    nothing committed);
+//!    nothing committed); small sources are written alongside step 3, kept
+//!    only if the claims changed nothing;
 //! 5. Lance commits, tagged with the operation and attempt; whether one landed
 //!    is read from the table's history;
 //! 6. the forward decision naming those commits (create-only: recovery and a
