@@ -29,6 +29,7 @@ use std::time::Duration;
 use chrono::Utc;
 use lance::dataset::CommitBuilder;
 use lance::dataset::transaction::{Operation, Transaction};
+use lance::table::format::Fragment;
 
 use crate::audit::{self, Verdict};
 use crate::deadline::{self, Deadline};
@@ -367,8 +368,15 @@ fn is_columns_merge(txn: Option<&Transaction>) -> bool {
 async fn lands_as_built(ds: &lance::Dataset, table: &str, version: u64) -> Result<bool> {
     let at = |v: u64| async move { ds.checkout_version(v).await.map_err(|e| Error::lance(table, e)) };
     let (after, before) = (at(version).await?, at(version - 1).await?);
-    let by_id = |d: &lance::Dataset| d.fragments().iter().map(|f| (f.id, (f.files.clone(), f.deletion_file.clone()))).collect::<std::collections::BTreeMap<_, _>>();
-    Ok(by_id(&after) == by_id(&before))
+    Ok(same_fragments(after.fragments(), before.fragments()))
+}
+
+/// The same fragments, each with the same files and deletions.
+fn same_fragments(a: &[Fragment], b: &[Fragment]) -> bool {
+    fn by_id(fs: &[Fragment]) -> std::collections::BTreeMap<u64, (&Vec<lance::table::format::DataFile>, &Option<lance::table::format::DeletionFile>)> {
+        fs.iter().map(|f| (f.id, (&f.files, &f.deletion_file))).collect()
+    }
+    by_id(a) == by_id(b)
 }
 
 /// The commits of attempt `id` on `table` after version `after`, and the
@@ -452,13 +460,12 @@ impl History {
 pub(crate) async fn remove_commit(lake: &Lake, table: &str, id: &AttemptId, by: &str, version: u64, deadline: &Deadline) -> Result<Result<u64, String>> {
     let after = lake.open_table(table, Some(version)).await?;
     let txn = after.read_transaction().await.map_err(|e| Error::lance(table, e))?;
-    let columns = is_columns_merge(txn.as_ref());
-    let misplaced_columns = columns && !lands_as_built(&after, table, version).await?;
-    if txn.as_ref().is_some_and(|t| preserves_rows(&t.operation)) || (columns && !misplaced_columns) {
-        // A rewrite, an index change or new columns keep the same rows: nothing to take back.
+    if txn.as_ref().is_some_and(|t| preserves_rows(&t.operation)) {
+        // A rewrite or an index change keeps the same rows: nothing to take back.
         return Ok(Ok(version));
     }
-    if !misplaced_columns && !txn.as_ref().is_some_and(|t| adds_only(&t.operation)) {
+    let columns = is_columns_merge(txn.as_ref());
+    if !columns && !txn.as_ref().is_some_and(|t| adds_only(&t.operation)) {
         return Ok(Err(format!(
             "table '{table}' version {version} (operation {id}) (rolled back) is an upsert; removing its rows would not restore \
              the rows it replaced. Accept it with `sluice adopt {table} --version {version}`, or repair the table by hand"
@@ -468,6 +475,11 @@ pub(crate) async fn remove_commit(lake: &Lake, table: &str, id: &AttemptId, by: 
         v if v > 1 => lake.open_table(table, Some(v - 1)).await?.fragments().as_ref().clone(),
         _ => Vec::new(),
     };
+    let misplaced_columns = columns && !same_fragments(after.fragments(), &before);
+    if columns && !misplaced_columns {
+        // New columns keep the same rows: nothing to take back.
+        return Ok(Ok(version));
+    }
     let added: Vec<u64> = after.fragments().iter().map(|f| f.id).filter(|f| !before.iter().any(|b| b.id == *f)).collect();
     deadline.check("removing a rolled-back operation's rows")?;
     let ds = Arc::new(lake.open_table(table, None).await?);
