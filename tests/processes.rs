@@ -3,7 +3,7 @@
 
 use std::process::{Child, Stdio};
 
-use sluice::failpoints::AFTER_CLAIMS;
+use sluice::failpoints::{AFTER_CLAIMS, COMMIT_CHECKED};
 
 use crate::common::*;
 
@@ -202,6 +202,32 @@ fn concurrent_upserts_keep_every_key_once() {
         keys.sort();
         assert_eq!(keys, (0..103).collect::<Vec<_>>(), "{}: every key exactly once", b.name);
     }
+}
+
+/// A writer asks for the table's latest version ahead of its commit, while
+/// its last data file is written. Held after asking while another writer
+/// commits, its answer ("nothing newer") is stale when its commit runs: the
+/// commit must still land, after the other's, with every row once.
+#[test]
+fn a_commit_asked_ahead_lands_after_a_newer_version() {
+    on_each_backend(|b| {
+        let dir = tempfile::tempdir().unwrap();
+        let (first, a, c) = (jsonl(dir.path(), "first.jsonl", 100..101), jsonl(dir.path(), "a.jsonl", 0..10), jsonl(dir.path(), "c.jsonl", 10..20));
+        assert_eq!(run(sluice(&b.root).args(["ingest", "--table", "t"]).arg(&first)).status.code(), Some(0));
+        let held = hold_at(sluice(&b.root).env("SLUICE_LOG", "sluice::known_manifest=debug").args(["ingest", "--table", "t", "--timeout", "60s"]).arg(&a), COMMIT_CHECKED);
+        let other = run(sluice(&b.root).args(["ingest", "--table", "t"]).arg(&c));
+        assert_eq!(other.status.code(), Some(0), "B: {}", String::from_utf8_lossy(&other.stderr));
+        assert!(String::from_utf8_lossy(&other.stdout).contains("lance v2"), "B commits version 2: {}", String::from_utf8_lossy(&other.stdout));
+        held.release();
+        let out = held.wait_with_output();
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert_eq!(out.status.code(), Some(0), "A: {stderr}");
+        assert!(stderr.contains("nothing after the read version, as asked ahead"), "A's commit took the answer asked ahead: {stderr}");
+        assert!(stdout.contains("lance v3"), "A's commit lands after B's: {stdout}");
+        let mut want: Vec<i64> = (0..20).collect();
+        want.push(100);
+        assert_eq!(scan_ids(&b.root, "t"), want, "every row once");
+    });
 }
 
 /// Small sources are staged alongside their claims; when a claim is lost the

@@ -234,6 +234,7 @@ async fn resolve(requests: Vec<TableRequest>) -> Result<Vec<TableWork>> {
             committed_manifest: None,
             report: None,
             changes: Vec::new(),
+            ahead: Default::default(),
         });
     }
     Ok(tables)
@@ -420,7 +421,7 @@ impl Door<'_> {
     /// claims), then stage onto Lance's latest version, which has them.
     async fn add_columns(&self, t: &mut TableWork) -> Result<Staged> {
         let table = t.request.table.clone();
-        let Some(ds) = self.w.fetch(&table, None, None, true).await? else {
+        let Some(ds) = self.w.fetch(&table, None, None, true, None).await? else {
             return Err(Error::Blocked(format!("table '{table}' vanished while its columns were being added")));
         };
         let schema = arrow::datatypes::Schema::from(ds.schema());

@@ -1,11 +1,23 @@
-//! Opening a pinned Lance version without Lance's HEAD.
+//! Round trips Lance need not wait for: what sluice already knows about a
+//! table's versions, told to Lance by a commit handler ([`KnownManifest`])
+//! that answers from it and hands everything else, commits included, to
+//! Lance's own handler for the table.
 //!
-//! To open version `v`, Lance first HEADs `_versions/<v>.manifest` for its
-//! naming scheme and size, then reads it: two round trips in sequence on S3.
-//! A pin that carries the manifest file's size (recorded by the writer from its
-//! commit, [`LanceManifest`]) lets [`KnownManifest`] answer that HEAD
-//! itself: a commit handler that knows where one version lives and hands
-//! everything else, commits included, to Lance's own handler for the table.
+//! - **Where a pinned version's manifest is.** To open version `v`, Lance
+//!   first HEADs `_versions/<v>.manifest` for its naming scheme and size, then
+//!   reads it: two round trips in sequence on S3. A pin that carries the
+//!   manifest file's size (recorded by the writer from its commit,
+//!   [`LanceManifest`]) answers that HEAD.
+//! - **Whether anything came after the version a writer read.** Before every
+//!   commit Lance lists the versions after its read version, then writes its
+//!   transaction, then its manifest: three round trips in sequence. A writer
+//!   asks for the latest version ahead ([`ListAhead`]), alongside writing its
+//!   last data file, and the commit's listing is answered from that: "none"
+//!   when the latest was the read version, else Lance lists as it would. An
+//!   answer that is stale by the time of the commit is harmless: Lance writes
+//!   the next manifest create-only, so a version that appeared meanwhile makes
+//!   the PUT fail and Lance lists again, exactly as when a writer stalls
+//!   between its listing and its PUT.
 //!
 //! A manifest file is written once (create-only) and never rewritten, so the
 //! record stays true while the file exists: sluice never removes a table and
@@ -14,8 +26,9 @@
 //! or fail, and `Lake::open_known` then opens the version as Lance finds it.)
 //! Branches and tags (other base paths) are not used by sluice.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
+use futures::StreamExt;
 use futures::stream::BoxStream;
 use lance::io::ObjectStore;
 use lance::table::format::{IndexMetadata, Manifest, Transaction};
@@ -43,18 +56,59 @@ impl LanceManifest {
     }
 }
 
-/// Lance's commit handler for a table, plus where one version's manifest is.
+/// A writer's question, asked ahead of its commit: which version is the
+/// latest, after the one it read? Shared by every handle the writer opens on
+/// one table (a clone shares it); each commit takes the answer at most once.
+#[derive(Clone, Default)]
+pub(crate) struct ListAhead(Arc<Mutex<Option<Probe>>>);
+
+struct Probe {
+    /// The version the writer read (its commit's read version).
+    since: u64,
+    latest: tokio::task::JoinHandle<Result<u64>>,
+}
+
+impl std::fmt::Debug for ListAhead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let since = self.0.lock().expect("list-ahead slot poisoned").as_ref().map(|p| p.since);
+        f.debug_struct("ListAhead").field("since", &since).finish()
+    }
+}
+
+impl ListAhead {
+    /// Ask now, on `rt`, for `ds`'s latest version (one LIST on S3), replacing
+    /// an earlier question.
+    pub(crate) fn start(&self, ds: Arc<lance::Dataset>, rt: &tokio::runtime::Handle) {
+        let since = ds.version().version;
+        let latest = rt.spawn(async move { ds.latest_version_id().await });
+        if let Some(old) = self.0.lock().expect("list-ahead slot poisoned").replace(Probe { since, latest }) {
+            old.latest.abort();
+        }
+    }
+
+    /// The question asked for read version `since`, once.
+    fn take(&self, since: u64) -> Option<tokio::task::JoinHandle<Result<u64>>> {
+        let mut slot = self.0.lock().expect("list-ahead slot poisoned");
+        slot.take_if(|p| p.since == since).map(|p| p.latest)
+    }
+}
+
+/// Lance's commit handler for a table, plus what sluice knows ahead of Lance.
 #[derive(Debug)]
 pub(crate) struct KnownManifest {
     inner: Arc<dyn CommitHandler>,
-    known: LanceManifest,
+    /// Where one version's manifest is.
+    known: Option<LanceManifest>,
+    /// The latest version, asked ahead of a commit.
+    ahead: Option<ListAhead>,
 }
 
 impl KnownManifest {
-    /// The handler Lance would use for `table_uri`, knowing `known`.
-    pub(crate) async fn for_table(table_uri: &str, known: LanceManifest) -> Result<Arc<dyn CommitHandler>> {
+    /// The handler Lance would use for `table_uri`, knowing `known` and
+    /// answering a commit's listing from `ahead`.
+    pub(crate) async fn for_table(table_uri: &str, known: Option<LanceManifest>, ahead: Option<ListAhead>) -> Result<Arc<dyn CommitHandler>> {
         let inner = lance_table::io::commit::commit_handler_from_url(table_uri, &None).await?;
-        Ok(Arc::new(KnownManifest { inner, known }))
+        Ok(Arc::new(KnownManifest { inner, known, ahead }))
     }
 }
 
@@ -74,15 +128,15 @@ impl CommitHandler for KnownManifest {
 
     /// The one version we know, without a request; any other as Lance finds it.
     async fn resolve_version_location(&self, base_path: &Path, version: u64, object_store: &dyn OSObjectStore) -> Result<ManifestLocation> {
-        if version != self.known.version {
+        let Some(known) = self.known.as_ref().filter(|k| k.version == version) else {
             return self.inner.resolve_version_location(base_path, version, object_store).await;
-        }
+        };
         Ok(ManifestLocation {
             version,
             path: ManifestNamingScheme::V2.manifest_path(base_path, version),
-            size: Some(self.known.size),
+            size: Some(known.size),
             naming_scheme: ManifestNamingScheme::V2,
-            e_tag: self.known.e_tag.clone(),
+            e_tag: known.e_tag.clone(),
             identity: None,
         })
     }
@@ -99,8 +153,24 @@ impl CommitHandler for KnownManifest {
         self.inner.list_manifest_locations(base_path, object_store, sorted_descending)
     }
 
+    /// Nothing after `since_version`, if the question asked ahead found none;
+    /// otherwise (a newer version, an error, nothing asked) as Lance lists it.
     fn list_manifest_locations_since<'a>(&self, base_path: &Path, object_store: &'a ObjectStore, since_version: u64) -> BoxStream<'a, Result<ManifestLocation>> {
-        self.inner.list_manifest_locations_since(base_path, object_store, since_version)
+        let Some(latest) = self.ahead.as_ref().and_then(|a| a.take(since_version)) else {
+            return self.inner.list_manifest_locations_since(base_path, object_store, since_version);
+        };
+        let (inner, base) = (Arc::clone(&self.inner), base_path.clone());
+        futures::stream::once(async move {
+            match latest.await {
+                Ok(Ok(latest)) if latest == since_version => {
+                    tracing::debug!(version = since_version, "nothing after the read version, as asked ahead of the commit");
+                    futures::stream::empty().boxed()
+                }
+                _ => inner.list_manifest_locations_since(&base, object_store, since_version),
+            }
+        })
+        .flatten()
+        .boxed()
     }
 
     async fn commit(

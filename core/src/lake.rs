@@ -28,7 +28,7 @@ use crate::counting::{CountingLister, CountingStore, RequestCounts, RequestSnaps
 use crate::delay::DelayStore;
 use crate::error::{Error, Result};
 use crate::faults::{FaultSpec, FaultStore, RandomFaults, Scope};
-use crate::known_manifest::{KnownManifest, LanceManifest};
+use crate::known_manifest::{KnownManifest, LanceManifest, ListAhead};
 
 /// Where a lake lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -393,18 +393,31 @@ impl Lake {
     /// version's manifest), if it is `version`'s, saves Lance's HEAD: one
     /// round trip fewer on S3.
     pub async fn open_known(&self, name: &str, version: Option<u64>, known: Option<&LanceManifest>) -> Result<Dataset> {
+        self.open_to_commit(name, version, known, None).await
+    }
+
+    /// [`Lake::open_known`] for a writer: a commit on the handle takes its
+    /// listing of newer versions from `ahead`, once asked (`known_manifest.rs`).
+    pub(crate) async fn open_to_commit(&self, name: &str, version: Option<u64>, known: Option<&LanceManifest>, ahead: Option<&ListAhead>) -> Result<Dataset> {
         let uri = self.table_uri(name);
-        let builder = || DatasetBuilder::from_uri(&uri).with_store_params(self.store_params()).with_session(self.session());
-        let Some(v) = version else { return builder().load().await.map_err(|e| Error::lance(name, e)) };
-        if let Some(known) = known.filter(|k| k.version == v) {
-            let handler = KnownManifest::for_table(&uri, known.clone()).await.map_err(|e| Error::lance(name, e))?;
-            match builder().with_version(v).with_commit_handler(handler).load().await {
+        let open = |known: Option<LanceManifest>| async {
+            let mut builder = DatasetBuilder::from_uri(&uri).with_store_params(self.store_params()).with_session(self.session());
+            if let Some(v) = version {
+                builder = builder.with_version(v);
+            }
+            if known.is_some() || ahead.is_some() {
+                builder = builder.with_commit_handler(KnownManifest::for_table(&uri, known, ahead.cloned()).await?);
+            }
+            builder.load().await
+        };
+        if let Some(known) = known.filter(|k| Some(k.version) == version) {
+            match open(Some(known.clone())).await {
                 Ok(ds) => return Ok(ds),
                 // Not the file the pin recorded (a table made again): as Lance finds it.
-                Err(e) => tracing::warn!(table = name, version = v, error = %e, "the pin's record of Lance's manifest is stale; reading it afresh"),
+                Err(e) => tracing::warn!(table = name, version, error = %e, "the pin's record of Lance's manifest is stale; reading it afresh"),
             }
         }
-        builder().with_version(v).load().await.map_err(|e| Error::lance(name, e))
+        open(None).await.map_err(|e| Error::lance(name, e))
     }
 
     /// GET and parse a JSON object; `None` if it does not exist.

@@ -25,7 +25,7 @@ use crate::partitions::{self, Partitions};
 use crate::error::{BadInput, Error, Result};
 use crate::failpoints;
 use crate::fence;
-use crate::known_manifest::LanceManifest;
+use crate::known_manifest::{LanceManifest, ListAhead};
 use crate::lake::Lake;
 use crate::manifest::Mode;
 use crate::rescue;
@@ -54,6 +54,7 @@ pub(crate) struct Opening {
     pub known: Option<LanceManifest>,
     /// Lance's latest version instead of the pin.
     pub latest: bool,
+    pub ahead: ListAhead,
 }
 
 /// Schema metadata keys that keep a table's mode inside the Lance table itself.
@@ -111,6 +112,8 @@ pub(crate) struct TableWork {
     pub changes: Vec<Change>,
     /// What the table does with a source column it lacks.
     pub evolution: Evolution,
+    /// Lance's latest version, asked ahead of the commit (`known_manifest.rs`).
+    pub ahead: ListAhead,
 }
 
 /// Recovery's redo of a multi-table load that died with `tables` uncommitted:
@@ -161,6 +164,7 @@ pub(crate) async fn redo(
             report: None,
             changes: it.changes.clone(),
             evolution: it.evolution,
+            ahead: ListAhead::default(),
         });
     }
     let stager = Stager { lake, op: intent.op.clone(), attempt: attempt.to_string(), intent: intent.attempt.clone(), deadline, progress: Arc::default(), multi: true };
@@ -285,6 +289,39 @@ impl RecordBatchReader for UniqueKeys {
     }
 }
 
+/// `reader`, which asks `ahead` for `ds`'s latest version once its rows run
+/// out: when Lance starts writing its last data file, the commit's next step.
+fn list_ahead_at_end(reader: Box<dyn RecordBatchReader + Send>, ahead: &ListAhead, ds: &Arc<Dataset>) -> Box<dyn RecordBatchReader + Send> {
+    let (ahead, ds, rt) = (ahead.clone(), Arc::clone(ds), tokio::runtime::Handle::current());
+    Box::new(AtEnd { inner: reader, at_end: Some(Box::new(move || ahead.start(ds, &rt))) })
+}
+
+/// A reader that calls `at_end` once, when its input is exhausted.
+struct AtEnd {
+    inner: Box<dyn RecordBatchReader + Send>,
+    at_end: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl Iterator for AtEnd {
+    type Item = std::result::Result<arrow::array::RecordBatch, arrow::error::ArrowError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let next = self.inner.next();
+        if next.is_none()
+            && let Some(at_end) = self.at_end.take()
+        {
+            at_end();
+        }
+        next
+    }
+}
+
+impl RecordBatchReader for AtEnd {
+    fn schema(&self) -> SchemaRef {
+        self.inner.schema()
+    }
+}
+
 fn inserted_rows(txn: &Transaction) -> u64 {
     let fragments = match &txn.operation {
         Operation::Append { fragments } | Operation::Overwrite { fragments, .. } => fragments,
@@ -301,7 +338,7 @@ impl Stager<'_> {
 
     /// The table at its pin (or at Lance's latest), or `None` if it does not exist yet.
     pub(crate) async fn open(&self, t: &mut TableWork, latest: bool) -> Result<Option<Arc<Dataset>>> {
-        let ds = self.fetch(&t.request.table, t.start_pin, t.start_manifest.as_ref(), latest).await?;
+        let ds = self.fetch(&t.request.table, t.start_pin, t.start_manifest.as_ref(), latest, Some(&t.ahead)).await?;
         if let Some(ds) = &ds {
             self.adopt_table_mode(t, ds)?;
         }
@@ -311,19 +348,20 @@ impl Stager<'_> {
     /// What staging `t` reads: the table at its pin, or at Lance's latest
     /// (always for an upsert, which must see every row it may update).
     pub(crate) fn opening(t: &TableWork) -> Opening {
-        Opening { table: t.request.table.clone(), pin: t.start_pin, known: t.start_manifest.clone(), latest: t.mode == Mode::Upsert }
+        Opening { table: t.request.table.clone(), pin: t.start_pin, known: t.start_manifest.clone(), latest: t.mode == Mode::Upsert, ahead: t.ahead.clone() }
     }
 
     /// [`Stager::fetch`] what [`Stager::opening`] says.
     pub(crate) async fn fetch_opening(&self, o: &Opening) -> Result<Option<Arc<Dataset>>> {
-        self.fetch(&o.table, o.pin, o.known.as_ref(), o.latest).await
+        self.fetch(&o.table, o.pin, o.known.as_ref(), o.latest, Some(&o.ahead)).await
     }
 
     /// [`Stager::open`] without adopting the table's mode: reads only, so it
-    /// may run before (alongside) the intent's PUT.
-    pub(crate) async fn fetch(&self, table: &str, start_pin: Option<u64>, known: Option<&LanceManifest>, latest: bool) -> Result<Option<Arc<Dataset>>> {
+    /// may run before (alongside) the intent's PUT. A commit on the handle
+    /// answers its listing from `ahead`.
+    pub(crate) async fn fetch(&self, table: &str, start_pin: Option<u64>, known: Option<&LanceManifest>, latest: bool, ahead: Option<&ListAhead>) -> Result<Option<Arc<Dataset>>> {
         let version = if latest { None } else { start_pin };
-        match self.lake.open_known(table, version, known).await {
+        match self.lake.open_to_commit(table, version, known, ahead).await {
             Ok(ds) => Ok(Some(Arc::new(ds))),
             Err(Error::Lance { source: lance::Error::DatasetNotFound { .. } | lance::Error::NotFound { .. }, .. })
                 if start_pin.is_none() =>
@@ -401,7 +439,7 @@ impl Stager<'_> {
             // The table was read a while ago (alongside the intent and claims):
             // created by another writer since, our rows go onto theirs, judged
             // by its schema, not by what a new table would have been.
-            Err(e) if creating => match self.fetch(&t.request.table, None, None, true).await {
+            Err(e) if creating => match self.fetch(&t.request.table, None, None, true, None).await {
                 Ok(Some(_)) => self.stage_once(t, true).await,
                 _ => Err(e),
             },
@@ -423,6 +461,11 @@ impl Stager<'_> {
             None => self.new_table_schema(t).await?,
         };
         let (reader, slot) = self.reader(t, target);
+        let reader = match &ds {
+            // The last data file's PUT runs alongside the commit's listing.
+            Some(ds) => list_ahead_at_end(reader, &t.ahead, ds),
+            None => reader,
+        };
         let properties = Some(Arc::new(self.properties()));
         let staged = match (ds, t.mode) {
             (Some(ds), Mode::Append) => {
