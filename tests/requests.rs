@@ -20,7 +20,10 @@ async fn requests_per_ingest_are_flat_in_history_depth() {
         // (the second ingest: the first warms the handle's Lance session).
         let delayed = Lake::open_delayed(&b.root, std::time::Duration::from_millis(25)).unwrap();
         ingest(&delayed, vec![request("t", &[&jsonl(dir.path(), "w1.jsonl", 600..601)])]).await.unwrap();
-        let timed = ingest(&delayed, vec![request("t", &[&jsonl(dir.path(), "w2.jsonl", 601..602)])]).await.unwrap();
+        let w2 = jsonl(dir.path(), "w2.jsonl", 601..602);
+        let timed = ingest(&delayed, vec![request("t", &[&w2])]).await.unwrap();
+        let again = ingest(&delayed, vec![request("t", &[&w2])]).await.unwrap();
+        assert_eq!(again.sources[0].status, sluice::ingest::SourceStatus::AlreadyIngested);
         for i in 2..200 {
             ingest(&lake, vec![request("t", &[&jsonl(dir.path(), &format!("h{i}.jsonl"), i..i + 1)])]).await.unwrap();
         }
@@ -38,6 +41,10 @@ async fn requests_per_ingest_are_flat_in_history_depth() {
         // newer versions asked ahead; Lance's transaction and manifest; the
         // decision; the manifest version; the hint PUT alongside the intent's DELETE.
         assert!(timed.requests.round_trips <= 8, "{}: {} round trips in sequence for one ingest ({:?})", b.name, timed.requests.round_trips, timed.requests);
+        // A redelivery: the hint GET; the intent; the claim's refused PUT,
+        // reading it back, the ledger's LIST; the holder's intent, release and
+        // decision; our intent's DELETE alongside the latest manifest (two GETs).
+        assert!(again.requests.round_trips <= 10, "{}: {} round trips in sequence for a redelivery ({:?})", b.name, again.requests.round_trips, again.requests);
         assert!(cost(&deep) <= cost(&shallow) + 2, "{}: {} requests at depth 200 vs {} at depth 2", b.name, cost(&deep), cost(&shallow));
     }
 }

@@ -342,8 +342,10 @@ impl Door<'_> {
         if tables.is_empty() {
             // Nothing claimed: only our intent to remove. Rows staged alongside
             // the claims are files no version references: cleanup's orphans.
-            sidecar::delete_intent(self.w.lake, &self.id()).await?;
-            return self.report(None, &tables, elsewhere).await;
+            let id = self.id();
+            let (finished, report) = futures::join!(sidecar::delete_intent(self.w.lake, &id), self.report(None, &tables, elsewhere));
+            finished?;
+            return report;
         }
         if let Err(e) = failpoints::hit(failpoints::AFTER_CLAIMS) {
             return Err(self.abandon(&tables, &ours, e).await);
@@ -621,7 +623,7 @@ impl Door<'_> {
                         tables[i].sources.push((source, detected));
                     }
                     Claimed::Held(holder, status) => match status {
-                        Holder::Published => elsewhere.push(Elsewhere { table, source, holder }),
+                        Holder::Published => elsewhere.push(Elsewhere { table, source, holder, published: true }),
                         // Given back between our two reads, or in flight: try again after it.
                         Holder::Released => held.push((i, source, detected, holder, None)),
                         Holder::InFlight(intent) => held.push((i, source, detected, holder, Some(intent))),
@@ -645,7 +647,7 @@ impl Door<'_> {
             }
             if held.is_empty() || (own_work && !settle_first) || round == MAX_TAKEOVER_ROUNDS {
                 // Still held elsewhere: settled after our own work, in `report`.
-                elsewhere.extend(held.into_iter().map(|(i, source, _, holder, _)| Elsewhere { table: tables[i].request.table.clone(), source, holder }));
+                elsewhere.extend(held.into_iter().map(|(i, source, _, holder, _)| Elsewhere { table: tables[i].request.table.clone(), source, holder, published: false }));
                 break;
             }
             // Nothing of our own to do, or a load: wait for the holders, then try again.
@@ -835,9 +837,12 @@ impl Door<'_> {
             .collect();
         let mut waited = false;
         for e in elsewhere {
-            loop {
+            // Shown published when claimed (an attempt that published stays
+            // so), or looked at until its holder is done.
+            let mut published = e.published;
+            while !published {
                 match sidecar::holder(self.w.lake, &sidecar::source_key(&e.source.id), &e.holder).await? {
-                    Holder::Published => break,
+                    Holder::Published => published = true,
                     Holder::InFlight(intent) => {
                         let id = AttemptId::new(&e.holder.op, &e.holder.attempt);
                         recover::await_gone(self.w.lake, &id, intent.deadline, self.skew, &self.w.deadline).await?;
@@ -874,6 +879,8 @@ struct Elsewhere {
     table: String,
     source: Source,
     holder: Claim,
+    /// Its holder was shown to have published it (no need to look again).
+    published: bool,
 }
 
 /// What this attempt owns, for giving it back.

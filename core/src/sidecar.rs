@@ -463,17 +463,22 @@ pub async fn claim(lake: &Lake, key: &str, claim: &Claim, maybe: &mut Vec<(Strin
     for _ in 0..MAX_CLAIM_ROUNDS {
         let mine = Claim { generation, claimed_at: Utc::now(), ..claim.clone() };
         let created = lake.create_json(&claim_path(key, generation), &mine, |c: &Claim| c.attempt == claim.attempt).await;
-        match created {
+        let theirs = match created {
             Ok(Created::Mine) => return Ok(Claimed::Mine { generation }),
-            Ok(Created::Theirs(_) | Created::Gone) => {}
+            Ok(Created::Theirs(theirs)) => Some(theirs),
+            Ok(Created::Gone) => None,
             Err(e) => {
                 maybe.push((key.to_string(), generation));
                 return Err(e);
             }
-        }
+        };
         let ledger = ledger(lake, key).await?;
         let newest = *ledger.claims.last().expect("a claim we just saw is listed");
-        let held = read_claim_at(lake, key, newest).await?;
+        // A claim is written once and never deleted: the one just read back stands.
+        let held = match theirs {
+            Some(theirs) if newest == generation => theirs,
+            _ => read_claim_at(lake, key, newest).await?,
+        };
         if held.attempt == claim.attempt {
             return Ok(Claimed::Mine { generation: newest });
         }
