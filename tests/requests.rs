@@ -77,5 +77,11 @@ async fn a_pin_opens_its_version_without_a_head() {
                 assert_eq!(cost.head, heads, "{}: size {size}: {cost:?}", b.name);
             }
         }
+        // A compaction's publish records its commit's manifest too.
+        let budget = sluice::ingest::Budget::new(std::time::Duration::from_secs(60));
+        sluice::optimize::run(&lake, &["t".to_string()], &Default::default(), budget, &sluice::optimize::InProcess).await.unwrap();
+        let compacted = sluice::manifest::read_latest(&lake).await.unwrap().unwrap().tables["t"].clone();
+        assert!(compacted.version > pin.version, "{}: optimize compacts two fragments", b.name);
+        assert_eq!(compacted.known_manifest().map(|k| k.version), Some(compacted.version), "{}: optimize records where its commit's manifest is", b.name);
     }
 }

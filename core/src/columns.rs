@@ -32,6 +32,7 @@ use crate::error::{Error, Result};
 use crate::failpoints;
 use crate::fence;
 use crate::lake::Lake;
+use crate::known_manifest::LanceManifest;
 use crate::manifest::{self, TablePin};
 use crate::sidecar::{self, AttemptId, SCOPE_COLUMNS};
 use crate::single;
@@ -64,9 +65,9 @@ pub(crate) async fn add(lake: &Lake, table: &str, wanted: &[Field], skew: Durati
         let kind = single::Kind { name: "columns", prefix: "col" };
         let Some(id) = single::begin(lake, kind, table, &pin, &[], &what, skew, deadline).await? else { continue };
         tracing::info!(table, columns = %what, op = %id, "adding columns the sources have and the table lacks");
-        let Some(version) = commit(lake, table, &pin, &id, &missing, deadline).await? else { continue };
+        let Some((version, manifest)) = commit(lake, table, &pin, &id, &missing, deadline).await? else { continue };
         failpoints::hit(failpoints::COLUMNS_AFTER_COMMIT)?;
-        let committed = single::Committed { id: &id, kind: "columns", table, pin: &pin, version, changes: Vec::new() };
+        let committed = single::Committed { id: &id, kind: "columns", table, pin: &pin, version, manifest, changes: Vec::new() };
         let (manifest_version, _) = single::finish(lake, latest, committed, skew, deadline).await?;
         return Ok(manifest_version);
     }
@@ -75,7 +76,7 @@ pub(crate) async fn add(lake: &Lake, table: &str, wanted: &[Field], skew: Durati
 
 /// Commit the merge adding `missing` on Lance's latest version of `table`.
 /// `None`: the attempt was given up after losing every rebuild (look again).
-async fn commit(lake: &Lake, table: &str, pin: &TablePin, id: &AttemptId, missing: &[Field], deadline: &Deadline) -> Result<Option<u64>> {
+async fn commit(lake: &Lake, table: &str, pin: &TablePin, id: &AttemptId, missing: &[Field], deadline: &Deadline) -> Result<Option<(u64, Option<LanceManifest>)>> {
     for _ in 0..MAX_REBUILDS {
         let built = async {
             deadline.check("committing new columns")?;
@@ -98,12 +99,12 @@ async fn commit(lake: &Lake, table: &str, pin: &TablePin, id: &AttemptId, missin
         let (ds, txn, left) = single::or_give_up(lake, id, built).await?;
         let committed = CommitBuilder::new(ds).with_timeout(Some(left)).with_retry_timeout(left.min(Duration::from_secs(30))).execute(txn).await;
         let error = match committed {
-            Ok(ds) => return Ok(Some(ds.version().version)),
+            Ok(ds) => return Ok(Some((ds.version().version, LanceManifest::of(&ds)))),
             Err(e) => e,
         };
         // An error is not proof: the history says whether it landed.
         if let Some(version) = fence::committed_by(lake, table, pin.version, &id.attempt).await? {
-            return Ok(Some(version));
+            return Ok(Some((version, None)));
         }
         if !matches!(error, lance::Error::RetryableCommitConflict { .. }) {
             single::give_up(lake, id).await?;

@@ -36,6 +36,7 @@ use crate::error::{Error, Result};
 use crate::failpoints;
 use crate::ingest::Budget;
 use crate::lake::Lake;
+use crate::known_manifest::LanceManifest;
 use crate::manifest::{self, TablePin};
 use crate::settings::{Change, IndexKind, IndexSpec, Metric};
 use crate::sidecar::{self, AttemptId, SCOPE_SINGLE};
@@ -142,8 +143,8 @@ async fn build(lake: &Lake, latest: manifest::Manifest, table: &str, pin: &Table
     .await;
     let meta = single::or_give_up(lake, &id, built).await?;
     let operation = Operation::CreateIndex { new_indices: vec![meta], removed_indices: replacing };
-    let version = commit(lake, table, pin, &id, operation, deadline).await?;
-    Ok(Step::Done(finish(lake, latest, table, pin, &id, version, &spec.name, change, skew, deadline).await?))
+    let committed = commit(lake, table, pin, &id, operation, deadline).await?;
+    Ok(Step::Done(finish(lake, latest, table, pin, &id, committed, &spec.name, change, skew, deadline).await?))
 }
 
 /// Drop index `name` of `table`: from its settings and from Lance.
@@ -176,12 +177,12 @@ async fn drop_segments(lake: &Lake, latest: manifest::Manifest, table: &str, pin
     let change = Change::DropIndex(name.to_string());
     let Some(id) = begin(lake, table, pin, std::slice::from_ref(&change), skew, deadline).await? else { return Ok(Step::Again) };
     single::or_give_up(lake, &id, failpoints::hit(failpoints::INDEX_AFTER_INTENT)).await?;
-    let version = match segments.is_empty() {
+    let committed = match segments.is_empty() {
         // Declared but gone from Lance (another tool dropped it): only the settings change.
-        true => pin.version,
+        true => (pin.version, pin.known_manifest().cloned()),
         false => commit(lake, table, pin, &id, Operation::CreateIndex { new_indices: Vec::new(), removed_indices: segments }, deadline).await?,
     };
-    Ok(Step::Done(finish(lake, latest, table, pin, &id, version, name, Some(change), skew, deadline).await?))
+    Ok(Step::Done(finish(lake, latest, table, pin, &id, committed, name, Some(change), skew, deadline).await?))
 }
 
 /// What `optimize` did for a table's declared indices.
@@ -291,16 +292,16 @@ async fn update(lake: &Lake, latest: manifest::Manifest, table: &str, pin: &Tabl
         Ok::<_, Error>(ds.version().version)
     }
     .await;
-    let version = match updated {
-        Ok(v) if v > pin.version => v,
+    let committed = match updated {
+        Ok(v) if v > pin.version => (v, LanceManifest::of(&ds)),
         // Lance skipped every index: no commit.
         Ok(_) => {
             single::give_up(lake, &id).await?;
             return Ok(Step::Nothing);
         }
-        Err(e) => single::landed_or_give_up(lake, table, pin.version, &id).await?.ok_or(e)?,
+        Err(e) => (single::landed_or_give_up(lake, table, pin.version, &id).await?.ok_or(e)?, None),
     };
-    Ok(Step::Done(finish(lake, latest, table, pin, &id, version, &names.join(","), None, skew, deadline).await?))
+    Ok(Step::Done(finish(lake, latest, table, pin, &id, committed, &names.join(","), None, skew, deadline).await?))
 }
 
 /// One declared index and what Lance says of it at the pin.
@@ -364,7 +365,7 @@ async fn begin(lake: &Lake, table: &str, pin: &TablePin, changes: &[Change], ske
 
 /// Commit `operation` read at the pin, tagged with the attempt. An error is
 /// not proof: the history says whether it landed.
-async fn commit(lake: &Lake, table: &str, pin: &TablePin, id: &AttemptId, operation: Operation, deadline: &Deadline) -> Result<u64> {
+async fn commit(lake: &Lake, table: &str, pin: &TablePin, id: &AttemptId, operation: Operation, deadline: &Deadline) -> Result<(u64, Option<LanceManifest>)> {
     let mut txn = Transaction::new(pin.version, operation, None);
     txn.transaction_properties = Some(Arc::new(sidecar::commit_properties(&id.op, &id.attempt, &id.attempt, SCOPE_SINGLE)));
     let committed = async {
@@ -376,20 +377,20 @@ async fn commit(lake: &Lake, table: &str, pin: &TablePin, id: &AttemptId, operat
             .with_retry_timeout(left.min(Duration::from_secs(30)))
             .execute(txn)
             .await
-            .map(|ds| ds.version().version)
+            .map(|ds| (ds.version().version, LanceManifest::of(&ds)))
             .map_err(|e| Error::lance(table, e))
     }
     .await;
     match committed {
-        Ok(version) => Ok(version),
-        Err(e) => single::landed_or_give_up(lake, table, pin.version, id).await?.ok_or(e),
+        Ok(done) => Ok(done),
+        Err(e) => Ok((single::landed_or_give_up(lake, table, pin.version, id).await?.ok_or(e)?, None)),
     }
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn finish(lake: &Lake, latest: manifest::Manifest, table: &str, pin: &TablePin, id: &AttemptId, version: u64, index: &str, change: Option<Change>, skew: Duration, deadline: &Deadline) -> Result<Report> {
+async fn finish(lake: &Lake, latest: manifest::Manifest, table: &str, pin: &TablePin, id: &AttemptId, (version, manifest): (u64, Option<LanceManifest>), index: &str, change: Option<Change>, skew: Duration, deadline: &Deadline) -> Result<Report> {
     failpoints::hit(failpoints::INDEX_AFTER_COMMIT)?;
-    let committed = single::Committed { id, kind: "index", table, pin, version, changes: change.into_iter().collect() };
+    let committed = single::Committed { id, kind: "index", table, pin, version, manifest, changes: change.into_iter().collect() };
     let (manifest_version, _) = single::finish(lake, latest, committed, skew, deadline).await?;
     Ok(Report { table: table.into(), index: index.to_string(), outcome: Outcome::Done { lance_version: version, manifest_version } })
 }

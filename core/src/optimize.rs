@@ -36,6 +36,7 @@ use crate::error::{Error, Result};
 use crate::failpoints;
 use crate::ingest::Budget;
 use crate::lake::Lake;
+use crate::known_manifest::LanceManifest;
 use crate::manifest;
 use crate::index;
 use crate::recover;
@@ -351,11 +352,11 @@ async fn compact_table(lake: &Lake, table: &str, opts: &Options, skew: Duration,
         let results = single::or_give_up(lake, &id, executed).await?;
         let properties = sidecar::commit_properties(&op, &attempt, &attempt, SCOPE_SINGLE);
         let committing = CompactionOptions { transaction_properties: Some(Arc::new(properties)), ..compaction };
-        let (version, metrics) = match commit_compaction(&mut ds, results, Arc::new(DatasetIndexRemapperOptions::default()), &committing).await {
-            Ok(m) => (ds.version().version, m),
+        let (version, manifest, metrics) = match commit_compaction(&mut ds, results, Arc::new(DatasetIndexRemapperOptions::default()), &committing).await {
+            Ok(m) => (ds.version().version, LanceManifest::of(&ds), m),
             Err(e) => match single::landed_or_give_up(lake, table, pin.version, &id).await? {
                 // It landed after all: the history decides, not the error.
-                Some(version) => (version, CompactionMetrics::default()),
+                Some(version) => (version, None, CompactionMetrics::default()),
                 None => {
                     match e {
                         // An update or delete of the same fragments won: plan again.
@@ -371,7 +372,7 @@ async fn compact_table(lake: &Lake, table: &str, opts: &Options, skew: Duration,
         };
         failpoints::hit(failpoints::OPTIMIZE_AFTER_COMMIT)?;
 
-        let committed = single::Committed { id: &id, kind: "optimize", table, pin: &pin, version, changes: Vec::new() };
+        let committed = single::Committed { id: &id, kind: "optimize", table, pin: &pin, version, manifest, changes: Vec::new() };
         let (manifest_version, pinned) = single::finish(lake, latest, committed, skew, deadline).await?;
         let after = lake.open_table(table, Some(pinned)).await?.fragments().len();
         let action = TableAction::Compacted {

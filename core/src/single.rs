@@ -12,6 +12,7 @@ use crate::deadline::Deadline;
 use crate::fence;
 use crate::error::{Error, Result};
 use crate::lake::{Created, Lake};
+use crate::known_manifest::LanceManifest;
 use crate::manifest::{self, Goal, Manifest, Published, TablePin};
 use crate::recover;
 use crate::settings::Change;
@@ -103,6 +104,8 @@ pub(crate) struct Committed<'a> {
     /// The pin it started from (its settings are carried forward).
     pub pin: &'a TablePin,
     pub version: u64,
+    /// Where Lance keeps the commit's manifest, if Lance said.
+    pub manifest: Option<LanceManifest>,
     pub changes: Vec<Change>,
 }
 
@@ -126,7 +129,7 @@ pub(crate) async fn finish(lake: &Lake, base: Manifest, c: Committed<'_>, skew: 
         Created::Theirs(d) if d.outcome == Outcome::Forward && d.forwards(c.table, c.version) => {}
         _ => return Err(Error::Blocked(format!("{} {} was decided by recovery while this worker was stalled; it does not publish", c.kind, c.id))),
     }
-    let wanted = BTreeMap::from([(c.table.to_string(), TablePin { version: c.version, ..c.pin.clone() })]);
+    let wanted = BTreeMap::from([(c.table.to_string(), TablePin { version: c.version, lance_manifest: c.manifest, ..c.pin.clone() })]);
     let pins = recover::publishable_pins(lake, &base, wanted, &c.id.attempt, recover::Expired::Resolve, skew, deadline)
         .await?
         .map_err(recover::Stop::into_error)?;
