@@ -173,6 +173,36 @@ fn adding_columns_races_appends_and_another_schema_change() {
     });
 }
 
+/// Two ingests create one table at once from sources with different fields.
+/// The one whose creation loses at commit stages its rows onto the winner's
+/// table: a field that table lacks is still added as a column (add-columns)
+/// or kept in the rescue column (rescue), never refused as bad input.
+/// (Found by the interleaving explorer, seed 906.)
+#[test]
+fn a_table_creation_lost_at_commit_still_evolves_the_winners_table() {
+    on_each_backend(|b| {
+        let dir = tempfile::tempdir().unwrap();
+        let with = |name: &str, id: i64, column: &str| write(dir.path(), name, format!("{{\"id\": {id}, \"name\": \"row-{id}\", \"{column}\": {id}}}\n").as_bytes());
+        // (The winner adds columns: its table has no rescue column.)
+        for (table, evolution) in [("e", "add-columns"), ("r", "rescue")] {
+            let late = hold_at(sluice(&b.root).args(["--clock-skew", "0s", "ingest", "--table", table, "--evolution", evolution, "--timeout", "60s"]).arg(with(&format!("{table}-late.jsonl"), 1, "late")), COMMIT_CHECKED);
+            let first = ingest(&b.root, table, &["--evolution", "add-columns"], &with(&format!("{table}-first.jsonl"), 0, "first"));
+            assert_eq!(first.status.code(), Some(0), "{table}: {}", String::from_utf8_lossy(&first.stderr));
+            late.release();
+            let out = late.wait_with_output();
+            assert_eq!(out.status.code(), Some(0), "{table}: the late creator's rows go onto the first's table: {}", String::from_utf8_lossy(&out.stderr));
+            let all = rows(&b.root, table);
+            assert_eq!(all.len(), 2, "{table}: {all:?}");
+            assert_eq!(all[0]["first"], 0, "{table}: {all:?}");
+            match evolution {
+                "add-columns" => assert_eq!(all[1]["late"], 1, "{table}: the late field became a column: {all:?}"),
+                _ => assert!(all[1]["_rescued_data"].as_str().is_some_and(|r| r.contains("late")), "{table}: the late field was rescued: {all:?}"),
+            }
+        }
+        assert_eq!(pending(&b.root), 0);
+    });
+}
+
 /// A schema change frozen just before its commit (like a paused VM) is rolled
 /// back by recovery once its deadline passed, then wakes and its commit
 /// lands. That commit adds only a column of nulls: the next publish passes

@@ -389,7 +389,7 @@ impl Door<'_> {
         for i in 0..tables.len() {
             let stage = staged.remove(0);
             ours.commit_started = true;
-            match self.w.commit(&mut tables[i], stage).await {
+            match self.commit(&mut tables[i], stage).await {
                 Ok(()) => {
                     any_committed = true;
                     failpoints::hit(failpoints::AFTER_COMMIT)?;
@@ -415,6 +415,22 @@ impl Door<'_> {
         let ((), finished) = futures::join!(hint, sidecar::delete_intent(self.w.lake, &id));
         finished?;
         self.report(Some(version), &tables, elsewhere).await
+    }
+
+    /// Commit `t`'s staged rows. A table creation that lost the race at
+    /// commit is staged again onto the winner's table (`Stager::commit`, only
+    /// once the history shows ours did not land); when that table lacks what
+    /// our rows need (a column to add, the rescue column), it gains it as at
+    /// staging, and the rows are staged and committed once more.
+    async fn commit(&self, t: &mut TableWork, stage: Staged) -> Result<()> {
+        match self.w.commit(t, stage).await {
+            Err(Error::BadInput(bad)) if (bad.new_column && t.evolution == Evolution::AddColumns) || t.evolution == Evolution::Rescue => {
+                tracing::info!(table = %t.request.table, "the table another writer created lacks what our rows need; adding it");
+                let stage = self.add_columns(t).await?;
+                self.w.commit(t, stage).await
+            }
+            committed => committed,
+        }
     }
 
     /// `t`'s table lacks columns it needs — its sources' new columns, if it
