@@ -199,6 +199,18 @@ fn a_table_creation_lost_at_commit_still_evolves_the_winners_table() {
                 _ => assert!(all[1]["_rescued_data"].as_str().is_some_and(|r| r.contains("late")), "{table}: the late field was rescued: {all:?}"),
             }
         }
+        // The winner held between its commit and its publish: the late one
+        // waits for the table's pin before changing its schema.
+        let late = hold_at(sluice(&b.root).args(["--clock-skew", "0s", "ingest", "--table", "w", "--evolution", "add-columns", "--timeout", "60s"]).arg(with("w-late.jsonl", 1, "late")), COMMIT_CHECKED);
+        let first = hold_at(sluice(&b.root).args(["--clock-skew", "0s", "ingest", "--table", "w", "--evolution", "add-columns"]).arg(with("w-first.jsonl", 0, "first")), AFTER_COMMIT);
+        late.release();
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        first.release();
+        assert_eq!(first.wait_with_output().status.code(), Some(0));
+        let out = late.wait_with_output();
+        assert_eq!(out.status.code(), Some(0), "w: the late creator waits for the winner's publish: {}", String::from_utf8_lossy(&out.stderr));
+        let all = rows(&b.root, "w");
+        assert_eq!((all.len(), &all[0]["first"], &all[1]["late"]), (2, &serde_json::json!(0), &serde_json::json!(1)), "w: {all:?}");
         assert_eq!(pending(&b.root), 0);
     });
 }

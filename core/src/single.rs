@@ -155,13 +155,14 @@ pub(crate) async fn finish(lake: &Lake, base: Manifest, c: Committed<'_>, skew: 
 }
 
 /// After losing a commit race, give the winner (usually another optimizer, soon
-/// to publish) a moment to move the pin, so the next plan starts from its
-/// result instead of conflicting again. Bounded by `PIN_WAIT` and the deadline.
+/// to publish) a moment to move the pin past `pin` (0: to publish the table),
+/// so the next plan starts from its result instead of conflicting again.
+/// Bounded by `PIN_WAIT` and the deadline.
 pub(crate) async fn await_pin_past(lake: &Lake, table: &str, pin: u64, deadline: &Deadline) -> Result<()> {
     let until = std::time::Instant::now() + PIN_WAIT.min(deadline.remaining());
     while std::time::Instant::now() < until {
-        let latest = manifest::read_latest(lake).await?.expect("checked by run");
-        if latest.tables.get(table).is_some_and(|p| p.version > pin) {
+        let latest = manifest::read_latest(lake).await?;
+        if latest.is_some_and(|m| m.tables.get(table).is_some_and(|p| p.version > pin)) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
