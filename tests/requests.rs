@@ -85,3 +85,29 @@ async fn a_pin_opens_its_version_without_a_head() {
         assert_eq!(compacted.known_manifest().map(|k| k.version), Some(compacted.version), "{}: optimize records where its commit's manifest is", b.name);
     }
 }
+
+/// An upsert stages on Lance's latest version, which is usually its pin: it
+/// reads the pin (the pin knows where its manifest is) while asking Lance
+/// for its latest version, one round trip instead of a LIST and then a GET.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_upsert_reads_its_pin_while_asking_for_the_latest() {
+    let mut backends = vec![memory()];
+    backends.extend(shared_backends().into_iter().filter(|b| b.name == "s3"));
+    for b in backends {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::open(&b.root).unwrap();
+        ingest(&lake, vec![upsert("u", "id", &[&jsonl(dir.path(), "a.jsonl", 0..10)])]).await.unwrap();
+        let delayed = Lake::open_delayed(&b.root, std::time::Duration::from_millis(25)).unwrap();
+        // (The first warms the handle's Lance session.)
+        ingest(&delayed, vec![upsert("u", "id", &[&jsonl(dir.path(), "b.jsonl", 5..15)])]).await.unwrap();
+        let timed = ingest(&delayed, vec![upsert("u", "id", &[&jsonl(dir.path(), "c.jsonl", 10..20)])]).await.unwrap();
+        eprintln!("{}: an upsert: {:?}", b.name, timed.requests);
+        assert_eq!(ids(&lake, "u", None).await, (0..20).collect::<Vec<_>>(), "{}: every key once", b.name);
+        // In sequence: the hint GET; the intent alongside the pin's manifest
+        // and Lance's LIST; the claim alongside reading the deletion files;
+        // the data files' key column; the new data file alongside the listing
+        // asked ahead; the deletion file; Lance's transaction and manifest;
+        // the decision; the manifest version; the hint PUT alongside the intent's DELETE.
+        assert!(timed.requests.round_trips <= 11, "{}: {} round trips in sequence for an upsert ({:?})", b.name, timed.requests.round_trips, timed.requests);
+    }
+}

@@ -50,9 +50,13 @@ pub struct LanceManifest {
 impl LanceManifest {
     /// Where `ds`'s own manifest is, if Lance told it (V2 naming, size known).
     pub fn of(ds: &lance::Dataset) -> Option<LanceManifest> {
-        let at = ds.manifest_location();
+        LanceManifest::at(ds.manifest_location()).filter(|m| m.version == ds.version().version)
+    }
+
+    /// The record of a location Lance found (V2 naming, size known).
+    pub(crate) fn at(at: &ManifestLocation) -> Option<LanceManifest> {
         let v2 = at.naming_scheme == ManifestNamingScheme::V2;
-        at.size.filter(|_| v2 && at.version == ds.version().version).map(|size| LanceManifest { version: at.version, size, e_tag: at.e_tag.clone() })
+        at.size.filter(|_| v2).map(|size| LanceManifest { version: at.version, size, e_tag: at.e_tag.clone() })
     }
 }
 

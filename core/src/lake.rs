@@ -420,6 +420,16 @@ impl Lake {
         open(None).await.map_err(|e| Error::lance(name, e))
     }
 
+    /// Lance's latest version of table `name` and where its manifest is (one
+    /// LIST on S3), without reading the manifest.
+    pub(crate) async fn latest_lance_manifest(&self, name: &str) -> Result<(u64, Option<LanceManifest>)> {
+        let uri = self.table_uri(name);
+        let builder = DatasetBuilder::from_uri(&uri).with_store_params(self.store_params()).with_session(self.session());
+        let (store, base, handler) = builder.build_object_store().await.map_err(|e| Error::lance(name, e))?;
+        let at = handler.resolve_latest_location(&base, &store).await.map_err(|e| Error::lance(name, e))?;
+        Ok((at.version, LanceManifest::at(&at)))
+    }
+
     /// GET and parse a JSON object; `None` if it does not exist.
     pub async fn get_json<T: DeserializeOwned>(&self, rel: &str) -> Result<Option<T>> {
         let path = self.path(rel);

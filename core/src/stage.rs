@@ -360,6 +360,20 @@ impl Stager<'_> {
     /// may run before (alongside) the intent's PUT. A commit on the handle
     /// answers its listing from `ahead`.
     pub(crate) async fn fetch(&self, table: &str, start_pin: Option<u64>, known: Option<&LanceManifest>, latest: bool, ahead: Option<&ListAhead>) -> Result<Option<Arc<Dataset>>> {
+        if latest
+            && let Some(pin) = start_pin
+            && let Some(known) = known.filter(|k| k.version == pin)
+        {
+            // Lance's latest is usually the pin, which knows where its
+            // manifest is: read it while asking Lance for its latest version
+            // (one round trip, not a LIST and then a GET).
+            let (at_pin, newest) = futures::join!(self.lake.open_to_commit(table, Some(pin), Some(known), ahead), self.lake.latest_lance_manifest(table));
+            match newest {
+                Ok((newest, _)) if newest == pin => return at_pin.map(|ds| Some(Arc::new(ds))),
+                Ok((newest, at)) => return self.lake.open_to_commit(table, Some(newest), at.as_ref(), ahead).await.map(|ds| Some(Arc::new(ds))),
+                Err(e) => tracing::debug!(table, error = %e, "Lance's latest version, asked beside reading the pin, is unknown; reading the latest"),
+            }
+        }
         let version = if latest { None } else { start_pin };
         match self.lake.open_to_commit(table, version, known, ahead).await {
             Ok(ds) => Ok(Some(Arc::new(ds))),
