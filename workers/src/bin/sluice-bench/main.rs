@@ -164,15 +164,50 @@ async fn lance_append(lake: &Lake, file: &Path) -> (Duration, RequestSnapshot) {
     try_lance_append(lake, file).await.expect("plain Lance append")
 }
 
+/// One sluice upsert of `file` (key `id`) into table `u`: wall time and requests.
+async fn sluice_upsert(lake: &Lake, file: &Path) -> (Duration, RequestSnapshot) {
+    let req = TableRequest { table: "u".into(), sources: vec![file.display().to_string().into()], mode: Some(sluice::manifest::Mode::Upsert), key: Some("id".into()), ..Default::default() };
+    let start = Instant::now();
+    let r = ingest::run(lake, vec![req], ingest::Budget::new(TIMEOUT), Arc::new(Progress::default())).await.expect("sluice upsert");
+    (start.elapsed(), r.requests)
+}
+
+/// Plain Lance's upsert: open latest, arrow's JSON reader, a merge-insert on
+/// `id` (update matches, insert the rest). Counted by `lake`'s wrapper.
+async fn lance_upsert(lake: &Lake, file: &Path) -> (Duration, RequestSnapshot) {
+    use lance::dataset::{MergeInsertBuilder, WhenMatched, WhenNotMatched};
+    let before = lake.requests();
+    let start = Instant::now();
+    let uri = lake.table_uri("plain_upsert");
+    let existing = DatasetBuilder::from_uri(&uri).with_store_params(lake.store_params()).with_session(lake.session()).load().await;
+    let reader = json_reader(file);
+    match existing {
+        Ok(ds) => {
+            let mut builder = MergeInsertBuilder::try_new(Arc::new(ds), vec!["id".into()]).expect("merge-insert on id");
+            builder.when_matched(WhenMatched::UpdateAll).when_not_matched(WhenNotMatched::InsertAll);
+            builder.try_build().expect("a merge-insert job").execute_reader(reader).await.expect("plain Lance upsert");
+        }
+        Err(_) => {
+            let params = WriteParams { mode: WriteMode::Create, store_params: Some(lake.store_params()), session: Some(lake.session()), ..Default::default() };
+            InsertBuilder::new(uri.as_str()).with_params(&params).execute_stream(reader).await.expect("plain Lance create");
+        }
+    }
+    (start.elapsed(), lake.requests().since(&before))
+}
+
+/// Arrow's JSON reader over `file`, its schema inferred from the first 1,000 lines.
+fn json_reader(file: &Path) -> Box<dyn RecordBatchReader + Send> {
+    let infer = BufReader::new(std::fs::File::open(file).unwrap());
+    let (schema, _) = arrow::json::reader::infer_json_schema(infer, Some(1000)).unwrap();
+    Box::new(arrow::json::ReaderBuilder::new(Arc::new(schema)).build(BufReader::new(std::fs::File::open(file).unwrap())).unwrap())
+}
+
 async fn try_lance_append(lake: &Lake, file: &Path) -> lance::Result<(Duration, RequestSnapshot)> {
     let before = lake.requests();
     let start = Instant::now();
     let uri = lake.table_uri("plain");
     let existing = DatasetBuilder::from_uri(&uri).with_store_params(lake.store_params()).with_session(lake.session()).load().await;
-    let infer = BufReader::new(std::fs::File::open(file).unwrap());
-    let (schema, _) = arrow::json::reader::infer_json_schema(infer, Some(1000)).unwrap();
-    let reader = arrow::json::ReaderBuilder::new(Arc::new(schema)).build(BufReader::new(std::fs::File::open(file).unwrap())).unwrap();
-    let reader: Box<dyn RecordBatchReader + Send> = Box::new(reader);
+    let reader = json_reader(file);
     match existing {
         Ok(ds) => {
             let params = WriteParams { mode: WriteMode::Append, ..Default::default() };

@@ -3,7 +3,9 @@
 //!
 //! - `roundtrips`: one 1 MiB JSONL ingest, with no delay and with `delay` per
 //!   request; the round trips each waited for in sequence (counted by the
-//!   lake's wrapper, and checked against the wall-time difference).
+//!   lake's wrapper, and checked against the wall-time difference). Then,
+//!   with `delay`: an upsert against plain Lance's merge-insert, and a
+//!   redelivery of a file already ingested.
 //! - `contention`: 1, 8 and 32 single-file ingests at once into one table,
 //!   each a separate worker (its own lake handle), with `delay` per request.
 
@@ -14,7 +16,7 @@ use sluice::Lake;
 
 use sluice::counting::RequestSnapshot;
 
-use crate::{Row, generate, lance_append, median, ms, percentile, sluice_ingest, try_lance_append, try_sluice_ingest};
+use crate::{Row, generate, lance_append, lance_upsert, median, ms, percentile, sluice_ingest, sluice_upsert, try_lance_append, try_sluice_ingest};
 
 /// One single-file ingest: wall time, and the requests it made.
 type Trip = (Duration, RequestSnapshot);
@@ -62,6 +64,62 @@ pub async fn single(root: impl Fn(&str) -> String, work: &Path, delay: Duration,
     rows.push((format!("round trips in sequence, from wall time (+{d} ms minus none)"), format!("{ts:.1}"), format!("{tl:.1}"), format!("+{:.1}", ts - tl)));
     let (qs, ql) = (med(&sd, RequestSnapshot::total), med(&ld, RequestSnapshot::total));
     rows.push(("requests, single-file ingest".into(), qs.to_string(), ql.to_string(), format!("+{}", qs as i64 - ql as i64)));
+
+    let (su, lu) = upserts(&root("rtu"), work, delay, reps, 42_000).await;
+    let (s, l) = (med_wall(&su), med_wall(&lu));
+    rows.push((format!("2 MiB JSONL upsert, half its keys new, +{d} ms per request (median of {reps})"), ms(s), ms(l), ratio(s, l)));
+    let (rs, rl) = (med(&su, |r| r.round_trips), med(&lu, |r| r.round_trips));
+    rows.push(("round trips in sequence, single-file upsert (counted)".into(), rs.to_string(), rl.to_string(), format!("+{}", rs as i64 - rl as i64)));
+
+    let again = redeliveries(&root("rtr"), work, delay, reps, 43_000).await;
+    let wall = med_wall(&again);
+    rows.push((format!("redelivery of an ingested 1 MiB file, +{d} ms: wall, round trips (median of {reps})"), format!("{}, {}", ms(wall), med(&again, |r| r.round_trips)), "-".into(), "-".into()));
+}
+
+/// Medians of `reps` upserts of 2 MiB files, half of them keys the table has
+/// (the previous file's new rows) and half new; sluice and Lance interleaved.
+async fn upserts(root: &str, work: &Path, delay: Duration, reps: usize, seed: u64) -> (Vec<Trip>, Vec<Trip>) {
+    let lake = Lake::open_delayed(root, delay).unwrap();
+    let lines = |path: &Path| std::fs::read_to_string(path).unwrap().lines().map(|l| format!("{l}\n")).collect::<Vec<_>>();
+    let warm = generate(work, "up-warm.jsonl", 1, seed);
+    sluice_upsert(&lake, &warm).await;
+    lance_upsert(&lake, &warm).await;
+    let mut previous = lines(&warm);
+    let (mut s, mut l) = (Vec::new(), Vec::new());
+    // The first round warms the sessions.
+    for rep in 0..reps + 1 {
+        let fresh = generate(work, &format!("up-{rep}.jsonl"), 1, seed + 1 + rep as u64);
+        let new: Vec<String> = lines(&fresh).into_iter().take(previous.len()).collect();
+        let mixed = work.join(format!("up-mixed-{rep}.jsonl"));
+        std::fs::write(&mixed, previous.concat() + &new.concat()).unwrap();
+        let (ts, tl) = (sluice_upsert(&lake, &mixed).await, lance_upsert(&lake, &mixed).await);
+        if rep > 0 {
+            s.push(ts);
+            l.push(tl);
+        }
+        previous = new;
+        std::fs::remove_file(fresh).unwrap();
+        std::fs::remove_file(mixed).unwrap();
+    }
+    std::fs::remove_file(warm).unwrap();
+    (s, l)
+}
+
+/// `reps` redeliveries of 1 MiB files sluice already ingested.
+async fn redeliveries(root: &str, work: &Path, delay: Duration, reps: usize, seed: u64) -> Vec<Trip> {
+    let lake = Lake::open_delayed(root, delay).unwrap();
+    let mut again = Vec::new();
+    for rep in 0..reps + 1 {
+        let file = generate(work, &format!("rd-{rep}.jsonl"), 1, seed + rep as u64);
+        sluice_ingest(&lake, &file).await;
+        let trip = sluice_ingest(&lake, &file).await;
+        // The first round warms the session.
+        if rep > 0 {
+            again.push(trip);
+        }
+        std::fs::remove_file(file).unwrap();
+    }
+    again
 }
 
 pub async fn contention(root: impl Fn(&str) -> String, work: &Path, delay: Duration, writers: &[usize], rows: &mut Vec<Row>) {
