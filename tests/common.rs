@@ -205,6 +205,8 @@ pub struct Held {
     /// Taken by `wait_with_output`; a child still here on drop (a failed test) is killed.
     child: Option<std::process::Child>,
     stderr: std::thread::JoinHandle<Vec<u8>>,
+    /// Its stderr lines after the failpoint it was started to.
+    lines: std::sync::mpsc::Receiver<String>,
     /// For [`hold_at`]: the file whose creation lets it go on.
     release: Option<(tempfile::TempDir, PathBuf)>,
 }
@@ -214,6 +216,21 @@ impl Held {
     pub fn release(&self) {
         let (_, file) = self.release.as_ref().expect("started by hold_at");
         std::fs::write(file, b"go").unwrap();
+    }
+
+    /// Return once the child has reached failpoint `name` (later than the one
+    /// it was started to): a rendezvous on a step it does not stop at.
+    pub fn wait_for(&self, name: &str) {
+        let marker = format!("failpoint: {name}");
+        let until = std::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(&marker) => return,
+                Ok(_) => {}
+                Err(e) => panic!("the child never reached failpoint {name}: {e}"),
+            }
+        }
     }
 
     pub fn wait_with_output(mut self) -> Output {
@@ -270,13 +287,19 @@ fn start_at(cmd: &mut Command, name: &str, n: usize, release: Option<(tempfile::
         assert!(stderr.read_line(&mut line).unwrap() > 0, "{cmd:?} reached failpoint {name} {reached} times, not {n}");
         reached += usize::from(line.contains(&marker));
     }
-    // Keep draining stderr so the child never blocks on a full pipe.
+    // Keep draining stderr so the child never blocks on a full pipe, passing
+    // each line on for `Held::wait_for`.
+    let (lines, passed) = std::sync::mpsc::channel();
     let stderr = std::thread::spawn(move || {
-        let mut rest = Vec::new();
-        std::io::Read::read_to_end(&mut stderr, &mut rest).unwrap();
+        let (mut rest, mut line) = (Vec::new(), Vec::new());
+        while stderr.read_until(b'\n', &mut line).unwrap() > 0 {
+            rest.extend_from_slice(&line);
+            let _ = lines.send(String::from_utf8_lossy(&line).into_owned());
+            line.clear();
+        }
         rest
     });
-    Held { child: Some(child), stderr, release }
+    Held { child: Some(child), stderr, lines: passed, release }
 }
 
 /// Run `sluice recover --clock-skew 0s` until nothing is pending (waiting out

@@ -200,11 +200,12 @@ fn a_table_creation_lost_at_commit_still_evolves_the_winners_table() {
             }
         }
         // The winner held between its commit and its publish: the late one
-        // waits for the table's pin before changing its schema.
+        // waits for the table's publish before changing its schema (the
+        // rendezvous is on that wait; without it the late one gives up).
         let late = hold_at(sluice(&b.root).args(["--clock-skew", "0s", "ingest", "--table", "w", "--evolution", "add-columns", "--timeout", "60s"]).arg(with("w-late.jsonl", 1, "late")), COMMIT_CHECKED);
         let first = hold_at(sluice(&b.root).args(["--clock-skew", "0s", "ingest", "--table", "w", "--evolution", "add-columns"]).arg(with("w-first.jsonl", 0, "first")), AFTER_COMMIT);
         late.release();
-        std::thread::sleep(std::time::Duration::from_millis(1500));
+        late.wait_for(COLUMNS_AWAIT_TABLE);
         first.release();
         assert_eq!(first.wait_with_output().status.code(), Some(0));
         let out = late.wait_with_output();

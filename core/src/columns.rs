@@ -49,9 +49,18 @@ const MAX_REBUILDS: u32 = 16;
 /// nullable columns. Returns the manifest version that shows them all.
 pub(crate) async fn add(lake: &Lake, table: &str, wanted: &[Field], skew: Duration, deadline: &Deadline) -> Result<u64> {
     assert!(wanted.iter().all(|f| f.is_nullable()), "new columns are nullable: earlier rows have no value");
+    let mut waited = false;
     for _ in 0..MAX_ROUNDS {
         let latest = manifest::read_latest(lake).await?.ok_or_else(|| Error::Usage(format!("no lake at {}", lake.uri())))?;
         let Some(pin) = latest.tables.get(table).cloned() else {
+            // Created in Lance by a writer that has not published it yet (as a
+            // rule, it does within moments): wait for that once, bounded.
+            if !waited {
+                waited = true;
+                failpoints::hit(failpoints::COLUMNS_AWAIT_TABLE)?;
+                single::await_pin_past(lake, table, 0, deadline).await?;
+                continue;
+            }
             return Err(Error::Blocked(format!(
                 "table '{table}' is being created by another operation that has not published it yet; deliver this source again once it has"
             )));

@@ -36,6 +36,7 @@ pub const AFTER_PUBLISH: &str = "publish.after-put";
 /// Published and hinted; the intent sidecar is not yet removed.
 pub const BEFORE_FINISH: &str = "ingest.before-finish";
 
+
 /// A sweep read the intent it is about to act on; no lease yet.
 pub const RECOVER_BEFORE_LEASE: &str = "recover.before-lease";
 /// A sweep took its lease on a dead operation; nothing decided yet.
@@ -67,6 +68,9 @@ pub const INDEX_AFTER_COMMIT: &str = "index.after-commit";
 pub const COLUMNS_BEFORE_COMMIT: &str = "columns.before-commit";
 /// New columns are committed in Lance; not yet decided or published.
 pub const COLUMNS_AFTER_COMMIT: &str = "columns.after-commit";
+/// A schema change found its table created in Lance but not yet published;
+/// it waits for the publish. Nothing written yet (a rendezvous for tests).
+pub const COLUMNS_AWAIT_TABLE: &str = "columns.await-table";
 /// A reader opened a table at its pinned version; no data read yet.
 pub const SCAN_AFTER_OPEN: &str = "scan.after-open";
 
@@ -107,6 +111,7 @@ pub const ALL: &[&str] = &[
     INDEX_AFTER_COMMIT,
     COLUMNS_BEFORE_COMMIT,
     COLUMNS_AFTER_COMMIT,
+    COLUMNS_AWAIT_TABLE,
     SCAN_AFTER_OPEN,
 ];
 

@@ -44,7 +44,6 @@ use crate::settings::{Change, Evolution, RESCUE_COLUMN};
 use crate::fence;
 use crate::recover;
 use crate::sidecar::{self, AttemptId, Claim, Claimed, Decision, Holder, Intent, IntentTable, Outcome, SourceRef};
-use crate::single;
 use crate::source::Source;
 use crate::stage::{Opening, Staged, Stager, TableWork, check_mode};
 pub use crate::stage::{TableReport, TableRequest};
@@ -424,13 +423,11 @@ impl Door<'_> {
     /// commit is staged again onto the winner's table (`Stager::commit`, only
     /// once the history shows ours did not land); when that table lacks what
     /// our rows need (a column to add, the rescue column), it gains it as at
-    /// staging (once the winner has published it: a schema change needs the
-    /// table's pin), and the rows are staged and committed once more.
+    /// staging, and the rows are staged and committed once more.
     async fn commit(&self, t: &mut TableWork, stage: Staged) -> Result<()> {
         match self.w.commit(t, stage).await {
             Err(Error::BadInput(bad)) if (bad.new_column && t.evolution == Evolution::AddColumns) || t.evolution == Evolution::Rescue => {
-                tracing::info!(table = %t.request.table, "the table another writer created lacks what our rows need; adding it once it is published");
-                single::await_pin_past(self.w.lake, &t.request.table, 0, &self.w.deadline).await?;
+                tracing::info!(table = %t.request.table, "the table another writer created lacks what our rows need; adding it");
                 let stage = self.add_columns(t).await?;
                 self.w.commit(t, stage).await
             }
