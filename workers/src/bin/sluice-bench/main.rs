@@ -129,7 +129,11 @@ async fn sluice_ingest(lake: &Lake, file: &Path) -> (Duration, RequestSnapshot) 
 }
 
 async fn try_sluice_ingest(lake: &Lake, file: &Path) -> sluice::Result<(Duration, RequestSnapshot)> {
-    let req = TableRequest { table: "t".into(), sources: vec![file.display().to_string().into()], ..Default::default() };
+    timed(lake, TableRequest { table: "t".into(), sources: vec![file.display().to_string().into()], ..Default::default() }).await
+}
+
+/// One sluice call for `req`: wall time and the requests it made.
+async fn timed(lake: &Lake, req: TableRequest) -> sluice::Result<(Duration, RequestSnapshot)> {
     let start = Instant::now();
     let r = ingest::run(lake, vec![req], ingest::Budget::new(TIMEOUT), Arc::new(Progress::default())).await?;
     Ok((start.elapsed(), r.requests))
@@ -167,32 +171,13 @@ async fn lance_append(lake: &Lake, file: &Path) -> (Duration, RequestSnapshot) {
 /// One sluice upsert of `file` (key `id`) into table `u`: wall time and requests.
 async fn sluice_upsert(lake: &Lake, file: &Path) -> (Duration, RequestSnapshot) {
     let req = TableRequest { table: "u".into(), sources: vec![file.display().to_string().into()], mode: Some(sluice::manifest::Mode::Upsert), key: Some("id".into()), ..Default::default() };
-    let start = Instant::now();
-    let r = ingest::run(lake, vec![req], ingest::Budget::new(TIMEOUT), Arc::new(Progress::default())).await.expect("sluice upsert");
-    (start.elapsed(), r.requests)
+    timed(lake, req).await.expect("sluice upsert")
 }
 
 /// Plain Lance's upsert: open latest, arrow's JSON reader, a merge-insert on
 /// `id` (update matches, insert the rest). Counted by `lake`'s wrapper.
 async fn lance_upsert(lake: &Lake, file: &Path) -> (Duration, RequestSnapshot) {
-    use lance::dataset::{MergeInsertBuilder, WhenMatched, WhenNotMatched};
-    let before = lake.requests();
-    let start = Instant::now();
-    let uri = lake.table_uri("plain_upsert");
-    let existing = DatasetBuilder::from_uri(&uri).with_store_params(lake.store_params()).with_session(lake.session()).load().await;
-    let reader = json_reader(file);
-    match existing {
-        Ok(ds) => {
-            let mut builder = MergeInsertBuilder::try_new(Arc::new(ds), vec!["id".into()]).expect("merge-insert on id");
-            builder.when_matched(WhenMatched::UpdateAll).when_not_matched(WhenNotMatched::InsertAll);
-            builder.try_build().expect("a merge-insert job").execute_reader(reader).await.expect("plain Lance upsert");
-        }
-        Err(_) => {
-            let params = WriteParams { mode: WriteMode::Create, store_params: Some(lake.store_params()), session: Some(lake.session()), ..Default::default() };
-            InsertBuilder::new(uri.as_str()).with_params(&params).execute_stream(reader).await.expect("plain Lance create");
-        }
-    }
-    (start.elapsed(), lake.requests().since(&before))
+    lance_write(lake, "plain_upsert", file, true).await.expect("plain Lance upsert")
 }
 
 /// Arrow's JSON reader over `file`, its schema inferred from the first 1,000 lines.
@@ -203,12 +188,24 @@ fn json_reader(file: &Path) -> Box<dyn RecordBatchReader + Send> {
 }
 
 async fn try_lance_append(lake: &Lake, file: &Path) -> lance::Result<(Duration, RequestSnapshot)> {
+    lance_write(lake, "plain", file, false).await
+}
+
+/// Plain Lance into `table`: open latest, arrow's JSON reader, then an append
+/// (or a merge-insert on `id` if `upsert`), or the table's creation.
+async fn lance_write(lake: &Lake, table: &str, file: &Path, upsert: bool) -> lance::Result<(Duration, RequestSnapshot)> {
+    use lance::dataset::{MergeInsertBuilder, WhenMatched, WhenNotMatched};
     let before = lake.requests();
     let start = Instant::now();
-    let uri = lake.table_uri("plain");
+    let uri = lake.table_uri(table);
     let existing = DatasetBuilder::from_uri(&uri).with_store_params(lake.store_params()).with_session(lake.session()).load().await;
     let reader = json_reader(file);
     match existing {
+        Ok(ds) if upsert => {
+            let mut builder = MergeInsertBuilder::try_new(Arc::new(ds), vec!["id".into()])?;
+            builder.when_matched(WhenMatched::UpdateAll).when_not_matched(WhenNotMatched::InsertAll);
+            builder.try_build()?.execute_reader(reader).await?;
+        }
         Ok(ds) => {
             let params = WriteParams { mode: WriteMode::Append, ..Default::default() };
             InsertBuilder::new(Arc::new(ds)).with_params(&params).execute_stream(reader).await?;
