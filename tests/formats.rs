@@ -486,6 +486,18 @@ fn hive_partition_folders_route_and_become_typed_columns() {
     let more = file("in/clicks/day=2/p.jsonl", 8);
     assert_eq!(run(sluice(&b.root).arg("ingest").arg(&more)).status.code(), Some(0), "the table said off once");
     assert_eq!(String::from_utf8_lossy(&run(sluice(&b.root).args(["scan", "clicks"])).stdout).lines().collect::<Vec<_>>(), [r#"{"id":7}"#, r#"{"id":8}"#]);
+    // A declared schema names the files' columns: every call may repeat it,
+    // though the table also holds the partition columns.
+    let schema = write(dir.path(), "schema.json", br#"{"columns": [{"name": "id", "type": "int64"}]}"#);
+    for (i, day) in [(10, 1), (11, 2)] {
+        let f = file(&format!("in/views/day={day}/p.jsonl"), i);
+        let out = run(sluice(&b.root).args(["ingest", "--partitions", "day:int32", "--schema"]).arg(&schema).arg(&f));
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert_eq!(
+        String::from_utf8_lossy(&run(sluice(&b.root).args(["scan", "views"])).stdout).lines().collect::<Vec<_>>(),
+        [r#"{"id":10,"day":1}"#, r#"{"id":11,"day":2}"#]
+    );
 }
 
 /// What a new user met (found by trying the CLI): values of an existing

@@ -391,7 +391,11 @@ impl Stager<'_> {
     pub(crate) fn adopt_table_mode(&self, t: &mut TableWork, ds: &Dataset) -> Result<()> {
         if let Some(declared) = &t.request.schema {
             let table = arrow::datatypes::Schema::from(ds.schema());
-            let columns = |s: &arrow::datatypes::Schema| s.fields().iter().map(|f| (f.name().clone(), f.data_type().clone())).collect::<Vec<_>>();
+            // A declaration names the files' columns; the table also holds its partition columns.
+            let partition = partitions::of_table(&table).unwrap_or_default();
+            let columns = |s: &arrow::datatypes::Schema| {
+                s.fields().iter().filter(|f| !partition.contains(f.name())).map(|f| (f.name().clone(), f.data_type().clone())).collect::<Vec<_>>()
+            };
             // A table that adds columns may have grown past its declaration.
             let matches = match t.evolution {
                 Evolution::Strict => columns(declared) == columns(&table),
