@@ -43,7 +43,7 @@ pub struct Report {
 pub async fn run(lake: &Lake, table: &str, versions: &[u64], dry_run: bool, timeout: std::time::Duration) -> Result<Report> {
     lake.timing().check_timeout(timeout)?;
     let deadline = Deadline::after(timeout);
-    let latest = manifest::read_latest(lake).await?.ok_or_else(|| Error::Usage(format!("no lake at {}", lake.uri())))?;
+    let mut latest = manifest::read_latest(lake).await?.ok_or_else(|| Error::Usage(format!("no lake at {}", lake.uri())))?;
     let pin = latest.tables.get(table).cloned().ok_or_else(|| Error::Usage(format!("table '{table}' is not published in {}", lake.uri())))?;
     let ds = lake.open_table(table, None).await?;
     let head = ds.version().version;
@@ -80,7 +80,7 @@ pub async fn run(lake: &Lake, table: &str, versions: &[u64], dry_run: bool, time
         return Ok(report);
     }
     let wanted = [(table.to_string(), TablePin { version: head, ..pin })].into();
-    let pins = recover::publishable_pins(lake, &latest, wanted, &by, recover::Expired::Resolve, lake.timing().clock_skew, &deadline)
+    let pins = recover::publishable_pins(lake, &mut latest, wanted, &by, recover::Expired::Resolve, lake.timing().clock_skew, &deadline)
         .await?
         .map_err(recover::Stop::into_error)?;
     let goal = Goal {

@@ -23,10 +23,11 @@
 //!   unless an operator adopted that commit (`sluice adopt`).
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
+use futures::{StreamExt, TryStreamExt};
 use lance::dataset::CommitBuilder;
 use lance::dataset::transaction::{Operation, Transaction};
 use lance::table::format::Fragment;
@@ -35,28 +36,50 @@ use crate::audit::{self, Verdict};
 use crate::deadline::{self, Deadline};
 use crate::error::{Error, Result};
 use crate::lake::Lake;
-use crate::manifest;
+use crate::manifest::{self, Manifest};
 use crate::sidecar::{self, AttemptId, Outcome, PROP_INTENT, PROP_OP, PROP_REMOVES, PROP_SCOPE, SCOPE_COLUMNS, SCOPE_MULTI, SCOPE_ROLLBACK};
 
 /// Versions a writer reads to learn whether its own commit landed.
 const MAX_HISTORY: u64 = 100_000;
 /// Longest pause between polls of another worker's progress.
 pub(crate) const MAX_POLL: Duration = Duration::from_secs(1);
+/// Lance transactions read at once while vetting a range of commits.
+const READ_AHEAD: usize = 16;
 
-/// Lance transactions read during one call, by table and version: a version
-/// never changes once written, so each is read once.
+/// What one call has read and need not read again: Lance transactions by
+/// table and version (a version never changes once written), and the newest
+/// manifest version (a publish after vetting starts from it, instead of
+/// losing a race it could already see).
 #[derive(Default)]
-pub(crate) struct Seen(std::sync::Mutex<HashMap<(String, u64), Option<Transaction>>>);
+pub(crate) struct Seen {
+    transactions: Mutex<HashMap<(String, u64), Option<Transaction>>>,
+    newest: Mutex<Option<Manifest>>,
+}
 
 impl Seen {
     pub(crate) async fn transaction(&self, ds: &lance::Dataset, table: &str, version: u64) -> Result<Option<Transaction>> {
         let key = (table.to_string(), version);
-        if let Some(txn) = self.0.lock().expect("seen poisoned").get(&key) {
+        if let Some(txn) = self.transactions.lock().expect("seen poisoned").get(&key) {
             return Ok(txn.clone());
         }
         let txn = ds.read_version_transaction(version).await.map_err(|e| Error::lance(table, e))?.transaction;
-        self.0.lock().expect("seen poisoned").insert(key, txn.clone());
+        self.transactions.lock().expect("seen poisoned").insert(key, txn.clone());
         Ok(txn)
+    }
+
+    fn saw(&self, manifest: &Manifest) {
+        let mut newest = self.newest.lock().expect("seen poisoned");
+        if newest.as_ref().is_none_or(|n| n.version < manifest.version) {
+            *newest = Some(manifest.clone());
+        }
+    }
+
+    /// `base`, or the newest manifest read since if that is newer.
+    pub(crate) fn newest_from(&self, base: Manifest) -> Manifest {
+        match self.newest.lock().expect("seen poisoned").as_ref() {
+            Some(newest) if newest.version > base.version => newest.clone(),
+            _ => base,
+        }
     }
 }
 
@@ -159,13 +182,14 @@ pub(crate) async fn vet(
     if from + 1 == to {
         return Ok(Vetted::Pin(to));
     }
-    // Commits a newer manifest already shows were vetted by whoever published them.
-    let published = latest_pin(lake, table).await?.unwrap_or(0);
-    let from = from.max(published);
+    // Commits a newer manifest already shows were vetted by whoever published
+    // them. Lance's table is read alongside (one round trip, not two).
+    let (published, ds) = futures::join!(latest_pin(lake, table, seen), lake.open_table(table, None));
+    let from = from.max(published?.unwrap_or(0));
     if from >= to {
         return Ok(Vetted::Pin(to));
     }
-    let ds = lake.open_table(table, None).await?;
+    let ds = ds?;
     let mut txns = read_range(&ds, table, from + 1, to - 1, seen).await?;
     let mut to = to;
     let mut floor = from;
@@ -189,7 +213,7 @@ pub(crate) async fn vet(
         };
         let mut pause = Duration::from_millis(50);
         loop {
-            match standing(lake, table, version, &id, multi, by, joined).await? {
+            match standing(lake, table, version, &id, multi, by, joined, seen).await? {
                 Standing::Forward => continue 'commits,
                 Standing::Join => return Ok(Vetted::Join(id)),
                 Standing::Published(pin) => {
@@ -239,8 +263,10 @@ pub(crate) async fn vet(
     Ok(Vetted::Pin(to))
 }
 
-async fn latest_pin(lake: &Lake, table: &str) -> Result<Option<u64>> {
-    Ok(manifest::read_latest(lake).await?.and_then(|m| m.tables.get(table).map(|p| p.version)))
+async fn latest_pin(lake: &Lake, table: &str, seen: &Seen) -> Result<Option<u64>> {
+    let latest = manifest::read_latest(lake).await?;
+    latest.iter().for_each(|m| seen.saw(m));
+    Ok(latest.and_then(|m| m.tables.get(table).map(|p| p.version)))
 }
 
 /// The evidence on the commit of `id` at `version`.
@@ -254,7 +280,8 @@ async fn latest_pin(lake: &Lake, table: &str) -> Result<Option<u64>> {
 /// rolled back. A multi-table attempt's commit is only decided by its own
 /// writer or recovery (the vetter cannot know its other tables): undecided, it
 /// is waited for.
-async fn standing(lake: &Lake, table: &str, version: u64, id: &AttemptId, multi: bool, by: Option<&str>, joined: &BTreeSet<AttemptId>) -> Result<Standing> {
+#[allow(clippy::too_many_arguments)]
+async fn standing(lake: &Lake, table: &str, version: u64, id: &AttemptId, multi: bool, by: Option<&str>, joined: &BTreeSet<AttemptId>, seen: &Seen) -> Result<Standing> {
     let mut decision = sidecar::read_decision(lake, id).await?;
     if decision.is_none() {
         if let Some(intent) = sidecar::read_intent(lake, id).await? {
@@ -296,14 +323,14 @@ async fn standing(lake: &Lake, table: &str, version: u64, id: &AttemptId, multi:
         return Ok(Standing::Forward);
     }
     // A load is shown whole or not at all: pass it only once a manifest shows it.
-    if let Some(pin) = latest_pin(lake, table).await?
+    if let Some(pin) = latest_pin(lake, table, seen).await?
         && pin >= version
     {
         return Ok(Standing::Published(pin));
     }
     match sidecar::read_intent(lake, id).await? {
         Some(_) => Ok(Standing::Join),
-        None => match latest_pin(lake, table).await? {
+        None => match latest_pin(lake, table, seen).await? {
             Some(pin) if pin >= version => Ok(Standing::Published(pin)),
             _ => Ok(Standing::Unprovable(format!(
                 "table '{table}' version {version} belongs to load {id}, decided forward but finished without publishing it; \
@@ -338,9 +365,11 @@ fn removed(txns: &[(u64, Tag)], id: &AttemptId, version: u64) -> bool {
 }
 
 async fn read_range(ds: &lance::Dataset, table: &str, from: u64, to: u64, seen: &Seen) -> Result<Vec<(u64, Tag)>> {
-    let mut out = Vec::with_capacity((to + 1).saturating_sub(from) as usize);
-    for version in from..=to {
-        let txn = seen.transaction(ds, table, version).await?;
+    // Independent reads: READ_AHEAD at once (each is two round trips on S3).
+    let txns: Vec<Option<Transaction>> =
+        futures::stream::iter(from..=to).map(|version| seen.transaction(ds, table, version)).buffered(READ_AHEAD).try_collect().await?;
+    let mut out = Vec::with_capacity(txns.len());
+    for (version, txn) in (from..=to).zip(txns) {
         let tag = match Tag::of(txn.as_ref()) {
             // New columns that did not land on the state they were built on
             // are vetted like any commit of their attempt (and removed if it

@@ -793,7 +793,7 @@ impl Door<'_> {
 
     /// Publish every table at its commit, after checking that every other
     /// commit between the pin and ours is decided forward (`fence.rs`).
-    async fn publish(&self, tables: &[TableWork], base: Manifest) -> Result<(u64, Option<Manifest>)> {
+    async fn publish(&self, tables: &[TableWork], mut base: Manifest) -> Result<(u64, Option<Manifest>)> {
         let wanted = tables
             .iter()
             .map(|t| {
@@ -801,7 +801,7 @@ impl Door<'_> {
                 (t.request.table.clone(), TablePin { lance_manifest: t.committed_manifest.clone(), ..pin })
             })
             .collect();
-        let pins = recover::publishable_pins(self.w.lake, &base, wanted, &self.w.attempt, recover::Expired::Resolve, self.skew, &self.w.deadline)
+        let pins = recover::publishable_pins(self.w.lake, &mut base, wanted, &self.w.attempt, recover::Expired::Resolve, self.skew, &self.w.deadline)
             .await?
             .map_err(recover::Stop::into_error)?;
         let goal = Goal {

@@ -242,10 +242,13 @@ pub(crate) enum Expired {
 /// resolved (or deferred), late commits removed, and a load decided forward
 /// but not yet shown is **joined** — all its tables are published with ours,
 /// in the same version, at its decided commits (their settings from its
-/// intent). Bounded by `deadline` and [`MAX_VET_ROUNDS`].
+/// intent). Bounded by `deadline` and [`MAX_VET_ROUNDS`]. `base` comes back
+/// as the newest manifest the vetting read, if newer: the publish starts
+/// there instead of losing a race it could already see (what it vetted from
+/// the older base covers the newer one's, as after any lost race).
 pub(crate) async fn publishable_pins(
     lake: &Lake,
-    base: &Manifest,
+    base: &mut Manifest,
     wanted: BTreeMap<String, TablePin>,
     by: &str,
     expired: Expired,
@@ -313,6 +316,7 @@ pub(crate) async fn publishable_pins(
                 }
             }
         }
+        *base = seen.newest_from(base.clone());
         return Ok(Ok(pins));
     }
     Err(Error::Contention { what: "vetting a publish", attempts: MAX_VET_ROUNDS, last: "tables kept gaining undecided commits".into() })
@@ -653,7 +657,8 @@ impl Recovery<'_> {
                 (t.clone(), TablePin::new(*v, it.mode, it.key.clone()))
             })
             .collect();
-        let pins = match publishable_pins(self.lake, &state.latest, wanted, &self.lease.attempt, Expired::Defer, self.skew, self.deadline).await {
+        let mut base = state.latest.clone();
+        let pins = match publishable_pins(self.lake, &mut base, wanted, &self.lease.attempt, Expired::Defer, self.skew, self.deadline).await {
             Ok(Ok(pins)) => pins,
             Ok(Err(Stop::Refuse(reason))) => return Ok(Publishing::Refuse(reason)),
             // Sweeps go oldest first; a heal or the next pass resolves what stands in the way.
@@ -684,7 +689,7 @@ impl Recovery<'_> {
             pins,
             changes: self.intent.tables.iter().filter(|(_, it)| !it.changes.is_empty()).map(|(t, it)| (t.clone(), it.changes.clone())).collect(),
         };
-        Ok(Publishing::Done(manifest::publish(self.lake, state.latest.clone(), &goal, self.deadline).await?))
+        Ok(Publishing::Done(manifest::publish(self.lake, base, &goal, self.deadline).await?))
     }
 
     /// A dry run of [`Self::publish`]'s vetting: writes nothing, waits for nothing.

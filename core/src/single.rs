@@ -113,7 +113,7 @@ pub(crate) struct Committed<'a> {
 /// decision), publish it past vetted commits, remove the intent. Returns the
 /// manifest version that shows it, and the table's pin there (the commit, or
 /// past it to include others' commits vetted on the way).
-pub(crate) async fn finish(lake: &Lake, base: Manifest, c: Committed<'_>, skew: Duration, deadline: &Deadline) -> Result<(u64, u64)> {
+pub(crate) async fn finish(lake: &Lake, mut base: Manifest, c: Committed<'_>, skew: Duration, deadline: &Deadline) -> Result<(u64, u64)> {
     let decision = Decision {
         op: c.id.op.clone(),
         intent: c.id.attempt.clone(),
@@ -130,7 +130,7 @@ pub(crate) async fn finish(lake: &Lake, base: Manifest, c: Committed<'_>, skew: 
         _ => return Err(Error::Blocked(format!("{} {} was decided by recovery while this worker was stalled; it does not publish", c.kind, c.id))),
     }
     let wanted = BTreeMap::from([(c.table.to_string(), TablePin { version: c.version, lance_manifest: c.manifest, ..c.pin.clone() })]);
-    let pins = recover::publishable_pins(lake, &base, wanted, &c.id.attempt, recover::Expired::Resolve, skew, deadline)
+    let pins = recover::publishable_pins(lake, &mut base, wanted, &c.id.attempt, recover::Expired::Resolve, skew, deadline)
         .await?
         .map_err(recover::Stop::into_error)?;
     let goal = Goal {
