@@ -1,6 +1,7 @@
 //! Readers in the user's own tools: the Python package in `python/` opens
 //! the published snapshot through pylance 14, so a killed, unpublished ingest
-//! stays invisible, while Lance's own default (latest) shows its rows.
+//! stays invisible, while Lance's own default (latest) shows its rows, and
+//! every commit's transaction, kept only inside its manifest, reads back.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -22,6 +23,7 @@ import lance, sluice_lake
 root = sys.argv[2]
 snap = sluice_lake.open(root, storage_options(root))
 latest = lance.dataset(snap.uri("t"), storage_options=storage_options(root))
+txns = latest.get_transactions()
 try:
     snap.dataset("nope")
     missing = ""
@@ -33,6 +35,9 @@ print(json.dumps({{
     "rows": {{n: ds.count_rows() for n, ds in snap.datasets().items()}},
     "ids": sorted(snap.dataset("t").to_table(columns=["id"]).column("id").to_pylist()),
     "latest_rows": latest.count_rows(),
+    "latest_version": latest.version,
+    "transactions": len(txns),
+    "unattributed": sum(1 for t in txns if not (t and (t.transaction_properties or {{}}).get("sluice.op"))),
     "missing": missing,
 }}))
 "#
@@ -76,6 +81,9 @@ fn the_python_package_opens_the_published_snapshot() {
         assert_eq!(snap["rows"], serde_json::json!({"t": 10, "u": 5}), "{}: {snap}", b.name);
         assert_eq!(snap["ids"], serde_json::json!((0..10).collect::<Vec<_>>()), "{}", b.name);
         assert_eq!(snap["latest_rows"], 20, "{}: Lance's latest holds the unpublished commit", b.name);
+        // Each commit's transaction is read from inside its manifest (on S3
+        // sluice writes no separate transaction file), with sluice's tags.
+        assert_eq!((&snap["transactions"], &snap["unattributed"]), (&snap["latest_version"], &0.into()), "{}: {snap}", b.name);
         assert!(snap["missing"].as_str().unwrap().contains("tables: t, u"), "{}: {snap}", b.name);
 
         // Recovery finishes the dead ingest; the next snapshot shows it.

@@ -28,6 +28,7 @@ use crate::counting::{CountingLister, CountingStore, RequestCounts, RequestSnaps
 use crate::delay::DelayStore;
 use crate::error::{Error, Result};
 use crate::faults::{FaultSpec, FaultStore, RandomFaults, Scope};
+use crate::inline_transactions::InlineTransactions;
 use crate::known_manifest::{KnownManifest, LanceManifest, ListAhead};
 
 /// Where a lake lives.
@@ -113,13 +114,15 @@ fn memory_backend(name: &str) -> Arc<InMemory> {
 
 /// Hands Lance the lake's request counter, for memory lakes the lake's own
 /// backend in place of the fresh one Lance would mint per `memory://` store,
-/// and (failpoints builds, `SLUICE_FAULTS`) the process's random faults.
-#[derive(Debug)]
+/// (failpoints builds, `SLUICE_FAULTS`) the process's random faults, and
+/// (`inline_transactions`) commits whose transaction is only in the manifest.
+#[derive(Debug, Clone)]
 struct LanceWrapper {
     counts: Arc<RequestCounts>,
     memory: Option<Arc<InMemory>>,
     faults: Option<Arc<RandomFaults>>,
     delay: Option<Duration>,
+    inline_transactions: bool,
 }
 
 impl WrappingObjectStore for LanceWrapper {
@@ -134,7 +137,11 @@ impl WrappingObjectStore for LanceWrapper {
         if let Some(faults) = &self.faults {
             inner = Arc::new(FaultStore::random(inner, Arc::clone(faults)));
         }
-        Arc::new(CountingStore::new(inner, Arc::clone(&self.counts)))
+        let counted = Arc::new(CountingStore::new(inner, Arc::clone(&self.counts)));
+        match self.inline_transactions {
+            true => Arc::new(InlineTransactions::new(counted)),
+            false => counted,
+        }
     }
 
     fn wrap_paginated(
@@ -189,6 +196,8 @@ pub struct Lake {
     manifest_retries: Arc<std::sync::atomic::AtomicU64>,
     session: Arc<Session>,
     wrapper: Arc<LanceWrapper>,
+    /// The same, writing Lance's transaction files too (`plain_lance_params`).
+    plain: Arc<LanceWrapper>,
     timing: Timing,
     /// May a writer create the lake when the root holds none? (The CLI asks
     /// for `init` or `--create`, so a mistyped root is an error, not a new lake.)
@@ -289,7 +298,8 @@ impl Lake {
             Root::Local { path } => path.display().to_string(),
         };
         let lance_faults = faults.as_ref().filter(|f| f.covers(Scope::Lance)).cloned();
-        let wrapper = Arc::new(LanceWrapper { counts: Arc::clone(&counts), memory, faults: lance_faults, delay });
+        let plain = LanceWrapper { counts: Arc::clone(&counts), memory, faults: lance_faults, delay, inline_transactions: false };
+        let wrapper = Arc::new(LanceWrapper { inline_transactions: true, ..plain.clone() });
         let raw = match delay {
             Some(delay) => Arc::new(DelayStore::new(raw, delay)),
             None => raw,
@@ -307,6 +317,7 @@ impl Lake {
             manifest_retries: Arc::default(),
             session: Arc::new(Session::default()),
             wrapper,
+            plain: Arc::new(plain),
             timing: Timing::default(),
             creates: true,
         })
@@ -371,8 +382,18 @@ impl Lake {
 
     /// Store parameters every Lance call on this lake must use.
     pub fn store_params(&self) -> ObjectStoreParams {
+        self.params(&self.wrapper)
+    }
+
+    /// As [`Lake::store_params`], but writing every file plain Lance writes
+    /// (`inline_transactions.rs`): the benchmark's baseline.
+    pub fn plain_lance_params(&self) -> ObjectStoreParams {
+        self.params(&self.plain)
+    }
+
+    fn params(&self, wrapper: &Arc<LanceWrapper>) -> ObjectStoreParams {
         ObjectStoreParams {
-            object_store_wrapper: Some(Arc::clone(&self.wrapper) as Arc<dyn WrappingObjectStore>),
+            object_store_wrapper: Some(Arc::clone(wrapper) as Arc<dyn WrappingObjectStore>),
             storage_options_accessor: Some(Arc::new(StorageOptionsAccessor::with_static_options(
                 self.storage_options.clone(),
             ))),

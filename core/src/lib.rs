@@ -19,6 +19,7 @@ pub mod faults;
 pub mod fence;
 pub mod hide_newer;
 pub mod index;
+mod inline_transactions;
 pub mod ingest;
 pub mod known_manifest;
 pub mod lake;

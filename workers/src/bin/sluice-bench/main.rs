@@ -198,7 +198,7 @@ async fn lance_write(lake: &Lake, table: &str, file: &Path, upsert: bool) -> lan
     let before = lake.requests();
     let start = Instant::now();
     let uri = lake.table_uri(table);
-    let existing = DatasetBuilder::from_uri(&uri).with_store_params(lake.store_params()).with_session(lake.session()).load().await;
+    let existing = DatasetBuilder::from_uri(&uri).with_store_params(lake.plain_lance_params()).with_session(lake.session()).load().await;
     let reader = json_reader(file);
     match existing {
         Ok(ds) if upsert => {
@@ -211,7 +211,7 @@ async fn lance_write(lake: &Lake, table: &str, file: &Path, upsert: bool) -> lan
             InsertBuilder::new(Arc::new(ds)).with_params(&params).execute_stream(reader).await?;
         }
         Err(_) => {
-            let params = WriteParams { mode: WriteMode::Create, store_params: Some(lake.store_params()), session: Some(lake.session()), ..Default::default() };
+            let params = WriteParams { mode: WriteMode::Create, store_params: Some(lake.plain_lance_params()), session: Some(lake.session()), ..Default::default() };
             InsertBuilder::new(uri.as_str()).with_params(&params).execute_stream(reader).await?;
         }
     }
