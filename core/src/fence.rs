@@ -74,7 +74,9 @@ impl Seen {
         }
     }
 
-    /// `base`, or the newest manifest read since if that is newer.
+    /// `base`, or the newest manifest read since if that is newer. Only a
+    /// publish's own vetting asks (`recover::publishable_pins`, with a `Seen`
+    /// of its own): a sweep's shared `Seen` records manifests nobody reads.
     pub(crate) fn newest_from(&self, base: Manifest) -> Manifest {
         match self.newest.lock().expect("seen poisoned").as_ref() {
             Some(newest) if newest.version > base.version => newest.clone(),
