@@ -36,7 +36,6 @@ pub const AFTER_PUBLISH: &str = "publish.after-put";
 /// Published and hinted; the intent sidecar is not yet removed.
 pub const BEFORE_FINISH: &str = "ingest.before-finish";
 
-
 /// A sweep read the intent it is about to act on; no lease yet.
 pub const RECOVER_BEFORE_LEASE: &str = "recover.before-lease";
 /// A sweep took its lease on a dead operation; nothing decided yet.

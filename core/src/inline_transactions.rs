@@ -33,12 +33,9 @@ const MAX_ANSWERED: usize = 1 << 20;
 
 /// Is `location` a transaction file Lance writes beside an inline copy?
 fn redundant(location: &Path, bytes: usize, mode: &PutMode) -> bool {
-    let mut parts = location.parts().collect::<Vec<_>>().into_iter().rev();
-    let (name, dir) = (parts.next(), parts.next());
-    matches!(mode, PutMode::Overwrite)
-        && bytes <= MAX_ANSWERED
-        && name.is_some_and(|n| n.as_ref().ends_with(".txn"))
-        && dir.is_some_and(|d| d.as_ref() == TRANSACTIONS)
+    let parts: Vec<_> = location.parts().collect();
+    let in_place = matches!(parts.as_slice(), [.., dir, name] if dir.as_ref() == TRANSACTIONS && name.as_ref().ends_with(".txn"));
+    in_place && bytes <= MAX_ANSWERED && matches!(mode, PutMode::Overwrite)
 }
 
 #[derive(Debug)]
