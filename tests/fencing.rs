@@ -284,6 +284,115 @@ fn a_late_commit_after_its_roll_back_is_never_published() {
     });
 }
 
+/// `(id, name)` of every row of `table`'s latest Lance version (published or
+/// not), and how many of its commits are sluice's roll-backs, as pylance reads them.
+fn lance_latest(root: &str, table: &str) -> (Vec<(i64, String)>, usize) {
+    let python = pylance().expect("pylance 14.0.2 in the test virtualenv (scripts/test.sh installs it)");
+    let script = format!(
+        "{PYLANCE_PRELUDE}\nimport json, lance\nds = lance.dataset('{root}/tables/{table}.lance', storage_options=storage_options('{root}'))\n\
+         t = ds.to_table(columns=['id', 'name'])\n\
+         rows = sorted(zip(t.column('id').to_pylist(), t.column('name').to_pylist()))\n\
+         undone = sum(1 for x in ds.get_transactions() if x and (x.transaction_properties or {{}}).get('sluice.scope') == 'rollback')\n\
+         print(json.dumps([rows, undone]))\n"
+    );
+    let out = Command::new(python).arg("-c").arg(script).output().unwrap();
+    assert!(out.status.success(), "pylance: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `(id, name)` of every published row of `table`.
+fn published_rows(root: &str, table: &str) -> Vec<(i64, String)> {
+    let out = run(sluice(root).args(["scan", table]));
+    assert_eq!(out.status.code(), Some(0), "scan {table}: {}", String::from_utf8_lossy(&out.stderr));
+    let mut rows: Vec<(i64, String)> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|r| (r["id"].as_i64().unwrap(), r["name"].as_str().unwrap().to_string()))
+        .collect();
+    rows.sort();
+    rows
+}
+
+/// A late upsert after its roll-back: writer A freezes just before its Lance
+/// commit, recovery rolls it back, then its commit lands. It must be taken
+/// back, and the table must go on taking ingests:
+/// - untouched since (another file comes next): the rows it replaced come
+///   back, its own go;
+/// - superseded (its file is delivered again, and that upsert replaces every
+///   row of A's): only the removal is recorded;
+/// - superseded by another late upsert, itself rolled back: both are taken back.
+///
+/// Before, either case refused every later publish on the table (an upsert
+/// "cannot be removed surgically") until an operator stepped in.
+#[test]
+fn a_late_upsert_after_its_roll_back_is_taken_back() {
+    on_each_backend(|b| {
+        let dir = tempfile::tempdir().unwrap();
+        let upsert = ["--mode", "upsert", "--key", "id"];
+        let file = |name: &str, ids: std::ops::Range<i64>, tag: &str| {
+            write(dir.path(), name, ids.map(|i| format!("{{\"id\": {i}, \"name\": \"{tag}-{i}\"}}\n")).collect::<String>().as_bytes())
+        };
+        let named = |rows: &[(std::ops::Range<i64>, &str)]| -> Vec<(i64, String)> {
+            let mut v: Vec<(i64, String)> = rows.iter().flat_map(|(r, tag)| r.clone().map(move |i| (i, format!("{tag}-{i}")))).collect();
+            v.sort();
+            v
+        };
+        let seed = file("seed.jsonl", 0..5, "old");
+        assert_eq!(run(&mut ingest_cmd(&b.root, "u", &upsert, &[&seed])).status.code(), Some(0), "{}: seeding u", b.name);
+        // Keys 3 and 4 exist: A replaces them and adds 5..13.
+        let s = file("s.jsonl", 3..13, "late");
+        let late_upsert = |what: &str, s: &Path| {
+            let started = Instant::now();
+            let a = hold_at(&mut ingest_cmd(&b.root, "u", &[&upsert[..], &["--timeout", "3s"]].concat(), &[s]), COMMIT_CHECKED);
+            wait_out(&b.root, started, Duration::from_secs(3));
+            let out = run(&mut recover_cmd(&b.root));
+            assert_eq!(out.status.code(), Some(0), "{} ({what}): recovery rolls A back: {}", b.name, String::from_utf8_lossy(&out.stderr));
+            a.release();
+            a.wait_with_output();
+        };
+
+        late_upsert("untouched", &s);
+        let (rows, _) = lance_latest(&b.root, "u");
+        assert!(rows.iter().any(|(_, n)| n.starts_with("late-")), "{}: A's late commit landed (else this tests nothing): {rows:?}", b.name);
+        let next = file("next.jsonl", 20..22, "next");
+        let out = run(&mut ingest_cmd(&b.root, "u", &upsert, &[&next]));
+        assert_eq!(out.status.code(), Some(0), "{}: the next ingest takes A's commit back and publishes: {}", b.name, String::from_utf8_lossy(&out.stderr));
+        let want = named(&[(0..5, "old"), (20..22, "next")]);
+        assert_eq!(published_rows(&b.root, "u"), want, "{}: the rows A replaced are back, its own gone", b.name);
+        assert_eq!(lance_latest(&b.root, "u"), (want, 1), "{}: Lance's latest version agrees; one roll-back commit", b.name);
+
+        late_upsert("superseded", &s);
+        let out = run(&mut ingest_cmd(&b.root, "u", &upsert, &[&s]));
+        assert_eq!(out.status.code(), Some(0), "{}: the redelivery of s publishes: {}", b.name, String::from_utf8_lossy(&out.stderr));
+        let want = named(&[(0..3, "old"), (3..13, "late"), (20..22, "next")]);
+        assert_eq!(published_rows(&b.root, "u"), want, "{}: s's rows once each, by the redelivery", b.name);
+        assert_eq!(lance_latest(&b.root, "u"), (want.clone(), 2), "{}", b.name);
+
+        // A chain: late upsert C1, then C2 of the same file (replacing every
+        // row of C1's) lands late too. C1 looks superseded, but by a
+        // rolled-back commit: C2 is taken back first (putting C1's rows back),
+        // then C1.
+        let t = file("t.jsonl", 30..33, "chained");
+        late_upsert("chain, first", &t);
+        late_upsert("chain, second", &t);
+        let other = file("other.jsonl", 40..41, "other");
+        let out = run(&mut ingest_cmd(&b.root, "u", &upsert, &[&other]));
+        assert_eq!(out.status.code(), Some(0), "{}: an ingest after the chain: {}", b.name, String::from_utf8_lossy(&out.stderr));
+        sweep_until_clean(&b.root, Duration::from_secs(60));
+        let want = named(&[(0..3, "old"), (3..13, "late"), (20..22, "next"), (40..41, "other")]);
+        assert_eq!(published_rows(&b.root, "u"), want, "{}: neither late upsert of t is shown", b.name);
+        assert_eq!(lance_latest(&b.root, "u"), (want, 4), "{}", b.name);
+        for (v, ids) in every_version(&b.root, "u") {
+            let mut unique = ids.clone();
+            unique.dedup();
+            assert_eq!(unique, ids, "{}: manifest version {v} shows a key twice", b.name);
+            assert!(ids.iter().all(|i| !(5..13).contains(i)) || count_in(&ids, 3..13) == 10, "{}: manifest version {v} shows part of s: {ids:?}", b.name);
+            assert_eq!(count_in(&ids, 30..33), 0, "{}: manifest version {v} shows a rolled-back upsert of t: {ids:?}", b.name);
+        }
+        assert_eq!(pending(&b.root), 0, "{}", b.name);
+    });
+}
+
 /// A child stopped (SIGSTOP) right after it printed the `n`-th trace of a failpoint.
 struct Stopped {
     child: std::process::Child,

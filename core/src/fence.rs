@@ -37,6 +37,7 @@ use crate::deadline::{self, Deadline};
 use crate::error::{Error, Result};
 use crate::lake::Lake;
 use crate::manifest::{self, Manifest};
+use crate::upsert_undo::{self, Undo};
 use crate::sidecar::{self, AttemptId, Outcome, PROP_INTENT, PROP_OP, PROP_REMOVES, PROP_SCOPE, SCOPE_COLUMNS, SCOPE_MULTI, SCOPE_ROLLBACK};
 
 /// Versions a writer reads to learn whether its own commit landed.
@@ -45,6 +46,8 @@ const MAX_HISTORY: u64 = 100_000;
 pub(crate) const MAX_POLL: Duration = Duration::from_secs(1);
 /// Lance transactions read at once while vetting a range of commits.
 const READ_AHEAD: usize = 16;
+/// Rolled-back upserts, each replacing the last one's rows, taken back in one removal.
+const MAX_UNDO_CHAIN: usize = 8;
 
 /// What one call has read and need not read again: Lance transactions by
 /// table and version (a version never changes once written), and the newest
@@ -485,21 +488,133 @@ impl History {
     }
 }
 
-/// Remove exactly the fragments the commit at `version` added (invariant 8),
-/// tagged as the roll-back of `id` by `by`; never a restore. `Err(reason)`
-/// when that cannot be done surgically (an upsert also replaced rows).
+/// Take back exactly what the commit at `version` did (invariant 8), tagged
+/// as the roll-back of `id` by `by`; never a restore of the whole table.
+/// Added fragments are removed; an upsert is undone with fragments that
+/// already exist (`upsert_undo.rs`). `Err(reason)` when that cannot be done.
 pub(crate) async fn remove_commit(lake: &Lake, table: &str, id: &AttemptId, by: &str, version: u64, deadline: &Deadline) -> Result<Result<u64, String>> {
+    remove_within(lake, table, id, by, version, deadline, MAX_UNDO_CHAIN).await
+}
+
+/// [`remove_commit`], removing first at most `chain` rolled-back upserts
+/// that replaced this one's rows.
+async fn remove_within(lake: &Lake, table: &str, id: &AttemptId, by: &str, version: u64, deadline: &Deadline, chain: usize) -> Result<Result<u64, String>> {
     let after = lake.open_table(table, Some(version)).await?;
     let txn = after.read_transaction().await.map_err(|e| Error::lance(table, e))?;
     if txn.as_ref().is_some_and(|t| preserves_rows(&t.operation)) {
         // A rewrite or an index change keeps the same rows: nothing to take back.
         return Ok(Ok(version));
     }
-    let columns = is_columns_merge(txn.as_ref());
-    if !columns && !txn.as_ref().is_some_and(|t| adds_only(&t.operation)) {
+    let predicate = format!("sluice rollback of {id} version {version}");
+    let (ds, operation) = match txn.as_ref().map(|t| &t.operation) {
+        Some(op @ Operation::Update { .. }) => {
+            assert!(version > 1, "an update is never a table's first version");
+            let before = lake.open_table(table, Some(version - 1)).await?;
+            deadline.check("removing a rolled-back operation's rows")?;
+            let latest = lake.open_table(table, None).await?;
+            match upsert_undo::plan(table, op, &before, &after, &latest).await? {
+                Ok(Undo::Commit(undo)) => (Arc::new(latest), undo),
+                Ok(Undo::Superseded(droppers)) => {
+                    match supersession_stands(lake, table, by, &latest, droppers, deadline, chain).await? {
+                        Ok(true) => {}
+                        // A rolled-back dropper was removed (it may have put our fragments back): plan again.
+                        Ok(false) => return Box::pin(remove_within(lake, table, id, by, version, deadline, chain - 1)).await,
+                        Err(reason) => return Ok(Err(format!("table '{table}' version {version} is a rolled-back upsert whose rows were replaced since, but {reason}"))),
+                    }
+                    (Arc::new(latest), Operation::Delete { updated_fragments: vec![], deleted_fragment_ids: vec![], predicate })
+                }
+                Err(reason) => return Ok(Err(reason)),
+            }
+        }
+        _ => match remove_added(lake, table, id, version, &after, txn.as_ref(), deadline, predicate).await? {
+            Ok(Some(removal)) => removal,
+            Ok(None) => return Ok(Ok(version)),
+            Err(reason) => return Ok(Err(reason)),
+        },
+    };
+    let mut properties = sidecar::commit_properties(&id.op, by, &id.attempt, SCOPE_ROLLBACK);
+    properties.insert(PROP_REMOVES.into(), version.to_string());
+    let mut txn = Transaction::new(ds.version().version, operation, None);
+    txn.transaction_properties = Some(Arc::new(properties));
+    let left = deadline.remaining();
+    // No affected rows: a concurrent change to a fragment this touches is a
+    // conflict, never merged into it.
+    let done = CommitBuilder::new(ds)
+        .with_timeout(Some(left))
+        .with_retry_timeout(left.min(Duration::from_secs(30)))
+        .execute(txn)
+        .await
+        .map_err(|e| Error::lance(table, e))?;
+    let at = done.version().version;
+    tracing::info!(table, op = %id, version, removal = at, "removed the rows of a rolled-back commit");
+    Ok(Ok(at))
+}
+
+/// Does each commit that dropped a superseded upsert's fragments stand?
+/// Decided forward at that version, an adopted overwrite or restore, or
+/// rolled back and already removed (as superseded itself: else the
+/// fragments would be back). `Ok(false)` when a rolled-back one not yet
+/// removed was removed now; `Err(reason)` when one cannot be shown to stand.
+async fn supersession_stands(
+    lake: &Lake,
+    table: &str,
+    by: &str,
+    latest: &lance::Dataset,
+    droppers: Vec<(u64, Transaction)>,
+    deadline: &Deadline,
+    chain: usize,
+) -> Result<Result<bool, String>> {
+    let seen = Seen::default();
+    for (at, txn) in droppers {
+        let of = match Tag::of(Some(&txn)) {
+            Tag::Op(of, _) => of,
+            _ if matches!(txn.operation, Operation::Overwrite { .. } | Operation::Restore { .. }) && sidecar::adopted(lake, table, at).await? => continue,
+            _ => return Ok(Err(format!("version {at}, which dropped them, is not a sluice commit decided forward"))),
+        };
+        match sidecar::read_decision(lake, &of).await? {
+            Some(d) if d.forwards(table, at) => continue,
+            Some(_) => {}
+            None => {
+                return Err(Error::Blocked(format!(
+                    "table '{table}': version {at} (operation {of}) replaced a rolled-back upsert's rows and is not decided yet; retry once it is"
+                )));
+            }
+        }
+        // Rolled back (or a late duplicate) itself.
+        let head = latest.version().version;
+        if read_range(latest, table, at + 1, head, &seen).await?.iter().any(|(_, t)| matches!(t, Tag::Removal(r, v) if *r == of && v.is_none_or(|v| v == at))) {
+            continue;
+        }
+        if chain == 0 {
+            return Ok(Err(format!("more than {MAX_UNDO_CHAIN} rolled-back upserts replaced each other's rows")));
+        }
+        return match Box::pin(remove_within(lake, table, &of, by, at, deadline, chain - 1)).await? {
+            Ok(_) => Ok(Ok(false)),
+            Err(reason) => Ok(Err(format!("version {at}, which dropped them, is rolled back and cannot be taken back: {reason}"))),
+        };
+    }
+    Ok(Ok(true))
+}
+
+/// The removal of the fragments an append (or sluice's misplaced new
+/// columns) added, on the latest version; `None` when there is nothing to take back.
+#[allow(clippy::too_many_arguments)]
+async fn remove_added(
+    lake: &Lake,
+    table: &str,
+    id: &AttemptId,
+    version: u64,
+    after: &lance::Dataset,
+    txn: Option<&Transaction>,
+    deadline: &Deadline,
+    predicate: String,
+) -> Result<Result<Option<(Arc<lance::Dataset>, Operation)>, String>> {
+    let columns = is_columns_merge(txn);
+    if !columns && !txn.is_some_and(|t| adds_only(&t.operation)) {
         return Ok(Err(format!(
-            "table '{table}' version {version} (operation {id}) (rolled back) is an upsert; removing its rows would not restore \
-             the rows it replaced. Accept it with `sluice adopt {table} --version {version}`, or repair the table by hand"
+            "table '{table}' version {version} (operation {id}) (rolled back) neither only added rows nor is an upsert sluice \
+             wrote; removing its rows would not restore what it changed. Accept it with `sluice adopt {table} --version {version}`, \
+             or repair the table by hand"
         )));
     }
     let before = match version {
@@ -509,7 +624,7 @@ pub(crate) async fn remove_commit(lake: &Lake, table: &str, id: &AttemptId, by: 
     let misplaced_columns = columns && !same_fragments(after.fragments(), &before);
     if columns && !misplaced_columns {
         // New columns keep the same rows: nothing to take back.
-        return Ok(Ok(version));
+        return Ok(Ok(None));
     }
     let added: Vec<u64> = after.fragments().iter().map(|f| f.id).filter(|f| !before.iter().any(|b| b.id == *f)).collect();
     deadline.check("removing a rolled-back operation's rows")?;
@@ -530,24 +645,7 @@ pub(crate) async fn remove_commit(lake: &Lake, table: &str, id: &AttemptId, by: 
         }
         restored.extend(now.map(|_| b.clone()));
     }
-    let mut properties = sidecar::commit_properties(&id.op, by, &id.attempt, SCOPE_ROLLBACK);
-    properties.insert(PROP_REMOVES.into(), version.to_string());
-    let mut txn = Transaction::new(
-        ds.version().version,
-        Operation::Delete { updated_fragments: restored, deleted_fragment_ids: added, predicate: format!("sluice rollback of {id} version {version}") },
-        None,
-    );
-    txn.transaction_properties = Some(Arc::new(properties));
-    let left = deadline.remaining();
-    let done = CommitBuilder::new(ds)
-        .with_timeout(Some(left))
-        .with_retry_timeout(left.min(Duration::from_secs(30)))
-        .execute(txn)
-        .await
-        .map_err(|e| Error::lance(table, e))?;
-    let at = done.version().version;
-    tracing::info!(table, op = %id, version, removal = at, "removed the rows of a rolled-back commit");
-    Ok(Ok(at))
+    Ok(Ok(Some((ds, Operation::Delete { updated_fragments: restored, deleted_fragment_ids: added, predicate }))))
 }
 
 /// Operations that only add fragments.

@@ -37,6 +37,7 @@ pub mod source;
 mod stage;
 mod times;
 pub mod types;
+mod upsert_undo;
 
 pub use error::{Error, Result};
 pub use lake::Lake;

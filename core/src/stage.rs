@@ -14,7 +14,7 @@ use arrow::array::RecordBatchReader;
 use arrow::datatypes::SchemaRef;
 use lance::Dataset;
 use lance::dataset::transaction::{Operation, Transaction};
-use lance::dataset::write::merge_insert::SourceDedupeBehavior;
+use lance::dataset::write::merge_insert::{MergeInsertWriteMode, SourceDedupeBehavior};
 use lance::dataset::{CommitBuilder, InsertBuilder, MergeInsertBuilder, WhenMatched, WhenNotMatched, WriteMode, WriteParams};
 use serde::Serialize;
 
@@ -563,7 +563,9 @@ impl Stager<'_> {
         let key = t.key.clone().expect("upsert tables have a key");
         let mut builder = MergeInsertBuilder::try_new(Arc::clone(ds), vec![key])?;
         // Never two rows for one key: a repeated key is found here and refused below.
+        // Whole rows rewritten (never columns in place), so a roll-back can undo it (`upsert_undo.rs`).
         builder
+            .write_mode(MergeInsertWriteMode::RewriteRows)
             .when_matched(WhenMatched::UpdateAll)
             .when_not_matched(WhenNotMatched::InsertAll)
             .source_dedupe_behavior(SourceDedupeBehavior::FirstSeen);
