@@ -306,3 +306,52 @@ async fn latest_manifest_lookup_is_constant_and_a_stale_hint_costs_log_lag() {
     assert_eq!(published.version(), 301);
     assert_eq!(lake.manifest_retries() - retries, 1);
 }
+
+/// A removal of a commit the published pin already passed is a second one:
+/// its remover stalled until the versions that would have conflicted with it
+/// were cleaned. One that only takes fragment ids away again changes
+/// nothing and passes; one that puts deletions back (an upsert's undo
+/// replayed) could revive replaced rows, and is refused, never published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_repeated_roll_back_that_puts_rows_back_is_never_published() {
+    use lance::dataset::CommitBuilder;
+    use lance::dataset::transaction::{Operation, Transaction, UpdateMode};
+    use sluice::sidecar::{PROP_REMOVES, SCOPE_ROLLBACK, commit_properties};
+    for b in all_backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::open(&b.root).unwrap();
+        ingest(&lake, vec![upsert("u", "id", &[&jsonl(dir.path(), "a.jsonl", 0..10)])]).await.unwrap();
+        // Version 2 replaces rows 5..9 of fragment 0.
+        ingest(&lake, vec![upsert("u", "id", &[&jsonl(dir.path(), "b.jsonl", 5..15)])]).await.unwrap();
+        let replay = |operation: Operation| async {
+            let ds = Arc::new(lake.open_table("u", None).await.unwrap());
+            let mut properties = commit_properties("op-stalled", "remover", "intent-2", SCOPE_ROLLBACK);
+            properties.insert(PROP_REMOVES.into(), "2".into());
+            let mut txn = Transaction::new(ds.version().version, operation, None);
+            txn.transaction_properties = Some(Arc::new(properties));
+            CommitBuilder::new(ds).execute(txn).await.unwrap();
+        };
+
+        replay(Operation::Delete { updated_fragments: vec![], deleted_fragment_ids: vec![], predicate: "replayed".into() }).await;
+        ingest(&lake, vec![upsert("u", "id", &[&jsonl(dir.path(), "c.jsonl", 20..22)])]).await.unwrap_or_else(|e| panic!("{}: a removal taking nothing back passes: {e}", b.name));
+
+        let first = lake.open_table("u", Some(1)).await.unwrap().fragments()[0].clone();
+        replay(Operation::Update {
+            removed_fragment_ids: vec![],
+            updated_fragments: vec![first],
+            new_fragments: vec![],
+            fields_modified: vec![],
+            compacted_sstables: vec![],
+            fields_for_preserving_frag_bitmap: vec![],
+            update_mode: Some(UpdateMode::RewriteRows),
+            inserted_rows_filter: None,
+            updated_fragment_offsets: None,
+        })
+        .await;
+        let published = ids(&lake, "u", None).await;
+        let e = ingest(&lake, vec![upsert("u", "id", &[&jsonl(dir.path(), "d.jsonl", 30..32)])]).await.expect_err("a replayed undo must not be published");
+        assert!(e.to_string().contains("repeats the roll-back of operation op-stalled"), "{}: {e}", b.name);
+        assert_eq!(ids(&lake, "u", None).await, published, "{}: nothing new published", b.name);
+        assert_eq!(published, (0..15).chain(20..22).collect::<Vec<_>>(), "{}: each key once", b.name);
+    }
+}

@@ -204,6 +204,23 @@ pub(crate) async fn vet(
         i += 1;
         let (id, multi) = match tag {
             _ if version <= floor => continue,
+            // The pin passes a rolled-back commit only with its removal, so a
+            // removal of a commit at or below the published pin is a second
+            // one: a remover that stalled until the versions that would have
+            // conflicted with it were cleaned. Taking away fragment ids again
+            // changes nothing; putting deletions back may revive rows.
+            Tag::Removal(of, Some(removes)) if removes <= from && puts_back(seen.transaction(&ds, table, version).await?.as_ref()) => {
+                if sidecar::adopted(lake, table, version).await? {
+                    continue;
+                }
+                return Ok(Vetted::Foreign(format!(
+                    "table '{table}' version {version} repeats the roll-back of operation {of} at version {removes}, which \
+                     version {from} or earlier already took back (its remover stalled past the retention floor); it may \
+                     have put back rows deleted since. Compare the table at versions {version} and {}: accept it with \
+                     `sluice adopt {table} --version {version}`, or repair the table by hand",
+                    version - 1
+                )));
+            }
             Tag::NoRows | Tag::Removal(..) | Tag::Preserving(_) => continue,
             Tag::Foreign if sidecar::adopted(lake, table, version).await? => continue,
             Tag::Foreign => {
@@ -505,6 +522,10 @@ async fn remove_within(lake: &Lake, table: &str, id: &AttemptId, by: &str, versi
         // A rewrite or an index change keeps the same rows: nothing to take back.
         return Ok(Ok(version));
     }
+    if sidecar::adopted(lake, table, version).await? {
+        // An operator accepted it: it stands, and the pin may already have passed it.
+        return Ok(Ok(version));
+    }
     let predicate = format!("sluice rollback of {id} version {version}");
     let (ds, operation) = match txn.as_ref().map(|t| &t.operation) {
         Some(op @ Operation::Update { .. }) => {
@@ -515,6 +536,10 @@ async fn remove_within(lake: &Lake, table: &str, id: &AttemptId, by: &str, versi
             match upsert_undo::plan(table, op, &before, &after, &latest).await? {
                 Ok(Undo::Commit(undo)) => (Arc::new(latest), undo),
                 Ok(Undo::Superseded(droppers)) => {
+                    // Another remover took it back first.
+                    if let Some((at, _)) = droppers.iter().find(|(_, t)| matches!(Tag::of(Some(t)), Tag::Removal(r, Some(v)) if r == *id && v == version)) {
+                        return Ok(Ok(*at));
+                    }
                     match supersession_stands(lake, table, by, &latest, droppers, deadline, chain).await? {
                         Ok(true) => {}
                         // A rolled-back dropper was removed (it may have put our fragments back): plan again.
@@ -551,10 +576,11 @@ async fn remove_within(lake: &Lake, table: &str, id: &AttemptId, by: &str, versi
 }
 
 /// Does each commit that dropped a superseded upsert's fragments stand?
-/// Decided forward at that version, an adopted overwrite or restore, or
-/// rolled back and already removed (as superseded itself: else the
-/// fragments would be back). `Ok(false)` when a rolled-back one not yet
-/// removed was removed now; `Err(reason)` when one cannot be shown to stand.
+/// Adopted, decided forward at that version (an undecided single-table one
+/// is decided forward on its behalf, as vetting does), or rolled back and
+/// already removed (as superseded itself: else the fragments would be
+/// back). `Ok(false)` when a rolled-back one not yet removed was removed
+/// now; `Err(reason)` when one cannot be shown to stand.
 async fn supersession_stands(
     lake: &Lake,
     table: &str,
@@ -566,19 +592,21 @@ async fn supersession_stands(
 ) -> Result<Result<bool, String>> {
     let seen = Seen::default();
     for (at, txn) in droppers {
-        let of = match Tag::of(Some(&txn)) {
-            Tag::Op(of, _) => of,
-            _ if matches!(txn.operation, Operation::Overwrite { .. } | Operation::Restore { .. }) && sidecar::adopted(lake, table, at).await? => continue,
-            _ => return Ok(Err(format!("version {at}, which dropped them, is not a sluice commit decided forward"))),
+        if sidecar::adopted(lake, table, at).await? {
+            continue;
+        }
+        let Tag::Op(of, multi) = Tag::of(Some(&txn)) else {
+            return Ok(Err(format!("version {at}, which dropped them, is not a sluice commit decided forward")));
         };
-        match sidecar::read_decision(lake, &of).await? {
-            Some(d) if d.forwards(table, at) => continue,
-            Some(_) => {}
-            None => {
+        match standing(lake, table, at, &of, multi, Some(by), &BTreeSet::new(), &seen).await? {
+            Standing::Forward | Standing::Published(_) | Standing::Join => continue,
+            Standing::RolledBack { .. } => {}
+            Standing::Pending(_) => {
                 return Err(Error::Blocked(format!(
-                    "table '{table}': version {at} (operation {of}) replaced a rolled-back upsert's rows and is not decided yet; retry once it is"
+                    "table '{table}': version {at} (load {of}) replaced a rolled-back upsert's rows and is not decided yet; retry once it is"
                 )));
             }
+            Standing::Unprovable(reason) => return Ok(Err(reason)),
         }
         // Rolled back (or a late duplicate) itself.
         let head = latest.version().version;
@@ -646,6 +674,16 @@ async fn remove_added(
         restored.extend(now.map(|_| b.clone()));
     }
     Ok(Ok(Some((ds, Operation::Delete { updated_fragments: restored, deleted_fragment_ids: added, predicate }))))
+}
+
+/// Does this removal put fragments or deletions back (an upsert's undo, a
+/// misplaced schema change's restore), rather than only take fragments away?
+fn puts_back(txn: Option<&Transaction>) -> bool {
+    txn.is_some_and(|t| match &t.operation {
+        Operation::Update { .. } => true,
+        Operation::Delete { updated_fragments, .. } => !updated_fragments.is_empty(),
+        _ => false,
+    })
 }
 
 /// Operations that only add fragments.
