@@ -93,6 +93,9 @@ pub(crate) async fn plan(table: &str, op: &Operation, before: &Dataset, at: &Dat
             updated_fragment_offsets: None,
         })));
     }
+    if unchanged(&added) {
+        return refuse("another commit changed a fragment it had changed".into());
+    }
     if added.iter().any(|id| now.contains_key(id)) {
         return refuse("some of its rows were replaced since and some were not".into());
     }
@@ -114,7 +117,8 @@ async fn droppers(latest: &Dataset, table: &str, since: u64, fragments: &[u64]) 
     let head = latest.version().version;
     if head - since > MAX_SINCE {
         return Err(Error::Blocked(format!(
-            "table '{table}': {} versions since version {since}, more than the {MAX_SINCE} a roll-back reads; run `sluice recover` again",
+            "table '{table}': {} versions since rolled-back upsert version {since}, more than the {MAX_SINCE} a roll-back \
+             reads; accept it with `sluice adopt {table} --version {since}`, or repair the table by hand",
             head - since
         )));
     }
