@@ -29,7 +29,15 @@ async fn requests_per_ingest_are_flat_in_history_depth() {
         }
         let deep = ingest(&lake, vec![request("t", &[&jsonl(dir.path(), "d200.jsonl", 500..501)])]).await.unwrap();
         assert!(deep.manifest_version.unwrap() >= 200);
-        eprintln!("{}: requests per ingest at depth 2: {:?}; at depth {}: {:?}; with a delay: {:?}", b.name, shallow.requests, deep.manifest_version.unwrap(), deep.requests, timed.requests);
+        eprintln!(
+            "{}: requests per ingest at depth 2: {:?}; at depth {}: {:?}; with a delay: {:?}; a redelivery: {:?}",
+            b.name,
+            shallow.requests,
+            deep.manifest_version.unwrap(),
+            deep.requests,
+            timed.requests,
+            again.requests
+        );
         // The budget: 10 requests, Lance's 3 (the pin says where its manifest
         // is: no HEAD, and a warm session has read it; the transaction is
         // only in the manifest) and sluice's 7 (intent, claim, hint GET,
@@ -42,10 +50,11 @@ async fn requests_per_ingest_are_flat_in_history_depth() {
         // inside); the decision; the manifest version; the hint PUT alongside
         // the intent's DELETE.
         assert!(timed.requests.round_trips <= 7, "{}: {} round trips in sequence for one ingest ({:?})", b.name, timed.requests.round_trips, timed.requests);
-        // A redelivery: the hint GET; the intent; the claim's refused PUT,
-        // reading it back, the ledger's LIST; the holder's intent, release and
-        // decision; our intent's DELETE alongside the latest manifest (two GETs).
-        assert!(again.requests.round_trips <= 10, "{}: {} round trips in sequence for a redelivery ({:?})", b.name, again.requests.round_trips, again.requests);
+        // A redelivery: the hint GET; the intent; the claim's refused PUT;
+        // reading it back alongside the ledger's LIST; the holder's intent;
+        // its release alongside its decision; our intent's DELETE alongside
+        // the latest manifest (two GETs).
+        assert!(again.requests.round_trips <= 8, "{}: {} round trips in sequence for a redelivery ({:?})", b.name, again.requests.round_trips, again.requests);
         assert!(cost(&deep) <= cost(&shallow) + 2, "{}: {} requests at depth 200 vs {} at depth 2", b.name, cost(&deep), cost(&shallow));
     }
 }

@@ -484,13 +484,30 @@ impl Lake {
         value: &T,
         is_mine: impl Fn(&T) -> bool,
     ) -> Result<Created<T>> {
+        let failure = match self.put_create(rel, value).await {
+            Ok(true) => return Ok(Created::Mine),
+            Ok(false) => None,
+            Err(e) => Some(e),
+        };
+        self.read_back(rel, failure, is_mine).await
+    }
+
+    /// A create-only PUT of a JSON object: `true` when written, `false` when
+    /// refused (something is there). An error leaves unknown whether it
+    /// landed: [`Lake::read_back`] says.
+    pub(crate) async fn put_create<T: Serialize>(&self, rel: &str, value: &T) -> Result<bool> {
         let path = self.path(rel);
         let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
-        let failure = match self.store.put_opts(&path, PutPayload::from_bytes(to_json(value)), opts).await {
-            Ok(_) => return Ok(Created::Mine),
-            Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => None,
-            Err(e) => Some(Error::store(&path, e)),
-        };
+        match self.store.put_opts(&path, PutPayload::from_bytes(to_json(value)), opts).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => Ok(false),
+            Err(e) => Err(Error::store(&path, e)),
+        }
+    }
+
+    /// What a create-only PUT at `rel` that was refused (`failure` is `None`)
+    /// or answered with an error left there: [`Lake::create_json`]'s answer.
+    pub(crate) async fn read_back<T: DeserializeOwned>(&self, rel: &str, failure: Option<Error>, is_mine: impl Fn(&T) -> bool) -> Result<Created<T>> {
         match (self.get_json::<T>(rel).await?, failure) {
             (Some(found), _) if is_mine(&found) => Ok(Created::Mine),
             (Some(found), _) => Ok(Created::Theirs(found)),

@@ -462,7 +462,17 @@ pub async fn claim(lake: &Lake, key: &str, claim: &Claim, maybe: &mut Vec<(Strin
     let mut generation = 1;
     for _ in 0..MAX_CLAIM_ROUNDS {
         let mine = Claim { generation, claimed_at: Utc::now(), ..claim.clone() };
-        let created = lake.create_json(&claim_path(key, generation), &mine, |c: &Claim| c.attempt == claim.attempt).await;
+        let (path, is_mine) = (claim_path(key, generation), |c: &Claim| c.attempt == claim.attempt);
+        let (created, listed) = match lake.put_create(&path, &mine).await {
+            Ok(true) => return Ok(Claimed::Mine { generation }),
+            // Refused: read the claim there and list the ledger at once (the
+            // listing starts after the refusal, so it shows that generation).
+            Ok(false) => {
+                let (created, listed) = futures::join!(lake.read_back(&path, None, is_mine), ledger(lake, key));
+                (created, Some(listed))
+            }
+            Err(e) => (lake.read_back(&path, Some(e), is_mine).await, None),
+        };
         let theirs = match created {
             Ok(Created::Mine) => return Ok(Claimed::Mine { generation }),
             Ok(Created::Theirs(theirs)) => Some(theirs),
@@ -472,7 +482,10 @@ pub async fn claim(lake: &Lake, key: &str, claim: &Claim, maybe: &mut Vec<(Strin
                 return Err(e);
             }
         };
-        let ledger = ledger(lake, key).await?;
+        let ledger = match listed {
+            Some(listed) => listed?,
+            None => ledger(lake, key).await?,
+        };
         let newest = *ledger.claims.last().expect("a claim we just saw is listed");
         // A claim is written once and never deleted: the one just read back stands.
         let held = match theirs {
@@ -498,21 +511,24 @@ pub async fn claim(lake: &Lake, key: &str, claim: &Claim, maybe: &mut Vec<(Strin
     })
 }
 
-/// What became of `held`'s attempt. The reads go intent first, release
-/// second, decision last: an attempt releases before it deletes its intent,
-/// and is decided before either, so with no intent, a release or a roll_back
-/// decision means given back (a claim that landed late, after its attempt was
-/// rolled back, has no release: its decision says it), and neither means it
-/// published.
+/// What became of `held`'s attempt. The intent is read first, then the
+/// release and the decision together: an attempt releases before it
+/// deletes its intent, and is decided before either, so once its intent is
+/// seen gone both are already written. With no intent, a release or a
+/// roll_back decision means given back (a claim that landed late, after its
+/// attempt was rolled back, has no release: its decision says it), and
+/// neither means it published.
 pub async fn holder(lake: &Lake, key: &str, held: &Claim) -> Result<Holder> {
     let id = AttemptId::new(&held.op, &held.attempt);
     if let Some(intent) = read_intent(lake, &id).await? {
         return Ok(Holder::InFlight(intent));
     }
-    if lake.exists(&release_path(key, held.generation, &held.attempt)).await? {
+    let release = release_path(key, held.generation, &held.attempt);
+    let (released, decision) = futures::join!(lake.exists(&release), read_decision(lake, &id));
+    if released? {
         return Ok(Holder::Released);
     }
-    match read_decision(lake, &id).await? {
+    match decision? {
         Some(d) if d.outcome == Outcome::RollBack => Ok(Holder::Released),
         _ => Ok(Holder::Published),
     }
