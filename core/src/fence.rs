@@ -48,6 +48,8 @@ pub(crate) const MAX_POLL: Duration = Duration::from_secs(1);
 const READ_AHEAD: usize = 16;
 /// Rolled-back upserts, each replacing the last one's rows, taken back in one removal.
 const MAX_UNDO_CHAIN: usize = 8;
+/// Versions read to learn what became of a rolled-back upsert's fragments.
+const MAX_SINCE: u64 = 10_000;
 
 /// What one call has read and need not read again: Lance transactions by
 /// table and version (a version never changes once written), and the newest
@@ -535,12 +537,17 @@ async fn remove_within(lake: &Lake, table: &str, id: &AttemptId, by: &str, versi
             let latest = lake.open_table(table, None).await?;
             match upsert_undo::plan(table, op, &before, &after, &latest).await? {
                 Ok(Undo::Commit(undo)) => (Arc::new(latest), undo),
-                Ok(Undo::Superseded(droppers)) => {
+                Ok(Undo::Superseded(fragments)) => {
+                    let seen = Seen::default();
+                    let droppers = match droppers(&latest, table, version, &fragments, &seen).await? {
+                        Ok(droppers) => droppers,
+                        Err(reason) => return Ok(Err(format!("table '{table}' version {version} is a rolled-back upsert whose rows were replaced since, but {reason}"))),
+                    };
                     // Another remover took it back first.
                     if let Some((at, _)) = droppers.iter().find(|(_, t)| matches!(Tag::of(Some(t)), Tag::Removal(r, Some(v)) if r == *id && v == version)) {
                         return Ok(Ok(*at));
                     }
-                    match supersession_stands(lake, table, by, &latest, droppers, deadline, chain).await? {
+                    match supersession_stands(lake, table, by, &latest, droppers, deadline, chain, &seen).await? {
                         Ok(true) => {}
                         // A rolled-back dropper was removed (it may have put our fragments back): plan again.
                         Ok(false) => return Box::pin(remove_within(lake, table, id, by, version, deadline, chain - 1)).await,
@@ -575,12 +582,47 @@ async fn remove_within(lake: &Lake, table: &str, id: &AttemptId, by: &str, versi
     Ok(Ok(at))
 }
 
+/// The commits after `since` that dropped any of `fragments` (version,
+/// transaction), read through `seen`; `Err(reason)` when one is a
+/// compaction (it moved the upsert's rows: there is nothing exact to undo).
+async fn droppers(latest: &lance::Dataset, table: &str, since: u64, fragments: &[u64], seen: &Seen) -> Result<Result<Vec<(u64, Transaction)>, String>> {
+    let head = latest.version().version;
+    if head - since > MAX_SINCE {
+        return Err(Error::Blocked(format!(
+            "table '{table}': {} versions since rolled-back upsert version {since}, more than the {MAX_SINCE} a roll-back \
+             reads; accept it with `sluice adopt {table} --version {since}`, or repair the table by hand",
+            head - since
+        )));
+    }
+    let txns: Vec<Option<Transaction>> =
+        futures::stream::iter(since + 1..=head).map(|v| seen.transaction(latest, table, v)).buffered(READ_AHEAD).try_collect().await?;
+    let mut found = Vec::new();
+    for (v, txn) in (since + 1..=head).zip(txns) {
+        let Some(txn) = txn else {
+            return Err(Error::Blocked(format!("table '{table}' version {v} has no transaction to read; repair the table by hand")));
+        };
+        let dropped = match &txn.operation {
+            Operation::Update { removed_fragment_ids: ids, .. } | Operation::Delete { deleted_fragment_ids: ids, .. } => ids.iter().any(|id| fragments.contains(id)),
+            Operation::Rewrite { groups, .. } if groups.iter().flat_map(|g| &g.old_fragments).any(|f| fragments.contains(&f.id)) => {
+                return Ok(Err(format!("a compaction (version {v}) moved its rows since; accept it with `sluice adopt {table} --version {since}`, or repair the table by hand")));
+            }
+            Operation::Overwrite { .. } | Operation::Restore { .. } => true,
+            _ => false,
+        };
+        if dropped {
+            found.push((v, txn));
+        }
+    }
+    Ok(Ok(found))
+}
+
 /// Does each commit that dropped a superseded upsert's fragments stand?
 /// Adopted, decided forward at that version (an undecided single-table one
 /// is decided forward on its behalf, as vetting does), or rolled back and
 /// already removed (as superseded itself: else the fragments would be
 /// back). `Ok(false)` when a rolled-back one not yet removed was removed
 /// now; `Err(reason)` when one cannot be shown to stand.
+#[allow(clippy::too_many_arguments)]
 async fn supersession_stands(
     lake: &Lake,
     table: &str,
@@ -589,8 +631,8 @@ async fn supersession_stands(
     droppers: Vec<(u64, Transaction)>,
     deadline: &Deadline,
     chain: usize,
+    seen: &Seen,
 ) -> Result<Result<bool, String>> {
-    let seen = Seen::default();
     for (at, txn) in droppers {
         if sidecar::adopted(lake, table, at).await? {
             continue;
@@ -598,7 +640,7 @@ async fn supersession_stands(
         let Tag::Op(of, multi) = Tag::of(Some(&txn)) else {
             return Ok(Err(format!("version {at}, which dropped them, is not a sluice commit decided forward")));
         };
-        match standing(lake, table, at, &of, multi, Some(by), &BTreeSet::new(), &seen).await? {
+        match standing(lake, table, at, &of, multi, Some(by), &BTreeSet::new(), seen).await? {
             Standing::Forward | Standing::Published(_) | Standing::Join => continue,
             Standing::RolledBack { .. } => {}
             Standing::Pending(_) => {
@@ -610,7 +652,7 @@ async fn supersession_stands(
         }
         // Rolled back (or a late duplicate) itself.
         let head = latest.version().version;
-        if read_range(latest, table, at + 1, head, &seen).await?.iter().any(|(_, t)| matches!(t, Tag::Removal(r, v) if *r == of && v.is_none_or(|v| v == at))) {
+        if read_range(latest, table, at + 1, head, seen).await?.iter().any(|(_, t)| matches!(t, Tag::Removal(r, v) if *r == of && v.is_none_or(|v| v == at))) {
             continue;
         }
         if chain == 0 {

@@ -10,9 +10,10 @@
 //!   changed. Remove `N`, give `A` back its deletions of `v - 1` and put `R`
 //!   back as it was: the rows the upsert replaced return, its own go.
 //! - **Superseded**: every fragment of `N` was dropped since, each by a
-//!   commit that saw the upsert's rows and stands (the caller proves that:
-//!   decided forward, or itself rolled back and already removed as
-//!   superseded). Each of its keys then has a newer row, or was deleted
+//!   commit that saw the upsert's rows and stands (the caller finds those
+//!   commits in the transactions it has read, and proves that: decided
+//!   forward, or itself rolled back and already removed as superseded; a
+//!   compaction among them moved the rows, and is refused). Each of its keys then has a newer row, or was deleted
 //!   after it; nothing the upsert replaced may come back. Only the removal
 //!   is recorded. A dropper rolled back and not yet removed is removed first
 //!   (it may put `N` back), then the upsert is planned again.
@@ -24,26 +25,20 @@
 
 use std::collections::BTreeMap;
 
-use futures::{StreamExt, TryStreamExt};
 use lance::Dataset;
-use lance::dataset::transaction::{Operation, Transaction, UpdateMode};
+use lance::dataset::transaction::{Operation, UpdateMode};
 use lance::index::DatasetIndexExt;
 use lance::table::format::Fragment;
 
 use crate::error::{Error, Result};
 
-/// Versions read to learn what became of the upsert's fragments.
-const MAX_SINCE: u64 = 10_000;
-/// Lance transactions read at once.
-const READ_AHEAD: usize = 16;
-
 /// How to take back an upsert.
 pub(crate) enum Undo {
     /// Commit this (on the latest version the plan read).
     Commit(Operation),
-    /// Its fragments were dropped by these commits (version, transaction):
-    /// record the removal once each of them is proven to stand.
-    Superseded(Vec<(u64, Transaction)>),
+    /// Every one of its new fragments (these) was dropped since: record the
+    /// removal once each commit that dropped them is proven to stand.
+    Superseded(Vec<u64>),
 }
 
 /// How to take back the upsert `op` committed at `at` (the table at that
@@ -99,48 +94,11 @@ pub(crate) async fn plan(table: &str, op: &Operation, before: &Dataset, at: &Dat
     if added.iter().any(|id| now.contains_key(id)) {
         return refuse("some of its rows were replaced since and some were not".into());
     }
-    let droppers = droppers(latest, table, version, &added).await?;
-    if let Some((v, _)) = droppers.iter().find(|(_, t)| matches!(t.operation, Operation::Rewrite { .. })) {
-        return refuse(format!("a compaction (version {v}) moved its rows since"));
-    }
-    Ok(Ok(Undo::Superseded(droppers)))
+    Ok(Ok(Undo::Superseded(added)))
 }
 
 async fn index_ids(ds: &Dataset, table: &str) -> Result<Vec<uuid::Uuid>> {
     let mut ids: Vec<uuid::Uuid> = ds.load_indices().await.map_err(|e| Error::lance(table, e))?.iter().map(|i| i.uuid).collect();
     ids.sort();
     Ok(ids)
-}
-
-/// The commits after `since` that dropped any of `fragments`.
-async fn droppers(latest: &Dataset, table: &str, since: u64, fragments: &[u64]) -> Result<Vec<(u64, Transaction)>> {
-    let head = latest.version().version;
-    if head - since > MAX_SINCE {
-        return Err(Error::Blocked(format!(
-            "table '{table}': {} versions since rolled-back upsert version {since}, more than the {MAX_SINCE} a roll-back \
-             reads; accept it with `sluice adopt {table} --version {since}`, or repair the table by hand",
-            head - since
-        )));
-    }
-    let reads = (since + 1..=head).map(|v| async move {
-        let txn = latest.read_version_transaction(v).await.map_err(|e| Error::lance(table, e))?.transaction;
-        let Some(txn) = txn else {
-            return Err(Error::Blocked(format!("table '{table}' version {v} has no transaction to read; repair the table by hand")));
-        };
-        Ok::<_, Error>((v, txn))
-    });
-    let mut found = Vec::new();
-    let mut txns = futures::stream::iter(reads).buffered(READ_AHEAD);
-    while let Some((v, txn)) = txns.try_next().await? {
-        let dropped = match &txn.operation {
-            Operation::Update { removed_fragment_ids: ids, .. } | Operation::Delete { deleted_fragment_ids: ids, .. } => ids.iter().any(|id| fragments.contains(id)),
-            Operation::Rewrite { groups, .. } => groups.iter().flat_map(|g| &g.old_fragments).any(|f| fragments.contains(&f.id)),
-            Operation::Overwrite { .. } | Operation::Restore { .. } => true,
-            _ => false,
-        };
-        if dropped {
-            found.push((v, txn));
-        }
-    }
-    Ok(found)
 }
