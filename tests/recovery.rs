@@ -322,6 +322,11 @@ fn two_sweeps_on_one_intent_both_succeed_and_record_once() {
         assert_eq!(audit(&b.root).len(), 1, "{}: one record", b.name);
         assert_eq!(scan_ids(&b.root, "t"), ids_of(0..5, &[100..110]), "{}", b.name);
         assert_eq!(pending(&b.root), 0);
+        // The roll-forward records where Lance keeps its commit's manifest, as the writer would have.
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let latest = rt.block_on(sluice::manifest::read_latest(&sluice::Lake::open(&b.root).unwrap())).unwrap().unwrap();
+        let pin = &latest.tables["t"];
+        assert_eq!(pin.known_manifest().map(|m| m.version), Some(pin.version), "{}: {pin:?}", b.name);
     }
 }
 

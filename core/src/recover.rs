@@ -36,6 +36,7 @@ use crate::error::{Error, Result};
 use crate::failpoints;
 use crate::fence::{self, MAX_POLL, Seen, Vetted};
 use crate::stage;
+use crate::known_manifest::LanceManifest;
 use crate::lake::{Created, Lake};
 use crate::manifest::{self, Goal, Manifest, Published, PublishOutcome, TablePin};
 use crate::sidecar::{self, AttemptId, Decision, Intent, Lease, OpFiles, Outcome, SourceRef};
@@ -650,11 +651,16 @@ impl Recovery<'_> {
 
     /// Publish the decided commits, unless other commits stand in the way.
     async fn publish(&self, state: &State, versions: &BTreeMap<String, u64>) -> Result<Publishing> {
+        // Where Lance keeps each commit's manifest, so that the next writer
+        // opens it without Lance's HEAD: one open per table, here, off every
+        // writer's path (what the writer would have recorded, had it lived).
+        let opened = futures::future::try_join_all(versions.iter().map(|(t, v)| self.lake.open_table(t, Some(*v)))).await?;
         let wanted = versions
             .iter()
-            .map(|(t, v)| {
+            .zip(opened)
+            .map(|((t, v), ds)| {
                 let it = &self.intent.tables[t];
-                (t.clone(), TablePin::new(*v, it.mode, it.key.clone()))
+                (t.clone(), TablePin { lance_manifest: LanceManifest::of(&ds), ..TablePin::new(*v, it.mode, it.key.clone()) })
             })
             .collect();
         let mut base = state.latest.clone();
