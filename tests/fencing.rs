@@ -284,6 +284,53 @@ fn a_late_commit_after_its_roll_back_is_never_published() {
     });
 }
 
+/// A single-table ingest whose commit lands right after its start pin
+/// publishes beside its forward decision, not after it. Writer A's clock runs
+/// 117 s behind the sweep's (beyond the skew margin the sweep allows), so its
+/// intent looks expired while A is well within its own deadline. A freezes
+/// just before its Lance commit; a sweep finds no commit of A's and stops
+/// before deciding; A's commit lands at the version after its pin, and A
+/// pauses there; the sweep goes on, then A. The sweep must take that version
+/// and look again before deciding A rolled back: it finds A's commit and
+/// decides forward. Deciding roll_back from its first look would have A
+/// publish rows the sweep then takes back, and release the source for a
+/// second ingest.
+#[test]
+fn a_commit_published_beside_its_decision_is_never_rolled_back() {
+    on_each_backend(|b| {
+        let dir = tempfile::tempdir().unwrap();
+        seeded(&b.root, dir.path(), &["t"]);
+        let s = jsonl(dir.path(), "s.jsonl", 100..110);
+        let started = Instant::now();
+        let mut a = ingest_cmd(&b.root, "t", &["--timeout", "120s"], &[&s]);
+        a.env("SLUICE_TEST_CLOCK_BEHIND_MS", "117000").env("FAILPOINTS", format!("{AFTER_COMMIT}=sleep(6000)"));
+        let a = hold_at(&mut a, COMMIT_CHECKED);
+        wait_out(&b.root, started, Duration::from_secs(3));
+        let sweep = hold_at(&mut recover_cmd(&b.root), RECOVER_BEFORE_FENCE);
+        a.release();
+        a.wait_for(AFTER_COMMIT);
+        sweep.release();
+        let swept = sweep.wait_with_output();
+        let a = a.wait_with_output();
+        let again = run(&mut ingest_cmd(&b.root, "t", &[], &[&s]));
+        assert_eq!(again.status.code(), Some(0), "{}: the redelivery of s", b.name);
+        sweep_until_clean(&b.root, Duration::from_secs(60));
+        let mut shown = false;
+        for (v, ids) in every_version(&b.root, "t") {
+            let n = count_in(&ids, 100..110);
+            assert!(n == 0 || n == 10, "{}: manifest version {v} shows part of s: {ids:?}", b.name);
+            assert!(!shown || n == 10, "{}: manifest version {v} took back s's rows, shown before: {ids:?}", b.name);
+            shown |= n == 10;
+        }
+        assert_eq!(readable_ids(&b.root, "t", b.name), ids_of(0..5, &[100..110]), "{}: s's rows exactly once", b.name);
+        assert_eq!(pending(&b.root), 0, "{}", b.name);
+        assert_eq!(a.status.code(), Some(0), "{}: A's publish stands: {}", b.name, String::from_utf8_lossy(&a.stderr));
+        assert_eq!(swept.status.code(), Some(0), "{}", b.name);
+        let swept = json(&swept);
+        assert_eq!(swept["ops"][0]["verdict"], "rolled_forward", "{}: the sweep found A's commit: {swept}", b.name);
+    });
+}
+
 /// `(id, name)` of every row of `table`'s latest Lance version (published or
 /// not), and how many of its commits are sluice's roll-backs, as pylance reads them.
 fn lance_latest(root: &str, table: &str) -> (Vec<(i64, String)>, usize) {
@@ -292,7 +339,7 @@ fn lance_latest(root: &str, table: &str) -> (Vec<(i64, String)>, usize) {
         "{PYLANCE_PRELUDE}\nimport json, lance\nds = lance.dataset('{root}/tables/{table}.lance', storage_options=storage_options('{root}'))\n\
          t = ds.to_table(columns=['id', 'name'])\n\
          rows = sorted(zip(t.column('id').to_pylist(), t.column('name').to_pylist()))\n\
-         undone = sum(1 for x in ds.get_transactions() if x and (x.transaction_properties or {{}}).get('sluice.scope') == 'rollback')\n\
+         undone = sum(1 for x in ds.get_transactions(ds.version) if x and (x.transaction_properties or {{}}).get('sluice.scope') == 'rollback')\n\
          print(json.dumps([rows, undone]))\n"
     );
     let out = Command::new(python).arg("-c").arg(script).output().unwrap();

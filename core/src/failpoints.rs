@@ -46,6 +46,10 @@ pub const RECOVER_AFTER_DECISION: &str = "recover.after-decision";
 pub const RECOVER_AFTER_EFFECTS: &str = "recover.after-effects";
 /// Audited; the sources are not yet released and the sidecars not yet removed.
 pub const RECOVER_BEFORE_FINISH: &str = "recover.before-finish";
+/// A sweep found no commit of a single-table ingest and is about to take
+/// the version after its start pin, then look again, before deciding it
+/// rolled back (a rendezvous for tests: only that path passes here).
+pub const RECOVER_BEFORE_FENCE: &str = "recover.before-fence";
 
 /// An optimizer wrote its intent; nothing compacted yet.
 pub const OPTIMIZE_AFTER_INTENT: &str = "optimize.after-intent";
@@ -102,6 +106,7 @@ pub const ALL: &[&str] = &[
     RECOVER_AFTER_DECISION,
     RECOVER_AFTER_EFFECTS,
     RECOVER_BEFORE_FINISH,
+    RECOVER_BEFORE_FENCE,
     OPTIMIZE_AFTER_INTENT,
     OPTIMIZE_AFTER_REWRITE,
     OPTIMIZE_AFTER_COMMIT,
@@ -113,6 +118,15 @@ pub const ALL: &[&str] = &[
     COLUMNS_AWAIT_TABLE,
     SCAN_AFTER_OPEN,
 ];
+
+/// How far behind this worker's clock runs, as the deadline it records in
+/// its intent shows it: `SLUICE_TEST_CLOCK_BEHIND_MS`, read only in builds
+/// with failpoints (tests of what a worker whose clock lags the sweep's by
+/// more than the skew margin can and cannot do).
+pub fn clock_behind() -> std::time::Duration {
+    let ms = if cfg!(feature = "failpoints") { std::env::var("SLUICE_TEST_CLOCK_BEHIND_MS").ok().and_then(|v| v.parse().ok()) } else { None };
+    std::time::Duration::from_millis(ms.unwrap_or(0))
+}
 
 /// Evaluate failpoint `name`: a `return` action becomes [`Error::Injected`].
 pub fn hit(name: &'static str) -> Result<()> {

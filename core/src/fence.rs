@@ -38,7 +38,7 @@ use crate::error::{Error, Result};
 use crate::lake::Lake;
 use crate::manifest::{self, Manifest};
 use crate::upsert_undo::{self, Undo};
-use crate::sidecar::{self, AttemptId, Outcome, PROP_INTENT, PROP_OP, PROP_REMOVES, PROP_SCOPE, SCOPE_COLUMNS, SCOPE_MULTI, SCOPE_ROLLBACK};
+use crate::sidecar::{self, AttemptId, Outcome, PROP_INTENT, PROP_OP, PROP_REMOVES, PROP_SCOPE, SCOPE_COLUMNS, SCOPE_FENCE, SCOPE_MULTI, SCOPE_ROLLBACK};
 
 /// Versions a writer reads to learn whether its own commit landed.
 const MAX_HISTORY: u64 = 100_000;
@@ -504,6 +504,57 @@ impl History {
     /// Commits not yet removed.
     pub fn standing(&self) -> Vec<(u64, bool)> {
         self.commits.iter().copied().filter(|(v, _)| !self.removals.iter().any(|(_, r)| r.is_none_or(|r| r == *v))).collect()
+    }
+}
+
+/// Make sure Lance version `after + 1` of `table` exists, committing a
+/// fence (tagged as `id`'s, by `by`) if the latest is still `after`: a
+/// config update that changes nothing, which every vetter, of this sluice
+/// or an older one, passes as Lance's bookkeeping, and which conflicts
+/// with no other commit.
+/// A single-table ingest that started from pin `after` and whose commit
+/// lands at `after + 1` publishes beside its decision instead of after it
+/// (`ingest.rs`): once that version is taken, whether it is the ingest's
+/// shows in the history for good, so recovery takes it before it looks a
+/// last time and may decide the ingest rolled back.
+pub(crate) async fn take_next_version(lake: &Lake, table: &str, after: u64, id: &AttemptId, by: &str, deadline: &Deadline) -> Result<()> {
+    let latest = |ds: &lance::Dataset| ds.version().version;
+    let ds = match lake.open_table(table, None).await {
+        Ok(ds) => ds,
+        Err(Error::Lance { source: lance::Error::DatasetNotFound { .. } | lance::Error::NotFound { .. }, .. }) => {
+            return Err(Error::Blocked(format!(
+                "table '{table}' is missing, though operation {id} started from its published version {after}; repair it by hand"
+            )));
+        }
+        Err(e) => return Err(e),
+    };
+    if latest(&ds) > after {
+        return Ok(());
+    }
+    if latest(&ds) < after {
+        return Err(Error::Blocked(format!(
+            "table '{table}' is at Lance version {}, older than the pin {after} operation {id} started from: was the table made \
+             again? Repair it by hand",
+            latest(&ds)
+        )));
+    }
+    deadline.check("fencing a dead ingest's next version")?;
+    let operation = Operation::UpdateConfig { config_updates: None, table_metadata_updates: None, schema_metadata_updates: None, field_metadata_updates: Default::default() };
+    let mut txn = Transaction::new(after, operation, None);
+    txn.transaction_properties = Some(Arc::new(sidecar::commit_properties(&id.op, by, &id.attempt, SCOPE_FENCE)));
+    let left = deadline.remaining();
+    let committed = CommitBuilder::new(Arc::new(ds)).with_timeout(Some(left)).with_retry_timeout(left.min(Duration::from_secs(30))).execute(txn).await;
+    match committed {
+        Ok(ds) => {
+            tracing::info!(table, op = %id, version = latest(&ds), "took the version after a dead ingest's start pin");
+            Ok(())
+        }
+        // An error is not proof: the version may be taken all the same (ours or another's).
+        Err(e) if latest(&lake.open_table(table, None).await?) > after => {
+            tracing::info!(table, op = %id, error = %e, "the version after a dead ingest's start pin is taken");
+            Ok(())
+        }
+        Err(e) => Err(Error::lance(table, e)),
     }
 }
 

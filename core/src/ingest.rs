@@ -403,9 +403,19 @@ impl Door<'_> {
                 Err(e) => return Err(e),
             }
         }
-        self.decide_forward(&mut tables).await?;
-        failpoints::hit(failpoints::AFTER_DECISION)?;
-        let (version, created) = self.publish(&tables, base).await?;
+        let (version, created) = match beside_its_decision(&tables, self.w.multi) {
+            // Its decision goes beside the publish (one round trip, not two).
+            true => {
+                let (published, decided) = futures::join!(self.publish(&tables, base), self.record_forward(&tables));
+                decided?;
+                published?
+            }
+            false => {
+                self.decide_forward(&mut tables).await?;
+                failpoints::hit(failpoints::AFTER_DECISION)?;
+                self.publish(&tables, base).await?
+            }
+        };
         failpoints::hit(failpoints::BEFORE_FINISH)?;
         // Published: the hint and our intent's removal are independent (one round trip).
         let hint = async {
@@ -574,7 +584,8 @@ impl Door<'_> {
                 })
                 .collect(),
             started_at: Utc::now(),
-            deadline: self.w.deadline.at(),
+            // (Earlier only in tests of a worker whose clock runs behind.)
+            deadline: crate::deadline::earlier(self.w.deadline.at(), failpoints::clock_behind()),
             worker: sidecar::worker_name(),
         }
     }
@@ -756,10 +767,8 @@ impl Door<'_> {
         self.w.lake.put_json(&format!("{dir}/reason.json"), &reason).await
     }
 
-    /// Decide this attempt forward, naming its commits: create-only, so if
-    /// recovery decided first (our owner was presumed dead) we follow it.
-    async fn decide_forward(&self, tables: &mut [TableWork]) -> Result<()> {
-        let decision = Decision {
+    fn forward(&self, tables: &[TableWork]) -> Decision {
+        Decision {
             op: self.w.op.clone(),
             intent: self.w.intent.clone(),
             attempt: self.w.attempt.clone(),
@@ -767,7 +776,46 @@ impl Door<'_> {
             by: "writer".into(),
             at: Utc::now(),
             versions: tables.iter().map(|t| (t.request.table.clone(), t.committed.expect("committed before deciding"))).collect(),
-        };
+        }
+    }
+
+    /// Record the forward decision of an attempt that publishes beside it
+    /// ([`beside_its_decision`]). Nobody decides such an attempt otherwise:
+    /// recovery decides one rolled back only after taking the version after
+    /// its start pin (`fence::take_next_version`) and finding it not ours,
+    /// and a vetter decides it forward at that same commit.
+    async fn record_forward(&self, tables: &[TableWork]) -> Result<()> {
+        let decision = self.forward(tables);
+        failpoints::hit(failpoints::BEFORE_DECISION)?;
+        match sidecar::decide(self.w.lake, &decision).await? {
+            Created::Mine => {}
+            Created::Theirs(theirs) if theirs.outcome == Outcome::Forward && theirs.versions == decision.versions => {}
+            Created::Theirs(theirs) => {
+                return Err(Error::Blocked(format!(
+                    "operation {} published its commit at {:?} beside its decision, but it was decided otherwise meanwhile \
+                     ({:?} by {}): only a sweep that does not first take the version after a dead ingest's start pin (an \
+                     older sluice) decides so. Run every worker on one sluice version, then check those tables' rows",
+                    self.id(),
+                    decision.versions,
+                    theirs.outcome,
+                    theirs.by
+                )));
+            }
+            // Nobody can decide it otherwise: the intent stays, and recovery records it forward.
+            Created::Gone => {
+                return Err(Error::Blocked(format!(
+                    "operation {}: its decision's PUT could not be confirmed; its commit stands, and `sluice recover` records it",
+                    self.id()
+                )));
+            }
+        }
+        failpoints::hit(failpoints::AFTER_DECISION)
+    }
+
+    /// Decide this attempt forward, naming its commits: create-only, so if
+    /// recovery decided first (our owner was presumed dead) we follow it.
+    async fn decide_forward(&self, tables: &mut [TableWork]) -> Result<()> {
+        let decision = self.forward(tables);
         failpoints::hit(failpoints::BEFORE_DECISION)?;
         match sidecar::decide(self.w.lake, &decision).await? {
             Created::Mine => Ok(()),
@@ -921,6 +969,20 @@ struct Claims {
     elsewhere: Vec<Elsewhere>,
     work: bool,
     unchanged: bool,
+}
+
+/// May this attempt publish beside its forward decision instead of after it?
+/// A single table, published when the attempt started (its start pin `p`),
+/// whose commit landed at `p + 1`. No fence of recovery's can precede that
+/// commit (a fence lands after `p`, and `p + 1` is ours), so recovery, which
+/// takes `p + 1` before it may decide a single-table ingest rolled back,
+/// finds it there and decides forward; and no earlier commit of ours exists
+/// for a vetter to name instead.
+fn beside_its_decision(tables: &[TableWork], multi: bool) -> bool {
+    match tables {
+        [t] if !multi => t.start_pin.is_some_and(|p| t.committed == Some(p + 1)),
+        _ => false,
+    }
 }
 
 /// `t` rescues what does not fit, but its table lacks the rescue column yet.

@@ -474,9 +474,30 @@ impl Recovery<'_> {
         self.intent.tables.len() > 1
     }
 
+    /// The table and start pin of an ingest that may publish without waiting
+    /// for its decision (`ingest.rs`): one table, published when it started.
+    fn fast_path_pin(&self) -> Option<(&str, u64)> {
+        match (self.intent.kind.as_str(), self.intent.tables.iter().next()) {
+            ("ingest", Some((table, it))) if !self.multi() => it.start_pin.map(|p| (table.as_str(), p)),
+            _ => None,
+        }
+    }
+
     async fn run(&self) -> Result<Action> {
         let mut state = self.inspect().await?;
         let mut plan = self.plan(&state).await?;
+        // A single-table ingest whose commit lands right after its start pin
+        // publishes beside its decision, not after it: before deciding it
+        // rolled back, take that version and look again.
+        if state.decision.is_none()
+            && matches!(plan, Plan::RollBack(_))
+            && let Some((table, after)) = self.fast_path_pin()
+        {
+            failpoints::hit(failpoints::RECOVER_BEFORE_FENCE)?;
+            fence::take_next_version(self.lake, table, after, &self.id, &self.lease.attempt, self.deadline).await?;
+            state = self.inspect().await?;
+            plan = self.plan(&state).await?;
+        }
         // Decide before acting; a decision lost to the writer or another sweep is followed.
         if state.decision.is_none() {
             let outcome = match &plan {

@@ -64,8 +64,10 @@ pub const PROP_ATTEMPT: &str = "sluice.attempt";
 /// The attempt of the intent the commit belongs to (a sweep's redo or
 /// roll-back commits carry the dead writer's intent attempt here).
 pub const PROP_INTENT: &str = "sluice.intent";
-/// `single`, `multi`, `rollback` (a commit removing an attempt's rows) or
-/// `columns` (a schema change adding nullable columns, no data).
+/// `single`, `multi`, `rollback` (a commit removing an attempt's rows),
+/// `columns` (a schema change adding nullable columns, no data) or `fence`
+/// (recovery taking the version a single-table ingest could have published
+/// beside its decision: a config update that changes nothing).
 pub const PROP_SCOPE: &str = "sluice.scope";
 /// On a `rollback` commit: the Lance version whose rows it removes.
 pub const PROP_REMOVES: &str = "sluice.removes";
@@ -73,6 +75,7 @@ pub const SCOPE_SINGLE: &str = "single";
 pub const SCOPE_MULTI: &str = "multi";
 pub const SCOPE_ROLLBACK: &str = "rollback";
 pub const SCOPE_COLUMNS: &str = "columns";
+pub const SCOPE_FENCE: &str = "fence";
 
 /// The Lance transaction properties of a commit by operation `op`: the
 /// committer's `attempt`, the `intent` attempt it belongs to, and its scope.
