@@ -3,8 +3,9 @@
 //! of up to 25 operations run by up to 4 concurrent `sluice` processes, each
 //! with a fault the seed picks (none, `kill -9` at a failpoint or after a delay,
 //! a stall past its deadline at a failpoint, random ambiguous store answers via
-//! `SLUICE_FAULTS`), then heals, redelivers everything and checks black-box
-//! outcomes only: exit codes, `scan`, `scan --at V`, `status`, `history`.
+//! `SLUICE_FAULTS`, a writer whose clock lags everyone else's), then heals,
+//! redelivers everything and checks black-box outcomes only: exit codes,
+//! `scan`, `scan --at V`, `status`, `history`.
 //!
 //! `SLUICE_EXPLORE_SEEDS=N` and `SLUICE_EXPLORE_START=S` choose the seeds,
 //! `SLUICE_EXPLORE_BACKEND=local|s3|both` the backends; `scripts/explore.sh`
@@ -108,6 +109,10 @@ enum Fault {
     Stall(&'static str),
     /// `SLUICE_FAULTS=seed=S,p=P`.
     Ambiguous { seed: u64, p: f64 },
+    /// A writer whose clock runs this many milliseconds behind everyone
+    /// else's (`SLUICE_TEST_CLOCK_BEHIND_MS`): sweeps take it for dead while
+    /// it still works within its own deadline.
+    ClockBehind(u64),
 }
 
 impl std::fmt::Display for Fault {
@@ -118,6 +123,7 @@ impl std::fmt::Display for Fault {
             Fault::KillAfter(ms) => write!(f, "kill-9+{ms}ms"),
             Fault::Stall(fp) => write!(f, "stall@{fp}"),
             Fault::Ambiguous { seed, p } => write!(f, "SLUICE_FAULTS=seed={seed},p={p}"),
+            Fault::ClockBehind(ms) => write!(f, "clock-{ms}ms"),
         }
     }
 }
@@ -279,7 +285,7 @@ fn sources(rng: &mut Rng, dir: &Path) -> (Vec<Src>, Vec<PathBuf>) {
     (pool, descriptors)
 }
 
-fn fault_for(rng: &mut Rng, kind: Kind, seed: u64, index: usize) -> Fault {
+fn fault_for(rng: &mut Rng, kind: Kind, timeout: u64, seed: u64, index: usize) -> Fault {
     let points: Vec<&'static str> = match kind {
         Kind::Load => WRITER.to_vec(),
         Kind::Ingest | Kind::Dup | Kind::Twice | Kind::Multi | Kind::Upsert => {
@@ -290,12 +296,15 @@ fn fault_for(rng: &mut Rng, kind: Kind, seed: u64, index: usize) -> Fault {
         Kind::Index => INDEX.iter().copied().chain([BEFORE_PUBLISH, AFTER_PUBLISH]).collect(),
         Kind::Recover | Kind::Cleanup => RECOVERY.to_vec(),
     };
-    match rng.weighted(&[40, 15, 10, 15, 20]) {
+    // (Only a writer of sources records its clock's deadline in its intent.)
+    let lagging = if kind.writes_sources() { 10 } else { 0 };
+    match rng.weighted(&[40, 15, 10, 15, 20, lagging]) {
         0 => Fault::None,
         1 => Fault::KillAt(rng.pick(&points)),
         2 => Fault::KillAfter(rng.range(5, 600)),
         3 => Fault::Stall(rng.pick(&points)),
-        _ => Fault::Ambiguous { seed: splitmix(seed.wrapping_mul(1000).wrapping_add(index as u64)) % 1_000_000, p: rng.pick(&[0.1, 0.2, 0.35]) },
+        4 => Fault::Ambiguous { seed: splitmix(seed.wrapping_mul(1000).wrapping_add(index as u64)) % 1_000_000, p: rng.pick(&[0.1, 0.2, 0.35]) },
+        _ => Fault::ClockBehind(rng.range(500, timeout * 1000)),
     }
 }
 
@@ -364,10 +373,10 @@ fn schedule(rng: &mut Rng, seed: u64, pool: &[Src], descriptors: &[PathBuf], max
                 (["ingest", "--table", "e", "--evolution", "add-columns"].map(String::from).into_iter().chain(t).chain([path(s)]).collect(), vec![s])
             }
         };
-        let fault = fault_for(rng, kind, seed, ops.len());
+        let fault = fault_for(rng, kind, timeout, seed, ops.len());
         ops.push(Op { kind, args: args.clone(), sources: srcs.clone(), fault, with_prev: false, timeout });
         if kind == Kind::Dup {
-            let fault = fault_for(rng, kind, seed, ops.len());
+            let fault = fault_for(rng, kind, timeout, seed, ops.len());
             ops.push(Op { kind, args, sources: srcs, fault, with_prev: true, timeout });
         }
     }
@@ -403,6 +412,9 @@ fn launch(root: &str, dir: &Path, i: usize, op: &Op, t0: Instant) -> Running {
         }
         Fault::Ambiguous { seed, p } => {
             cmd.env("SLUICE_FAULTS", format!("seed={seed},p={p}"));
+        }
+        Fault::ClockBehind(ms) => {
+            cmd.env("SLUICE_TEST_CLOCK_BEHIND_MS", ms.to_string());
         }
     }
     let held = Arc::new(AtomicBool::new(false));
@@ -564,6 +576,7 @@ pub struct Stats {
     stalls_held: usize,
     ambiguous_processes: usize,
     ambiguous_answers: usize,
+    lagging_clocks: usize,
     exit0: usize,
 }
 
@@ -647,6 +660,7 @@ pub fn explore(seed: u64, backend: &Backend, max_ops: usize) -> (Stats, Vec<Stri
                 stats.stalls_held += out.reached as usize;
             }
             Fault::Ambiguous { .. } => stats.ambiguous_processes += 1,
+            Fault::ClockBehind(_) => stats.lagging_clocks += 1,
             Fault::None => {}
         }
         stats.ambiguous_answers += out.faults;
@@ -919,7 +933,7 @@ pub fn explore(seed: u64, backend: &Backend, max_ops: usize) -> (Stats, Vec<Stri
     }
 
     let summary = format!(
-        "explore seed={seed} backend={}: ops={} kills={} (at failpoint or delay: {}) stalls={} (held {}) ambiguous: {} process(es), {} answer(s); exit 0: {}; versions checked: {}; failures: {}; {:.1}s",
+        "explore seed={seed} backend={}: ops={} kills={} (at failpoint or delay: {}) stalls={} (held {}) ambiguous: {} process(es), {} answer(s); lagging clocks: {}; exit 0: {}; versions checked: {}; failures: {}; {:.1}s",
         backend.name,
         stats.ops,
         stats.kills,
@@ -928,6 +942,7 @@ pub fn explore(seed: u64, backend: &Backend, max_ops: usize) -> (Stats, Vec<Stri
         stats.stalls_held,
         stats.ambiguous_processes,
         stats.ambiguous_answers,
+        stats.lagging_clocks,
         stats.exit0,
         versions.len(),
         violations.len(),
