@@ -512,6 +512,7 @@ impl History {
 /// config update that changes nothing, which every vetter, of this sluice
 /// or an older one, passes as Lance's bookkeeping, and which conflicts
 /// with no other commit.
+///
 /// A single-table ingest that started from pin `after` and whose commit
 /// lands at `after + 1` publishes beside its decision instead of after it
 /// (`ingest.rs`): once that version is taken, whether it is the ingest's

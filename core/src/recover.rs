@@ -675,13 +675,15 @@ impl Recovery<'_> {
         // Where Lance keeps each commit's manifest, so that the next writer
         // opens it without Lance's HEAD: one open per table, here, off every
         // writer's path (what the writer would have recorded, had it lived).
-        let opened = futures::future::try_join_all(versions.iter().map(|(t, v)| self.lake.open_table(t, Some(*v)))).await?;
+        // Only an aid: a table that cannot be opened now is pinned without it.
+        let opened = futures::future::join_all(versions.iter().map(|(t, v)| self.lake.open_table(t, Some(*v)))).await;
         let wanted = versions
             .iter()
             .zip(opened)
             .map(|((t, v), ds)| {
                 let it = &self.intent.tables[t];
-                (t.clone(), TablePin { lance_manifest: LanceManifest::of(&ds), ..TablePin::new(*v, it.mode, it.key.clone()) })
+                let known = ds.ok().and_then(|ds| LanceManifest::of(&ds));
+                (t.clone(), TablePin { lance_manifest: known, ..TablePin::new(*v, it.mode, it.key.clone()) })
             })
             .collect();
         let mut base = state.latest.clone();
