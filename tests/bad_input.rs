@@ -239,6 +239,13 @@ fn a_mistyped_root_is_an_error_not_a_new_lake() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no lake at") && err.contains("sluice init"), "{err}");
     assert!(!Path::new(&b.root).join("_manifest").exists() && !Path::new(&b.root).join("_ops").exists(), "nothing written");
+    // Commands that only read or repair say so too: a scheduled `recover` on
+    // a mistyped root must not report "nothing pending" forever.
+    for args in [&["recover"][..], &["history"], &["sources"], &["audit"]] {
+        let out = run(sluice(&b.root).env_remove("SLUICE_CREATE").args(args));
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", String::from_utf8_lossy(&out.stdout));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("no lake at"), "{args:?}");
+    }
     assert_eq!(run(sluice(&b.root).env_remove("SLUICE_CREATE").args(["ingest", "--create", "--table", "t"]).arg(&file)).status.code(), Some(0));
     let other = tempfile::tempdir().unwrap();
     let root = other.path().join("lake").display().to_string();

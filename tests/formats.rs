@@ -429,6 +429,14 @@ fn csv_dialects_are_read_as_written() {
         rows.lines().collect::<Vec<_>>(),
         [r#"{"id":1,"name":"a;b"}"#, r#"{"id":2}"#, r#"{"id":3,"name":"c"}"#, r#"{"id":4}"#, r#"{"id":5,"name":"e|f"}"#]
     );
+    // A column the table lacks is a usage error that names the table's columns.
+    let out = run(sluice(&b.root).args(["scan", "t", "--columns", "id,nmae"]));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("has no column 'nmae' (its columns: id, name"), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run(sluice(&b.root).args(["scan", "t", "--where", "nmae = 'a'"]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--where \"nmae = 'a'\"") && err.contains("nmae") && !err.contains(".rs:"), "{err}");
 
     // A load descriptor carries the dialect per table.
     let semi = write(dir.path(), "d/s.csv", b"6;g;u\n");

@@ -160,6 +160,12 @@ pub async fn query(lake: &Lake, table: &str, at: Option<u64>, q: Query) -> Resul
     let usage = |e: lance::Error| Error::Usage(format!("table '{table}': {e}"));
     let mut scanner = ds.scan();
     if let Some(columns) = &q.columns {
+        // Named here rather than by Lance's error when the scan starts.
+        let schema = ds.schema();
+        if let Some(missing) = columns.iter().find(|c| !c.starts_with('_') && schema.field(c).is_none()) {
+            let names: Vec<&str> = schema.fields.iter().map(|f| f.name.as_str()).collect();
+            return Err(Error::Usage(format!("table '{table}' has no column '{missing}' (its columns: {})", names.join(", "))));
+        }
         // A search's score is part of its answer: kept when columns are chosen.
         let mut columns = columns.clone();
         columns.extend(q.nearest.as_ref().map(|_| "_distance".to_string()));
@@ -205,7 +211,12 @@ pub async fn query(lake: &Lake, table: &str, at: Option<u64>, q: Query) -> Resul
     if let Some(limit) = q.limit {
         scanner.limit(Some(limit as i64), None).map_err(|e| Error::lance(table, e))?;
     }
-    let stream = scanner.try_into_stream().await.map_err(|e| Error::lance(table, e))?;
+    // A filter is parsed when the scan starts: what it names wrong is the caller's to fix.
+    let stream = scanner.try_into_stream().await.map_err(|e| match (&q.filter, &e) {
+        (Some(filter), lance::Error::InvalidInput { source, .. }) => Error::Usage(format!("table '{table}': --where {filter:?}: {source}")),
+        (Some(filter), lance::Error::Schema { message, .. }) => Error::Usage(format!("table '{table}': --where {filter:?}: {message}")),
+        _ => Error::lance(table, e),
+    })?;
     let table = table.to_string();
     Ok((m, stream.map(move |b| b.map_err(|e| Error::lance(&table, e)))))
 }

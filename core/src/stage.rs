@@ -594,8 +594,9 @@ impl Stager<'_> {
         let uri = self.lake.table_uri(&name);
         for attempt in 1..=MAX_REDO_ATTEMPTS {
             self.deadline.check("a Lance commit")?;
-            let rows_inserted = inserted_rows(&stage.txn);
+            // An upsert writes its updated rows anew too: they are not inserted.
             let rows_updated = stage.updated;
+            let rows_inserted = inserted_rows(&stage.txn).saturating_sub(rows_updated);
             let left = self.deadline.remaining();
             let creating = stage.ds.is_none();
             let mut builder = match &stage.ds {

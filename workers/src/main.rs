@@ -155,7 +155,7 @@ enum Command {
         /// How a new table takes rows (kept in the lake).
         #[arg(long, value_enum)]
         mode: Option<ModeArg>,
-        /// Key column for --mode upsert.
+        /// Key column for --mode upsert (alone, it asks for an upsert table).
         #[arg(long)]
         key: Option<String>,
         #[command(flatten)]
@@ -405,6 +405,12 @@ fn main() -> ExitCode {
     }
 }
 
+/// A mistyped root holds no lake: say so, rather than report an empty one
+/// (commands that only read or repair would otherwise find nothing to do).
+async fn require_lake(lake: &Lake) -> Result<()> {
+    sluice::read::manifest_at(lake, None).await.map(|_| ())
+}
+
 async fn run(cli: Cli) -> Result<()> {
     let clock_skew = cli.clock_skew;
     let lake = Lake::open(&cli.root)?.with_timing(Timing { clock_skew, retention_floor: cli.retention_floor }).with_create(cli.create);
@@ -470,6 +476,7 @@ async fn run(cli: Cli) -> Result<()> {
             print_report(cli.json, &report);
         }
         Command::Sources { table, since, status, limit } => {
+            require_lake(&lake).await?;
             use sluice::loads::{self, Status};
             let statuses = status
                 .into_iter()
@@ -555,6 +562,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Index { action } => run_index(&lake, cli.json, clock_skew, action).await?,
         Command::Recover { dry_run, timeout } => {
+            require_lake(&lake).await?;
             lake.timing().check_timeout(timeout)?;
             let report = recover::sweep(&lake, recover::Options { clock_skew, dry_run }, timeout).await?;
             emit(cli.json, &report, || {
@@ -683,6 +691,7 @@ async fn run(cli: Cli) -> Result<()> {
             });
         }
         Command::Audit { limit } => {
+            require_lake(&lake).await?;
             let records = sluice::audit::list(&lake, limit).await?;
             emit(cli.json, &records, || {
                 if records.is_empty() {
@@ -699,6 +708,7 @@ async fn run(cli: Cli) -> Result<()> {
             });
         }
         Command::History { limit } => {
+            require_lake(&lake).await?;
             let versions = manifest::history(&lake, limit).await?;
             emit(cli.json, &versions, || {
                 versions
