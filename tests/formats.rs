@@ -433,6 +433,8 @@ fn csv_dialects_are_read_as_written() {
     let out = run(sluice(&b.root).args(["scan", "t", "--columns", "id,nmae"]));
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("has no column 'nmae' (its columns: id, name"), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run(sluice(&b.root).args(["scan", "t", "--columns", "ID"]));
+    assert_eq!(out.status.code(), Some(2), "column names are case-sensitive: {}", String::from_utf8_lossy(&out.stderr));
     let out = run(sluice(&b.root).args(["scan", "t", "--where", "nmae = 'a'"]));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");

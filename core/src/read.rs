@@ -162,7 +162,8 @@ pub async fn query(lake: &Lake, table: &str, at: Option<u64>, q: Query) -> Resul
     if let Some(columns) = &q.columns {
         // Named here rather than by Lance's error when the scan starts.
         let schema = ds.schema();
-        let known = |c: &str| c.starts_with('_') || schema.fields.iter().any(|f| f.name == c) || schema.field_case_insensitive(c).is_some();
+        // (Lance's projection is case-sensitive: so is this check.)
+        let known = |c: &str| c.starts_with('_') || schema.fields.iter().any(|f| f.name == c) || schema.field(c).is_some();
         if let Some(missing) = columns.iter().find(|c| !known(c)) {
             let names: Vec<&str> = schema.fields.iter().map(|f| f.name.as_str()).collect();
             return Err(Error::Usage(format!("table '{table}' has no column '{missing}' (its columns: {})", names.join(", "))));
