@@ -251,4 +251,11 @@ fn a_mistyped_root_is_an_error_not_a_new_lake() {
     let root = other.path().join("lake").display().to_string();
     assert_eq!(run(sluice(&root).env_remove("SLUICE_CREATE").arg("init")).status.code(), Some(0));
     assert_eq!(run(sluice(&root).env_remove("SLUICE_CREATE").args(["ingest", "--table", "t"]).arg(&file)).status.code(), Some(0));
+    // A mistyped source says which path and what to do, and changes nothing.
+    let history = run(sluice(&root).arg("history")).stdout;
+    let out = run(sluice(&root).args(["ingest", "--table", "t"]).arg(dir.path().join("b.jsonl")));
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("b.jsonl") && err.contains("No such file") && err.contains("check the path"), "{err}");
+    assert_eq!(run(sluice(&root).arg("history")).stdout, history, "nothing published");
 }

@@ -427,7 +427,7 @@ fn csv_dialects_are_read_as_written() {
     let rows = String::from_utf8_lossy(&run(sluice(&b.root).args(["scan", "t", "--columns", "id,name"])).stdout).to_string();
     assert_eq!(
         rows.lines().collect::<Vec<_>>(),
-        [r#"{"id":1,"name":"a;b"}"#, r#"{"id":2}"#, r#"{"id":3,"name":"c"}"#, r#"{"id":4}"#, r#"{"id":5,"name":"e|f"}"#]
+        [r#"{"id":1,"name":"a;b"}"#, r#"{"id":2,"name":null}"#, r#"{"id":3,"name":"c"}"#, r#"{"id":4,"name":null}"#, r#"{"id":5,"name":"e|f"}"#]
     );
     // A column the table lacks is a usage error that names the table's columns.
     let out = run(sluice(&b.root).args(["scan", "t", "--columns", "id,nmae"]));

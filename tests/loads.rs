@@ -64,5 +64,10 @@ fn sources_says_what_became_of_each_file() {
         assert_eq!(now[0]["uri"], late.display().to_string(), "{now:?}");
         assert_eq!(now[0]["manifest_version"], status(&b.root)["manifest_version"]);
         assert!(sources(&b.root, &["--status", "in-flight"]).is_empty());
+
+        // The bad file fixed in place and ingested: no longer quarantined.
+        std::fs::write(&bad, b"{\"id\": 1}\n{\"id\": 2}\n").unwrap();
+        assert_eq!(run(sluice(&b.root).args(["ingest", "--table", "t"]).arg(&bad)).status.code(), Some(0));
+        assert!(sources(&b.root, &["--status", "quarantined"]).is_empty(), "{}", b.name);
     }
 }

@@ -64,7 +64,7 @@ pub enum Error {
     #[error("gave up after {attempts} attempts at {what}: {last}")]
     Contention { what: &'static str, attempts: u32, last: String },
 
-    #[error("i/o error on {path}: {source}")]
+    #[error("i/o error on {path}: {}", io_hint(source))]
     Io { path: String, source: std::io::Error },
 
     #[error("injected failure at failpoint {0}")]
@@ -146,6 +146,15 @@ fn one_line(e: &object_store::Error) -> String {
         _ => ("the request failed", "retry; if it persists, check the store's health and the settings above"),
     };
     format!("{what} ({detail}); {todo}")
+}
+
+/// A local i/o failure with what to do about it, where there is something to do.
+fn io_hint(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => format!("{e}; check the path (nothing was read or written)"),
+        std::io::ErrorKind::PermissionDenied => format!("{e}; check the file system permissions of the path"),
+        _ => e.to_string(),
+    }
 }
 
 fn between<'a>(text: &'a str, open: &str, close: &str) -> Option<&'a str> {

@@ -17,7 +17,7 @@ use arrow::datatypes::{DataType, Schema};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-use crate::types;
+use crate::{json_members, types};
 
 /// Longest quoted value an error message repeats.
 const SHOWN_CHARS: usize = 40;
@@ -120,13 +120,24 @@ impl JsonNumbers {
         (!columns.is_empty()).then_some(JsonNumbers { columns })
     }
 
-    /// Check one line holding one JSON object. Malformed JSON is not this
-    /// check's to report: arrow's decoder has already accepted the line.
+    /// Check one line holding one JSON object: each top-level member that
+    /// names a numeric column, its value alone. Malformed JSON is not this
+    /// check's to report: arrow's decoder accepts or refuses the line.
     pub fn check(&self, line: &[u8]) -> Result<(), Inexact> {
-        let mut de = serde_json::Deserializer::from_slice(line);
-        match de.deserialize_map(Record(self)) {
-            Ok(None) | Err(_) => Ok(()),
-            Ok(Some((i, problem))) => {
+        let mut found: Option<(usize, Problem)> = None;
+        json_members::walk(line, |member| {
+            if found.is_some() {
+                return;
+            }
+            let Some(i) = self.columns.iter().position(|(name, _, _)| member.key_is(name)) else { return };
+            let mut de = serde_json::Deserializer::from_slice(member.value);
+            if let Ok(Err(problem)) = Number(self.columns[i].2).deserialize(&mut de) {
+                found = Some((i, problem));
+            }
+        });
+        match found {
+            None => Ok(()),
+            Some((i, problem)) => {
                 let (column, t, _) = &self.columns[i];
                 Err(Inexact { column: column.clone(), reason: explain(&problem, &types::name(t)) })
             }
@@ -151,53 +162,6 @@ fn explain(problem: &Problem, column_type: &str) -> String {
 fn shown(s: &str) -> String {
     let cut: String = s.chars().take(SHOWN_CHARS).collect();
     if cut.len() < s.len() { format!("{:?}...", cut) } else { format!("{s:?}") }
-}
-
-/// One JSON object: the first numeric column whose value would change.
-struct Record<'a>(&'a JsonNumbers);
-
-impl<'de> Visitor<'de> for Record<'_> {
-    type Value = Option<(usize, Problem)>;
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a JSON object")
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut found = None;
-        while let Some(column) = map.next_key_seed(Key(self.0))? {
-            match column {
-                Some(i) if found.is_none() => {
-                    if let Err(problem) = map.next_value_seed(Number(self.0.columns[i].2))? {
-                        found = Some((i, problem));
-                    }
-                }
-                _ => {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
-        }
-        Ok(found)
-    }
-}
-
-/// A key: the index of the numeric column it names, if any (no allocation
-/// unless the key holds escapes).
-struct Key<'a>(&'a JsonNumbers);
-
-impl<'de> DeserializeSeed<'de> for Key<'_> {
-    type Value = Option<usize>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_str(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Key<'_> {
-    type Value = Option<usize>;
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a key")
-    }
-    fn visit_str<E>(self, key: &str) -> Result<Self::Value, E> {
-        Ok(self.0.columns.iter().position(|(name, _, _)| name == key))
-    }
 }
 
 /// One value of a numeric column.

@@ -21,6 +21,7 @@ pub mod hide_newer;
 pub mod index;
 mod inline_transactions;
 pub mod ingest;
+mod json_members;
 pub mod known_manifest;
 pub mod lake;
 pub mod loads;

@@ -11,6 +11,7 @@ use arrow::array::{Array, ArrayRef, BooleanArray, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
 
+use crate::json_members;
 pub use crate::settings::RESCUE_COLUMN;
 
 /// The rescue column's field: text, nullable.
@@ -75,87 +76,13 @@ pub fn cast_by_row<E>(column: &ArrayRef, to: &DataType, cast: impl Fn(&ArrayRef)
 /// member's text `"key": value`). `None` if `line` is not one JSON object
 /// (the caller has parsed it already; this only finds the spans).
 pub fn members(line: &[u8]) -> Option<Vec<(String, &[u8])>> {
-    let mut i = skip_ws(line, 0);
-    if line.get(i) != Some(&b'{') {
-        return None;
-    }
-    i = skip_ws(line, i + 1);
     let mut out = Vec::new();
-    if line.get(i) == Some(&b'}') {
-        return Some(out);
-    }
-    loop {
-        let start = i;
-        let key_end = string_end(line, i)?;
-        let key: String = serde_json::from_slice(&line[i..key_end]).ok()?;
-        i = skip_ws(line, key_end);
-        if line.get(i) != Some(&b':') {
-            return None;
-        }
-        i = value_end(line, skip_ws(line, i + 1))?;
-        out.push((key, &line[start..i]));
-        i = skip_ws(line, i);
-        match line.get(i) {
-            Some(b',') => i = skip_ws(line, i + 1),
-            Some(b'}') => return Some(out),
-            _ => return None,
-        }
-    }
-}
-
-fn skip_ws(s: &[u8], mut i: usize) -> usize {
-    while s.get(i).is_some_and(|b| b.is_ascii_whitespace()) {
-        i += 1;
-    }
-    i
-}
-
-/// The end (exclusive) of the string starting at `i` (a `"`).
-fn string_end(s: &[u8], mut i: usize) -> Option<usize> {
-    if s.get(i) != Some(&b'"') {
-        return None;
-    }
-    i += 1;
-    loop {
-        match s.get(i)? {
-            b'\\' => i += 2,
-            b'"' => return Some(i + 1),
-            _ => i += 1,
-        }
-    }
-}
-
-/// The end (exclusive) of the value starting at `i`.
-fn value_end(s: &[u8], mut i: usize) -> Option<usize> {
-    match s.get(i)? {
-        b'"' => string_end(s, i),
-        b'{' | b'[' => {
-            let mut depth = 0usize;
-            loop {
-                match s.get(i)? {
-                    b'"' => {
-                        i = string_end(s, i)?;
-                        continue;
-                    }
-                    b'{' | b'[' => depth += 1,
-                    b'}' | b']' => {
-                        depth -= 1;
-                        if depth == 0 {
-                            return Some(i + 1);
-                        }
-                    }
-                    _ => {}
-                }
-                i += 1;
-            }
-        }
-        _ => {
-            while s.get(i).is_some_and(|b| !matches!(b, b',' | b'}' | b']') && !b.is_ascii_whitespace()) {
-                i += 1;
-            }
-            Some(i)
-        }
-    }
+    let mut keys_are_text = true;
+    let whole = json_members::walk(line, |m| match m.key() {
+        Some(key) => out.push((key.into_owned(), m.text)),
+        None => keys_are_text = false,
+    });
+    (whole && keys_are_text).then_some(out)
 }
 
 /// `{` + the members + `}`.

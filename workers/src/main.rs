@@ -112,6 +112,8 @@ enum IndexCommand {
     Create {
         table: String,
         column: String,
+        /// ivf_pq, ivf_hnsw_sq or ivf_flat (a vector column); btree, bitmap
+        /// or label_list (a scalar or list column); fts (a text column).
         #[arg(long = "type")]
         kind: String,
         /// Vector indices: l2 (default), cosine or dot.
@@ -126,6 +128,7 @@ enum IndexCommand {
         /// PQ sub-vectors (default: a sixteenth or eighth of the dimensions).
         #[arg(long)]
         sub_vectors: Option<u32>,
+        /// Budget for the whole operation, e.g. 90s, 15m.
         #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
@@ -135,6 +138,7 @@ enum IndexCommand {
     Drop {
         table: String,
         name: String,
+        /// Budget for the whole operation, e.g. 90s, 15m.
         #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
@@ -192,6 +196,7 @@ enum Command {
         /// Target table; default: each file's folder name.
         #[arg(long)]
         table: Option<String>,
+        /// Input format: jsonl, csv, parquet, arrow, arrow-stream; default: from each name.
         #[arg(long)]
         format: Option<String>,
         #[command(flatten)]
@@ -206,6 +211,7 @@ enum Command {
         /// Files per batch: one Lance commit and one publish each.
         #[arg(long, default_value_t = sluice::discover::DEFAULT_BATCH)]
         batch: usize,
+        /// Budget for the whole operation, e.g. 90s, 15m.
         #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
         timeout: Duration,
         /// List and check the ledger only: say what would be ingested.
@@ -215,6 +221,7 @@ enum Command {
     /// Load several tables from a JSON descriptor: all visible at once, or none.
     Load {
         descriptor: PathBuf,
+        /// Budget for the whole operation, e.g. 90s, 15m.
         #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
@@ -223,6 +230,7 @@ enum Command {
     /// What became of each source: ingested (newest first, with the manifest
     /// version that published it), in flight, or quarantined and why.
     Sources {
+        /// Only this table's sources.
         #[arg(long)]
         table: Option<String>,
         /// Only sources published (started, quarantined) at or after: RFC 3339 or a span ago (6h).
@@ -243,6 +251,7 @@ enum Command {
         at: Option<u64>,
         #[arg(long, value_enum, default_value = "jsonl")]
         format: OutFormat,
+        /// At most this many rows.
         #[arg(long)]
         limit: Option<u64>,
         /// Only rows matching this SQL predicate (`price > 10 AND region = 'eu'`).
@@ -265,12 +274,16 @@ enum Command {
         /// The vector column (default: the table's only one).
         #[arg(long)]
         column: Option<String>,
+        /// Only rows matching this SQL predicate.
         #[arg(long = "where")]
         filter: Option<String>,
+        /// How many rows.
         #[arg(long, default_value_t = 10)]
         k: usize,
+        /// Only these columns (comma-separated).
         #[arg(long, value_delimiter = ',')]
         columns: Option<Vec<String>>,
+        /// Manifest version (default: latest).
         #[arg(long)]
         at: Option<u64>,
         /// IVF partitions to probe (more: better recall, slower).
@@ -291,6 +304,7 @@ enum Command {
     },
     /// Manifest versions, newest first, with what each published.
     History {
+        /// At most this many versions.
         #[arg(long, default_value_t = 20)]
         limit: usize,
     },
@@ -299,6 +313,7 @@ enum Command {
         /// Say what would be decided; change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Budget for the whole operation, e.g. 90s, 15m.
         #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
@@ -314,6 +329,7 @@ enum Command {
         /// List the foreign commits; adopt nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Budget for the whole operation, e.g. 90s, 15m.
         #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
@@ -342,12 +358,14 @@ enum Command {
         /// into the newest N segments (0 keeps every segment).
         #[arg(long, default_value_t = 1)]
         index_merge: usize,
+        /// Budget for the whole operation, e.g. 90s, 15m.
         #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
     /// (Internal) run compaction tasks read from stdin as JSON; print their results.
     #[command(hide = true)]
     CompactTasks {
+        /// Budget for the whole operation, e.g. 90s, 15m.
         #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
@@ -365,11 +383,13 @@ enum Command {
         /// Keep recovery's audit records this long.
         #[arg(long, default_value = "30days", value_parser = humantime::parse_duration)]
         keep_audit: Duration,
+        /// Budget for the whole operation, e.g. 90s, 15m.
         #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
     /// What recovery decided, newest first.
     Audit {
+        /// At most this many records.
         #[arg(long, default_value_t = 50)]
         limit: usize,
     },
@@ -915,7 +935,8 @@ async fn write_rows(mut batches: impl futures::Stream<Item = Result<arrow::array
     let io_err = |e: arrow::error::ArrowError| Error::Io { path: "stdout".into(), source: std::io::Error::other(e) };
     match format {
         OutFormat::Jsonl => {
-            let mut w = arrow::json::LineDelimitedWriter::new(stdout);
+            // Every column on every line, null or not, as in CSV output.
+            let mut w = arrow::json::WriterBuilder::new().with_explicit_nulls(true).build::<_, arrow::json::writer::LineDelimited>(stdout);
             while let Some(b) = batches.next().await {
                 w.write(&b?).map_err(io_err)?;
             }
