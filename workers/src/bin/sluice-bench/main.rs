@@ -243,6 +243,16 @@ fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
+/// CPU time this process has used, all threads (user + system; Linux's
+/// /proc, in its clock ticks of 10 ms).
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat (the bench runs on Linux)");
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat[stat.rfind(')').expect("a stat line") + 2..].split(' ').collect();
+    let ticks: u64 = fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+    Duration::from_millis(ticks * 10)
+}
+
 /// Run a `sluice` command; returns wall time and its peak RSS (KiB).
 ///
 /// Measured by GNU time, a small parent: a child's own `ru_maxrss` would
@@ -280,19 +290,24 @@ async fn main() {
     // 1. Wall time at 1 MiB and 64 MiB, interleaved so drift hits both alike.
     for &mb in a.sizes.iter().filter(|_| a.want("throughput")) {
         let lake = Lake::open(&root(&format!("tp{mb}"))).unwrap();
-        let (mut s, mut l) = (Vec::new(), Vec::new());
+        let (mut s, mut l, mut s_cpu, mut l_cpu) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         // One warm-up each creates the tables, so every timed run is an append.
         let warm = generate(&a.work, "warm.jsonl", 1, 999);
         sluice_ingest(&lake, &warm).await;
         lance_append(&lake, &warm).await;
         for rep in 0..a.reps {
             let file = generate(&a.work, &format!("tp{mb}-{rep}.jsonl"), mb, rep as u64 + 1);
+            let cpu = cpu_time();
             s.push(sluice_ingest(&lake, &file).await.0);
+            let between = cpu_time();
             l.push(lance_append(&lake, &file).await.0);
+            (s_cpu.push(between - cpu), l_cpu.push(cpu_time() - between));
             std::fs::remove_file(file).unwrap();
         }
-        let (s, l) = (median(s), median(l));
-        rows.push((format!("wall time, {mb} MiB JSONL (median of {})", a.reps), ms(s), ms(l), format!("{:.2}x", s.as_secs_f64() / l.as_secs_f64())));
+        for (what, s, l) in [("wall time", s, l), ("cpu time, all threads", s_cpu, l_cpu)] {
+            let (s, l) = (median(s), median(l));
+            rows.push((format!("{what}, {mb} MiB JSONL (median of {})", a.reps), ms(s), ms(l), format!("{:.2}x", s.as_secs_f64() / l.as_secs_f64())));
+        }
     }
 
     // 1b. Round trips under the latency model, and writers contending.
