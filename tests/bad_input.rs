@@ -82,11 +82,22 @@ fn cases() -> Vec<Case> {
             column: Some("score"),
         },
         Case { name: "csv unknown column", file: "unknown.csv", content: b"id,name,shoe\n1,a,9\n".to_vec(), line: Some(1), column: Some("shoe") },
+        Case { name: "csv short row", file: "short.csv", content: b"id,name,score\n1,a,1.5\n2,b\n".to_vec(), line: Some(3), column: None },
+        Case { name: "csv invalid text", file: "latin1.csv", content: b"id,name,score\n1,a,1.5\n2,\xe9t\xe9,2.5\n".to_vec(), line: Some(3), column: Some("name") },
         // Arrow would store 7 for 7.5, 80 for "80", and round 2^53 + 1: each changes a value.
         Case {
             name: "fraction into an integer column",
             file: "fraction.jsonl",
             content: b"{\"id\": 4, \"name\": \"a\", \"score\": 1.0}\n{\"id\": 7.5, \"name\": \"b\", \"score\": 1.0}\n".to_vec(),
+            line: Some(2),
+            column: Some("id"),
+        },
+        Case {
+            // Arrow takes `01` (as text, into the name column); a strict
+            // parser stops there and would never see the 7.5 after it.
+            name: "fraction after a value only arrow takes",
+            file: "lenient.jsonl",
+            content: b"{\"id\": 4, \"name\": \"a\", \"score\": 1.0}\n{\"name\": 01, \"id\": 7.5, \"score\": 1.0}\n".to_vec(),
             line: Some(2),
             column: Some("id"),
         },
@@ -152,6 +163,11 @@ fn every_bad_input_is_rejected_located_and_quarantined() {
         }
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(case.file), "{}: the message names the file: {stderr}", case.name);
+        assert!(stderr.contains("the file is quarantined at") && stderr.contains("_quarantine/"), "{}: says where the copy is: {stderr}", case.name);
+        // Only sluice's location: arrow's own row numbers count from elsewhere.
+        for arrows in ["Row data", "for column", "for line", "Parser error", "Csv error"] {
+            assert!(!stderr.contains(arrows), "{}: {arrows:?} in {stderr}", case.name);
+        }
 
         // Published state unchanged, nothing pending, the source quarantined.
         let now = status(&b.root);

@@ -510,7 +510,7 @@ impl Conform {
 fn unknown_column(source: &Source, line: u64, name: &str, target: &Schema) -> Error {
     let names: Vec<String> = target.fields().iter().map(|f| format!("{:?}", f.name())).collect();
     let reason = format!(
-        "unknown column: not in the table's schema ({}); the file is quarantined. Ingest it again with `--evolution add-columns` \
+        "unknown column: not in the table's schema ({}). Ingest it again with `--evolution add-columns` \
          to add the column, or `--evolution rescue` to keep such fields in _rescued_data",
         names.join(", ")
     );
@@ -973,11 +973,42 @@ fn text_to(column: &ArrayRef, to: &DataType) -> std::result::Result<ArrayRef, (u
 /// since the header was read separately): turn that into file line and name.
 fn csv_error(source: &Source, names: &[String], e: &ArrowError, batch_first_line: u64, data_starts: u64) -> Error {
     let msg = e.to_string();
-    let column = number_after(&msg, "for column ")
-        .or_else(|| number_after(&msg, "parsing column "))
+    let msg = msg.strip_prefix("Parser error: ").or_else(|| msg.strip_prefix("Csv error: ")).unwrap_or(&msg);
+    // Arrow counts data rows, from 0 ("at line") or from 1 ("for line"); fields from 1.
+    let line = number_after(msg, "at line ")
+        .map(|l| l + data_starts)
+        .or_else(|| number_after(msg, "for line ").map(|l| l + data_starts - 1))
+        .unwrap_or(batch_first_line);
+    let column = number_after(msg, "for column ")
+        .or_else(|| number_after(msg, "parsing column "))
+        .or_else(|| number_after(msg, "and field ").and_then(|f| f.checked_sub(1)))
         .and_then(|i| names.get(i as usize).cloned());
-    let line = number_after(&msg, "at line ").map(|l| l + data_starts).unwrap_or(batch_first_line);
-    bad(source, Some(line), column, msg)
+    bad(source, Some(line), column, csv_reason(msg))
+}
+
+/// What arrow's CSV error says went wrong, without its own row and column
+/// numbers (the location says those, counted as in the file).
+fn csv_reason(msg: &str) -> String {
+    if let Some(rest) = msg.strip_prefix("Error while parsing value '")
+        && let Some((value, rest)) = rest.split_once("' as type '")
+        && let Some((t, _)) = rest.split_once("' for column ")
+    {
+        return format!("'{value}' is not a valid {t}");
+    }
+    if let Some(rest) = msg.strip_prefix("incorrect number of fields for line ")
+        && let Some((_, counts)) = rest.split_once(", ")
+    {
+        return format!("wrong number of fields: {}", counts.replacen(" got ", ", got ", 1));
+    }
+    if msg.starts_with("Encountered invalid UTF-8 data") {
+        return "not valid UTF-8 text".to_string();
+    }
+    if let Some(rest) = msg.strip_prefix("Error parsing column ")
+        && let Some((_, why)) = rest.split_once(": ")
+    {
+        return why.to_string();
+    }
+    msg.to_string()
 }
 
 /// The number right after `marker` in an error message.

@@ -696,11 +696,16 @@ impl Door<'_> {
     /// to carry out), remove any commit of ours the tables show after all,
     /// release our claims, remove our intent. Returns `error`.
     async fn abandon(&self, tables: &[TableWork], ours: &Ours, error: Error) -> Error {
-        if let Error::BadInput(bad) = &error
-            && let Err(e) = self.quarantine(bad, tables).await
-        {
-            tracing::error!(error = %e, source = %bad.source_uri, "could not quarantine the bad source");
-        }
+        let error = match error {
+            Error::BadInput(mut bad) => {
+                match self.quarantine(&bad, tables).await {
+                    Ok(copy) => bad.reason = format!("{}; the file is quarantined at {copy}: fix it and deliver it again", bad.reason),
+                    Err(e) => tracing::error!(error = %e, source = %bad.source_uri, "could not quarantine the bad source"),
+                }
+                Error::BadInput(bad)
+            }
+            other => other,
+        };
         match self.roll_back_own(tables, ours).await {
             Ok(()) => error,
             Err(e) => chain(error, e),
@@ -748,7 +753,9 @@ impl Door<'_> {
         }
         sidecar::delete_intent(self.w.lake, &id).await
     }
-    async fn quarantine(&self, bad: &BadInput, tables: &[TableWork]) -> Result<()> {
+    /// Copy the bad source and its reason under `_quarantine/<source id>/`;
+    /// returns where the copy is.
+    async fn quarantine(&self, bad: &BadInput, tables: &[TableWork]) -> Result<String> {
         let source = self.sources.iter().find(|s| s.uri == bad.source_uri).expect("bad input names one of our sources");
         let table = tables.iter().find(|t| t.sources.iter().any(|(s, _)| s.id == source.id)).map(|t| t.request.table.as_str());
         let dir = format!("_quarantine/{}", source.id);
@@ -764,7 +771,8 @@ impl Door<'_> {
             message: String,
         }
         let reason = Reason { op: &self.w.op, table, at: Utc::now(), identity: &source.identity, error: bad, message: bad.to_string() };
-        self.w.lake.put_json(&format!("{dir}/reason.json"), &reason).await
+        self.w.lake.put_json(&format!("{dir}/reason.json"), &reason).await?;
+        Ok(format!("{}/{dir}/", self.w.lake.uri().trim_end_matches('/')))
     }
 
     fn forward(&self, tables: &[TableWork]) -> Decision {

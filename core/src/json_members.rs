@@ -1,7 +1,7 @@
 //! The top-level members of one JSON object's text, found without parsing
 //! their values: the spans the exactness check and the rescue column need
-//! from a line arrow parses. Strings are skipped with `memchr`, so walking
-//! a line costs a fraction of parsing it.
+//! from a line arrow parses. Values are delimited, not parsed, so a value
+//! arrow takes but a strict parser refuses (`01`) hides nothing after it.
 
 use std::borrow::Cow;
 
@@ -9,7 +9,7 @@ use std::borrow::Cow;
 #[derive(Debug, Clone, Copy)]
 pub struct Member<'a> {
     /// The key between its quotes, escapes as written.
-    pub raw_key: &'a [u8],
+    raw_key: &'a [u8],
     /// Does the key hold an escape (`\`)?
     escaped: bool,
     /// `"key": value`.
@@ -77,21 +77,15 @@ fn skip_ws(s: &[u8], mut i: usize) -> usize {
 }
 
 /// The end (exclusive) of the string starting at `i` (a `"`), and whether
-/// it holds an escape. Most strings are short: their bytes are looked at one
-/// by one before `memchr` takes over.
+/// it holds an escape.
 fn string_end(s: &[u8], i: usize) -> Option<(usize, bool)> {
-    const SHORT: usize = 32;
     if s.get(i) != Some(&b'"') {
         return None;
     }
     let (mut at, mut escaped) = (i + 1, false);
     loop {
         let rest = s.get(at..)?;
-        let found = match rest.iter().take(SHORT).position(|&b| b == b'"' || b == b'\\') {
-            Some(n) => n,
-            None if rest.len() <= SHORT => return None,
-            None => SHORT + memchr::memchr2(b'"', b'\\', &rest[SHORT..])?,
-        };
+        let found = quote_or_backslash(rest)?;
         at += found;
         match s[at] {
             b'"' => return Some((at + 1, escaped)),
@@ -99,6 +93,29 @@ fn string_end(s: &[u8], i: usize) -> Option<(usize, bool)> {
             other => unreachable!("found {other:?} looking for a quote or a backslash"),
         }
     }
+}
+
+/// The first `"` or `\\` in `s`, eight bytes at a time: most strings are
+/// too short for a call to `memchr` to pay off. A byte of the word equal to
+/// neither has no high bit left in its mask; the lowest one set is the first
+/// match (only bytes after a match can show false ones).
+fn quote_or_backslash(s: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let matches = |word: u64, byte: u8| {
+        let x = word ^ (ONES * byte as u64);
+        x.wrapping_sub(ONES) & !x & HIGHS
+    };
+    let mut at = 0;
+    while let Some(chunk) = s.get(at..at + 8) {
+        let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
+        let hits = matches(word, b'"') | matches(word, b'\\');
+        if hits != 0 {
+            return Some(at + hits.trailing_zeros() as usize / 8);
+        }
+        at += 8;
+    }
+    s[at..].iter().position(|&b| b == b'"' || b == b'\\').map(|n| at + n)
 }
 
 /// The end (exclusive) of the value starting at `i`.
