@@ -43,20 +43,20 @@ fn cases() -> Vec<Case> {
         },
         Case { name: "empty file", file: "empty.jsonl", content: Vec::new(), line: None, column: None },
         Case {
-            // Chunks of 8,192 lines decode in parallel: the first bad line in
-            // the file (chunk 2) is the one named, not one in a chunk read
-            // later (chunk 3) that may finish first.
-            name: "bad lines in two later chunks",
+            // Blocks of about 1 MiB (some 25,000 of these lines) decode in
+            // parallel: the first bad line in the file (block 2) is the one
+            // named, not one in a block read later (block 3) that may finish first.
+            name: "bad lines in two later blocks",
             file: "late.jsonl",
-            content: (1..=30_000)
+            content: (1..=90_000)
                 .map(|line| match line {
-                    10_001 => "{\"id\": 7.5, \"name\": \"x\", \"score\": 1.0}\n".to_string(),
-                    20_000 => "{\"id\": 20000, \"name\": \n".to_string(),
+                    30_001 => "{\"id\": 7.5, \"name\": \"x\", \"score\": 1.0}\n".to_string(),
+                    60_000 => "{\"id\": 20000, \"name\": \n".to_string(),
                     _ => format!("{{\"id\": {line}, \"name\": \"n\", \"score\": 1.5}}\n"),
                 })
                 .collect::<String>()
                 .into_bytes(),
-            line: Some(10_001),
+            line: Some(30_001),
             column: Some("id"),
         },
         Case {

@@ -329,19 +329,32 @@ fn a_new_table_is_inferred_from_its_whole_first_file() {
     }
 }
 
-/// A large JSONL file is decoded in chunks on several threads; its rows are
-/// stored in the order written, every one once.
+/// A large JSONL file is decoded in blocks of about 1 MiB on several threads;
+/// its rows are stored in the order written, every one once, across blank
+/// lines (a whole block of them), a line longer than a block, and a last
+/// line without its newline.
 #[test]
 fn a_large_file_keeps_its_row_order() {
     let b = local();
     let dir = tempfile::tempdir().unwrap();
-    // 9 chunks of 8192 lines, the last one short.
-    let ids: Vec<i64> = (0..70_000).map(|i| (i * 7919) % 70_001).collect();
-    let rows: String = ids.iter().map(|i| format!("{{\"id\": {i}, \"name\": \"n{i}\", \"score\": 0.5}}\n")).collect();
+    let ids: Vec<i64> = (0..200_000).map(|i| (i * 7919) % 200_003).collect();
+    let mut rows = String::new();
+    for (n, i) in ids.iter().enumerate() {
+        let name = if n == 150_000 { "x".repeat(3 << 19) } else { format!("n{i}") };
+        rows.push_str(&format!("{{\"id\": {i}, \"name\": \"{name}\", \"score\": 0.5}}"));
+        match n {
+            1_000 => rows.push_str(&"\n \t\r".repeat(1 << 19)),
+            n if n % 997 == 0 => rows.push_str("\n\n  \r"),
+            _ => {}
+        }
+        if n + 1 < ids.len() {
+            rows.push('\n');
+        }
+    }
     let path = write(dir.path(), "large.jsonl", rows.as_bytes());
     let out = run(sluice(&b.root).args(["ingest", "--table", "t"]).arg(&path));
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-    let out = run(sluice(&b.root).args(["scan", "t"]));
+    let out = run(sluice(&b.root).args(["scan", "t", "--columns", "id"]));
     let scanned: Vec<i64> = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].as_i64().unwrap()).collect();
     assert_eq!(scanned, ids, "rows in file order");
 }

@@ -529,11 +529,13 @@ fn list_len(column: &ArrayRef, row: usize) -> Option<usize> {
 }
 
 /// JSON Lines as batches of the table schema. The reading thread cuts the
-/// file into chunks at line boundaries; each chunk is decoded in one call (and
-/// checked for values that would change) on a thread of its own, at most
-/// `window` at once, and the batches come back in file order, so the first bad
-/// line in the file is the one reported. Only a chunk that fails, or yields a
-/// row count other than its line count, is decoded line by line to name the bad one.
+/// file into blocks of whole lines (copying bytes and counting newlines,
+/// nothing per line); each block is split into lines, decoded in one call
+/// and checked for values that would change on a thread of its own, at most
+/// `window` at once, and the batches come back in file order, so the first
+/// bad line in the file is the one reported. Only a chunk that fails, or
+/// yields a row count other than its line count, is decoded line by line to
+/// name the bad one.
 struct JsonLines {
     reader: Box<dyn BufRead + Send>,
     chunks: Arc<JsonChunks>,
@@ -547,14 +549,14 @@ struct JsonLines {
     spare: Arc<Mutex<Vec<Vec<u8>>>>,
 }
 
-/// A chunk being decoded, or one whose outcome is known (a read error).
+/// A chunk being decoded (`None`: only blank lines), or one whose outcome is known (a read error).
 enum Decoding {
     Thread(std::thread::JoinHandle<Result<Option<RecordBatch>>>),
     Ready(Result<Option<RecordBatch>>),
 }
 
-/// Up to this many lines, or this many bytes (a chunk always holds at least one line).
-const CHUNK_BYTES: usize = 8 << 20;
+/// Bytes per block: whole lines, this many or a little more (a block always holds at least one line).
+const CHUNK_BYTES: usize = 1 << 20;
 /// Lines a `rescue` table's failed chunk is tried in before any is taken apart.
 const RESCUE_BLOCK: usize = 32;
 
@@ -569,10 +571,40 @@ struct JsonChunks {
     rescue: Option<(SchemaRef, usize)>,
 }
 
+/// Whole lines of one file as read, and the number of the first.
+struct Block {
+    buf: Vec<u8>,
+    first_line: u64,
+}
+
 /// Lines of one file: their bytes, and each record's (line number, byte range) in them.
 struct Chunk {
     buf: Vec<u8>,
     records: Vec<(u64, std::ops::Range<usize>)>,
+}
+
+impl Chunk {
+    /// A block's records: its lines that are not blank. Blank lines stay in
+    /// the bytes, which arrow reads as whitespace between records.
+    fn of(block: Block) -> Chunk {
+        let Block { buf, first_line } = block;
+        let unterminated = buf.last().is_some_and(|&b| b != b'\n');
+        let ends = memchr::memchr_iter(b'\n', &buf).map(|at| at + 1).chain(unterminated.then_some(buf.len()));
+        let mut records = Vec::new();
+        let mut start = 0;
+        for (line, end) in (first_line..).zip(ends) {
+            if !buf[start..end].iter().all(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n')) {
+                records.push((line, start..end));
+            }
+            start = end;
+        }
+        Chunk { buf, records }
+    }
+}
+
+/// Lines in `buf`: its newlines, and an unterminated last line.
+fn lines_in(buf: &[u8]) -> u64 {
+    memchr::memchr_iter(b'\n', buf).count() as u64 + u64::from(buf.last().is_some_and(|&b| b != b'\n'))
 }
 
 impl JsonLines {
@@ -586,7 +618,7 @@ impl JsonLines {
             _ => (target, None),
         };
         // A schema arrow cannot decode JSON into fails here, not in a thread.
-        JsonChunks::decoder(&schema)?;
+        JsonChunks::decoder(&schema, 1)?;
         let numbers = JsonNumbers::for_schema(&schema);
         Ok(JsonLines {
             reader,
@@ -599,64 +631,81 @@ impl JsonLines {
         })
     }
 
-    /// The next chunk of lines, `None` at the end of the file.
-    fn read_chunk(&mut self) -> Result<Option<Chunk>> {
-        let buf = self.spare.lock().expect("spare buffers poisoned").pop().unwrap_or_default();
-        let mut chunk = Chunk { buf, records: Vec::with_capacity(BATCH_ROWS) };
-        while !self.done && chunk.records.len() < BATCH_ROWS && chunk.buf.len() < CHUNK_BYTES {
-            let start = chunk.buf.len();
-            let n = self
-                .reader
-                .read_until(b'\n', &mut chunk.buf)
-                .map_err(|e| bad(&self.chunks.source, Some(self.line + 1), None, format!("reading (truncated or corrupt file?): {e}")))?;
-            if n == 0 {
-                self.done = true;
-                break;
+    /// The next block of whole lines, `None` at the end of the file.
+    fn read_block(&mut self) -> Result<Option<Block>> {
+        let mut buf = self.spare.lock().expect("spare buffers poisoned").pop().unwrap_or_default();
+        let read = |buf: &mut Vec<u8>, reader: &mut Box<dyn BufRead + Send>| -> std::io::Result<bool> {
+            while buf.len() < CHUNK_BYTES {
+                let available = reader.fill_buf()?;
+                if available.is_empty() {
+                    return Ok(true);
+                }
+                let n = available.len().min(CHUNK_BYTES - buf.len());
+                buf.extend_from_slice(&available[..n]);
+                reader.consume(n);
             }
-            self.line += 1;
-            if chunk.buf[start..].iter().all(u8::is_ascii_whitespace) {
-                chunk.buf.truncate(start);
-                continue;
+            // On to the end of the line the block stopped in.
+            Ok(buf.last() != Some(&b'\n') && reader.read_until(b'\n', buf)? == 0)
+        };
+        match read(&mut buf, &mut self.reader) {
+            Ok(at_end) => self.done = at_end,
+            Err(e) => {
+                // The line after the last whole one read.
+                let line = self.line + memchr::memchr_iter(b'\n', &buf).count() as u64 + 1;
+                return Err(bad(&self.chunks.source, Some(line), None, format!("reading (truncated or corrupt file?): {e}")));
             }
-            chunk.records.push((self.line, start..chunk.buf.len()));
         }
-        Ok((!chunk.records.is_empty()).then_some(chunk))
+        if buf.is_empty() {
+            return Ok(None);
+        }
+        let first_line = self.line + 1;
+        self.line += lines_in(&buf);
+        Ok(Some(Block { buf, first_line }))
     }
 
     fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
-        while !self.done && self.in_flight.len() < self.window {
-            match self.read_chunk() {
-                Ok(Some(chunk)) => {
-                    let (chunks, spare) = (Arc::clone(&self.chunks), Arc::clone(&self.spare));
-                    self.in_flight.push_back(Decoding::Thread(std::thread::spawn(move || {
-                        let decoded = chunks.decode(&chunk);
-                        let mut buf = chunk.buf;
-                        buf.clear();
-                        spare.lock().expect("spare buffers poisoned").push(buf);
-                        decoded
-                    })));
-                }
-                Ok(None) => {}
-                // Reported after the chunks before it, which may hold an earlier bad line.
-                Err(e) => {
-                    self.done = true;
-                    self.in_flight.push_back(Decoding::Ready(Err(e)));
+        // Each round ends a chunk: at most one per block of the file, plus the end.
+        loop {
+            while !self.done && self.in_flight.len() < self.window {
+                match self.read_block() {
+                    Ok(Some(block)) => {
+                        let (chunks, spare) = (Arc::clone(&self.chunks), Arc::clone(&self.spare));
+                        self.in_flight.push_back(Decoding::Thread(std::thread::spawn(move || {
+                            let chunk = Chunk::of(block);
+                            let decoded = if chunk.records.is_empty() { Ok(None) } else { chunks.decode(&chunk) };
+                            let mut buf = chunk.buf;
+                            buf.clear();
+                            spare.lock().expect("spare buffers poisoned").push(buf);
+                            decoded
+                        })));
+                    }
+                    Ok(None) => {}
+                    // Reported after the chunks before it, which may hold an earlier bad line.
+                    Err(e) => {
+                        self.done = true;
+                        self.in_flight.push_back(Decoding::Ready(Err(e)));
+                    }
                 }
             }
-        }
-        assert!(self.in_flight.len() <= self.window, "decoding is bounded");
-        match self.in_flight.pop_front() {
-            None => Ok(None),
-            Some(Decoding::Ready(result)) => result,
-            Some(Decoding::Thread(thread)) => thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            assert!(self.in_flight.len() <= self.window, "decoding is bounded");
+            let decoded = match self.in_flight.pop_front() {
+                None => return Ok(None),
+                Some(Decoding::Ready(result)) => result,
+                Some(Decoding::Thread(thread)) => thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            };
+            // A chunk of blank lines only yields nothing: on to the next.
+            if let Some(batch) = decoded? {
+                return Ok(Some(batch));
+            }
         }
     }
 }
 
 impl JsonChunks {
-    fn decoder(schema: &SchemaRef) -> Result<arrow::json::reader::Decoder> {
+    /// A decoder of `rows` records into one batch.
+    fn decoder(schema: &SchemaRef, rows: usize) -> Result<arrow::json::reader::Decoder> {
         arrow::json::ReaderBuilder::new(Arc::clone(schema))
-            .with_batch_size(BATCH_ROWS)
+            .with_batch_size(rows.max(1))
             .with_strict_mode(true)
             .with_coerce_primitive(true)
             .build_decoder()
@@ -698,7 +747,7 @@ impl JsonChunks {
 
     /// Does this one line decode, and keep every value as written?
     fn decode_one(&self, line: u64, bytes: &[u8]) -> Result<()> {
-        let mut one = Self::decoder(&self.schema)?;
+        let mut one = Self::decoder(&self.schema, 1)?;
         one.decode(bytes).map_err(|e| self.error(line, &e))?;
         if one.has_partial_record() || one.len() != 1 {
             return Err(bad(&self.source, Some(line), None, "not one complete JSON object on this line (truncated?)"));
@@ -748,7 +797,7 @@ impl JsonChunks {
                 rescued.push(out);
             }
         }
-        let mut decoder = Self::decoder(&self.schema)?;
+        let mut decoder = Self::decoder(&self.schema, rescued.len())?;
         let failed = |e: ArrowError| bad(&self.source, None, None, format!("lines left after rescuing did not decode: {e}"));
         decoder.decode(&fixed).map_err(failed)?;
         let batch = decoder.flush().map_err(failed)?;
@@ -757,7 +806,7 @@ impl JsonChunks {
 
     /// Do these lines decode together, keeping every value as written?
     fn fits<'b>(&self, lines: impl Iterator<Item = (u64, &'b [u8])>) -> bool {
-        let Ok(mut decoder) = Self::decoder(&self.schema) else { return false };
+        let Ok(mut decoder) = Self::decoder(&self.schema, RESCUE_BLOCK) else { return false };
         let mut n = 0;
         for (_, bytes) in lines {
             n += 1;
@@ -807,7 +856,7 @@ impl JsonChunks {
     }
 
     fn decode_whole(&self, chunk: &Chunk) -> Result<Option<RecordBatch>> {
-        let mut decoder = Self::decoder(&self.schema)?;
+        let mut decoder = Self::decoder(&self.schema, chunk.records.len())?;
         match decoder.decode(&chunk.buf) {
             Ok(used) if used == chunk.buf.len() && !decoder.has_partial_record() && decoder.len() == chunk.records.len() => {}
             Ok(_) => return Err(self.locate(chunk, None)),
