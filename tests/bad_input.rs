@@ -102,6 +102,29 @@ fn cases() -> Vec<Case> {
             column: Some("id"),
         },
         Case {
+            // Arrow takes a missing comma, and stores 7 for the 7.5 after it.
+            name: "fraction after a missing comma",
+            file: "nocomma.jsonl",
+            content: b"{\"id\": 4, \"name\": \"a\", \"score\": 1.0}\n{\"name\": \"b\" \"id\": 7.5, \"score\": 1.0}\n".to_vec(),
+            line: Some(2),
+            column: None,
+        },
+        Case {
+            name: "two objects on one line",
+            file: "twice.jsonl",
+            content: b"{\"id\": 4, \"name\": \"a\", \"score\": 1.0}\n{\"id\": 5, \"name\": \"b\", \"score\": 1.0}{\"id\": 6, \"name\": \"c\", \"score\": 1.0}\n".to_vec(),
+            line: Some(2),
+            column: None,
+        },
+        Case {
+            // Not JSON (a leading zero): arrow reads 1.5 and stores 1.
+            name: "a number JSON does not write",
+            file: "leadingzero.jsonl",
+            content: b"{\"id\": 4, \"name\": \"a\", \"score\": 1.0}\n{\"id\": 01.5, \"name\": \"b\", \"score\": 1.0}\n".to_vec(),
+            line: Some(2),
+            column: Some("id"),
+        },
+        Case {
             name: "quoted number into an integer column",
             file: "quoted.jsonl",
             content: b"{\"id\": 4, \"name\": \"a\", \"score\": 1.0}\n{\"name\": \"b\", \"id\": \"80\", \"score\": 1.0}\n".to_vec(),

@@ -555,7 +555,9 @@ enum Decoding {
     Ready(Result<Option<RecordBatch>>),
 }
 
-/// Bytes per block: whole lines, this many or a little more (a block always holds at least one line).
+/// Bytes per block: whole lines, this many or a little more (a block always
+/// holds at least one line), and at most `BATCH_ROWS` lines: a row's arrays
+/// can be far larger than its text (an omitted vector is still 768 slots).
 const CHUNK_BYTES: usize = 1 << 20;
 /// Lines a `rescue` table's failed chunk is tried in before any is taken apart.
 const RESCUE_BLOCK: usize = 32;
@@ -635,16 +637,31 @@ impl JsonLines {
     fn read_block(&mut self) -> Result<Option<Block>> {
         let mut buf = self.spare.lock().expect("spare buffers poisoned").pop().unwrap_or_default();
         let read = |buf: &mut Vec<u8>, reader: &mut Box<dyn BufRead + Send>| -> std::io::Result<bool> {
+            let mut lines = 0;
             while buf.len() < CHUNK_BYTES {
-                let available = reader.fill_buf()?;
+                let available = match reader.fill_buf() {
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    read => read?,
+                };
                 if available.is_empty() {
                     return Ok(true);
                 }
-                let n = available.len().min(CHUNK_BYTES - buf.len());
+                let mut n = available.len().min(CHUNK_BYTES - buf.len());
+                let mut full = false;
+                for at in memchr::memchr_iter(b'\n', &available[..n]) {
+                    lines += 1;
+                    if lines == BATCH_ROWS {
+                        (n, full) = (at + 1, true);
+                        break;
+                    }
+                }
                 buf.extend_from_slice(&available[..n]);
                 reader.consume(n);
+                if full {
+                    return Ok(false);
+                }
             }
-            // On to the end of the line the block stopped in.
+            // On to the end of the line the block stopped in: one line more, still at most BATCH_ROWS.
             Ok(buf.last() != Some(&b'\n') && reader.read_until(b'\n', buf)? == 0)
         };
         match read(&mut buf, &mut self.reader) {
@@ -659,7 +676,9 @@ impl JsonLines {
             return Ok(None);
         }
         let first_line = self.line + 1;
-        self.line += lines_in(&buf);
+        let lines = lines_in(&buf);
+        assert!(lines <= BATCH_ROWS as u64, "a block holds at most BATCH_ROWS lines, so a batch's arrays are bounded");
+        self.line += lines;
         Ok(Some(Block { buf, first_line }))
     }
 
@@ -748,13 +767,13 @@ impl JsonChunks {
     /// Does this one line decode, and keep every value as written?
     fn decode_one(&self, line: u64, bytes: &[u8]) -> Result<()> {
         let mut one = Self::decoder(&self.schema, 1)?;
-        one.decode(bytes).map_err(|e| self.error(line, &e))?;
-        if one.has_partial_record() || one.len() != 1 {
+        let used = one.decode(bytes).map_err(|e| self.error(line, &e))?;
+        if used != bytes.len() || one.has_partial_record() || one.len() != 1 {
             return Err(bad(&self.source, Some(line), None, "not one complete JSON object on this line (truncated?)"));
         }
         one.flush().map_err(|e| self.error(line, &e))?;
         match &self.numbers {
-            Some(numbers) => numbers.check(bytes).map_err(|e| bad(&self.source, Some(line), Some(e.column), e.reason)),
+            Some(numbers) => numbers.check(bytes).map_err(|e| bad(&self.source, Some(line), e.column, e.reason)),
             None => Ok(()),
         }
     }
@@ -798,9 +817,14 @@ impl JsonChunks {
             }
         }
         let mut decoder = Self::decoder(&self.schema, rescued.len())?;
-        let failed = |e: ArrowError| bad(&self.source, None, None, format!("lines left after rescuing did not decode: {e}"));
-        decoder.decode(&fixed).map_err(failed)?;
-        let batch = decoder.flush().map_err(failed)?;
+        let failed = |e: String| bad(&self.source, None, None, format!("lines left after rescuing did not decode: {e}"));
+        let used = decoder.decode(&fixed).map_err(|e| failed(e.to_string()))?;
+        let batch = decoder.flush().map_err(|e| failed(e.to_string()))?;
+        // Each rescued cell belongs to its own row: one row per line, or none.
+        let rows = batch.as_ref().map_or(0, RecordBatch::num_rows);
+        if used != fixed.len() || rows != rescued.len() {
+            return Err(failed(format!("{rows} rows from {} lines", rescued.len())));
+        }
         Ok((batch, Some(Arc::new(arrow::array::StringArray::from(rescued)))))
     }
 
@@ -811,7 +835,8 @@ impl JsonChunks {
         for (_, bytes) in lines {
             n += 1;
             let numbers_fit = self.numbers.as_ref().is_none_or(|numbers| numbers.check(bytes).is_ok());
-            if !numbers_fit || decoder.decode(bytes).is_err() || decoder.decode(b"\n").is_err() {
+            let whole = |decoded: Result<usize, ArrowError>, of: &[u8]| decoded.is_ok_and(|used| used == of.len());
+            if !numbers_fit || !whole(decoder.decode(bytes), bytes) || !whole(decoder.decode(b"\n"), b"\n") {
                 return false;
             }
         }
@@ -865,7 +890,7 @@ impl JsonChunks {
         let batch = decoder.flush().map_err(|e| self.locate(chunk, Some(e)))?;
         if let Some(numbers) = &self.numbers {
             for (line, range) in &chunk.records {
-                numbers.check(&chunk.buf[range.clone()]).map_err(|e| bad(&self.source, Some(*line), Some(e.column), e.reason))?;
+                numbers.check(&chunk.buf[range.clone()]).map_err(|e| bad(&self.source, Some(*line), e.column, e.reason))?;
             }
         }
         Ok(batch)

@@ -94,6 +94,8 @@ enum Problem {
     NotWhole(String),
     OutOfRange(String),
     Rounds(String),
+    /// Not a number as JSON writes one (`01`, `.5`, `1e999`): arrow reads it anyway, as something else.
+    NotJson(String),
 }
 
 /// The top-level numeric columns of a table, checked on each JSON line.
@@ -102,10 +104,10 @@ pub struct JsonNumbers {
     columns: Vec<(String, DataType, Kind)>,
 }
 
-/// A value that would change: the column and why.
+/// A value that would change: the column (none: the line's shape) and why.
 #[derive(Debug)]
 pub struct Inexact {
-    pub column: String,
+    pub column: Option<String>,
     pub reason: String,
 }
 
@@ -120,27 +122,33 @@ impl JsonNumbers {
         (!columns.is_empty()).then_some(JsonNumbers { columns })
     }
 
-    /// Check one line holding one JSON object: each top-level member that
-    /// names a numeric column, its value alone. Malformed JSON is not this
-    /// check's to report: arrow's decoder accepts or refuses the line.
+    /// Check one line arrow's decoder took as one JSON object: that it is
+    /// one, as JSON writes it (arrow also takes a missing comma, or two
+    /// objects on one line), and each top-level member that names a numeric
+    /// column, its value alone.
     pub fn check(&self, line: &[u8]) -> Result<(), Inexact> {
         let mut found: Option<(usize, Problem)> = None;
-        json_members::walk(line, |member| {
+        let one_object = json_members::walk(line, |member| {
             if found.is_some() {
                 return;
             }
             let Some(i) = self.columns.iter().position(|(name, _, _)| member.key_is(name)) else { return };
             let mut de = serde_json::Deserializer::from_slice(member.value);
-            if let Ok(Err(problem)) = Number(self.columns[i].2).deserialize(&mut de) {
+            let checked = Number(self.columns[i].2).deserialize(&mut de).unwrap_or_else(|_| Err(Problem::NotJson(String::from_utf8_lossy(member.value).into_owned())));
+            if let Err(problem) = checked {
                 found = Some((i, problem));
             }
         });
         match found {
-            None => Ok(()),
             Some((i, problem)) => {
                 let (column, t, _) = &self.columns[i];
-                Err(Inexact { column: column.clone(), reason: explain(&problem, &types::name(t)) })
+                Err(Inexact { column: Some(column.clone()), reason: explain(&problem, &types::name(t)) })
             }
+            None if !one_object => Err(Inexact {
+                column: None,
+                reason: "not one JSON object as JSON writes it (a missing comma, or a second object on the line?)".to_string(),
+            }),
+            None => Ok(()),
         }
     }
 }
@@ -156,6 +164,7 @@ fn explain(problem: &Problem, column_type: &str) -> String {
         Problem::NotWhole(v) => format!("{v} is not a whole number and the column is {column_type}: storing it would change the value"),
         Problem::OutOfRange(v) => format!("{v} is out of range for {column_type}"),
         Problem::Rounds(v) => format!("{v} cannot be held exactly by {column_type}: storing it would change the value"),
+        Problem::NotJson(v) => format!("{} is not a number as JSON writes one, and the column is {column_type}: it would be stored as something else", shown(v)),
     }
 }
 

@@ -37,8 +37,9 @@ impl<'a> Member<'a> {
 }
 
 /// Call `each` with every top-level member of `line`, in order. `false` if
-/// `line` is not one JSON object (text after its closing brace is not looked
-/// at). Values are delimited, not validated: malformed JSON is its parser's to refuse.
+/// `line` is not exactly one JSON object (whitespace around it aside): a
+/// missing comma or a second object on the line, which arrow's decoder takes,
+/// stop the walk. Values are delimited, not validated.
 pub fn walk<'a>(line: &'a [u8], mut each: impl FnMut(Member<'a>)) -> bool {
     let mut i = skip_ws(line, 0);
     if line.get(i) != Some(&b'{') {
@@ -46,7 +47,7 @@ pub fn walk<'a>(line: &'a [u8], mut each: impl FnMut(Member<'a>)) -> bool {
     }
     i = skip_ws(line, i + 1);
     if line.get(i) == Some(&b'}') {
-        return true;
+        return skip_ws(line, i + 1) == line.len();
     }
     // Each round consumes at least a key's two quotes: at most len/2 rounds.
     for _ in 0..=line.len() / 2 {
@@ -62,7 +63,7 @@ pub fn walk<'a>(line: &'a [u8], mut each: impl FnMut(Member<'a>)) -> bool {
         i = skip_ws(line, value_end);
         match line.get(i) {
             Some(b',') => i = skip_ws(line, i + 1),
-            Some(b'}') => return true,
+            Some(b'}') => return skip_ws(line, i + 1) == line.len(),
             _ => return false,
         }
     }
@@ -175,7 +176,10 @@ mod tests {
         let values: Vec<&str> = m.iter().map(|(_, _, v)| v.as_str()).collect();
         assert_eq!(values, ["1.50", r#"{"x": [1, "}"]}"#, r#""s,}\\""#, "123456789012345678901234"]);
         assert_eq!(members(b"{}").unwrap().len(), 0);
-        for not_one_object in [&b"[1]"[..], b"", b"{", b"{\"a\"}", b"{\"a\": }", b"{\"a\": 1", b"{\"a\": \"x}", b"{\"a\": [1}"] {
+        assert_eq!(members(b"{\"a\": 1} \r\n").unwrap().len(), 1);
+        let not_one = [&b"[1]"[..], b"", b"{", b"{\"a\"}", b"{\"a\": }", b"{\"a\": 1", b"{\"a\": \"x}", b"{\"a\": [1}"];
+        let more_than_one = [&b"{\"a\": 1}{\"b\": 2}"[..], b"{\"a\": 1 \"b\": 2}", b"{\"a\": 1,,\"b\": 2}", b"{,\"a\": 1}", b"{} x"];
+        for not_one_object in not_one.into_iter().chain(more_than_one) {
             assert!(members(not_one_object).is_none(), "{:?}", String::from_utf8_lossy(not_one_object));
         }
     }

@@ -97,19 +97,16 @@ pub async fn list(lake: &Lake, filter: &Filter) -> Result<Vec<Entry>> {
     }
     if filter.wants(Status::Quarantined) {
         let found = quarantined(lake, filter).await?;
-        // A quarantined file is no longer quarantined once it, or a newer
-        // version of it (the same path or key, fixed), was ingested after:
-        // look for either among the versions since the oldest.
+        // A quarantined file is no longer quarantined once it, or a version
+        // of it (the same path or key, fixed), was ingested into its table
+        // after: look among the versions since the oldest. (Publish times
+        // order this, so an older version published late hides it too.)
         if let Some(oldest) = found.iter().map(|q| q.at).min() {
             let since = Filter { table: None, since: Some(oldest), statuses: Vec::new(), limit: usize::MAX };
             let later = ingested(lake, &since).await?;
-            let ids: std::collections::BTreeSet<&str> = later.iter().map(|e| e.identity.as_str()).collect();
-            let mut newest_by_uri: std::collections::BTreeMap<&str, DateTime<Utc>> = std::collections::BTreeMap::new();
-            for e in &later {
-                let at = newest_by_uri.entry(&e.uri).or_insert(e.at);
-                *at = (*at).max(e.at);
-            }
-            let superseded = |q: &Entry| ids.contains(q.identity.as_str()) || newest_by_uri.get(q.uri.as_str()).is_some_and(|at| *at >= q.at);
+            let superseded = |q: &Entry| {
+                later.iter().any(|e| e.table == q.table && e.at >= q.at && (e.identity == q.identity || e.uri == q.uri))
+            };
             out.extend(found.into_iter().filter(|q| !superseded(q)));
         }
     }
