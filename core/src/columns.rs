@@ -99,14 +99,14 @@ async fn commit(lake: &Lake, table: &str, pin: &TablePin, id: &AttemptId, missin
             let operation = Operation::Merge { fragments: ds.fragments().as_ref().clone(), schema, preserves_nullability: true };
             let mut txn = Transaction::new(ds.version().version, operation, None);
             txn.transaction_properties = Some(Arc::new(sidecar::commit_properties(&id.op, &id.attempt, &id.attempt, SCOPE_COLUMNS)));
-            let left = deadline.remaining();
+            let commit = deadline.bound(CommitBuilder::new(ds));
             // Frozen here, a process is like a paused VM: woken, its commit still lands.
             failpoints::hit(failpoints::COLUMNS_BEFORE_COMMIT)?;
-            Ok((ds, txn, left))
+            Ok((commit, txn))
         }
         .await;
-        let (ds, txn, left) = single::or_give_up(lake, id, built).await?;
-        let committed = CommitBuilder::new(ds).with_timeout(Some(left)).with_retry_timeout(left.min(Duration::from_secs(30))).execute(txn).await;
+        let (commit, txn) = single::or_give_up(lake, id, built).await?;
+        let committed = commit.execute(txn).await;
         let error = match committed {
             Ok(ds) => return Ok(Some((ds.version().version, LanceManifest::of(&ds)))),
             Err(e) => e,

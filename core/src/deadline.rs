@@ -4,11 +4,14 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use lance::dataset::CommitBuilder;
 
 use crate::error::{Error, Result};
 
 /// The longest safety margin kept before a deadline.
 const MAX_MARGIN: Duration = Duration::from_secs(10);
+/// The longest Lance retries a commit that lost a race, within a deadline.
+const MAX_COMMIT_RETRIES: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Deadline {
@@ -31,6 +34,13 @@ impl Deadline {
     pub fn remaining(&self) -> Duration {
         let left = (self.at - Utc::now()).to_std().unwrap_or(Duration::ZERO);
         left.saturating_sub(self.margin)
+    }
+
+    /// `commit` bounded by what is left: Lance waits at most that long for
+    /// it, and retries a lost race for at most 30 s of it.
+    pub fn bound<'a>(&self, commit: CommitBuilder<'a>) -> CommitBuilder<'a> {
+        let left = self.remaining();
+        commit.with_timeout(Some(left)).with_retry_timeout(left.min(MAX_COMMIT_RETRIES))
     }
 
     /// Refuse to start `step` once only the margin is left.

@@ -543,8 +543,7 @@ pub(crate) async fn take_next_version(lake: &Lake, table: &str, after: u64, id: 
     let operation = Operation::UpdateConfig { config_updates: None, table_metadata_updates: None, schema_metadata_updates: None, field_metadata_updates: Default::default() };
     let mut txn = Transaction::new(after, operation, None);
     txn.transaction_properties = Some(Arc::new(sidecar::commit_properties(&id.op, by, &id.attempt, SCOPE_FENCE)));
-    let left = deadline.remaining();
-    let committed = CommitBuilder::new(Arc::new(ds)).with_timeout(Some(left)).with_retry_timeout(left.min(Duration::from_secs(30))).execute(txn).await;
+    let committed = deadline.bound(CommitBuilder::new(Arc::new(ds))).execute(txn).await;
     match committed {
         Ok(ds) => {
             tracing::info!(table, op = %id, version = latest(&ds), "took the version after a dead ingest's start pin");
@@ -620,15 +619,9 @@ async fn remove_within(lake: &Lake, table: &str, id: &AttemptId, by: &str, versi
     properties.insert(PROP_REMOVES.into(), version.to_string());
     let mut txn = Transaction::new(ds.version().version, operation, None);
     txn.transaction_properties = Some(Arc::new(properties));
-    let left = deadline.remaining();
     // No affected rows: a concurrent change to a fragment this touches is a
     // conflict, never merged into it.
-    let done = CommitBuilder::new(ds)
-        .with_timeout(Some(left))
-        .with_retry_timeout(left.min(Duration::from_secs(30)))
-        .execute(txn)
-        .await
-        .map_err(|e| Error::lance(table, e))?;
+    let done = deadline.bound(CommitBuilder::new(ds)).execute(txn).await.map_err(|e| Error::lance(table, e))?;
     let at = done.version().version;
     tracing::info!(table, op = %id, version, removal = at, "removed the rows of a rolled-back commit");
     Ok(Ok(at))

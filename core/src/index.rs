@@ -371,10 +371,8 @@ async fn commit(lake: &Lake, table: &str, pin: &TablePin, id: &AttemptId, operat
     let committed = async {
         deadline.check("committing an index change")?;
         let ds = Arc::new(lake.open_table(table, None).await?);
-        let left = deadline.remaining();
-        CommitBuilder::new(ds)
-            .with_timeout(Some(left))
-            .with_retry_timeout(left.min(Duration::from_secs(30)))
+        deadline
+            .bound(CommitBuilder::new(ds))
             .execute(txn)
             .await
             .map(|ds| (ds.version().version, LanceManifest::of(&ds)))

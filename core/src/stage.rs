@@ -8,7 +8,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
 
 use arrow::array::RecordBatchReader;
 use arrow::datatypes::SchemaRef;
@@ -597,7 +596,6 @@ impl Stager<'_> {
             // An upsert writes its updated rows anew too: they are not inserted.
             let rows_updated = stage.updated;
             let rows_inserted = inserted_rows(&stage.txn).saturating_sub(rows_updated);
-            let left = self.deadline.remaining();
             let creating = stage.ds.is_none();
             let mut builder = match &stage.ds {
                 Some(ds) => CommitBuilder::new(Arc::clone(ds)),
@@ -609,7 +607,7 @@ impl Stager<'_> {
                     .with_session(self.lake.session())
                     .with_max_retries(0),
             };
-            builder = builder.with_timeout(Some(left)).with_retry_timeout(left.min(Duration::from_secs(30)));
+            builder = self.deadline.bound(builder);
             if let Some(rows) = stage.affected.take() {
                 builder = builder.with_affected_rows(rows);
             }
