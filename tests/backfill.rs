@@ -60,6 +60,14 @@ fn a_folder_or_glob_ingests_only_what_the_lake_lacks() {
     assert_eq!(out.status.code(), Some(0));
     let r = json(&out);
     assert_eq!((r["held"].as_u64(), r["quarantined_before"].as_u64(), r["ingested"].as_u64()), (Some(7), Some(1), Some(0)), "{r}");
+    // A glob that matches nothing in its folder finds nothing to do; one whose folder is mistyped is an error.
+    let none = format!("{}/orders/*.csv", input.display());
+    assert_eq!(run(sluice(&b.root).args(["backfill", &none])).status.code(), Some(0));
+    let typo = format!("{}/ordres/*.jsonl", input.display());
+    let out = run(sluice(&b.root).args(["backfill", &typo]));
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("ordres") && err.contains("check the path"), "{err}");
 }
 
 /// Two backfills of one S3 prefix at once, racing the events that did

@@ -113,6 +113,12 @@ async fn list_s3(spec: &str, rest: &str) -> Result<Vec<Listed>> {
 fn list_local(spec: &str) -> Result<Vec<Listed>> {
     let spec = spec.strip_prefix("file://").unwrap_or(spec);
     let paths: Vec<std::path::PathBuf> = if has_glob(spec) {
+        // A glob may match nothing (no new files); a folder before its
+        // pattern that does not exist is a mistyped path.
+        let folder: std::path::PathBuf = std::path::Path::new(spec).components().take_while(|c| !has_glob(&c.as_os_str().to_string_lossy())).collect();
+        if !folder.as_os_str().is_empty() && !folder.is_dir() {
+            return Err(Error::io(folder.display(), std::io::Error::new(std::io::ErrorKind::NotFound, "no such folder")));
+        }
         glob::glob(spec)
             .map_err(|e| Error::Usage(format!("'{spec}': not a glob pattern: {e}")))?
             .collect::<std::result::Result<_, _>>()
