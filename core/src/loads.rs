@@ -99,8 +99,8 @@ pub async fn list(lake: &Lake, filter: &Filter) -> Result<Vec<Entry>> {
         let found = quarantined(lake, filter).await?;
         // A quarantined file is no longer quarantined once it, or a version
         // of it (the same path or key, fixed), was ingested into its table
-        // after: look among the versions since the oldest. (Publish times
-        // order this, so an older version published late hides it too.)
+        // after: look among the versions since the oldest. (By publish time:
+        // an older version published after the quarantine hides it as well.)
         if let Some(oldest) = found.iter().map(|q| q.at).min() {
             let since = Filter { table: None, since: Some(oldest), statuses: Vec::new(), limit: usize::MAX };
             let later = ingested(lake, &since).await?;
