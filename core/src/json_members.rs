@@ -30,6 +30,11 @@ impl<'a> Member<'a> {
         serde_json::from_slice::<String>(quoted).ok().map(Cow::Owned)
     }
 
+    /// The key's bytes when it holds no escape (then they are the key).
+    pub fn plain_key(&self) -> Option<&'a [u8]> {
+        (!self.escaped).then_some(self.raw_key)
+    }
+
     /// Is the key `name`? No allocation unless the key holds escapes.
     pub fn key_is(&self, name: &str) -> bool {
         if self.escaped { self.key().is_some_and(|k| k == name) } else { self.raw_key == name.as_bytes() }
