@@ -165,16 +165,35 @@ fn quarantine_reasons(root: &str) -> Vec<serde_json::Value> {
 
 #[test]
 fn every_bad_input_is_rejected_located_and_quarantined() {
+    rejects_every_bad_input(None);
+}
+
+/// The same, each JSON Lines file of 8 KiB or more appended in parts of
+/// 4 KiB (at most 8), side by side: the first bad line in the file is still
+/// the one named, by its line in the whole file.
+#[test]
+fn every_bad_input_in_a_file_read_in_parts_is_located_as_in_one() {
+    rejects_every_bad_input(Some("4096"));
+}
+
+fn rejects_every_bad_input(part_bytes: Option<&str>) {
     let b = local();
     let dir = tempfile::tempdir().unwrap();
+    let ingest = |args: &[&str], path: &Path| {
+        let mut cmd = sluice(&b.root);
+        if let Some(bytes) = part_bytes {
+            cmd.env("SLUICE_TEST_PART_BYTES", bytes);
+        }
+        run(cmd.args(args).arg(path))
+    };
     // An existing table with a known schema: id int, name string, score float.
     let seed = jsonl(dir.path(), "seed.jsonl", 0..3);
-    assert_eq!(run(sluice(&b.root).args(["ingest", "--table", "t"]).arg(&seed)).status.code(), Some(0));
+    assert_eq!(ingest(&["ingest", "--table", "t"], &seed).status.code(), Some(0));
     let before = status(&b.root);
 
     for (i, case) in cases().into_iter().enumerate() {
         let path = write(dir.path(), case.file, &case.content);
-        let out = run(sluice(&b.root).args(["--json", "ingest", "--table", "t"]).arg(&path));
+        let out = ingest(&["--json", "ingest", "--table", "t"], &path);
         assert_eq!(out.status.code(), Some(3), "{}: exit code", case.name);
         let err = &json(&out)["error"]["bad_input"];
         assert_eq!(err["source_uri"], path.display().to_string(), "{}: names the file", case.name);
@@ -211,7 +230,7 @@ fn every_bad_input_is_rejected_located_and_quarantined() {
     }
     // A bad source can be fixed and delivered again.
     let fixed = jsonl(dir.path(), "fixed.jsonl", 10..12);
-    assert_eq!(run(sluice(&b.root).args(["ingest", "--table", "t"]).arg(&fixed)).status.code(), Some(0));
+    assert_eq!(ingest(&["ingest", "--table", "t"], &fixed).status.code(), Some(0));
     assert_eq!(table_rows(&status(&b.root), "t"), Some(5));
 }
 

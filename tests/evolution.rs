@@ -259,10 +259,13 @@ fn a_schema_change_that_lands_after_its_roll_back_shows_only_a_column_of_nulls()
 /// A `rescue` table keeps what does not fit — fields it lacks, values its
 /// columns cannot hold as written — in `_rescued_data`, one JSON object per
 /// row, and takes the rest of each row; what is not a row stays bad input.
+/// The JSON Lines files after the first are appended in parts of a line or
+/// two, side by side, as a large file would be.
 #[test]
 fn a_rescue_table_keeps_what_does_not_fit_in_its_rescue_column() {
     on_each_backend(|b| {
         let dir = tempfile::tempdir().unwrap();
+        let in_parts = |file: &Path| run(sluice(&b.root).env("SLUICE_TEST_PART_BYTES", "8").args(["--clock-skew", "0s", "ingest", "--table", "r"]).arg(file));
         let first = write(dir.path(), "1.jsonl", b"{\"id\": 1, \"n\": 5, \"t\": \"2026-11-30T05:00:00Z\"}\n{\"id\": 2, \"n\": 6}\n");
         assert_eq!(ingest(&b.root, "r", &["--evolution", "rescue"], &first).status.code(), Some(0));
         assert_eq!(pylance_schema(&b.root, "r"), "id: int64\nn: int64\nt: timestamp[us, tz=UTC]\n_rescued_data: string");
@@ -276,7 +279,7 @@ fn a_rescue_table_keeps_what_does_not_fit_in_its_rescue_column() {
 {"id": 6, "n": 8}
 "#,
         );
-        let out = ingest(&b.root, "r", &[], &drift);
+        let out = in_parts(&drift);
         assert_eq!(out.status.code(), Some(0), "{out:?}");
         let csv = write(dir.path(), "3.csv", b"id,n,colour\n7,9,red\n8,x,blue\n");
         let out = ingest(&b.root, "r", &[], &csv);
@@ -334,7 +337,7 @@ fn a_rescue_table_keeps_what_does_not_fit_in_its_rescue_column() {
 
         // What is not a row is still bad input.
         let broken = write(dir.path(), "4.jsonl", b"{\"id\": 9}\n{\"id\": 10, \"n\": \n");
-        let out = ingest(&b.root, "r", &[], &broken);
+        let out = in_parts(&broken);
         assert_eq!(out.status.code(), Some(3), "{out:?}");
         assert!(String::from_utf8_lossy(&out.stderr).contains("line 2"), "{out:?}");
 

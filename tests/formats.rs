@@ -332,7 +332,10 @@ fn a_new_table_is_inferred_from_its_whole_first_file() {
 /// A large JSONL file is decoded in blocks of about 1 MiB on several threads;
 /// its rows are stored in the order written, every one once, across blank
 /// lines (a whole block of them), a line longer than a block, and a last
-/// line without its newline.
+/// line without its newline. Appended to a table, the same file is written
+/// in parts side by side (1.5 MiB each here, so 8 parts: one of them only
+/// blank lines, one cut inside the long line), with the same rows in the
+/// same order.
 #[test]
 fn a_large_file_keeps_its_row_order() {
     let b = local();
@@ -354,9 +357,45 @@ fn a_large_file_keeps_its_row_order() {
     let path = write(dir.path(), "large.jsonl", rows.as_bytes());
     let out = run(sluice(&b.root).args(["ingest", "--table", "t"]).arg(&path));
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-    let out = run(sluice(&b.root).args(["scan", "t", "--columns", "id"]));
-    let scanned: Vec<i64> = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].as_i64().unwrap()).collect();
-    assert_eq!(scanned, ids, "rows in file order");
+    let in_order = |table: &str| -> Vec<i64> {
+        let out = run(sluice(&b.root).args(["scan", table, "--columns", "id"]));
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].as_i64().unwrap()).collect()
+    };
+    assert!(in_order("t") == ids, "rows in file order");
+
+    let seed = jsonl(dir.path(), "seed.jsonl", -1..0);
+    assert_eq!(run(sluice(&b.root).args(["ingest", "--table", "p"]).arg(&seed)).status.code(), Some(0));
+    let copy = write(dir.path(), "copy.jsonl", rows.as_bytes());
+    let out = run(sluice(&b.root).env("SLUICE_TEST_PART_BYTES", (3 << 19).to_string()).args(["ingest", "--table", "p"]).arg(&copy));
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(in_order("p") == [-1].into_iter().chain(ids.iter().copied()).collect::<Vec<_>>(), "rows in file order, after the table's");
+    let lake = Lake::open(&b.root).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let fragments = |table: &str| rt.block_on(lake.open_table(table, None)).unwrap().get_fragments().len();
+    let parts = (rows.len() / (3 << 19)).min(8);
+    assert_eq!(parts, 8, "the file is large enough for the most parts");
+    assert_eq!(fragments("p"), 1 + parts, "the seed's fragment, and one per part");
+
+    // Parts of nothing but blank lines add no fragment; a file of blank lines alone is empty, in parts as in one.
+    let sparse = format!("{}{}{}", "{\"id\": 1}\n".repeat(100), "\n".repeat(200_000), "{\"id\": 2}\n".repeat(100));
+    let sparse = write(dir.path(), "sparse.jsonl", sparse.as_bytes());
+    let seed = jsonl(dir.path(), "seed2.jsonl", -1..0);
+    let out = run(sluice(&b.root).args(["ingest", "--table", "s"]).arg(&seed));
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run(sluice(&b.root).env("SLUICE_TEST_PART_BYTES", "16384").args(["ingest", "--table", "s"]).arg(&sparse));
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(in_order("s"), [-1].into_iter().chain([1; 100]).chain([2; 100]).collect::<Vec<_>>());
+    assert_eq!(fragments("s"), 1 + 2, "the seed's, the first part's and the last part's");
+    let blank = write(dir.path(), "blank.jsonl", "\n \n".repeat(1 << 20).as_bytes());
+    for part_bytes in [None, Some("65536")] {
+        let mut cmd = sluice(&b.root);
+        if let Some(bytes) = part_bytes {
+            cmd.env("SLUICE_TEST_PART_BYTES", bytes);
+        }
+        let out = run(cmd.args(["ingest", "--table", "p"]).arg(&blank));
+        assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("empty: no rows"), "{}", String::from_utf8_lossy(&out.stderr));
+    }
 }
 
 /// A source delivered again under another table name is reported as already

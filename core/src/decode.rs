@@ -20,6 +20,7 @@ use crate::error::{BadInput, Error, Location, Result};
 use crate::dialect::CsvOptions;
 use crate::exact::{self, JsonNumbers};
 use crate::partitions;
+use crate::parts::{self, Part};
 use crate::rescue;
 use crate::source::Source;
 use crate::times::{self, TimeColumns};
@@ -134,8 +135,11 @@ fn text_reader(source: &Source, compression: Compression, handle: &tokio::runtim
 /// A text format's decompressed bytes, without a UTF-8 byte-order mark
 /// (spreadsheet exports start with one; it is not part of the first name).
 fn text_lines(source: &Source, compression: Compression, handle: &tokio::runtime::Handle) -> Result<Box<dyn BufRead + Send>> {
+    without_bom(source, text_reader(source, compression, handle)?)
+}
+
+fn without_bom(source: &Source, mut reader: Box<dyn BufRead + Send>) -> Result<Box<dyn BufRead + Send>> {
     const BOM: &[u8] = b"\xEF\xBB\xBF";
-    let mut reader = text_reader(source, compression, handle)?;
     let head = reader.fill_buf().map_err(|e| bad(source, Some(1), None, format!("reading (truncated or corrupt file?): {e}")))?;
     if head.starts_with(BOM) {
         reader.consume(BOM.len());
@@ -1106,6 +1110,21 @@ fn open_source(source: &Source, detected: Detected, target: &SchemaRef, rescue: 
     })))
 }
 
+/// The lines in bytes `range` of a local JSON Lines file (see `parts.rs`),
+/// numbered from the file's first line.
+fn open_part(source: &Source, target: &SchemaRef, rescue: bool, range: std::ops::Range<u64>) -> Result<Batches> {
+    let lines_before = parts::lines_before(source, range.start)?;
+    let from_start = range.start == 0;
+    let raw = source.open_local_range(range).expect("only local files are read in parts")?;
+    let mut reader: Box<dyn BufRead + Send> = Box::new(BufReader::with_capacity(READ_BUFFER, raw));
+    if from_start {
+        reader = without_bom(source, reader)?;
+    }
+    let mut lines = JsonLines::new(source, reader, Arc::clone(target), rescue)?;
+    lines.line = lines_before;
+    Ok(Box::new(lines))
+}
+
 fn open_file(source: &Source, detected: Detected, target: &SchemaRef, rescue: bool, handle: &tokio::runtime::Handle) -> Result<Batches> {
     match detected.format {
         Format::Jsonl => Ok(Box::new(JsonLines::new(source, text_lines(source, detected.compression, handle)?, Arc::clone(target), rescue)?)),
@@ -1163,6 +1182,8 @@ pub struct SourcesReader {
     progress: Arc<Progress>,
     /// `bytes_read` when the current source was opened.
     source_bytes_start: u64,
+    /// The part of its one source this reader reads, if the source is read in parts.
+    part: Option<Part>,
 }
 
 impl SourcesReader {
@@ -1178,13 +1199,28 @@ impl SourcesReader {
             error: Arc::clone(&error),
             progress,
             source_bytes_start: 0,
+            part: None,
         };
         (reader, error)
+    }
+
+    /// One reader for each of `ranges`, the parts of `source` (see `parts.rs`).
+    pub fn parts(source: (Source, Detected), ranges: Vec<std::ops::Range<u64>>, target: SchemaRef, rescue: bool, progress: Arc<Progress>) -> Vec<(SourcesReader, ErrorSlot)> {
+        let whole = Arc::new(parts::Whole::new(ranges.len()));
+        let readers = ranges.into_iter().enumerate().map(|(index, range)| {
+            let (mut reader, slot) = SourcesReader::new(vec![source.clone()], Arc::clone(&target), rescue, Arc::clone(&progress));
+            reader.part = Some(Part { index, range, whole: Arc::clone(&whole) });
+            (reader, slot)
+        });
+        readers.collect()
     }
 
     fn fail(&mut self, e: Error) -> ArrowError {
         let msg = e.to_string();
         self.error.lock().expect("error slot poisoned").get_or_insert(e);
+        if let Some(part) = &self.part {
+            part.whole.failed(part.index);
+        }
         // Stop: nothing after a bad source may be written.
         self.sources = Vec::new().into_iter();
         self.current = None;
@@ -1192,12 +1228,20 @@ impl SourcesReader {
     }
 
     fn step(&mut self) -> Result<Option<RecordBatch>> {
+        if let Some(part) = &self.part
+            && part.whole.earlier_failed(part.index)
+        {
+            return Err(Error::Blocked("stopped: an earlier part of the file failed".into()));
+        }
         loop {
             if self.current.is_none() {
                 let Some((mut source, detected)) = self.sources.next() else { return Ok(None) };
                 source.read_counter = Some(Arc::clone(&self.progress.bytes_read));
                 self.source_bytes_start = self.progress.bytes_read.load(Ordering::Relaxed);
-                let batches = open_source(&source, detected, &self.target, self.rescue, &self.handle)?;
+                let batches = match &self.part {
+                    Some(part) => open_part(&source, &self.target, self.rescue, part.range.clone())?,
+                    None => open_source(&source, detected, &self.target, self.rescue, &self.handle)?,
+                };
                 self.current = Some((source, batches, 0));
             }
             let (source, batches, rows) = self.current.as_mut().expect("a source is open");
@@ -1211,14 +1255,23 @@ impl SourcesReader {
                     }
                 }
                 None => {
-                    if *rows == 0 {
-                        return Err(bad(source, None, None, "empty: no rows"));
+                    // Parts are counted as read; the last to finish speaks for the file.
+                    let rows = match &self.part {
+                        Some(part) => part.whole.finished(*rows),
+                        None => {
+                            // Formats read through a local file are counted whole, once done.
+                            let counted = self.progress.bytes_read.load(Ordering::Relaxed) - self.source_bytes_start;
+                            self.progress.bytes_read.fetch_add(source.size.saturating_sub(counted), Ordering::Relaxed);
+                            Some(*rows)
+                        }
+                    };
+                    if let Some(rows) = rows {
+                        if rows == 0 {
+                            return Err(bad(source, None, None, "empty: no rows"));
+                        }
+                        self.progress.sources_done.fetch_add(1, Ordering::Relaxed);
+                        self.progress.source_rows.lock().expect("progress poisoned").insert(source.id.clone(), rows);
                     }
-                    self.progress.sources_done.fetch_add(1, Ordering::Relaxed);
-                    // Formats read through a local file are counted whole, once done.
-                    let counted = self.progress.bytes_read.load(Ordering::Relaxed) - self.source_bytes_start;
-                    self.progress.bytes_read.fetch_add(source.size.saturating_sub(counted), Ordering::Relaxed);
-                    self.progress.source_rows.lock().expect("progress poisoned").insert(source.id.clone(), *rows);
                     self.current = None;
                 }
             }

@@ -128,6 +128,13 @@ pub fn clock_behind() -> std::time::Duration {
     std::time::Duration::from_millis(ms.unwrap_or(0))
 }
 
+/// Bytes per part of a file appended in parts, whatever the cores:
+/// `SLUICE_TEST_PART_BYTES`, read only in builds with failpoints (tests cut
+/// small files into several parts; see `parts.rs`).
+pub fn part_bytes() -> Option<u64> {
+    if cfg!(feature = "failpoints") { std::env::var("SLUICE_TEST_PART_BYTES").ok().and_then(|v| v.parse().ok()) } else { None }
+}
+
 /// Evaluate failpoint `name`: a `return` action becomes [`Error::Injected`].
 pub fn hit(name: &'static str) -> Result<()> {
     debug_assert!(ALL.contains(&name), "failpoint {name} is not in the catalog");

@@ -22,6 +22,7 @@ pub mod index;
 mod inline_transactions;
 pub mod ingest;
 mod json_members;
+mod parts;
 pub mod known_manifest;
 pub mod lake;
 pub mod loads;

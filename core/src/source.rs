@@ -227,6 +227,23 @@ impl Source {
         })
     }
 
+    /// Bytes `range` of a local file, counted like [`Source::open_blocking`]'s;
+    /// `None` for an S3 object. Call from a blocking thread.
+    pub fn open_local_range(&self, range: std::ops::Range<u64>) -> Option<Result<Box<dyn Read + Send>>> {
+        let Location::Local(path) = &self.location else { return None };
+        let open = || -> std::io::Result<std::io::Take<std::fs::File>> {
+            let mut file = std::fs::File::open(path)?;
+            std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(range.start))?;
+            Ok(file.take(range.end - range.start))
+        };
+        Some(open().map_err(|e| Error::io(&self.uri, e)).map(|raw| -> Box<dyn Read + Send> {
+            match &self.read_counter {
+                Some(counter) => Box::new(Counted { inner: raw, counter: Arc::clone(counter) }),
+                None => Box::new(raw),
+            }
+        }))
+    }
+
     fn open_raw_blocking(&self, handle: &tokio::runtime::Handle) -> Result<Box<dyn Read + Send>> {
         match &self.location {
             Location::Local(path) => {

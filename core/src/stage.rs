@@ -21,6 +21,7 @@ use crate::deadline::Deadline;
 use crate::decode::{self, Detected, Format, Progress, SourcesReader};
 use crate::dialect::CsvOptions;
 use crate::partitions::{self, Partitions};
+use crate::parts;
 use crate::error::{BadInput, Error, Result};
 use crate::failpoints;
 use crate::fence;
@@ -290,6 +291,12 @@ impl RecordBatchReader for UniqueKeys {
 
 /// `reader`, which asks `ahead` for `ds`'s latest version once its rows run
 /// out: when Lance starts writing its last data file, the commit's next step.
+/// A table that has not gained its rescue column yet (the door adds it
+/// first; a redo meets it on the table as it is) takes rows strictly.
+fn rescues(t: &TableWork, target: &SchemaRef) -> bool {
+    t.evolution == Evolution::Rescue && target.field_with_name(RESCUE_COLUMN).is_ok()
+}
+
 fn list_ahead_at_end(reader: Box<dyn RecordBatchReader + Send>, ahead: &ListAhead, ds: &Arc<Dataset>) -> Box<dyn RecordBatchReader + Send> {
     let (ahead, ds, rt) = (ahead.clone(), Arc::clone(ds), tokio::runtime::Handle::current());
     Box::new(AtEnd { inner: reader, at_end: Some(Box::new(move || ahead.start(ds, &rt))) })
@@ -422,11 +429,46 @@ impl Stager<'_> {
     }
 
     pub(crate) fn reader(&self, t: &TableWork, target: SchemaRef) -> (Box<dyn RecordBatchReader + Send>, decode::ErrorSlot) {
-        // A table that has not gained its rescue column yet (the door adds it
-        // first; a redo meets it on the table as it is) takes rows strictly.
-        let rescue = t.evolution == Evolution::Rescue && target.field_with_name(RESCUE_COLUMN).is_ok();
+        let rescue = rescues(t, &target);
         let (reader, slot) = SourcesReader::new(t.sources.clone(), target, rescue, Arc::clone(&self.progress));
         (Box::new(reader), slot)
+    }
+
+    /// The parts `t`'s one source is appended in (see `parts.rs`), if it is
+    /// a large enough local, uncompressed JSON Lines file.
+    async fn parts(&self, t: &TableWork, target: &SchemaRef) -> Result<Option<Vec<std::ops::Range<u64>>>> {
+        let [(source, detected)] = &t.sources[..] else { return Ok(None) };
+        if detected.format != Format::Jsonl || detected.compression != decode::Compression::None || parts::parts_of(source.size) < 2 {
+            return Ok(None);
+        }
+        let (source, target) = (source.clone(), Arc::clone(target));
+        tokio::task::spawn_blocking(move || parts::plan(&source, &target)).await.expect("planning parts panicked")
+    }
+
+    /// An append of `t`'s one source in `ranges`, each part by a Lance writer
+    /// of its own, side by side, as one transaction whose fragments keep the
+    /// file's order.
+    async fn append_in_parts(&self, ds: &Arc<Dataset>, t: &TableWork, target: SchemaRef, ranges: Vec<std::ops::Range<u64>>, params: WriteParams) -> Result<Transaction> {
+        let rescue = rescues(t, &target);
+        let readers = SourcesReader::parts(t.sources[0].clone(), ranges, target, rescue, Arc::clone(&self.progress));
+        let writers = readers.into_iter().map(|(reader, slot)| {
+            let reader = list_ahead_at_end(Box::new(reader), &t.ahead, ds);
+            let (ds, params, name) = (Arc::clone(ds), &params, &t.request.table);
+            async move {
+                let txn = InsertBuilder::new(ds).with_params(params).execute_uncommitted_stream(reader).await;
+                txn.map_err(|e| slot.lock().expect("error slot poisoned").take().unwrap_or_else(|| Error::lance(name, e)))
+            }
+        });
+        // Every writer ends (those after a failed part stop early) before the
+        // first failed part, in file order, names the error: the first bad line.
+        let mut txns = futures::future::join_all(writers).await.into_iter().collect::<Result<Vec<_>>>()?;
+        let mut txn = txns.remove(0);
+        let Operation::Append { fragments } = &mut txn.operation else { unreachable!("an append stages an append, not {}", txn.operation) };
+        for other in txns {
+            let Operation::Append { fragments: more } = other.operation else { unreachable!("an append stages an append, not {}", other.operation) };
+            fragments.extend(more);
+        }
+        Ok(txn)
     }
 
     /// Write the table's rows as an uncommitted Lance transaction: an append
@@ -477,13 +519,20 @@ impl Stager<'_> {
             }
             None => self.new_table_schema(t).await?,
         };
+        let properties = Some(Arc::new(self.properties()));
+        if let (Some(ds), Mode::Append) = (&ds, t.mode)
+            && let Some(ranges) = self.parts(t, &target).await?
+        {
+            let params = WriteParams { mode: WriteMode::Append, transaction_properties: properties, ..Default::default() };
+            let txn = self.append_in_parts(ds, t, target, ranges, params).await?;
+            return Ok(Staged { ds: Some(Arc::clone(ds)), txn, affected: None, updated: 0 });
+        }
         let (reader, slot) = self.reader(t, target);
         let reader = match &ds {
             // The last data file's PUT runs alongside the commit's listing.
             Some(ds) => list_ahead_at_end(reader, &t.ahead, ds),
             None => reader,
         };
-        let properties = Some(Arc::new(self.properties()));
         let staged = match (ds, t.mode) {
             (Some(ds), Mode::Append) => {
                 let params = WriteParams { mode: WriteMode::Append, transaction_properties: properties, ..Default::default() };

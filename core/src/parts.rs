@@ -1,0 +1,147 @@
+//! One large local JSON Lines file cut at line boundaries into parts that
+//! Lance writers append side by side, committed as one transaction.
+//!
+//! Why: a Lance writer buffers each column (8 MiB by default) and encodes
+//! what it holds at the end of its file on one thread, after the last batch;
+//! with one writer the other cores wait for it. Parts end at different times,
+//! so one part's last pages are encoded while another is still decoded.
+//! Rows keep their order: part k's fragments come after part k-1's.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use arrow::datatypes::SchemaRef;
+
+use crate::error::{Error, Result};
+use crate::failpoints;
+use crate::partitions;
+use crate::source::{Location, Source};
+
+/// Bytes each part holds at least: below it, the end of one writer costs
+/// less than a second writer's start.
+const PART_BYTES: u64 = 16 << 20;
+/// Parts of one file at most, whatever the cores.
+const MAX_PARTS: u64 = 8;
+/// Bytes read at a time looking for the end of a line.
+const SCAN_BYTES: usize = 64 << 10;
+
+/// The byte ranges `source`, an uncompressed JSON Lines file, is written in,
+/// in file order; `None` unless it is a local file of at least two parts'
+/// bytes whose path gives the table no values. Call from a blocking thread.
+pub fn plan(source: &Source, target: &SchemaRef) -> Result<Option<Vec<Range<u64>>>> {
+    let Location::Local(path) = &source.location else { return Ok(None) };
+    let n = parts_of(source.size);
+    let takes_path_values = !matches!(partitions::split(target, &source.uri), Ok((_, None)));
+    if n < 2 || takes_path_values {
+        return Ok(None);
+    }
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(&source.uri, e))?;
+    let mut starts = vec![0];
+    for k in 1..n {
+        let start = line_start_from(&mut file, source.size * k / n, source.size).map_err(|e| Error::io(&source.uri, e))?;
+        if start > *starts.last().expect("the first part starts at 0") && start < source.size {
+            starts.push(start);
+        }
+    }
+    if starts.len() < 2 {
+        return Ok(None);
+    }
+    let ends = starts.iter().skip(1).copied().chain([source.size]);
+    Ok(Some(starts.iter().zip(ends).map(|(&start, end)| start..end).collect()))
+}
+
+/// How many parts a file of `size` bytes is cut into, at most: one per core.
+pub fn parts_of(size: u64) -> u64 {
+    let (part_bytes, cores) = match failpoints::part_bytes() {
+        Some(bytes) => (bytes.max(1), MAX_PARTS),
+        None => (PART_BYTES, std::thread::available_parallelism().map_or(1, |n| n.get() as u64)),
+    };
+    cores.min(MAX_PARTS).min(size / part_bytes)
+}
+
+/// The first line start at or after `at` (0 < `at`): just past the first
+/// newline from byte `at - 1` on; `size` if no line starts there.
+fn line_start_from(file: &mut std::fs::File, at: u64, size: u64) -> std::io::Result<u64> {
+    assert!(at > 0, "the first part starts at 0");
+    let mut pos = at - 1;
+    file.seek(SeekFrom::Start(pos))?;
+    let mut buf = vec![0u8; SCAN_BYTES];
+    // Each round reads a piece of what is left of the file, or ends.
+    for _ in 0..=size.saturating_sub(pos).div_ceil(SCAN_BYTES as u64) {
+        let n = match file.read(&mut buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            read => read?,
+        };
+        if n == 0 {
+            return Ok(size);
+        }
+        if let Some(newline) = memchr::memchr(b'\n', &buf[..n]) {
+            return Ok(pos + newline as u64 + 1);
+        }
+        pos += n as u64;
+    }
+    Ok(size)
+}
+
+/// Lines before byte `at` of `source`, a line start: the first line of the
+/// part starting there is this plus one.
+pub fn lines_before(source: &Source, at: u64) -> Result<u64> {
+    let Location::Local(path) = &source.location else { unreachable!("only local files are read in parts") };
+    let count = || -> std::io::Result<u64> {
+        let mut file = std::fs::File::open(path)?.take(at);
+        let (mut buf, mut lines) = (vec![0u8; 1 << 20], 0u64);
+        loop {
+            let n = match file.read(&mut buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                read => read?,
+            };
+            if n == 0 {
+                return Ok(lines);
+            }
+            lines += memchr::memchr_iter(b'\n', &buf[..n]).count() as u64;
+        }
+    };
+    count().map_err(|e| Error::io(&source.uri, e))
+}
+
+/// One part of a file being read, and what all its parts share.
+pub struct Part {
+    pub index: usize,
+    pub range: Range<u64>,
+    pub whole: Arc<Whole>,
+}
+
+/// What the parts of one file share.
+pub struct Whole {
+    /// Parts not finished yet.
+    left: AtomicUsize,
+    /// Rows of the parts that finished.
+    rows: AtomicU64,
+    /// The first part (in file order) that failed, or `usize::MAX`.
+    first_failed: AtomicUsize,
+}
+
+impl Whole {
+    pub fn new(parts: usize) -> Whole {
+        Whole { left: AtomicUsize::new(parts), rows: AtomicU64::new(0), first_failed: AtomicUsize::new(usize::MAX) }
+    }
+
+    /// Part `index` failed: the parts after it stop (their error is never the first).
+    pub fn failed(&self, index: usize) {
+        self.first_failed.fetch_min(index, Ordering::SeqCst);
+    }
+
+    pub fn earlier_failed(&self, index: usize) -> bool {
+        self.first_failed.load(Ordering::SeqCst) < index
+    }
+
+    /// A part finished with `rows`: the file's rows if it was the last one to.
+    pub fn finished(&self, rows: u64) -> Option<u64> {
+        self.rows.fetch_add(rows, Ordering::SeqCst);
+        let left = self.left.fetch_sub(1, Ordering::SeqCst);
+        assert!(left > 0, "each part finishes once");
+        (left == 1).then(|| self.rows.load(Ordering::SeqCst))
+    }
+}
