@@ -168,12 +168,12 @@ fn every_bad_input_is_rejected_located_and_quarantined() {
     rejects_every_bad_input(None);
 }
 
-/// The same, each JSON Lines file of 8 KiB or more appended in parts of
-/// 4 KiB (at most 8), side by side: the first bad line in the file is still
-/// the one named, by its line in the whole file.
+/// The same, each JSON Lines file appended in parts of 16 bytes (at most 8:
+/// a line or more each), side by side: the first bad line in the file is
+/// still the one named, by its line in the whole file.
 #[test]
 fn every_bad_input_in_a_file_read_in_parts_is_located_as_in_one() {
-    rejects_every_bad_input(Some("4096"));
+    rejects_every_bad_input(Some("16"));
 }
 
 fn rejects_every_bad_input(part_bytes: Option<&str>) {

@@ -386,6 +386,12 @@ fn a_large_file_keeps_its_row_order() {
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(in_order("s"), [-1].into_iter().chain([1; 100]).chain([2; 100]).collect::<Vec<_>>());
     assert_eq!(fragments("s"), 1 + 2, "the seed's, the first part's and the last part's");
+    // A byte-order mark and CRLF line ends, in parts of a line or two.
+    let crlf = write(dir.path(), "crlf.jsonl", b"\xEF\xBB\xBF{\"id\": 3}\r\n{\"id\": 4}\r\n\r\n{\"id\": 5}\r\n{\"id\": 6}");
+    let out = run(sluice(&b.root).env("SLUICE_TEST_PART_BYTES", "10").args(["ingest", "--table", "s"]).arg(&crlf));
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(in_order("s")[201..], [3, 4, 5, 6]);
+    assert_eq!(fragments("s"), 3 + 4, "one per line: each part holds one");
     let blank = write(dir.path(), "blank.jsonl", "\n \n".repeat(1 << 20).as_bytes());
     for part_bytes in [None, Some("65536")] {
         let mut cmd = sluice(&b.root);

@@ -1110,10 +1110,9 @@ fn open_source(source: &Source, detected: Detected, target: &SchemaRef, rescue: 
     })))
 }
 
-/// The lines in bytes `range` of a local JSON Lines file (see `parts.rs`),
-/// numbered from the file's first line.
-fn open_part(source: &Source, target: &SchemaRef, rescue: bool, range: std::ops::Range<u64>) -> Result<Batches> {
-    let lines_before = parts::lines_before(source, range.start)?;
+/// The lines in bytes `range` of a local JSON Lines file, one of `of` parts
+/// (see `parts.rs`), numbered from the part's first line.
+fn open_part(source: &Source, target: &SchemaRef, rescue: bool, range: std::ops::Range<u64>, of: usize) -> Result<Batches> {
     let from_start = range.start == 0;
     let raw = source.open_local_range(range).expect("only local files are read in parts")?;
     let mut reader: Box<dyn BufRead + Send> = Box::new(BufReader::with_capacity(READ_BUFFER, raw));
@@ -1121,7 +1120,8 @@ fn open_part(source: &Source, target: &SchemaRef, rescue: bool, range: std::ops:
         reader = without_bom(source, reader)?;
     }
     let mut lines = JsonLines::new(source, reader, Arc::clone(target), rescue)?;
-    lines.line = lines_before;
+    // The parts share the cores.
+    lines.window = (lines.window - 1).div_ceil(of) + 1;
     Ok(Box::new(lines))
 }
 
@@ -1170,7 +1170,9 @@ impl Progress {
 pub type ErrorSlot = Arc<Mutex<Option<Error>>>;
 
 /// Every source in turn, as one stream of batches of the table schema; what
-/// Lance writes as one commit. Decoding runs on Lance's blocking reader thread.
+/// Lance writes as one commit (or one part of one large file, of several
+/// written side by side: `parts.rs`). Decoding runs on Lance's blocking
+/// reader thread.
 pub struct SourcesReader {
     sources: std::vec::IntoIter<(Source, Detected)>,
     current: Option<(Source, Batches, u64)>,
@@ -1204,8 +1206,9 @@ impl SourcesReader {
         (reader, error)
     }
 
-    /// One reader for each of `ranges`, the parts of `source` (see `parts.rs`).
-    pub fn parts(source: (Source, Detected), ranges: Vec<std::ops::Range<u64>>, target: SchemaRef, rescue: bool, progress: Arc<Progress>) -> Vec<(SourcesReader, ErrorSlot)> {
+    /// One reader for each of `ranges`, the parts of `source` (see `parts.rs`),
+    /// each numbering lines from its part's first.
+    pub fn for_parts(source: (Source, Detected), ranges: Vec<std::ops::Range<u64>>, target: SchemaRef, rescue: bool, progress: Arc<Progress>) -> Vec<(SourcesReader, ErrorSlot)> {
         let whole = Arc::new(parts::Whole::new(ranges.len()));
         let readers = ranges.into_iter().enumerate().map(|(index, range)| {
             let (mut reader, slot) = SourcesReader::new(vec![source.clone()], Arc::clone(&target), rescue, Arc::clone(&progress));
@@ -1239,7 +1242,7 @@ impl SourcesReader {
                 source.read_counter = Some(Arc::clone(&self.progress.bytes_read));
                 self.source_bytes_start = self.progress.bytes_read.load(Ordering::Relaxed);
                 let batches = match &self.part {
-                    Some(part) => open_part(&source, &self.target, self.rescue, part.range.clone())?,
+                    Some(part) => open_part(&source, &self.target, self.rescue, part.range.clone(), part.whole.parts())?,
                     None => open_source(&source, detected, &self.target, self.rescue, &self.handle)?,
                 };
                 self.current = Some((source, batches, 0));

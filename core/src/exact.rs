@@ -68,10 +68,19 @@ impl Kind {
     }
 
     fn float(self, v: f64) -> Result<(), Problem> {
-        if let Kind::Time(_) = self {
-            return Err(Problem::NumberAsTime(v.to_string()));
-        }
-        let Kind::Int { min, max } = self else { return Ok(()) };
+        let (min, max) = match self {
+            Kind::Time(_) => return Err(Problem::NumberAsTime(v.to_string())),
+            // A decimal may round to the nearest float, but never to infinity.
+            Kind::Float { mantissa } => {
+                let largest = match mantissa {
+                    11 => 65_504.0,
+                    24 => f64::from(f32::MAX),
+                    _ => f64::MAX,
+                };
+                return if v.abs() <= largest { Ok(()) } else { Err(Problem::OutOfRange(v.to_string())) };
+            }
+            Kind::Int { min, max } => (min, max),
+        };
         // Below 2^53 an f64 holds the literal's integer exactly; above, the
         // literal (say 9007199254740993.0) may already have rounded.
         if v.fract() != 0.0 || !v.is_finite() || v.abs() >= (1u64 << 53) as f64 {
@@ -201,7 +210,8 @@ fn plain(kind: Kind, value: &[u8]) -> Option<Result<(), Problem>> {
             let n = body[..whole].iter().fold(0i64, |n, d| n * 10 + i64::from(d - b'0'));
             match &body[whole..] {
                 [] => Some(kind.integer(if body.len() < value.len() { -i128::from(n) } else { i128::from(n) })),
-                [b'.', fraction @ ..] if matches!(kind, Kind::Float { .. }) && !fraction.is_empty() && digits(fraction) == fraction.len() => Some(Ok(())),
+                // 18 digits are far inside float32's range; float16's is judged by the parse.
+                [b'.', fraction @ ..] if matches!(kind, Kind::Float { mantissa: 24.. }) && !fraction.is_empty() && digits(fraction) == fraction.len() => Some(Ok(())),
                 _ => None,
             }
         }
@@ -469,5 +479,13 @@ mod tests {
         }
         // Most of what was drawn is judged without the parser: the test compares something.
         assert!(judged_plainly > 30_000, "{judged_plainly}");
+        // A value the float column would hold as infinity changes.
+        let float = |t: &DataType| Kind::of(t).expect("a float kind");
+        for (t, value) in [(DataType::Float16, "70000.5"), (DataType::Float16, "-65505"), (DataType::Float32, "1e39"), (DataType::Float32, "-3.5e38")] {
+            assert!(by_parse(float(&t), value.as_bytes()).is_err(), "{value} into {t}");
+        }
+        for (t, value) in [(DataType::Float16, "65504.0"), (DataType::Float32, "3.4e38"), (DataType::Float64, "1e308")] {
+            assert!(by_parse(float(&t), value.as_bytes()).is_ok(), "{value} into {t}");
+        }
     }
 }

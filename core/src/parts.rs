@@ -19,11 +19,16 @@ use crate::failpoints;
 use crate::partitions;
 use crate::source::{Location, Source};
 
-/// Bytes each part holds at least: below it, the end of one writer costs
-/// less than a second writer's start.
+/// Bytes per part (the last may hold fewer): below it, the end of one
+/// writer costs less than a second writer's start.
 const PART_BYTES: u64 = 16 << 20;
 /// Parts of one file at most, whatever the cores.
 const MAX_PARTS: u64 = 8;
+/// What a Lance writer buffers per column before it encodes a page (its default).
+const WRITER_BYTES_PER_COLUMN: u64 = 8 << 20;
+/// What the writers after the first may buffer between them: memory stays
+/// bounded however many cores there are (a 1 GiB file in under 256 MiB).
+const MORE_WRITERS_BYTES: u64 = 64 << 20;
 /// Bytes read at a time looking for the end of a line.
 const SCAN_BYTES: usize = 64 << 10;
 
@@ -32,12 +37,16 @@ const SCAN_BYTES: usize = 64 << 10;
 /// bytes whose path gives the table no values. Call from a blocking thread.
 pub fn plan(source: &Source, target: &SchemaRef) -> Result<Option<Vec<Range<u64>>>> {
     let Location::Local(path) = &source.location else { return Ok(None) };
-    let n = parts_of(source.size);
+    let n = parts_of(source.size, target.fields().len());
     let takes_path_values = !matches!(partitions::split(target, &source.uri), Ok((_, None)));
     if n < 2 || takes_path_values {
         return Ok(None);
     }
     let mut file = std::fs::File::open(path).map_err(|e| Error::io(&source.uri, e))?;
+    // Cut only the bytes its identity names: a file that changed since is read whole, as before.
+    if file.metadata().map_err(|e| Error::io(&source.uri, e))?.len() != source.size {
+        return Ok(None);
+    }
     let mut starts = vec![0];
     for k in 1..n {
         let start = line_start_from(&mut file, source.size * k / n, source.size).map_err(|e| Error::io(&source.uri, e))?;
@@ -52,13 +61,18 @@ pub fn plan(source: &Source, target: &SchemaRef) -> Result<Option<Vec<Range<u64>
     Ok(Some(starts.iter().zip(ends).map(|(&start, end)| start..end).collect()))
 }
 
-/// How many parts a file of `size` bytes is cut into, at most: one per core.
-pub fn parts_of(size: u64) -> u64 {
-    let (part_bytes, cores) = match failpoints::part_bytes() {
+/// How many parts a file of `size` bytes into `columns` columns is cut
+/// into, at most: one per core, as many as memory allows.
+pub fn parts_of(size: u64, columns: usize) -> u64 {
+    let (part_bytes, most) = match failpoints::part_bytes() {
         Some(bytes) => (bytes.max(1), MAX_PARTS),
-        None => (PART_BYTES, std::thread::available_parallelism().map_or(1, |n| n.get() as u64)),
+        None => {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+            let memory = 1 + MORE_WRITERS_BYTES / (WRITER_BYTES_PER_COLUMN * columns.max(1) as u64);
+            (PART_BYTES, cores.min(memory))
+        }
     };
-    cores.min(MAX_PARTS).min(size / part_bytes)
+    most.min(MAX_PARTS).min(size / part_bytes)
 }
 
 /// The first line start at or after `at` (0 < `at`): just past the first
@@ -68,8 +82,9 @@ fn line_start_from(file: &mut std::fs::File, at: u64, size: u64) -> std::io::Res
     let mut pos = at - 1;
     file.seek(SeekFrom::Start(pos))?;
     let mut buf = vec![0u8; SCAN_BYTES];
-    // Each round reads a piece of what is left of the file, or ends.
-    for _ in 0..=size.saturating_sub(pos).div_ceil(SCAN_BYTES as u64) {
+    // A round reads a piece of what is left of the file (short reads and
+    // interruptions included, twice over); at the bound, no cut.
+    for _ in 0..2 * size.saturating_sub(pos).div_ceil(SCAN_BYTES as u64) + 2 {
         let n = match file.read(&mut buf) {
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             read => read?,
@@ -85,9 +100,24 @@ fn line_start_from(file: &mut std::fs::File, at: u64, size: u64) -> std::io::Res
     Ok(size)
 }
 
-/// Lines before byte `at` of `source`, a line start: the first line of the
-/// part starting there is this plus one.
-pub fn lines_before(source: &Source, at: u64) -> Result<u64> {
+/// `e`, met in the part of `source` starting at byte `start`, with its line
+/// numbered in the whole file (only a failure counts the lines before a
+/// part). A line that cannot be counted is left out, not misnamed.
+pub fn in_file(e: Error, source: &Source, start: u64) -> Error {
+    match e {
+        Error::BadInput(mut bad) if start > 0 && bad.location.line.is_some() => {
+            bad.location.line = match lines_before(source, start) {
+                Ok(before) => bad.location.line.map(|line| line + before),
+                Err(_) => None,
+            };
+            Error::BadInput(bad)
+        }
+        e => e,
+    }
+}
+
+/// Lines before byte `at` of `source`, a line start.
+fn lines_before(source: &Source, at: u64) -> Result<u64> {
     let Location::Local(path) = &source.location else { unreachable!("only local files are read in parts") };
     let count = || -> std::io::Result<u64> {
         let mut file = std::fs::File::open(path)?.take(at);
@@ -115,6 +145,7 @@ pub struct Part {
 
 /// What the parts of one file share.
 pub struct Whole {
+    parts: usize,
     /// Parts not finished yet.
     left: AtomicUsize,
     /// Rows of the parts that finished.
@@ -125,7 +156,11 @@ pub struct Whole {
 
 impl Whole {
     pub fn new(parts: usize) -> Whole {
-        Whole { left: AtomicUsize::new(parts), rows: AtomicU64::new(0), first_failed: AtomicUsize::new(usize::MAX) }
+        Whole { parts, left: AtomicUsize::new(parts), rows: AtomicU64::new(0), first_failed: AtomicUsize::new(usize::MAX) }
+    }
+
+    pub fn parts(&self) -> usize {
+        self.parts
     }
 
     /// Part `index` failed: the parts after it stop (their error is never the first).

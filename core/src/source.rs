@@ -220,11 +220,14 @@ impl Source {
 
     /// A blocking reader over the raw bytes. Call from a blocking thread.
     pub fn open_blocking(&self, handle: &tokio::runtime::Handle) -> Result<Box<dyn Read + Send>> {
-        let raw = self.open_raw_blocking(handle)?;
-        Ok(match &self.read_counter {
+        Ok(self.counted(self.open_raw_blocking(handle)?))
+    }
+
+    fn counted(&self, raw: Box<dyn Read + Send>) -> Box<dyn Read + Send> {
+        match &self.read_counter {
             Some(counter) => Box::new(Counted { inner: raw, counter: Arc::clone(counter) }),
             None => raw,
-        })
+        }
     }
 
     /// Bytes `range` of a local file, counted like [`Source::open_blocking`]'s;
@@ -236,12 +239,7 @@ impl Source {
             std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(range.start))?;
             Ok(file.take(range.end - range.start))
         };
-        Some(open().map_err(|e| Error::io(&self.uri, e)).map(|raw| -> Box<dyn Read + Send> {
-            match &self.read_counter {
-                Some(counter) => Box::new(Counted { inner: raw, counter: Arc::clone(counter) }),
-                None => Box::new(raw),
-            }
-        }))
+        Some(open().map_err(|e| Error::io(&self.uri, e)).map(|raw| self.counted(Box::new(raw))))
     }
 
     fn open_raw_blocking(&self, handle: &tokio::runtime::Handle) -> Result<Box<dyn Read + Send>> {

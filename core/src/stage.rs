@@ -289,14 +289,14 @@ impl RecordBatchReader for UniqueKeys {
     }
 }
 
-/// `reader`, which asks `ahead` for `ds`'s latest version once its rows run
-/// out: when Lance starts writing its last data file, the commit's next step.
 /// A table that has not gained its rescue column yet (the door adds it
 /// first; a redo meets it on the table as it is) takes rows strictly.
 fn rescues(t: &TableWork, target: &SchemaRef) -> bool {
     t.evolution == Evolution::Rescue && target.field_with_name(RESCUE_COLUMN).is_ok()
 }
 
+/// `reader`, which asks `ahead` for `ds`'s latest version once its rows run
+/// out: when Lance starts writing its last data file, the commit's next step.
 fn list_ahead_at_end(reader: Box<dyn RecordBatchReader + Send>, ahead: &ListAhead, ds: &Arc<Dataset>) -> Box<dyn RecordBatchReader + Send> {
     let (ahead, ds, rt) = (ahead.clone(), Arc::clone(ds), tokio::runtime::Handle::current());
     Box::new(AtEnd { inner: reader, at_end: Some(Box::new(move || ahead.start(ds, &rt))) })
@@ -436,9 +436,9 @@ impl Stager<'_> {
 
     /// The parts `t`'s one source is appended in (see `parts.rs`), if it is
     /// a large enough local, uncompressed JSON Lines file.
-    async fn parts(&self, t: &TableWork, target: &SchemaRef) -> Result<Option<Vec<std::ops::Range<u64>>>> {
+    async fn plan_parts(&self, t: &TableWork, target: &SchemaRef) -> Result<Option<Vec<std::ops::Range<u64>>>> {
         let [(source, detected)] = &t.sources[..] else { return Ok(None) };
-        if detected.format != Format::Jsonl || detected.compression != decode::Compression::None || parts::parts_of(source.size) < 2 {
+        if detected.format != Format::Jsonl || detected.compression != decode::Compression::None || parts::parts_of(source.size, target.fields().len()) < 2 {
             return Ok(None);
         }
         let (source, target) = (source.clone(), Arc::clone(target));
@@ -450,9 +450,18 @@ impl Stager<'_> {
     /// file's order.
     async fn append_in_parts(&self, ds: &Arc<Dataset>, t: &TableWork, target: SchemaRef, ranges: Vec<std::ops::Range<u64>>, params: WriteParams) -> Result<Transaction> {
         let rescue = rescues(t, &target);
-        let readers = SourcesReader::parts(t.sources[0].clone(), ranges, target, rescue, Arc::clone(&self.progress));
+        let starts: Vec<u64> = ranges.iter().map(|r| r.start).collect();
+        let readers = SourcesReader::for_parts(t.sources[0].clone(), ranges, target, rescue, Arc::clone(&self.progress));
+        // The last part to run out of rows asks ahead, once.
+        let running = Arc::new(std::sync::atomic::AtomicUsize::new(readers.len()));
         let writers = readers.into_iter().map(|(reader, slot)| {
-            let reader = list_ahead_at_end(Box::new(reader), &t.ahead, ds);
+            let (running, ahead, ds_at_end, rt) = (Arc::clone(&running), t.ahead.clone(), Arc::clone(ds), tokio::runtime::Handle::current());
+            let at_end = move || {
+                if running.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+                    ahead.start(ds_at_end, &rt);
+                }
+            };
+            let reader: Box<dyn RecordBatchReader + Send> = Box::new(AtEnd { inner: Box::new(reader), at_end: Some(Box::new(at_end)) });
             let (ds, params, name) = (Arc::clone(ds), &params, &t.request.table);
             async move {
                 let txn = InsertBuilder::new(ds).with_params(params).execute_uncommitted_stream(reader).await;
@@ -460,8 +469,19 @@ impl Stager<'_> {
             }
         });
         // Every writer ends (those after a failed part stop early) before the
-        // first failed part, in file order, names the error: the first bad line.
-        let mut txns = futures::future::join_all(writers).await.into_iter().collect::<Result<Vec<_>>>()?;
+        // first failed part, in file order, names the error: the first bad line,
+        // numbered in the part until then.
+        let done = futures::future::join_all(writers).await;
+        let mut txns = Vec::with_capacity(done.len());
+        for (written, start) in done.into_iter().zip(starts) {
+            match written {
+                Ok(txn) => txns.push(txn),
+                Err(e) => {
+                    let source = t.sources[0].0.clone();
+                    return Err(tokio::task::spawn_blocking(move || parts::in_file(e, &source, start)).await.expect("locating an error panicked"));
+                }
+            }
+        }
         let mut txn = txns.remove(0);
         let Operation::Append { fragments } = &mut txn.operation else { unreachable!("an append stages an append, not {}", txn.operation) };
         for other in txns {
@@ -521,7 +541,7 @@ impl Stager<'_> {
         };
         let properties = Some(Arc::new(self.properties()));
         if let (Some(ds), Mode::Append) = (&ds, t.mode)
-            && let Some(ranges) = self.parts(t, &target).await?
+            && let Some(ranges) = self.plan_parts(t, &target).await?
         {
             let params = WriteParams { mode: WriteMode::Append, transaction_properties: properties, ..Default::default() };
             let txn = self.append_in_parts(ds, t, target, ranges, params).await?;
