@@ -396,11 +396,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    if std::env::var_os("LANCE_INCLUDE_VECTOR_CENTROIDS").is_none() {
-        // Index statistics without the centroids (Lance's coming default, and
-        // its warning silenced). SAFETY: no other thread exists yet.
-        unsafe { std::env::set_var("LANCE_INCLUDE_VECTOR_CENTROIDS", "false") };
-    }
+    // SAFETY: no other thread exists yet.
+    unsafe { sluice::set_lance_defaults() };
     let _failpoints = fail::FailScenario::setup();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| "warn".into()))

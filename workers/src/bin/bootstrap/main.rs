@@ -34,8 +34,13 @@ struct State {
     invocations: fanout::Invocations,
 }
 
-#[tokio::main]
-async fn main() -> Result<(), lambda_runtime::Error> {
+fn main() -> Result<(), lambda_runtime::Error> {
+    // SAFETY: no other thread exists yet.
+    unsafe { sluice::set_lance_defaults() };
+    tokio::runtime::Runtime::new()?.block_on(serve())
+}
+
+async fn serve() -> Result<(), lambda_runtime::Error> {
     // Failpoints (tests only; compiled in with the `failpoints` feature).
     let _failpoints = fail::FailScenario::setup();
     tracing_subscriber::fmt()

@@ -270,8 +270,14 @@ fn timed_child(cmd: &Command) -> (Duration, u64) {
     (elapsed, rss)
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
+    // Both sides run in this process, with the same Lance settings as the CLI's.
+    // SAFETY: no other thread exists yet.
+    unsafe { sluice::set_lance_defaults() };
+    tokio::runtime::Runtime::new().expect("tokio runtime").block_on(bench());
+}
+
+async fn bench() {
     // `SLUICE_LOG=sluice::requests=trace` shows every request, sluice's and Lance's.
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| "warn".into()))
