@@ -168,7 +168,7 @@ fn every_bad_input_is_rejected_located_and_quarantined() {
     rejects_every_bad_input(None);
 }
 
-/// The same, each JSON Lines file appended in parts of 16 bytes (at most 8:
+/// The same, each JSON Lines file appended in parts of 16 bytes (at most 4:
 /// a line or more each), side by side: the first bad line in the file is
 /// still the one named, by its line in the whole file.
 #[test]

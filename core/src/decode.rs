@@ -1234,6 +1234,7 @@ impl SourcesReader {
         if let Some(part) = &self.part
             && part.whole.earlier_failed(part.index)
         {
+            // Never reported: the earlier part's error comes first (`stage.rs`).
             return Err(Error::Blocked("stopped: an earlier part of the file failed".into()));
         }
         loop {

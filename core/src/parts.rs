@@ -2,9 +2,10 @@
 //! Lance writers append side by side, committed as one transaction.
 //!
 //! Why: a Lance writer buffers each column (8 MiB by default) and encodes
-//! what it holds at the end of its file on one thread, after the last batch;
-//! with one writer the other cores wait for it. Parts end at different times,
-//! so one part's last pages are encoded while another is still decoded.
+//! what it holds at the end of its file one column after another, after the
+//! last batch; with one writer the other cores wait for it. With a writer
+//! per part, the parts' last pages are encoded side by side (on Lance's CPU
+//! threads: `set_lance_defaults` gives it every core).
 //! Rows keep their order: part k's fragments come after part k-1's.
 
 use std::io::{Read, Seek, SeekFrom};
@@ -22,13 +23,12 @@ use crate::source::{Location, Source};
 /// Bytes per part (the last may hold fewer): below it, the end of one
 /// writer costs less than a second writer's start.
 const PART_BYTES: u64 = 16 << 20;
-/// Parts of one file at most, whatever the cores.
-const MAX_PARTS: u64 = 8;
-/// What a Lance writer buffers per column before it encodes a page (its default).
+/// What one Lance writer buffers per column before it encodes a page (its
+/// default). The parts' writers share it, so memory does not grow with them.
 const WRITER_BYTES_PER_COLUMN: u64 = 8 << 20;
-/// What the writers after the first may buffer between them: memory stays
-/// bounded however many cores there are (a 1 GiB file in under 256 MiB).
-const MORE_WRITERS_BYTES: u64 = 64 << 20;
+/// Parts of one file at most, whatever the cores: each writer's pages are
+/// then at least 2 MiB per column.
+const MAX_PARTS: u64 = 4;
 /// Bytes read at a time looking for the end of a line.
 const SCAN_BYTES: usize = 64 << 10;
 
@@ -37,7 +37,7 @@ const SCAN_BYTES: usize = 64 << 10;
 /// bytes whose path gives the table no values. Call from a blocking thread.
 pub fn plan(source: &Source, target: &SchemaRef) -> Result<Option<Vec<Range<u64>>>> {
     let Location::Local(path) = &source.location else { return Ok(None) };
-    let n = parts_of(source.size, target.fields().len());
+    let n = parts_of(source.size);
     let takes_path_values = !matches!(partitions::split(target, &source.uri), Ok((_, None)));
     if n < 2 || takes_path_values {
         return Ok(None);
@@ -61,18 +61,20 @@ pub fn plan(source: &Source, target: &SchemaRef) -> Result<Option<Vec<Range<u64>
     Ok(Some(starts.iter().zip(ends).map(|(&start, end)| start..end).collect()))
 }
 
-/// How many parts a file of `size` bytes into `columns` columns is cut
-/// into, at most: one per core, as many as memory allows.
-pub fn parts_of(size: u64, columns: usize) -> u64 {
-    let (part_bytes, most) = match failpoints::part_bytes() {
+/// How many parts a file of `size` bytes is cut into, at most: one per core.
+pub fn parts_of(size: u64) -> u64 {
+    let (part_bytes, cores) = match failpoints::part_bytes() {
         Some(bytes) => (bytes.max(1), MAX_PARTS),
-        None => {
-            let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
-            let memory = 1 + MORE_WRITERS_BYTES / (WRITER_BYTES_PER_COLUMN * columns.max(1) as u64);
-            (PART_BYTES, cores.min(memory))
-        }
+        None => (PART_BYTES, std::thread::available_parallelism().map_or(1, |n| n.get() as u64)),
     };
-    most.min(MAX_PARTS).min(size / part_bytes)
+    cores.min(MAX_PARTS).min(size / part_bytes)
+}
+
+/// What each of `parts` writers into `columns` columns may buffer: together,
+/// what one writer would (a 1 GiB file stays under 256 MiB).
+pub fn writer_options(parts: usize, columns: usize) -> lance_file::writer::FileWriterOptions {
+    let per_column = WRITER_BYTES_PER_COLUMN / parts.max(1) as u64;
+    lance_file::writer::FileWriterOptions { data_cache_bytes: Some(per_column * columns.max(1) as u64), ..Default::default() }
 }
 
 /// The first line start at or after `at` (0 < `at`): just past the first

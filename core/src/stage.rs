@@ -438,7 +438,7 @@ impl Stager<'_> {
     /// a large enough local, uncompressed JSON Lines file.
     async fn plan_parts(&self, t: &TableWork, target: &SchemaRef) -> Result<Option<Vec<std::ops::Range<u64>>>> {
         let [(source, detected)] = &t.sources[..] else { return Ok(None) };
-        if detected.format != Format::Jsonl || detected.compression != decode::Compression::None || parts::parts_of(source.size, target.fields().len()) < 2 {
+        if detected.format != Format::Jsonl || detected.compression != decode::Compression::None || parts::parts_of(source.size) < 2 {
             return Ok(None);
         }
         let (source, target) = (source.clone(), Arc::clone(target));
@@ -450,6 +450,7 @@ impl Stager<'_> {
     /// file's order.
     async fn append_in_parts(&self, ds: &Arc<Dataset>, t: &TableWork, target: SchemaRef, ranges: Vec<std::ops::Range<u64>>, params: WriteParams) -> Result<Transaction> {
         let rescue = rescues(t, &target);
+        let params = WriteParams { file_writer_options: Some(parts::writer_options(ranges.len(), target.fields().len())), ..params };
         let starts: Vec<u64> = ranges.iter().map(|r| r.start).collect();
         let readers = SourcesReader::for_parts(t.sources[0].clone(), ranges, target, rescue, Arc::clone(&self.progress));
         // The last part to run out of rows asks ahead, once.
