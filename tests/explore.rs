@@ -189,6 +189,8 @@ struct Op {
     /// Starts right after the previous operation (a duplicate delivery).
     with_prev: bool,
     timeout: u64,
+    /// Appends a JSON Lines file in parts of this many bytes, as a large one is.
+    part_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -308,6 +310,14 @@ fn fault_for(rng: &mut Rng, kind: Kind, timeout: u64, seed: u64, index: usize) -
     }
 }
 
+/// A third of the operations append JSON Lines files in parts of a line or
+/// two, side by side, as large files are (`SLUICE_TEST_PART_BYTES`); drawn
+/// apart from the schedule's generator, so each seed keeps its schedule.
+fn part_bytes_for(seed: u64, index: usize) -> Option<u64> {
+    let draw = splitmix(seed.wrapping_mul(7919).wrapping_add(index as u64 + 1));
+    (draw % 3 == 0).then_some(16 + (draw >> 8) % 64)
+}
+
 fn schedule(rng: &mut Rng, seed: u64, pool: &[Src], descriptors: &[PathBuf], max_ops: usize, without: &[Kind]) -> Vec<Op> {
     let of = |table: &str| -> Vec<usize> { (0..pool.len()).filter(|&i| pool[i].table == table && pool[i].load.is_none()).collect() };
     let (a, b, u, e) = (of("a"), of("b"), of("u"), of("e"));
@@ -374,10 +384,10 @@ fn schedule(rng: &mut Rng, seed: u64, pool: &[Src], descriptors: &[PathBuf], max
             }
         };
         let fault = fault_for(rng, kind, timeout, seed, ops.len());
-        ops.push(Op { kind, args: args.clone(), sources: srcs.clone(), fault, with_prev: false, timeout });
+        ops.push(Op { kind, args: args.clone(), sources: srcs.clone(), fault, with_prev: false, timeout, part_bytes: part_bytes_for(seed, ops.len()) });
         if kind == Kind::Dup {
             let fault = fault_for(rng, kind, timeout, seed, ops.len());
-            ops.push(Op { kind, args, sources: srcs, fault, with_prev: true, timeout });
+            ops.push(Op { kind, args, sources: srcs, fault, with_prev: true, timeout, part_bytes: part_bytes_for(seed, ops.len()) });
         }
     }
     ops
@@ -386,7 +396,7 @@ fn schedule(rng: &mut Rng, seed: u64, pool: &[Src], descriptors: &[PathBuf], max
 /// `sluice --json --clock-skew 0s --retention-floor FLOOR` on `root`.
 fn cli(root: &str) -> Command {
     let mut cmd = sluice(root);
-    cmd.env_remove("SLUICE_FAULTS").env_remove("SLUICE_TRACE_FAILPOINTS");
+    cmd.env_remove("SLUICE_FAULTS").env_remove("SLUICE_TRACE_FAILPOINTS").env_remove("SLUICE_TEST_PART_BYTES");
     cmd.args(["--json", "--clock-skew", SKEW, "--retention-floor", FLOOR]);
     cmd
 }
@@ -396,6 +406,9 @@ fn cli(root: &str) -> Command {
 fn launch(root: &str, dir: &Path, i: usize, op: &Op, t0: Instant) -> Running {
     let mut cmd = cli(root);
     cmd.args(&op.args).env("SLUICE_TRACE_FAILPOINTS", "1").stdout(Stdio::piped()).stderr(Stdio::piped());
+    if let Some(bytes) = op.part_bytes {
+        cmd.env("SLUICE_TEST_PART_BYTES", bytes.to_string());
+    }
     let mut release = None;
     let mut marker = None;
     match op.fault {
