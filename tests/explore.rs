@@ -590,6 +590,8 @@ pub struct Stats {
     ambiguous_processes: usize,
     ambiguous_answers: usize,
     lagging_clocks: usize,
+    /// Ingests whose JSON Lines could be appended in parts.
+    in_parts: usize,
     exit0: usize,
 }
 
@@ -677,6 +679,7 @@ pub fn explore(seed: u64, backend: &Backend, max_ops: usize) -> (Stats, Vec<Stri
             Fault::None => {}
         }
         stats.ambiguous_answers += out.faults;
+        stats.in_parts += (op.part_bytes.is_some() && op.args[0] == "ingest") as usize;
         stats.exit0 += (out.code == Some(0)) as usize;
     }
     let sched: Vec<String> = ops
@@ -946,7 +949,7 @@ pub fn explore(seed: u64, backend: &Backend, max_ops: usize) -> (Stats, Vec<Stri
     }
 
     let summary = format!(
-        "explore seed={seed} backend={}: ops={} kills={} (at failpoint or delay: {}) stalls={} (held {}) ambiguous: {} process(es), {} answer(s); lagging clocks: {}; exit 0: {}; versions checked: {}; failures: {}; {:.1}s",
+        "explore seed={seed} backend={}: ops={} kills={} (at failpoint or delay: {}) stalls={} (held {}) ambiguous: {} process(es), {} answer(s); lagging clocks: {}; ingests in parts: {}; exit 0: {}; versions checked: {}; failures: {}; {:.1}s",
         backend.name,
         stats.ops,
         stats.kills,
@@ -956,6 +959,7 @@ pub fn explore(seed: u64, backend: &Backend, max_ops: usize) -> (Stats, Vec<Stri
         stats.ambiguous_processes,
         stats.ambiguous_answers,
         stats.lagging_clocks,
+        stats.in_parts,
         stats.exit0,
         versions.len(),
         violations.len(),
