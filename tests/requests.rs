@@ -109,8 +109,10 @@ async fn an_upsert_reads_its_pin_while_asking_for_the_latest() {
         let lake = Lake::open(&b.root).unwrap();
         ingest(&lake, vec![upsert("u", "id", &[&jsonl(dir.path(), "a.jsonl", 0..10)])]).await.unwrap();
         // (A delay well above the merge's CPU on a busy machine, so that work
-        // never outlasts a round trip. The first warms the handle's session.)
-        let delayed = Lake::open_delayed(&b.root, std::time::Duration::from_millis(100)).unwrap();
+        // never outlasts a round trip: 100 ms was outlasted once in a debug
+        // build with the suite running beside it. The first warms the handle's
+        // session.)
+        let delayed = Lake::open_delayed(&b.root, std::time::Duration::from_millis(300)).unwrap();
         ingest(&delayed, vec![upsert("u", "id", &[&jsonl(dir.path(), "b.jsonl", 5..15)])]).await.unwrap();
         let timed = ingest(&delayed, vec![upsert("u", "id", &[&jsonl(dir.path(), "c.jsonl", 10..20)])]).await.unwrap();
         eprintln!("{}: an upsert: {:?}", b.name, timed.requests);
