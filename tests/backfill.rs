@@ -137,3 +137,50 @@ fn odd_files_are_skipped_and_named_not_fatal() {
     assert_eq!(out.status.code(), Some(3));
     assert!(json(&out)["error"]["bad_input"]["reason"].as_str().unwrap().contains("hour=3"));
 }
+
+/// A local file still being written when it is read is not ingested under
+/// an identity its rows do not match: the ingest that read it is refused,
+/// nothing of it is published, and the next backfill takes it whole.
+#[test]
+fn a_file_still_being_written_is_left_for_the_next_run() {
+    use std::io::Write;
+
+    use sluice::failpoints::AFTER_INTENT;
+    let b = local();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    let padded = |ids: std::ops::Range<i64>| -> String { ids.map(|i| format!("{{\"id\": {i}, \"pad\": \"{}\"}}\n", "x".repeat(80))).collect() };
+    write(&input.join("t"), "a.jsonl", padded(0..10).as_bytes());
+    // Over 8 MiB, so it is read after the claims, not alongside them:
+    // the append below comes after its hash and before its read.
+    let log = write(&input.join("t"), "log.jsonl", padded(1_000..100_000).as_bytes());
+    let held = hold_at(sluice(&b.root).args(["--json", "backfill"]).arg(&input), AFTER_INTENT);
+    std::fs::OpenOptions::new().append(true).open(&log).unwrap().write_all(padded(100_000..100_005).as_bytes()).unwrap();
+    held.release();
+    let out = held.wait_with_output();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let r = json(&out);
+    assert_eq!((r["ingested"].as_u64(), r["rows"].as_u64()), (Some(1), Some(10)), "{r}");
+    let reason = r["changing"][0]["reason"].as_str().unwrap();
+    assert!(reason.contains("log.jsonl changed while it was being ingested (its size went from"), "{reason}");
+    assert!(reason.contains("nothing of it was published"), "{reason}");
+    assert_eq!(scan_ids(&b.root, "t"), (0..10).collect::<Vec<_>>(), "none of the log's rows, old or new");
+
+    // Complete now: the next run takes it whole, once.
+    let r = json(&run(sluice(&b.root).args(["--json", "backfill"]).arg(&input)));
+    assert_eq!((r["ingested"].as_u64(), r["held"].as_u64(), r["changing"].as_array().map(Vec::len)), (Some(1), Some(1), Some(0)), "{r}");
+    assert_eq!(scan_ids(&b.root, "t"), (0..10).chain(1_000..100_005).collect::<Vec<_>>());
+
+    // Rewritten in place at the same size while an ingest of it stands
+    // between its hash and its read: refused, exit 1, nothing published.
+    let same = write(dir.path(), "same.jsonl", padded(200_000..299_000).as_bytes());
+    let held = hold_at(sluice(&b.root).args(["ingest", "--table", "t"]).arg(&same), AFTER_INTENT);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    std::fs::write(&same, padded(300_000..399_000)).unwrap();
+    held.release();
+    let out = held.wait_with_output();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("same.jsonl changed while it was being ingested (it was modified at"), "{stderr}");
+    assert_eq!(scan_ids(&b.root, "t").len(), 10 + 99_005);
+}

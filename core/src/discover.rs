@@ -168,6 +168,9 @@ pub struct BackfillReport {
     pub manifest_version: Option<u64>,
     /// Candidates left for the next run (the deadline came first).
     pub not_done: usize,
+    /// Left for the next run: local files that changed while they were
+    /// read (still being written), each with what changed.
+    pub changing: Vec<BadSource>,
 }
 
 #[derive(Debug, Serialize)]
@@ -232,7 +235,7 @@ pub async fn backfill(lake: &Lake, plan: Plan<'_>, progress: Arc<Progress>, mut 
             None => routable.push(l),
         }
     }
-    let (candidates, held, quarantined) = unseen(lake, routable).await?;
+    let (candidates, held, quarantined) = unseen(lake, routable, &mut report.changing).await?;
     (report.held, report.quarantined_before) = (held, quarantined);
     if plan.dry_run {
         report.not_done = candidates.len();
@@ -262,6 +265,16 @@ pub async fn backfill(lake: &Lake, plan: Plan<'_>, progress: Arc<Progress>, mut 
                         break None;
                     }
                 }
+                // A file still being written: the next run takes it, once it is whole.
+                Err(changed @ Error::Changed { .. }) if bad_here < MAX_BAD_PER_BATCH => {
+                    let Error::Changed { path, .. } = &changed else { unreachable!("matched above") };
+                    bad_here += 1;
+                    batch_owned.retain(|u| u != path);
+                    report.changing.push(BadSource { uri: path.clone(), reason: changed.to_string() });
+                    if batch_owned.is_empty() {
+                        break None;
+                    }
+                }
                 Err(e) => return Err(e),
             }
         };
@@ -284,20 +297,29 @@ pub async fn backfill(lake: &Lake, plan: Plan<'_>, progress: Arc<Progress>, mut 
 }
 
 /// The listed sources the ledger does not hold and the quarantine does not
-/// have, and how many of each were left out.
-async fn unseen(lake: &Lake, listed: Vec<Listed>) -> Result<(Vec<String>, usize, usize)> {
+/// have, and how many of each were left out; files that changed as they
+/// were hashed go to `changing`.
+async fn unseen(lake: &Lake, listed: Vec<Listed>, changing: &mut Vec<BadSource>) -> Result<(Vec<String>, usize, usize)> {
     // Local files: the identity needs the bytes' hash.
-    let ids: Vec<(String, String)> = futures::stream::iter(listed)
+    let resolved: Vec<(String, Result<String>)> = futures::stream::iter(listed)
         .map(|l| async move {
             let id = match l.id {
-                Some(id) => id,
-                None => Source::resolve(&l.uri).await?.id,
+                Some(id) => Ok(id),
+                None => Source::resolve(&l.uri).await.map(|s| s.id),
             };
-            Ok::<_, Error>((l.uri, id))
+            (l.uri, id)
         })
         .buffered(CHECK_CONCURRENCY)
-        .try_collect()
-        .await?;
+        .collect()
+        .await;
+    let mut ids = Vec::with_capacity(resolved.len());
+    for (uri, id) in resolved {
+        match id {
+            Ok(id) => ids.push((uri, id)),
+            Err(changed @ Error::Changed { .. }) => changing.push(BadSource { uri, reason: changed.to_string() }),
+            Err(e) => return Err(e),
+        }
+    }
     let wanted: BTreeSet<&str> = ids.iter().map(|(_, id)| id.as_str()).collect();
     let held = sidecar::held_sources(lake, &wanted, PER_SOURCE_CHECKS, CHECK_CONCURRENCY).await?;
     let quarantined = quarantined(lake).await?;

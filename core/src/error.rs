@@ -61,6 +61,14 @@ pub enum Error {
     #[error("{0}")]
     Blocked(String),
 
+    /// A local file changed while it was ingested: what was read may not be
+    /// the version its identity names.
+    #[error(
+        "{path} changed while it was being ingested ({what}): nothing of it was published. A file still being written is \
+         not ingested: deliver it again once it is complete"
+    )]
+    Changed { path: String, what: String },
+
     #[error("gave up after {attempts} attempts at {what}: {last}")]
     Contention { what: &'static str, attempts: u32, last: String },
 
@@ -87,7 +95,7 @@ impl Error {
     /// (an ambiguous failure, such as a timeout, may hide a landed commit).
     pub fn surely_uncommitted(&self) -> bool {
         match self {
-            Error::Deadline { .. } | Error::BadInput(_) | Error::Usage(_) => true,
+            Error::Deadline { .. } | Error::BadInput(_) | Error::Usage(_) | Error::Changed { .. } => true,
             Error::Lance { source, .. } => matches!(
                 source,
                 lance::Error::IncompatibleTransaction { .. }

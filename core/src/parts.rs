@@ -36,14 +36,15 @@ const SCAN_BYTES: usize = 64 << 10;
 /// in file order; `None` unless it is a local file of at least two parts'
 /// bytes whose path gives the table no values. Call from a blocking thread.
 pub fn plan(source: &Source, target: &SchemaRef) -> Result<Option<Vec<Range<u64>>>> {
-    let Location::Local(path) = &source.location else { return Ok(None) };
+    let Location::Local { path, .. } = &source.location else { return Ok(None) };
     let n = parts_of(source.size);
     let takes_path_values = !matches!(partitions::split(target, &source.uri), Ok((_, None)));
     if n < 2 || takes_path_values {
         return Ok(None);
     }
     let mut file = std::fs::File::open(path).map_err(|e| Error::io(&source.uri, e))?;
-    // Cut only the bytes its identity names: a file that changed since is read whole, as before.
+    // Cut only the bytes its identity names: a file that changed since is
+    // read whole, then refused (`Source::unchanged`).
     if file.metadata().map_err(|e| Error::io(&source.uri, e))?.len() != source.size {
         return Ok(None);
     }
@@ -120,7 +121,7 @@ pub fn in_file(e: Error, source: &Source, start: u64) -> Error {
 
 /// Lines before byte `at` of `source`, a line start.
 fn lines_before(source: &Source, at: u64) -> Result<u64> {
-    let Location::Local(path) = &source.location else { unreachable!("only local files are read in parts") };
+    let Location::Local { path, .. } = &source.location else { unreachable!("only local files are read in parts") };
     let count = || -> std::io::Result<u64> {
         let mut file = std::fs::File::open(path)?.take(at);
         let (mut buf, mut lines) = (vec![0u8; 1 << 20], 0u64);

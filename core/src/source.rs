@@ -8,6 +8,7 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
 
 use object_store::path::Path;
 use object_store::{GetOptions, ObjectStore, ObjectStoreExt};
@@ -20,7 +21,9 @@ use crate::lake::{s3_options_from_env, s3_store};
 
 #[derive(Clone)]
 pub enum Location {
-    Local(PathBuf),
+    /// A local file, and when it was last modified as its identity was
+    /// taken: the file must show the same size and time after it is read.
+    Local { path: PathBuf, modified: SystemTime },
     S3 { store: Arc<dyn ObjectStore>, key: Path, e_tag: Option<String>, version: Option<String> },
 }
 
@@ -180,11 +183,12 @@ impl Source {
         }
         let path = std::path::absolute(uri.strip_prefix("file://").unwrap_or(uri)).map_err(|e| Error::io(uri, e))?;
         let shown = path.display().to_string();
-        let (size, hash) = tokio::task::spawn_blocking({
+        let (size, hash, modified) = tokio::task::spawn_blocking({
             let path = path.clone();
-            move || -> std::io::Result<(u64, String)> {
+            move || -> std::io::Result<(u64, String, Result<SystemTime, String>)> {
                 let mut file = std::fs::File::open(&path)?;
-                if file.metadata()?.is_dir() {
+                let before = file.metadata()?;
+                if before.is_dir() {
                     return Err(std::io::Error::other("is a directory, not a file"));
                 }
                 let mut hasher = Sha256::new();
@@ -198,14 +202,33 @@ impl Source {
                     size += n as u64;
                     hasher.update(&buf[..n]);
                 }
-                Ok((size, hex::encode(hasher.finalize())))
+                let modified = same_file(&before, &file.metadata()?, size)?;
+                Ok((size, hex::encode(hasher.finalize()), modified))
             }
         })
         .await
         .expect("hashing task panicked")
         .map_err(|e| Error::io(&shown, e))?;
+        let modified = modified.map_err(|what| Error::Changed { path: shown.clone(), what })?;
         let identity = format!("file://{shown}#size={size};sha256={hash}");
-        Ok(Source { uri: shown, pin: None, id: digest_hex(identity.as_bytes()), identity, size, location: Location::Local(path), read_counter: None })
+        let location = Location::Local { path, modified };
+        Ok(Source { uri: shown, pin: None, id: digest_hex(identity.as_bytes()), identity, size, location, read_counter: None })
+    }
+
+    /// Check that a local file is still the version its identity names, once
+    /// its bytes were read: the same size, and not modified since it was
+    /// hashed. A file still being written fails here instead of going in
+    /// under an identity its rows do not match. (An S3 source is read by
+    /// version or `If-Match`: nothing to check.)
+    pub async fn unchanged(&self) -> Result<()> {
+        let Location::Local { path, modified } = &self.location else { return Ok(()) };
+        let now = tokio::fs::metadata(path).await.map_err(|e| Error::io(&self.uri, e))?;
+        let was = (self.size, *modified);
+        let is = (now.len(), now.modified().map_err(|e| Error::io(&self.uri, e))?);
+        if was == is {
+            return Ok(());
+        }
+        Err(Error::Changed { path: self.uri.clone(), what: changes(was, is) })
     }
 
     /// The file name, used for format detection and routing.
@@ -233,7 +256,7 @@ impl Source {
     /// Bytes `range` of a local file, counted like [`Source::open_blocking`]'s;
     /// `None` for an S3 object. Call from a blocking thread.
     pub fn open_local_range(&self, range: std::ops::Range<u64>) -> Option<Result<Box<dyn Read + Send>>> {
-        let Location::Local(path) = &self.location else { return None };
+        let Location::Local { path, .. } = &self.location else { return None };
         let open = || -> std::io::Result<std::io::Take<std::fs::File>> {
             let mut file = std::fs::File::open(path)?;
             std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(range.start))?;
@@ -244,9 +267,10 @@ impl Source {
 
     fn open_raw_blocking(&self, handle: &tokio::runtime::Handle) -> Result<Box<dyn Read + Send>> {
         match &self.location {
-            Location::Local(path) => {
+            // No further than the bytes its identity hashed.
+            Location::Local { path, .. } => {
                 let file = std::fs::File::open(path).map_err(|e| Error::io(&self.uri, e))?;
-                Ok(Box::new(file))
+                Ok(Box::new(file.take(self.size)))
             }
             Location::S3 { store, key, e_tag, version } => {
                 let got = handle
@@ -263,7 +287,7 @@ impl Source {
     /// a temporary copy of an S3 object. Call from a blocking thread.
     pub fn local_copy_blocking(&self, handle: &tokio::runtime::Handle) -> Result<(PathBuf, Option<tempfile::TempPath>)> {
         match &self.location {
-            Location::Local(path) => Ok((path.clone(), None)),
+            Location::Local { path, .. } => Ok((path.clone(), None)),
             Location::S3 { store, key, e_tag, version } => {
                 let temp = tempfile::NamedTempFile::new().map_err(|e| Error::io("temporary file", e))?.into_temp_path();
                 handle.block_on(async {
@@ -288,7 +312,7 @@ impl Source {
             lake.store().put_multipart(&dest).await.map_err(|e| Error::store(&dest, e))?,
         );
         match &self.location {
-            Location::Local(path) => {
+            Location::Local { path, .. } => {
                 let mut file = tokio::fs::File::open(path).await.map_err(|e| Error::io(&self.uri, e))?;
                 let mut buf = vec![0u8; 1 << 20];
                 loop {
@@ -312,5 +336,23 @@ impl Source {
         }
         upload.finish().await.map_err(|e| Error::store(&dest, e))?;
         Ok(())
+    }
+}
+
+/// The time a file was modified while it was hashed, or what changed: a
+/// file being written as it is hashed has no one version to name.
+fn same_file(before: &std::fs::Metadata, after: &std::fs::Metadata, hashed: u64) -> std::io::Result<Result<SystemTime, String>> {
+    let was = (before.len(), before.modified()?);
+    let is = (if after.len() != was.0 { after.len() } else { hashed }, after.modified()?);
+    Ok(if was == is { Ok(was.1) } else { Err(changes(was, is)) })
+}
+
+/// What differs between two (size, modified) views of one file.
+fn changes(was: (u64, SystemTime), is: (u64, SystemTime)) -> String {
+    if was.0 != is.0 {
+        format!("its size went from {} to {} bytes", was.0, is.0)
+    } else {
+        let at = |t: SystemTime| chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+        format!("it was modified at {}, after the version read, modified at {}", at(is.1), at(was.1))
     }
 }

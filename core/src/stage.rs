@@ -527,8 +527,19 @@ impl Stager<'_> {
         }
     }
 
-    /// Write `t`'s rows onto `ds` (opened, its mode adopted), or create the table.
+    /// Write `t`'s rows onto `ds` (opened, its mode adopted), or create the
+    /// table; then check that every source read is still the version its
+    /// identity names.
     async fn stage_on(&self, t: &mut TableWork, ds: Option<Arc<Dataset>>) -> Result<Staged> {
+        // Boxed: nested in the door's futures, its type was past the compiler's depth limit.
+        let staged = Box::pin(self.write_rows(t, ds)).await?;
+        for (source, _) in &t.sources {
+            source.unchanged().await?;
+        }
+        Ok(staged)
+    }
+
+    async fn write_rows(&self, t: &mut TableWork, ds: Option<Arc<Dataset>>) -> Result<Staged> {
         let name = t.request.table.clone();
         let target: SchemaRef = match &ds {
             Some(ds) => {

@@ -811,6 +811,9 @@ async fn backfill(lake: &Lake, plan: sluice::discover::Plan<'_>, json: bool) -> 
         for s in &report.skipped {
             out.push_str(&format!("\nskipped: {}: {}", s.uri, s.reason));
         }
+        for c in &report.changing {
+            out.push_str(&format!("\nleft for the next run: {}", c.reason));
+        }
         out
     });
     match (report.bad.is_empty(), report.not_done > 0 && !dry_run) {
