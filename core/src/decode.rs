@@ -575,6 +575,9 @@ struct JsonChunks {
     numbers: Option<JsonNumbers>,
     /// A `rescue` table's schema, and where its rescue column is in it.
     rescue: Option<(SchemaRef, usize)>,
+    /// Decoders of whole chunks that finished one, for the next: a fresh
+    /// decoder's buffers grow, copied, as each chunk fills them.
+    decoders: Mutex<Vec<arrow::json::reader::Decoder>>,
 }
 
 /// Whole lines of one file as read, and the number of the first.
@@ -628,7 +631,7 @@ impl JsonLines {
         let numbers = JsonNumbers::for_schema(&schema);
         Ok(JsonLines {
             reader,
-            chunks: Arc::new(JsonChunks { source: source.clone(), schema, numbers, rescue }),
+            chunks: Arc::new(JsonChunks { source: source.clone(), schema, numbers, rescue, decoders: Mutex::default() }),
             line: 0,
             done: false,
             in_flight: VecDeque::new(),
@@ -885,13 +888,21 @@ impl JsonChunks {
     }
 
     fn decode_whole(&self, chunk: &Chunk) -> Result<Option<RecordBatch>> {
-        let mut decoder = Self::decoder(&self.schema, chunk.records.len())?;
+        assert!(chunk.records.len() <= BATCH_ROWS, "a chunk is one batch");
+        let spare = self.decoders.lock().expect("spare decoders poisoned").pop();
+        let mut decoder = match spare {
+            Some(decoder) => decoder,
+            None => Self::decoder(&self.schema, BATCH_ROWS)?,
+        };
         match decoder.decode(&chunk.buf) {
             Ok(used) if used == chunk.buf.len() && !decoder.has_partial_record() && decoder.len() == chunk.records.len() => {}
             Ok(_) => return Err(self.locate(chunk, None)),
             Err(e) => return Err(self.locate(chunk, Some(e))),
         }
         let batch = decoder.flush().map_err(|e| self.locate(chunk, Some(e)))?;
+        // Flushed whole, it is as new but for its buffers' capacity. (One that
+        // failed is dropped.) At most one per chunk in flight is ever made.
+        self.decoders.lock().expect("spare decoders poisoned").push(decoder);
         if let Some(numbers) = &self.numbers {
             for (line, range) in &chunk.records {
                 numbers.check(&chunk.buf[range.clone()]).map_err(|e| bad(&self.source, Some(*line), e.column, e.reason))?;

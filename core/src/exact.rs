@@ -197,6 +197,9 @@ fn plain(kind: Kind, value: &[u8]) -> Option<Result<(), Problem>> {
             if text.iter().any(|&b| b == b'\\' || b < 0x20) {
                 return None;
             }
+            if t.keeps_all(text) {
+                return Some(Ok(()));
+            }
             Some(t.check(std::str::from_utf8(text).ok()?).map_err(Problem::Time))
         }
         (_, b'n') => (value == b"null").then_some(Ok(())),
@@ -349,6 +352,20 @@ pub enum TimeText {
 }
 
 impl TimeText {
+    /// Does `text` show without a parse that it loses nothing? A date alone
+    /// (no time of day to drop), or no more fraction digits than the unit
+    /// keeps: most text does.
+    fn keeps_all(self, text: &[u8]) -> bool {
+        match self {
+            TimeText::Date => text.len() == 10,
+            TimeText::Timestamp { tick_nanos } => {
+                let fraction = memchr::memchr(b'.', text).map_or(&[][..], |dot| &text[dot + 1..]);
+                let digits = fraction.iter().take_while(|b| b.is_ascii_digit()).count();
+                digits <= (9 - tick_nanos.ilog10()) as usize
+            }
+        }
+    }
+
     pub fn of(t: &DataType) -> Option<TimeText> {
         use arrow::datatypes::TimeUnit;
         match t {
@@ -369,13 +386,8 @@ impl TimeText {
     /// not parse at all is left to the reader, which refuses it.
     pub fn check(self, text: &str) -> Result<(), String> {
         use chrono::{NaiveDate, Timelike};
-        // Most text shows without a parse that it loses nothing: a date alone
-        // (no time of day to drop), or no more fraction digits than the unit keeps.
-        let fraction_digits = || text.split_once('.').map_or(0, |(_, f)| f.bytes().take_while(u8::is_ascii_digit).count() as u32);
-        match self {
-            TimeText::Date if text.len() == 10 => return Ok(()),
-            TimeText::Timestamp { tick_nanos } if fraction_digits() <= 9 - tick_nanos.ilog10() => return Ok(()),
-            _ => {}
+        if self.keeps_all(text.as_bytes()) {
+            return Ok(());
         }
         match (self, crate::times::parse_timestamp(text)) {
             (TimeText::Date, Some(_)) if NaiveDate::parse_from_str(text, "%Y-%m-%d").is_err() => {
