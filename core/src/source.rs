@@ -312,8 +312,10 @@ impl Source {
             lake.store().put_multipart(&dest).await.map_err(|e| Error::store(&dest, e))?,
         );
         match &self.location {
+            // The version its identity names: no further than the bytes hashed.
             Location::Local { path, .. } => {
-                let mut file = tokio::fs::File::open(path).await.map_err(|e| Error::io(&self.uri, e))?;
+                let file = tokio::fs::File::open(path).await.map_err(|e| Error::io(&self.uri, e))?;
+                let mut file = tokio::io::AsyncReadExt::take(file, self.size);
                 let mut buf = vec![0u8; 1 << 20];
                 loop {
                     let n = tokio::io::AsyncReadExt::read(&mut file, &mut buf).await.map_err(|e| Error::io(&self.uri, e))?;
