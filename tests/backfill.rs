@@ -153,14 +153,18 @@ fn a_file_still_being_written_is_left_for_the_next_run() {
     write(&input.join("t"), "a.jsonl", padded(0..10).as_bytes());
     // Over 8 MiB, so it is read after the claims, not alongside them:
     // the append below comes after its hash and before its read.
-    let log = write(&input.join("t"), "log.jsonl", padded(1_000..100_000).as_bytes());
+    // Its writer stopped in the middle of a line: half of it is hashed.
+    let last = padded(100_000..100_001);
+    let (half, rest) = last.split_at(last.len() / 2);
+    let log = write(&input.join("t"), "log.jsonl", (padded(1_000..100_000) + half).as_bytes());
     let held = hold_at(sluice(&b.root).args(["--json", "backfill"]).arg(&input), AFTER_INTENT);
-    std::fs::OpenOptions::new().append(true).open(&log).unwrap().write_all(padded(100_000..100_005).as_bytes()).unwrap();
+    std::fs::OpenOptions::new().append(true).open(&log).unwrap().write_all((rest.to_string() + &padded(100_001..100_005)).as_bytes()).unwrap();
     held.release();
     let out = held.wait_with_output();
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let r = json(&out);
-    assert_eq!((r["ingested"].as_u64(), r["rows"].as_u64()), (Some(1), Some(10)), "{r}");
+    // Not bad input (its half line), and not quarantined: unfinished.
+    assert_eq!((r["ingested"].as_u64(), r["rows"].as_u64(), r["bad"].as_array().map(Vec::len)), (Some(1), Some(10), Some(0)), "{r}");
     let reason = r["changing"][0]["reason"].as_str().unwrap();
     assert!(reason.contains("log.jsonl changed while it was being ingested (its size went from"), "{reason}");
     assert!(reason.contains("nothing of it was published"), "{reason}");
@@ -182,5 +186,19 @@ fn a_file_still_being_written_is_left_for_the_next_run() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("same.jsonl changed while it was being ingested (it was modified at"), "{stderr}");
+    assert!(stderr.contains("(the version read: "), "{stderr}");
+    assert_eq!(scan_ids(&b.root, "t").len(), 10 + 99_005);
+
+    // Another file of the same size and time renamed into its place: refused too.
+    let held = hold_at(sluice(&b.root).args(["ingest", "--table", "t"]).arg(&same), AFTER_INTENT);
+    let other = write(dir.path(), "other.jsonl", padded(400_000..499_000).as_bytes());
+    let modified = std::fs::metadata(&same).unwrap().modified().unwrap();
+    std::fs::File::options().write(true).open(&other).unwrap().set_modified(modified).unwrap();
+    std::fs::rename(&other, &same).unwrap();
+    held.release();
+    let out = held.wait_with_output();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("same.jsonl changed while it was being ingested (another file took its place)"), "{stderr}");
     assert_eq!(scan_ids(&b.root, "t").len(), 10 + 99_005);
 }

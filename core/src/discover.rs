@@ -254,28 +254,28 @@ pub async fn backfill(lake: &Lake, plan: Plan<'_>, progress: Arc<Progress>, mut 
         let done = loop {
             let requests = (plan.route)(&batch_owned)?;
             let budget = Budget { timeout: deadline.remaining().max(Duration::from_secs(1)), ..plan.budget };
-            match ingest::run(lake, requests, budget, Arc::clone(&progress)).await {
+            let error = match ingest::run(lake, requests, budget, Arc::clone(&progress)).await {
                 Ok(r) => break Some(r),
-                // The door quarantined the bad file; the rest of the batch goes on without it.
-                Err(Error::BadInput(bad)) if bad_here < MAX_BAD_PER_BATCH => {
-                    bad_here += 1;
-                    batch_owned.retain(|u| *u != bad.source_uri);
-                    report.bad.push(BadSource { uri: bad.source_uri.clone(), reason: bad.to_string() });
-                    if batch_owned.is_empty() {
-                        break None;
-                    }
-                }
-                // A file still being written: the next run takes it, once it is whole.
-                Err(changed @ Error::Changed { .. }) if bad_here < MAX_BAD_PER_BATCH => {
-                    let Error::Changed { path, .. } = &changed else { unreachable!("matched above") };
-                    bad_here += 1;
-                    batch_owned.retain(|u| u != path);
-                    report.changing.push(BadSource { uri: path.clone(), reason: changed.to_string() });
-                    if batch_owned.is_empty() {
-                        break None;
-                    }
-                }
-                Err(e) => return Err(e),
+                Err(e) => e,
+            };
+            // The door quarantined a bad file, or met one still being written
+            // (the next run takes it, once it is whole): the rest of the batch
+            // goes on without it.
+            let (uri, list) = match &error {
+                Error::BadInput(bad) => (bad.source_uri.clone(), &mut report.bad),
+                Error::Changed { path, .. } => (path.clone(), &mut report.changing),
+                _ => return Err(error),
+            };
+            let before = batch_owned.len();
+            batch_owned.retain(|u| Source::shown_uri(u) != uri);
+            // A file not in the batch (it cannot be left out), or too many: give up.
+            if batch_owned.len() == before || bad_here == MAX_BAD_PER_BATCH {
+                return Err(error);
+            }
+            bad_here += 1;
+            list.push(BadSource { uri, reason: error.to_string() });
+            if batch_owned.is_empty() {
+                break None;
             }
         };
         rest = after;

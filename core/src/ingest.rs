@@ -464,6 +464,10 @@ impl Door<'_> {
             Evolution::Strict => unreachable!("a strict table adds no columns"),
         };
         if !new.is_empty() {
+            // Columns only the version named brings: not those of one written since.
+            for (source, _) in &t.sources {
+                source.unchanged().await?;
+            }
             columns::add(self.w.lake, &table, &new, self.skew, &self.w.deadline).await?;
         }
         self.w.stage_once(t, true).await

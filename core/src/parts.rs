@@ -44,7 +44,7 @@ pub fn plan(source: &Source, target: &SchemaRef) -> Result<Option<Vec<Range<u64>
     }
     let mut file = std::fs::File::open(path).map_err(|e| Error::io(&source.uri, e))?;
     // Cut only the bytes its identity names: a file that changed since is
-    // read whole, then refused (`Source::unchanged`).
+    // read as one part, no further than those bytes, then refused (`Source::unchanged`).
     if file.metadata().map_err(|e| Error::io(&source.uri, e))?.len() != source.size {
         return Ok(None);
     }

@@ -21,9 +21,9 @@ use crate::lake::{s3_options_from_env, s3_store};
 
 #[derive(Clone)]
 pub enum Location {
-    /// A local file, and when it was last modified as its identity was
-    /// taken: the file must show the same size and time after it is read.
-    Local { path: PathBuf, modified: SystemTime },
+    /// A local file, and what it showed of its version as its identity was
+    /// taken: it must show the same after it is read.
+    Local { path: PathBuf, version: FileVersion },
     S3 { store: Arc<dyn ObjectStore>, key: Path, e_tag: Option<String>, version: Option<String> },
 }
 
@@ -183,14 +183,15 @@ impl Source {
         }
         let path = std::path::absolute(uri.strip_prefix("file://").unwrap_or(uri)).map_err(|e| Error::io(uri, e))?;
         let shown = path.display().to_string();
-        let (size, hash, modified) = tokio::task::spawn_blocking({
+        let (size, hash, version) = tokio::task::spawn_blocking({
             let path = path.clone();
-            move || -> std::io::Result<(u64, String, Result<SystemTime, String>)> {
+            move || -> std::io::Result<(u64, String, Result<FileVersion, String>)> {
                 let mut file = std::fs::File::open(&path)?;
-                let before = file.metadata()?;
-                if before.is_dir() {
+                let meta = file.metadata()?;
+                if meta.is_dir() {
                     return Err(std::io::Error::other("is a directory, not a file"));
                 }
+                let before = FileVersion::of(&meta)?;
                 let mut hasher = Sha256::new();
                 let mut buf = vec![0u8; 1 << 20];
                 let mut size = 0u64;
@@ -202,33 +203,47 @@ impl Source {
                     size += n as u64;
                     hasher.update(&buf[..n]);
                 }
-                let modified = same_file(&before, &file.metadata()?, size)?;
-                Ok((size, hex::encode(hasher.finalize()), modified))
+                // A file written as it is hashed has no one version to name.
+                let after = FileVersion::of(&file.metadata()?)?;
+                let hashed = FileVersion { size: if after.size == before.size { size } else { after.size }, ..after };
+                Ok((size, hex::encode(hasher.finalize()), before.changes(hashed).map_or(Ok(before), Err)))
             }
         })
         .await
         .expect("hashing task panicked")
         .map_err(|e| Error::io(&shown, e))?;
-        let modified = modified.map_err(|what| Error::Changed { path: shown.clone(), what })?;
+        let version = version.map_err(|what| Error::Changed { path: shown.clone(), what })?;
         let identity = format!("file://{shown}#size={size};sha256={hash}");
-        let location = Location::Local { path, modified };
+        let location = Location::Local { path, version };
         Ok(Source { uri: shown, pin: None, id: digest_hex(identity.as_bytes()), identity, size, location, read_counter: None })
     }
 
     /// Check that a local file is still the version its identity names, once
-    /// its bytes were read: the same size, and not modified since it was
-    /// hashed. A file still being written fails here instead of going in
-    /// under an identity its rows do not match. (An S3 source is read by
-    /// version or `If-Match`: nothing to check.)
+    /// its bytes were read: the same file at its path, the same size, and
+    /// not modified since it was hashed. A file still being written fails
+    /// here instead of going in under an identity its rows do not match.
+    /// (An S3 source is read by version or `If-Match`: nothing to check.)
     pub async fn unchanged(&self) -> Result<()> {
-        let Location::Local { path, modified } = &self.location else { return Ok(()) };
-        let now = tokio::fs::metadata(path).await.map_err(|e| Error::io(&self.uri, e))?;
-        let was = (self.size, *modified);
-        let is = (now.len(), now.modified().map_err(|e| Error::io(&self.uri, e))?);
-        if was == is {
-            return Ok(());
+        let Location::Local { path, version } = &self.location else { return Ok(()) };
+        let what = match tokio::fs::metadata(path).await {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some("it was removed".to_string()),
+            Err(e) => return Err(Error::io(&self.uri, e)),
+            Ok(now) => version.changes(FileVersion::of(&now).map_err(|e| Error::io(&self.uri, e))?),
+        };
+        match what {
+            None => Ok(()),
+            Some(what) => Err(Error::Changed { path: self.uri.clone(), what }),
         }
-        Err(Error::Changed { path: self.uri.clone(), what: changes(was, is) })
+    }
+
+    /// The form [`Source::resolve`] gives a local path (absolute, without
+    /// `file://`); other URIs as they are.
+    pub fn shown_uri(uri: &str) -> String {
+        if uri.starts_with("s3://") {
+            return uri.to_string();
+        }
+        let local = uri.strip_prefix("file://").unwrap_or(uri);
+        std::path::absolute(local).map_or_else(|_| uri.to_string(), |p| p.display().to_string())
     }
 
     /// The file name, used for format detection and routing.
@@ -341,20 +356,42 @@ impl Source {
     }
 }
 
-/// The time a file was modified while it was hashed, or what changed: a
-/// file being written as it is hashed has no one version to name.
-fn same_file(before: &std::fs::Metadata, after: &std::fs::Metadata, hashed: u64) -> std::io::Result<Result<SystemTime, String>> {
-    let was = (before.len(), before.modified()?);
-    let is = (if after.len() != was.0 { after.len() } else { hashed }, after.modified()?);
-    Ok(if was == is { Ok(was.1) } else { Err(changes(was, is)) })
+/// What a local file shows of its version without being read: its size,
+/// when it was last modified, and (on Unix) which file it is, so a file
+/// renamed into its place is told apart. Modification times are as fine as
+/// the file system keeps them: a same-size rewrite within one tick of the
+/// clock it stamps with passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileVersion {
+    size: u64,
+    modified: SystemTime,
+    /// Device and inode.
+    file: (u64, u64),
 }
 
-/// What differs between two (size, modified) views of one file.
-fn changes(was: (u64, SystemTime), is: (u64, SystemTime)) -> String {
-    if was.0 != is.0 {
-        format!("its size went from {} to {} bytes", was.0, is.0)
-    } else {
+impl FileVersion {
+    fn of(meta: &std::fs::Metadata) -> std::io::Result<FileVersion> {
+        #[cfg(unix)]
+        let file = {
+            use std::os::unix::fs::MetadataExt;
+            (meta.dev(), meta.ino())
+        };
+        #[cfg(not(unix))]
+        let file = (0, 0);
+        Ok(FileVersion { size: meta.len(), modified: meta.modified()?, file })
+    }
+
+    /// What differs in `now`, if anything.
+    fn changes(self, now: FileVersion) -> Option<String> {
         let at = |t: SystemTime| chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
-        format!("it was modified at {}, after the version read, modified at {}", at(is.1), at(was.1))
+        if self == now {
+            None
+        } else if self.file != now.file {
+            Some("another file took its place".to_string())
+        } else if self.size != now.size {
+            Some(format!("its size went from {} to {} bytes", self.size, now.size))
+        } else {
+            Some(format!("it was modified at {} (the version read: {})", at(now.modified), at(self.modified)))
+        }
     }
 }

@@ -133,7 +133,10 @@ pub(crate) async fn redo(
         let schema = it.schema.as_ref().map(|v| decode::parse_declared_schema(&v.to_string())).transpose()?;
         let mut sources = Vec::new();
         for r in refs {
-            let source = Source::resolve_pinned(&r.uri, r.pin.as_ref()).await?;
+            let source = match Source::resolve_pinned(&r.uri, r.pin.as_ref()).await {
+                Err(Error::Changed { .. }) => return Ok(None),
+                resolved => resolved?,
+            };
             if source.identity != r.identity {
                 return Ok(None);
             }
@@ -172,7 +175,11 @@ pub(crate) async fn redo(
     for t in &mut work {
         // A table that evolves gained its columns (new ones, or the rescue
         // column) after the load's start pin: its rows go onto it as it is now.
-        let stage = stager.stage(t, t.evolution != Evolution::Strict).await?;
+        let stage = match stager.stage(t, t.evolution != Evolution::Strict).await {
+            // Changed while it was read again: the next pass rolls the load back.
+            Err(Error::Changed { .. }) => return Ok(None),
+            staged => staged?,
+        };
         stager.commit(t, stage).await?;
         done.insert(t.request.table.clone(), t.committed.expect("a commit that returned Ok recorded its version"));
     }
@@ -532,11 +539,13 @@ impl Stager<'_> {
     /// identity names.
     async fn stage_on(&self, t: &mut TableWork, ds: Option<Arc<Dataset>>) -> Result<Staged> {
         // Boxed: nested in the door's futures, its type was past the compiler's depth limit.
-        let staged = Box::pin(self.write_rows(t, ds)).await?;
+        let staged = Box::pin(self.write_rows(t, ds)).await;
+        // Checked even when staging failed: a file cut short as it was
+        // written (half a line at the end) is not bad input, it is unfinished.
         for (source, _) in &t.sources {
             source.unchanged().await?;
         }
-        Ok(staged)
+        staged
     }
 
     async fn write_rows(&self, t: &mut TableWork, ds: Option<Arc<Dataset>>) -> Result<Staged> {
