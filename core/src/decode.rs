@@ -575,9 +575,11 @@ struct JsonChunks {
     numbers: Option<JsonNumbers>,
     /// A `rescue` table's schema, and where its rescue column is in it.
     rescue: Option<(SchemaRef, usize)>,
-    /// Decoders of whole chunks that finished one, for the next: a fresh
-    /// decoder's buffers grow, copied, as each chunk fills them.
-    decoders: Mutex<Vec<arrow::json::reader::Decoder>>,
+    /// Decoders of whole chunks that finished one, for the next (a fresh
+    /// decoder's buffers grow, copied, as each chunk fills them), each with
+    /// the records it decodes at most: its buffers are sized for them, so
+    /// a wide table's few long lines get small ones.
+    decoders: Mutex<Vec<(usize, arrow::json::reader::Decoder)>>,
 }
 
 /// Whole lines of one file as read, and the number of the first.
@@ -888,11 +890,17 @@ impl JsonChunks {
     }
 
     fn decode_whole(&self, chunk: &Chunk) -> Result<Option<RecordBatch>> {
-        assert!(chunk.records.len() <= BATCH_ROWS, "a chunk is one batch");
-        let spare = self.decoders.lock().expect("spare decoders poisoned").pop();
-        let mut decoder = match spare {
-            Some(decoder) => decoder,
-            None => Self::decoder(&self.schema, BATCH_ROWS)?,
+        let records = chunk.records.len();
+        assert!(records <= BATCH_ROWS, "a chunk is one batch");
+        // One that holds too few records is dropped: the pool never outgrows the chunks in flight.
+        let spare = self.decoders.lock().expect("spare decoders poisoned").pop().filter(|(rows, _)| *rows >= records);
+        let (rows, mut decoder) = match spare {
+            Some(spare) => spare,
+            // Room to spare, as the next chunks may hold a few more lines.
+            None => {
+                let rows = records.next_power_of_two().min(BATCH_ROWS);
+                (rows, Self::decoder(&self.schema, rows)?)
+            }
         };
         match decoder.decode(&chunk.buf) {
             Ok(used) if used == chunk.buf.len() && !decoder.has_partial_record() && decoder.len() == chunk.records.len() => {}
@@ -900,9 +908,8 @@ impl JsonChunks {
             Err(e) => return Err(self.locate(chunk, Some(e))),
         }
         let batch = decoder.flush().map_err(|e| self.locate(chunk, Some(e)))?;
-        // Flushed whole, it is as new but for its buffers' capacity. (One that
-        // failed is dropped.) At most one per chunk in flight is ever made.
-        self.decoders.lock().expect("spare decoders poisoned").push(decoder);
+        // Flushed whole, it is as new but for its buffers' capacity. (One that failed is dropped.)
+        self.decoders.lock().expect("spare decoders poisoned").push((rows, decoder));
         if let Some(numbers) = &self.numbers {
             for (line, range) in &chunk.records {
                 numbers.check(&chunk.buf[range.clone()]).map_err(|e| bad(&self.source, Some(*line), e.column, e.reason))?;
