@@ -181,7 +181,7 @@ impl Source {
                 read_counter: None,
             });
         }
-        let path = std::path::absolute(uri.strip_prefix("file://").unwrap_or(uri)).map_err(|e| Error::io(uri, e))?;
+        let path = local_path(uri).map_err(|e| Error::io(uri, e))?;
         let shown = path.display().to_string();
         let (size, hash, version) = tokio::task::spawn_blocking({
             let path = path.clone();
@@ -203,10 +203,11 @@ impl Source {
                     size += n as u64;
                     hasher.update(&buf[..n]);
                 }
-                // A file written as it is hashed has no one version to name.
+                // A file written as it is hashed has no one version to name:
+                // what its stat shows changed, or the bytes read were not its size.
                 let after = FileVersion::of(&file.metadata()?)?;
-                let hashed = FileVersion { size: if after.size == before.size { size } else { after.size }, ..after };
-                Ok((size, hex::encode(hasher.finalize()), before.changes(hashed).map_or(Ok(before), Err)))
+                let changed = before.changes(after).or_else(|| before.changes(FileVersion { size, ..before }));
+                Ok((size, hex::encode(hasher.finalize()), changed.map_or(Ok(before), Err)))
             }
         })
         .await
@@ -242,8 +243,7 @@ impl Source {
         if uri.starts_with("s3://") {
             return uri.to_string();
         }
-        let local = uri.strip_prefix("file://").unwrap_or(uri);
-        std::path::absolute(local).map_or_else(|_| uri.to_string(), |p| p.display().to_string())
+        local_path(uri).map_or_else(|_| uri.to_string(), |p| p.display().to_string())
     }
 
     /// The file name, used for format detection and routing.
@@ -354,6 +354,11 @@ impl Source {
         upload.finish().await.map_err(|e| Error::store(&dest, e))?;
         Ok(())
     }
+}
+
+/// A local URI's absolute path (`file://` or none).
+fn local_path(uri: &str) -> std::io::Result<PathBuf> {
+    std::path::absolute(uri.strip_prefix("file://").unwrap_or(uri))
 }
 
 /// What a local file shows of its version without being read: its size,
