@@ -1182,6 +1182,17 @@ impl Progress {
         let theirs = other.source_rows.lock().expect("progress poisoned").clone();
         self.source_rows.lock().expect("progress poisoned").extend(theirs);
     }
+
+    /// Count the rows `other` read ahead of `source`'s identity (its bytes
+    /// were shown here as they were read: `read_ahead.rs`), as read of `source`.
+    pub fn absorb_read_ahead(&self, other: &Progress, source: &Source) {
+        self.rows.fetch_add(other.rows.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.sources_done.fetch_add(other.sources_done.load(Ordering::Relaxed), Ordering::Relaxed);
+        let theirs = other.source_rows.lock().expect("progress poisoned").values().sum::<u64>();
+        if other.sources_done.load(Ordering::Relaxed) > 0 {
+            self.source_rows.lock().expect("progress poisoned").insert(source.id.clone(), theirs);
+        }
+    }
 }
 
 /// The first typed error a reader met. Lance only sees an opaque Arrow error.

@@ -76,6 +76,13 @@ pub const COLUMNS_AFTER_COMMIT: &str = "columns.after-commit";
 pub const COLUMNS_AWAIT_TABLE: &str = "columns.await-table";
 /// A reader opened a table at its pinned version; no data read yet.
 pub const SCAN_AFTER_OPEN: &str = "scan.after-open";
+/// A local file's version was taken; its identity hash is next.
+pub const BEFORE_HASH: &str = "source.before-hash";
+/// A part of a large local file read ahead of its identity hash
+/// (`read_ahead.rs`) decoded its first rows; nothing written.
+pub const READ_AHEAD: &str = "ingest.read-ahead";
+/// Staging took what was read ahead: the file is the version hashed.
+pub const READ_AHEAD_KEPT: &str = "stage.kept-read-ahead";
 
 /// The writer's steps (a crash here leaves work for recovery).
 pub const WRITER: &[&str] = &[AFTER_INTENT, AFTER_CLAIMS, BEFORE_COMMIT, COMMIT_CHECKED, AFTER_COMMIT, BEFORE_DECISION, AFTER_DECISION, BEFORE_PUBLISH, AFTER_PUBLISH, BEFORE_FINISH];
@@ -85,8 +92,8 @@ pub const OPTIMIZE: &[&str] = &[OPTIMIZE_AFTER_INTENT, OPTIMIZE_AFTER_REWRITE, O
 pub const INDEX: &[&str] = &[INDEX_AFTER_INTENT, INDEX_AFTER_BUILD, INDEX_AFTER_COMMIT];
 /// A schema change's own steps.
 pub const COLUMNS: &[&str] = &[COLUMNS_BEFORE_COMMIT, COLUMNS_AFTER_COMMIT];
-/// Readers' steps (a rendezvous for tests; a reader leaves nothing behind).
-pub const READ: &[&str] = &[SCAN_AFTER_OPEN];
+/// Steps that only read (a rendezvous for tests; nothing is left behind).
+pub const READ: &[&str] = &[SCAN_AFTER_OPEN, BEFORE_HASH, READ_AHEAD, READ_AHEAD_KEPT];
 /// Recovery's own steps (a crash here leaves work for the next sweep).
 pub const RECOVERY: &[&str] = &[RECOVER_BEFORE_LEASE, RECOVER_AFTER_LEASE, RECOVER_AFTER_DECISION, RECOVER_AFTER_EFFECTS, RECOVER_BEFORE_FINISH];
 
@@ -117,6 +124,9 @@ pub const ALL: &[&str] = &[
     COLUMNS_AFTER_COMMIT,
     COLUMNS_AWAIT_TABLE,
     SCAN_AFTER_OPEN,
+    BEFORE_HASH,
+    READ_AHEAD,
+    READ_AHEAD_KEPT,
 ];
 
 /// How far behind this worker's clock runs, as the deadline it records in

@@ -39,6 +39,7 @@ use crate::failpoints;
 use crate::lake::{Created, Lake};
 use crate::manifest::{self, Goal, Manifest, Mode, Published, PublishedSource, TablePin};
 use crate::columns;
+use crate::read_ahead::{self, ReadAhead};
 use crate::rescue;
 use crate::settings::{Change, Evolution, RESCUE_COLUMN};
 use crate::fence;
@@ -166,7 +167,22 @@ pub async fn run(lake: &Lake, requests: Vec<TableRequest>, budget: Budget, progr
     // only: a source that cannot be read fails the call as before).
     let requests = requests.into_iter().map(checked).collect::<Result<Vec<_>>>()?;
     let started = std::time::Instant::now();
-    let (tables, base) = futures::join!(resolve(requests), manifest::writer_base(lake));
+    // A large local file is decoded beside its hash (no data file is written
+    // before the intent): `read_ahead.rs`.
+    let single = match &requests[..] {
+        [request] => Some(request.clone()),
+        _ => None,
+    };
+    let based = async {
+        let base = manifest::writer_base(lake).await;
+        let ahead = match (&base, &single) {
+            (Ok(base), Some(request)) => ReadAhead::start(lake, request, base, &progress).await,
+            _ => None,
+        };
+        (base, ahead)
+    };
+    let (tables, (base, ahead)) = futures::join!(resolve(requests), based);
+    let read_ahead: read_ahead::Slot = std::sync::Mutex::new(ahead);
     let (tables, mut base) = (tables?, base?);
     // Until our intent exists only the manifest's retention protects our start
     // pins, and its margin is the clock skew: a slow resolve reads them again.
@@ -178,7 +194,7 @@ pub async fn run(lake: &Lake, requests: Vec<TableRequest>, budget: Budget, progr
     let op = operation_id(&tables);
     let attempt = uuid::Uuid::now_v7().to_string();
     let door = Door {
-        w: Stager { lake, op: op.clone(), intent: attempt.clone(), attempt, deadline, progress, multi: tables.len() > 1 },
+        w: Stager { lake, op: op.clone(), intent: attempt.clone(), attempt, deadline, progress, multi: tables.len() > 1, read_ahead: Some(&read_ahead) },
         sources: tables.iter().flat_map(|t| t.sources.iter().map(|(s, _)| s.clone())).collect(),
         skew: budget.clock_skew,
     };

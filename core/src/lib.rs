@@ -29,6 +29,7 @@ pub mod loads;
 pub mod manifest;
 pub mod optimize;
 pub mod partitions;
+mod read_ahead;
 pub mod read;
 pub mod recover;
 mod rescue;

@@ -186,6 +186,7 @@ impl Source {
         let (size, hash, version) = tokio::task::spawn_blocking({
             let path = path.clone();
             move || -> std::io::Result<(u64, String, Result<FileVersion, String>)> {
+                crate::failpoints::hit(crate::failpoints::BEFORE_HASH).map_err(|e| std::io::Error::other(e.to_string()))?;
                 let mut file = std::fs::File::open(&path)?;
                 let meta = file.metadata()?;
                 if meta.is_dir() {
@@ -217,6 +218,32 @@ impl Source {
         let identity = format!("file://{shown}#size={size};sha256={hash}");
         let location = Location::Local { path, version };
         Ok(Source { uri: shown, pin: None, id: digest_hex(identity.as_bytes()), identity, size, location, read_counter: None })
+    }
+
+    /// A local file as it is now, before its identity is taken: only to read
+    /// ahead (`read_ahead.rs`). It has no identity (empty `identity` and
+    /// `id`), so it is never claimed, recorded or quarantined; staging takes
+    /// what it read only for the resolved source of the same version.
+    /// Call from a blocking thread.
+    pub(crate) fn unhashed_local(uri: &str) -> std::io::Result<Source> {
+        let path = local_path(uri)?;
+        let meta = std::fs::metadata(&path)?;
+        if !meta.is_file() {
+            return Err(std::io::Error::other("not a file"));
+        }
+        let version = FileVersion::of(&meta)?;
+        let uri = path.display().to_string();
+        let location = Location::Local { path, version };
+        Ok(Source { uri, pin: None, identity: String::new(), id: String::new(), size: version.size, location, read_counter: None })
+    }
+
+    /// Whether both read the same bytes: the same local file at the same
+    /// version (an S3 object is never read ahead).
+    pub(crate) fn same_version(&self, other: &Source) -> bool {
+        match (&self.location, &other.location) {
+            (Location::Local { path, version }, Location::Local { path: p, version: v }) => path == p && version == v && self.size == other.size,
+            _ => false,
+        }
     }
 
     /// Check that a local file is still the version its identity names, once

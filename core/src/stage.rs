@@ -28,6 +28,7 @@ use crate::fence;
 use crate::known_manifest::{LanceManifest, ListAhead};
 use crate::lake::Lake;
 use crate::manifest::Mode;
+use crate::read_ahead::{self, ReadAhead};
 use crate::rescue;
 use crate::settings::{Change, Evolution, IndexSpec, RESCUE_COLUMN};
 use crate::sidecar::{self, Intent, SCOPE_MULTI, SCOPE_SINGLE, SourceRef};
@@ -45,6 +46,8 @@ pub(crate) struct Stager<'a> {
     pub deadline: Deadline,
     pub progress: Arc<Progress>,
     pub multi: bool,
+    /// What the door read ahead of its sources' identities, if anything.
+    pub read_ahead: Option<&'a read_ahead::Slot>,
 }
 
 /// What staging a table reads first ([`Stager::opening`]).
@@ -170,7 +173,7 @@ pub(crate) async fn redo(
             ahead: ListAhead::default(),
         });
     }
-    let stager = Stager { lake, op: intent.op.clone(), attempt: attempt.to_string(), intent: intent.attempt.clone(), deadline, progress: Arc::default(), multi: true };
+    let stager = Stager { lake, op: intent.op.clone(), attempt: attempt.to_string(), intent: intent.attempt.clone(), deadline, progress: Arc::default(), multi: true, read_ahead: None };
     let mut done = BTreeMap::new();
     for t in &mut work {
         // A table that evolves gained its columns (new ones, or the rescue
@@ -459,7 +462,13 @@ impl Stager<'_> {
         let rescue = rescues(t, &target);
         let params = WriteParams { file_writer_options: Some(parts::writer_options(ranges.len(), target.fields().len())), ..params };
         let starts: Vec<u64> = ranges.iter().map(|r| r.start).collect();
-        let readers = SourcesReader::for_parts(t.sources[0].clone(), ranges, target, rescue, Arc::clone(&self.progress));
+        let (readers, ahead) = match ReadAhead::take(self.read_ahead, &t.sources[0].0, &target, rescue, &ranges) {
+            Some(kept) => (kept.readers, Some(kept.progress)),
+            None => {
+                let parts = SourcesReader::for_parts(t.sources[0].clone(), ranges, target, rescue, Arc::clone(&self.progress));
+                (parts.into_iter().map(|(reader, slot)| (Box::new(reader) as Box<dyn RecordBatchReader + Send>, slot)).collect(), None)
+            }
+        };
         // The last part to run out of rows asks ahead, once.
         let running = Arc::new(std::sync::atomic::AtomicUsize::new(readers.len()));
         let writers = readers.into_iter().map(|(reader, slot)| {
@@ -469,7 +478,7 @@ impl Stager<'_> {
                     ahead.start(ds_at_end, &rt);
                 }
             };
-            let reader: Box<dyn RecordBatchReader + Send> = Box::new(AtEnd { inner: Box::new(reader), at_end: Some(Box::new(at_end)) });
+            let reader: Box<dyn RecordBatchReader + Send> = Box::new(AtEnd { inner: reader, at_end: Some(Box::new(at_end)) });
             let (ds, params, name) = (Arc::clone(ds), &params, &t.request.table);
             async move {
                 let txn = InsertBuilder::new(ds).with_params(params).execute_uncommitted_stream(reader).await;
@@ -480,6 +489,9 @@ impl Stager<'_> {
         // first failed part, in file order, names the error: the first bad line,
         // numbered in the part until then.
         let done = futures::future::join_all(writers).await;
+        if let Some(ahead) = ahead {
+            self.progress.absorb_read_ahead(&ahead, &t.sources[0].0);
+        }
         let mut txns = Vec::with_capacity(done.len());
         for (written, start) in done.into_iter().zip(starts) {
             match written {

@@ -1,0 +1,200 @@
+//! A large local JSON Lines file decoded while its identity is hashed.
+//!
+//! Why: the intent names a local file's SHA-256, and no data file may be
+//! written before the intent (invariant 4), so the hash ran alone on one
+//! core for about 1 ms per MiB while the others waited. Decoding writes
+//! nothing: the door starts it beside the hash, on the table its base
+//! manifest pins, and the parts' readers fill a bounded queue of batches
+//! that the Lance writers take once the intent and the claims are done.
+//!
+//! It is only an aid. Staging takes what was read ahead only if it is
+//! exactly what it would read itself: the same file at the same version
+//! (size, modification time, inode), the same table schema, the same rescue
+//! column, the same parts. Anything else, and when nothing is staged (the
+//! file was already ingested, another attempt holds it), drops it: its
+//! threads stop at their next batch, and what they read is not counted.
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, sync_channel};
+use std::sync::{Arc, Mutex};
+
+use arrow::array::{RecordBatch, RecordBatchReader};
+use arrow::datatypes::{Schema, SchemaRef};
+use arrow::error::ArrowError;
+
+use crate::decode::{self, Compression, ErrorSlot, Format, Progress, SourcesReader};
+use crate::failpoints;
+use crate::lake::Lake;
+use crate::manifest::{Manifest, Mode};
+use crate::parts;
+use crate::settings::{Evolution, RESCUE_COLUMN};
+use crate::source::Source;
+use crate::stage::TableRequest;
+
+/// Batches each part decodes ahead of its writer, at most (each at most
+/// about 1 MiB of the file): enough to keep a core busy while the hash runs.
+const BATCHES_AHEAD: usize = 8;
+
+/// What a door read ahead, until staging takes it (or nobody does).
+pub(crate) type Slot = Mutex<Option<ReadAhead>>;
+
+pub(crate) struct ReadAhead {
+    /// The file as it was stat'ed, before any hash: no identity of its own.
+    source: Source,
+    target: SchemaRef,
+    rescue: bool,
+    ranges: Vec<Range<u64>>,
+    parts: Vec<(Ahead, ErrorSlot)>,
+    /// What the parts read, apart from the door's until it is kept.
+    progress: Arc<Progress>,
+    shown: Arc<Shown>,
+    kept: bool,
+}
+
+impl Drop for ReadAhead {
+    fn drop(&mut self) {
+        if !self.kept {
+            self.shown.withdraw();
+        }
+    }
+}
+
+/// The parts' readers of what was read ahead, and what they count.
+pub(crate) struct Kept {
+    pub readers: Vec<(Box<dyn RecordBatchReader + Send>, ErrorSlot)>,
+    pub progress: Arc<Progress>,
+}
+
+impl ReadAhead {
+    /// Start decoding `request`'s one source if it is a local, uncompressed
+    /// JSON Lines file that staging will append in parts onto the table
+    /// `base` pins. `None` where it is not (or anything fails: staging reads
+    /// the file itself, and meets the error there). `door` counts the bytes
+    /// read, live, and loses them again if nobody keeps them.
+    pub async fn start(lake: &Lake, request: &TableRequest, base: &Manifest, door: &Arc<Progress>) -> Option<ReadAhead> {
+        let [spec] = &request.sources[..] else { return None };
+        let pin = base.tables.get(&request.table)?;
+        let appends = pin.mode == Mode::Append && request.mode != Some(Mode::Upsert) && request.key.is_none();
+        if spec.uri.starts_with("s3://") || !appends {
+            return None;
+        }
+        let uri = spec.uri.clone();
+        let source = tokio::task::spawn_blocking(move || Source::unhashed_local(&uri)).await.ok()?.ok()?;
+        let detected = decode::detect(&source, request.format, request.csv.as_ref()).ok()?;
+        if detected.format != Format::Jsonl || detected.compression != Compression::None || parts::parts_of(source.size) < 2 {
+            return None;
+        }
+        let ds = lake.open_known(&request.table, Some(pin.version), pin.known_manifest()).await.ok()?;
+        let target = Arc::new(Schema::from(ds.schema()));
+        let rescue = request.evolution.unwrap_or(pin.evolution) == Evolution::Rescue && target.field_with_name(RESCUE_COLUMN).is_ok();
+        let ranges = {
+            let (source, target) = (source.clone(), Arc::clone(&target));
+            tokio::task::spawn_blocking(move || parts::plan(&source, &target)).await.ok()?.ok()??
+        };
+        let progress = Arc::new(Progress::default());
+        let shown = Arc::new(Shown {
+            read: Arc::clone(&progress.bytes_read),
+            door: Arc::clone(&door.bytes_read),
+            forwarded: Mutex::new(Some(0)),
+        });
+        let parts = SourcesReader::for_parts((source.clone(), detected), ranges.clone(), Arc::clone(&target), rescue, Arc::clone(&progress));
+        let parts = parts.into_iter().map(|(reader, slot)| (Ahead::spawn(reader, &shown), slot)).collect();
+        Some(ReadAhead { source, target, rescue, ranges, parts, progress, shown, kept: false })
+    }
+
+    /// Take what `slot` read ahead if it is what staging `source` onto
+    /// `target` in `ranges` reads; either way, the slot is empty after.
+    pub fn take(slot: Option<&Slot>, source: &Source, target: &SchemaRef, rescue: bool, ranges: &[Range<u64>]) -> Option<Kept> {
+        let mut ahead = slot?.lock().expect("read-ahead slot poisoned").take()?;
+        let same = ahead.source.same_version(source) && ahead.target == *target && ahead.rescue == rescue && ahead.ranges == ranges;
+        if !same {
+            tracing::debug!(uri = %source.uri, "what was read ahead is not what staging reads: read again");
+            return None;
+        }
+        ahead.kept = true;
+        let _ = failpoints::hit(failpoints::READ_AHEAD_KEPT);
+        let readers = std::mem::take(&mut ahead.parts).into_iter().map(|(reader, slot)| (Box::new(reader) as Box<dyn RecordBatchReader + Send>, slot)).collect();
+        Some(Kept { readers, progress: Arc::clone(&ahead.progress) })
+    }
+}
+
+/// A reader whose batches another thread decodes, at most `BATCHES_AHEAD`
+/// before they are asked for.
+pub(crate) struct Ahead {
+    batches: Receiver<Result<RecordBatch, ArrowError>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    schema: SchemaRef,
+}
+
+impl Ahead {
+    fn spawn(reader: SourcesReader, shown: &Arc<Shown>) -> Ahead {
+        let (tx, rx) = sync_channel(BATCHES_AHEAD);
+        let schema = reader.schema();
+        let shown = Arc::clone(shown);
+        let thread = std::thread::spawn(move || {
+            for (i, batch) in reader.enumerate() {
+                shown.forward();
+                if tx.send(batch).is_err() {
+                    return;
+                }
+                if i == 0 {
+                    let _ = failpoints::hit(failpoints::READ_AHEAD);
+                }
+            }
+            shown.forward();
+        });
+        Ahead { batches: rx, thread: Some(thread), schema }
+    }
+}
+
+impl Iterator for Ahead {
+    type Item = Result<RecordBatch, ArrowError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self.batches.recv() {
+            Ok(batch) => Some(batch),
+            // Disconnected: the reader ended, or its thread panicked (a bug,
+            // raised here as it would have been had this thread decoded).
+            Err(_) => match self.thread.take().map(std::thread::JoinHandle::join) {
+                Some(Err(panic)) => std::panic::resume_unwind(panic),
+                _ => None,
+            },
+        }
+    }
+}
+
+impl RecordBatchReader for Ahead {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+}
+
+/// The bytes the parts read, shown on the door's progress as they are read
+/// and taken back if nobody kept them.
+struct Shown {
+    /// What the parts' readers count (the read-ahead's own progress).
+    read: Arc<AtomicU64>,
+    /// The door's count.
+    door: Arc<AtomicU64>,
+    /// What was added to `door`; `None` once taken back.
+    forwarded: Mutex<Option<u64>>,
+}
+
+impl Shown {
+    fn forward(&self) {
+        let mut forwarded = self.forwarded.lock().expect("progress poisoned");
+        if let Some(done) = forwarded.as_mut() {
+            let now = self.read.load(Ordering::Relaxed);
+            self.door.fetch_add(now - *done, Ordering::Relaxed);
+            *done = now;
+        }
+    }
+
+    /// Nobody kept what was read ahead: none of it was read for the door.
+    fn withdraw(&self) {
+        if let Some(done) = self.forwarded.lock().expect("progress poisoned").take() {
+            self.door.fetch_sub(done, Ordering::Relaxed);
+        }
+    }
+}
