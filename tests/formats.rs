@@ -410,47 +410,49 @@ fn a_large_file_keeps_its_row_order() {
 /// hashed, the new file's rows and none of the old's.
 #[test]
 fn what_is_read_ahead_is_kept_only_for_the_version_hashed() {
-    use sluice::failpoints::{BEFORE_HASH, READ_AHEAD, READ_AHEAD_KEPT};
+    use sluice::failpoints::{BEFORE_HASH, READ_AHEAD_FIRST_ROWS, READ_AHEAD_KEPT};
     let b = local();
     let dir = tempfile::tempdir().unwrap();
     let seed = jsonl(dir.path(), "seed.jsonl", -1..0);
     assert_eq!(run(sluice(&b.root).args(["ingest", "--table", "t"]).arg(&seed)).status.code(), Some(0));
-    // Lines of one length whatever the id: the files below have one size, one set of parts.
+    // 9.5 MB: over what is staged alongside the claims, so staged after them
+    // as a large file is. Lines of one length: one size, one set of parts.
+    let ids = |from: i64| from..from + 190_000;
     let lines = |ids: std::ops::Range<i64>| -> String { ids.map(|i| format!("{{\"id\": {i}, \"name\": \"n{i}\", \"score\": 0.5}}\n")).collect() };
     let in_parts = || {
         let mut cmd = sluice(&b.root);
-        cmd.env("SLUICE_TEST_PART_BYTES", "4096").env("SLUICE_TRACE_FAILPOINTS", "1").args(["ingest", "--table", "t"]);
+        cmd.env("SLUICE_TEST_PART_BYTES", "2000000").env("SLUICE_TRACE_FAILPOINTS", "1").args(["ingest", "--table", "t"]);
         cmd
     };
 
     // Read ahead and kept; the rows it counted are the file's.
-    let first = write(dir.path(), "first.jsonl", lines(1000..2000).as_bytes());
+    let first = write(dir.path(), "first.jsonl", lines(ids(1_000_000)).as_bytes());
     let out = run(in_parts().arg(&first));
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(stderr.matches(&format!("failpoint: {READ_AHEAD}")).count(), 4, "4 parts read ahead: {stderr}");
+    assert_eq!(stderr.matches(&format!("failpoint: {READ_AHEAD_FIRST_ROWS}\n")).count(), 4, "4 parts read ahead: {stderr}");
     assert!(stderr.contains(&format!("failpoint: {READ_AHEAD_KEPT}")), "{stderr}");
-    assert!(scan_ids(&b.root, "t") == (-1..0).chain(1000..2000).collect::<Vec<_>>(), "the file's rows, in order");
+    assert!(scan_ids(&b.root, "t") == (-1..0).chain(ids(1_000_000)).collect::<Vec<_>>(), "the file's rows, in order");
     let out = run(sluice(&b.root).args(["--json", "sources"]));
     let recorded: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let first_rows = recorded.iter().find(|e| e["uri"] == first.display().to_string()).map(|e| e["rows"].clone());
-    assert_eq!(first_rows, Some(1000.into()), "{recorded:?}");
+    assert_eq!(first_rows, Some(190_000.into()), "{recorded:?}");
 
     // Every part has read the old file when another takes its place; the hash reads the new one.
-    let same = write(dir.path(), "same.jsonl", lines(2000..3000).as_bytes());
+    let same = write(dir.path(), "same.jsonl", lines(ids(2_000_000)).as_bytes());
     let held = hold_at(&mut in_parts().arg(&same), BEFORE_HASH);
     for _ in 0..4 {
-        held.wait_for(READ_AHEAD);
+        held.wait_for(READ_AHEAD_FIRST_ROWS);
     }
-    let other = write(dir.path(), "other.jsonl", lines(5000..6000).as_bytes());
+    let other = write(dir.path(), "other.jsonl", lines(ids(5_000_000)).as_bytes());
     let modified = std::fs::metadata(&same).unwrap().modified().unwrap();
     std::fs::File::options().write(true).open(&other).unwrap().set_modified(modified).unwrap();
     std::fs::rename(&other, &same).unwrap();
     held.release();
     let out = held.wait_with_output();
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-    let ids = scan_ids(&b.root, "t");
-    assert!(ids == (-1..0).chain(1000..2000).chain(5000..6000).collect::<Vec<_>>(), "the new file's rows, none of the old's: {:?}", &ids[1001..1004]);
+    let now = scan_ids(&b.root, "t");
+    assert!(now == (-1..0).chain(ids(1_000_000)).chain(ids(5_000_000)).collect::<Vec<_>>(), "the new file's rows, none of the old's: {:?}", &now[190_001..190_004]);
     assert!(!String::from_utf8_lossy(&out.stderr).contains(READ_AHEAD_KEPT), "read again, not kept");
 }
 

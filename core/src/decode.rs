@@ -1188,9 +1188,9 @@ impl Progress {
     pub fn absorb_read_ahead(&self, other: &Progress, source: &Source) {
         self.rows.fetch_add(other.rows.load(Ordering::Relaxed), Ordering::Relaxed);
         self.sources_done.fetch_add(other.sources_done.load(Ordering::Relaxed), Ordering::Relaxed);
-        let theirs = other.source_rows.lock().expect("progress poisoned").values().sum::<u64>();
-        if other.sources_done.load(Ordering::Relaxed) > 0 {
-            self.source_rows.lock().expect("progress poisoned").insert(source.id.clone(), theirs);
+        // Recorded under the id of a source read before its identity: none.
+        if let Some(rows) = other.source_rows.lock().expect("progress poisoned").get("") {
+            self.source_rows.lock().expect("progress poisoned").insert(source.id.clone(), *rows);
         }
     }
 }

@@ -80,7 +80,7 @@ pub const SCAN_AFTER_OPEN: &str = "scan.after-open";
 pub const BEFORE_HASH: &str = "source.before-hash";
 /// A part of a large local file read ahead of its identity hash
 /// (`read_ahead.rs`) decoded its first rows; nothing written.
-pub const READ_AHEAD: &str = "ingest.read-ahead";
+pub const READ_AHEAD_FIRST_ROWS: &str = "ingest.read-ahead";
 /// Staging took what was read ahead: the file is the version hashed.
 pub const READ_AHEAD_KEPT: &str = "stage.kept-read-ahead";
 
@@ -93,7 +93,7 @@ pub const INDEX: &[&str] = &[INDEX_AFTER_INTENT, INDEX_AFTER_BUILD, INDEX_AFTER_
 /// A schema change's own steps.
 pub const COLUMNS: &[&str] = &[COLUMNS_BEFORE_COMMIT, COLUMNS_AFTER_COMMIT];
 /// Steps that only read (a rendezvous for tests; nothing is left behind).
-pub const READ: &[&str] = &[SCAN_AFTER_OPEN, BEFORE_HASH, READ_AHEAD, READ_AHEAD_KEPT];
+pub const READ: &[&str] = &[SCAN_AFTER_OPEN, BEFORE_HASH, READ_AHEAD_FIRST_ROWS, READ_AHEAD_KEPT];
 /// Recovery's own steps (a crash here leaves work for the next sweep).
 pub const RECOVERY: &[&str] = &[RECOVER_BEFORE_LEASE, RECOVER_AFTER_LEASE, RECOVER_AFTER_DECISION, RECOVER_AFTER_EFFECTS, RECOVER_BEFORE_FINISH];
 
@@ -125,7 +125,7 @@ pub const ALL: &[&str] = &[
     COLUMNS_AWAIT_TABLE,
     SCAN_AFTER_OPEN,
     BEFORE_HASH,
-    READ_AHEAD,
+    READ_AHEAD_FIRST_ROWS,
     READ_AHEAD_KEPT,
 ];
 

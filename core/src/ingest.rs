@@ -168,20 +168,34 @@ pub async fn run(lake: &Lake, requests: Vec<TableRequest>, budget: Budget, progr
     let requests = requests.into_iter().map(checked).collect::<Result<Vec<_>>>()?;
     let started = std::time::Instant::now();
     // A large local file is decoded beside its hash (no data file is written
-    // before the intent): `read_ahead.rs`.
+    // before the intent): `read_ahead.rs`. An aid only: it never delays the
+    // door, so it is given up if the sources are resolved before it starts.
     let single = match &requests[..] {
         [request] => Some(request.clone()),
         _ => None,
     };
+    let (resolved, resolving) = oneshot::channel::<()>();
     let based = async {
         let base = manifest::writer_base(lake).await;
         let ahead = match (&base, &single) {
-            (Ok(base), Some(request)) => ReadAhead::start(lake, request, base, &progress).await,
+            (Ok(base), Some(request)) => {
+                let start = ReadAhead::start(lake, request, base, &progress);
+                futures::pin_mut!(start);
+                match futures::future::select(start, resolving).await {
+                    futures::future::Either::Left((ahead, _)) => ahead,
+                    futures::future::Either::Right(_) => None,
+                }
+            }
             _ => None,
         };
         (base, ahead)
     };
-    let (tables, (base, ahead)) = futures::join!(resolve(requests), based);
+    let resolve = async {
+        let tables = resolve(requests).await;
+        let _ = resolved.send(());
+        tables
+    };
+    let (tables, (base, ahead)) = futures::join!(resolve, based);
     let read_ahead: read_ahead::Slot = std::sync::Mutex::new(ahead);
     let (tables, mut base) = (tables?, base?);
     // Until our intent exists only the manifest's retention protects our start
@@ -514,7 +528,8 @@ impl Door<'_> {
             return (fetched, None);
         }
         // Its own progress, counted only if it stands.
-        let w = Stager { progress: Arc::default(), op: self.w.op.clone(), attempt: self.w.attempt.clone(), intent: self.w.intent.clone(), ..self.w };
+        // Not what was read ahead: this staging may not stand, and it is small.
+        let w = Stager { progress: Arc::default(), op: self.w.op.clone(), attempt: self.w.attempt.clone(), intent: self.w.intent.clone(), read_ahead: None, ..self.w };
         let mut staged = Vec::with_capacity(copies.len());
         for (t, ds) in copies.iter_mut().zip(&fetched) {
             let Ok(ds) = ds else { return (fetched, None) };

@@ -12,7 +12,8 @@
 //! (size, modification time, inode), the same table schema, the same rescue
 //! column, the same parts. Anything else, and when nothing is staged (the
 //! file was already ingested, another attempt holds it), drops it: its
-//! threads stop at their next batch, and what they read is not counted.
+//! threads stop at their next batch, and what they read is not counted
+//! (bytes read ahead are shown on the door's progress once they are kept).
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,8 +33,10 @@ use crate::settings::{Evolution, RESCUE_COLUMN};
 use crate::source::Source;
 use crate::stage::TableRequest;
 
-/// Batches each part decodes ahead of its writer, at most (each at most
-/// about 1 MiB of the file): enough to keep a core busy while the hash runs.
+/// Batches decoded ahead of the writers, at most, shared among the parts
+/// (each at most about 1 MiB of the file, up to `BATCH_ROWS` rows): about
+/// what one core decodes while the hash of a 64 MiB file runs, and little
+/// memory beside what the writers buffer.
 const BATCHES_AHEAD: usize = 8;
 
 /// What a door read ahead, until staging takes it (or nobody does).
@@ -49,15 +52,6 @@ pub(crate) struct ReadAhead {
     /// What the parts read, apart from the door's until it is kept.
     progress: Arc<Progress>,
     shown: Arc<Shown>,
-    kept: bool,
-}
-
-impl Drop for ReadAhead {
-    fn drop(&mut self) {
-        if !self.kept {
-            self.shown.withdraw();
-        }
-    }
 }
 
 /// The parts' readers of what was read ahead, and what they count.
@@ -71,7 +65,7 @@ impl ReadAhead {
     /// JSON Lines file that staging will append in parts onto the table
     /// `base` pins. `None` where it is not (or anything fails: staging reads
     /// the file itself, and meets the error there). `door` counts the bytes
-    /// read, live, and loses them again if nobody keeps them.
+    /// read once they are kept.
     pub async fn start(lake: &Lake, request: &TableRequest, base: &Manifest, door: &Arc<Progress>) -> Option<ReadAhead> {
         let [spec] = &request.sources[..] else { return None };
         let pin = base.tables.get(&request.table)?;
@@ -93,29 +87,31 @@ impl ReadAhead {
             tokio::task::spawn_blocking(move || parts::plan(&source, &target)).await.ok()?.ok()??
         };
         let progress = Arc::new(Progress::default());
-        let shown = Arc::new(Shown {
-            read: Arc::clone(&progress.bytes_read),
-            door: Arc::clone(&door.bytes_read),
-            forwarded: Mutex::new(Some(0)),
-        });
-        let parts = SourcesReader::for_parts((source.clone(), detected), ranges.clone(), Arc::clone(&target), rescue, Arc::clone(&progress));
-        let parts = parts.into_iter().map(|(reader, slot)| (Ahead::spawn(reader, &shown), slot)).collect();
-        Some(ReadAhead { source, target, rescue, ranges, parts, progress, shown, kept: false })
+        let shown = Arc::new(Shown { read: Arc::clone(&progress.bytes_read), door: Arc::clone(&door.bytes_read), forwarded: Mutex::new(None) });
+        let each = (BATCHES_AHEAD / ranges.len()).max(1);
+        let readers = SourcesReader::for_parts((source.clone(), detected), ranges.clone(), Arc::clone(&target), rescue, Arc::clone(&progress));
+        let mut parts = Vec::with_capacity(readers.len());
+        for (reader, slot) in readers {
+            // A thread that cannot start leaves the reading to staging.
+            parts.push((Ahead::spawn(reader, each, &shown).ok()?, slot));
+        }
+        Some(ReadAhead { source, target, rescue, ranges, parts, progress, shown })
     }
 
     /// Take what `slot` read ahead if it is what staging `source` onto
     /// `target` in `ranges` reads; either way, the slot is empty after.
     pub fn take(slot: Option<&Slot>, source: &Source, target: &SchemaRef, rescue: bool, ranges: &[Range<u64>]) -> Option<Kept> {
-        let mut ahead = slot?.lock().expect("read-ahead slot poisoned").take()?;
+        let ahead = slot?.lock().expect("read-ahead slot poisoned").take()?;
         let same = ahead.source.same_version(source) && ahead.target == *target && ahead.rescue == rescue && ahead.ranges == ranges;
         if !same {
             tracing::debug!(uri = %source.uri, "what was read ahead is not what staging reads: read again");
             return None;
         }
-        ahead.kept = true;
+        ahead.shown.keep();
+        // A rendezvous for tests only: an injected error is not one of staging's.
         let _ = failpoints::hit(failpoints::READ_AHEAD_KEPT);
-        let readers = std::mem::take(&mut ahead.parts).into_iter().map(|(reader, slot)| (Box::new(reader) as Box<dyn RecordBatchReader + Send>, slot)).collect();
-        Some(Kept { readers, progress: Arc::clone(&ahead.progress) })
+        let readers = ahead.parts.into_iter().map(|(reader, slot)| (Box::new(reader) as Box<dyn RecordBatchReader + Send>, slot)).collect();
+        Some(Kept { readers, progress: ahead.progress })
     }
 }
 
@@ -128,23 +124,24 @@ pub(crate) struct Ahead {
 }
 
 impl Ahead {
-    fn spawn(reader: SourcesReader, shown: &Arc<Shown>) -> Ahead {
-        let (tx, rx) = sync_channel(BATCHES_AHEAD);
+    fn spawn(reader: SourcesReader, ahead: usize, shown: &Arc<Shown>) -> std::io::Result<Ahead> {
+        let (tx, rx) = sync_channel(ahead);
         let schema = reader.schema();
         let shown = Arc::clone(shown);
-        let thread = std::thread::spawn(move || {
+        let thread = std::thread::Builder::new().name("sluice-read-ahead".into()).spawn(move || {
             for (i, batch) in reader.enumerate() {
                 shown.forward();
                 if tx.send(batch).is_err() {
                     return;
                 }
                 if i == 0 {
-                    let _ = failpoints::hit(failpoints::READ_AHEAD);
+                    // A rendezvous for tests only (nothing to fail here).
+                    let _ = failpoints::hit(failpoints::READ_AHEAD_FIRST_ROWS);
                 }
             }
             shown.forward();
-        });
-        Ahead { batches: rx, thread: Some(thread), schema }
+        })?;
+        Ok(Ahead { batches: rx, thread: Some(thread), schema })
     }
 }
 
@@ -170,31 +167,29 @@ impl RecordBatchReader for Ahead {
     }
 }
 
-/// The bytes the parts read, shown on the door's progress as they are read
-/// and taken back if nobody kept them.
+/// The bytes the parts read, shown on the door's progress once they are
+/// kept (never before: nobody may have read them for the door).
 struct Shown {
     /// What the parts' readers count (the read-ahead's own progress).
     read: Arc<AtomicU64>,
     /// The door's count.
     door: Arc<AtomicU64>,
-    /// What was added to `door`; `None` once taken back.
+    /// What was added to `door`; `None` until kept.
     forwarded: Mutex<Option<u64>>,
 }
 
 impl Shown {
+    fn keep(&self) {
+        self.forwarded.lock().expect("progress poisoned").get_or_insert(0);
+        self.forward();
+    }
+
     fn forward(&self) {
         let mut forwarded = self.forwarded.lock().expect("progress poisoned");
         if let Some(done) = forwarded.as_mut() {
             let now = self.read.load(Ordering::Relaxed);
             self.door.fetch_add(now - *done, Ordering::Relaxed);
             *done = now;
-        }
-    }
-
-    /// Nobody kept what was read ahead: none of it was read for the door.
-    fn withdraw(&self) {
-        if let Some(done) = self.forwarded.lock().expect("progress poisoned").take() {
-            self.door.fetch_sub(done, Ordering::Relaxed);
         }
     }
 }

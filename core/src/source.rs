@@ -241,7 +241,7 @@ impl Source {
     /// version (an S3 object is never read ahead).
     pub(crate) fn same_version(&self, other: &Source) -> bool {
         match (&self.location, &other.location) {
-            (Location::Local { path, version }, Location::Local { path: p, version: v }) => path == p && version == v && self.size == other.size,
+            (Location::Local { path, version }, Location::Local { path: p, version: v }) => path == p && version == v,
             _ => false,
         }
     }
@@ -298,22 +298,33 @@ impl Source {
     /// Bytes `range` of a local file, counted like [`Source::open_blocking`]'s;
     /// `None` for an S3 object. Call from a blocking thread.
     pub fn open_local_range(&self, range: std::ops::Range<u64>) -> Option<Result<Box<dyn Read + Send>>> {
-        let Location::Local { path, .. } = &self.location else { return None };
-        let open = || -> std::io::Result<std::io::Take<std::fs::File>> {
-            let mut file = std::fs::File::open(path)?;
-            std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(range.start))?;
+        let Location::Local { .. } = &self.location else { return None };
+        let open = || -> Result<std::io::Take<std::fs::File>> {
+            let mut file = self.open_version()?;
+            std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(range.start)).map_err(|e| Error::io(&self.uri, e))?;
             Ok(file.take(range.end - range.start))
         };
-        Some(open().map_err(|e| Error::io(&self.uri, e)).map(|raw| self.counted(Box::new(raw))))
+        Some(open().map(|raw| self.counted(Box::new(raw))))
+    }
+
+    /// The local file, opened, if it is still the version its identity
+    /// names: what is read from it is then that version's bytes even if
+    /// another file takes its path while it is read (a file changed in place
+    /// is seen by [`Source::unchanged`] once read). Call from a blocking thread.
+    fn open_version(&self) -> Result<std::fs::File> {
+        let Location::Local { path, version } = &self.location else { unreachable!("only a local file is opened") };
+        let file = std::fs::File::open(path).map_err(|e| Error::io(&self.uri, e))?;
+        let now = file.metadata().and_then(|meta| FileVersion::of(&meta)).map_err(|e| Error::io(&self.uri, e))?;
+        match version.changes(now) {
+            None => Ok(file),
+            Some(what) => Err(Error::Changed { path: self.uri.clone(), what }),
+        }
     }
 
     fn open_raw_blocking(&self, handle: &tokio::runtime::Handle) -> Result<Box<dyn Read + Send>> {
         match &self.location {
             // No further than the bytes its identity hashed.
-            Location::Local { path, .. } => {
-                let file = std::fs::File::open(path).map_err(|e| Error::io(&self.uri, e))?;
-                Ok(Box::new(file.take(self.size)))
-            }
+            Location::Local { .. } => Ok(Box::new(self.open_version()?.take(self.size))),
             Location::S3 { store, key, e_tag, version } => {
                 let got = handle
                     .block_on(store.get_opts(key, Self::pinned_get(e_tag, version)))
@@ -425,5 +436,38 @@ impl FileVersion {
         } else {
             Some(format!("it was modified at {} (the version read: {})", at(now.modified), at(self.modified)))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What is read of a local file is the version hashed, even when another
+    /// file stood at its path when it was opened and the first one is back
+    /// by the time anyone looks again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_local_file_is_read_only_as_the_version_hashed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.jsonl"), dir.path().join("b.jsonl"));
+        std::fs::write(&a, "{\"id\": 1}\n").unwrap();
+        std::fs::write(&b, "{\"id\": 2}\n").unwrap();
+        let source = Source::resolve(a.to_str().unwrap()).await.unwrap();
+        let handle = tokio::runtime::Handle::current();
+        let kept = dir.path().join("kept.jsonl");
+        std::fs::rename(&a, &kept).unwrap();
+        std::fs::rename(&b, &a).unwrap();
+        let refused = |got: Result<Box<dyn Read + Send>>| match got {
+            Err(Error::Changed { what, .. }) => assert_eq!(what, "another file took its place"),
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("the other file was opened as the version hashed"),
+        };
+        refused(tokio::task::block_in_place(|| source.open_blocking(&handle)));
+        refused(tokio::task::block_in_place(|| source.open_local_range(0..4).expect("a local file")));
+        std::fs::rename(&kept, &a).unwrap();
+        assert!(source.unchanged().await.is_ok(), "the version hashed is back");
+        let mut read = String::new();
+        tokio::task::block_in_place(|| source.open_blocking(&handle)).unwrap().read_to_string(&mut read).unwrap();
+        assert_eq!(read, "{\"id\": 1}\n");
     }
 }
