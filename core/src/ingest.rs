@@ -179,7 +179,7 @@ pub async fn run(lake: &Lake, requests: Vec<TableRequest>, budget: Budget, progr
         let base = manifest::writer_base(lake).await;
         let ahead = match (&base, &single) {
             (Ok(base), Some(request)) => {
-                let start = ReadAhead::start(lake, request, base, &progress);
+                let start = ReadAhead::start(lake, request, base);
                 futures::pin_mut!(start);
                 match futures::future::select(start, resolving).await {
                     futures::future::Either::Left((ahead, _)) => ahead,
@@ -528,8 +528,7 @@ impl Door<'_> {
             return (fetched, None);
         }
         // Its own progress, counted only if it stands.
-        // Not what was read ahead: this staging may not stand, and it is small.
-        let w = Stager { progress: Arc::default(), op: self.w.op.clone(), attempt: self.w.attempt.clone(), intent: self.w.intent.clone(), read_ahead: None, ..self.w };
+        let w = Stager { progress: Arc::default(), op: self.w.op.clone(), attempt: self.w.attempt.clone(), intent: self.w.intent.clone(), ..self.w };
         let mut staged = Vec::with_capacity(copies.len());
         for (t, ds) in copies.iter_mut().zip(&fetched) {
             let Ok(ds) = ds else { return (fetched, None) };

@@ -13,7 +13,8 @@
 //! column, the same parts. Anything else, and when nothing is staged (the
 //! file was already ingested, another attempt holds it), drops it: its
 //! threads stop at their next batch, and what they read is not counted
-//! (bytes read ahead are shown on the door's progress once they are kept).
+//! (bytes read ahead are counted on the progress of the staging that keeps
+//! them, once it does).
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -49,7 +50,7 @@ pub(crate) struct ReadAhead {
     rescue: bool,
     ranges: Vec<Range<u64>>,
     parts: Vec<(Ahead, ErrorSlot)>,
-    /// What the parts read, apart from the door's until it is kept.
+    /// What the parts read, apart from any staging's until one keeps it.
     progress: Arc<Progress>,
     shown: Arc<Shown>,
 }
@@ -64,9 +65,8 @@ impl ReadAhead {
     /// Start decoding `request`'s one source if it is a local, uncompressed
     /// JSON Lines file that staging will append in parts onto the table
     /// `base` pins. `None` where it is not (or anything fails: staging reads
-    /// the file itself, and meets the error there). `door` counts the bytes
-    /// read once they are kept.
-    pub async fn start(lake: &Lake, request: &TableRequest, base: &Manifest, door: &Arc<Progress>) -> Option<ReadAhead> {
+    /// the file itself, and meets the error there).
+    pub async fn start(lake: &Lake, request: &TableRequest, base: &Manifest) -> Option<ReadAhead> {
         let [spec] = &request.sources[..] else { return None };
         let pin = base.tables.get(&request.table)?;
         let appends = pin.mode == Mode::Append && request.mode != Some(Mode::Upsert) && request.key.is_none();
@@ -87,7 +87,7 @@ impl ReadAhead {
             tokio::task::spawn_blocking(move || parts::plan(&source, &target)).await.ok()?.ok()??
         };
         let progress = Arc::new(Progress::default());
-        let shown = Arc::new(Shown { read: Arc::clone(&progress.bytes_read), door: Arc::clone(&door.bytes_read), forwarded: Mutex::new(None) });
+        let shown = Arc::new(Shown { read: Arc::clone(&progress.bytes_read), kept: Mutex::new(None) });
         let each = (BATCHES_AHEAD / ranges.len()).max(1);
         let readers = SourcesReader::for_parts((source.clone(), detected), ranges.clone(), Arc::clone(&target), rescue, Arc::clone(&progress));
         let mut parts = Vec::with_capacity(readers.len());
@@ -99,15 +99,16 @@ impl ReadAhead {
     }
 
     /// Take what `slot` read ahead if it is what staging `source` onto
-    /// `target` in `ranges` reads; either way, the slot is empty after.
-    pub fn take(slot: Option<&Slot>, source: &Source, target: &SchemaRef, rescue: bool, ranges: &[Range<u64>]) -> Option<Kept> {
+    /// `target` in `ranges` reads, its bytes counted on `progress` from now
+    /// on; either way, the slot is empty after.
+    pub fn take(slot: Option<&Slot>, source: &Source, target: &SchemaRef, rescue: bool, ranges: &[Range<u64>], progress: &Progress) -> Option<Kept> {
         let ahead = slot?.lock().expect("read-ahead slot poisoned").take()?;
         let same = ahead.source.same_version(source) && ahead.target == *target && ahead.rescue == rescue && ahead.ranges == ranges;
         if !same {
             tracing::debug!(uri = %source.uri, "what was read ahead is not what staging reads: read again");
             return None;
         }
-        ahead.shown.keep();
+        ahead.shown.keep(&progress.bytes_read);
         // A rendezvous for tests only: an injected error is not one of staging's.
         let _ = failpoints::hit(failpoints::READ_AHEAD_KEPT);
         let readers = ahead.parts.into_iter().map(|(reader, slot)| (Box::new(reader) as Box<dyn RecordBatchReader + Send>, slot)).collect();
@@ -167,28 +168,25 @@ impl RecordBatchReader for Ahead {
     }
 }
 
-/// The bytes the parts read, shown on the door's progress once they are
-/// kept (never before: nobody may have read them for the door).
+/// The bytes the parts read, counted on the progress of the staging that
+/// keeps them, from when it does (never before: nobody may keep them).
 struct Shown {
     /// What the parts' readers count (the read-ahead's own progress).
     read: Arc<AtomicU64>,
-    /// The door's count.
-    door: Arc<AtomicU64>,
-    /// What was added to `door`; `None` until kept.
-    forwarded: Mutex<Option<u64>>,
+    /// The keeper's count, and what was added to it.
+    kept: Mutex<Option<(Arc<AtomicU64>, u64)>>,
 }
 
 impl Shown {
-    fn keep(&self) {
-        self.forwarded.lock().expect("progress poisoned").get_or_insert(0);
+    fn keep(&self, by: &Arc<AtomicU64>) {
+        self.kept.lock().expect("progress poisoned").get_or_insert((Arc::clone(by), 0));
         self.forward();
     }
 
     fn forward(&self) {
-        let mut forwarded = self.forwarded.lock().expect("progress poisoned");
-        if let Some(done) = forwarded.as_mut() {
+        if let Some((by, done)) = self.kept.lock().expect("progress poisoned").as_mut() {
             let now = self.read.load(Ordering::Relaxed);
-            self.door.fetch_add(now - *done, Ordering::Relaxed);
+            by.fetch_add(now - *done, Ordering::Relaxed);
             *done = now;
         }
     }

@@ -462,7 +462,7 @@ impl Stager<'_> {
         let rescue = rescues(t, &target);
         let params = WriteParams { file_writer_options: Some(parts::writer_options(ranges.len(), target.fields().len())), ..params };
         let starts: Vec<u64> = ranges.iter().map(|r| r.start).collect();
-        let (readers, ahead) = match ReadAhead::take(self.read_ahead, &t.sources[0].0, &target, rescue, &ranges) {
+        let (readers, ahead) = match ReadAhead::take(self.read_ahead, &t.sources[0].0, &target, rescue, &ranges, &self.progress) {
             Some(kept) => (kept.readers, Some(kept.progress)),
             None => {
                 let parts = SourcesReader::for_parts(t.sources[0].clone(), ranges, target, rescue, Arc::clone(&self.progress));

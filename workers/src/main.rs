@@ -128,9 +128,8 @@ enum IndexCommand {
         /// PQ sub-vectors (default: a sixteenth or eighth of the dimensions).
         #[arg(long)]
         sub_vectors: Option<u32>,
-        /// Budget for the whole operation, e.g. 90s, 15m.
-        #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
-        timeout: Duration,
+        #[command(flatten)]
+        timeout: Timeout,
     },
     /// The declared indices, with rows indexed and not yet indexed.
     List { table: Option<String> },
@@ -138,10 +137,17 @@ enum IndexCommand {
     Drop {
         table: String,
         name: String,
-        /// Budget for the whole operation, e.g. 90s, 15m.
-        #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
-        timeout: Duration,
+        #[command(flatten)]
+        timeout: Timeout,
     },
+}
+
+/// How long an operation may take, whatever it is.
+#[derive(clap::Args)]
+struct Timeout {
+    /// Budget for the whole operation, e.g. 90s, 15m.
+    #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+    timeout: Duration,
 }
 
 #[derive(Subcommand)]
@@ -178,9 +184,8 @@ enum Command {
         /// JSON); default: as it does now, strict for a new table.
         #[arg(long)]
         evolution: Option<String>,
-        /// Budget for the whole operation, e.g. 90s, 15m.
-        #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
-        timeout: Duration,
+        #[command(flatten)]
+        timeout: Timeout,
         #[arg(required = true)]
         sources: Vec<String>,
     },
@@ -211,9 +216,8 @@ enum Command {
         /// Files per batch: one Lance commit and one publish each.
         #[arg(long, default_value_t = sluice::discover::DEFAULT_BATCH)]
         batch: usize,
-        /// Budget for the whole operation, e.g. 90s, 15m.
-        #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
-        timeout: Duration,
+        #[command(flatten)]
+        timeout: Timeout,
         /// List and check the ledger only: say what would be ingested.
         #[arg(long)]
         dry_run: bool,
@@ -221,9 +225,8 @@ enum Command {
     /// Load several tables from a JSON descriptor: all visible at once, or none.
     Load {
         descriptor: PathBuf,
-        /// Budget for the whole operation, e.g. 90s, 15m.
-        #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
-        timeout: Duration,
+        #[command(flatten)]
+        timeout: Timeout,
     },
     /// Manifest version, tables, and operations in flight.
     Status,
@@ -313,9 +316,8 @@ enum Command {
         /// Say what would be decided; change nothing.
         #[arg(long)]
         dry_run: bool,
-        /// Budget for the whole operation, e.g. 90s, 15m.
-        #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
-        timeout: Duration,
+        #[command(flatten)]
+        timeout: Timeout,
     },
     /// Accept the commits another tool (pylance, LanceDB) made to TABLE after its
     /// published version, and publish them; sluice otherwise refuses to publish
@@ -329,9 +331,8 @@ enum Command {
         /// List the foreign commits; adopt nothing.
         #[arg(long)]
         dry_run: bool,
-        /// Budget for the whole operation, e.g. 90s, 15m.
-        #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
-        timeout: Duration,
+        #[command(flatten)]
+        timeout: Timeout,
     },
     /// Compact small fragments of published tables (all, or those named).
     Optimize {
@@ -358,16 +359,14 @@ enum Command {
         /// into the newest N segments (0 keeps every segment).
         #[arg(long, default_value_t = 1)]
         index_merge: usize,
-        /// Budget for the whole operation, e.g. 90s, 15m.
-        #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
-        timeout: Duration,
+        #[command(flatten)]
+        timeout: Timeout,
     },
     /// (Internal) run compaction tasks read from stdin as JSON; print their results.
     #[command(hide = true)]
     CompactTasks {
-        /// Budget for the whole operation, e.g. 90s, 15m.
-        #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
-        timeout: Duration,
+        #[command(flatten)]
+        timeout: Timeout,
     },
     /// Remove old manifest and Lance versions, dead writers' files and spent sidecars.
     Cleanup {
@@ -383,9 +382,8 @@ enum Command {
         /// Keep recovery's audit records this long.
         #[arg(long, default_value = "30days", value_parser = humantime::parse_duration)]
         keep_audit: Duration,
-        /// Budget for the whole operation, e.g. 90s, 15m.
-        #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
-        timeout: Duration,
+        #[command(flatten)]
+        timeout: Timeout,
     },
     /// What recovery decided, newest first.
     Audit {
@@ -438,7 +436,7 @@ async fn run(cli: Cli) -> Result<()> {
                 format!("lake ready at {} (manifest version {})", lake.uri(), m.version)
             });
         }
-        Command::Ingest { table, format, mode, key, csv, partitions, schema, evolution, timeout, sources } => {
+        Command::Ingest { table, format, mode, key, csv, partitions, schema, evolution, timeout: Timeout { timeout }, sources } => {
             let format = format.as_deref().map(str::parse::<Format>).transpose()?;
             let evolution = evolution.as_deref().map(str::parse).transpose()?;
             let csv = csv.options()?;
@@ -474,7 +472,7 @@ async fn run(cli: Cli) -> Result<()> {
                 print_report(cli.json, &report);
             }
         }
-        Command::Backfill { specs, since, table, format, csv, partitions, evolution, batch, timeout, dry_run } => {
+        Command::Backfill { specs, since, table, format, csv, partitions, evolution, batch, timeout: Timeout { timeout }, dry_run } => {
             if batch == 0 {
                 return Err(Error::Usage("--batch must be at least 1".into()));
             }
@@ -486,7 +484,7 @@ async fn run(cli: Cli) -> Result<()> {
             let plan = sluice::discover::Plan { specs, since, route: &route, batch, budget: Budget { timeout, clock_skew }, dry_run };
             backfill(&lake, plan, cli.json).await?;
         }
-        Command::Load { descriptor, timeout } => {
+        Command::Load { descriptor, timeout: Timeout { timeout } } => {
             let requests = read_descriptor(&descriptor)?;
             let n = requests.iter().map(|r| r.sources.len()).sum();
             let report = with_progress(n, async |p| ingest::run(&lake, requests, Budget { timeout, clock_skew }, p).await).await?;
@@ -578,7 +576,7 @@ async fn run(cli: Cli) -> Result<()> {
             write_rows(batches, format).await?;
         }
         Command::Index { action } => run_index(&lake, cli.json, clock_skew, action).await?,
-        Command::Recover { dry_run, timeout } => {
+        Command::Recover { dry_run, timeout: Timeout { timeout } } => {
             require_lake(&lake).await?;
             lake.timing().check_timeout(timeout)?;
             let report = recover::sweep(&lake, recover::Options { clock_skew, dry_run }, timeout).await?;
@@ -607,7 +605,7 @@ async fn run(cli: Cli) -> Result<()> {
                 )));
             }
         }
-        Command::Optimize { tables, dry_run, target_rows, max_fragments, max_bytes, parallel, index_merge, timeout } => {
+        Command::Optimize { tables, dry_run, target_rows, max_fragments, max_bytes, parallel, index_merge, timeout: Timeout { timeout } } => {
             let mut opts = optimize::Options::parse(&target_rows, &max_fragments, &max_bytes, parallel, dry_run)?;
             opts.index_merge = index_merge;
             let budget = Budget { timeout, clock_skew };
@@ -650,7 +648,7 @@ async fn run(cli: Cli) -> Result<()> {
                 if lines.is_empty() { "no tables".into() } else { lines.join("\n") }
             });
         }
-        Command::Cleanup { dry_run, keep, keep_versions, keep_audit, timeout } => {
+        Command::Cleanup { dry_run, keep, keep_versions, keep_audit, timeout: Timeout { timeout } } => {
             let defaults = cleanup::Options::for_lake(&lake);
             let opts = cleanup::Options { keep: keep.unwrap_or(defaults.keep), keep_versions, keep_audit, dry_run };
             let report = cleanup::run(&lake, opts, timeout).await?;
@@ -681,14 +679,14 @@ async fn run(cli: Cli) -> Result<()> {
                 )));
             }
         }
-        Command::CompactTasks { timeout } => {
+        Command::CompactTasks { timeout: Timeout { timeout } } => {
             fanout::exit_with_parent();
             let batch: optimize::Batch = serde_json::from_reader(std::io::stdin().lock())
                 .map_err(|e| Error::Usage(format!("compact-tasks reads a batch of compaction tasks as JSON on stdin: {e}")))?;
             let results = optimize::execute_batch(&lake, &batch, &sluice::deadline::Deadline::after(timeout)).await?;
             println!("{}", serde_json::to_string(&results).expect("rewrite results serialize"));
         }
-        Command::Adopt { table, versions, dry_run, timeout } => {
+        Command::Adopt { table, versions, dry_run, timeout: Timeout { timeout } } => {
             let report = sluice::adopt::run(&lake, &table, &versions, dry_run, timeout).await?;
             emit(cli.json, &report, || {
                 let mut out = String::new();
@@ -956,11 +954,11 @@ async fn run_index(lake: &Lake, json: bool, clock_skew: Duration, action: IndexC
     use sluice::index;
     use sluice::settings::IndexDecl;
     let report = match action {
-        IndexCommand::Create { table, column, kind, metric, name, partitions, sub_vectors, timeout } => {
+        IndexCommand::Create { table, column, kind, metric, name, partitions, sub_vectors, timeout: Timeout { timeout } } => {
             let spec = IndexDecl { column, kind, metric, name, partitions, sub_vectors }.spec()?;
             index::create(lake, &table, spec, Budget { timeout, clock_skew }).await?
         }
-        IndexCommand::Drop { table, name, timeout } => index::drop(lake, &table, &name, Budget { timeout, clock_skew }).await?,
+        IndexCommand::Drop { table, name, timeout: Timeout { timeout } } => index::drop(lake, &table, &name, Budget { timeout, clock_skew }).await?,
         IndexCommand::List { table } => {
             let indices = read::indices(lake, table.as_deref()).await?;
             emit(json, &indices, || {
