@@ -105,3 +105,62 @@ fn store_errors_are_one_line_that_says_what_to_do() {
         assert!(!err.contains("<?xml") && !err.contains("<Error>"), "{err}");
     }
 }
+
+/// A large JSON Lines object is appended in parts, each read by a ranged GET
+/// of the version resolved: rows keep the object's order, a bad line is named
+/// by its line in the whole object, and an object overwritten after its HEAD
+/// is never read in its place.
+#[test]
+fn a_large_s3_object_is_appended_in_parts_of_its_version() {
+    use sluice::failpoints::AFTER_CLAIMS;
+    let Some((bucket, store)) = bucket_store() else { return };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let b = local();
+    let dir = tempfile::tempdir().unwrap();
+    let seed = jsonl(dir.path(), "seed.jsonl", -1..0);
+    assert_eq!(run(sluice(&b.root).args(["ingest", "--table", "t"]).arg(&seed)).status.code(), Some(0));
+    let prefix = format!("incoming-{}", uuid::Uuid::new_v4().simple());
+    let put = |name: &str, body: String| {
+        let key = Path::from(format!("{prefix}/{name}"));
+        rt.block_on(store.put(&key, PutPayload::from(body))).unwrap();
+        format!("s3://{bucket}/{key}")
+    };
+    // Lines of many lengths, some blank: cuts fall anywhere in a line.
+    let lines = |ids: std::ops::Range<i64>| -> String {
+        ids.map(|i| format!("{{\"id\": {i}, \"name\": \"{}\"}}\n{}", "x".repeat((i % 37) as usize), if i % 101 == 0 { "\n" } else { "" })).collect()
+    };
+    let in_parts = || {
+        let mut cmd = sluice(&b.root);
+        cmd.env("SLUICE_TEST_PART_BYTES", "8192").args(["--json", "ingest", "--table", "t"]);
+        cmd
+    };
+
+    let uri = put("big.jsonl", lines(0..2000));
+    let out = run(in_parts().arg(&uri));
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(scan_ids(&b.root, "t") == (-1..2000).collect::<Vec<_>>(), "the object's rows, in order");
+    let lake = Lake::open(&b.root).unwrap();
+    assert_eq!(rt.block_on(lake.open_table("t", None)).unwrap().get_fragments().len(), 1 + 4, "the seed's fragment, and one per part");
+
+    // The first bad line is in the third part: named by its line in the object.
+    let body = lines(2000..3000);
+    let bad_line = body.lines().count() * 3 / 4;
+    let mut broken: Vec<&str> = body.lines().collect();
+    broken[bad_line - 1] = "{\"id\": 7, \"name\": ";
+    let uri = put("broken.jsonl", broken.join("\n") + "\n");
+    let out = run(in_parts().arg(&uri));
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(json(&out)["error"]["bad_input"]["location"]["line"], bad_line as u64, "{}", json(&out));
+    assert_eq!(scan_ids(&b.root, "t").len(), 2001, "nothing of it published");
+
+    // Overwritten between its HEAD and its ranged reads: refused, nothing
+    // published. (Over 8 MiB, so read after the claims, not alongside them.)
+    let padded = |ids: std::ops::Range<i64>| -> String { ids.map(|i| format!("{{\"id\": {i}, \"name\": \"{}\"}}\n", "x".repeat(80))).collect() };
+    let uri = put("moved.jsonl", padded(10_000..100_000));
+    let held = hold_at(&mut in_parts().arg(&uri), AFTER_CLAIMS);
+    put("moved.jsonl", padded(100_000..190_000));
+    held.release();
+    let out = held.wait_with_output();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(scan_ids(&b.root, "t").len(), 2001, "neither version's rows");
+}

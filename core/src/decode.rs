@@ -1130,9 +1130,9 @@ fn open_source(source: &Source, detected: Detected, target: &SchemaRef, rescue: 
 
 /// The lines in bytes `range` of a local JSON Lines file, one of `of` parts
 /// (see `parts.rs`), numbered from the part's first line.
-fn open_part(source: &Source, target: &SchemaRef, rescue: bool, range: std::ops::Range<u64>, of: usize) -> Result<Batches> {
+fn open_part(source: &Source, target: &SchemaRef, rescue: bool, range: std::ops::Range<u64>, of: usize, handle: &tokio::runtime::Handle) -> Result<Batches> {
     let from_start = range.start == 0;
-    let raw = source.open_local_range(range).expect("only local files are read in parts")?;
+    let raw = source.open_range(range, handle)?;
     let mut reader: Box<dyn BufRead + Send> = Box::new(BufReader::with_capacity(READ_BUFFER, raw));
     if from_start {
         reader = without_bom(source, reader)?;
@@ -1272,7 +1272,7 @@ impl SourcesReader {
                 source.read_counter = Some(Arc::clone(&self.progress.bytes_read));
                 self.source_bytes_start = self.progress.bytes_read.load(Ordering::Relaxed);
                 let batches = match &self.part {
-                    Some(part) => open_part(&source, &self.target, self.rescue, part.range.clone(), part.whole.parts())?,
+                    Some(part) => open_part(&source, &self.target, self.rescue, part.range.clone(), part.whole.parts(), &self.handle)?,
                     None => open_source(&source, detected, &self.target, self.rescue, &self.handle)?,
                 };
                 self.current = Some((source, batches, 0));

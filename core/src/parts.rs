@@ -1,5 +1,6 @@
-//! One large local JSON Lines file cut at line boundaries into parts that
-//! Lance writers append side by side, committed as one transaction.
+//! One large JSON Lines file (local, or an S3 object read by ranged GETs)
+//! cut at line boundaries into parts that Lance writers append side by
+//! side, committed as one transaction.
 //!
 //! Why: a Lance writer buffers each column (8 MiB by default) and encodes
 //! what it holds at the end of its file one column after another, after the
@@ -8,7 +9,7 @@
 //! threads: `set_lance_defaults` gives it every core).
 //! Rows keep their order: part k's fragments come after part k-1's.
 
-use std::io::{Read, Seek, SeekFrom};
+use std::io::Read;
 use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -18,7 +19,7 @@ use arrow::datatypes::SchemaRef;
 use crate::error::{Error, Result};
 use crate::failpoints;
 use crate::partitions;
-use crate::source::{Location, Source};
+use crate::source::Source;
 
 /// Bytes per part (the last may hold fewer): below it, the end of one
 /// writer costs less than a second writer's start.
@@ -33,24 +34,19 @@ const MAX_PARTS: u64 = 4;
 const SCAN_BYTES: usize = 64 << 10;
 
 /// The byte ranges `source`, an uncompressed JSON Lines file, is written in,
-/// in file order; `None` unless it is a local file of at least two parts'
-/// bytes whose path gives the table no values. Call from a blocking thread.
-pub fn plan(source: &Source, target: &SchemaRef) -> Result<Option<Vec<Range<u64>>>> {
-    let Location::Local { path, .. } = &source.location else { return Ok(None) };
+/// in file order; `None` unless it is at least two parts' bytes and its path
+/// gives the table no values. A local file is read only as the version its
+/// identity names, an S3 object by ranged GETs of the version resolved (one
+/// per cut, mostly). Call from a blocking thread.
+pub fn plan(source: &Source, target: &SchemaRef, handle: &tokio::runtime::Handle) -> Result<Option<Vec<Range<u64>>>> {
     let n = parts_of(source.size);
     let takes_path_values = !matches!(partitions::split(target, &source.uri), Ok((_, None)));
     if n < 2 || takes_path_values {
         return Ok(None);
     }
-    let mut file = std::fs::File::open(path).map_err(|e| Error::io(&source.uri, e))?;
-    // Cut only the bytes its identity names: a file that changed since is
-    // read as one part, no further than those bytes, then refused (`Source::unchanged`).
-    if file.metadata().map_err(|e| Error::io(&source.uri, e))?.len() != source.size {
-        return Ok(None);
-    }
     let mut starts = vec![0];
     for k in 1..n {
-        let start = line_start_from(&mut file, source.size * k / n, source.size).map_err(|e| Error::io(&source.uri, e))?;
+        let start = line_start_from(source, source.size * k / n, handle)?;
         if start > *starts.last().expect("the first part starts at 0") && start < source.size {
             starts.push(start);
         }
@@ -79,28 +75,25 @@ pub fn writer_options(parts: usize, columns: usize) -> lance_file::writer::FileW
 }
 
 /// The first line start at or after `at` (0 < `at`): just past the first
-/// newline from byte `at - 1` on; `size` if no line starts there.
-fn line_start_from(file: &mut std::fs::File, at: u64, size: u64) -> std::io::Result<u64> {
+/// newline from byte `at - 1` on; the source's size if no line starts there.
+/// Reads `SCAN_BYTES` at a time, so it ends within the bytes left.
+fn line_start_from(source: &Source, at: u64, handle: &tokio::runtime::Handle) -> Result<u64> {
     assert!(at > 0, "the first part starts at 0");
+    let mut buf = Vec::with_capacity(SCAN_BYTES);
     let mut pos = at - 1;
-    file.seek(SeekFrom::Start(pos))?;
-    let mut buf = vec![0u8; SCAN_BYTES];
-    // A round reads a piece of what is left of the file (short reads and
-    // interruptions included, twice over); at the bound, no cut.
-    for _ in 0..2 * size.saturating_sub(pos).div_ceil(SCAN_BYTES as u64) + 2 {
-        let n = match file.read(&mut buf) {
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            read => read?,
-        };
-        if n == 0 {
-            return Ok(size);
+    while pos < source.size {
+        let end = (pos + SCAN_BYTES as u64).min(source.size);
+        buf.clear();
+        source.open_range(pos..end, handle)?.read_to_end(&mut buf).map_err(|e| Error::io(&source.uri, e))?;
+        if buf.len() as u64 != end - pos {
+            return Err(Error::io(&source.uri, std::io::Error::new(std::io::ErrorKind::UnexpectedEof, format!("bytes {pos}..{end} read short"))));
         }
-        if let Some(newline) = memchr::memchr(b'\n', &buf[..n]) {
+        if let Some(newline) = memchr::memchr(b'\n', &buf) {
             return Ok(pos + newline as u64 + 1);
         }
-        pos += n as u64;
+        pos = end;
     }
-    Ok(size)
+    Ok(source.size)
 }
 
 /// `e`, met in the part of `source` starting at byte `start`, with its line
@@ -121,22 +114,19 @@ pub fn in_file(e: Error, source: &Source, start: u64) -> Error {
 
 /// Lines before byte `at` of `source`, a line start.
 fn lines_before(source: &Source, at: u64) -> Result<u64> {
-    let Location::Local { path, .. } = &source.location else { unreachable!("only local files are read in parts") };
-    let count = || -> std::io::Result<u64> {
-        let mut file = std::fs::File::open(path)?.take(at);
-        let (mut buf, mut lines) = (vec![0u8; 1 << 20], 0u64);
-        loop {
-            let n = match file.read(&mut buf) {
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                read => read?,
-            };
-            if n == 0 {
-                return Ok(lines);
-            }
-            lines += memchr::memchr_iter(b'\n', &buf[..n]).count() as u64;
+    let handle = tokio::runtime::Handle::current();
+    let mut read = source.open_range(0..at, &handle)?;
+    let (mut buf, mut lines) = (vec![0u8; 1 << 20], 0u64);
+    loop {
+        let n = match read.read(&mut buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            n => n.map_err(|e| Error::io(&source.uri, e))?,
+        };
+        if n == 0 {
+            return Ok(lines);
         }
-    };
-    count().map_err(|e| Error::io(&source.uri, e))
+        lines += memchr::memchr_iter(b'\n', &buf[..n]).count() as u64;
+    }
 }
 
 /// One part of a file being read, and what all its parts share.

@@ -83,8 +83,8 @@ impl ReadAhead {
         let target = Arc::new(Schema::from(ds.schema()));
         let rescue = request.evolution.unwrap_or(pin.evolution) == Evolution::Rescue && target.field_with_name(RESCUE_COLUMN).is_ok();
         let ranges = {
-            let (source, target) = (source.clone(), Arc::clone(&target));
-            tokio::task::spawn_blocking(move || parts::plan(&source, &target)).await.ok()?.ok()??
+            let (source, target, handle) = (source.clone(), Arc::clone(&target), tokio::runtime::Handle::current());
+            tokio::task::spawn_blocking(move || parts::plan(&source, &target, &handle)).await.ok()?.ok()??
         };
         let progress = Arc::new(Progress::default());
         let shown = Arc::new(Shown { read: Arc::clone(&progress.bytes_read), kept: Mutex::new(None) });

@@ -445,14 +445,14 @@ impl Stager<'_> {
     }
 
     /// The parts `t`'s one source is appended in (see `parts.rs`), if it is
-    /// a large enough local, uncompressed JSON Lines file.
+    /// a large enough uncompressed JSON Lines file.
     async fn plan_parts(&self, t: &TableWork, target: &SchemaRef) -> Result<Option<Vec<std::ops::Range<u64>>>> {
         let [(source, detected)] = &t.sources[..] else { return Ok(None) };
         if detected.format != Format::Jsonl || detected.compression != decode::Compression::None || parts::parts_of(source.size) < 2 {
             return Ok(None);
         }
-        let (source, target) = (source.clone(), Arc::clone(target));
-        tokio::task::spawn_blocking(move || parts::plan(&source, &target)).await.expect("planning parts panicked")
+        let (source, target, handle) = (source.clone(), Arc::clone(target), tokio::runtime::Handle::current());
+        tokio::task::spawn_blocking(move || parts::plan(&source, &target, &handle)).await.expect("planning parts panicked")
     }
 
     /// An append of `t`'s one source in `ranges`, each part by a Lance writer
