@@ -19,7 +19,7 @@ use arrow::datatypes::SchemaRef;
 use crate::error::{Error, Result};
 use crate::failpoints;
 use crate::partitions;
-use crate::source::Source;
+use crate::source::{Location, Source};
 
 /// Bytes per part (the last may hold fewer): below it, the end of one
 /// writer costs less than a second writer's start.
@@ -44,10 +44,18 @@ pub fn plan(source: &Source, target: &SchemaRef, handle: &tokio::runtime::Handle
     if n < 2 || takes_path_values {
         return Ok(None);
     }
+    // An S3 object known by size and time alone cannot be read by ranges of one version.
+    if let Location::S3 { e_tag: None, version: None, .. } = &source.location {
+        return Ok(None);
+    }
     let mut starts = vec![0];
     for k in 1..n {
-        let start = line_start_from(source, source.size * k / n, handle)?;
-        if start > *starts.last().expect("the first part starts at 0") && start < source.size {
+        // Each cut looks for its line start no further than the next cut.
+        let (at, until) = (source.size * k / n, source.size * (k + 1) / n);
+        if let Some(start) = line_start_from(source, at, until, handle)?
+            && start > *starts.last().expect("the first part starts at 0")
+            && start < source.size
+        {
             starts.push(start);
         }
     }
@@ -74,26 +82,34 @@ pub fn writer_options(parts: usize, columns: usize) -> lance_file::writer::FileW
     lance_file::writer::FileWriterOptions { data_cache_bytes: Some(per_column * columns.max(1) as u64), ..Default::default() }
 }
 
-/// The first line start at or after `at` (0 < `at`): just past the first
-/// newline from byte `at - 1` on; the source's size if no line starts there.
-/// Reads `SCAN_BYTES` at a time, so it ends within the bytes left.
-fn line_start_from(source: &Source, at: u64, handle: &tokio::runtime::Handle) -> Result<u64> {
-    assert!(at > 0, "the first part starts at 0");
-    let mut buf = Vec::with_capacity(SCAN_BYTES);
-    let mut pos = at - 1;
-    while pos < source.size {
-        let end = (pos + SCAN_BYTES as u64).min(source.size);
-        buf.clear();
-        source.open_range(pos..end, handle)?.read_to_end(&mut buf).map_err(|e| Error::io(&source.uri, e))?;
-        if buf.len() as u64 != end - pos {
-            return Err(Error::io(&source.uri, std::io::Error::new(std::io::ErrorKind::UnexpectedEof, format!("bytes {pos}..{end} read short"))));
+/// The first line start in `at..until` (0 < `at`): just past the first
+/// newline from byte `at - 1` on; `None` if no line starts there. Two reads
+/// at most (ranged GETs on S3): the first `SCAN_BYTES`, where a line
+/// mostly ends, then the rest of the span, stopped at the newline.
+fn line_start_from(source: &Source, at: u64, until: u64, handle: &tokio::runtime::Handle) -> Result<Option<u64>> {
+    assert!(0 < at && at <= until && until <= source.size, "a cut within the source");
+    let first = (at - 1 + SCAN_BYTES as u64).min(until);
+    let mut buf = vec![0u8; SCAN_BYTES];
+    for span in [at - 1..first, first..until] {
+        let mut pos = span.start;
+        let mut read = source.open_range(span.clone(), handle)?;
+        // Each round reads something or ends (short reads and interruptions
+        // included, twice over).
+        for _ in 0..2 * (span.end - span.start).div_ceil(SCAN_BYTES as u64) + 2 {
+            let n = match read.read(&mut buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                n => n.map_err(|e| Error::io(&source.uri, e))?,
+            };
+            if n == 0 {
+                break;
+            }
+            if let Some(newline) = memchr::memchr(b'\n', &buf[..n]) {
+                return Ok(Some(pos + newline as u64 + 1));
+            }
+            pos += n as u64;
         }
-        if let Some(newline) = memchr::memchr(b'\n', &buf) {
-            return Ok(pos + newline as u64 + 1);
-        }
-        pos = end;
     }
-    Ok(source.size)
+    Ok(None)
 }
 
 /// `e`, met in the part of `source` starting at byte `start`, with its line
