@@ -1128,8 +1128,9 @@ fn open_source(source: &Source, detected: Detected, target: &SchemaRef, rescue: 
     })))
 }
 
-/// The lines in bytes `range` of a local JSON Lines file, one of `of` parts
-/// (see `parts.rs`), numbered from the part's first line.
+/// The lines in bytes `range` of a JSON Lines file (local, or an S3 object
+/// by a ranged GET), one of `of` parts (see `parts.rs`), numbered from the
+/// part's first line.
 fn open_part(source: &Source, target: &SchemaRef, rescue: bool, range: std::ops::Range<u64>, of: usize, handle: &tokio::runtime::Handle) -> Result<Batches> {
     let from_start = range.start == 0;
     let raw = source.open_range(range, handle)?;
@@ -1183,8 +1184,9 @@ impl Progress {
         self.source_rows.lock().expect("progress poisoned").extend(theirs);
     }
 
-    /// Count the rows `other` read ahead of `source`'s identity (its bytes
-    /// were shown here as they were read: `read_ahead.rs`), as read of `source`.
+    /// Count the rows `other` read ahead of `source`'s identity as read of
+    /// `source` (its bytes are counted here as they are read, once kept:
+    /// `read_ahead.rs`).
     pub fn absorb_read_ahead(&self, other: &Progress, source: &Source) {
         self.rows.fetch_add(other.rows.load(Ordering::Relaxed), Ordering::Relaxed);
         self.sources_done.fetch_add(other.sources_done.load(Ordering::Relaxed), Ordering::Relaxed);

@@ -178,19 +178,7 @@ pub async fn run(lake: &Lake, requests: Vec<TableRequest>, budget: Budget, progr
     let based = async {
         let base = manifest::writer_base(lake).await;
         let ahead = match (&base, &single) {
-            (Ok(base), Some(request)) => {
-                let start = ReadAhead::start(lake, request, base);
-                // Tests that cut small files in parts (whose hash is quick) always read ahead.
-                if failpoints::part_bytes().is_some() {
-                    start.await
-                } else {
-                    futures::pin_mut!(start);
-                    match futures::future::select(start, resolving).await {
-                        futures::future::Either::Left((ahead, _)) => ahead,
-                        futures::future::Either::Right(_) => None,
-                    }
-                }
-            }
+            (Ok(base), Some(request)) => ReadAhead::until_resolved(lake, request, base, resolving).await,
             _ => None,
         };
         (base, ahead)

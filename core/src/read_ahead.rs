@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use arrow::array::{RecordBatch, RecordBatchReader};
 use arrow::datatypes::{Schema, SchemaRef};
 use arrow::error::ArrowError;
+use futures::channel::oneshot;
 
 use crate::decode::{self, Compression, ErrorSlot, Format, Progress, SourcesReader};
 use crate::failpoints;
@@ -98,6 +99,21 @@ impl ReadAhead {
         Some(ReadAhead { source, target, rescue, ranges, parts, progress, shown })
     }
 
+    /// [`ReadAhead::start`], given up if `resolved` comes first: then the
+    /// hash is done, and waiting for the read-ahead would only delay the door.
+    pub async fn until_resolved(lake: &Lake, request: &TableRequest, base: &Manifest, resolved: oneshot::Receiver<()>) -> Option<ReadAhead> {
+        let start = ReadAhead::start(lake, request, base);
+        // Tests that cut small files in parts (whose hash is quick) always read ahead.
+        if failpoints::part_bytes().is_some() {
+            return start.await;
+        }
+        futures::pin_mut!(start);
+        match futures::future::select(start, resolved).await {
+            futures::future::Either::Left((ahead, _)) => ahead,
+            futures::future::Either::Right(_) => None,
+        }
+    }
+
     /// Take what `slot` read ahead if it is what staging `source` onto
     /// `target` in `ranges` reads, its bytes counted on `progress` from now
     /// on; either way, the slot is empty after.
@@ -108,6 +124,8 @@ impl ReadAhead {
             tracing::debug!(uri = %source.uri, "what was read ahead is not what staging reads: read again");
             return None;
         }
+        assert_eq!(ahead.parts.len(), ranges.len(), "a reader per part");
+        tracing::debug!(uri = %source.uri, parts = ranges.len(), "staging keeps what was read ahead of the hash");
         ahead.shown.keep(&progress.bytes_read);
         // A rendezvous for tests only: an injected error is not one of staging's.
         let _ = failpoints::hit(failpoints::READ_AHEAD_KEPT);
@@ -116,7 +134,7 @@ impl ReadAhead {
     }
 }
 
-/// A reader whose batches another thread decodes, at most `BATCHES_AHEAD`
+/// A reader whose batches another thread decodes, a bounded number of them
 /// before they are asked for.
 pub(crate) struct Ahead {
     batches: Receiver<Result<RecordBatch, ArrowError>>,

@@ -309,14 +309,19 @@ impl Source {
             }
             // An empty range is no request (S3 refuses one).
             Location::S3 { .. } if range.is_empty() => Box::new(std::io::empty()),
-            Location::S3 { store, key, e_tag, version } => {
-                let options = GetOptions { range: Some(object_store::GetRange::Bounded(range)), ..Self::pinned_get(e_tag, version) };
-                let got = handle.block_on(store.get_opts(key, options)).map_err(|e| Error::store(&self.uri, e))?;
-                let stream = futures::TryStreamExt::map_err(got.into_stream(), std::io::Error::other);
-                Box::new(tokio_util::io::SyncIoBridge::new_with_handle(tokio_util::io::StreamReader::new(stream), handle.clone()))
+            Location::S3 { e_tag, version, .. } => {
+                self.s3_reader(GetOptions { range: Some(object_store::GetRange::Bounded(range)), ..Self::pinned_get(e_tag, version) }, handle)?
             }
         };
         Ok(self.counted(raw))
+    }
+
+    /// A blocking reader over an S3 source's GET with `options`.
+    fn s3_reader(&self, options: GetOptions, handle: &tokio::runtime::Handle) -> Result<Box<dyn Read + Send>> {
+        let Location::S3 { store, key, .. } = &self.location else { unreachable!("only an S3 object is read by GET") };
+        let got = handle.block_on(store.get_opts(key, options)).map_err(|e| Error::store(&self.uri, e))?;
+        let stream = futures::TryStreamExt::map_err(got.into_stream(), std::io::Error::other);
+        Ok(Box::new(tokio_util::io::SyncIoBridge::new_with_handle(tokio_util::io::StreamReader::new(stream), handle.clone())))
     }
 
     /// The local file, opened, if it is still the version its identity
@@ -337,14 +342,7 @@ impl Source {
         match &self.location {
             // No further than the bytes its identity hashed.
             Location::Local { .. } => Ok(Box::new(self.open_version()?.take(self.size))),
-            Location::S3 { store, key, e_tag, version } => {
-                let got = handle
-                    .block_on(store.get_opts(key, Self::pinned_get(e_tag, version)))
-                    .map_err(|e| Error::store(&self.uri, e))?;
-                let stream = futures::TryStreamExt::map_err(got.into_stream(), std::io::Error::other);
-                let reader = tokio_util::io::StreamReader::new(stream);
-                Ok(Box::new(tokio_util::io::SyncIoBridge::new_with_handle(reader, handle.clone())))
-            }
+            Location::S3 { e_tag, version, .. } => self.s3_reader(Self::pinned_get(e_tag, version), handle),
         }
     }
 
