@@ -207,15 +207,19 @@ pub struct Held {
     stderr: std::thread::JoinHandle<Vec<u8>>,
     /// Its stderr lines after the failpoint it was started to.
     lines: std::sync::mpsc::Receiver<String>,
-    /// For [`hold_at`]: the file whose creation lets it go on.
-    release: Option<(tempfile::TempDir, PathBuf)>,
+    /// For [`hold_at`]: the files whose creation let it go on, one per
+    /// failpoint it is held at, and how many were created.
+    release: Option<(tempfile::TempDir, Vec<PathBuf>)>,
+    released: std::sync::atomic::AtomicUsize,
 }
 
 impl Held {
-    /// Let a child started by [`hold_at`] go on from its failpoint.
+    /// Let a child started by [`hold_at`] (or [`hold_at_then`]) go on from
+    /// the failpoint it is held at (the first one not yet released).
     pub fn release(&self) {
-        let (_, file) = self.release.as_ref().expect("started by hold_at");
-        std::fs::write(file, b"go").unwrap();
+        let (_, files) = self.release.as_ref().expect("started by hold_at");
+        let next = self.released.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        std::fs::write(&files[next], b"go").unwrap();
     }
 
     /// Return once the child has reached failpoint `name` (later than the one
@@ -265,13 +269,24 @@ pub fn spawn_at_nth(cmd: &mut Command, name: &str, n: usize, action: &str) -> He
 /// Start `cmd`, and return once it stands at failpoint `name`, where it
 /// waits until [`Held::release`]: a deterministic rendezvous.
 pub fn hold_at(cmd: &mut Command, name: &str) -> Held {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("release");
-    cmd.env("SLUICE_HOLD_AT", format!("{name}={}", file.display()));
-    start_at(cmd, name, 1, Some((dir, file)))
+    hold_at_each(cmd, &[name])
 }
 
-fn start_at(cmd: &mut Command, name: &str, n: usize, release: Option<(tempfile::TempDir, PathBuf)>) -> Held {
+/// [`hold_at`] `first`; once released there, the child stops again at
+/// `then` until released once more ([`Held::wait_for`] `then` to meet it).
+pub fn hold_at_then(cmd: &mut Command, first: &str, then: &str) -> Held {
+    hold_at_each(cmd, &[first, then])
+}
+
+fn hold_at_each(cmd: &mut Command, names: &[&str]) -> Held {
+    let dir = tempfile::tempdir().unwrap();
+    let files: Vec<PathBuf> = (0..names.len()).map(|i| dir.path().join(format!("release-{i}"))).collect();
+    let spec: Vec<String> = names.iter().zip(&files).map(|(name, file)| format!("{name}={}", file.display())).collect();
+    cmd.env("SLUICE_HOLD_AT", spec.join(","));
+    start_at(cmd, names[0], 1, Some((dir, files)))
+}
+
+fn start_at(cmd: &mut Command, name: &str, n: usize, release: Option<(tempfile::TempDir, Vec<PathBuf>)>) -> Held {
     use std::io::BufRead;
     let mut child = cmd
         .env("SLUICE_TRACE_FAILPOINTS", "1")
@@ -299,7 +314,7 @@ fn start_at(cmd: &mut Command, name: &str, n: usize, release: Option<(tempfile::
         }
         rest
     });
-    Held { child: Some(child), stderr, lines: passed, release }
+    Held { child: Some(child), stderr, lines: passed, release, released: Default::default() }
 }
 
 /// Run `sluice recover --clock-skew 0s` until nothing is pending (waiting out

@@ -303,14 +303,15 @@ fn a_commit_published_beside_its_decision_is_never_rolled_back() {
         let s = jsonl(dir.path(), "s.jsonl", 100..110);
         let started = Instant::now();
         let mut a = ingest_cmd(&b.root, "t", &["--timeout", "120s"], &[&s]);
-        a.env("SLUICE_TEST_CLOCK_BEHIND_MS", "117000").env("FAILPOINTS", format!("{AFTER_COMMIT}=sleep(6000)"));
-        let a = hold_at(&mut a, COMMIT_CHECKED);
+        a.env("SLUICE_TEST_CLOCK_BEHIND_MS", "117000");
+        let a = hold_at_then(&mut a, COMMIT_CHECKED, AFTER_COMMIT);
         wait_out(&b.root, started, Duration::from_secs(3));
         let sweep = hold_at(&mut recover_cmd(&b.root), RECOVER_BEFORE_FENCE);
         a.release();
         a.wait_for(AFTER_COMMIT);
         sweep.release();
         let swept = sweep.wait_with_output();
+        a.release();
         let a = a.wait_with_output();
         let again = run(&mut ingest_cmd(&b.root, "t", &[], &[&s]));
         assert_eq!(again.status.code(), Some(0), "{}: the redelivery of s", b.name);

@@ -7,8 +7,9 @@
 //! `SLUICE_TRACE_FAILPOINTS=1` every failpoint reached prints `failpoint: NAME`
 //! on stderr, so a test can `kill -9` a child exactly there. With
 //! `SLUICE_HOLD_AT=NAME=FILE` the process stops at failpoint NAME until FILE
-//! exists: a rendezvous that lets a test run another process in between,
-//! then release this one, without guessing how long to sleep.
+//! exists (several `NAME=FILE`, separated by commas, hold it at each): a
+//! rendezvous that lets a test run another process in between, then release
+//! this one, without guessing how long to sleep.
 
 use crate::error::Result;
 
@@ -158,14 +159,14 @@ pub fn hit(name: &'static str) -> Result<()> {
     Ok(())
 }
 
-/// Wait at `name` until the release file `SLUICE_HOLD_AT` names exists (at most 10 minutes).
+/// Wait at `name` until the release file `SLUICE_HOLD_AT` names for it
+/// exists (at most 10 minutes). `SLUICE_HOLD_AT` is `NAME=FILE`, or several
+/// separated by commas: a process held at one step, then at a later one.
 fn hold(name: &str) {
     const LIMIT: std::time::Duration = std::time::Duration::from_secs(600);
     let Some(spec) = std::env::var_os("SLUICE_HOLD_AT") else { return };
-    let Some((at, file)) = spec.to_str().and_then(|s| s.split_once('=')) else { return };
-    if at != name {
-        return;
-    }
+    let Some(spec) = spec.to_str().map(str::to_owned) else { return };
+    let Some(file) = spec.split(',').filter_map(|one| one.split_once('=')).find(|(at, _)| *at == name).map(|(_, file)| file) else { return };
     let start = std::time::Instant::now();
     while !std::path::Path::new(file).exists() && start.elapsed() < LIMIT {
         std::thread::sleep(std::time::Duration::from_millis(10));
