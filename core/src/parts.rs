@@ -114,11 +114,12 @@ fn line_start_from(source: &Source, at: u64, until: u64, handle: &tokio::runtime
 
 /// `e`, met in the part of `source` starting at byte `start`, with its line
 /// numbered in the whole file (only a failure counts the lines before a
-/// part). A line that cannot be counted is left out, not misnamed.
-pub fn in_file(e: Error, source: &Source, start: u64) -> Error {
+/// part). A line that cannot be counted is left out, not misnamed. Call
+/// from a blocking thread.
+pub fn in_file(e: Error, source: &Source, start: u64, handle: &tokio::runtime::Handle) -> Error {
     match e {
         Error::BadInput(mut bad) if start > 0 && bad.location.line.is_some() => {
-            bad.location.line = match lines_before(source, start) {
+            bad.location.line = match lines_before(source, start, handle) {
                 Ok(before) => bad.location.line.map(|line| line + before),
                 Err(_) => None,
             };
@@ -129,9 +130,8 @@ pub fn in_file(e: Error, source: &Source, start: u64) -> Error {
 }
 
 /// Lines before byte `at` of `source`, a line start.
-fn lines_before(source: &Source, at: u64) -> Result<u64> {
-    let handle = tokio::runtime::Handle::current();
-    let mut read = source.open_range(0..at, &handle)?;
+fn lines_before(source: &Source, at: u64, handle: &tokio::runtime::Handle) -> Result<u64> {
+    let mut read = source.open_range(0..at, handle)?;
     let (mut buf, mut lines) = (vec![0u8; 1 << 20], 0u64);
     loop {
         let n = match read.read(&mut buf) {

@@ -31,9 +31,8 @@ use crate::failpoints;
 use crate::lake::Lake;
 use crate::manifest::{Manifest, Mode};
 use crate::parts;
-use crate::settings::{Evolution, RESCUE_COLUMN};
 use crate::source::Source;
-use crate::stage::TableRequest;
+use crate::stage::{self, TableRequest};
 
 /// Batches decoded ahead of the writers, at most, shared among the parts
 /// (each at most about 1 MiB of the file, up to `BATCH_ROWS` rows): about
@@ -58,7 +57,7 @@ pub(crate) struct ReadAhead {
 
 /// The parts' readers of what was read ahead, and what they count.
 pub(crate) struct Kept {
-    pub readers: Vec<(Box<dyn RecordBatchReader + Send>, ErrorSlot)>,
+    pub readers: Vec<(Ahead, ErrorSlot)>,
     pub progress: Arc<Progress>,
 }
 
@@ -82,7 +81,7 @@ impl ReadAhead {
         }
         let ds = lake.open_known(&request.table, Some(pin.version), pin.known_manifest()).await.ok()?;
         let target = Arc::new(Schema::from(ds.schema()));
-        let rescue = request.evolution.unwrap_or(pin.evolution) == Evolution::Rescue && target.field_with_name(RESCUE_COLUMN).is_ok();
+        let rescue = stage::rescues(request.evolution.unwrap_or(pin.evolution), &target);
         let ranges = {
             let (source, target, handle) = (source.clone(), Arc::clone(&target), tokio::runtime::Handle::current());
             tokio::task::spawn_blocking(move || parts::plan(&source, &target, &handle)).await.ok()?.ok()??
@@ -129,8 +128,7 @@ impl ReadAhead {
         ahead.shown.keep(&progress.bytes_read);
         // A rendezvous for tests only: an injected error is not one of staging's.
         let _ = failpoints::hit(failpoints::READ_AHEAD_KEPT);
-        let readers = ahead.parts.into_iter().map(|(reader, slot)| (Box::new(reader) as Box<dyn RecordBatchReader + Send>, slot)).collect();
-        Some(Kept { readers, progress: ahead.progress })
+        Some(Kept { readers: ahead.parts, progress: ahead.progress })
     }
 }
 

@@ -301,8 +301,8 @@ impl RecordBatchReader for UniqueKeys {
 
 /// A table that has not gained its rescue column yet (the door adds it
 /// first; a redo meets it on the table as it is) takes rows strictly.
-fn rescues(t: &TableWork, target: &SchemaRef) -> bool {
-    t.evolution == Evolution::Rescue && target.field_with_name(RESCUE_COLUMN).is_ok()
+pub(crate) fn rescues(evolution: Evolution, target: &SchemaRef) -> bool {
+    evolution == Evolution::Rescue && target.field_with_name(RESCUE_COLUMN).is_ok()
 }
 
 /// `reader`, which asks `ahead` for `ds`'s latest version once its rows run
@@ -439,7 +439,7 @@ impl Stager<'_> {
     }
 
     pub(crate) fn reader(&self, t: &TableWork, target: SchemaRef) -> (Box<dyn RecordBatchReader + Send>, decode::ErrorSlot) {
-        let rescue = rescues(t, &target);
+        let rescue = rescues(t.evolution, &target);
         let (reader, slot) = SourcesReader::new(t.sources.clone(), target, rescue, Arc::clone(&self.progress));
         (Box::new(reader), slot)
     }
@@ -459,15 +459,15 @@ impl Stager<'_> {
     /// of its own, side by side, as one transaction whose fragments keep the
     /// file's order.
     async fn append_in_parts(&self, ds: &Arc<Dataset>, t: &TableWork, target: SchemaRef, ranges: Vec<std::ops::Range<u64>>, params: WriteParams) -> Result<Transaction> {
-        let rescue = rescues(t, &target);
+        let rescue = rescues(t.evolution, &target);
         let params = WriteParams { file_writer_options: Some(parts::writer_options(ranges.len(), target.fields().len())), ..params };
         let starts: Vec<u64> = ranges.iter().map(|r| r.start).collect();
+        fn boxed<R: RecordBatchReader + Send + 'static>(parts: Vec<(R, decode::ErrorSlot)>) -> Vec<(Box<dyn RecordBatchReader + Send>, decode::ErrorSlot)> {
+            parts.into_iter().map(|(reader, slot)| (Box::new(reader) as Box<dyn RecordBatchReader + Send>, slot)).collect()
+        }
         let (readers, ahead) = match ReadAhead::take(self.read_ahead, &t.sources[0].0, &target, rescue, &ranges, &self.progress) {
-            Some(kept) => (kept.readers, Some(kept.progress)),
-            None => {
-                let parts = SourcesReader::for_parts(t.sources[0].clone(), ranges, target, rescue, Arc::clone(&self.progress));
-                (parts.into_iter().map(|(reader, slot)| (Box::new(reader) as Box<dyn RecordBatchReader + Send>, slot)).collect(), None)
-            }
+            Some(kept) => (boxed(kept.readers), Some(kept.progress)),
+            None => (boxed(SourcesReader::for_parts(t.sources[0].clone(), ranges, target, rescue, Arc::clone(&self.progress))), None),
         };
         // The last part to run out of rows asks ahead, once.
         let running = Arc::new(std::sync::atomic::AtomicUsize::new(readers.len()));
@@ -497,8 +497,8 @@ impl Stager<'_> {
             match written {
                 Ok(txn) => txns.push(txn),
                 Err(e) => {
-                    let source = t.sources[0].0.clone();
-                    return Err(tokio::task::spawn_blocking(move || parts::in_file(e, &source, start)).await.expect("locating an error panicked"));
+                    let (source, handle) = (t.sources[0].0.clone(), tokio::runtime::Handle::current());
+                    return Err(tokio::task::spawn_blocking(move || parts::in_file(e, &source, start, &handle)).await.expect("locating an error panicked"));
                 }
             }
         }
