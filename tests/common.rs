@@ -257,13 +257,7 @@ impl Drop for Held {
 /// Start `cmd` with `action` at failpoint `name` and return once it got there
 /// (it then runs the action: a sleep holds it at that step).
 pub fn spawn_at(cmd: &mut Command, name: &str, action: &str) -> Held {
-    spawn_at_nth(cmd, name, 1, action)
-}
-
-/// [`spawn_at`], returning once it reached `name` for the `n`-th time
-/// (`action` may skip the first hits: `1*off->sleep(6000)`).
-pub fn spawn_at_nth(cmd: &mut Command, name: &str, n: usize, action: &str) -> Held {
-    start_at(cmd.env("FAILPOINTS", format!("{name}={action}")), name, n, None)
+    start_at(cmd.env("FAILPOINTS", format!("{name}={action}")), name, 1, None)
 }
 
 /// Start `cmd`, and return once it stands at failpoint `name`, where it
@@ -276,6 +270,14 @@ pub fn hold_at(cmd: &mut Command, name: &str) -> Held {
 /// `then` until released once more ([`Held::wait_for`] `then` to meet it).
 pub fn hold_at_then(cmd: &mut Command, first: &str, then: &str) -> Held {
     hold_at_each(cmd, &[first, then])
+}
+
+/// [`hold_at`] the `n`-th time the child reaches `name` (it passes the earlier ones).
+pub fn hold_at_nth(cmd: &mut Command, name: &str, n: usize) -> Held {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("release-0");
+    cmd.env("SLUICE_HOLD_AT", format!("{name}@{n}={}", file.display()));
+    start_at(cmd, name, n, Some((dir, vec![file])))
 }
 
 fn hold_at_each(cmd: &mut Command, names: &[&str]) -> Held {

@@ -422,16 +422,12 @@ fn recovery_finishes_a_rolled_back_schema_change_whose_commit_landed_after_its_d
         let started = std::time::Instant::now();
         let w = hold_at(sluice(&b.root).args(["--clock-skew", "0s", "ingest", "--table", "t", "--timeout", "3s"]).arg(&wide), COLUMNS_BEFORE_COMMIT);
         wait_out(&b.root, started, std::time::Duration::from_secs(3));
-        // The sweep decides the ingest, then the schema change, and sleeps
-        // right after that second decision: W's commit lands meanwhile.
-        let sweep = spawn_at_nth(
-            sluice(&b.root).args(["--json", "--clock-skew", "0s", "recover", "--timeout", "60s"]),
-            RECOVER_AFTER_DECISION,
-            2,
-            "1*off->sleep(6000)",
-        );
+        // The sweep decides the ingest, then the schema change, and is held
+        // right after that second decision until W's commit has landed.
+        let sweep = hold_at_nth(sluice(&b.root).args(["--json", "--clock-skew", "0s", "recover", "--timeout", "60s"]), RECOVER_AFTER_DECISION, 2);
         w.release();
         assert_ne!(w.wait_with_output().status.code(), Some(0), "W was rolled back: it reports no success");
+        sweep.release();
         let out = sweep.wait_with_output();
         let report = String::from_utf8_lossy(&out.stdout);
         assert_eq!(out.status.code(), Some(0), "recovery finishes: {report}");

@@ -7,7 +7,8 @@
 //! `SLUICE_TRACE_FAILPOINTS=1` every failpoint reached prints `failpoint: NAME`
 //! on stderr, so a test can `kill -9` a child exactly there. With
 //! `SLUICE_HOLD_AT=NAME=FILE` the process stops at failpoint NAME until FILE
-//! exists (several `NAME=FILE`, separated by commas, hold it at each): a
+//! exists (several `NAME=FILE`, separated by commas, hold it at each;
+//! `NAME@N=FILE` only at its N-th hit): a
 //! rendezvous that lets a test run another process in between, then release
 //! this one, without guessing how long to sleep.
 
@@ -162,11 +163,26 @@ pub fn hit(name: &'static str) -> Result<()> {
 /// Wait at `name` until the release file `SLUICE_HOLD_AT` names for it
 /// exists (at most 10 minutes). `SLUICE_HOLD_AT` is `NAME=FILE`, or several
 /// separated by commas: a process held at one step, then at a later one.
+/// `NAME@N=FILE` holds only at the N-th time the process reaches NAME.
 fn hold(name: &str) {
     const LIMIT: std::time::Duration = std::time::Duration::from_secs(600);
+    static HITS: std::sync::Mutex<Vec<(String, usize)>> = std::sync::Mutex::new(Vec::new());
     let Some(spec) = std::env::var_os("SLUICE_HOLD_AT") else { return };
     let Some(spec) = spec.to_str().map(str::to_owned) else { return };
-    let Some(file) = spec.split(',').filter_map(|one| one.split_once('=')).find(|(at, _)| *at == name).map(|(_, file)| file) else { return };
+    let hits = {
+        let mut all = HITS.lock().unwrap_or_else(|e| e.into_inner());
+        let i = all.iter().position(|(n, _)| n == name).unwrap_or_else(|| {
+            all.push((name.to_string(), 0));
+            all.len() - 1
+        });
+        all[i].1 += 1;
+        all[i].1
+    };
+    let held_here = |at: &str| match at.split_once('@') {
+        Some((at, nth)) => at == name && nth.parse() == Ok(hits),
+        None => at == name,
+    };
+    let Some(file) = spec.split(',').filter_map(|one| one.split_once('=')).find(|(at, _)| held_here(at)).map(|(_, file)| file) else { return };
     let start = std::time::Instant::now();
     while !std::path::Path::new(file).exists() && start.elapsed() < LIMIT {
         std::thread::sleep(std::time::Duration::from_millis(10));
