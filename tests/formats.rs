@@ -404,6 +404,87 @@ fn a_large_file_keeps_its_row_order() {
     }
 }
 
+/// A large CSV file is appended in parts too, cut at line breaks: rows in
+/// file order, quoted fields whole. A cut that falls inside a quoted field
+/// holding a line break is found by the part before it, and the file is
+/// read whole: the same rows, never a record split in two.
+#[test]
+fn a_large_csv_file_is_appended_in_parts_and_never_split_inside_a_record() {
+    let b = local();
+    let dir = tempfile::tempdir().unwrap();
+    let seed = write(dir.path(), "seed.csv", b"id,name,score\n-1,seed,0.5\n");
+    assert_eq!(run(sluice(&b.root).args(["ingest", "--table", "c"]).arg(&seed)).status.code(), Some(0));
+    let lake = Lake::open(&b.root).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let fragments = || rt.block_on(lake.open_table("c", None)).unwrap().get_fragments().len();
+    let rows = || -> Vec<(i64, String)> {
+        let out = run(sluice(&b.root).args(["scan", "c", "--columns", "id,name"]));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .map(|r| (r["id"].as_i64().unwrap(), r["name"].as_str().unwrap().to_string()))
+            .collect()
+    };
+    let in_parts = |path: &std::path::Path, part_bytes: usize| run(sluice(&b.root).env("SLUICE_TEST_PART_BYTES", part_bytes.to_string()).args(["ingest", "--table", "c"]).arg(path));
+    let names = |i: i64| match i % 5 {
+        0 => format!("\"a, \"\"quoted\"\" {i}\""),
+        1 => format!("\"two\nlines {i}\""),
+        _ => format!("n{i}"),
+    };
+    let unquoted = |name: &str| if name.starts_with('"') { name[1..name.len() - 1].replace("\"\"", "\"") } else { name.to_string() };
+
+    // 1. Quoted fields (some with line breaks), no cut inside one: 4 parts.
+    let mut text = String::from("\u{feff}id,name,score\r\n");
+    let mut want = vec![(-1, "seed".to_string())];
+    for i in 0..4_000 {
+        let name = if i % 5 == 1 { format!("n{i}") } else { names(i) };
+        text.push_str(&format!("{i},{name},{}.5\r\n", i % 10));
+        want.push((i, unquoted(&name)));
+    }
+    let file = write(dir.path(), "plain.csv", text.as_bytes());
+    let out = in_parts(&file, text.len() / 4);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(rows(), want, "rows in file order, quoted fields as written");
+    assert_eq!(fragments(), 1 + 4, "the seed's fragment, and one per part");
+
+    // 2. A quoted field with line breaks spans the middle of the file, where
+    //    the cut of two parts falls: the file is read whole, every record
+    //    intact. Its lines read as records of their own (read from the cut,
+    //    they would go in silently as other rows), and it is the last field,
+    //    so the record cut short still has every field.
+    let mut text = String::from("id,score,name\n");
+    for i in 10_000..10_200 {
+        text.push_str(&format!("{i},1.5,{}\n", names(i)));
+        want.push((i, unquoted(&names(i))));
+    }
+    let long = format!("\"{}7,1.5,x\"", "7,1.5,x\n".repeat(2_000));
+    text.push_str(&format!("10200,2.5,{long}\n"));
+    want.push((10_200, unquoted(&long)));
+    for i in 10_201..10_400 {
+        text.push_str(&format!("{i},1.5,{}\n", names(i)));
+        want.push((i, unquoted(&names(i))));
+    }
+    let middle = text.len() / 2;
+    assert!(text.find(&long).is_some_and(|at| at < middle && middle < at + long.len()), "the cut falls inside the long field");
+    let file = write(dir.path(), "quoted.csv", text.as_bytes());
+    let out = in_parts(&file, middle);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(rows(), want, "every record whole, in file order");
+    assert_eq!(fragments(), 1 + 4 + 1, "read whole: one fragment more");
+
+    // 3. A bad value in the last part is named by its line in the whole file.
+    let mut text = String::from("id,name,score\n");
+    for i in 0..300 {
+        text.push_str(&format!("{},n{i},1.5\n", if i == 250 { "x7".to_string() } else { (20_000 + i).to_string() }));
+    }
+    let file = write(dir.path(), "bad.csv", text.as_bytes());
+    let out = run(sluice(&b.root).env("SLUICE_TEST_PART_BYTES", (text.len() / 4).to_string()).args(["--json", "ingest", "--table", "c"]).arg(&file));
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = &json(&out)["error"]["bad_input"];
+    assert_eq!((err["location"]["line"].as_u64(), err["location"]["column"].as_str()), (Some(252), Some("id")), "{err}");
+    assert_eq!(rows(), want, "nothing of it published");
+}
+
 /// A large file is decoded beside its identity hash (read ahead), and what
 /// was read is kept only for the version hashed: another file renamed into
 /// its place between the read-ahead's first rows and the hash goes in as

@@ -141,6 +141,12 @@ fn a_large_s3_object_is_appended_in_parts_of_its_version() {
     assert!(scan_ids(&b.root, "t") == (-1..2000).collect::<Vec<_>>(), "the object's rows, in order");
     let lake = Lake::open(&b.root).unwrap();
     assert_eq!(rt.block_on(lake.open_table("t", None)).unwrap().get_fragments().len(), 1 + 4, "the seed's fragment, and one per part");
+    // A CSV object too: each later part reads the header from the object's start.
+    let csv: String = std::iter::once("name,id\n".to_string()).chain((5000..6000).map(|i| format!("\"{}\",{i}\n", "y".repeat((i % 29 + 20) as usize)))).collect();
+    let out = run(in_parts().arg(put("big.csv", csv)));
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(scan_ids(&b.root, "t") == (-1..2000).chain(5000..6000).collect::<Vec<_>>(), "the CSV object's rows, in order");
+    assert_eq!(rt.block_on(lake.open_table("t", None)).unwrap().get_fragments().len(), 1 + 4 + 4, "one per part");
 
     // The first bad line is in the third part: named by its line in the object.
     let body = lines(2000..3000);
@@ -151,7 +157,7 @@ fn a_large_s3_object_is_appended_in_parts_of_its_version() {
     let out = run(in_parts().arg(&uri));
     assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(json(&out)["error"]["bad_input"]["location"]["line"], bad_line as u64, "{}", json(&out));
-    assert_eq!(scan_ids(&b.root, "t").len(), 2001, "nothing of it published");
+    assert_eq!(scan_ids(&b.root, "t").len(), 3001, "nothing of it published");
 
     // Overwritten between its HEAD and its ranged reads: refused, nothing
     // published. (Over 8 MiB, so read after the claims, not alongside them.)
@@ -162,5 +168,5 @@ fn a_large_s3_object_is_appended_in_parts_of_its_version() {
     held.release();
     let out = held.wait_with_output();
     assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(scan_ids(&b.root, "t").len(), 2001, "neither version's rows");
+    assert_eq!(scan_ids(&b.root, "t").len(), 3001, "neither version's rows");
 }

@@ -21,6 +21,7 @@ use crate::dialect::CsvOptions;
 use crate::exact::{self, JsonNumbers};
 use crate::partitions;
 use crate::parts::{self, Part};
+use crate::record_ends::RecordEnds;
 use crate::rescue;
 use crate::source::Source;
 use crate::times::{self, TimeColumns};
@@ -30,6 +31,8 @@ use crate::types;
 const BATCH_ROWS: usize = 8192;
 /// Read buffer for text sources.
 const READ_BUFFER: usize = 1 << 20;
+/// Read buffer for a CSV file's header, read by each later part.
+const SCAN_HEAD: usize = 64 << 10;
 /// Lance's marker for the key column merge-insert detects conflicts on.
 const PRIMARY_KEY_META: &str = "lance-schema:unenforced-primary-key";
 
@@ -951,71 +954,156 @@ fn csv_delimiter(source: &Source, opts: &CsvOptions, head: &[u8]) -> u8 {
 /// CSV, columns matched to the table by the header's names, or by position
 /// without a header.
 fn open_csv(source: &Source, detected: &Detected, target: &SchemaRef, rescue: bool, handle: &tokio::runtime::Handle) -> Result<Batches> {
-    let opts = &detected.csv;
     let mut reader = text_lines(source, detected.compression, handle)?;
-    reject_binary(source, &mut reader)?;
-    let head = reader.fill_buf().map_err(|e| bad(source, Some(1), None, format!("reading: {e}")))?;
-    let delimiter = csv_delimiter(source, opts, head);
-    let mut first = String::new();
-    let names: Vec<String> = if opts.header {
-        reader.read_line(&mut first).map_err(|e| bad(source, Some(1), None, format!("reading the header: {e}")))?;
-        opts.split_line(first.trim_end_matches(['\r', '\n']), delimiter)
+    let layout = CsvLayout::read(source, &detected.csv, target, rescue, &mut reader)?;
+    let first_line = layout.data_starts;
+    layout.batches(source, &detected.csv, reader, first_line)
+}
+
+/// The records in bytes `range` of an uncompressed CSV file (local, or an S3
+/// object by a ranged GET), one of the parts of `parts.rs`, numbered from
+/// the part's first line. The header and delimiter are the file's (a later
+/// part reads them from the file's start). A part before the last must end
+/// where a record ends (`record_ends.rs`): if not, it fails with
+/// [`Error::MisCut`] once read, and the file is read whole instead.
+fn open_csv_part(source: &Source, detected: &Detected, target: &SchemaRef, rescue: bool, range: std::ops::Range<u64>, last: bool, handle: &tokio::runtime::Handle) -> Result<Batches> {
+    let opts = &detected.csv;
+    let (range_start, end) = (range.start, range.end);
+    let from_start = range_start == 0;
+    let mut reader: Box<dyn BufRead + Send> = Box::new(BufReader::with_capacity(READ_BUFFER, source.open_range(range, handle)?));
+    let (layout, first_line) = if from_start {
+        reader = without_bom(source, reader)?;
+        let layout = CsvLayout::read(source, opts, target, rescue, &mut reader)?;
+        let first_line = layout.data_starts;
+        (layout, first_line)
     } else {
-        // Peek at the first line for its number of fields: the table's first columns.
-        let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
-        let n = opts.split_line(String::from_utf8_lossy(line).trim_end_matches('\r'), delimiter).len();
-        if n > target.fields().len() {
-            return Err(bad(source, Some(1), None, format!("{n} fields, but the table has {} columns", target.fields().len())));
-        }
-        target.fields().iter().take(n).map(|f| f.name().clone()).collect()
+        let mut head = without_bom(source, csv_head(source, range_start, handle)?)?;
+        (CsvLayout::read(source, opts, target, rescue, &mut head)?, 1)
     };
-    if names.iter().all(String::is_empty) {
-        return Err(bad(source, Some(1), None, "empty: no header row"));
+    if last {
+        return layout.batches(source, opts, reader, first_line);
     }
-    let mut fields = Vec::with_capacity(names.len());
-    for name in &names {
-        // A column the table lacks is text, for a `rescue` table to keep.
-        let data_type = match target.field_with_name(name) {
-            Ok(field) if !(rescue && name == rescue::RESCUE_COLUMN) => field.data_type().clone(),
-            _ if rescue => DataType::Utf8,
-            _ => return Err(unknown_column(source, 1, name, target)),
+    let (checked, verdict) = RecordEnds::new(reader, layout.delimiter, opts.quote_byte());
+    let mut batches = layout.batches(source, opts, checked, first_line)?;
+    let (path, mut done) = (source.uri.clone(), false);
+    Ok(Box::new(std::iter::from_fn(move || {
+        if done {
+            return None;
+        }
+        let next = batches.next();
+        // An error met once the bytes ran out inside a record is that
+        // record's, cut short (too few fields): the cut is wrong, not the file.
+        let mis_cut = match &next {
+            None => verdict.at_record_end() != Some(true),
+            Some(Err(_)) => verdict.at_record_end() == Some(false),
+            Some(Ok(_)) => false,
         };
-        fields.push(Field::new(name, data_type, true));
-    }
-    let file_schema = Arc::new(Schema::new(fields));
-    let conform = Conform::plan(source, &file_schema, target, rescue)?;
-    // Float, date and timestamp columns are read as text first: arrow's
-    // parse would round 2^53 + 1, drop a date's time or truncate finer digits.
-    // For a `rescue` table every column is, so a value that does not parse is
-    // rescued rather than failing its batch.
-    let as_text = |t: &DataType| rescue || t.is_floating() || t.is_temporal();
-    let text_schema = Arc::new(Schema::new(
-        file_schema
-            .fields()
-            .iter()
-            .map(|f| if as_text(f.data_type()) { f.as_ref().clone().with_data_type(DataType::Utf8) } else { f.as_ref().clone() })
-            .collect::<Vec<_>>(),
-    ));
-    let typed = Arc::clone(&file_schema);
-    let mut builder = arrow::csv::ReaderBuilder::new(Arc::clone(&text_schema))
-        .with_header(false)
-        .with_delimiter(delimiter)
-        .with_quote(opts.quote_byte())
-        .with_batch_size(BATCH_ROWS);
-    if let Some(nulls) = opts.null_regex()? {
-        builder = builder.with_null_regex(nulls);
-    }
-    let csv = builder.build(reader).map_err(|e| bad(source, None, None, e.to_string()))?;
-    let src = source.clone();
-    let data_starts = if opts.header { 2u64 } else { 1 };
-    let mut next_line = data_starts;
-    Ok(Box::new(csv.map(move |b| {
-        let batch = b.map_err(|e| csv_error(&src, &names, &e, next_line, data_starts))?;
-        let first = next_line;
-        next_line += batch.num_rows() as u64;
-        let (batch, cells) = typed_text(&src, batch, &typed, first, rescue)?;
-        conform.apply(batch, first, cells)
+        done = next.is_none() || mis_cut;
+        if mis_cut { Some(Err(Error::MisCut { path: path.clone(), at: end })) } else { next }
     })))
+}
+
+/// The start of a CSV file, for a later part (starting at byte `before`) to
+/// read the header from: the first `SCAN_HEAD` bytes, where a header mostly
+/// ends, else every byte before the part (a cut is never inside the header
+/// line: it falls after a line break).
+fn csv_head(source: &Source, before: u64, handle: &tokio::runtime::Handle) -> Result<Box<dyn BufRead + Send>> {
+    let first = before.min(SCAN_HEAD as u64);
+    let mut bytes = Vec::with_capacity(first as usize);
+    source.open_range(0..first, handle)?.read_to_end(&mut bytes).map_err(|e| Error::io(&source.uri, e))?;
+    if memchr::memchr(b'\n', &bytes).is_some() || first == before {
+        return Ok(Box::new(std::io::Cursor::new(bytes)));
+    }
+    Ok(Box::new(BufReader::with_capacity(SCAN_HEAD, source.open_range(0..before, handle)?)))
+}
+
+/// How a CSV file is written: read from its start (the header, or the
+/// first line's field count), matched to the table's columns.
+struct CsvLayout {
+    delimiter: u8,
+    names: Vec<String>,
+    /// The file's columns as arrow reads them (some as text first).
+    text_schema: SchemaRef,
+    /// The file's columns in the table's types.
+    typed: SchemaRef,
+    conform: Conform,
+    rescue: bool,
+    /// The line of the first record: 2 after a header.
+    data_starts: u64,
+}
+
+impl CsvLayout {
+    /// Takes the header line off `reader`, if the file has one.
+    fn read(source: &Source, opts: &CsvOptions, target: &SchemaRef, rescue: bool, reader: &mut Box<dyn BufRead + Send>) -> Result<CsvLayout> {
+        reject_binary(source, reader)?;
+        let head = reader.fill_buf().map_err(|e| bad(source, Some(1), None, format!("reading: {e}")))?;
+        let delimiter = csv_delimiter(source, opts, head);
+        let mut first = String::new();
+        let names: Vec<String> = if opts.header {
+            reader.read_line(&mut first).map_err(|e| bad(source, Some(1), None, format!("reading the header: {e}")))?;
+            opts.split_line(first.trim_end_matches(['\r', '\n']), delimiter)
+        } else {
+            // Peek at the first line for its number of fields: the table's first columns.
+            let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
+            let n = opts.split_line(String::from_utf8_lossy(line).trim_end_matches('\r'), delimiter).len();
+            if n > target.fields().len() {
+                return Err(bad(source, Some(1), None, format!("{n} fields, but the table has {} columns", target.fields().len())));
+            }
+            target.fields().iter().take(n).map(|f| f.name().clone()).collect()
+        };
+        if names.iter().all(String::is_empty) {
+            return Err(bad(source, Some(1), None, "empty: no header row"));
+        }
+        let mut fields = Vec::with_capacity(names.len());
+        for name in &names {
+            // A column the table lacks is text, for a `rescue` table to keep.
+            let data_type = match target.field_with_name(name) {
+                Ok(field) if !(rescue && name == rescue::RESCUE_COLUMN) => field.data_type().clone(),
+                _ if rescue => DataType::Utf8,
+                _ => return Err(unknown_column(source, 1, name, target)),
+            };
+            fields.push(Field::new(name, data_type, true));
+        }
+        let file_schema = Arc::new(Schema::new(fields));
+        let conform = Conform::plan(source, &file_schema, target, rescue)?;
+        // Float, date and timestamp columns are read as text first: arrow's
+        // parse would round 2^53 + 1, drop a date's time or truncate finer digits.
+        // For a `rescue` table every column is, so a value that does not parse is
+        // rescued rather than failing its batch.
+        let as_text = |t: &DataType| rescue || t.is_floating() || t.is_temporal();
+        let text_schema = Arc::new(Schema::new(
+            file_schema
+                .fields()
+                .iter()
+                .map(|f| if as_text(f.data_type()) { f.as_ref().clone().with_data_type(DataType::Utf8) } else { f.as_ref().clone() })
+                .collect::<Vec<_>>(),
+        ));
+        let data_starts = if opts.header { 2 } else { 1 };
+        Ok(CsvLayout { delimiter, names, text_schema, typed: file_schema, conform, rescue, data_starts })
+    }
+
+    /// The records `reader` holds, the first numbered `first_line`.
+    fn batches(self, source: &Source, opts: &CsvOptions, reader: impl Read + Send + 'static, first_line: u64) -> Result<Batches> {
+        let mut builder = arrow::csv::ReaderBuilder::new(Arc::clone(&self.text_schema))
+            .with_header(false)
+            .with_delimiter(self.delimiter)
+            .with_quote(opts.quote_byte())
+            .with_batch_size(BATCH_ROWS);
+        if let Some(nulls) = opts.null_regex()? {
+            builder = builder.with_null_regex(nulls);
+        }
+        let csv = builder.build(reader).map_err(|e| bad(source, None, None, e.to_string()))?;
+        let src = source.clone();
+        let CsvLayout { names, typed, conform, rescue, .. } = self;
+        let mut next_line = first_line;
+        Ok(Box::new(csv.map(move |b| {
+            let batch = b.map_err(|e| csv_error(&src, &names, &e, next_line, first_line))?;
+            let first = next_line;
+            next_line += batch.num_rows() as u64;
+            let (batch, cells) = typed_text(&src, batch, &typed, first, rescue)?;
+            conform.apply(batch, first, cells)
+        })))
+    }
 }
 
 /// The columns read as text, checked value by value and parsed into their
@@ -1128,10 +1216,20 @@ fn open_source(source: &Source, detected: Detected, target: &SchemaRef, rescue: 
     })))
 }
 
+/// The rows in bytes `range` of `source`, one of the parts of `parts.rs`
+/// (the `index`-th of `of`), numbered from the part's first line.
+fn open_part(source: &Source, detected: &Detected, target: &SchemaRef, rescue: bool, range: std::ops::Range<u64>, (index, of): (usize, usize), handle: &tokio::runtime::Handle) -> Result<Batches> {
+    assert_eq!(detected.compression, Compression::None, "only uncompressed files are read in parts");
+    match detected.format {
+        Format::Jsonl => open_jsonl_part(source, target, rescue, range, of, handle),
+        Format::Csv => open_csv_part(source, detected, target, rescue, range, index + 1 == of, handle),
+        other => unreachable!("{} files are not read in parts", other.name()),
+    }
+}
+
 /// The lines in bytes `range` of a JSON Lines file (local, or an S3 object
-/// by a ranged GET), one of `of` parts (see `parts.rs`), numbered from the
-/// part's first line.
-fn open_part(source: &Source, target: &SchemaRef, rescue: bool, range: std::ops::Range<u64>, of: usize, handle: &tokio::runtime::Handle) -> Result<Batches> {
+/// by a ranged GET), one of `of` parts, numbered from the part's first line.
+fn open_jsonl_part(source: &Source, target: &SchemaRef, rescue: bool, range: std::ops::Range<u64>, of: usize, handle: &tokio::runtime::Handle) -> Result<Batches> {
     let from_start = range.start == 0;
     let raw = source.open_range(range, handle)?;
     let mut reader: Box<dyn BufRead + Send> = Box::new(BufReader::with_capacity(READ_BUFFER, raw));
@@ -1274,7 +1372,7 @@ impl SourcesReader {
                 source.read_counter = Some(Arc::clone(&self.progress.bytes_read));
                 self.source_bytes_start = self.progress.bytes_read.load(Ordering::Relaxed);
                 let batches = match &self.part {
-                    Some(part) => open_part(&source, &self.target, self.rescue, part.range.clone(), part.whole.parts(), &self.handle)?,
+                    Some(part) => open_part(&source, &detected, &self.target, self.rescue, part.range.clone(), (part.index, part.whole.parts()), &self.handle)?,
                     None => open_source(&source, detected, &self.target, self.rescue, &self.handle)?,
                 };
                 self.current = Some((source, batches, 0));

@@ -69,6 +69,12 @@ pub enum Error {
     )]
     Changed { path: String, what: String },
 
+    /// A CSV file's parts were cut inside a record (a quoted field holds a
+    /// line break there): staging reads the file whole instead, never
+    /// reporting this.
+    #[error("{path}: the part ending at byte {at} ends inside a CSV record (a quoted field holds a line break): the file is read whole instead")]
+    MisCut { path: String, at: u64 },
+
     #[error("gave up after {attempts} attempts at {what}: {last}")]
     Contention { what: &'static str, attempts: u32, last: String },
 
@@ -95,7 +101,7 @@ impl Error {
     /// (an ambiguous failure, such as a timeout, may hide a landed commit).
     pub fn surely_uncommitted(&self) -> bool {
         match self {
-            Error::Deadline { .. } | Error::BadInput(_) | Error::Usage(_) | Error::Changed { .. } => true,
+            Error::Deadline { .. } | Error::BadInput(_) | Error::Usage(_) | Error::Changed { .. } | Error::MisCut { .. } => true,
             Error::Lance { source, .. } => matches!(
                 source,
                 lance::Error::IncompatibleTransaction { .. }

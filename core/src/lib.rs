@@ -31,6 +31,7 @@ pub mod optimize;
 pub mod partitions;
 mod read_ahead;
 pub mod read;
+mod record_ends;
 pub mod recover;
 mod rescue;
 pub mod sidecar;

@@ -1,6 +1,8 @@
-//! One large JSON Lines file (local, or an S3 object read by ranged GETs)
-//! cut at line boundaries into parts that Lance writers append side by
-//! side, committed as one transaction.
+//! One large JSON Lines or CSV file (local, or an S3 object read by ranged
+//! GETs) cut at line boundaries into parts that Lance writers append side
+//! by side, committed as one transaction. A CSV cut may fall inside a
+//! quoted field that holds a line break: the part before it finds out
+//! (`record_ends.rs`), and the file is then read whole.
 //!
 //! Why: a Lance writer buffers each column (8 MiB by default) and encodes
 //! what it holds at the end of its file one column after another, after the
@@ -33,7 +35,7 @@ const MAX_PARTS: u64 = 4;
 /// Bytes read at a time looking for the end of a line.
 const SCAN_BYTES: usize = 64 << 10;
 
-/// The byte ranges `source`, an uncompressed JSON Lines file, is written in,
+/// The byte ranges `source`, an uncompressed JSON Lines or CSV file, is written in,
 /// in file order; `None` unless it is at least two parts' bytes and its path
 /// gives the table no values. A local file is read only as the version its
 /// identity names, an S3 object by ranged GETs of the version resolved (one

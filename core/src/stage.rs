@@ -445,10 +445,10 @@ impl Stager<'_> {
     }
 
     /// The parts `t`'s one source is appended in (see `parts.rs`), if it is
-    /// a large enough uncompressed JSON Lines file.
+    /// a large enough uncompressed JSON Lines or CSV file.
     async fn plan_parts(&self, t: &TableWork, target: &SchemaRef) -> Result<Option<Vec<std::ops::Range<u64>>>> {
         let [(source, detected)] = &t.sources[..] else { return Ok(None) };
-        if detected.format != Format::Jsonl || detected.compression != decode::Compression::None || parts::parts_of(source.size) < 2 {
+        if !matches!(detected.format, Format::Jsonl | Format::Csv) || detected.compression != decode::Compression::None || parts::parts_of(source.size) < 2 {
             return Ok(None);
         }
         let (source, target, handle) = (source.clone(), Arc::clone(target), tokio::runtime::Handle::current());
@@ -496,6 +496,7 @@ impl Stager<'_> {
         for (written, start) in done.into_iter().zip(starts) {
             match written {
                 Ok(txn) => txns.push(txn),
+                Err(e @ Error::MisCut { .. }) => return Err(e),
                 Err(e) => {
                     let (source, handle) = (t.sources[0].0.clone(), tokio::runtime::Handle::current());
                     return Err(tokio::task::spawn_blocking(move || parts::in_file(e, &source, start, &handle)).await.expect("locating an error panicked"));
@@ -576,9 +577,12 @@ impl Stager<'_> {
         if let (Some(ds), Mode::Append) = (&ds, t.mode)
             && let Some(ranges) = self.plan_parts(t, &target).await?
         {
-            let params = WriteParams { mode: WriteMode::Append, transaction_properties: properties, ..Default::default() };
-            let txn = self.append_in_parts(ds, t, target, ranges, params).await?;
-            return Ok(Staged { ds: Some(Arc::clone(ds)), txn, affected: None, updated: 0 });
+            let params = WriteParams { mode: WriteMode::Append, transaction_properties: properties.clone(), ..Default::default() };
+            match self.append_in_parts(ds, t, Arc::clone(&target), ranges, params).await {
+                // What the parts wrote is referenced by nothing: cleanup's, like a dropped staging's.
+                Err(e @ Error::MisCut { .. }) => tracing::info!("{e}"),
+                txn => return Ok(Staged { ds: Some(Arc::clone(ds)), txn: txn?, affected: None, updated: 0 }),
+            }
         }
         let (reader, slot) = self.reader(t, target);
         let reader = match &ds {
