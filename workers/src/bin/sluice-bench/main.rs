@@ -2,7 +2,7 @@
 //! store, in one run. Prints a Markdown table. See scripts/bench.sh.
 //!
 //! Plain Lance is what a stateless worker would do without sluice: open the
-//! table at its latest version, decode the JSONL with arrow's reader, append.
+//! table at its latest version, decode the JSONL (or CSV) with arrow's reader, append.
 
 use std::io::{BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -87,7 +87,7 @@ fn args() -> Args {
             other => panic!(
                 "unknown flag {other}; flags: --root --work --depth --big-mb --reps --sizes --small --vectors --dims --batches --queries --nprobes --refine \
                  --backfill-keys --backfill-new --ledger --delay-ms --writers \
-                 --only throughput,roundtrips,contention,depth,rss,latency,recovery,optimize,cleanup,search,backfill,sources"
+                 --only throughput,csv,roundtrips,contention,depth,rss,latency,recovery,optimize,cleanup,search,backfill,sources"
             ),
         }
     }
@@ -97,24 +97,30 @@ fn args() -> Args {
     a
 }
 
-/// A JSONL file of about `mb` MiB (at least one row); `seed` makes each file's rows distinct.
+/// A JSONL file (or CSV, with a header, if `name` ends in `.csv`) of about
+/// `mb` MiB (at least one row); `seed` makes each file's rows distinct.
 fn generate(dir: &Path, name: &str, mb: u64, seed: u64) -> PathBuf {
     let path = dir.join(name);
+    let csv = name.ends_with(".csv");
     let mut w = BufWriter::with_capacity(1 << 20, std::fs::File::create(&path).unwrap());
+    if csv {
+        w.write_all(b"id,user,kind,amount,ts\n").unwrap();
+    }
     let target = mb << 20;
     let (mut written, mut i) = (0u64, 0u64);
     while i == 0 || written < target {
-        let line = format!(
-            "{{\"id\": {}, \"user\": \"user-{}\", \"kind\": \"{}\", \"amount\": {}.{:02}, \"ts\": \"2026-11-{:02}T{:02}:{:02}:00Z\"}}\n",
+        let (id, user, kind, amount, ts) = (
             seed * 1_000_000_000 + i,
             i % 9973,
             ["view", "click", "buy"][(i % 3) as usize],
-            i % 1000,
-            i % 100,
-            1 + i % 28,
-            i % 24,
-            i % 60
+            format!("{}.{:02}", i % 1000, i % 100),
+            format!("2026-11-{:02}T{:02}:{:02}:00Z", 1 + i % 28, i % 24, i % 60),
         );
+        let line = if csv {
+            format!("{id},user-{user},{kind},{amount},{ts}\n")
+        } else {
+            format!("{{\"id\": {id}, \"user\": \"user-{user}\", \"kind\": \"{kind}\", \"amount\": {amount}, \"ts\": \"{ts}\"}}\n")
+        };
         w.write_all(line.as_bytes()).unwrap();
         written += line.len() as u64;
         i += 1;
@@ -180,11 +186,18 @@ async fn lance_upsert(lake: &Lake, file: &Path) -> (Duration, RequestSnapshot) {
     lance_write(lake, "plain_upsert", file, true).await.expect("plain Lance upsert")
 }
 
-/// Arrow's JSON reader over `file`, its schema inferred from the first 1,000 lines.
-fn json_reader(file: &Path) -> Box<dyn RecordBatchReader + Send> {
+/// Arrow's JSON reader over `file` (its CSV reader, header first, for a
+/// `.csv`), its schema inferred from the first 1,000 lines.
+fn arrow_reader(file: &Path) -> Box<dyn RecordBatchReader + Send> {
     let infer = BufReader::new(std::fs::File::open(file).unwrap());
+    let data = BufReader::new(std::fs::File::open(file).unwrap());
+    if file.extension().is_some_and(|e| e == "csv") {
+        let format = arrow::csv::reader::Format::default().with_header(true);
+        let (schema, _) = format.infer_schema(infer, Some(1000)).unwrap();
+        return Box::new(arrow::csv::ReaderBuilder::new(Arc::new(schema)).with_header(true).build(data).unwrap());
+    }
     let (schema, _) = arrow::json::reader::infer_json_schema(infer, Some(1000)).unwrap();
-    Box::new(arrow::json::ReaderBuilder::new(Arc::new(schema)).build(BufReader::new(std::fs::File::open(file).unwrap())).unwrap())
+    Box::new(arrow::json::ReaderBuilder::new(Arc::new(schema)).build(data).unwrap())
 }
 
 async fn try_lance_append(lake: &Lake, file: &Path) -> lance::Result<(Duration, RequestSnapshot)> {
@@ -199,7 +212,7 @@ async fn lance_write(lake: &Lake, table: &str, file: &Path, upsert: bool) -> lan
     let start = Instant::now();
     let uri = lake.table_uri(table);
     let existing = DatasetBuilder::from_uri(&uri).with_store_params(lake.plain_lance_params()).with_session(lake.session()).load().await;
-    let reader = json_reader(file);
+    let reader = arrow_reader(file);
     match existing {
         Ok(ds) if upsert => {
             let mut builder = MergeInsertBuilder::try_new(Arc::new(ds), vec!["id".into()])?;
@@ -293,16 +306,18 @@ async fn bench() {
 
     let tiny = |i: u64| generate(&a.work, &format!("tiny-{i}.jsonl"), 0, i + 10);
 
-    // 1. Wall time at 1 MiB and 64 MiB, interleaved so drift hits both alike.
-    for &mb in a.sizes.iter().filter(|_| a.want("throughput")) {
-        let lake = Lake::open(&root(&format!("tp{mb}"))).unwrap();
+    // 1. Wall time at 1 MiB and 64 MiB, interleaved so drift hits both alike:
+    //    JSON Lines (`throughput`), then CSV (`csv`).
+    let formats = [("throughput", "jsonl", "JSONL"), ("csv", "csv", "CSV")];
+    for (ext, shown, &mb) in formats.iter().filter(|(section, ..)| a.want(section)).flat_map(|&(_, ext, shown)| a.sizes.iter().map(move |mb| (ext, shown, mb))) {
+        let lake = Lake::open(&root(&format!("tp{mb}-{ext}"))).unwrap();
         let (mut s, mut l, mut s_cpu, mut l_cpu) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         // One warm-up each creates the tables, so every timed run is an append.
-        let warm = generate(&a.work, "warm.jsonl", 1, 999);
+        let warm = generate(&a.work, &format!("warm.{ext}"), 1, 999);
         sluice_ingest(&lake, &warm).await;
         lance_append(&lake, &warm).await;
         for rep in 0..a.reps {
-            let file = generate(&a.work, &format!("tp{mb}-{rep}.jsonl"), mb, rep as u64 + 1);
+            let file = generate(&a.work, &format!("tp{mb}-{rep}.{ext}"), mb, rep as u64 + 1);
             let cpu = cpu_time();
             s.push(sluice_ingest(&lake, &file).await.0);
             let between = cpu_time();
@@ -312,7 +327,7 @@ async fn bench() {
         }
         for (what, s, l) in [("wall time", s, l), ("cpu time, all threads", s_cpu, l_cpu)] {
             let (s, l) = (median(s), median(l));
-            rows.push((format!("{what}, {mb} MiB JSONL (median of {})", a.reps), ms(s), ms(l), format!("{:.2}x", s.as_secs_f64() / l.as_secs_f64())));
+            rows.push((format!("{what}, {mb} MiB {shown} (median of {})", a.reps), ms(s), ms(l), format!("{:.2}x", s.as_secs_f64() / l.as_secs_f64())));
         }
     }
 
