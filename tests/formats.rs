@@ -425,7 +425,12 @@ fn a_large_csv_file_is_appended_in_parts_and_never_split_inside_a_record() {
             .map(|r| (r["id"].as_i64().unwrap(), r["name"].as_str().unwrap().to_string()))
             .collect()
     };
-    let in_parts = |path: &std::path::Path, part_bytes: usize| run(sluice(&b.root).env("SLUICE_TEST_PART_BYTES", part_bytes.to_string()).args(["ingest", "--table", "c"]).arg(path));
+    // Tests that cut files in parts always read ahead: the parts staging keeps are the read-ahead's.
+    let in_parts = |path: &std::path::Path, part_bytes: usize| {
+        let out = run(sluice(&b.root).env("SLUICE_TEST_PART_BYTES", part_bytes.to_string()).env("SLUICE_TRACE_FAILPOINTS", "1").args(["ingest", "--table", "c"]).arg(path));
+        assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("failpoint: {}", sluice::failpoints::READ_AHEAD_KEPT)), "read ahead and kept");
+        out
+    };
     let names = |i: i64| match i % 5 {
         0 => format!("\"a, \"\"quoted\"\" {i}\""),
         1 => format!("\"two\nlines {i}\""),

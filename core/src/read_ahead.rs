@@ -1,4 +1,4 @@
-//! A large local JSON Lines file decoded while its identity is hashed.
+//! A large local JSON Lines or CSV file decoded while its identity is hashed.
 //!
 //! Why: the intent names a local file's SHA-256, and no data file may be
 //! written before the intent (invariant 4), so the hash ran alone on one
@@ -9,12 +9,13 @@
 //!
 //! It is only an aid. Staging takes what was read ahead only if it is
 //! exactly what it would read itself: the same file at the same version
-//! (size, modification time, inode), the same table schema, the same rescue
-//! column, the same parts. Anything else, and when nothing is staged (the
-//! file was already ingested, another attempt holds it), drops it: its
-//! threads stop at their next batch, and what they read is not counted
-//! (bytes read ahead are counted on the progress of the staging that keeps
-//! them, once it does).
+//! (size, modification time, inode) read as the same format (a CSV file
+//! with the same delimiter, quote, header and nulls), the same table
+//! schema, the same rescue column, the same parts. Anything else, and when
+//! nothing is staged (the file was already ingested, another attempt holds
+//! it), drops it: its threads stop at their next batch, and what they read
+//! is not counted (bytes read ahead are counted on the progress of the
+//! staging that keeps them, once it does).
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,7 +27,7 @@ use arrow::datatypes::{Schema, SchemaRef};
 use arrow::error::ArrowError;
 use futures::channel::oneshot;
 
-use crate::decode::{self, Compression, ErrorSlot, Format, Progress, SourcesReader};
+use crate::decode::{self, Compression, Detected, ErrorSlot, Format, Progress, SourcesReader};
 use crate::failpoints;
 use crate::lake::Lake;
 use crate::manifest::{Manifest, Mode};
@@ -46,6 +47,8 @@ pub(crate) type Slot = Mutex<Option<ReadAhead>>;
 pub(crate) struct ReadAhead {
     /// The file as it was stat'ed, before any hash: no identity of its own.
     source: Source,
+    /// Its format and how a CSV file is written, as the request says.
+    detected: Detected,
     target: SchemaRef,
     rescue: bool,
     ranges: Vec<Range<u64>>,
@@ -63,7 +66,7 @@ pub(crate) struct Kept {
 
 impl ReadAhead {
     /// Start decoding `request`'s one source if it is a local, uncompressed
-    /// JSON Lines file that staging will append in parts onto the table
+    /// JSON Lines or CSV file that staging will append in parts onto the table
     /// `base` pins. `None` where it is not (or anything fails: staging reads
     /// the file itself, and meets the error there).
     pub async fn start(lake: &Lake, request: &TableRequest, base: &Manifest) -> Option<ReadAhead> {
@@ -76,7 +79,7 @@ impl ReadAhead {
         let uri = spec.uri.clone();
         let source = tokio::task::spawn_blocking(move || Source::unhashed_local(&uri)).await.ok()?.ok()?;
         let detected = decode::detect(&source, request.format, request.csv.as_ref()).ok()?;
-        if detected.format != Format::Jsonl || detected.compression != Compression::None || parts::parts_of(source.size) < 2 {
+        if !matches!(detected.format, Format::Jsonl | Format::Csv) || detected.compression != Compression::None || parts::parts_of(source.size) < 2 {
             return None;
         }
         let ds = lake.open_known(&request.table, Some(pin.version), pin.known_manifest()).await.ok()?;
@@ -89,13 +92,13 @@ impl ReadAhead {
         let progress = Arc::new(Progress::default());
         let shown = Arc::new(Shown { read: Arc::clone(&progress.bytes_read), kept: Mutex::new(None) });
         let each = (BATCHES_AHEAD / ranges.len()).max(1);
-        let readers = SourcesReader::for_parts((source.clone(), detected), ranges.clone(), Arc::clone(&target), rescue, Arc::clone(&progress));
+        let readers = SourcesReader::for_parts((source.clone(), detected.clone()), ranges.clone(), Arc::clone(&target), rescue, Arc::clone(&progress));
         let mut parts = Vec::with_capacity(readers.len());
         for (reader, slot) in readers {
             // A thread that cannot start leaves the reading to staging.
             parts.push((Ahead::spawn(reader, each, &shown).ok()?, slot));
         }
-        Some(ReadAhead { source, target, rescue, ranges, parts, progress, shown })
+        Some(ReadAhead { source, detected, target, rescue, ranges, parts, progress, shown })
     }
 
     /// [`ReadAhead::start`], given up if `resolved` comes first: then the
@@ -113,12 +116,12 @@ impl ReadAhead {
         }
     }
 
-    /// Take what `slot` read ahead if it is what staging `source` onto
-    /// `target` in `ranges` reads, its bytes counted on `progress` from now
-    /// on; either way, the slot is empty after.
-    pub fn take(slot: Option<&Slot>, source: &Source, target: &SchemaRef, rescue: bool, ranges: &[Range<u64>], progress: &Progress) -> Option<Kept> {
+    /// Take what `slot` read ahead if it is what staging `source` (as
+    /// `detected`) onto `target` in `ranges` reads, its bytes counted on
+    /// `progress` from now on; either way, the slot is empty after.
+    pub fn take(slot: Option<&Slot>, (source, detected): &(Source, Detected), target: &SchemaRef, rescue: bool, ranges: &[Range<u64>], progress: &Progress) -> Option<Kept> {
         let ahead = slot?.lock().expect("read-ahead slot poisoned").take()?;
-        let same = ahead.source.same_version(source) && ahead.target == *target && ahead.rescue == rescue && ahead.ranges == ranges;
+        let same = ahead.source.same_version(source) && ahead.detected == *detected && ahead.target == *target && ahead.rescue == rescue && ahead.ranges == ranges;
         if !same {
             tracing::debug!(uri = %source.uri, "what was read ahead is not what staging reads: read again");
             return None;

@@ -465,7 +465,7 @@ impl Stager<'_> {
         fn boxed<R: RecordBatchReader + Send + 'static>(parts: Vec<(R, decode::ErrorSlot)>) -> Vec<(Box<dyn RecordBatchReader + Send>, decode::ErrorSlot)> {
             parts.into_iter().map(|(reader, slot)| (Box::new(reader) as Box<dyn RecordBatchReader + Send>, slot)).collect()
         }
-        let (readers, ahead) = match ReadAhead::take(self.read_ahead, &t.sources[0].0, &target, rescue, &ranges, &self.progress) {
+        let (readers, ahead) = match ReadAhead::take(self.read_ahead, &t.sources[0], &target, rescue, &ranges, &self.progress) {
             Some(kept) => (boxed(kept.readers), Some(kept.progress)),
             None => (boxed(SourcesReader::for_parts(t.sources[0].clone(), ranges, target, rescue, Arc::clone(&self.progress))), None),
         };
