@@ -490,6 +490,64 @@ fn a_large_csv_file_is_appended_in_parts_and_never_split_inside_a_record() {
     assert_eq!(rows(), want, "nothing of it published");
 }
 
+/// Several sources in one call are appended by writers side by side, each
+/// taking a contiguous group of them: rows in the call's order, one commit.
+/// The first bad source in that order is the one named (and quarantined),
+/// as reading them one after another would, even when a later group fails
+/// first.
+#[test]
+fn many_sources_in_one_call_are_appended_side_by_side_in_order() {
+    let b = local();
+    let dir = tempfile::tempdir().unwrap();
+    let seed = jsonl(dir.path(), "seed.jsonl", -1..0);
+    assert_eq!(run(sluice(&b.root).args(["ingest", "--table", "g"]).arg(&seed)).status.code(), Some(0));
+    let lake = Lake::open(&b.root).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let fragments = || rt.block_on(lake.open_table("g", None)).unwrap().get_fragments().len();
+    let in_order = || -> Vec<i64> {
+        let out = run(sluice(&b.root).args(["scan", "g", "--columns", "id"]));
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].as_i64().unwrap()).collect()
+    };
+    // Eight files of equal size, four groups of two; one is CSV, one Parquet.
+    let mut files = Vec::new();
+    for i in 0..8i64 {
+        let ids = i * 100..i * 100 + 50;
+        files.push(match i {
+            3 => write(dir.path(), "f3.csv", &csv_bytes(ids)),
+            5 => write(dir.path(), "f5.parquet", &parquet_bytes(ids)),
+            _ => jsonl(dir.path(), &format!("f{i}.jsonl"), ids),
+        });
+    }
+    let total: u64 = files.iter().map(|f| std::fs::metadata(f).unwrap().len()).sum();
+    let in_groups = |files: &[std::path::PathBuf]| run(sluice(&b.root).env("SLUICE_TEST_PART_BYTES", (total / 4).to_string()).args(["--json", "ingest", "--table", "g"]).args(files));
+    let out = in_groups(&files);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let want: Vec<i64> = [-1].into_iter().chain((0..8).flat_map(|i| i * 100..i * 100 + 50)).collect();
+    assert_eq!(in_order(), want, "rows in the call's order");
+    assert!((1 + 2..=1 + 4).contains(&fragments()), "a fragment per group: {}", fragments());
+    let sources = run(sluice(&b.root).args(["--json", "sources", "--table", "g"]));
+    let sources: Vec<serde_json::Value> = String::from_utf8_lossy(&sources.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let rows: Vec<u64> = sources.iter().filter(|s| s["uri"].as_str().is_some_and(|u| !u.ends_with("seed.jsonl"))).map(|s| s["rows"].as_u64().unwrap()).collect();
+    assert_eq!(rows, [50; 8], "every source's rows recorded: {sources:?}");
+
+    // The third file is bad at its end, the seventh at its start (its group fails first).
+    let mut bad = Vec::new();
+    for i in 0..8i64 {
+        let mut text = String::from_utf8(jsonl_bytes(1_000 + i * 100..1_000 + i * 100 + 50)).unwrap();
+        match i {
+            2 => text.push_str("{\"id\": \"two\"}\n"),
+            6 => text.insert_str(0, "{\"id\": \"six\"}\n"),
+            _ => {}
+        }
+        bad.push(write(dir.path(), &format!("b{i}.jsonl"), text.as_bytes()));
+    }
+    let out = in_groups(&bad);
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = &json(&out)["error"]["bad_input"];
+    assert_eq!((err["source_uri"].as_str(), err["location"]["line"].as_u64()), (Some(bad[2].display().to_string().as_str()), Some(51)), "{err}");
+    assert_eq!(in_order(), want, "nothing of the call published");
+}
+
 /// A large file is decoded beside its identity hash (read ahead), and what
 /// was read is kept only for the version hashed: another file renamed into
 /// its place between the read-ahead's first rows and the hash goes in as

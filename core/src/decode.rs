@@ -622,7 +622,8 @@ fn lines_in(buf: &[u8]) -> u64 {
 }
 
 impl JsonLines {
-    fn new(source: &Source, reader: Box<dyn BufRead + Send>, target: SchemaRef, rescue: bool) -> Result<JsonLines> {
+    /// `share`: readers decoding side by side, among whom the cores are shared.
+    fn new(source: &Source, reader: Box<dyn BufRead + Send>, target: SchemaRef, rescue: bool, share: usize) -> Result<JsonLines> {
         let (schema, rescue) = match target.index_of(rescue::RESCUE_COLUMN) {
             Ok(at) if rescue => {
                 let mut fields: Vec<Field> = target.fields().iter().map(|f| f.as_ref().clone()).collect();
@@ -640,7 +641,7 @@ impl JsonLines {
             line: 0,
             done: false,
             in_flight: VecDeque::new(),
-            window: std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 8) + 1,
+            window: std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 8).div_ceil(share.max(1)) + 1,
             spare: Arc::default(),
         })
     }
@@ -1203,9 +1204,9 @@ fn number_after(msg: &str, marker: &str) -> Option<u64> {
 
 /// Open one source as batches of `target`: the file's columns, and the
 /// partition values its path holds (`partitions.rs`).
-fn open_source(source: &Source, detected: Detected, target: &SchemaRef, rescue: bool, handle: &tokio::runtime::Handle) -> Result<Batches> {
+fn open_source(source: &Source, detected: Detected, target: &SchemaRef, rescue: bool, share: usize, handle: &tokio::runtime::Handle) -> Result<Batches> {
     let (file_target, add) = partitions::split(target, &source.uri)?;
-    let batches = open_file(source, detected, &file_target, rescue, handle)?;
+    let batches = open_file(source, detected, &file_target, rescue, share, handle)?;
     let Some(add) = add else { return Ok(batches) };
     let mut next_row = 1u64;
     Ok(Box::new(batches.map(move |b| {
@@ -1236,15 +1237,12 @@ fn open_jsonl_part(source: &Source, target: &SchemaRef, rescue: bool, range: std
     if from_start {
         reader = without_bom(source, reader)?;
     }
-    let mut lines = JsonLines::new(source, reader, Arc::clone(target), rescue)?;
-    // The parts share the cores.
-    lines.window = (lines.window - 1).div_ceil(of) + 1;
-    Ok(Box::new(lines))
+    Ok(Box::new(JsonLines::new(source, reader, Arc::clone(target), rescue, of)?))
 }
 
-fn open_file(source: &Source, detected: Detected, target: &SchemaRef, rescue: bool, handle: &tokio::runtime::Handle) -> Result<Batches> {
+fn open_file(source: &Source, detected: Detected, target: &SchemaRef, rescue: bool, share: usize, handle: &tokio::runtime::Handle) -> Result<Batches> {
     match detected.format {
-        Format::Jsonl => Ok(Box::new(JsonLines::new(source, text_lines(source, detected.compression, handle)?, Arc::clone(target), rescue)?)),
+        Format::Jsonl => Ok(Box::new(JsonLines::new(source, text_lines(source, detected.compression, handle)?, Arc::clone(target), rescue, share)?)),
         Format::Csv => open_csv(source, &detected, target, rescue, handle),
         Format::Parquet | Format::Arrow | Format::ArrowStream => {
             let (schema, batches) = open_columnar(source, detected, handle)?;
@@ -1315,6 +1313,8 @@ pub struct SourcesReader {
     source_bytes_start: u64,
     /// The part of its one source this reader reads, if the source is read in parts.
     part: Option<Part>,
+    /// Readers decoding side by side (parts, or groups of sources), this one among them.
+    share: usize,
 }
 
 impl SourcesReader {
@@ -1331,8 +1331,15 @@ impl SourcesReader {
             progress,
             source_bytes_start: 0,
             part: None,
+            share: 1,
         };
         (reader, error)
+    }
+
+    /// This reader, one of `readers` decoding side by side: they share the cores.
+    pub fn side_by_side(mut self, readers: usize) -> SourcesReader {
+        self.share = readers.max(1);
+        self
     }
 
     /// One reader for each of `ranges`, the parts of `source` (see `parts.rs`),
@@ -1373,7 +1380,7 @@ impl SourcesReader {
                 self.source_bytes_start = self.progress.bytes_read.load(Ordering::Relaxed);
                 let batches = match &self.part {
                     Some(part) => open_part(&source, &detected, &self.target, self.rescue, part.range.clone(), (part.index, part.whole.parts()), &self.handle)?,
-                    None => open_source(&source, detected, &self.target, self.rescue, &self.handle)?,
+                    None => open_source(&source, detected, &self.target, self.rescue, self.share, &self.handle)?,
                 };
                 self.current = Some((source, batches, 0));
             }

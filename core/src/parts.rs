@@ -77,6 +77,33 @@ pub fn parts_of(size: u64) -> u64 {
     cores.min(MAX_PARTS).min(size / part_bytes)
 }
 
+/// Several sources of `sizes` bytes (in call order), appended by writers
+/// side by side as one commit: contiguous groups of them, balanced by
+/// bytes, one per core (at most 4), each source whole in one group.
+/// `None` unless there are two groups or more (together at least two
+/// parts' bytes).
+pub fn groups(sizes: &[u64]) -> Option<Vec<Range<usize>>> {
+    let total: u64 = sizes.iter().sum();
+    let n = parts_of(total).min(sizes.len() as u64);
+    if n < 2 {
+        return None;
+    }
+    // A source goes to the group its middle byte falls in: groups follow the call's order.
+    let mut groups: Vec<Range<usize>> = Vec::with_capacity(n as usize);
+    let (mut before, mut last) = (0u128, None);
+    for (i, &size) in sizes.iter().enumerate() {
+        let middle = before + u128::from(size) / 2;
+        let g = (middle * u128::from(n) / u128::from(total)).min(u128::from(n - 1));
+        match groups.last_mut() {
+            Some(group) if last == Some(g) => group.end = i + 1,
+            _ => groups.push(i..i + 1),
+        }
+        (before, last) = (before + u128::from(size), Some(g));
+    }
+    assert_eq!(groups.iter().map(|g| g.len()).sum::<usize>(), sizes.len(), "every source in one group");
+    (groups.len() >= 2).then_some(groups)
+}
+
 /// What each of `parts` writers into `columns` columns may buffer: together,
 /// what one writer would (a 1 GiB file stays under 256 MiB).
 pub fn writer_options(parts: usize, columns: usize) -> lance_file::writer::FileWriterOptions {
@@ -189,5 +216,40 @@ impl Whole {
         let left = self.left.fetch_sub(1, Ordering::SeqCst);
         assert!(left > 0, "each part finishes once");
         (left == 1).then(|| self.rows.load(Ordering::SeqCst))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_are_grouped_in_order_and_balanced_by_bytes() {
+        const MIB: u64 = 1 << 20;
+        let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let mut grouped = 0;
+        for _ in 0..2_000 {
+            let n = 1 + next() % 12;
+            let sizes: Vec<u64> = (0..n).map(|_| [0, 1, 5 * MIB, 16 * MIB, 40 * MIB][(next() % 5) as usize] + next() % MIB).collect();
+            let Some(groups) = groups(&sizes) else { continue };
+            grouped += 1;
+            assert!(groups.len() >= 2 && groups.len() as u64 <= parts_of(sizes.iter().sum()), "{sizes:?}: {groups:?}");
+            assert_eq!(groups.first().map(|g| g.start), Some(0), "{groups:?}");
+            assert_eq!(groups.last().map(|g| g.end), Some(sizes.len()), "{groups:?}");
+            assert!(groups.windows(2).all(|w| w[0].end == w[1].start && !w[0].is_empty()), "contiguous, none empty: {groups:?}");
+            // No group holds more than its share plus one source.
+            let (total, largest) = (sizes.iter().sum::<u64>(), sizes.iter().max().copied().unwrap_or(0));
+            for g in &groups {
+                assert!(sizes[g.clone()].iter().sum::<u64>() <= total / groups.len() as u64 + 2 * largest, "{sizes:?}: {groups:?}");
+            }
+        }
+        // On one core nothing is grouped; elsewhere most draws are.
+        assert!(parts_of(u64::MAX) < 2 || grouped > 500, "{grouped}");
     }
 }

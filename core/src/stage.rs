@@ -305,6 +305,23 @@ pub(crate) fn rescues(evolution: Evolution, target: &SchemaRef) -> bool {
     evolution == Evolution::Rescue && target.field_with_name(RESCUE_COLUMN).is_ok()
 }
 
+/// Readers as the writers take them.
+fn boxed<R: RecordBatchReader + Send + 'static>(readers: Vec<(R, decode::ErrorSlot)>) -> Vec<(Box<dyn RecordBatchReader + Send>, decode::ErrorSlot)> {
+    readers.into_iter().map(|(reader, slot)| (Box::new(reader) as Box<dyn RecordBatchReader + Send>, slot)).collect()
+}
+
+/// One append of the fragments `txns` (appends written side by side) add, in order.
+fn one_append(mut txns: Vec<Transaction>) -> Transaction {
+    assert!(!txns.is_empty(), "at least one writer");
+    let mut txn = txns.remove(0);
+    let Operation::Append { fragments } = &mut txn.operation else { unreachable!("an append stages an append, not {}", txn.operation) };
+    for other in txns {
+        let Operation::Append { fragments: more } = other.operation else { unreachable!("an append stages an append, not {}", other.operation) };
+        fragments.extend(more);
+    }
+    txn
+}
+
 /// `reader`, which asks `ahead` for `ds`'s latest version once its rows run
 /// out: when Lance starts writing its last data file, the commit's next step.
 fn list_ahead_at_end(reader: Box<dyn RecordBatchReader + Send>, ahead: &ListAhead, ds: &Arc<Dataset>) -> Box<dyn RecordBatchReader + Send> {
@@ -460,16 +477,56 @@ impl Stager<'_> {
     /// file's order.
     async fn append_in_parts(&self, ds: &Arc<Dataset>, t: &TableWork, target: SchemaRef, ranges: Vec<std::ops::Range<u64>>, params: WriteParams) -> Result<Transaction> {
         let rescue = rescues(t.evolution, &target);
-        let params = WriteParams { file_writer_options: Some(parts::writer_options(ranges.len(), target.fields().len())), ..params };
         let starts: Vec<u64> = ranges.iter().map(|r| r.start).collect();
-        fn boxed<R: RecordBatchReader + Send + 'static>(parts: Vec<(R, decode::ErrorSlot)>) -> Vec<(Box<dyn RecordBatchReader + Send>, decode::ErrorSlot)> {
-            parts.into_iter().map(|(reader, slot)| (Box::new(reader) as Box<dyn RecordBatchReader + Send>, slot)).collect()
-        }
+        let columns = target.fields().len();
         let (readers, ahead) = match ReadAhead::take(self.read_ahead, &t.sources[0], &target, rescue, &ranges, &self.progress) {
             Some(kept) => (boxed(kept.readers), Some(kept.progress)),
             None => (boxed(SourcesReader::for_parts(t.sources[0].clone(), ranges, target, rescue, Arc::clone(&self.progress))), None),
         };
-        // The last part to run out of rows asks ahead, once.
+        let done = self.write_side_by_side(ds, t, readers, params, columns).await;
+        if let Some(ahead) = ahead {
+            self.progress.absorb_read_ahead(&ahead, &t.sources[0].0);
+        }
+        // The first failed part, in file order, names the error: the first
+        // bad line, numbered in the part until then.
+        let mut txns = Vec::with_capacity(done.len());
+        for (written, start) in done.into_iter().zip(starts) {
+            match written {
+                Ok(txn) => txns.push(txn),
+                Err(e @ Error::MisCut { .. }) => return Err(e),
+                Err(e) => {
+                    let (source, handle) = (t.sources[0].0.clone(), tokio::runtime::Handle::current());
+                    return Err(tokio::task::spawn_blocking(move || parts::in_file(e, &source, start, &handle)).await.expect("locating an error panicked"));
+                }
+            }
+        }
+        Ok(one_append(txns))
+    }
+
+    /// An append of `t`'s sources in `groups` (contiguous, in order), each
+    /// group by a Lance writer of its own, side by side, as one transaction
+    /// whose fragments keep the sources' order. The first failed group, in
+    /// order, names the error: its first bad source, as reading them one
+    /// after another would.
+    async fn append_in_groups(&self, ds: &Arc<Dataset>, t: &TableWork, target: SchemaRef, groups: Vec<std::ops::Range<usize>>, params: WriteParams) -> Result<Transaction> {
+        let rescue = rescues(t.evolution, &target);
+        let columns = target.fields().len();
+        let n = groups.len();
+        let readers = groups.into_iter().map(|g| {
+            let (reader, slot) = SourcesReader::new(t.sources[g].to_vec(), Arc::clone(&target), rescue, Arc::clone(&self.progress));
+            (reader.side_by_side(n), slot)
+        });
+        let readers = readers.collect();
+        let done = self.write_side_by_side(ds, t, boxed(readers), params, columns).await;
+        Ok(one_append(done.into_iter().collect::<Result<Vec<_>>>()?))
+    }
+
+    /// Each of `readers` appended by a Lance writer of its own, side by side
+    /// (together buffering what one writer would); the last to run out of
+    /// rows asks ahead, once. Every writer's outcome, in order: all have
+    /// ended (a part after a failed one stops early) before any is read.
+    async fn write_side_by_side(&self, ds: &Arc<Dataset>, t: &TableWork, readers: Vec<(Box<dyn RecordBatchReader + Send>, decode::ErrorSlot)>, params: WriteParams, columns: usize) -> Vec<Result<Transaction>> {
+        let params = WriteParams { file_writer_options: Some(parts::writer_options(readers.len(), columns)), ..params };
         let running = Arc::new(std::sync::atomic::AtomicUsize::new(readers.len()));
         let writers = readers.into_iter().map(|(reader, slot)| {
             let (running, ahead, ds_at_end, rt) = (Arc::clone(&running), t.ahead.clone(), Arc::clone(ds), tokio::runtime::Handle::current());
@@ -485,31 +542,7 @@ impl Stager<'_> {
                 txn.map_err(|e| slot.lock().expect("error slot poisoned").take().unwrap_or_else(|| Error::lance(name, e)))
             }
         });
-        // Every writer ends (those after a failed part stop early) before the
-        // first failed part, in file order, names the error: the first bad line,
-        // numbered in the part until then.
-        let done = futures::future::join_all(writers).await;
-        if let Some(ahead) = ahead {
-            self.progress.absorb_read_ahead(&ahead, &t.sources[0].0);
-        }
-        let mut txns = Vec::with_capacity(done.len());
-        for (written, start) in done.into_iter().zip(starts) {
-            match written {
-                Ok(txn) => txns.push(txn),
-                Err(e @ Error::MisCut { .. }) => return Err(e),
-                Err(e) => {
-                    let (source, handle) = (t.sources[0].0.clone(), tokio::runtime::Handle::current());
-                    return Err(tokio::task::spawn_blocking(move || parts::in_file(e, &source, start, &handle)).await.expect("locating an error panicked"));
-                }
-            }
-        }
-        let mut txn = txns.remove(0);
-        let Operation::Append { fragments } = &mut txn.operation else { unreachable!("an append stages an append, not {}", txn.operation) };
-        for other in txns {
-            let Operation::Append { fragments: more } = other.operation else { unreachable!("an append stages an append, not {}", other.operation) };
-            fragments.extend(more);
-        }
-        Ok(txn)
+        futures::future::join_all(writers).await
     }
 
     /// Write the table's rows as an uncommitted Lance transaction: an append
@@ -583,6 +616,12 @@ impl Stager<'_> {
                 Err(e @ Error::MisCut { .. }) => tracing::info!("{e}"),
                 txn => return Ok(Staged { ds: Some(Arc::clone(ds)), txn: txn?, affected: None, updated: 0 }),
             }
+        }
+        let sizes: Vec<u64> = t.sources.iter().map(|(s, _)| s.size).collect();
+        if let (Some(ds), Mode::Append, Some(groups)) = (&ds, t.mode, parts::groups(&sizes)) {
+            let params = WriteParams { mode: WriteMode::Append, transaction_properties: properties.clone(), ..Default::default() };
+            let txn = self.append_in_groups(ds, t, target, groups, params).await?;
+            return Ok(Staged { ds: Some(Arc::clone(ds)), txn, affected: None, updated: 0 });
         }
         let (reader, slot) = self.reader(t, target);
         let reader = match &ds {
