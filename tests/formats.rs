@@ -477,16 +477,49 @@ fn a_large_csv_file_is_appended_in_parts_and_never_split_inside_a_record() {
     assert_eq!(rows(), want, "every record whole, in file order");
     assert_eq!(fragments(), 1 + 4 + 1, "read whole: one fragment more");
 
-    // 3. A bad value in the last part is named by its line in the whole file.
+    // 3. The same with the long field in the middle, so the record cut short
+    //    has too few fields: that error is the cut's, and the file is read whole.
     let mut text = String::from("id,name,score\n");
+    for i in 20_000..20_100 {
+        text.push_str(&format!("{i},{},1.5\n", names(i)));
+        want.push((i, unquoted(&names(i))));
+    }
+    let long = format!("\"{}\"", "a line\n".repeat(2_000));
+    text.push_str(&format!("20100,{long},2.5\n"));
+    want.push((20_100, unquoted(&long)));
+    for i in 20_101..20_200 {
+        text.push_str(&format!("{i},{},1.5\n", names(i)));
+        want.push((i, unquoted(&names(i))));
+    }
+    let file = write(dir.path(), "middle.csv", text.as_bytes());
+    let out = in_parts(&file, text.len() / 2);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(rows(), want, "every record whole, in file order");
+
+    // 4. A bad value in the last part is named by the line a reading of the
+    //    whole file names, blank lines and a quoted line break before it.
+    let mut text = String::from("id,name,score\n\n");
     for i in 0..300 {
-        text.push_str(&format!("{},n{i},1.5\n", if i == 250 { "x7".to_string() } else { (20_000 + i).to_string() }));
+        let name = if i == 10 { "\"two\nlines\"".to_string() } else { format!("n{i}") };
+        text.push_str(&format!("{},{name},1.5\n", if i == 250 { "x7".to_string() } else { (30_000 + i).to_string() }));
+        if i % 50 == 0 {
+            text.push('\n');
+        }
     }
     let file = write(dir.path(), "bad.csv", text.as_bytes());
-    let out = run(sluice(&b.root).env("SLUICE_TEST_PART_BYTES", (text.len() / 4).to_string()).args(["--json", "ingest", "--table", "c"]).arg(&file));
-    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
-    let err = &json(&out)["error"]["bad_input"];
-    assert_eq!((err["location"]["line"].as_u64(), err["location"]["column"].as_str()), (Some(252), Some("id")), "{err}");
+    let located = |part_bytes: Option<usize>| {
+        let mut cmd = sluice(&b.root);
+        if let Some(bytes) = part_bytes {
+            cmd.env("SLUICE_TEST_PART_BYTES", bytes.to_string());
+        }
+        let out = run(cmd.args(["--json", "ingest", "--table", "c"]).arg(&file));
+        assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+        let err = &json(&out)["error"]["bad_input"];
+        (err["location"]["line"].as_u64(), err["location"]["column"].as_str().map(String::from))
+    };
+    let whole = located(None);
+    assert_eq!(whole, (Some(252), Some("id".to_string())), "records, as arrow counts them: the header and 250 rows before");
+    assert_eq!(located(Some(text.len() / 4)), whole, "in parts as in one");
     assert_eq!(rows(), want, "nothing of it published");
 }
 
@@ -508,7 +541,7 @@ fn many_sources_in_one_call_are_appended_side_by_side_in_order() {
         let out = run(sluice(&b.root).args(["scan", "g", "--columns", "id"]));
         String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].as_i64().unwrap()).collect()
     };
-    // Eight files of equal size, four groups of two; one is CSV, one Parquet.
+    // Eight files, one CSV and one Parquet, in up to four groups.
     let mut files = Vec::new();
     for i in 0..8i64 {
         let ids = i * 100..i * 100 + 50;
@@ -519,7 +552,11 @@ fn many_sources_in_one_call_are_appended_side_by_side_in_order() {
         });
     }
     let total: u64 = files.iter().map(|f| std::fs::metadata(f).unwrap().len()).sum();
-    let in_groups = |files: &[std::path::PathBuf]| run(sluice(&b.root).env("SLUICE_TEST_PART_BYTES", (total / 4).to_string()).args(["--json", "ingest", "--table", "g"]).args(files));
+    let in_groups = |files: &[std::path::PathBuf]| {
+        let out = run(sluice(&b.root).env("SLUICE_TEST_PART_BYTES", (total / 4).to_string()).env("SLUICE_LOG", "sluice::stage=debug").args(["--json", "ingest", "--table", "g"]).args(files));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("appending the sources in groups side by side"), "written in groups");
+        out
+    };
     let out = in_groups(&files);
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let want: Vec<i64> = [-1].into_iter().chain((0..8).flat_map(|i| i * 100..i * 100 + 50)).collect();

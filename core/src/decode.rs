@@ -31,8 +31,8 @@ use crate::types;
 const BATCH_ROWS: usize = 8192;
 /// Read buffer for text sources.
 const READ_BUFFER: usize = 1 << 20;
-/// Read buffer for a CSV file's header, read by each later part.
-const SCAN_HEAD: usize = 64 << 10;
+/// The longest record a later part of a CSV file may hold (`open_csv_part`).
+const MAX_PART_RECORD: u64 = 8 << 20;
 /// Lance's marker for the key column merge-insert detects conflicts on.
 const PRIMARY_KEY_META: &str = "lance-schema:unenforced-primary-key";
 
@@ -91,6 +91,14 @@ pub struct Detected {
     pub compression: Compression,
     /// How a CSV source is written (unused for the other formats).
     pub csv: Arc<CsvOptions>,
+}
+
+impl Detected {
+    /// Whether a source of `size` bytes written so is appended in parts
+    /// (`parts.rs`): uncompressed JSON Lines or CSV, at least two parts' bytes.
+    pub fn in_parts(&self, size: u64) -> bool {
+        matches!(self.format, Format::Jsonl | Format::Csv) && self.compression == Compression::None && parts::parts_of(size) >= 2
+    }
 }
 
 /// Format and compression from the file name (`x.jsonl.gz`), `forced`
@@ -964,15 +972,16 @@ fn open_csv(source: &Source, detected: &Detected, target: &SchemaRef, rescue: bo
 /// The records in bytes `range` of an uncompressed CSV file (local, or an S3
 /// object by a ranged GET), one of the parts of `parts.rs`, numbered from
 /// the part's first line. The header and delimiter are the file's (a later
-/// part reads them from the file's start). A part before the last must end
-/// where a record ends (`record_ends.rs`): if not, it fails with
-/// [`Error::MisCut`] once read, and the file is read whole instead.
+/// part reads them from the file's start). A part fails with
+/// [`Error::MisCut`], and the file is then read whole, if it is not the
+/// last and does not end where a record ends, or if one of its records
+/// runs past [`MAX_PART_RECORD`] (`record_ends.rs`).
 fn open_csv_part(source: &Source, detected: &Detected, target: &SchemaRef, rescue: bool, range: std::ops::Range<u64>, last: bool, handle: &tokio::runtime::Handle) -> Result<Batches> {
+    use crate::record_ends::Seen;
     let opts = &detected.csv;
     let (range_start, end) = (range.start, range.end);
-    let from_start = range_start == 0;
     let mut reader: Box<dyn BufRead + Send> = Box::new(BufReader::with_capacity(READ_BUFFER, source.open_range(range, handle)?));
-    let (layout, first_line) = if from_start {
+    let (layout, first_line) = if range_start == 0 {
         reader = without_bom(source, reader)?;
         let layout = CsvLayout::read(source, opts, target, rescue, &mut reader)?;
         let first_line = layout.data_starts;
@@ -981,10 +990,7 @@ fn open_csv_part(source: &Source, detected: &Detected, target: &SchemaRef, rescu
         let mut head = without_bom(source, csv_head(source, range_start, handle)?)?;
         (CsvLayout::read(source, opts, target, rescue, &mut head)?, 1)
     };
-    if last {
-        return layout.batches(source, opts, reader, first_line);
-    }
-    let (checked, verdict) = RecordEnds::new(reader, layout.delimiter, opts.quote_byte());
+    let (checked, verdict) = RecordEnds::new(reader, layout.delimiter, opts.quote_byte(), MAX_PART_RECORD);
     let mut batches = layout.batches(source, opts, checked, first_line)?;
     let (path, mut done) = (source.uri.clone(), false);
     Ok(Box::new(std::iter::from_fn(move || {
@@ -992,30 +998,67 @@ fn open_csv_part(source: &Source, detected: &Detected, target: &SchemaRef, rescu
             return None;
         }
         let next = batches.next();
-        // An error met once the bytes ran out inside a record is that
-        // record's, cut short (too few fields): the cut is wrong, not the file.
-        let mis_cut = match &next {
-            None => verdict.at_record_end() != Some(true),
-            Some(Err(_)) => verdict.at_record_end() == Some(false),
-            Some(Ok(_)) => false,
+        let mis_cut = match (&next, verdict.seen()) {
+            // Read from inside a quoted field (its closing quote taken for an
+            // opening one), a part could hold the rest of it as one record.
+            (_, Seen::RecordTooLong) => true,
+            (None, seen) => !last && seen != Seen::RecordEnd,
+            // Once the bytes ran out inside a record, an error of the last
+            // batch may be that record's, cut short (too few fields): the
+            // cut is wrong. Any other error of that batch is met again when
+            // the file is read whole.
+            (Some(Err(_)), Seen::InsideRecord) => !last,
+            _ => false,
         };
-        done = next.is_none() || mis_cut;
+        done = !matches!(next, Some(Ok(_))) || mis_cut;
         if mis_cut { Some(Err(Error::MisCut { path: path.clone(), at: end })) } else { next }
     })))
 }
 
 /// The start of a CSV file, for a later part (starting at byte `before`) to
-/// read the header from: the first `SCAN_HEAD` bytes, where a header mostly
-/// ends, else every byte before the part (a cut is never inside the header
-/// line: it falls after a line break).
+/// read the header from: the first `READ_BUFFER` bytes, the most the first
+/// part's reader holds when it reads the header, else every byte before the
+/// part (a cut is never inside the header line: it falls after a line break).
 fn csv_head(source: &Source, before: u64, handle: &tokio::runtime::Handle) -> Result<Box<dyn BufRead + Send>> {
-    let first = before.min(SCAN_HEAD as u64);
+    let first = before.min(READ_BUFFER as u64);
     let mut bytes = Vec::with_capacity(first as usize);
     source.open_range(0..first, handle)?.read_to_end(&mut bytes).map_err(|e| Error::io(&source.uri, e))?;
     if memchr::memchr(b'\n', &bytes).is_some() || first == before {
         return Ok(Box::new(std::io::Cursor::new(bytes)));
     }
-    Ok(Box::new(BufReader::with_capacity(SCAN_HEAD, source.open_range(0..before, handle)?)))
+    Ok(Box::new(BufReader::with_capacity(READ_BUFFER, source.open_range(0..before, handle)?)))
+}
+
+/// Records of CSV `source` before byte `at` (a record's start), counted as
+/// arrow's reader counts them (the header included, blank lines not), to
+/// number an error met in a part from there. Call from a blocking thread.
+fn csv_records_before(source: &Source, opts: &CsvOptions, at: u64, handle: &tokio::runtime::Handle) -> Result<u64> {
+    let mut head = csv_head(source, at, handle)?;
+    let delimiter = csv_delimiter(source, opts, head.fill_buf().map_err(|e| Error::io(&source.uri, e))?);
+    let (mut records, verdict) = RecordEnds::new(source.open_range(0..at, handle)?, delimiter, opts.quote_byte(), u64::MAX);
+    std::io::copy(&mut records, &mut std::io::sink()).map_err(|e| Error::io(&source.uri, e))?;
+    Ok(verdict.records())
+}
+
+/// `e`, met in the part of `source` starting at byte `start`, with its line
+/// numbered in the whole file, as a reading of the whole file numbers it
+/// (only a failure counts what comes before a part). A line that cannot be
+/// counted is left out, not misnamed. Call from a blocking thread.
+pub fn in_file(e: Error, (source, detected): &(Source, Detected), start: u64, handle: &tokio::runtime::Handle) -> Error {
+    match e {
+        Error::BadInput(mut bad) if start > 0 && bad.location.line.is_some() => {
+            let before = match detected.format {
+                Format::Csv => csv_records_before(source, &detected.csv, start, handle),
+                _ => parts::lines_before(source, start, handle),
+            };
+            bad.location.line = match before {
+                Ok(before) => bad.location.line.map(|line| line + before),
+                Err(_) => None,
+            };
+            Error::BadInput(bad)
+        }
+        e => e,
+    }
 }
 
 /// How a CSV file is written: read from its start (the header, or the

@@ -141,25 +141,8 @@ fn line_start_from(source: &Source, at: u64, until: u64, handle: &tokio::runtime
     Ok(None)
 }
 
-/// `e`, met in the part of `source` starting at byte `start`, with its line
-/// numbered in the whole file (only a failure counts the lines before a
-/// part). A line that cannot be counted is left out, not misnamed. Call
-/// from a blocking thread.
-pub fn in_file(e: Error, source: &Source, start: u64, handle: &tokio::runtime::Handle) -> Error {
-    match e {
-        Error::BadInput(mut bad) if start > 0 && bad.location.line.is_some() => {
-            bad.location.line = match lines_before(source, start, handle) {
-                Ok(before) => bad.location.line.map(|line| line + before),
-                Err(_) => None,
-            };
-            Error::BadInput(bad)
-        }
-        e => e,
-    }
-}
-
 /// Lines before byte `at` of `source`, a line start.
-fn lines_before(source: &Source, at: u64, handle: &tokio::runtime::Handle) -> Result<u64> {
+pub fn lines_before(source: &Source, at: u64, handle: &tokio::runtime::Handle) -> Result<u64> {
     let mut read = source.open_range(0..at, handle)?;
     let (mut buf, mut lines) = (vec![0u8; 1 << 20], 0u64);
     loop {

@@ -27,7 +27,7 @@ use arrow::datatypes::{Schema, SchemaRef};
 use arrow::error::ArrowError;
 use futures::channel::oneshot;
 
-use crate::decode::{self, Compression, Detected, ErrorSlot, Format, Progress, SourcesReader};
+use crate::decode::{self, Detected, ErrorSlot, Progress, SourcesReader};
 use crate::failpoints;
 use crate::lake::Lake;
 use crate::manifest::{Manifest, Mode};
@@ -79,7 +79,7 @@ impl ReadAhead {
         let uri = spec.uri.clone();
         let source = tokio::task::spawn_blocking(move || Source::unhashed_local(&uri)).await.ok()?.ok()?;
         let detected = decode::detect(&source, request.format, request.csv.as_ref()).ok()?;
-        if !matches!(detected.format, Format::Jsonl | Format::Csv) || detected.compression != Compression::None || parts::parts_of(source.size) < 2 {
+        if !detected.in_parts(source.size) {
             return None;
         }
         let ds = lake.open_known(&request.table, Some(pin.version), pin.known_manifest()).await.ok()?;

@@ -465,7 +465,7 @@ impl Stager<'_> {
     /// a large enough uncompressed JSON Lines or CSV file.
     async fn plan_parts(&self, t: &TableWork, target: &SchemaRef) -> Result<Option<Vec<std::ops::Range<u64>>>> {
         let [(source, detected)] = &t.sources[..] else { return Ok(None) };
-        if !matches!(detected.format, Format::Jsonl | Format::Csv) || detected.compression != decode::Compression::None || parts::parts_of(source.size) < 2 {
+        if !detected.in_parts(source.size) {
             return Ok(None);
         }
         let (source, target, handle) = (source.clone(), Arc::clone(target), tokio::runtime::Handle::current());
@@ -495,8 +495,8 @@ impl Stager<'_> {
                 Ok(txn) => txns.push(txn),
                 Err(e @ Error::MisCut { .. }) => return Err(e),
                 Err(e) => {
-                    let (source, handle) = (t.sources[0].0.clone(), tokio::runtime::Handle::current());
-                    return Err(tokio::task::spawn_blocking(move || parts::in_file(e, &source, start, &handle)).await.expect("locating an error panicked"));
+                    let (source, handle) = (t.sources[0].clone(), tokio::runtime::Handle::current());
+                    return Err(tokio::task::spawn_blocking(move || decode::in_file(e, &source, start, &handle)).await.expect("locating an error panicked"));
                 }
             }
         }
@@ -512,6 +512,7 @@ impl Stager<'_> {
         let rescue = rescues(t.evolution, &target);
         let columns = target.fields().len();
         let n = groups.len();
+        tracing::debug!(table = %t.request.table, sources = t.sources.len(), groups = n, "appending the sources in groups side by side");
         let readers = groups.into_iter().map(|g| {
             let (reader, slot) = SourcesReader::new(t.sources[g].to_vec(), Arc::clone(&target), rescue, Arc::clone(&self.progress));
             (reader.side_by_side(n), slot)
@@ -524,7 +525,8 @@ impl Stager<'_> {
     /// Each of `readers` appended by a Lance writer of its own, side by side
     /// (together buffering what one writer would); the last to run out of
     /// rows asks ahead, once. Every writer's outcome, in order: all have
-    /// ended (a part after a failed one stops early) before any is read.
+    /// ended before any is read (a part after a failed part stops early;
+    /// groups of sources run to their end).
     async fn write_side_by_side(&self, ds: &Arc<Dataset>, t: &TableWork, readers: Vec<(Box<dyn RecordBatchReader + Send>, decode::ErrorSlot)>, params: WriteParams, columns: usize) -> Vec<Result<Transaction>> {
         let params = WriteParams { file_writer_options: Some(parts::writer_options(readers.len(), columns)), ..params };
         let running = Arc::new(std::sync::atomic::AtomicUsize::new(readers.len()));
@@ -607,21 +609,20 @@ impl Stager<'_> {
             None => self.new_table_schema(t).await?,
         };
         let properties = Some(Arc::new(self.properties()));
+        let append = WriteParams { mode: WriteMode::Append, transaction_properties: properties.clone(), ..Default::default() };
+        let appended = |ds: &Arc<Dataset>, txn| Staged { ds: Some(Arc::clone(ds)), txn, affected: None, updated: 0 };
         if let (Some(ds), Mode::Append) = (&ds, t.mode)
             && let Some(ranges) = self.plan_parts(t, &target).await?
         {
-            let params = WriteParams { mode: WriteMode::Append, transaction_properties: properties.clone(), ..Default::default() };
-            match self.append_in_parts(ds, t, Arc::clone(&target), ranges, params).await {
+            match self.append_in_parts(ds, t, Arc::clone(&target), ranges, append.clone()).await {
                 // What the parts wrote is referenced by nothing: cleanup's, like a dropped staging's.
                 Err(e @ Error::MisCut { .. }) => tracing::info!("{e}"),
-                txn => return Ok(Staged { ds: Some(Arc::clone(ds)), txn: txn?, affected: None, updated: 0 }),
+                txn => return Ok(appended(ds, txn?)),
             }
         }
         let sizes: Vec<u64> = t.sources.iter().map(|(s, _)| s.size).collect();
         if let (Some(ds), Mode::Append, Some(groups)) = (&ds, t.mode, parts::groups(&sizes)) {
-            let params = WriteParams { mode: WriteMode::Append, transaction_properties: properties.clone(), ..Default::default() };
-            let txn = self.append_in_groups(ds, t, target, groups, params).await?;
-            return Ok(Staged { ds: Some(Arc::clone(ds)), txn, affected: None, updated: 0 });
+            return Ok(appended(ds, self.append_in_groups(ds, t, target, groups, append).await?));
         }
         let (reader, slot) = self.reader(t, target);
         let reader = match &ds {
@@ -631,9 +632,8 @@ impl Stager<'_> {
         };
         let staged = match (ds, t.mode) {
             (Some(ds), Mode::Append) => {
-                let params = WriteParams { mode: WriteMode::Append, transaction_properties: properties, ..Default::default() };
-                let txn = InsertBuilder::new(Arc::clone(&ds)).with_params(&params).execute_uncommitted_stream(reader).await;
-                txn.map(|txn| Staged { ds: Some(ds), txn, affected: None, updated: 0 })
+                let txn = InsertBuilder::new(Arc::clone(&ds)).with_params(&append).execute_uncommitted_stream(reader).await;
+                txn.map(|txn| appended(&ds, txn))
             }
             (Some(ds), Mode::Upsert) => match self.stage_upsert(&ds, t, reader).await {
                 Ok(Err(refused)) => return Err(refused),

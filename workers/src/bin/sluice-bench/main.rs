@@ -87,7 +87,7 @@ fn args() -> Args {
             other => panic!(
                 "unknown flag {other}; flags: --root --work --depth --big-mb --reps --sizes --small --vectors --dims --batches --queries --nprobes --refine \
                  --backfill-keys --backfill-new --ledger --delay-ms --writers \
-                 --only throughput,csv,roundtrips,contention,depth,rss,latency,recovery,optimize,cleanup,search,backfill,sources"
+                 --only throughput,csv,many,roundtrips,contention,depth,rss,latency,recovery,optimize,cleanup,search,backfill,sources"
             ),
         }
     }
@@ -183,36 +183,47 @@ async fn sluice_upsert(lake: &Lake, file: &Path) -> (Duration, RequestSnapshot) 
 /// Plain Lance's upsert: open latest, arrow's JSON reader, a merge-insert on
 /// `id` (update matches, insert the rest). Counted by `lake`'s wrapper.
 async fn lance_upsert(lake: &Lake, file: &Path) -> (Duration, RequestSnapshot) {
-    lance_write(lake, "plain_upsert", file, true).await.expect("plain Lance upsert")
+    lance_write(lake, "plain_upsert", &[file], true).await.expect("plain Lance upsert")
 }
 
-/// Arrow's JSON reader over `file` (its CSV reader, header first, for a
-/// `.csv`), its schema inferred from the first 1,000 lines.
-fn arrow_reader(file: &Path) -> Box<dyn RecordBatchReader + Send> {
-    let infer = BufReader::new(std::fs::File::open(file).unwrap());
-    let data = BufReader::new(std::fs::File::open(file).unwrap());
-    if file.extension().is_some_and(|e| e == "csv") {
-        let format = arrow::csv::reader::Format::default().with_header(true);
-        let (schema, _) = format.infer_schema(infer, Some(1000)).unwrap();
-        return Box::new(arrow::csv::ReaderBuilder::new(Arc::new(schema)).with_header(true).build(data).unwrap());
-    }
-    let (schema, _) = arrow::json::reader::infer_json_schema(infer, Some(1000)).unwrap();
-    Box::new(arrow::json::ReaderBuilder::new(Arc::new(schema)).build(data).unwrap())
+/// Arrow's JSON reader over `files` in turn (its CSV reader, header first,
+/// for `.csv` files), the schema inferred from the first 1,000 lines of the first.
+fn arrow_reader(files: &[&Path]) -> Box<dyn RecordBatchReader + Send> {
+    let infer = BufReader::new(std::fs::File::open(files[0]).unwrap());
+    let csv = files[0].extension().is_some_and(|e| e == "csv");
+    let schema = Arc::new(if csv {
+        arrow::csv::reader::Format::default().with_header(true).infer_schema(infer, Some(1000)).unwrap().0
+    } else {
+        arrow::json::reader::infer_json_schema(infer, Some(1000)).unwrap().0
+    });
+    let open = {
+        let schema = Arc::clone(&schema);
+        move |file: &Path| -> Box<dyn RecordBatchReader + Send> {
+            let data = BufReader::new(std::fs::File::open(file).unwrap());
+            if csv {
+                Box::new(arrow::csv::ReaderBuilder::new(Arc::clone(&schema)).with_header(true).build(data).unwrap())
+            } else {
+                Box::new(arrow::json::ReaderBuilder::new(Arc::clone(&schema)).build(data).unwrap())
+            }
+        }
+    };
+    let files: Vec<PathBuf> = files.iter().map(|f| f.to_path_buf()).collect();
+    Box::new(arrow::record_batch::RecordBatchIterator::new(files.into_iter().flat_map(move |f| open(&f)), schema))
 }
 
 async fn try_lance_append(lake: &Lake, file: &Path) -> lance::Result<(Duration, RequestSnapshot)> {
-    lance_write(lake, "plain", file, false).await
+    lance_write(lake, "plain", &[file], false).await
 }
 
 /// Plain Lance into `table`: open latest, arrow's JSON reader, then an append
 /// (or a merge-insert on `id` if `upsert`), or the table's creation.
-async fn lance_write(lake: &Lake, table: &str, file: &Path, upsert: bool) -> lance::Result<(Duration, RequestSnapshot)> {
+async fn lance_write(lake: &Lake, table: &str, files: &[&Path], upsert: bool) -> lance::Result<(Duration, RequestSnapshot)> {
     use lance::dataset::{MergeInsertBuilder, WhenMatched, WhenNotMatched};
     let before = lake.requests();
     let start = Instant::now();
     let uri = lake.table_uri(table);
     let existing = DatasetBuilder::from_uri(&uri).with_store_params(lake.plain_lance_params()).with_session(lake.session()).load().await;
-    let reader = arrow_reader(file);
+    let reader = arrow_reader(files);
     match existing {
         Ok(ds) if upsert => {
             let mut builder = MergeInsertBuilder::try_new(Arc::new(ds), vec!["id".into()])?;
@@ -329,6 +340,25 @@ async fn bench() {
             let (s, l) = (median(s), median(l));
             rows.push((format!("{what}, {mb} MiB {shown} (median of {})", a.reps), ms(s), ms(l), format!("{:.2}x", s.as_secs_f64() / l.as_secs_f64())));
         }
+    }
+
+    // 1a. Many files in one call (an SQS batch, a backfill's): eight of 8 MiB.
+    if a.want("many") {
+        let lake = Lake::open(&root("many")).unwrap();
+        let warm = generate(&a.work, "many-warm.jsonl", 1, 999);
+        sluice_ingest(&lake, &warm).await;
+        lance_append(&lake, &warm).await;
+        let (mut s, mut l) = (Vec::new(), Vec::new());
+        for rep in 0..a.reps {
+            let files: Vec<PathBuf> = (0..8).map(|i| generate(&a.work, &format!("many-{rep}-{i}.jsonl"), 8, 1_000 + rep as u64 * 10 + i)).collect();
+            let req = TableRequest { table: "t".into(), sources: files.iter().map(|f| f.display().to_string().into()).collect(), ..Default::default() };
+            s.push(timed(&lake, req).await.expect("sluice ingest").0);
+            let paths: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+            l.push(lance_write(&lake, "plain", &paths, false).await.expect("plain Lance append").0);
+            files.iter().for_each(|f| std::fs::remove_file(f).unwrap());
+        }
+        let (s, l) = (median(s), median(l));
+        rows.push((format!("wall time, 8 JSONL files of 8 MiB in one call (median of {})", a.reps), ms(s), ms(l), format!("{:.2}x", s.as_secs_f64() / l.as_secs_f64())));
     }
 
     // 1b. Round trips under the latency model, and writers contending.
