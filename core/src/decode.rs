@@ -20,7 +20,7 @@ use crate::error::{BadInput, Error, Location, Result};
 use crate::dialect::CsvOptions;
 use crate::exact::{self, JsonNumbers};
 use crate::partitions;
-use crate::parts::{self, Part};
+use crate::parts::{self, Part, Whole};
 use crate::record_ends::RecordEnds;
 use crate::rescue;
 use crate::source::Source;
@@ -1356,8 +1356,8 @@ pub struct SourcesReader {
     source_bytes_start: u64,
     /// The part of its one source this reader reads, if the source is read in parts.
     part: Option<Part>,
-    /// Readers decoding side by side (parts, or groups of sources), this one among them.
-    share: usize,
+    /// This reader's place among readers of groups of sources side by side, and what they share.
+    group: Option<(usize, Arc<Whole>)>,
 }
 
 impl SourcesReader {
@@ -1374,15 +1374,27 @@ impl SourcesReader {
             progress,
             source_bytes_start: 0,
             part: None,
-            share: 1,
+            group: None,
         };
         (reader, error)
     }
 
-    /// This reader, one of `readers` decoding side by side: they share the cores.
-    pub fn side_by_side(mut self, readers: usize) -> SourcesReader {
-        self.share = readers.max(1);
+    /// This reader, the `index`-th of the readers of groups of sources
+    /// written side by side, sharing `whole`: they share the cores, and
+    /// those after a failed one stop.
+    pub fn side_by_side(mut self, index: usize, whole: &Arc<Whole>) -> SourcesReader {
+        self.group = Some((index, Arc::clone(whole)));
         self
+    }
+
+    /// This reader's place among readers side by side (parts of one file,
+    /// or groups of sources), and what they share.
+    fn side(&self) -> Option<(usize, &Whole)> {
+        match (&self.part, &self.group) {
+            (Some(part), _) => Some((part.index, &part.whole)),
+            (None, Some((index, whole))) => Some((*index, whole)),
+            (None, None) => None,
+        }
     }
 
     /// One reader for each of `ranges`, the parts of `source` (see `parts.rs`),
@@ -1400,8 +1412,8 @@ impl SourcesReader {
     fn fail(&mut self, e: Error) -> ArrowError {
         let msg = e.to_string();
         self.error.lock().expect("error slot poisoned").get_or_insert(e);
-        if let Some(part) = &self.part {
-            part.whole.failed(part.index);
+        if let Some((index, whole)) = self.side() {
+            whole.failed(index);
         }
         // Stop: nothing after a bad source may be written.
         self.sources = Vec::new().into_iter();
@@ -1410,11 +1422,11 @@ impl SourcesReader {
     }
 
     fn step(&mut self) -> Result<Option<RecordBatch>> {
-        if let Some(part) = &self.part
-            && part.whole.earlier_failed(part.index)
+        if let Some((index, whole)) = self.side()
+            && whole.earlier_failed(index)
         {
-            // Never reported: the earlier part's error comes first (`stage.rs`).
-            return Err(Error::Blocked("stopped: an earlier part of the file failed".into()));
+            // Never reported: the earlier reader's error comes first (`stage.rs`).
+            return Err(Error::Blocked("stopped: an earlier part or source failed".into()));
         }
         loop {
             if self.current.is_none() {
@@ -1423,7 +1435,7 @@ impl SourcesReader {
                 self.source_bytes_start = self.progress.bytes_read.load(Ordering::Relaxed);
                 let batches = match &self.part {
                     Some(part) => open_part(&source, &detected, &self.target, self.rescue, part.range.clone(), (part.index, part.whole.parts()), &self.handle)?,
-                    None => open_source(&source, detected, &self.target, self.rescue, self.share, &self.handle)?,
+                    None => open_source(&source, detected, &self.target, self.rescue, self.group.as_ref().map_or(1, |(_, whole)| whole.parts()), &self.handle)?,
                 };
                 self.current = Some((source, batches, 0));
             }

@@ -164,7 +164,9 @@ pub struct Part {
     pub whole: Arc<Whole>,
 }
 
-/// What the parts of one file share.
+/// What readers side by side share: the parts of one file (which failed
+/// first, how many are left, their rows), or groups of sources (which
+/// failed first).
 pub struct Whole {
     parts: usize,
     /// Parts not finished yet.

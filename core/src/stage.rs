@@ -513,9 +513,10 @@ impl Stager<'_> {
         let columns = target.fields().len();
         let n = groups.len();
         tracing::debug!(table = %t.request.table, sources = t.sources.len(), groups = n, "appending the sources in groups side by side");
-        let readers = groups.into_iter().map(|g| {
+        let whole = Arc::new(parts::Whole::new(n));
+        let readers = groups.into_iter().enumerate().map(|(index, g)| {
             let (reader, slot) = SourcesReader::new(t.sources[g].to_vec(), Arc::clone(&target), rescue, Arc::clone(&self.progress));
-            (reader.side_by_side(n), slot)
+            (reader.side_by_side(index, &whole), slot)
         });
         let readers = readers.collect();
         let done = self.write_side_by_side(ds, t, boxed(readers), params, columns).await;
@@ -525,8 +526,7 @@ impl Stager<'_> {
     /// Each of `readers` appended by a Lance writer of its own, side by side
     /// (together buffering what one writer would); the last to run out of
     /// rows asks ahead, once. Every writer's outcome, in order: all have
-    /// ended before any is read (a part after a failed part stops early;
-    /// groups of sources run to their end).
+    /// ended before any is read (those after a failed one stop early).
     async fn write_side_by_side(&self, ds: &Arc<Dataset>, t: &TableWork, readers: Vec<(Box<dyn RecordBatchReader + Send>, decode::ErrorSlot)>, params: WriteParams, columns: usize) -> Vec<Result<Transaction>> {
         let params = WriteParams { file_writer_options: Some(parts::writer_options(readers.len(), columns)), ..params };
         let running = Arc::new(std::sync::atomic::AtomicUsize::new(readers.len()));
