@@ -69,10 +69,10 @@ pub enum Error {
     )]
     Changed { path: String, what: String },
 
-    /// A CSV file's parts were cut inside a record (a quoted field holds a
-    /// line break there): staging reads the file whole instead, never
-    /// reporting this.
-    #[error("{path}: the part ending at byte {at} ends inside a CSV record (a quoted field holds a line break): the file is read whole instead")]
+    /// A CSV file's parts were not cut between records (a quoted field
+    /// holds a line break there, or a part holds a record over the bound):
+    /// staging reads the file whole instead, never reporting this.
+    #[error("{path}: the part ending at byte {at} does not end between CSV records, or holds one too long (a quoted field with line breaks?): the file is read whole instead")]
     MisCut { path: String, at: u64 },
 
     #[error("gave up after {attempts} attempts at {what}: {last}")]

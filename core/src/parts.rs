@@ -1,8 +1,10 @@
 //! One large JSON Lines or CSV file (local, or an S3 object read by ranged
 //! GETs) cut at line boundaries into parts that Lance writers append side
 //! by side, committed as one transaction. A CSV cut may fall inside a
-//! quoted field that holds a line break: the part before it finds out
-//! (`record_ends.rs`), and the file is then read whole.
+//! quoted field that holds a line break: the part before it, or the part
+//! after it (a record too long), finds out (`record_ends.rs`), and the file
+//! is then read whole. Several sources of one call are grouped the same
+//! way (`groups`).
 //!
 //! Why: a Lance writer buffers each column (8 MiB by default) and encodes
 //! what it holds at the end of its file one column after another, after the
