@@ -496,7 +496,26 @@ fn a_large_csv_file_is_appended_in_parts_and_never_split_inside_a_record() {
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(rows(), want, "every record whole, in file order");
 
-    // 4. A bad value in the last part is named by the line a reading of the
+    // 4. A record over 8 MiB (one line, every cut after it): the part
+    //    holding it stops there rather than buffer it, and the file is read whole.
+    let mut text = String::from("id,name,score\n");
+    for i in (40_000..40_300).chain(40_301..40_600) {
+        if i == 40_301 {
+            let huge = "h".repeat(9 << 20);
+            text.push_str(&format!("40300,\"{huge}\",2.5\n"));
+            want.push((40_300, huge));
+        }
+        text.push_str(&format!("{i},n{i},1.5\n"));
+        want.push((i, format!("n{i}")));
+    }
+    let file = write(dir.path(), "huge.csv", text.as_bytes());
+    let before = fragments();
+    let out = in_parts(&file, 64 << 10);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(fragments(), before + 1, "read whole: one fragment");
+    assert_eq!(rows(), want, "every record whole, in file order");
+
+    // 5. A bad value in the last part is named by the line a reading of the
     //    whole file names, blank lines and a quoted line break before it.
     let mut text = String::from("id,name,score\n\n");
     for i in 0..300 {
