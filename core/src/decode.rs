@@ -1016,11 +1016,14 @@ fn open_csv_part(source: &Source, detected: &Detected, target: &SchemaRef, rescu
 }
 
 /// The start of a CSV file, for a later part (starting at byte `before`) to
-/// read the header from: the first `READ_BUFFER` bytes, the most the first
-/// part's reader holds when it reads the header, else every byte before the
-/// part (a cut is never inside the header line: it falls after a line break).
+/// read the header from: the first `HEAD_BYTES`, where the first line
+/// mostly ends (the header, the delimiter and the field count come from it
+/// alone; the first part's wider check for binary data fails first), else
+/// every byte before the part (a cut is never inside the header line: it
+/// falls after a line break). One small read per later part, not 1 MiB.
 fn csv_head(source: &Source, before: u64, handle: &tokio::runtime::Handle) -> Result<Box<dyn BufRead + Send>> {
-    let first = before.min(READ_BUFFER as u64);
+    const HEAD_BYTES: u64 = 64 << 10;
+    let first = before.min(HEAD_BYTES);
     let mut bytes = Vec::with_capacity(first as usize);
     source.open_range(0..first, handle)?.read_to_end(&mut bytes).map_err(|e| Error::io(&source.uri, e))?;
     if memchr::memchr(b'\n', &bytes).is_some() || first == before {
