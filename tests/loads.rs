@@ -71,3 +71,86 @@ fn sources_says_what_became_of_each_file() {
         assert!(sources(&b.root, &["--status", "quarantined"]).is_empty(), "{}", b.name);
     }
 }
+
+/// Objects in the lake's claim ledger (claims and releases).
+fn ledger_objects(root: &str) -> usize {
+    let lake = sluice::Lake::open(root).unwrap();
+    tokio::runtime::Runtime::new().unwrap().block_on(lake.list("_ingested")).unwrap().len()
+}
+
+/// Wait until the claim ledger holds `n` objects.
+fn await_ledger(root: &str, n: usize) {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while ledger_objects(root) < n {
+        assert!(std::time::Instant::now() < until, "the ledger never reached {n} objects");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Two loads of the same two files, each holding the claim of one file when
+/// it meets the other's: the younger gives its claims back and waits for the
+/// older, so both end at once, every row in once, the load whole. (Each
+/// waiting for the other with its claims in hand lasted until a deadline.)
+#[test]
+fn two_loads_that_claimed_each_others_sources_never_wait_for_each_other() {
+    use sluice::failpoints::{AFTER_INTENT, BEFORE_CLAIM};
+    on_each_backend(|b| {
+        let dir = tempfile::tempdir().unwrap();
+        for t in ["a", "b"] {
+            let seed = jsonl(dir.path(), &format!("seed-{t}.jsonl"), 0..5);
+            assert_eq!(run(sluice(&b.root).args(["ingest", "--table", t]).arg(&seed)).status.code(), Some(0));
+        }
+        let load = |n: u32| {
+            let (a, b) = (100 * n as i64, 100 * n as i64 + 50);
+            jsonl(dir.path(), &format!("a{n}.jsonl"), a..a + 10);
+            jsonl(dir.path(), &format!("b{n}.jsonl"), b..b + 15);
+            let text = format!(r#"{{"tables": [{{"table": "a", "sources": ["a{n}.jsonl"]}}, {{"table": "b", "sources": ["b{n}.jsonl"]}}]}}"#);
+            write(dir.path(), &format!("load{n}.json"), text.as_bytes())
+        };
+        let cmd = |d: &std::path::Path| {
+            let mut c = sluice(&b.root);
+            c.args(["--json", "load", "--timeout", "30s"]).arg(d);
+            c
+        };
+        let statuses = |out: &std::process::Output| -> Vec<String> {
+            eprintln!("{}: load: {}\n{}", b.name, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            assert_eq!(out.status.code(), Some(0), "{}", b.name);
+            json(out)["sources"].as_array().unwrap().iter().map(|s| s["status"].as_str().unwrap().to_string()).collect()
+        };
+        let started = std::time::Instant::now();
+
+        // 1. The older load claims its first file and stops before its second;
+        // the younger claims the second and meets the older's claim on the first.
+        let d = load(1);
+        let before = ledger_objects(&b.root);
+        let older = hold_at_nth(&mut cmd(&d), BEFORE_CLAIM, 2);
+        await_ledger(&b.root, before + 1);
+        let mut younger = cmd(&d);
+        let younger = younger.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+        await_ledger(&b.root, before + 2);
+        older.release();
+        let (older, younger) = (older.wait_with_output(), younger.wait_with_output().unwrap());
+        assert_eq!(statuses(&older), ["ingested", "ingested"], "{}", b.name);
+        assert_eq!(statuses(&younger), ["already_ingested", "already_ingested"], "{}", b.name);
+
+        // 2. The older load writes its intent first and claims later: it meets
+        // the younger's claim on the first file while holding the second.
+        let d = load(2);
+        let before = ledger_objects(&b.root);
+        let older = hold_at(&mut cmd(&d), AFTER_INTENT);
+        let younger = hold_at_nth(&mut cmd(&d), BEFORE_CLAIM, 2);
+        await_ledger(&b.root, before + 1);
+        older.release();
+        await_ledger(&b.root, before + 2);
+        younger.release();
+        let (older, younger) = (older.wait_with_output(), younger.wait_with_output());
+        assert_eq!(statuses(&older), ["ingested", "ingested"], "{}", b.name);
+        assert_eq!(statuses(&younger), ["already_ingested", "already_ingested"], "{}", b.name);
+
+        assert!(started.elapsed() < std::time::Duration::from_secs(25), "{}: the loads waited {:?}", b.name, started.elapsed());
+        let ids = |runs: [std::ops::Range<i64>; 3]| runs.into_iter().flatten().collect::<Vec<i64>>();
+        assert_eq!(scan_ids(&b.root, "a"), ids([0..5, 100..110, 200..210]), "{}: every row once", b.name);
+        assert_eq!(scan_ids(&b.root, "b"), ids([0..5, 150..165, 250..265]), "{}: every row once", b.name);
+        assert_eq!(pending(&b.root), 0, "{}", b.name);
+    });
+}

@@ -106,7 +106,7 @@ fn an_error_at_every_failpoint_leaves_a_consistent_lake() {
         let pending = |s: &serde_json::Value| s["pending"].as_array().unwrap().len();
         let before = pending(&status(&b.root));
         match *fp {
-            AFTER_INTENT | AFTER_CLAIMS | BEFORE_COMMIT | COMMIT_CHECKED => {
+            AFTER_INTENT | BEFORE_CLAIM | AFTER_CLAIMS | BEFORE_COMMIT | COMMIT_CHECKED => {
                 assert_eq!(out.status.code(), Some(1), "{fp}: the injected error fails the call");
                 // Nothing committed: the intent is gone and the source released.
                 assert_eq!(before, kept_intents, "{fp}: nothing left behind");

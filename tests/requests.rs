@@ -52,8 +52,8 @@ async fn requests_per_ingest_are_flat_in_history_depth() {
         // DELETE.
         assert!(timed.requests.round_trips <= 6, "{}: {} round trips in sequence for one ingest ({:?})", b.name, timed.requests.round_trips, timed.requests);
         // A redelivery: the hint GET; the intent; the claim's refused PUT;
-        // reading it back alongside the ledger's LIST; the holder's intent;
-        // its release alongside its decision; our intent's DELETE alongside
+        // reading it back alongside the ledger's LIST; the holder's intent
+        // alongside its release; its release again alongside its decision; our intent's DELETE alongside
         // the latest manifest (two GETs).
         assert!(again.requests.round_trips <= 8, "{}: {} round trips in sequence for a redelivery ({:?})", b.name, again.requests.round_trips, again.requests);
         assert!(cost(&deep) <= cost(&shallow) + 2, "{}: {} requests at depth 200 vs {} at depth 2", b.name, cost(&deep), cost(&shallow));

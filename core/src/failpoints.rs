@@ -16,6 +16,9 @@ use crate::error::Result;
 
 /// Intent sidecar written; no claim, no Lance commit yet.
 pub const AFTER_INTENT: &str = "ingest.after-intent";
+/// One source's claim is next (claims run side by side: a hold here stops
+/// only this one, see [`hit_async`]).
+pub const BEFORE_CLAIM: &str = "ingest.before-claim";
 /// Sources claimed in the exactly-once ledger; no Lance commit yet.
 pub const AFTER_CLAIMS: &str = "ingest.after-claims";
 /// Every table's rows are written as uncommitted Lance files; nothing committed.
@@ -87,7 +90,7 @@ pub const READ_AHEAD_FIRST_ROWS: &str = "ingest.read-ahead";
 pub const READ_AHEAD_KEPT: &str = "stage.kept-read-ahead";
 
 /// The writer's steps (a crash here leaves work for recovery).
-pub const WRITER: &[&str] = &[AFTER_INTENT, AFTER_CLAIMS, BEFORE_COMMIT, COMMIT_CHECKED, AFTER_COMMIT, BEFORE_DECISION, AFTER_DECISION, BEFORE_PUBLISH, AFTER_PUBLISH, BEFORE_FINISH];
+pub const WRITER: &[&str] = &[AFTER_INTENT, BEFORE_CLAIM, AFTER_CLAIMS, BEFORE_COMMIT, COMMIT_CHECKED, AFTER_COMMIT, BEFORE_DECISION, AFTER_DECISION, BEFORE_PUBLISH, AFTER_PUBLISH, BEFORE_FINISH];
 /// The optimizer's own steps.
 pub const OPTIMIZE: &[&str] = &[OPTIMIZE_AFTER_INTENT, OPTIMIZE_AFTER_REWRITE, OPTIMIZE_AFTER_COMMIT];
 /// An index change's own steps.
@@ -101,6 +104,7 @@ pub const RECOVERY: &[&str] = &[RECOVER_BEFORE_LEASE, RECOVER_AFTER_LEASE, RECOV
 
 pub const ALL: &[&str] = &[
     AFTER_INTENT,
+    BEFORE_CLAIM,
     AFTER_CLAIMS,
     BEFORE_COMMIT,
     COMMIT_CHECKED,
@@ -149,26 +153,47 @@ pub fn part_bytes() -> Option<u64> {
 
 /// Evaluate failpoint `name`: a `return` action becomes [`Error::Injected`].
 pub fn hit(name: &'static str) -> Result<()> {
+    if let Some(file) = reached(name) {
+        wait_for(&file);
+    }
+    act(name)
+}
+
+/// [`hit`] for a step that runs beside others in one task: a hold waits on
+/// a blocking thread, so the task's other futures go on meanwhile. Hits are
+/// counted in the order the task reaches them (for `NAME@N`).
+pub async fn hit_async(name: &'static str) -> Result<()> {
+    if let Some(file) = reached(name) {
+        tokio::task::spawn_blocking(move || wait_for(&file)).await.expect("a failpoint's hold panicked");
+    }
+    act(name)
+}
+
+/// Trace that `name` was reached (before any hold: the tests' rendezvous),
+/// and say where to hold.
+fn reached(name: &'static str) -> Option<String> {
     debug_assert!(ALL.contains(&name), "failpoint {name} is not in the catalog");
     if cfg!(feature = "failpoints") && std::env::var_os("SLUICE_TRACE_FAILPOINTS").is_some() {
         eprintln!("failpoint: {name}");
     }
-    if cfg!(feature = "failpoints") {
-        hold(name);
-    }
+    held_until(name)
+}
+
+fn act(name: &'static str) -> Result<()> {
     fail::fail_point!(name, |_| Err(crate::error::Error::Injected(name.to_string())));
     Ok(())
 }
 
-/// Wait at `name` until the release file `SLUICE_HOLD_AT` names for it
-/// exists (at most 10 minutes). `SLUICE_HOLD_AT` is `NAME=FILE`, or several
+/// The release file `SLUICE_HOLD_AT` names for this hit of `name`, if the
+/// process is to wait there. `SLUICE_HOLD_AT` is `NAME=FILE`, or several
 /// separated by commas: a process held at one step, then at a later one.
 /// `NAME@N=FILE` holds only at the N-th time the process reaches NAME.
-fn hold(name: &str) {
-    const LIMIT: std::time::Duration = std::time::Duration::from_secs(600);
+fn held_until(name: &str) -> Option<String> {
     static HITS: std::sync::Mutex<Vec<(String, usize)>> = std::sync::Mutex::new(Vec::new());
-    let Some(spec) = std::env::var_os("SLUICE_HOLD_AT") else { return };
-    let Some(spec) = spec.to_str().map(str::to_owned) else { return };
+    if !cfg!(feature = "failpoints") {
+        return None;
+    }
+    let spec = std::env::var_os("SLUICE_HOLD_AT")?.to_str()?.to_owned();
     let hits = {
         let mut all = HITS.lock().unwrap_or_else(|e| e.into_inner());
         let i = all.iter().position(|(n, _)| n == name).unwrap_or_else(|| {
@@ -182,7 +207,12 @@ fn hold(name: &str) {
         Some((at, nth)) => at == name && nth.parse() == Ok(hits),
         None => at == name,
     };
-    let Some(file) = spec.split(',').filter_map(|one| one.split_once('=')).find(|(at, _)| held_here(at)).map(|(_, file)| file) else { return };
+    spec.split(',').filter_map(|one| one.split_once('=')).find(|(at, _)| held_here(at)).map(|(_, file)| file.to_string())
+}
+
+/// Wait until `file` exists (at most 10 minutes).
+fn wait_for(file: &str) {
+    const LIMIT: std::time::Duration = std::time::Duration::from_secs(600);
     let start = std::time::Instant::now();
     while !std::path::Path::new(file).exists() && start.elapsed() < LIMIT {
         std::thread::sleep(std::time::Duration::from_millis(10));

@@ -142,9 +142,15 @@ impl Budget {
     }
 }
 
-/// Rounds of "another attempt holds every source of ours": wait for it (or
-/// resolve it once it expired), then claim again.
-const MAX_TAKEOVER_ROUNDS: u32 = 3;
+/// Rounds of "another attempt holds a source we want": wait for it (or
+/// resolve it once it expired), then claim again. A source given back goes to
+/// whoever claims it first, so a load racing several others may need more
+/// than two waits; each round waits on an attempt that makes progress, and
+/// all of them together are bounded by our deadline.
+const MAX_TAKEOVER_ROUNDS: u32 = 8;
+/// Holders of a source followed after ours published (each gave it back,
+/// and another claimed it again) before we tell the caller to deliver it again.
+const MAX_CLAIMED_AGAIN: u32 = 4;
 /// Sources resolved (HEAD or hash pass) and claimed at once by one call.
 const CONCURRENT_SOURCES: usize = 16;
 /// Sources up to this size in all are staged alongside the claims: a round
@@ -505,7 +511,7 @@ impl Door<'_> {
         failpoints::hit(failpoints::AFTER_INTENT).map_err(Claiming::Failed)?;
         let count = |tables: &[TableWork]| tables.iter().map(|t| t.sources.len()).sum::<usize>();
         let before = count(tables);
-        let elsewhere = self.claim(tables, ours).await.map_err(Claiming::Failed)?;
+        let elsewhere = self.claim(intent, tables, ours).await.map_err(Claiming::Failed)?;
         Ok(Claims { elsewhere, work: count(tables) > 0, unchanged: count(tables) == before && !ours.waited })
     }
 
@@ -580,7 +586,7 @@ impl Door<'_> {
         Intent {
             op: self.w.op.clone(),
             attempt: self.w.attempt.clone(),
-            kind: if self.w.multi { "load" } else { "ingest" }.into(),
+            kind: if self.w.multi { LOAD } else { "ingest" }.into(),
             tables: tables
                 .iter()
                 .map(|t| {
@@ -622,9 +628,11 @@ impl Door<'_> {
     /// one another attempt holds in flight is waited for (and claimed if it is
     /// given back) before our own work when we have nothing else to do or are
     /// a load (a load is shown whole), after our publish otherwise.
-    async fn claim(&self, tables: &mut [TableWork], ours: &mut Ours) -> Result<Vec<Elsewhere>> {
+    async fn claim(&self, intent: &Intent, tables: &mut [TableWork], ours: &mut Ours) -> Result<Vec<Elsewhere>> {
         let mut todo: Vec<(usize, Source, Detected)> =
             tables.iter_mut().enumerate().flat_map(|(i, t)| std::mem::take(&mut t.sources).into_iter().map(move |(s, d)| (i, s, d))).collect();
+        // Rows go in in the call's order, whatever order the rounds claimed them in.
+        let position: std::collections::HashMap<(usize, String), usize> = todo.iter().enumerate().map(|(k, (i, s, _))| ((*i, s.id.clone()), k)).collect();
         let mut elsewhere = Vec::new();
         let table_names: Vec<String> = tables.iter().map(|t| t.request.table.clone()).collect();
         let tables_names = &table_names;
@@ -643,6 +651,9 @@ impl Door<'_> {
                     let mut maybe = Vec::new();
                     let result = if failed.load(std::sync::atomic::Ordering::SeqCst) {
                         None
+                    } else if let Err(e) = failpoints::hit_async(failpoints::BEFORE_CLAIM).await {
+                        failed.store(true, std::sync::atomic::Ordering::SeqCst);
+                        Some(Err(e))
                     } else {
                         // Past our deadline recovery may take our attempt over: claim nothing more.
                         let result = match self.w.deadline.check("claiming a source") {
@@ -708,14 +719,41 @@ impl Door<'_> {
             }
             // Nothing of our own to do, or a load: wait for the holders, then try again.
             ours.waited = true;
-            for (_, _, _, holder, intent) in &held {
+            // A load waits holding its claims, so two loads that each hold a
+            // source the other wants would wait for each other until a
+            // deadline. The younger gives its claims back before it waits;
+            // the older waits only for them to be given back.
+            let before_an_older_load = held.iter().any(|(.., holder)| holder.as_ref().is_some_and(|h| h.kind == LOAD && older(h, intent)));
+            if before_an_older_load && !ours.claimed.is_empty() {
+                assert!(self.w.multi, "only a load waits holding claims");
+                self.give_back(tables, ours, &mut todo).await?;
+            }
+            for (_, source, _, holder, intent) in &held {
                 if let Some(intent) = intent {
-                    recover::await_gone(self.w.lake, &AttemptId::new(&holder.op, &holder.attempt), intent.deadline, self.skew, &self.w.deadline).await?;
+                    let key = sidecar::source_key(&source.id);
+                    recover::await_released(self.w.lake, &key, holder, intent.deadline, self.skew, &self.w.deadline).await?;
                 }
             }
-            todo = held.into_iter().map(|(i, s, d, _, _)| (i, s, d)).collect();
+            todo.extend(held.into_iter().map(|(i, s, d, _, _)| (i, s, d)));
+        }
+        for (i, t) in tables.iter_mut().enumerate() {
+            t.sources.sort_by_key(|(s, _)| position[&(i, s.id.clone())]);
         }
         Ok(elsewhere)
+    }
+
+    /// Release every claim of ours (a load making way for an older one):
+    /// their sources go back to `todo`, to be claimed again after it. Only
+    /// claims are undone: a load stages nothing before its claims settle.
+    async fn give_back(&self, tables: &mut [TableWork], ours: &mut Ours, todo: &mut Vec<(usize, Source, Detected)>) -> Result<()> {
+        let releases = ours.claimed.iter().map(|(key, generation)| sidecar::release(self.w.lake, key, *generation, &self.w.attempt));
+        futures::future::try_join_all(releases).await?;
+        tracing::info!(op = %self.id(), claims = ours.claimed.len(), "gave its claims back to an older load that wants some of them");
+        ours.claimed.clear();
+        for (i, t) in tables.iter_mut().enumerate() {
+            todo.extend(std::mem::take(&mut t.sources).into_iter().map(|(s, d)| (i, s, d)));
+        }
+        Ok(())
     }
 
     /// Give up before any commit of ours is known to have landed: decide
@@ -891,7 +929,7 @@ impl Door<'_> {
             published: Published {
                 op: self.w.op.clone(),
                 attempt: self.w.attempt.clone(),
-                kind: if self.w.multi { "load" } else { "ingest" }.into(),
+                kind: if self.w.multi { LOAD } else { "ingest" }.into(),
                 tables: pins.iter().map(|(t, p)| (t.clone(), p.version)).collect(),
                 sources: tables.iter().map(|t| t.sources.len()).sum(),
                 source_list: {
@@ -940,25 +978,33 @@ impl Door<'_> {
         for e in elsewhere {
             // Shown published when claimed (an attempt that published stays
             // so), or looked at until its holder is done.
-            let mut published = e.published;
+            let (mut published, mut holder) = (e.published, e.holder);
+            let key = sidecar::source_key(&e.source.id);
+            let mut claimed_again = 0;
             while !published {
-                match sidecar::holder(self.w.lake, &sidecar::source_key(&e.source.id), &e.holder).await? {
+                match sidecar::holder(self.w.lake, &key, &holder).await? {
                     Holder::Published => published = true,
                     Holder::InFlight(intent) => {
-                        let id = AttemptId::new(&e.holder.op, &e.holder.attempt);
-                        recover::await_gone(self.w.lake, &id, intent.deadline, self.skew, &self.w.deadline).await?;
+                        recover::await_released(self.w.lake, &key, &holder, intent.deadline, self.skew, &self.w.deadline).await?;
                         waited = true;
                     }
-                    Holder::Released => {
-                        return Err(Error::Blocked(format!(
-                            "{} was in flight in operation {}, which gave it back without ingesting it; deliver it again",
-                            e.source.uri, e.holder.op
-                        )));
-                    }
+                    Holder::Released => match sidecar::newest_claim(self.w.lake, &key).await? {
+                        // Given back and claimed again (a load that made way for
+                        // an older one, or a redelivery): its new holder says.
+                        Some(next) if next.generation > holder.generation && claimed_again < MAX_CLAIMED_AGAIN => {
+                            (holder, claimed_again) = (next, claimed_again + 1);
+                        }
+                        _ => {
+                            return Err(Error::Blocked(format!(
+                                "{} was in flight in operation {}, which gave it back without ingesting it; deliver it again",
+                                e.source.uri, holder.op
+                            )));
+                        }
+                    },
                 }
             }
-            let table = if e.holder.table.is_empty() { e.table } else { e.holder.table.clone() };
-            sources.push(SourceReport { table, uri: e.source.uri.clone(), status: SourceStatus::AlreadyIngested, op: e.holder.op.clone(), bytes: e.source.size });
+            let table = if holder.table.is_empty() { e.table } else { holder.table.clone() };
+            sources.push(SourceReport { table, uri: e.source.uri.clone(), status: SourceStatus::AlreadyIngested, op: holder.op.clone(), bytes: e.source.size });
         }
         // Ours shows our sources; others' are shown by the latest version.
         let manifest_version = match version {
@@ -1004,6 +1050,16 @@ struct Claims {
     elsewhere: Vec<Elsewhere>,
     work: bool,
     unchanged: bool,
+}
+
+/// The kind of an operation on several tables at once (a load waits for a
+/// source another attempt holds with its claims in hand; an ingest does not).
+const LOAD: &str = "load";
+
+/// Does the attempt of `a` precede that of `b`? (The order in which loads
+/// make way for each other: the same for every worker, whatever its clock.)
+fn older(a: &Intent, b: &Intent) -> bool {
+    (a.started_at, &a.attempt) < (b.started_at, &b.attempt)
 }
 
 /// May this attempt publish beside its forward decision instead of after it?

@@ -39,7 +39,7 @@ use crate::stage;
 use crate::known_manifest::LanceManifest;
 use crate::lake::{Created, Lake};
 use crate::manifest::{self, Goal, Manifest, Published, PublishOutcome, TablePin};
-use crate::sidecar::{self, AttemptId, Decision, Intent, Lease, OpFiles, Outcome, SourceRef};
+use crate::sidecar::{self, AttemptId, Claim, Decision, Intent, Lease, OpFiles, Outcome, SourceRef};
 use crate::source::Source;
 
 /// Default margin for clocks that disagree between workers.
@@ -187,12 +187,40 @@ fn expires_at(intent: &Intent, lease: Option<&Lease>, skew: Duration) -> chrono:
     presumed_dead_at(lease.map_or(intent.deadline, |l| l.deadline.max(intent.deadline)), skew)
 }
 
-/// A worker waiting on another attempt (the holder of a source it wants):
-/// poll until that attempt's intent is gone, resolving it once its owner is
-/// presumed dead. Bounded by `deadline`.
+/// A worker waiting on another attempt: poll until that attempt's intent is
+/// gone, resolving it once its owner is presumed dead. Bounded by `deadline`.
 pub(crate) async fn await_gone(lake: &Lake, id: &AttemptId, its_deadline: chrono::DateTime<Utc>, skew: Duration, deadline: &Deadline) -> Result<()> {
+    await_settled(lake, id, None, its_deadline, skew, deadline).await
+}
+
+/// A worker waiting for a source another attempt holds (`held`, on ledger
+/// key `key`): [`await_gone`], or until that claim is given back (a load
+/// making way for an older one releases its claims and lives on).
+pub(crate) async fn await_released(lake: &Lake, key: &str, held: &Claim, its_deadline: chrono::DateTime<Utc>, skew: Duration, deadline: &Deadline) -> Result<()> {
+    let id = AttemptId::new(&held.op, &held.attempt);
+    await_settled(lake, &id, Some((key, held)), its_deadline, skew, deadline).await
+}
+
+async fn await_settled(
+    lake: &Lake,
+    id: &AttemptId,
+    claim: Option<(&str, &Claim)>,
+    its_deadline: chrono::DateTime<Utc>,
+    skew: Duration,
+    deadline: &Deadline,
+) -> Result<()> {
     let mut pause = Duration::from_millis(50);
-    while sidecar::intent_exists(lake, id).await? {
+    loop {
+        let released = async {
+            match claim {
+                Some((key, held)) => sidecar::is_released(lake, key, held).await,
+                None => Ok(false),
+            }
+        };
+        let (exists, released) = futures::join!(sidecar::intent_exists(lake, id), released);
+        if !exists? || released? {
+            return Ok(());
+        }
         if Utc::now() >= presumed_dead_at(its_deadline, skew) {
             // Boxed here and below: recovery's future is large and would nest inside the writer's.
             let action = Box::pin(resolve_attempt(lake, id, skew, deadline)).await?;
@@ -209,7 +237,6 @@ pub(crate) async fn await_gone(lake: &Lake, id: &AttemptId, its_deadline: chrono
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(MAX_POLL);
     }
-    Ok(())
 }
 
 /// Why a publish cannot go on now.

@@ -465,7 +465,9 @@ pub async fn claim(lake: &Lake, key: &str, claim: &Claim, maybe: &mut Vec<(Strin
     let mut generation = 1;
     for _ in 0..MAX_CLAIM_ROUNDS {
         let mine = Claim { generation, claimed_at: Utc::now(), ..claim.clone() };
-        let (path, is_mine) = (claim_path(key, generation), |c: &Claim| c.attempt == claim.attempt);
+        // This very claim, not an earlier one of ours that we gave back (a
+        // load that made way for an older one claims its sources again).
+        let (path, is_mine) = (claim_path(key, generation), |c: &Claim| *c == mine);
         let (created, listed) = match lake.put_create(&path, &mine).await {
             Ok(true) => return Ok(Claimed::Mine { generation }),
             // Refused: read the claim there and list the ledger at once (the
@@ -495,7 +497,7 @@ pub async fn claim(lake: &Lake, key: &str, claim: &Claim, maybe: &mut Vec<(Strin
             Some(theirs) if newest == generation => theirs,
             _ => read_claim_at(lake, key, newest).await?,
         };
-        if held.attempt == claim.attempt {
+        if held.attempt == claim.attempt && !ledger.released(newest, &claim.attempt) {
             return Ok(Claimed::Mine { generation: newest });
         }
         match ledger.released(newest, &held.attempt) {
@@ -514,19 +516,25 @@ pub async fn claim(lake: &Lake, key: &str, claim: &Claim, maybe: &mut Vec<(Strin
     })
 }
 
-/// What became of `held`'s attempt. The intent is read first, then the
-/// release and the decision together: an attempt releases before it
-/// deletes its intent, and is decided before either, so once its intent is
-/// seen gone both are already written. With no intent, a release or a
-/// roll_back decision means given back (a claim that landed late, after its
-/// attempt was rolled back, has no release: its decision says it), and
+/// What became of `held`'s generation. A release of it means given back,
+/// whatever its attempt does next (a live load makes way for an older one
+/// and claims again later). Else its intent means in flight. Else the
+/// release and the decision are read again, together: an attempt releases
+/// before it deletes its intent, and is decided before either, so once its
+/// intent is seen gone both are already written. With no intent, a release
+/// or a roll_back decision means given back (a claim that landed late, after
+/// its attempt was rolled back, has no release: its decision says it), and
 /// neither means it published.
 pub async fn holder(lake: &Lake, key: &str, held: &Claim) -> Result<Holder> {
     let id = AttemptId::new(&held.op, &held.attempt);
-    if let Some(intent) = read_intent(lake, &id).await? {
+    let release = release_path(key, held.generation, &held.attempt);
+    let (intent, released) = futures::join!(read_intent(lake, &id), lake.exists(&release));
+    if released? {
+        return Ok(Holder::Released);
+    }
+    if let Some(intent) = intent? {
         return Ok(Holder::InFlight(intent));
     }
-    let release = release_path(key, held.generation, &held.attempt);
     let (released, decision) = futures::join!(lake.exists(&release), read_decision(lake, &id));
     if released? {
         return Ok(Holder::Released);
@@ -542,6 +550,19 @@ pub async fn holder(lake: &Lake, key: &str, held: &Claim) -> Result<Holder> {
 /// the name carries the holder, so it can release nothing of anyone else's.
 pub async fn release(lake: &Lake, key: &str, generation: u32, attempt: &str) -> Result<()> {
     lake.put_json(&release_path(key, generation, attempt), &serde_json::json!({ "attempt": attempt, "at": Utc::now() })).await
+}
+
+/// Whether `held`'s attempt gave generation `held.generation` of `key` back.
+pub async fn is_released(lake: &Lake, key: &str, held: &Claim) -> Result<bool> {
+    lake.exists(&release_path(key, held.generation, &held.attempt)).await
+}
+
+/// The newest claim on `key`, if any (released or not).
+pub async fn newest_claim(lake: &Lake, key: &str) -> Result<Option<Claim>> {
+    match ledger(lake, key).await?.claims.last() {
+        Some(&g) => Ok(Some(read_claim_at(lake, key, g).await?)),
+        None => Ok(None),
+    }
 }
 
 /// The unreleased generations of `key` that `attempt` holds.
