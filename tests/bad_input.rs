@@ -317,3 +317,42 @@ fn a_mistyped_root_is_an_error_not_a_new_lake() {
     assert!(err.contains("b.jsonl") && err.contains("No such file") && err.contains("check the path"), "{err}");
     assert_eq!(run(sluice(&root).arg("history")).stdout, history, "nothing published");
 }
+
+/// A read of the stored bytes that fails midway (the connection reset once
+/// the store client's own retries are spent, a disk error) is no verdict on
+/// the file: the call fails with exit 1 saying to retry, nothing is
+/// quarantined or ingested, and the retry takes every row.
+#[test]
+fn a_read_that_fails_midway_is_retried_never_quarantined() {
+    let b = local();
+    let dir = tempfile::tempdir().unwrap();
+    let rows: String = (0..2000).map(|i| format!("{{\"id\": {i}, \"name\": \"n{i}\"}}\n")).collect();
+    let csv: String = std::iter::once("id,name\n".to_string()).chain((0..2000).map(|i| format!("{i},n{i}\n"))).collect();
+    let local = |name: &str, bytes: &[u8]| (write(dir.path(), name, bytes).display().to_string(), bytes.len());
+    // (table, source, its stored size)
+    let mut sources: Vec<(&str, (String, usize))> = vec![
+        ("t", local("t/rows.jsonl", rows.as_bytes())),
+        ("c", local("c/rows.csv", csv.as_bytes())),
+        ("z", local("z/rows.jsonl.gz", &gzip(rows.as_bytes()))),
+    ];
+    if let Ok(base) = std::env::var("SLUICE_TEST_S3") {
+        let bucket = base.trim_start_matches("s3://").split('/').next().unwrap().to_string();
+        let store = sluice::lake::s3_store(&bucket, &sluice::lake::s3_options_from_env()).unwrap();
+        let key = object_store::path::Path::from(format!("incoming-{}/s/rows.jsonl", uuid::Uuid::new_v4().simple()));
+        let put = object_store::ObjectStoreExt::put(&store, &key, object_store::PutPayload::from(rows.clone()));
+        tokio::runtime::Runtime::new().unwrap().block_on(put).unwrap();
+        sources.push(("s", (format!("s3://{bucket}/{key}"), rows.len())));
+    }
+    for (table, (uri, size)) in &sources {
+        let out = run(sluice(&b.root).env("SLUICE_TEST_READ_FAILS_AFTER", (size / 2).to_string()).args(["--json", "ingest", uri]));
+        assert_eq!(out.status.code(), Some(1), "{uri}: {}", String::from_utf8_lossy(&out.stdout));
+        let message = json(&out)["error"]["message"].as_str().unwrap().to_string();
+        assert!(message.contains(uri.as_str()) && message.contains("failed midway") && message.contains("retry"), "{message}");
+        assert!(quarantine_reasons(&b.root).is_empty(), "{uri}: nothing quarantined");
+        assert_eq!(table_rows(&status(&b.root), table), None, "{uri}: nothing ingested");
+        assert_eq!(pending(&b.root), 0, "{uri}: nothing left in flight");
+
+        assert_eq!(run(sluice(&b.root).args(["ingest", uri])).status.code(), Some(0), "{uri}: the retry");
+        assert_eq!(scan_ids(&b.root, table), (0..2000).collect::<Vec<i64>>(), "{uri}: every row once");
+    }
+}

@@ -129,6 +129,12 @@ pub fn detect_name(uri: &str, forced: Option<Format>) -> Result<(Format, Compres
 }
 
 fn bad(source: &Source, line: Option<u64>, column: Option<String>, reason: impl Into<String>) -> Error {
+    // Reading the stored bytes failed midway (the store or the disk): what
+    // did not decode after it is no verdict on the file.
+    if let Some(fault) = source.read_fault.get() {
+        let why = format!("reading it failed midway ({fault}); the file is not judged bad and nothing of it was ingested: retry");
+        return Error::io(&source.uri, std::io::Error::other(why));
+    }
     Error::BadInput(BadInput { source_uri: source.uri.clone(), location: Location { line, column }, reason: reason.into(), new_column: false })
 }
 

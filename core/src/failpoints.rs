@@ -151,6 +151,13 @@ pub fn part_bytes() -> Option<u64> {
     if cfg!(feature = "failpoints") { std::env::var("SLUICE_TEST_PART_BYTES").ok().and_then(|v| v.parse().ok()) } else { None }
 }
 
+/// After how many bytes every reader of a source's stored bytes fails, as a
+/// connection reset the store client's retries did not cure:
+/// `SLUICE_TEST_READ_FAILS_AFTER`, read only in builds with failpoints.
+pub fn read_fails_after() -> Option<u64> {
+    if cfg!(feature = "failpoints") { std::env::var("SLUICE_TEST_READ_FAILS_AFTER").ok().and_then(|v| v.parse().ok()) } else { None }
+}
+
 /// Evaluate failpoint `name`: a `return` action becomes [`Error::Injected`].
 pub fn hit(name: &'static str) -> Result<()> {
     if let Some(file) = reached(name) {

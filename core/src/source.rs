@@ -6,7 +6,7 @@
 
 use std::io::Read;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
@@ -81,19 +81,49 @@ pub struct Source {
     pub location: Location,
     /// Raw bytes read through [`Source::open_blocking`] are added here (progress).
     pub read_counter: Option<Arc<AtomicU64>>,
+    /// The first error met reading the stored bytes (the store or the disk
+    /// failed, after the store client's own retries; the bytes may be fine),
+    /// shared by every copy of this source: what fails to decode after it is
+    /// no verdict on the file (`decode::bad`).
+    pub read_fault: Arc<OnceLock<String>>,
 }
 
-/// A reader that counts the bytes it passes.
-struct Counted<R> {
+/// A reader of a source's stored bytes: it counts them (progress) and keeps
+/// the first error reading them.
+struct Watched<R> {
     inner: R,
-    counter: Arc<AtomicU64>,
+    counter: Option<Arc<AtomicU64>>,
+    fault: Arc<OnceLock<String>>,
+    /// Bytes passed, and after how many to fail (tests: [`crate::failpoints::read_fails_after`]).
+    passed: u64,
+    fail_after: Option<u64>,
 }
 
-impl<R: Read> Read for Counted<R> {
+impl<R: Read> Read for Watched<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.counter.fetch_add(n as u64, Ordering::Relaxed);
-        Ok(n)
+        let result = match self.fail_after {
+            Some(limit) if self.passed >= limit => Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "injected: the connection was reset")),
+            Some(limit) => {
+                let room = usize::try_from(limit - self.passed).unwrap_or(usize::MAX).min(buf.len());
+                self.inner.read(&mut buf[..room])
+            }
+            None => self.inner.read(buf),
+        };
+        match result {
+            Ok(n) => {
+                self.passed += n as u64;
+                if let Some(counter) = &self.counter {
+                    counter.fetch_add(n as u64, Ordering::Relaxed);
+                }
+                Ok(n)
+            }
+            Err(e) => {
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    let _ = self.fault.set(e.to_string());
+                }
+                Err(e)
+            }
+        }
     }
 }
 
@@ -179,6 +209,7 @@ impl Source {
                 size: meta.size,
                 location: Location::S3 { store, key, e_tag: meta.e_tag, version },
                 read_counter: None,
+                read_fault: Arc::default(),
             });
         }
         let path = local_path(uri).map_err(|e| Error::io(uri, e))?;
@@ -217,7 +248,7 @@ impl Source {
         let version = version.map_err(|what| Error::Changed { path: shown.clone(), what })?;
         let identity = format!("file://{shown}#size={size};sha256={hash}");
         let location = Location::Local { path, version };
-        Ok(Source { uri: shown, pin: None, id: digest_hex(identity.as_bytes()), identity, size, location, read_counter: None })
+        Ok(Source { uri: shown, pin: None, id: digest_hex(identity.as_bytes()), identity, size, location, read_counter: None, read_fault: Arc::default() })
     }
 
     /// A local file as it is now, before its identity is taken: only to read
@@ -234,7 +265,7 @@ impl Source {
         let version = FileVersion::of(&meta)?;
         let uri = path.display().to_string();
         let location = Location::Local { path, version };
-        Ok(Source { uri, pin: None, identity: String::new(), id: String::new(), size: version.size, location, read_counter: None })
+        Ok(Source { uri, pin: None, identity: String::new(), id: String::new(), size: version.size, location, read_counter: None, read_fault: Arc::default() })
     }
 
     /// Whether both read the same bytes: the same local file at the same
@@ -285,14 +316,12 @@ impl Source {
 
     /// A blocking reader over the raw bytes. Call from a blocking thread.
     pub fn open_blocking(&self, handle: &tokio::runtime::Handle) -> Result<Box<dyn Read + Send>> {
-        Ok(self.counted(self.open_raw_blocking(handle)?))
+        Ok(self.watched(self.open_raw_blocking(handle)?))
     }
 
-    fn counted(&self, raw: Box<dyn Read + Send>) -> Box<dyn Read + Send> {
-        match &self.read_counter {
-            Some(counter) => Box::new(Counted { inner: raw, counter: Arc::clone(counter) }),
-            None => raw,
-        }
+    fn watched(&self, raw: Box<dyn Read + Send>) -> Box<dyn Read + Send> {
+        let fault = Arc::clone(&self.read_fault);
+        Box::new(Watched { inner: raw, counter: self.read_counter.clone(), fault, passed: 0, fail_after: crate::failpoints::read_fails_after() })
     }
 
     /// Bytes `range` of the source as stored, counted like
@@ -313,7 +342,7 @@ impl Source {
                 self.s3_reader(GetOptions { range: Some(object_store::GetRange::Bounded(range)), ..Self::pinned_get(e_tag, version) }, handle)?
             }
         };
-        Ok(self.counted(raw))
+        Ok(self.watched(raw))
     }
 
     /// A blocking reader over an S3 source's GET with `options`.
