@@ -87,6 +87,33 @@ fn await_ledger(root: &str, n: usize) {
     }
 }
 
+/// Seed `tables` with rows 0..5 each.
+fn seed(root: &str, dir: &std::path::Path, tables: &[&str]) {
+    for t in tables {
+        let seed = jsonl(dir, &format!("seed-{t}.jsonl"), 0..5);
+        assert_eq!(run(sluice(root).args(["ingest", "--table", t]).arg(&seed)).status.code(), Some(0));
+    }
+}
+
+/// A load descriptor `name` of (table, file) pairs, the files in `dir`.
+fn descriptor(dir: &std::path::Path, name: &str, sources: &[(&str, &str)]) -> std::path::PathBuf {
+    let tables: Vec<String> = sources.iter().map(|(t, f)| format!(r#"{{"table": "{t}", "sources": ["{f}"]}}"#)).collect();
+    write(dir, name, format!(r#"{{"tables": [{}]}}"#, tables.join(", ")).as_bytes())
+}
+
+fn load_cmd(root: &str, descriptor: &std::path::Path) -> std::process::Command {
+    let mut c = sluice(root);
+    c.args(["--json", "load", "--timeout", "30s"]).arg(descriptor);
+    c
+}
+
+/// What a load that exited 0 says of each of its sources.
+fn statuses(backend: &str, out: &std::process::Output) -> Vec<String> {
+    eprintln!("{backend}: load: {}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{backend}");
+    json(out)["sources"].as_array().unwrap().iter().map(|s| s["status"].as_str().unwrap().to_string()).collect()
+}
+
 /// Two loads of the same two files, each holding the claim of one file when
 /// it meets the other's: the younger gives its claims back and waits for the
 /// older, so both end at once, every row in once, the load whole. (Each
@@ -96,27 +123,14 @@ fn two_loads_that_claimed_each_others_sources_never_wait_for_each_other() {
     use sluice::failpoints::{AFTER_INTENT, BEFORE_CLAIM};
     on_each_backend(|b| {
         let dir = tempfile::tempdir().unwrap();
-        for t in ["a", "b"] {
-            let seed = jsonl(dir.path(), &format!("seed-{t}.jsonl"), 0..5);
-            assert_eq!(run(sluice(&b.root).args(["ingest", "--table", t]).arg(&seed)).status.code(), Some(0));
-        }
-        let load = |n: u32| {
-            let (a, b) = (100 * n as i64, 100 * n as i64 + 50);
-            jsonl(dir.path(), &format!("a{n}.jsonl"), a..a + 10);
-            jsonl(dir.path(), &format!("b{n}.jsonl"), b..b + 15);
-            let text = format!(r#"{{"tables": [{{"table": "a", "sources": ["a{n}.jsonl"]}}, {{"table": "b", "sources": ["b{n}.jsonl"]}}]}}"#);
-            write(dir.path(), &format!("load{n}.json"), text.as_bytes())
+        seed(&b.root, dir.path(), &["a", "b"]);
+        let load = |n: i64| {
+            jsonl(dir.path(), &format!("a{n}.jsonl"), 100 * n..100 * n + 10);
+            jsonl(dir.path(), &format!("b{n}.jsonl"), 100 * n + 50..100 * n + 65);
+            descriptor(dir.path(), &format!("load{n}.json"), &[("a", &format!("a{n}.jsonl")), ("b", &format!("b{n}.jsonl"))])
         };
-        let cmd = |d: &std::path::Path| {
-            let mut c = sluice(&b.root);
-            c.args(["--json", "load", "--timeout", "30s"]).arg(d);
-            c
-        };
-        let statuses = |out: &std::process::Output| -> Vec<String> {
-            eprintln!("{}: load: {}\n{}", b.name, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-            assert_eq!(out.status.code(), Some(0), "{}", b.name);
-            json(out)["sources"].as_array().unwrap().iter().map(|s| s["status"].as_str().unwrap().to_string()).collect()
-        };
+        let cmd = |d: &std::path::Path| load_cmd(&b.root, d);
+        let statuses = |out: &std::process::Output| statuses(b.name, out);
         let started = std::time::Instant::now();
 
         // 1. The older load claims its first file and stops before its second;
@@ -151,6 +165,47 @@ fn two_loads_that_claimed_each_others_sources_never_wait_for_each_other() {
         let ids = |runs: [std::ops::Range<i64>; 3]| runs.into_iter().flatten().collect::<Vec<i64>>();
         assert_eq!(scan_ids(&b.root, "a"), ids([0..5, 100..110, 200..210]), "{}: every row once", b.name);
         assert_eq!(scan_ids(&b.root, "b"), ids([0..5, 150..165, 250..265]), "{}: every row once", b.name);
+        assert_eq!(pending(&b.root), 0, "{}", b.name);
+    });
+}
+
+/// Three loads in a cycle: each claimed one file and then meets the next
+/// one's claim on its other file (L1 x then y, L2 y then z, L3 z then x).
+/// The youngest makes way; the others end in turn; every row is in once.
+#[test]
+fn three_loads_in_a_cycle_of_claims_all_end() {
+    use sluice::failpoints::BEFORE_CLAIM;
+    on_each_backend(|b| {
+        let dir = tempfile::tempdir().unwrap();
+        seed(&b.root, dir.path(), &["a", "b", "c"]);
+        jsonl(dir.path(), "x.jsonl", 100..110);
+        jsonl(dir.path(), "y.jsonl", 200..215);
+        jsonl(dir.path(), "z.jsonl", 300..320);
+        let l1 = descriptor(dir.path(), "l1.json", &[("a", "x.jsonl"), ("b", "y.jsonl")]);
+        let l2 = descriptor(dir.path(), "l2.json", &[("b", "y.jsonl"), ("c", "z.jsonl")]);
+        let l3 = descriptor(dir.path(), "l3.json", &[("a", "x.jsonl"), ("c", "z.jsonl")]);
+        let started = std::time::Instant::now();
+        let before = ledger_objects(&b.root);
+        // L1 claims x and stops before y; L2 claims y and stops before z;
+        // L3 stops before x while it claims z.
+        let one = hold_at_nth(&mut load_cmd(&b.root, &l1), BEFORE_CLAIM, 2);
+        await_ledger(&b.root, before + 1);
+        let two = hold_at_nth(&mut load_cmd(&b.root, &l2), BEFORE_CLAIM, 2);
+        await_ledger(&b.root, before + 2);
+        let three = hold_at_nth(&mut load_cmd(&b.root, &l3), BEFORE_CLAIM, 1);
+        await_ledger(&b.root, before + 3);
+        for held in [&one, &two, &three] {
+            held.release();
+        }
+        let (one, two, three) = (one.wait_with_output(), two.wait_with_output(), three.wait_with_output());
+        // L3 gives z back to L2 and waits for L1; L1 waits for L2, which publishes y and z.
+        assert_eq!(statuses(b.name, &two), ["ingested", "ingested"], "{}", b.name);
+        assert_eq!(statuses(b.name, &one), ["ingested", "already_ingested"], "{}", b.name);
+        assert_eq!(statuses(b.name, &three), ["already_ingested", "already_ingested"], "{}", b.name);
+        assert!(started.elapsed() < std::time::Duration::from_secs(25), "{}: the loads waited {:?}", b.name, started.elapsed());
+        for (table, rows) in [("a", 100..110), ("b", 200..215), ("c", 300..320)] {
+            assert_eq!(scan_ids(&b.root, table), (0..5).chain(rows).collect::<Vec<i64>>(), "{}: every row once", b.name);
+        }
         assert_eq!(pending(&b.root), 0, "{}", b.name);
     });
 }
