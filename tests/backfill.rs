@@ -205,3 +205,35 @@ fn a_file_still_being_written_is_left_for_the_next_run() {
     assert!(stderr.contains("same.jsonl changed while it was being ingested (another file took its place)"), "{stderr}");
     assert_eq!(scan_ids(&b.root, "t").len(), 10 + 99_005);
 }
+
+/// A file whose read fails midway is left for the next run, named with the
+/// error, never quarantined; the rest of its batch lands; the run exits 1
+/// and the next one takes the file.
+#[test]
+fn a_file_that_cannot_be_read_now_is_left_for_the_next_run() {
+    let b = local();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    jsonl(&input.join("t"), "a.jsonl", 0..5);
+    let big = jsonl(&input.join("t"), "big.jsonl", 1_000..3_000);
+    assert!(std::fs::metadata(&big).unwrap().len() > 40_000);
+    jsonl(&input.join("t"), "c.jsonl", 5..10);
+    // Every read of a source's bytes fails past 20 kB: the small files are read whole.
+    let out = run(sluice(&b.root).env("SLUICE_TEST_READ_FAILS_AFTER", "20000").args(["--json", "backfill"]).arg(&input));
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    // The report, then the error.
+    let error = json(&out)["error"]["message"].as_str().unwrap().to_string();
+    assert!(error.contains("1 sources could not be read now") && error.contains("run again"), "{error}");
+    let r: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
+    assert_eq!((r["ingested"].as_u64(), r["bad"].as_array().map(Vec::len)), (Some(2), Some(0)), "{r}");
+    let unreadable = r["unreadable"].as_array().unwrap();
+    assert_eq!(unreadable.len(), 1, "{r}");
+    assert!(unreadable[0]["uri"].as_str().unwrap().ends_with("big.jsonl"), "{r}");
+    assert!(unreadable[0]["reason"].as_str().unwrap().contains("failed midway"), "{r}");
+    assert!(!std::path::Path::new(&b.root).join("_quarantine").exists(), "nothing quarantined");
+    assert_eq!(scan_ids(&b.root, "t"), (0..10).collect::<Vec<_>>());
+
+    let r = json(&run(sluice(&b.root).args(["--json", "backfill"]).arg(&input)));
+    assert_eq!((r["ingested"].as_u64(), r["held"].as_u64()), (Some(1), Some(2)), "{r}");
+    assert_eq!(scan_ids(&b.root, "t"), (0..10).chain(1_000..3_000).collect::<Vec<_>>());
+}

@@ -171,6 +171,9 @@ pub struct BackfillReport {
     /// Left for the next run: local files that changed while they were
     /// read (still being written), each with what changed.
     pub changing: Vec<BadSource>,
+    /// Left for the next run: sources that could not be read now (a read
+    /// failed midway, a file gone since it was listed), each with the error.
+    pub unreadable: Vec<BadSource>,
 }
 
 #[derive(Debug, Serialize)]
@@ -258,12 +261,14 @@ pub async fn backfill(lake: &Lake, plan: Plan<'_>, progress: Arc<Progress>, mut 
                 Ok(r) => break Some(r),
                 Err(e) => e,
             };
-            // The door quarantined a bad file, or met one still being written
-            // (the next run takes it, once it is whole): the rest of the batch
-            // goes on without it.
+            // The door quarantined a bad file, met one still being written
+            // (the next run takes it, once it is whole), or could not read
+            // one now (the next run tries again): the rest of the batch goes
+            // on without it.
             let (uri, list) = match &error {
                 Error::BadInput(bad) => (bad.source_uri.clone(), &mut report.bad),
                 Error::Changed { path, .. } => (path.clone(), &mut report.changing),
+                Error::Io { path, .. } => (path.clone(), &mut report.unreadable),
                 _ => return Err(error),
             };
             let before = batch_owned.len();

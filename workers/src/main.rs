@@ -809,21 +809,27 @@ async fn backfill(lake: &Lake, plan: sluice::discover::Plan<'_>, json: bool) -> 
         for s in &report.skipped {
             out.push_str(&format!("\nskipped: {}: {}", s.uri, s.reason));
         }
-        for c in &report.changing {
+        for c in report.changing.iter().chain(&report.unreadable) {
             out.push_str(&format!("\nleft for the next run: {}", c.reason));
         }
         out
     });
-    match (report.bad.is_empty(), report.not_done > 0 && !dry_run) {
-        (false, _) => Err(Error::BadInput(sluice::error::BadInput {
+    if !report.bad.is_empty() {
+        return Err(Error::BadInput(sluice::error::BadInput {
             source_uri: report.bad[0].uri.clone(),
             location: Default::default(),
             reason: format!("{} bad sources quarantined; the rest was ingested", report.bad.len()),
             new_column: false,
-        })),
-        (true, true) => Err(Error::Blocked(format!("{} sources left for the next run: the deadline came first", report.not_done))),
-        (true, false) => Ok(()),
+        }));
     }
+    if !report.unreadable.is_empty() {
+        let n = report.unreadable.len();
+        return Err(Error::Blocked(format!("{n} sources could not be read now (the first: {}); the rest was ingested; run again to take them", report.unreadable[0].reason)));
+    }
+    if report.not_done > 0 && !dry_run {
+        return Err(Error::Blocked(format!("{} sources left for the next run: the deadline came first", report.not_done)));
+    }
+    Ok(())
 }
 
 async fn with_progress<T>(sources: usize, work: impl AsyncFnOnce(Arc<Progress>) -> Result<T>) -> Result<T> {
