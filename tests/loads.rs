@@ -209,3 +209,39 @@ fn three_loads_in_a_cycle_of_claims_all_end() {
         assert_eq!(pending(&b.root), 0, "{}", b.name);
     });
 }
+
+/// A load killed (`kill -9`) while it waits after giving its claims back
+/// holds nothing: the older load claims what it gave back and publishes
+/// whole; a sweep then rolls the dead one back, and every row is in once.
+#[test]
+fn a_load_killed_after_giving_its_claims_back_blocks_nothing() {
+    use sluice::failpoints::BEFORE_CLAIM;
+    on_each_backend(|b| {
+        let dir = tempfile::tempdir().unwrap();
+        seed(&b.root, dir.path(), &["a", "b"]);
+        jsonl(dir.path(), "x.jsonl", 100..110);
+        jsonl(dir.path(), "y.jsonl", 200..215);
+        let d = descriptor(dir.path(), "load.json", &[("a", "x.jsonl"), ("b", "y.jsonl")]);
+        let before = ledger_objects(&b.root);
+        let older = hold_at_nth(&mut load_cmd(&b.root, &d), BEFORE_CLAIM, 2);
+        await_ledger(&b.root, before + 1);
+        let started = std::time::Instant::now();
+        let mut younger = sluice(&b.root).args(["--json", "load", "--timeout", "4s"]).arg(&d).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+        // Its claim of y, then the release of it.
+        await_ledger(&b.root, before + 3);
+        younger.kill().unwrap();
+        younger.wait().unwrap();
+        assert_eq!(pending(&b.root), 2, "{}: both intents in flight", b.name);
+        older.release();
+        assert_eq!(statuses(b.name, &older.wait_with_output()), ["ingested", "ingested"], "{}", b.name);
+
+        wait_out(&b.root, started, std::time::Duration::from_secs(4));
+        sweep_until_clean(&b.root, std::time::Duration::from_secs(60));
+        assert_eq!(pending(&b.root), 0, "{}", b.name);
+        assert_eq!(scan_ids(&b.root, "a"), (0..5).chain(100..110).collect::<Vec<i64>>(), "{}: every row once", b.name);
+        assert_eq!(scan_ids(&b.root, "b"), (0..5).chain(200..215).collect::<Vec<i64>>(), "{}: every row once", b.name);
+        // A redelivery of the dead load's files finds them published.
+        let again = run(&mut load_cmd(&b.root, &d));
+        assert_eq!(statuses(b.name, &again), ["already_ingested", "already_ingested"], "{}", b.name);
+    });
+}
