@@ -3,7 +3,8 @@
 //! of up to 25 operations run by up to 4 concurrent `sluice` processes, each
 //! with a fault the seed picks (none, `kill -9` at a failpoint or after a delay,
 //! a stall past its deadline at a failpoint, random ambiguous store answers via
-//! `SLUICE_FAULTS`, a writer whose clock lags everyone else's), then heals,
+//! `SLUICE_FAULTS`, a writer whose clock lags everyone else's, reads of the
+//! sources cut midway), then heals,
 //! redelivers everything and checks black-box outcomes only: exit codes,
 //! `scan`, `scan --at V`, `status`, `history`.
 //!
@@ -113,6 +114,10 @@ enum Fault {
     /// else's (`SLUICE_TEST_CLOCK_BEHIND_MS`): sweeps take it for dead while
     /// it still works within its own deadline.
     ClockBehind(u64),
+    /// Every read of a source's stored bytes fails past this many bytes
+    /// (`SLUICE_TEST_READ_FAILS_AFTER`): the call fails with exit 1 (or
+    /// succeeds, if its files are smaller), never judges a file bad.
+    ReadCut(u64),
 }
 
 impl std::fmt::Display for Fault {
@@ -124,6 +129,7 @@ impl std::fmt::Display for Fault {
             Fault::Stall(fp) => write!(f, "stall@{fp}"),
             Fault::Ambiguous { seed, p } => write!(f, "SLUICE_FAULTS=seed={seed},p={p}"),
             Fault::ClockBehind(ms) => write!(f, "clock-{ms}ms"),
+            Fault::ReadCut(bytes) => write!(f, "read-cut@{bytes}B"),
         }
     }
 }
@@ -306,13 +312,15 @@ fn fault_for(rng: &mut Rng, kind: Kind, timeout: u64, seed: u64, index: usize) -
     };
     // (Only a writer of sources records its clock's deadline in its intent.)
     let lagging = if kind.writes_sources() { 10 } else { 0 };
-    match rng.weighted(&[40, 15, 10, 15, 20, lagging]) {
+    let cut = if kind.writes_sources() { 8 } else { 0 };
+    match rng.weighted(&[40, 15, 10, 15, 20, lagging, cut]) {
         0 => Fault::None,
         1 => Fault::KillAt(rng.pick(&points)),
         2 => Fault::KillAfter(rng.range(5, 600)),
         3 => Fault::Stall(rng.pick(&points)),
         4 => Fault::Ambiguous { seed: splitmix(seed.wrapping_mul(1000).wrapping_add(index as u64)) % 1_000_000, p: rng.pick(&[0.1, 0.2, 0.35]) },
-        _ => Fault::ClockBehind(rng.range(500, timeout * 1000)),
+        5 => Fault::ClockBehind(rng.range(500, timeout * 1000)),
+        _ => Fault::ReadCut(rng.range(0, 3000)),
     }
 }
 
@@ -435,6 +443,9 @@ fn launch(root: &str, dir: &Path, i: usize, op: &Op, t0: Instant) -> Running {
         }
         Fault::ClockBehind(ms) => {
             cmd.env("SLUICE_TEST_CLOCK_BEHIND_MS", ms.to_string());
+        }
+        Fault::ReadCut(bytes) => {
+            cmd.env("SLUICE_TEST_READ_FAILS_AFTER", bytes.to_string());
         }
     }
     let held = Arc::new(AtomicBool::new(false));
@@ -597,6 +608,7 @@ pub struct Stats {
     ambiguous_processes: usize,
     ambiguous_answers: usize,
     lagging_clocks: usize,
+    read_cuts: usize,
     /// Ingests whose JSON Lines could be appended in parts.
     in_parts: usize,
     exit0: usize,
@@ -683,6 +695,7 @@ pub fn explore(seed: u64, backend: &Backend, max_ops: usize) -> (Stats, Vec<Stri
             }
             Fault::Ambiguous { .. } => stats.ambiguous_processes += 1,
             Fault::ClockBehind(_) => stats.lagging_clocks += 1,
+            Fault::ReadCut(_) => stats.read_cuts += 1,
             Fault::None => {}
         }
         stats.ambiguous_answers += out.faults;
@@ -708,7 +721,9 @@ pub fn explore(seed: u64, backend: &Backend, max_ops: usize) -> (Stats, Vec<Stri
         }
         // An index on a table nobody published yet is refused as usage, by design.
         let refused_early = op.kind == Kind::Index && out.code == Some(2) && out.stderr.contains("is not published");
-        if out.code == Some(101) || (op.fault == Fault::None && ![Some(0), Some(1)].contains(&out.code) && !refused_early) {
+        // (A read cut midway is no verdict on a file: never exit 3.)
+        let clean = matches!(op.fault, Fault::None | Fault::ReadCut(_));
+        if out.code == Some(101) || (clean && ![Some(0), Some(1)].contains(&out.code) && !refused_early) {
             violations.push(format!("op #{i} exited {:?}: {}", out.code, out.stderr.trim()));
         }
     }
@@ -956,7 +971,7 @@ pub fn explore(seed: u64, backend: &Backend, max_ops: usize) -> (Stats, Vec<Stri
     }
 
     let summary = format!(
-        "explore seed={seed} backend={}: ops={} kills={} (at failpoint or delay: {}) stalls={} (held {}) ambiguous: {} process(es), {} answer(s); lagging clocks: {}; ingests in parts: {}; exit 0: {}; versions checked: {}; failures: {}; {:.1}s",
+        "explore seed={seed} backend={}: ops={} kills={} (at failpoint or delay: {}) stalls={} (held {}) ambiguous: {} process(es), {} answer(s); lagging clocks: {}; read cuts: {}; ingests in parts: {}; exit 0: {}; versions checked: {}; failures: {}; {:.1}s",
         backend.name,
         stats.ops,
         stats.kills,
@@ -966,6 +981,7 @@ pub fn explore(seed: u64, backend: &Backend, max_ops: usize) -> (Stats, Vec<Stri
         stats.ambiguous_processes,
         stats.ambiguous_answers,
         stats.lagging_clocks,
+        stats.read_cuts,
         stats.in_parts,
         stats.exit0,
         versions.len(),
