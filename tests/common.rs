@@ -434,3 +434,18 @@ def storage_options(root):
             "endpoint": os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ["AWS_ENDPOINT_URL"],
             "aws_access_key_id": os.environ["AWS_ACCESS_KEY_ID"], "aws_secret_access_key": os.environ["AWS_SECRET_ACCESS_KEY"]}
 "#;
+
+/// Seed each of `tables` with rows 0..5 (files in `dir`).
+pub fn seeded(root: &str, dir: &Path, tables: &[&str]) {
+    for t in tables {
+        let seed = jsonl(dir, &format!("seed-{t}.jsonl"), 0..5);
+        assert_eq!(run(sluice(root).args(["ingest", "--table", t]).arg(&seed)).status.code(), Some(0), "seeding {t}");
+    }
+}
+
+/// A load of two files: rows 100..110 into table a, 200..215 into table b.
+pub fn load_descriptor(dir: &Path) -> PathBuf {
+    jsonl(dir, "load-a.jsonl", 100..110);
+    jsonl(dir, "load-b.jsonl", 200..215);
+    write(dir, "load.json", br#"{"tables": [{"table": "a", "sources": ["load-a.jsonl"]}, {"table": "b", "sources": ["load-b.jsonl"]}]}"#)
+}

@@ -17,12 +17,6 @@ use sluice::failpoints::*;
 
 use crate::common::*;
 
-fn seeded(root: &str, dir: &Path, tables: &[&str]) {
-    for t in tables {
-        let seed = jsonl(dir, &format!("seed-{t}.jsonl"), 0..5);
-        assert_eq!(run(sluice(root).args(["ingest", "--table", t]).arg(&seed)).status.code(), Some(0), "seeding {t}");
-    }
-}
 
 fn recover_cmd(root: &str) -> Command {
     let mut cmd = sluice(root);
@@ -195,11 +189,6 @@ fn an_optimizer_past_its_deadline_never_removes_another_optimizers_intent() {
     });
 }
 
-fn load_descriptor(dir: &Path) -> std::path::PathBuf {
-    jsonl(dir, "load-a.jsonl", 100..110);
-    jsonl(dir, "load-b.jsonl", 200..215);
-    write(dir, "load.json", br#"{"tables": [{"table": "a", "sources": ["load-a.jsonl"]}, {"table": "b", "sources": ["load-b.jsonl"]}]}"#)
-}
 
 /// In every kept manifest version, the load's rows (a: 100..110, b:
 /// 200..215) are in both tables or in neither, and never more than once.

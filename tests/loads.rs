@@ -87,14 +87,6 @@ fn await_ledger(root: &str, n: usize) {
     }
 }
 
-/// Seed `tables` with rows 0..5 each.
-fn seed(root: &str, dir: &std::path::Path, tables: &[&str]) {
-    for t in tables {
-        let seed = jsonl(dir, &format!("seed-{t}.jsonl"), 0..5);
-        assert_eq!(run(sluice(root).args(["ingest", "--table", t]).arg(&seed)).status.code(), Some(0));
-    }
-}
-
 /// A load descriptor `name` of (table, file) pairs, the files in `dir`.
 fn descriptor(dir: &std::path::Path, name: &str, sources: &[(&str, &str)]) -> std::path::PathBuf {
     let tables: Vec<String> = sources.iter().map(|(t, f)| format!(r#"{{"table": "{t}", "sources": ["{f}"]}}"#)).collect();
@@ -123,7 +115,7 @@ fn two_loads_that_claimed_each_others_sources_never_wait_for_each_other() {
     use sluice::failpoints::{AFTER_INTENT, BEFORE_CLAIM};
     on_each_backend(|b| {
         let dir = tempfile::tempdir().unwrap();
-        seed(&b.root, dir.path(), &["a", "b"]);
+        seeded(&b.root, dir.path(), &["a", "b"]);
         let load = |n: i64| {
             jsonl(dir.path(), &format!("a{n}.jsonl"), 100 * n..100 * n + 10);
             jsonl(dir.path(), &format!("b{n}.jsonl"), 100 * n + 50..100 * n + 65);
@@ -177,7 +169,7 @@ fn three_loads_in_a_cycle_of_claims_all_end() {
     use sluice::failpoints::BEFORE_CLAIM;
     on_each_backend(|b| {
         let dir = tempfile::tempdir().unwrap();
-        seed(&b.root, dir.path(), &["a", "b", "c"]);
+        seeded(&b.root, dir.path(), &["a", "b", "c"]);
         jsonl(dir.path(), "x.jsonl", 100..110);
         jsonl(dir.path(), "y.jsonl", 200..215);
         jsonl(dir.path(), "z.jsonl", 300..320);
@@ -218,7 +210,7 @@ fn a_load_killed_after_giving_its_claims_back_blocks_nothing() {
     use sluice::failpoints::BEFORE_CLAIM;
     on_each_backend(|b| {
         let dir = tempfile::tempdir().unwrap();
-        seed(&b.root, dir.path(), &["a", "b"]);
+        seeded(&b.root, dir.path(), &["a", "b"]);
         jsonl(dir.path(), "x.jsonl", 100..110);
         jsonl(dir.path(), "y.jsonl", 200..215);
         let d = descriptor(dir.path(), "load.json", &[("a", "x.jsonl"), ("b", "y.jsonl")]);

@@ -278,18 +278,7 @@ fn audit(root: &str) -> Vec<serde_json::Value> {
     json(&run(sluice(root).args(["--json", "audit"]))).as_array().unwrap().clone()
 }
 
-fn seeded(b: &Backend, dir: &Path, tables: &[&str]) {
-    for t in tables {
-        let seed = jsonl(dir, &format!("seed-{t}.jsonl"), 0..5);
-        assert_eq!(run(sluice(&b.root).args(["ingest", "--table", t]).arg(&seed)).status.code(), Some(0));
-    }
-}
 
-fn load_descriptor(dir: &Path) -> PathBuf {
-    jsonl(dir, "load-a.jsonl", 100..110);
-    jsonl(dir, "load-b.jsonl", 200..215);
-    write(dir, "load.json", br#"{"tables": [{"table": "a", "sources": ["load-a.jsonl"]}, {"table": "b", "sources": ["load-b.jsonl"]}]}"#)
-}
 
 fn ids_of(seed: std::ops::Range<i64>, more: &[std::ops::Range<i64>]) -> Vec<i64> {
     let mut v: Vec<i64> = seed.chain(more.iter().cloned().flatten()).collect();
@@ -305,7 +294,7 @@ fn ids_of(seed: std::ops::Range<i64>, more: &[std::ops::Range<i64>]) -> Vec<i64>
 fn two_sweeps_on_one_intent_both_succeed_and_record_once() {
     for b in shared_backends() {
         let dir = tempfile::tempdir().unwrap();
-        seeded(&b, dir.path(), &["t"]);
+        seeded(&b.root, dir.path(), &["t"]);
         let file = jsonl(dir.path(), "new.jsonl", 100..110);
         die_after_commit(&b.root, &file);
         wait_expired(&b.root);
@@ -338,7 +327,7 @@ fn two_sweeps_on_one_intent_both_succeed_and_record_once() {
 fn a_late_writer_cannot_publish_over_a_recovery_decision() {
     for b in shared_backends() {
         let dir = tempfile::tempdir().unwrap();
-        seeded(&b, dir.path(), &["a", "b"]);
+        seeded(&b.root, dir.path(), &["a", "b"]);
         let d = load_descriptor(dir.path());
         let writer = hold_at(sluice(&b.root).args(["load", "--timeout", "2s"]).arg(&d), BEFORE_DECISION);
         wait_expired(&b.root);
@@ -363,7 +352,7 @@ fn a_late_writer_cannot_publish_over_a_recovery_decision() {
 fn a_dead_single_commit_buried_under_a_live_one_converges() {
     for b in shared_backends() {
         let dir = tempfile::tempdir().unwrap();
-        seeded(&b, dir.path(), &["t"]);
+        seeded(&b.root, dir.path(), &["t"]);
         let dead = jsonl(dir.path(), "dead.jsonl", 100..110);
         die_after_commit(&b.root, &dead);
         let live = jsonl(dir.path(), "live.jsonl", 200..203);
@@ -385,7 +374,7 @@ fn a_dead_single_commit_buried_under_a_live_one_converges() {
 fn a_live_writer_takes_over_a_dead_load_under_it() {
     for b in shared_backends() {
         let dir = tempfile::tempdir().unwrap();
-        seeded(&b, dir.path(), &["a", "b"]);
+        seeded(&b.root, dir.path(), &["a", "b"]);
         let d = load_descriptor(dir.path());
         kill_9_at(sluice(&b.root).args(["load", "--timeout", "3s"]).arg(&d), AFTER_COMMIT);
         let live = jsonl(dir.path(), "live.jsonl", 300..303);
@@ -408,7 +397,7 @@ fn a_live_writer_takes_over_a_dead_load_under_it() {
 fn a_rollback_removes_exactly_the_dead_loads_rows() {
     for b in shared_backends() {
         let dir = tempfile::tempdir().unwrap();
-        seeded(&b, dir.path(), &["a", "b"]);
+        seeded(&b.root, dir.path(), &["a", "b"]);
         let d = load_descriptor(dir.path());
         kill_9_at(sluice(&b.root).args(["load", "--timeout", "3s"]).arg(&d), AFTER_COMMIT);
         jsonl(dir.path(), "load-b.jsonl", 400..402); // the source changed
@@ -434,7 +423,7 @@ fn a_rollback_removes_exactly_the_dead_loads_rows() {
 fn a_roll_forward_that_loses_the_manifest_race_converges() {
     for b in shared_backends() {
         let dir = tempfile::tempdir().unwrap();
-        seeded(&b, dir.path(), &["t"]);
+        seeded(&b.root, dir.path(), &["t"]);
         let dead = jsonl(dir.path(), "dead.jsonl", 100..110);
         die_after_commit(&b.root, &dead);
         wait_expired(&b.root);
@@ -457,7 +446,7 @@ fn a_roll_forward_that_loses_the_manifest_race_converges() {
 fn a_redelivery_takes_over_an_expired_intent() {
     for b in shared_backends() {
         let dir = tempfile::tempdir().unwrap();
-        seeded(&b, dir.path(), &["t"]);
+        seeded(&b.root, dir.path(), &["t"]);
         let committed = jsonl(dir.path(), "committed.jsonl", 100..110);
         die_after_commit(&b.root, &committed);
         let claimed = jsonl(dir.path(), "claimed.jsonl", 200..205);
@@ -479,7 +468,7 @@ fn a_redelivery_takes_over_an_expired_intent() {
 fn dry_run_changes_nothing_and_a_corrupt_intent_is_refused() {
     let b = local();
     let dir = tempfile::tempdir().unwrap();
-    seeded(&b, dir.path(), &["t"]);
+    seeded(&b.root, dir.path(), &["t"]);
     let file = jsonl(dir.path(), "new.jsonl", 100..110);
     die_after_commit(&b.root, &file);
     wait_expired(&b.root);
@@ -539,7 +528,7 @@ async fn recovery_recognises_its_own_ambiguous_puts() {
 fn a_dead_load_is_never_redone_with_sources_it_did_not_claim() {
     for b in shared_backends() {
         let dir = tempfile::tempdir().unwrap();
-        seeded(&b, dir.path(), &["a", "b"]);
+        seeded(&b.root, dir.path(), &["a", "b"]);
         let d = load_descriptor(dir.path());
         let earlier = run(sluice(&b.root).args(["ingest", "--table", "b"]).arg(dir.path().join("load-b.jsonl")));
         assert_eq!(earlier.status.code(), Some(0));
