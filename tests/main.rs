@@ -11,6 +11,7 @@ mod deploy;
 mod evolution;
 mod explore;
 mod fencing;
+mod groups;
 mod formats;
 mod indices;
 mod lambda;

@@ -38,7 +38,7 @@ use crate::error::{Error, Result};
 use crate::lake::Lake;
 use crate::manifest::{self, Manifest};
 use crate::upsert_undo::{self, Undo};
-use crate::sidecar::{self, AttemptId, Outcome, PROP_INTENT, PROP_OP, PROP_REMOVES, PROP_SCOPE, SCOPE_COLUMNS, SCOPE_FENCE, SCOPE_MULTI, SCOPE_ROLLBACK};
+use crate::sidecar::{self, AttemptId, Outcome, PROP_INTENT, PROP_MEMBERS, PROP_OP, PROP_REMOVES, PROP_SCOPE, SCOPE_COLUMNS, SCOPE_FENCE, SCOPE_GROUP, SCOPE_MULTI, SCOPE_ROLLBACK};
 
 /// Versions a writer reads to learn whether its own commit landed.
 const MAX_HISTORY: u64 = 100_000;
@@ -97,8 +97,8 @@ pub(crate) enum Tag {
     NoRows,
     /// Recovery (or a writer) removing the rows of `0`'s commit at `1` (any of its commits if `None`).
     Removal(AttemptId, Option<u64>),
-    /// A commit of attempt `0`; `1` when it belongs to a multi-table operation.
-    Op(AttemptId, bool),
+    /// A commit of attempt `0`, carrying rows of what `1` says.
+    Op(AttemptId, Scope),
     /// The same rows, rearranged or indexed: a compaction's rewrite (it can
     /// only land on the fragments it read; Lance refuses it otherwise), an
     /// index change, or nullable columns sluice added (null in every row).
@@ -130,10 +130,22 @@ impl Tag {
         let id = AttemptId { op, attempt: intent };
         match scope.as_str() {
             SCOPE_ROLLBACK => Tag::Removal(id, get(PROP_REMOVES).and_then(|v| v.parse().ok())),
-            SCOPE_MULTI => Tag::Op(id, true),
-            _ => Tag::Op(id, false),
+            SCOPE_MULTI => Tag::Op(id, Scope::Multi),
+            SCOPE_GROUP => Tag::Op(id, Scope::Group(get(PROP_MEMBERS).and_then(|m| serde_json::from_str(&m).ok()))),
+            _ => Tag::Op(id, Scope::Single),
         }
     }
+}
+
+/// Whose rows a commit of an attempt carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Scope {
+    /// Its own, on one table.
+    Single,
+    /// Its own, on one table of a multi-table load.
+    Multi,
+    /// Its members' (a group commit), if its tag lists them readably.
+    Group(Option<Vec<AttemptId>>),
 }
 
 /// What [`vet`] found.
@@ -204,7 +216,7 @@ pub(crate) async fn vet(
     'commits: while i < txns.len() {
         let (version, tag) = txns[i].clone();
         i += 1;
-        let (id, multi) = match tag {
+        let (id, scope) = match tag {
             _ if version <= floor => continue,
             // The pin passes a rolled-back commit only with its removal, so a
             // removal of a commit at or below the published pin is a second
@@ -233,11 +245,11 @@ pub(crate) async fn vet(
             }
             Tag::Op(id, _) if removed(&txns[i..], &id, version) => continue,
             // Our own other commits too: one commit per table is decided; any other is a late duplicate.
-            Tag::Op(id, multi) => (id, multi),
+            Tag::Op(id, scope) => (id, scope),
         };
         let mut pause = Duration::from_millis(50);
         loop {
-            match standing(lake, table, version, &id, multi, by, joined, seen).await? {
+            match standing(lake, table, version, &id, &scope, by, joined, seen).await? {
                 Standing::Forward => continue 'commits,
                 Standing::Join => return Ok(Vetted::Join(id)),
                 Standing::Published(pin) => {
@@ -301,19 +313,33 @@ async fn latest_pin(lake: &Lake, table: &str, seen: &Seen) -> Result<Option<u64>
 /// writer (who decides the same) and recovery (who may have decided roll_back
 /// before the commit landed): whoever wins, everyone follows. So no writer
 /// waits on another single-table writer, and none passes a commit recovery
-/// rolled back. A multi-table attempt's commit is only decided by its own
+/// rolled back. A group's commit is decided forward the same way, naming the
+/// members its tag lists: each won its place in it create-only before the
+/// commit (`Outcome::Joined`), so each shares its fate. A commit of a member
+/// itself is a stray (its rows ride in the group's): never published, and
+/// removed at once. A multi-table attempt's commit is only decided by its own
 /// writer or recovery (the vetter cannot know its other tables): undecided, it
 /// is waited for.
 #[allow(clippy::too_many_arguments)]
-async fn standing(lake: &Lake, table: &str, version: u64, id: &AttemptId, multi: bool, by: Option<&str>, joined: &BTreeSet<AttemptId>, seen: &Seen) -> Result<Standing> {
+async fn standing(lake: &Lake, table: &str, version: u64, id: &AttemptId, scope: &Scope, by: Option<&str>, joined: &BTreeSet<AttemptId>, seen: &Seen) -> Result<Standing> {
+    let no_members = || {
+        Standing::Unprovable(format!(
+            "table '{table}' version {version} is a commit of group {id} that lists no members readably; sluice will not \
+             publish rows it cannot attribute. Run `sluice adopt {table}` if they are wanted; else repair the table"
+        ))
+    };
+    let multi = *scope == Scope::Multi;
     let mut decision = sidecar::read_decision(lake, id).await?;
     if decision.is_none() {
         if let Some(intent) = sidecar::read_intent(lake, id).await? {
-            if multi {
-                return Ok(Standing::Pending(intent));
-            }
+            let members = match scope {
+                Scope::Multi => return Ok(Standing::Pending(intent)),
+                Scope::Single => None,
+                Scope::Group(Some(members)) => Some(members.clone()),
+                Scope::Group(None) => return Ok(no_members()),
+            };
             match by {
-                Some(by) => decision = Some(decide_for(lake, id, table, version, by).await?),
+                Some(by) => decision = Some(decide_for(lake, id, table, version, by, members).await?),
                 // A dry run: it would decide it forward (or follow the winner).
                 None => return Ok(Standing::Forward),
             }
@@ -327,6 +353,8 @@ async fn standing(lake: &Lake, table: &str, version: u64, id: &AttemptId, multi:
         Some(d) if d.outcome == Outcome::RollBack => {
             return Ok(Standing::RolledBack { recovering: sidecar::read_intent(lake, id).await? });
         }
+        // Published, it would read to every member as rolled back.
+        Some(d) if matches!(scope, Scope::Group(_)) && d.members.is_none() && d.forwards(table, version) => return Ok(no_members()),
         Some(d) => d.forwards(table, version),
         None => match audit::read(lake, &id.op, &id.attempt).await? {
             Some(rec) if rec.verdict == Verdict::RolledBack => return Ok(Standing::RolledBack { recovering: None }),
@@ -340,7 +368,8 @@ async fn standing(lake: &Lake, table: &str, version: u64, id: &AttemptId, multi:
         },
     };
     if !forward {
-        // Another commit of a forward-decided attempt: a late duplicate.
+        // Another commit of a forward-decided attempt (a late duplicate), or
+        // a group member's own commit (its rows ride in its group's).
         return Ok(Standing::RolledBack { recovering: None });
     }
     if !multi || joined.contains(id) {
@@ -364,18 +393,12 @@ async fn standing(lake: &Lake, table: &str, version: u64, id: &AttemptId, multi:
     }
 }
 
-/// Decide single-table attempt `id` forward with its commit at `version`, on
-/// its behalf; returns the decision that stands (ours, or the one that won).
-async fn decide_for(lake: &Lake, id: &AttemptId, table: &str, version: u64, by: &str) -> Result<sidecar::Decision> {
-    let decision = sidecar::Decision {
-        op: id.op.clone(),
-        intent: id.attempt.clone(),
-        attempt: by.to_string(),
-        outcome: Outcome::Forward,
-        by: "vetter".into(),
-        at: Utc::now(),
-        versions: std::collections::BTreeMap::from([(table.to_string(), version)]),
-    };
+/// Decide single-table attempt `id` forward with its commit at `version`
+/// (a group's with its `members`), on its behalf; returns the decision that
+/// stands (ours, or the one that won).
+async fn decide_for(lake: &Lake, id: &AttemptId, table: &str, version: u64, by: &str, members: Option<Vec<AttemptId>>) -> Result<sidecar::Decision> {
+    let versions = std::collections::BTreeMap::from([(table.to_string(), version)]);
+    let decision = sidecar::Decision { members, ..sidecar::Decision::new(&id.op, &id.attempt, by, Outcome::Forward, "vetter", versions) };
     match sidecar::decide(lake, &decision).await? {
         crate::lake::Created::Mine => Ok(decision),
         crate::lake::Created::Theirs(theirs) => Ok(theirs),
@@ -398,7 +421,7 @@ async fn read_range(ds: &lance::Dataset, table: &str, from: u64, to: u64, seen: 
             // New columns that did not land on the state they were built on
             // are vetted like any commit of their attempt (and removed if it
             // was rolled back).
-            Tag::Preserving(Some(id)) if is_columns_merge(txn.as_ref()) && !lands_as_built(ds, table, version).await? => Tag::Op(id, false),
+            Tag::Preserving(Some(id)) if is_columns_merge(txn.as_ref()) && !lands_as_built(ds, table, version).await? => Tag::Op(id, Scope::Single),
             tag => tag,
         };
         out.push((version, tag));
@@ -452,7 +475,12 @@ pub(crate) async fn commits_of(lake: &Lake, table: &str, after: u64, id: &Attemp
     for version in after + 1..=head {
         let txn = seen.transaction(&ds, table, version).await?;
         match Tag::of(txn.as_ref()) {
-            Tag::Op(of, _) if &of == id => history.commits.push((version, txn.is_some_and(|t| adds_only(&t.operation)))),
+            Tag::Op(of, scope) if &of == id => {
+                history.commits.push((version, txn.is_some_and(|t| adds_only(&t.operation))));
+                if let Scope::Group(members) = scope {
+                    history.members.insert(version, members);
+                }
+            }
             // A rewrite or an index change: its commit, never to be removed (it passes every vet).
             Tag::Preserving(Some(of)) if &of == id => {
                 history.commits.push((version, false));
@@ -498,6 +526,8 @@ pub(crate) struct History {
     pub removals: Vec<(u64, Option<u64>)>,
     /// Those of `commits` that keep the rows (rewrites, index changes).
     pub rewrites: Vec<u64>,
+    /// Those of `commits` that are a group's, with the members their tags list readably.
+    pub members: std::collections::BTreeMap<u64, Option<Vec<AttemptId>>>,
 }
 
 impl History {
@@ -682,10 +712,10 @@ async fn supersession_stands(
         if sidecar::adopted(lake, table, at).await? {
             continue;
         }
-        let Tag::Op(of, multi) = Tag::of(Some(&txn)) else {
+        let Tag::Op(of, scope) = Tag::of(Some(&txn)) else {
             return Ok(Err(format!("version {at}, which dropped them, is not a sluice commit decided forward")));
         };
-        match standing(lake, table, at, &of, multi, Some(by), &BTreeSet::new(), seen).await? {
+        match standing(lake, table, at, &of, &scope, Some(by), &BTreeSet::new(), seen).await? {
             Standing::Forward | Standing::Published(_) | Standing::Join => continue,
             Standing::RolledBack { .. } => {}
             Standing::Pending(_) => {

@@ -779,15 +779,7 @@ impl Door<'_> {
 
     async fn roll_back_own(&self, tables: &[TableWork], ours: &Ours) -> Result<()> {
         let id = self.id();
-        let decision = Decision {
-            op: self.w.op.clone(),
-            intent: self.w.intent.clone(),
-            attempt: self.w.attempt.clone(),
-            outcome: Outcome::RollBack,
-            by: "writer".into(),
-            at: Utc::now(),
-            versions: BTreeMap::new(),
-        };
+        let decision = Decision::new(&self.w.op, &self.w.intent, &self.w.attempt, Outcome::RollBack, "writer", BTreeMap::new());
         match sidecar::decide(self.w.lake, &decision).await? {
             Created::Mine => {}
             // Recovery rolled us back first: our claims are still ours to give back.
@@ -797,6 +789,8 @@ impl Door<'_> {
                 }
                 return Err(Error::Blocked(format!("operation {id} was rolled back by recovery meanwhile; recovery finishes it")));
             }
+            // Its fate is the group's: its claims and its intent stay for the group's outcome.
+            Created::Theirs(theirs) if theirs.outcome == Outcome::Joined => return Err(joined(&id, &theirs)),
             other => {
                 return Err(Error::Blocked(format!("operation {id} was decided by recovery meanwhile ({other:?}); recovery finishes it")));
             }
@@ -841,15 +835,8 @@ impl Door<'_> {
     }
 
     fn forward(&self, tables: &[TableWork]) -> Decision {
-        Decision {
-            op: self.w.op.clone(),
-            intent: self.w.intent.clone(),
-            attempt: self.w.attempt.clone(),
-            outcome: Outcome::Forward,
-            by: "writer".into(),
-            at: Utc::now(),
-            versions: tables.iter().map(|t| (t.request.table.clone(), t.committed.expect("committed before deciding"))).collect(),
-        }
+        let versions = tables.iter().map(|t| (t.request.table.clone(), t.committed.expect("committed before deciding"))).collect();
+        Decision::new(&self.w.op, &self.w.intent, &self.w.attempt, Outcome::Forward, "writer", versions)
     }
 
     /// Record the forward decision of an attempt that publishes beside it
@@ -904,6 +891,7 @@ impl Door<'_> {
                 }
                 Ok(())
             }
+            Created::Theirs(theirs) if theirs.outcome == Outcome::Joined => Err(joined(&self.id(), &theirs)),
             other => Err(Error::Blocked(format!(
                 "operation {} was rolled back by recovery while this worker was stalled ({other:?}); nothing of it is \
                  published and its commits are removed. Deliver its sources again",
@@ -1084,4 +1072,14 @@ fn lacks_rescue(t: &TableWork, ds: Option<&Dataset>) -> bool {
 fn chain(first: Error, then: Error) -> Error {
     tracing::error!(error = %then, "cleanup after a failed operation also failed");
     first
+}
+
+/// An attempt found that a group took it (`sidecar::Outcome::Joined`): its
+/// rows go with the group's commit, and it gives nothing back itself.
+fn joined(id: &AttemptId, decision: &Decision) -> Error {
+    let group = decision.group.as_ref().map_or_else(|| "(unnamed)".to_string(), ToString::to_string);
+    Error::Blocked(format!(
+        "operation {id} joined group {group} meanwhile: its rows go with that group's commit. Its claims and intent stay \
+         until the group is decided; `sluice recover` finishes it then (a redelivery waits for that, and never ingests twice)"
+    ))
 }

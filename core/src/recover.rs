@@ -39,7 +39,7 @@ use crate::stage;
 use crate::known_manifest::LanceManifest;
 use crate::lake::{Created, Lake};
 use crate::manifest::{self, Goal, Manifest, Published, PublishOutcome, TablePin};
-use crate::sidecar::{self, AttemptId, Claim, Decision, Intent, Lease, OpFiles, Outcome, SourceRef};
+use crate::sidecar::{self, AttemptId, Claim, Decision, Fate, Intent, Lease, OpFiles, Outcome, SourceRef};
 use crate::source::Source;
 
 /// Default margin for clocks that disagree between workers.
@@ -399,6 +399,7 @@ async fn resolve(lake: &Lake, intent: &Intent, files: &OpFiles, opts: Options, d
         let state = r.inspect().await?;
         return match r.plan(&state).await? {
             Plan::Refuse(reason) => Ok(Action::Refused { reason }),
+            Plan::Follow(group) => Ok(Action::Deferred { reason: format!("it joined group {group}, not decided yet; its fate is the group's") }),
             // What the real run's publish would meet: the same answer, before acting.
             Plan::Forward(versions) if !state.published(&versions) => Ok(match r.vet_dry(&state, &versions).await? {
                 Some(action) => action,
@@ -436,6 +437,11 @@ struct State {
     /// table whose sources other operations had already ingested was never
     /// going to be committed by this one.
     owned: BTreeMap<String, Vec<SourceRef>>,
+    /// A member (its decision `Joined`): its group, and its fate through it.
+    /// Its own commits are then strays: its rows ride in the group's commit.
+    group: Option<(AttemptId, Fate)>,
+    /// A group: the members each of its commits lists, by table and version.
+    members: BTreeMap<String, BTreeMap<u64, Option<Vec<AttemptId>>>>,
 }
 
 impl State {
@@ -445,6 +451,12 @@ impl State {
     fn forward_versions(&self) -> BTreeMap<String, u64> {
         if let Some(d) = self.decision.as_ref().filter(|d| d.outcome == Outcome::Forward) {
             return d.versions.clone();
+        }
+        if let Some((_, fate)) = &self.group {
+            return match fate {
+                Fate::Forward(d) => d.versions.clone(),
+                _ => BTreeMap::new(),
+            };
         }
         self.commits.iter().filter_map(|(t, c)| c.first().map(|(v, _)| (t.clone(), *v))).collect()
     }
@@ -468,6 +480,8 @@ enum Publishing {
 
 enum Plan {
     Forward(BTreeMap<String, u64>),
+    /// A member whose group is undecided: its fate is the group's.
+    Follow(AttemptId),
     Redo(BTreeMap<String, Vec<SourceRef>>),
     RollBack(String),
     Refuse(String),
@@ -480,7 +494,7 @@ impl Plan {
             Plan::Forward(_) => Verdict::RolledForward,
             Plan::Redo(_) => Verdict::Redone,
             Plan::RollBack(_) => Verdict::RolledBack,
-            Plan::Refuse(_) => unreachable!("a refusal has no verdict"),
+            Plan::Refuse(_) | Plan::Follow(_) => unreachable!("a refusal, or a wait on a group, has no verdict"),
         }
     }
 }
@@ -513,6 +527,21 @@ impl Recovery<'_> {
     async fn run(&self) -> Result<Action> {
         let mut state = self.inspect().await?;
         let mut plan = self.plan(&state).await?;
+        // A member's fate is its group's: resolve the group first if its owner is dead.
+        if let Plan::Follow(group) = &plan {
+            let action = Box::pin(resolve_attempt(self.lake, group, self.skew, self.deadline)).await?;
+            state = self.inspect().await?;
+            plan = self.plan(&state).await?;
+            if let Plan::Follow(group) = &plan {
+                return Ok(match action {
+                    Action::Refused { reason } => Action::Refused { reason: format!("it joined group {group}, which recovery refused: {reason}") },
+                    Action::Decided { .. } | Action::DoneByOther { .. } => {
+                        Action::Refused { reason: format!("it joined group {group}, which ended without a decision; recovery will not guess") }
+                    }
+                    _ => Action::Deferred { reason: format!("it joined group {group}, which is not decided yet; its fate is the group's") },
+                });
+            }
+        }
         // A single-table ingest whose commit lands right after its start pin
         // publishes beside its decision, not after it: before deciding it
         // rolled back, take that version and look again.
@@ -530,14 +559,18 @@ impl Recovery<'_> {
             let outcome = match &plan {
                 Plan::Forward(_) => Some(Outcome::Forward),
                 Plan::RollBack(_) => Some(Outcome::RollBack),
-                Plan::Redo(_) | Plan::Refuse(_) => None,
+                Plan::Redo(_) | Plan::Refuse(_) | Plan::Follow(_) => None,
             };
             if let Some(outcome) = outcome {
                 let versions = match &plan {
                     Plan::Forward(v) => v.clone(),
                     _ => BTreeMap::new(),
                 };
-                if let Some(theirs) = self.decide(outcome, versions).await? {
+                let members = match self.members_of(&state, &versions) {
+                    Ok(members) => members,
+                    Err(reason) => return Ok(Action::Refused { reason }),
+                };
+                if let Some(theirs) = self.decide(outcome, versions, members).await? {
                     state.decision = Some(theirs);
                     plan = self.plan(&state).await?;
                 } else if outcome == Outcome::RollBack {
@@ -546,8 +579,16 @@ impl Recovery<'_> {
                 }
             }
         }
+        // A member's own commits are strays: never published (a roll-back removes them below).
+        if state.group.is_some()
+            && matches!(plan, Plan::Forward(_))
+            && let Err(reason) = self.remove_rows(&mut state).await?
+        {
+            return Ok(Action::Refused { reason });
+        }
         let (verdict, reason, manifest_version) = match plan {
             Plan::Refuse(reason) => return Ok(Action::Refused { reason }),
+            Plan::Follow(_) => unreachable!("a member waits for its group above"),
             Plan::Forward(versions) => match self.publish(&state, &versions).await? {
                 Publishing::Wait(reason) => return Ok(Action::Deferred { reason }),
                 Publishing::Refuse(reason) => return Ok(Action::Refused { reason }),
@@ -566,7 +607,7 @@ impl Recovery<'_> {
                     Ok(Some(done)) => versions.extend(done),
                     // It would fail the same way on every pass: roll the load back instead.
                     Err(e @ (Error::BadInput(_) | Error::Usage(_))) => {
-                        if let Some(theirs) = self.decide(Outcome::RollBack, BTreeMap::new()).await? {
+                        if let Some(theirs) = self.decide(Outcome::RollBack, BTreeMap::new(), None).await? {
                             return Ok(Action::Refused { reason: format!("the redo failed ({e}), and the operation was decided {:?} by {} meanwhile", theirs.outcome, theirs.by) });
                         }
                         state = self.inspect().await?;
@@ -581,7 +622,7 @@ impl Recovery<'_> {
                     }
                     Err(e) => return Err(e),
                 }
-                if let Some(theirs) = self.decide(Outcome::Forward, versions.clone()).await? {
+                if let Some(theirs) = self.decide(Outcome::Forward, versions.clone(), None).await? {
                     return Ok(Action::Refused { reason: format!("redone, but the operation was decided {:?} by {} meanwhile", theirs.outcome, theirs.by) });
                 }
                 match self.publish(&state, &versions).await? {
@@ -596,6 +637,10 @@ impl Recovery<'_> {
                 }
                 (Verdict::RolledBack, reason, None)
             }
+        };
+        let reason = match &state.group {
+            Some((group, _)) => format!("{reason} (its rows ride in group {group}'s commit)"),
+            None => reason,
         };
         failpoints::hit(failpoints::RECOVER_AFTER_EFFECTS)?;
         self.record(verdict, reason, manifest_version, &state).await?;
@@ -612,12 +657,14 @@ impl Recovery<'_> {
     async fn inspect(&self) -> Result<State> {
         let mut commits = BTreeMap::new();
         let mut removals = BTreeMap::new();
+        let mut members = BTreeMap::new();
         for (table, it) in &self.intent.tables {
             let Some(history) = fence::commits_of(self.lake, table, it.start_pin.unwrap_or(0), &self.id, self.seen, MAX_SCAN).await? else { continue };
             if let Some((v, _)) = history.removals.last() {
                 removals.insert(table.clone(), *v);
             }
             commits.insert(table.clone(), history.standing());
+            members.insert(table.clone(), history.members);
         }
         let latest = manifest::read_latest(self.lake).await?.ok_or_else(|| Error::Corrupt {
             what: "manifest",
@@ -633,7 +680,14 @@ impl Recovery<'_> {
                 }
             }
         }
-        Ok(State { commits, removals, latest, decision, owned })
+        let group = match &decision {
+            Some(d) if d.outcome == Outcome::Joined => {
+                let fate = sidecar::fate_of(self.lake, &self.id, d.clone()).await?;
+                d.group.clone().map(|g| (g, fate))
+            }
+            _ => None,
+        };
+        Ok(State { commits, removals, latest, decision, owned, group, members })
     }
 
     async fn plan(&self, state: &State) -> Result<Plan> {
@@ -644,8 +698,17 @@ impl Recovery<'_> {
             false => BTreeMap::new(),
         };
         let names = || missing.keys().cloned().collect::<Vec<_>>();
+        if let Some((group, fate)) = &state.group {
+            return Ok(match fate {
+                Fate::Forward(d) if d.versions.keys().all(|t| self.intent.tables.contains_key(t)) => Plan::Forward(d.versions.clone()),
+                Fate::Forward(d) => Plan::Refuse(format!("its group {group} was decided forward on tables {:?}, not this operation's; recovery will not guess", d.versions)),
+                Fate::RolledBack => Plan::RollBack(format!("its group {group} was rolled back, or its commit left this one out; the sources are released for redelivery")),
+                Fate::InGroup(_) | Fate::Undecided => Plan::Follow(group.clone()),
+            });
+        }
         Ok(match state.decision.as_ref().map(|d| d.outcome) {
             Some(Outcome::RollBack) => Plan::RollBack("decided to roll back; finishing it".into()),
+            Some(Outcome::Joined) => unreachable!("a member's plan follows its group"),
             Some(Outcome::Forward) => {
                 let versions = state.decision.as_ref().map(|d| d.versions.clone()).unwrap_or_default();
                 let absent: Vec<&String> = versions.iter().filter(|(t, v)| !state.commits.get(*t).is_some_and(|c| c.iter().any(|(cv, _)| cv == *v))).map(|(t, _)| t).collect();
@@ -676,18 +739,24 @@ impl Recovery<'_> {
         Ok(None)
     }
 
-    /// Record `outcome` create-only; returns the decision that won instead, if another did.
-    async fn decide(&self, outcome: Outcome, versions: BTreeMap<String, u64>) -> Result<Option<Decision>> {
+    /// The members a group's forward decision must name: those its commit's
+    /// tag lists (`None` for any other attempt); `Err(reason)` when unreadable.
+    fn members_of(&self, state: &State, versions: &BTreeMap<String, u64>) -> std::result::Result<Option<Vec<AttemptId>>, String> {
+        if self.intent.kind != sidecar::KIND_GROUP || versions.is_empty() {
+            return Ok(None);
+        }
+        let listed = versions.iter().map(|(t, v)| state.members.get(t).and_then(|m| m.get(v)).cloned().flatten()).collect::<Option<Vec<_>>>();
+        match listed.as_deref() {
+            Some([members]) => Ok(Some(members.clone())),
+            _ => Err(format!("group {}'s commit at {versions:?} lists no members readably; recovery will not guess who it carries", self.id)),
+        }
+    }
+
+    /// Record `outcome` create-only (a group's forward with its `members`);
+    /// returns the decision that won instead, if another did.
+    async fn decide(&self, outcome: Outcome, versions: BTreeMap<String, u64>, members: Option<Vec<AttemptId>>) -> Result<Option<Decision>> {
         self.deadline.check("recording a recovery decision")?;
-        let decision = Decision {
-            op: self.intent.op.clone(),
-            intent: self.intent.attempt.clone(),
-            attempt: self.lease.attempt.clone(),
-            outcome,
-            by: "recovery".into(),
-            at: Utc::now(),
-            versions,
-        };
+        let decision = Decision { members, ..Decision::new(&self.intent.op, &self.intent.attempt, &self.lease.attempt, outcome, "recovery", versions) };
         let won = match sidecar::decide(self.lake, &decision).await? {
             Created::Mine => None,
             Created::Theirs(theirs) => Some(theirs),

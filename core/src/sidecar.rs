@@ -22,7 +22,9 @@
 //!   roll_back when it gives up; recovery decides either way once the writer is
 //!   presumed dead. Exactly one of them wins; everyone follows the winner. Kept
 //!   for good: a decision that could be deleted could be won again by a
-//!   worker that stalled past its deletion.
+//!   worker that stalled past its deletion. A third outcome, `joined`, binds
+//!   an ingest to a group attempt whose one commit carries its rows: its
+//!   fate is then the group's ([`fate`]).
 //! - `_ingested/<source-id>/<gen>.json`: generation `gen` of the claim on a
 //!   source, create-only, naming the attempt that holds it. Never deleted.
 //! - `_ingested/<source-id>/<gen>.released-<attempt>.json`: the holder's
@@ -34,9 +36,10 @@
 //!   version, which another tool made (`sluice adopt`). Kept.
 //!
 //! The state of a source follows from those objects, read in this order:
-//! the newest generation's holder has an intent (in flight), else a release of
-//! it exists (released: deliver again), else the holder published it (an
-//! attempt deletes its intent only after publishing or after releasing).
+//! a release of the newest generation exists (released: deliver again), else
+//! its holder has an intent (in flight), else its holder's fate is rolled
+//! back (released), else the holder published it (an attempt deletes its
+//! intent only after publishing or after releasing).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -65,22 +68,35 @@ pub const PROP_ATTEMPT: &str = "sluice.attempt";
 /// roll-back commits carry the dead writer's intent attempt here).
 pub const PROP_INTENT: &str = "sluice.intent";
 /// `single`, `multi`, `rollback` (a commit removing an attempt's rows),
-/// `columns` (a schema change adding nullable columns, no data) or `fence`
+/// `columns` (a schema change adding nullable columns, no data), `fence`
 /// (recovery taking the version a single-table ingest could have published
-/// beside its decision: a config update that changes nothing).
+/// beside its decision: a config update that changes nothing) or `group`
+/// (one commit carrying several single-table ingests' rows, by a group
+/// attempt of its own: [`PROP_MEMBERS`] names them).
 pub const PROP_SCOPE: &str = "sluice.scope";
 /// On a `rollback` commit: the Lance version whose rows it removes.
 pub const PROP_REMOVES: &str = "sluice.removes";
+/// On a `group` commit: its members, the attempts whose rows it carries (a
+/// JSON list of `{op, attempt}`).
+pub const PROP_MEMBERS: &str = "sluice.members";
 pub const SCOPE_SINGLE: &str = "single";
 pub const SCOPE_MULTI: &str = "multi";
 pub const SCOPE_ROLLBACK: &str = "rollback";
 pub const SCOPE_COLUMNS: &str = "columns";
 pub const SCOPE_FENCE: &str = "fence";
+pub const SCOPE_GROUP: &str = "group";
 
 /// The Lance transaction properties of a commit by operation `op`: the
 /// committer's `attempt`, the `intent` attempt it belongs to, and its scope.
 pub fn commit_properties(op: &str, attempt: &str, intent: &str, scope: &str) -> std::collections::HashMap<String, String> {
     [(PROP_OP, op), (PROP_ATTEMPT, attempt), (PROP_INTENT, intent), (PROP_SCOPE, scope)].into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+/// The Lance transaction properties of group `group`'s commit carrying `members`' rows.
+pub fn group_properties(group: &AttemptId, members: &[AttemptId]) -> std::collections::HashMap<String, String> {
+    let mut properties = commit_properties(&group.op, &group.attempt, &group.attempt, SCOPE_GROUP);
+    properties.insert(PROP_MEMBERS.to_string(), serde_json::to_string(members).expect("attempt ids serialize"));
+    properties
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -122,11 +138,14 @@ pub struct SourceRef {
     pub identity: String,
 }
 
+/// The kind of a group's intent: one commit carrying its members' rows.
+pub const KIND_GROUP: &str = "group";
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Intent {
     pub op: String,
     pub attempt: String,
-    /// `ingest`, `load`, `optimize` or `index`.
+    /// `ingest`, `load`, `optimize`, `index` or [`KIND_GROUP`].
     pub kind: String,
     pub tables: BTreeMap<String, IntentTable>,
     pub sources: Vec<SourceRef>,
@@ -141,6 +160,10 @@ pub struct Intent {
 pub enum Outcome {
     Forward,
     RollBack,
+    /// The attempt's rows ride in a group's commit (`Decision::group`): the
+    /// group's decision is its fate ([`fate`]). Won create-only before that
+    /// commit, so the attempt can be named forward through no other.
+    Joined,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -157,9 +180,32 @@ pub struct Decision {
     /// Forward: the Lance version of the attempt's one commit on each table.
     /// Any other commit of the attempt is a late duplicate, never published.
     pub versions: BTreeMap<String, u64>,
+    /// Joined: the group attempt whose commit carries this attempt's rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<AttemptId>,
+    /// A group's forward decision: every attempt whose rows its commit
+    /// carries. Never absent on one (a member missing from it is rolled back).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub members: Option<Vec<AttemptId>>,
 }
 
 impl Decision {
+    /// A decision of `outcome` on attempt `intent` of `op`, by `by` (its
+    /// role) in attempt `attempt`, naming `versions`; no group.
+    pub fn new(op: &str, intent: &str, attempt: &str, outcome: Outcome, by: &str, versions: BTreeMap<String, u64>) -> Decision {
+        Decision {
+            op: op.to_string(),
+            intent: intent.to_string(),
+            attempt: attempt.to_string(),
+            outcome,
+            by: by.to_string(),
+            at: Utc::now(),
+            versions,
+            group: None,
+            members: None,
+        }
+    }
+
     /// Is the commit at `version` of `table` the one this decision sends forward?
     pub fn forwards(&self, table: &str, version: u64) -> bool {
         self.outcome == Outcome::Forward && self.versions.get(table) == Some(&version)
@@ -195,7 +241,7 @@ pub struct Lease {
 }
 
 /// One attempt of one operation: the unit of ownership.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct AttemptId {
     pub op: String,
     pub attempt: String,
@@ -349,6 +395,48 @@ pub async fn decide(lake: &Lake, decision: &Decision) -> Result<Created<Decision
 /// The decision on attempt `id`, if one was made.
 pub async fn read_decision(lake: &Lake, id: &AttemptId) -> Result<Option<Decision>> {
     lake.get_json(&decision_path(&id.op, &id.attempt)).await
+}
+
+/// What became of an attempt: its own decision, or through it its group's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fate {
+    /// No decision yet.
+    Undecided,
+    /// Decided forward by this decision: the attempt's own, or its group's.
+    Forward(Decision),
+    /// Rolled back: decided so, or its group was, or its group's commit left it out.
+    RolledBack,
+    /// It joined this group, which is not decided yet.
+    InGroup(AttemptId),
+}
+
+/// The fate of attempt `id`: one hop through its group, if it joined one.
+pub async fn fate(lake: &Lake, id: &AttemptId) -> Result<Fate> {
+    match read_decision(lake, id).await? {
+        Some(decision) => fate_of(lake, id, decision).await,
+        None => Ok(Fate::Undecided),
+    }
+}
+
+/// The fate of attempt `id`, whose decision is `decision`.
+pub async fn fate_of(lake: &Lake, id: &AttemptId, decision: Decision) -> Result<Fate> {
+    let corrupt = |reason: String| Error::Corrupt { what: "decision", path: lake.path(&decision_path(&id.op, &id.attempt)).to_string(), reason };
+    match decision.outcome {
+        Outcome::Forward => Ok(Fate::Forward(decision)),
+        Outcome::RollBack => Ok(Fate::RolledBack),
+        Outcome::Joined => {
+            let group = decision.group.clone().ok_or_else(|| corrupt("it joined a group but names none".into()))?;
+            let Some(of_group) = read_decision(lake, &group).await? else { return Ok(Fate::InGroup(group)) };
+            match (of_group.outcome, &of_group.members) {
+                (Outcome::RollBack, _) => Ok(Fate::RolledBack),
+                (Outcome::Forward, Some(members)) if members.contains(id) => Ok(Fate::Forward(of_group)),
+                (Outcome::Forward, Some(_)) => Ok(Fate::RolledBack),
+                // Read as "not a member" it would release sources the group's commit published.
+                (Outcome::Forward, None) => Err(corrupt(format!("its group {group} was decided forward without a member list"))),
+                (Outcome::Joined, _) => Err(corrupt(format!("its group {group} joined another group"))),
+            }
+        }
+    }
 }
 
 /// The outcome of trying to claim a source.
@@ -519,12 +607,12 @@ pub async fn claim(lake: &Lake, key: &str, claim: &Claim, maybe: &mut Vec<(Strin
 /// What became of `held`'s generation. A release of it means given back,
 /// whatever its attempt does next (a live load makes way for an older one
 /// and claims again later). Else its intent means in flight. Else the
-/// release and the decision are read again, together: an attempt releases
-/// before it deletes its intent, and is decided before either, so once its
-/// intent is seen gone both are already written. With no intent, a release
-/// or a roll_back decision means given back (a claim that landed late, after
-/// its attempt was rolled back, has no release: its decision says it), and
-/// neither means it published.
+/// release and the fate are read again, together: an attempt releases
+/// before it deletes its intent, and its fate is final before either, so
+/// once its intent is seen gone both are already written. With no intent, a
+/// release or a rolled-back fate means given back (a claim that landed late,
+/// after its attempt was rolled back, has no release: its decision says
+/// it), and neither means it published.
 pub async fn holder(lake: &Lake, key: &str, held: &Claim) -> Result<Holder> {
     let id = AttemptId::new(&held.op, &held.attempt);
     let release = release_path(key, held.generation, &held.attempt);
@@ -535,13 +623,18 @@ pub async fn holder(lake: &Lake, key: &str, held: &Claim) -> Result<Holder> {
     if let Some(intent) = intent? {
         return Ok(Holder::InFlight(intent));
     }
-    let (released, decision) = futures::join!(lake.exists(&release), read_decision(lake, &id));
+    let (released, fate) = futures::join!(lake.exists(&release), fate(lake, &id));
     if released? {
         return Ok(Holder::Released);
     }
-    match decision? {
-        Some(d) if d.outcome == Outcome::RollBack => Ok(Holder::Released),
-        _ => Ok(Holder::Published),
+    match fate? {
+        Fate::RolledBack => Ok(Holder::Released),
+        Fate::Forward(_) | Fate::Undecided => Ok(Holder::Published),
+        Fate::InGroup(group) => Err(Error::Corrupt {
+            what: "intent",
+            path: lake.path(&intent_path(&id.op, &id.attempt)).to_string(),
+            reason: format!("operation {id} ended while its group {group} was undecided; a member's intent goes only after its fate is final"),
+        }),
     }
 }
 

@@ -61,15 +61,7 @@ pub(crate) async fn begin(lake: &Lake, kind: Kind, table: &str, pin: &TablePin, 
 /// anyway), remove the intent. If recovery decided first, the outcome is its
 /// to carry out.
 pub(crate) async fn give_up(lake: &Lake, id: &AttemptId) -> Result<()> {
-    let decision = Decision {
-        op: id.op.clone(),
-        intent: id.attempt.clone(),
-        attempt: id.attempt.clone(),
-        outcome: Outcome::RollBack,
-        by: "writer".into(),
-        at: Utc::now(),
-        versions: BTreeMap::new(),
-    };
+    let decision = Decision::new(&id.op, &id.attempt, &id.attempt, Outcome::RollBack, "writer", BTreeMap::new());
     match sidecar::decide(lake, &decision).await? {
         Created::Mine => sidecar::delete_intent(lake, id).await,
         _ => Ok(()),
@@ -114,15 +106,7 @@ pub(crate) struct Committed<'a> {
 /// manifest version that shows it, and the table's pin there (the commit, or
 /// past it to include others' commits vetted on the way).
 pub(crate) async fn finish(lake: &Lake, mut base: Manifest, c: Committed<'_>, skew: Duration, deadline: &Deadline) -> Result<(u64, u64)> {
-    let decision = Decision {
-        op: c.id.op.clone(),
-        intent: c.id.attempt.clone(),
-        attempt: c.id.attempt.clone(),
-        outcome: Outcome::Forward,
-        by: "writer".into(),
-        at: Utc::now(),
-        versions: BTreeMap::from([(c.table.to_string(), c.version)]),
-    };
+    let decision = Decision::new(&c.id.op, &c.id.attempt, &c.id.attempt, Outcome::Forward, "writer", BTreeMap::from([(c.table.to_string(), c.version)]));
     match sidecar::decide(lake, &decision).await? {
         Created::Mine => {}
         // A vetter or recovery decided our commit forward first: the same outcome.

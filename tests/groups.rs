@@ -1,0 +1,291 @@
+//! Group commits, read side: one Lance commit carrying several single-table
+//! ingests' rows, made by a group attempt of its own. Nothing in sluice
+//! writes groups yet; every worker must read them right before any does
+//! (a vetter that did not would remove a group's commit as a late duplicate).
+//! So these tests build the objects a group leaves by hand (the group's
+//! intent, each member's intent, claim and `joined` decision, the group's
+//! commit of the members' staged fragments) and drive the real door,
+//! vetting and recovery over them, on every backend.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lance::dataset::CommitBuilder;
+use lance::dataset::transaction::{Operation, Transaction};
+use lance::table::format::Fragment;
+use sluice::Lake;
+use sluice::ingest::{self, Budget, SourceStatus};
+use sluice::recover;
+use sluice::sidecar::{self, AttemptId, Claim, Claimed, Decision, Fate, Intent, Outcome};
+
+use crate::common::*;
+
+/// A contended ingest as it joins a group: its intent, its claim on its
+/// one source, its rows staged but not committed.
+struct Member {
+    id: AttemptId,
+    source_id: String,
+    fragments: Vec<Fragment>,
+}
+
+fn new_id(prefix: &str) -> AttemptId {
+    AttemptId::new(&format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]), &uuid::Uuid::now_v7().to_string())
+}
+
+fn intent(id: &AttemptId, kind: &str, table: &str, start_pin: u64, sources: serde_json::Value, lives: Duration) -> Intent {
+    let now = chrono::Utc::now();
+    serde_json::from_value(serde_json::json!({
+        "op": id.op, "attempt": id.attempt, "kind": kind,
+        "tables": { table: { "start_pin": start_pin, "mode": "append" } },
+        "sources": sources,
+        "started_at": now, "deadline": now + lives, "worker": "test",
+    }))
+    .unwrap()
+}
+
+async fn pin(lake: &Lake, table: &str) -> u64 {
+    sluice::manifest::read_latest(lake).await.unwrap().unwrap().tables[table].version
+}
+
+async fn member(lake: &Lake, table: &str, file: &Path, lives: Duration) -> Member {
+    let id = new_id("ingest");
+    let src = sluice::source::Source::resolve(&file.display().to_string()).await.unwrap();
+    let sources = serde_json::json!([{ "table": table, "uri": src.uri, "id": src.id, "identity": src.identity }]);
+    sidecar::create_intent(lake, &intent(&id, "ingest", table, pin(lake, table).await, sources, lives)).await.unwrap();
+    let claim = Claim { op: id.op.clone(), attempt: id.attempt.clone(), source: src.id.clone(), table: table.into(), generation: 0, claimed_at: chrono::Utc::now() };
+    let claimed = sidecar::claim(lake, &sidecar::source_key(&src.id), &claim, &mut Vec::new()).await.unwrap();
+    assert_eq!(claimed, Claimed::Mine { generation: 1 });
+    let ds = Arc::new(lake.open_table(table, None).await.unwrap());
+    let schema = Arc::new(arrow::datatypes::Schema::from(ds.schema()));
+    let reader = arrow::json::ReaderBuilder::new(schema).build(std::io::BufReader::new(std::fs::File::open(file).unwrap())).unwrap();
+    let batches = reader.collect::<Result<Vec<_>, _>>().unwrap();
+    let params = lance::dataset::WriteParams { mode: lance::dataset::WriteMode::Append, ..Default::default() };
+    let staged = lance::dataset::InsertBuilder::new(ds).with_params(&params).execute_uncommitted(batches).await.unwrap();
+    let Operation::Append { fragments } = staged.operation else { panic!("staged {:?}", staged.operation) };
+    Member { id, source_id: src.id, fragments }
+}
+
+async fn group(lake: &Lake, table: &str, lives: Duration) -> AttemptId {
+    let id = new_id("group");
+    sidecar::create_intent(lake, &intent(&id, sidecar::KIND_GROUP, table, pin(lake, table).await, serde_json::json!([]), lives)).await.unwrap();
+    id
+}
+
+/// `member` joins `group`: create-only, before the group's commit.
+async fn join(lake: &Lake, member: &Member, group: &AttemptId) {
+    let decision = Decision { group: Some(group.clone()), ..Decision::new(&member.id.op, &member.id.attempt, &group.attempt, Outcome::Joined, "group", BTreeMap::new()) };
+    assert!(matches!(sidecar::decide(lake, &decision).await.unwrap(), sluice::lake::Created::Mine));
+}
+
+/// Commit `carried` members' fragments as one append, tagged as `group`'s
+/// with `listed` as its members; returns its Lance version.
+async fn commit(lake: &Lake, table: &str, group: &AttemptId, carried: &[&Member], listed: &[&Member]) -> u64 {
+    let ds = Arc::new(lake.open_table(table, None).await.unwrap());
+    let fragments = carried.iter().flat_map(|m| m.fragments.clone()).collect();
+    let mut txn = Transaction::new(ds.version().version, Operation::Append { fragments }, None);
+    let listed: Vec<AttemptId> = listed.iter().map(|m| m.id.clone()).collect();
+    txn.transaction_properties = Some(Arc::new(sidecar::group_properties(group, &listed)));
+    CommitBuilder::new(ds).execute(txn).await.unwrap().version().version
+}
+
+/// A member's own commit of its staged rows (tagged as a lone ingest's).
+async fn stray(lake: &Lake, table: &str, m: &Member) -> u64 {
+    let ds = Arc::new(lake.open_table(table, None).await.unwrap());
+    let mut txn = Transaction::new(ds.version().version, Operation::Append { fragments: m.fragments.clone() }, None);
+    txn.transaction_properties = Some(Arc::new(sidecar::commit_properties(&m.id.op, &m.id.attempt, &m.id.attempt, sidecar::SCOPE_SINGLE)));
+    CommitBuilder::new(ds).execute(txn).await.unwrap().version().version
+}
+
+fn ids_of(ranges: &[std::ops::Range<i64>]) -> Vec<i64> {
+    let mut out: Vec<i64> = ranges.iter().cloned().flatten().collect();
+    out.sort();
+    out
+}
+
+async fn sweep(lake: &Lake) -> recover::SweepReport {
+    recover::sweep(lake, recover::Options { clock_skew: Duration::ZERO, dry_run: false }, Duration::from_secs(60)).await.unwrap()
+}
+
+/// A lone ingest publishing past an undecided group's commit decides the
+/// group forward on its behalf, naming the members its commit lists, and
+/// publishes it once. A member that joined but is not listed (a take whose
+/// answer was lost) is rolled back: recovery releases its source, and the
+/// redelivery ingests it. The listed members' redeliveries are "already
+/// ingested", through the group's decision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_vetter_decides_a_group_forward_with_the_members_its_commit_lists() {
+    for b in all_backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::open(&b.root).unwrap();
+        ingest(&lake, vec![request("t", &[&jsonl(dir.path(), "seed.jsonl", 0..10)])]).await.unwrap();
+        let files = [jsonl(dir.path(), "a.jsonl", 100..110), jsonl(dir.path(), "b.jsonl", 200..220), jsonl(dir.path(), "c.jsonl", 300..305)];
+        let lives = Duration::from_secs(2);
+        let (a, bb, c) = (member(&lake, "t", &files[0], lives).await, member(&lake, "t", &files[1], lives).await, member(&lake, "t", &files[2], lives).await);
+        let g = group(&lake, "t", lives).await;
+        for m in [&a, &bb, &c] {
+            join(&lake, m, &g).await;
+        }
+        let started = Instant::now();
+        let v = commit(&lake, "t", &g, &[&a, &bb], &[&a, &bb]).await;
+        assert_eq!(sidecar::fate(&lake, &a.id).await.unwrap(), Fate::InGroup(g.clone()), "{}", b.name);
+
+        // A lone ingest's publish passes the group's commit: it decides it forward.
+        let x = ingest(&lake, vec![request("t", &[&jsonl(dir.path(), "x.jsonl", 400..403)])]).await.unwrap_or_else(|e| panic!("{}: {e}", b.name));
+        assert!(x.tables["t"].lance_version > v);
+        let decided = sidecar::read_decision(&lake, &g).await.unwrap().expect("the vetter decided the group");
+        assert_eq!((decided.outcome, decided.by.as_str()), (Outcome::Forward, "vetter"), "{}", b.name);
+        assert_eq!(decided.versions, BTreeMap::from([("t".to_string(), v)]));
+        assert_eq!(decided.members, Some(vec![a.id.clone(), bb.id.clone()]), "{}: the members its commit lists", b.name);
+        assert!(matches!(sidecar::fate(&lake, &a.id).await.unwrap(), Fate::Forward(d) if d.versions == decided.versions));
+        assert_eq!(sidecar::fate(&lake, &c.id).await.unwrap(), Fate::RolledBack, "{}: joined, not carried", b.name);
+        assert_eq!(ids(&lake, "t", None).await, ids_of(&[0..10, 100..110, 200..220, 400..403]), "{}", b.name);
+
+        // The members' writers are gone: recovery finishes each through the group.
+        tokio::time::sleep((lives + Duration::from_millis(200)).saturating_sub(started.elapsed())).await;
+        let report = sweep(&lake).await;
+        assert_eq!(report.unresolved(), 0, "{}: {report:?}", b.name);
+        assert!(sidecar::pending(&lake).await.unwrap().is_empty(), "{}: {report:?}", b.name);
+        let audit = sluice::audit::read(&lake, &a.id.op, &a.id.attempt).await.unwrap().unwrap();
+        assert_eq!(audit.verdict, sluice::audit::Verdict::Converged, "{}", b.name);
+        assert!(audit.reason.contains(&g.to_string()), "{}: {}", b.name, audit.reason);
+        assert_eq!(sluice::audit::read(&lake, &c.id.op, &c.id.attempt).await.unwrap().unwrap().verdict, sluice::audit::Verdict::RolledBack);
+
+        // Redelivered: the carried ones are done; the one left out goes in now, once.
+        let again = ingest(&lake, vec![request("t", &[&files[0], &files[1], &files[2]])]).await.unwrap_or_else(|e| panic!("{}: {e}", b.name));
+        let status: BTreeMap<String, SourceStatus> = again.sources.iter().map(|s| (s.uri.clone(), s.status)).collect();
+        assert_eq!(status.values().filter(|s| **s == SourceStatus::AlreadyIngested).count(), 2, "{}: {status:?}", b.name);
+        assert_eq!(again.tables["t"].rows_inserted, 5, "{}", b.name);
+        assert_eq!(ids(&lake, "t", None).await, ids_of(&[0..10, 100..110, 200..220, 300..305, 400..403]), "{}: every row once", b.name);
+    }
+}
+
+/// A redelivery meets a member whose writer and group both died after the
+/// group's commit, nothing decided or published: it resolves the member
+/// (healing first), which resolves the group first (forward, with the members its
+/// commit lists, published), then follows it. The source is "already
+/// ingested" and its rows are in once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redelivery_resolves_a_dead_member_through_its_dead_group() {
+    for b in all_backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::open(&b.root).unwrap();
+        ingest(&lake, vec![request("t", &[&jsonl(dir.path(), "seed.jsonl", 0..10)])]).await.unwrap();
+        let (fa, fb) = (jsonl(dir.path(), "a.jsonl", 100..110), jsonl(dir.path(), "b.jsonl", 200..220));
+        let lives = Duration::from_secs(1);
+        let (a, bb) = (member(&lake, "t", &fa, lives).await, member(&lake, "t", &fb, lives).await);
+        let g = group(&lake, "t", lives).await;
+        join(&lake, &a, &g).await;
+        join(&lake, &bb, &g).await;
+        let v = commit(&lake, "t", &g, &[&a, &bb], &[&a, &bb]).await;
+        tokio::time::sleep(lives + Duration::from_millis(200)).await;
+
+        let budget = Budget { timeout: Duration::from_secs(60), clock_skew: Duration::ZERO };
+        let again = ingest::run(&lake, vec![request("t", &[&fa])], budget, Arc::new(sluice::decode::Progress::default())).await.unwrap_or_else(|e| panic!("{}: {e}", b.name));
+        assert!(again.all_already_ingested(), "{}: {again:?}", b.name);
+        let decided = sidecar::read_decision(&lake, &g).await.unwrap().expect("recovery decided the group");
+        assert_eq!((decided.outcome, decided.by.as_str(), decided.versions["t"]), (Outcome::Forward, "recovery", v), "{}", b.name);
+        assert_eq!(decided.members, Some(vec![a.id.clone(), bb.id.clone()]), "{}", b.name);
+        assert_eq!(ids(&lake, "t", None).await, ids_of(&[0..10, 100..110, 200..220]), "{}", b.name);
+        assert!(!sidecar::intent_exists(&lake, &a.id).await.unwrap() && !sidecar::intent_exists(&lake, &g).await.unwrap(), "{}", b.name);
+
+        // The other member's recovery follows the decided group: nothing left, nothing twice.
+        let report = sweep(&lake).await;
+        assert_eq!(report.unresolved(), 0, "{}: {report:?}", b.name);
+        assert!(sidecar::pending(&lake).await.unwrap().is_empty(), "{}", b.name);
+        assert!(ingest(&lake, vec![request("t", &[&fb])]).await.unwrap().all_already_ingested(), "{}", b.name);
+        assert_eq!(ids(&lake, "t", None).await, ids_of(&[0..10, 100..110, 200..220]), "{}", b.name);
+    }
+}
+
+/// A group that died before its commit is rolled back, and so is every
+/// member: recovery releases the members' sources (never before the group's
+/// fate is known) and the redelivery ingests them once. A member's own
+/// commit (a stray: its rows were to ride in the group's) is removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_members_of_a_group_that_never_committed_are_released() {
+    for b in all_backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::open(&b.root).unwrap();
+        ingest(&lake, vec![request("t", &[&jsonl(dir.path(), "seed.jsonl", 0..10)])]).await.unwrap();
+        let (fa, fb) = (jsonl(dir.path(), "a.jsonl", 100..110), jsonl(dir.path(), "b.jsonl", 200..220));
+        let lives = Duration::from_secs(1);
+        let (a, bb) = (member(&lake, "t", &fa, lives).await, member(&lake, "t", &fb, lives).await);
+        let g = group(&lake, "t", lives).await;
+        join(&lake, &a, &g).await;
+        join(&lake, &bb, &g).await;
+        stray(&lake, "t", &a).await;
+        tokio::time::sleep(lives + Duration::from_millis(200)).await;
+
+        let report = sweep(&lake).await;
+        assert_eq!(report.unresolved(), 0, "{}: {report:?}", b.name);
+        assert!(sidecar::pending(&lake).await.unwrap().is_empty(), "{}: {report:?}", b.name);
+        assert_eq!(sidecar::read_decision(&lake, &g).await.unwrap().map(|d| d.outcome), Some(Outcome::RollBack), "{}", b.name);
+        for m in [&a, &bb] {
+            assert_eq!(sidecar::fate(&lake, &m.id).await.unwrap(), Fate::RolledBack, "{}", b.name);
+            let newest = sidecar::newest_claim(&lake, &sidecar::source_key(&m.source_id)).await.unwrap().unwrap();
+            assert!(sidecar::is_released(&lake, &sidecar::source_key(&m.source_id), &newest).await.unwrap(), "{}: released", b.name);
+        }
+        let lance_rows = lake.open_table("t", None).await.unwrap().count_rows(None).await.unwrap();
+        assert_eq!(lance_rows, 10, "{}: the stray's rows are removed from Lance's latest version too", b.name);
+
+        let again = ingest(&lake, vec![request("t", &[&fa, &fb])]).await.unwrap_or_else(|e| panic!("{}: {e}", b.name));
+        assert!(again.sources.iter().all(|s| s.status == SourceStatus::Ingested), "{}: {again:?}", b.name);
+        assert_eq!(ids(&lake, "t", None).await, ids_of(&[0..10, 100..110, 200..220]), "{}: every row once", b.name);
+    }
+}
+
+/// A member's own commit (a stray) between the published pin and a lone
+/// ingest's commit: the member is bound to its group, so that commit can
+/// never be named forward. The lone ingest removes it and publishes at once,
+/// without waiting for the member's writer (alive, deadline far off).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_members_own_commit_is_removed_without_waiting() {
+    for b in all_backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::open(&b.root).unwrap();
+        ingest(&lake, vec![request("t", &[&jsonl(dir.path(), "seed.jsonl", 0..10)])]).await.unwrap();
+        let a = member(&lake, "t", &jsonl(dir.path(), "a.jsonl", 100..110), Duration::from_secs(600)).await;
+        let g = group(&lake, "t", Duration::from_secs(600)).await;
+        join(&lake, &a, &g).await;
+        stray(&lake, "t", &a).await;
+
+        let started = Instant::now();
+        ingest(&lake, vec![request("t", &[&jsonl(dir.path(), "x.jsonl", 400..403)])]).await.unwrap_or_else(|e| panic!("{}: {e}", b.name));
+        assert!(started.elapsed() < Duration::from_secs(20), "{}: waited {:?} for a live member", b.name, started.elapsed());
+        assert_eq!(ids(&lake, "t", None).await, ids_of(&[0..10, 400..403]), "{}: the stray is not shown", b.name);
+        assert_eq!(lake.open_table("t", None).await.unwrap().count_rows(None).await.unwrap(), 13, "{}: and removed", b.name);
+        assert_eq!(sidecar::fate(&lake, &a.id).await.unwrap(), Fate::InGroup(g), "{}: its fate is still its group's", b.name);
+    }
+}
+
+/// A group decided forward without a member list (no sluice writes one) is
+/// refused, never guessed: read as "no members" it would release every
+/// member's source while their rows are shown, and the next delivery would
+/// ingest them twice. A redelivery and a lone ingest both stop with the
+/// reason, and nothing is ingested twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_group_decided_forward_without_members_is_refused() {
+    for b in all_backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::open(&b.root).unwrap();
+        ingest(&lake, vec![request("t", &[&jsonl(dir.path(), "seed.jsonl", 0..10)])]).await.unwrap();
+        let fa = jsonl(dir.path(), "a.jsonl", 100..110);
+        let a = member(&lake, "t", &fa, Duration::from_secs(600)).await;
+        let g = group(&lake, "t", Duration::from_secs(600)).await;
+        join(&lake, &a, &g).await;
+        let v = commit(&lake, "t", &g, &[&a], &[&a]).await;
+        let bare = Decision::new(&g.op, &g.attempt, &g.attempt, Outcome::Forward, "writer", BTreeMap::from([("t".to_string(), v)]));
+        sidecar::decide(&lake, &bare).await.unwrap();
+        sidecar::delete_intent(&lake, &a.id).await.unwrap();
+
+        let e = sidecar::fate(&lake, &a.id).await.expect_err("no guess");
+        assert!(e.to_string().contains("without a member list"), "{}: {e}", b.name);
+        let e = ingest(&lake, vec![request("t", &[&fa])]).await.expect_err("a redelivery must not guess");
+        assert!(e.to_string().contains("without a member list"), "{}: {e}", b.name);
+        let e = ingest(&lake, vec![request("t", &[&jsonl(dir.path(), "x.jsonl", 400..403)])]).await.expect_err("nor may a publish pass it");
+        assert!(e.to_string().contains("lists no members"), "{}: {e}", b.name);
+        assert_eq!(ids(&lake, "t", None).await, ids_of(&[0..10]), "{}: nothing published", b.name);
+    }
+}
