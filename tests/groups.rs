@@ -289,3 +289,183 @@ async fn a_group_decided_forward_without_members_is_refused() {
         assert_eq!(ids(&lake, "t", None).await, ids_of(&[0..10]), "{}: nothing published", b.name);
     }
 }
+
+/// A group's commit whose tag lists a member not bound to it (no `joined`
+/// decision: that member could still be decided on its own) is never decided
+/// forward, by a vetter or by recovery: its rows could be shown twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_group_listing_a_member_not_bound_to_it_is_refused() {
+    for b in all_backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::open(&b.root).unwrap();
+        ingest(&lake, vec![request("t", &[&jsonl(dir.path(), "seed.jsonl", 0..10)])]).await.unwrap();
+        let lives = Duration::from_secs(1);
+        let (a, bb) = (member(&lake, "t", &jsonl(dir.path(), "a.jsonl", 100..110), lives).await, member(&lake, "t", &jsonl(dir.path(), "b.jsonl", 200..220), lives).await);
+        let g = group(&lake, "t", lives).await;
+        join(&lake, &a, &g).await;
+        commit(&lake, "t", &g, &[&a, &bb], &[&a, &bb]).await;
+
+        let e = ingest(&lake, vec![request("t", &[&jsonl(dir.path(), "x.jsonl", 400..403)])]).await.expect_err("a publish must not pass it");
+        assert!(e.to_string().contains(&format!("its member {} has no decision binding it", bb.id)), "{}: {e}", b.name);
+        assert_eq!(sidecar::read_decision(&lake, &g).await.unwrap(), None, "{}: the group is not decided", b.name);
+
+        tokio::time::sleep(lives + Duration::from_millis(200)).await;
+        // Recovery refuses the group (met first through its bound member, which
+        // follows it; the sweep then waits out its own lease on the group: a short one).
+        let opts = recover::Options { clock_skew: Duration::ZERO, dry_run: false };
+        let report = recover::sweep(&lake, opts, Duration::from_secs(5)).await.unwrap();
+        let refused = report.ops.iter().any(|o| matches!(&o.action, recover::Action::Refused { reason } if reason.contains("has no decision binding it")));
+        assert!(refused, "{}: {report:?}", b.name);
+        assert_eq!(sidecar::read_decision(&lake, &g).await.unwrap(), None, "{}", b.name);
+        assert_eq!(ids(&lake, "t", None).await, ids_of(&[0..10]), "{}: nothing of it shown", b.name);
+    }
+}
+
+/// A group takes a member while the member's recovery is between its first
+/// look and its decision (held where it takes the version after the
+/// member's start pin). The recovery then finds the member joined: it
+/// follows the group (dead, nothing committed: rolled back), releases the
+/// member's source, and the redelivery ingests it once.
+#[test]
+fn a_take_during_a_members_recovery_is_followed() {
+    on_each_backend(|b| {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::open(&b.root).unwrap();
+        let fa = jsonl(dir.path(), "a.jsonl", 100..110);
+        let (a, g) = rt.block_on(async {
+            ingest(&lake, vec![request("t", &[&jsonl(dir.path(), "seed.jsonl", 0..10)])]).await.unwrap();
+            let a = member(&lake, "t", &fa, Duration::from_secs(1)).await;
+            (a, group(&lake, "t", Duration::from_secs(1)).await)
+        });
+        std::thread::sleep(Duration::from_millis(1200));
+
+        let sweep = hold_at(sluice(&b.root).args(["--json", "--clock-skew", "0s", "recover", "--timeout", "60s"]), "recover.before-fence");
+        rt.block_on(join(&lake, &a, &g));
+        sweep.release();
+        let out = sweep.wait_with_output();
+        assert_eq!(out.status.code(), Some(0), "{}: the sweep must follow the take", b.name);
+        rt.block_on(async {
+            assert!(sidecar::pending(&lake).await.unwrap().is_empty(), "{}", b.name);
+            assert_eq!(sidecar::fate(&lake, &a.id).await.unwrap(), Fate::RolledBack, "{}", b.name);
+            let again = ingest(&lake, vec![request("t", &[&fa])]).await.unwrap_or_else(|e| panic!("{}: {e}", b.name));
+            assert_eq!(again.sources[0].status, SourceStatus::Ingested, "{}", b.name);
+            assert_eq!(ids(&lake, "t", None).await, ids_of(&[0..10, 100..110]), "{}: once", b.name);
+        });
+    });
+}
+
+/// The decisions a finished group of one leaves: the writer joined its
+/// group, and the group was decided forward at one commit, naming it.
+fn group_of_one(root: &str) -> (serde_json::Value, serde_json::Value) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let lake = Lake::open(root).unwrap();
+    rt.block_on(async {
+        let mut joined = None;
+        let mut forward = None;
+        for meta in lake.list("_decisions").await.unwrap() {
+            let d: serde_json::Value = lake.get_json(lake.relative(&meta.location).unwrap().as_str()).await.unwrap().unwrap();
+            match d["outcome"].as_str() {
+                Some("joined") => joined = Some(d),
+                Some("forward") if d["op"].as_str().is_some_and(|op| op.starts_with("group-")) => forward = Some(d),
+                _ => {}
+            }
+        }
+        (joined.expect("the writer joined a group"), forward.expect("the group was decided forward"))
+    })
+}
+
+fn contended(root: &str, file: &Path, extra: &[&str]) -> std::process::Command {
+    let mut cmd = sluice(root);
+    cmd.env("SLUICE_TEST_CONTENDED", "1").args(["--json", "ingest", "--table", "t"]).args(extra).arg(file);
+    cmd
+}
+
+/// A contended append commits as a group of one: the writer binds itself to
+/// a group of its own, the group commits its rows, decides forward naming it,
+/// and publishes; both intents go. A redelivery is "already ingested"
+/// through the group's decision.
+#[test]
+fn a_contended_ingest_commits_as_a_group_of_one() {
+    on_each_backend(|b| {
+        let dir = tempfile::tempdir().unwrap();
+        seeded(&b.root, dir.path(), &["t"]);
+        let a = jsonl(dir.path(), "a.jsonl", 100..130);
+        let out = run(&mut contended(&b.root, &a, &[]));
+        assert_eq!(out.status.code(), Some(0), "{}", b.name);
+        assert_eq!(json(&out)["tables"]["t"]["rows_inserted"], 30, "{}", b.name);
+        let (joined, forward) = group_of_one(&b.root);
+        assert_eq!(joined["group"]["attempt"], forward["intent"], "{}: it joined that group", b.name);
+        assert_eq!(forward["members"], serde_json::json!([{ "op": joined["op"], "attempt": joined["intent"] }]), "{}", b.name);
+        assert_eq!(forward["by"], "writer", "{}", b.name);
+        assert_eq!(pending(&b.root), 0, "{}: both intents are gone", b.name);
+        assert_eq!(scan_ids(&b.root, "t"), ids_of(&[0..5, 100..130]), "{}", b.name);
+        let again = run(&mut contended(&b.root, &a, &[]));
+        assert_eq!(again.status.code(), Some(0), "{}", b.name);
+        assert_eq!(json(&again)["sources"][0]["status"], "already_ingested", "{}", b.name);
+        assert_eq!(scan_ids(&b.root, "t"), ids_of(&[0..5, 100..130]), "{}: once", b.name);
+    });
+}
+
+/// A group's writer stalls before its commit past its deadline; a sweep
+/// rolls the group back (nothing committed), and with it the writer, whose
+/// source it releases. The writer wakes: its commit lands but can never be
+/// decided forward, so it fails; the redelivery removes that late commit and
+/// ingests the source once.
+#[test]
+fn a_stale_group_writer_never_publishes() {
+    on_each_backend(|b| {
+        let dir = tempfile::tempdir().unwrap();
+        seeded(&b.root, dir.path(), &["t"]);
+        let a = jsonl(dir.path(), "a.jsonl", 100..130);
+        // Its clock runs 10 minutes behind: its intents look expired at once.
+        let mut cmd = contended(&b.root, &a, &["--timeout", "60s"]);
+        let held = hold_at(cmd.env("SLUICE_TEST_CLOCK_BEHIND_MS", "600000"), "group.commit-checked");
+        let sweep = run(sluice(&b.root).args(["--json", "--clock-skew", "0s", "recover", "--timeout", "30s"]));
+        assert_eq!(sweep.status.code(), Some(0), "{}", b.name);
+        assert_eq!(pending(&b.root), 0, "{}: the writer and its group are rolled back", b.name);
+        held.release();
+        let out = held.wait_with_output();
+        assert_eq!(out.status.code(), Some(1), "{}: the stale writer fails", b.name);
+        assert!(String::from_utf8_lossy(&out.stderr).contains("was decided otherwise while this worker stalled"), "{}", b.name);
+        assert_eq!(scan_ids(&b.root, "t"), ids_of(&[0..5]), "{}: nothing of it shown", b.name);
+        let again = run(sluice(&b.root).args(["ingest", "--table", "t"]).arg(&a));
+        assert_eq!(again.status.code(), Some(0), "{}", b.name);
+        assert_eq!(scan_ids(&b.root, "t"), ids_of(&[0..5, 100..130]), "{}: once", b.name);
+        assert_eq!(pending(&b.root), 0, "{}", b.name);
+    });
+}
+
+/// A group's commit fails outright (its manifest PUT refused with an
+/// error, so Lance and the table's history both show it did not land): its
+/// writer decides the group rolled back, gives its claims back, removes both
+/// intents and fails. The redelivery ingests the source once.
+#[test]
+fn a_group_whose_commit_failed_is_rolled_back_by_its_writer() {
+    on_each_backend(|b| {
+        let dir = tempfile::tempdir().unwrap();
+        seeded(&b.root, dir.path(), &["t"]);
+        let a = jsonl(dir.path(), "a.jsonl", 100..130);
+        let mut cmd = contended(&b.root, &a, &["--timeout", "60s"]);
+        let out = run(cmd.env("SLUICE_FAULTS", "rule=t.lance/_versions/:rejected:1"));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("fault: rejected"), "{}: {stderr}", b.name);
+        assert_eq!(out.status.code(), Some(1), "{}: {stderr}", b.name);
+        assert_eq!(pending(&b.root), 0, "{}: rolled back and finished by its writer", b.name);
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let lake = Lake::open(&b.root).unwrap();
+        let rolled_back = rt.block_on(async {
+            let mut outcomes = Vec::new();
+            for meta in lake.list("_decisions").await.unwrap() {
+                let d: Decision = lake.get_json(lake.relative(&meta.location).unwrap().as_str()).await.unwrap().unwrap();
+                outcomes.push((d.outcome, d.by));
+            }
+            outcomes
+        });
+        assert!(rolled_back.contains(&(Outcome::RollBack, "writer".to_string())), "{}: {rolled_back:?}", b.name);
+        assert_eq!(scan_ids(&b.root, "t"), ids_of(&[0..5]), "{}", b.name);
+        let again = run(sluice(&b.root).args(["ingest", "--table", "t"]).arg(&a));
+        assert_eq!(again.status.code(), Some(0), "{}", b.name);
+        assert_eq!(scan_ids(&b.root, "t"), ids_of(&[0..5, 100..130]), "{}: once", b.name);
+    });
+}

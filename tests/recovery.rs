@@ -23,6 +23,8 @@ enum Kind {
     Index,
     /// An ingest whose source has a column the table adds first.
     Columns,
+    /// An append committed as a group of one (`SLUICE_TEST_CONTENDED`).
+    Group,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,7 +43,22 @@ struct Case {
     sweep: Option<&'static str>,
 }
 
-const KINDS: [Kind; 6] = [Kind::Append, Kind::Upsert, Kind::Load, Kind::Optimize, Kind::Index, Kind::Columns];
+const KINDS: [Kind; 7] = [Kind::Append, Kind::Upsert, Kind::Load, Kind::Optimize, Kind::Index, Kind::Columns, Kind::Group];
+/// A group's writer: the door's steps around its commit, and the group's own.
+const GROUP_WRITER: &[&str] = &[
+    AFTER_INTENT,
+    BEFORE_CLAIM,
+    AFTER_CLAIMS,
+    BEFORE_COMMIT,
+    GROUP_AFTER_INTENT,
+    GROUP_AFTER_SELF_TAKE,
+    GROUP_COMMIT_CHECKED,
+    GROUP_AFTER_COMMIT,
+    GROUP_AFTER_DECISION,
+    BEFORE_PUBLISH,
+    AFTER_PUBLISH,
+    BEFORE_FINISH,
+];
 const CRASHES: [Crash; 2] = [Crash::Error, Crash::Kill9];
 
 fn matrix() -> Vec<Case> {
@@ -53,6 +70,7 @@ fn matrix() -> Vec<Case> {
                 Kind::Optimize => OPTIMIZE,
                 Kind::Index => INDEX,
                 Kind::Columns => COLUMNS,
+                Kind::Group => GROUP_WRITER,
                 _ => WRITER,
             };
             if !own.contains(&fp) && !RECOVERY.contains(&fp) {
@@ -62,6 +80,7 @@ fn matrix() -> Vec<Case> {
                 Kind::Optimize => OPTIMIZE_AFTER_COMMIT,
                 Kind::Index => INDEX_AFTER_COMMIT,
                 Kind::Columns => COLUMNS_AFTER_COMMIT,
+                Kind::Group => GROUP_AFTER_COMMIT,
                 _ => AFTER_COMMIT,
             };
             for crash in CRASHES {
@@ -83,7 +102,7 @@ struct Workload {
 
 fn workload(kind: Kind, root: String, dir: &Path) -> Workload {
     let seeds: &[(&str, &[&str])] = match kind {
-        Kind::Append => &[("t", &[])],
+        Kind::Append | Kind::Group => &[("t", &[])],
         Kind::Upsert => &[("u", &["--mode", "upsert", "--key", "id"])],
         Kind::Load => &[("a", &[]), ("b", &[])],
         Kind::Optimize => {
@@ -104,7 +123,7 @@ fn workload(kind: Kind, root: String, dir: &Path) -> Workload {
         assert_eq!(out.status.code(), Some(0), "seeding {table}");
     }
     let (args, expect): (Vec<String>, _) = match kind {
-        Kind::Append => {
+        Kind::Append | Kind::Group => {
             let f = jsonl(dir, "new-t.jsonl", 100..110);
             (["ingest", "--table", "t"].map(String::from).into_iter().chain([f.display().to_string()]).collect(), vec![("t", (0..5).chain(100..110).collect())])
         }
@@ -146,7 +165,15 @@ fn run_case(case: Case, root: String, dir: &Path) {
     let w = workload(case.kind, root, dir);
     let writer_crash = if case.sweep.is_some() { Crash::Kill9 } else { case.crash };
     // The crashed writer's deadline is short, so sweeps soon may act on it.
-    crash(sluice(&w.root).args(&w.args).args(["--timeout", "4s"]), case.writer, writer_crash);
+    // A group's writer, and its redelivery, commit as groups.
+    let writer = |root: &str| {
+        let mut cmd = sluice(root);
+        if case.kind == Kind::Group {
+            cmd.env("SLUICE_TEST_CONTENDED", "1");
+        }
+        cmd
+    };
+    crash(writer(&w.root).args(&w.args).args(["--timeout", "4s"]), case.writer, writer_crash);
 
     if let Some(fp) = case.sweep {
         // Wait the writer out, then crash the first sweep at its own step.
@@ -163,7 +190,7 @@ fn run_case(case: Case, root: String, dir: &Path) {
 
     // Redeliver: the source's rows end up published exactly once.
     // The redelivery's is long: it proves convergence, not speed under load.
-    let out = run(sluice(&w.root).args(&w.args).args(["--timeout", "60s"]));
+    let out = run(writer(&w.root).args(&w.args).args(["--timeout", "60s"]));
     assert_eq!(out.status.code(), Some(0), "{case:?}: the redelivery succeeds");
     if case.kind == Kind::Optimize {
         let s = status(&w.root);
@@ -198,8 +225,9 @@ fn run_case(case: Case, root: String, dir: &Path) {
     ops.dedup();
     assert_eq!(ops.len(), n, "{case:?}: one audit record per operation");
     if case.sweep.is_some() {
-        // An ingest that died after adding columns left two operations: the columns' and its own.
-        let dead = if case.kind == Kind::Columns { 2 } else { 1 };
+        // An ingest that died after adding columns left two operations: the
+        // columns' and its own; a group's writer, its group's and its own.
+        let dead = if matches!(case.kind, Kind::Columns | Kind::Group) { 2 } else { 1 };
         assert_eq!(n, dead, "{case:?}: the dead writer's operations were audited");
     }
 

@@ -97,22 +97,6 @@ impl Error {
         }
     }
 
-    /// True only when the failure proves no Lance commit of the operation landed
-    /// (an ambiguous failure, such as a timeout, may hide a landed commit).
-    pub fn surely_uncommitted(&self) -> bool {
-        match self {
-            Error::Deadline { .. } | Error::BadInput(_) | Error::Usage(_) | Error::Changed { .. } | Error::MisCut { .. } => true,
-            Error::Lance { source, .. } => matches!(
-                source,
-                lance::Error::IncompatibleTransaction { .. }
-                    | lance::Error::RetryableCommitConflict { .. }
-                    | lance::Error::CommitConflict { .. }
-                    | lance::Error::TooMuchWriteContention { .. }
-            ),
-            _ => false,
-        }
-    }
-
     pub fn store(path: impl ToString, source: object_store::Error) -> Self {
         Error::Store { path: path.to_string(), source }
     }

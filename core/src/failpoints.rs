@@ -89,6 +89,19 @@ pub const READ_AHEAD_FIRST_ROWS: &str = "ingest.read-ahead";
 /// Staging took what was read ahead: the file is the version hashed.
 pub const READ_AHEAD_KEPT: &str = "stage.kept-read-ahead";
 
+/// A group's intent is written; no member bound yet (`group.rs`).
+pub const GROUP_AFTER_INTENT: &str = "group.after-intent";
+/// The contended writer bound itself to its group (`joined`); nothing committed.
+pub const GROUP_AFTER_SELF_TAKE: &str = "group.after-self-take";
+/// The group's commit is built and its deadline checked; Lance is next.
+pub const GROUP_COMMIT_CHECKED: &str = "group.commit-checked";
+/// The group's commit landed; the group is not decided yet.
+pub const GROUP_AFTER_COMMIT: &str = "group.after-commit";
+/// The group's commit did not land; its writer is about to decide it rolled back.
+pub const GROUP_BEFORE_GIVE_UP: &str = "group.before-give-up";
+/// The group is decided forward; not published yet.
+pub const GROUP_AFTER_DECISION: &str = "group.after-decision";
+
 /// The writer's steps (a crash here leaves work for recovery).
 pub const WRITER: &[&str] = &[AFTER_INTENT, BEFORE_CLAIM, AFTER_CLAIMS, BEFORE_COMMIT, COMMIT_CHECKED, AFTER_COMMIT, BEFORE_DECISION, AFTER_DECISION, BEFORE_PUBLISH, AFTER_PUBLISH, BEFORE_FINISH];
 /// The optimizer's own steps.
@@ -99,6 +112,8 @@ pub const INDEX: &[&str] = &[INDEX_AFTER_INTENT, INDEX_AFTER_BUILD, INDEX_AFTER_
 pub const COLUMNS: &[&str] = &[COLUMNS_BEFORE_COMMIT, COLUMNS_AFTER_COMMIT];
 /// Steps that only read (a rendezvous for tests; nothing is left behind).
 pub const READ: &[&str] = &[SCAN_AFTER_OPEN, BEFORE_HASH, READ_AHEAD_FIRST_ROWS, READ_AHEAD_KEPT];
+/// A group's steps on the common path (its give-up is met only when its commit fails).
+pub const GROUP: &[&str] = &[GROUP_AFTER_INTENT, GROUP_AFTER_SELF_TAKE, GROUP_COMMIT_CHECKED, GROUP_AFTER_COMMIT, GROUP_AFTER_DECISION];
 /// Recovery's own steps (a crash here leaves work for the next sweep).
 pub const RECOVERY: &[&str] = &[RECOVER_BEFORE_LEASE, RECOVER_AFTER_LEASE, RECOVER_AFTER_DECISION, RECOVER_AFTER_EFFECTS, RECOVER_BEFORE_FINISH];
 
@@ -133,6 +148,12 @@ pub const ALL: &[&str] = &[
     BEFORE_HASH,
     READ_AHEAD_FIRST_ROWS,
     READ_AHEAD_KEPT,
+    GROUP_AFTER_INTENT,
+    GROUP_AFTER_SELF_TAKE,
+    GROUP_COMMIT_CHECKED,
+    GROUP_AFTER_COMMIT,
+    GROUP_BEFORE_GIVE_UP,
+    GROUP_AFTER_DECISION,
 ];
 
 /// How far behind this worker's clock runs, as the deadline it records in
@@ -149,6 +170,14 @@ pub fn clock_behind() -> std::time::Duration {
 /// small files into several parts; see `parts.rs`).
 pub fn part_bytes() -> Option<u64> {
     if cfg!(feature = "failpoints") { std::env::var("SLUICE_TEST_PART_BYTES").ok().and_then(|v| v.parse().ok()) } else { None }
+}
+
+/// Whether a single-table append commits as a group (of one, itself) instead
+/// of on its own: `SLUICE_TEST_CONTENDED`, read only in builds with
+/// failpoints. The writing side of group commits is built step by step
+/// (`group.rs`); until it takes other writers, nothing else sends one there.
+pub fn contended() -> bool {
+    cfg!(feature = "failpoints") && std::env::var_os("SLUICE_TEST_CONTENDED").is_some()
 }
 
 /// After how many bytes every reader of a source's stored bytes fails, as a

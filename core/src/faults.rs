@@ -31,12 +31,12 @@ pub enum Fault {
     /// Apply the PUT, then take this many milliseconds to answer (success):
     /// a caller's timeout fires after the write happened.
     AppliedThenSlow(u64),
-    /// Answer with a transport error at once, and apply the PUT only when the
-    /// store's next request to another path arrives: a write that lands after
-    /// the client read back and found nothing.
     /// Apply the PUT, then answer as a client that timed out, retried the
     /// create-only PUT and was told the object already exists.
     AppliedThenAlreadyExists,
+    /// Answer with a transport error at once, and apply the PUT only when the
+    /// store's next PUT to another path arrives: a write that lands after
+    /// the client read back and found nothing.
     LandsLate,
     /// Apply the PUT, then answer with a transport error.
     AppliedThenError,

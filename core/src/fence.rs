@@ -40,6 +40,9 @@ use crate::manifest::{self, Manifest};
 use crate::upsert_undo::{self, Undo};
 use crate::sidecar::{self, AttemptId, Outcome, PROP_INTENT, PROP_MEMBERS, PROP_OP, PROP_REMOVES, PROP_SCOPE, SCOPE_COLUMNS, SCOPE_FENCE, SCOPE_GROUP, SCOPE_MULTI, SCOPE_ROLLBACK};
 
+/// Budget for removing a writer's own late commit when it gives up (it is
+/// fenced by its roll-back decision, so it may run past its deadline).
+pub(crate) const LATE_REMOVAL: Duration = Duration::from_secs(30);
 /// Versions a writer reads to learn whether its own commit landed.
 const MAX_HISTORY: u64 = 100_000;
 /// Longest pause between polls of another worker's progress.
@@ -322,12 +325,13 @@ async fn latest_pin(lake: &Lake, table: &str, seen: &Seen) -> Result<Option<u64>
 /// is waited for.
 #[allow(clippy::too_many_arguments)]
 async fn standing(lake: &Lake, table: &str, version: u64, id: &AttemptId, scope: &Scope, by: Option<&str>, joined: &BTreeSet<AttemptId>, seen: &Seen) -> Result<Standing> {
-    let no_members = || {
+    let unattributed = |why: &str| {
         Standing::Unprovable(format!(
-            "table '{table}' version {version} is a commit of group {id} that lists no members readably; sluice will not \
-             publish rows it cannot attribute. Run `sluice adopt {table}` if they are wanted; else repair the table"
+            "table '{table}' version {version} is a commit of group {id}, but {why}; sluice will not publish rows it \
+             cannot attribute. Run `sluice adopt {table}` if they are wanted; else repair the table"
         ))
     };
+    let no_members = || unattributed("it lists no members readably");
     let multi = *scope == Scope::Multi;
     let mut decision = sidecar::read_decision(lake, id).await?;
     if decision.is_none() {
@@ -335,7 +339,10 @@ async fn standing(lake: &Lake, table: &str, version: u64, id: &AttemptId, scope:
             let members = match scope {
                 Scope::Multi => return Ok(Standing::Pending(intent)),
                 Scope::Single => None,
-                Scope::Group(Some(members)) => Some(members.clone()),
+                Scope::Group(Some(members)) => match sidecar::unbound_member(lake, id, members).await? {
+                    Some(why) => return Ok(unattributed(&why)),
+                    None => Some(members.clone()),
+                },
                 Scope::Group(None) => return Ok(no_members()),
             };
             match by {

@@ -46,7 +46,8 @@ use crate::fence;
 use crate::recover;
 use crate::sidecar::{self, AttemptId, Claim, Claimed, Decision, Holder, Intent, IntentTable, Outcome, SourceRef};
 use crate::source::Source;
-use crate::stage::{Opening, Staged, Stager, TableWork, check_mode};
+use crate::group;
+use crate::stage::{Appended, Opening, Staged, Stager, TableWork, check_mode};
 pub use crate::stage::{TableReport, TableRequest};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -156,9 +157,6 @@ const CONCURRENT_SOURCES: usize = 16;
 /// Sources up to this size in all are staged alongside the claims: a round
 /// trip saved, and at most this much staged for nothing when a claim is lost.
 const SPECULATE_MAX_BYTES: u64 = 8 << 20;
-/// Budget for removing our own late commit when giving up (it is fenced by our
-/// roll-back decision, so it may run past our deadline).
-const LATE_REMOVAL: Duration = Duration::from_secs(30);
 
 /// Ingest the tables' sources as one operation: all of it visible in one
 /// manifest version, or none of it. A single table is an `ingest`; several a `load`.
@@ -416,8 +414,17 @@ impl Door<'_> {
         if let Err(e) = failpoints::hit(failpoints::BEFORE_COMMIT) {
             return Err(self.abandon(&tables, &ours, e).await);
         }
+        // A group commit (of one, for now: `group.rs`) decides and publishes its own way.
+        let mut group = None;
+        if self.contended(&tables) {
+            ours.commit_started = true;
+            match staged.pop().expect("one table, one stage").into_append() {
+                Ok(appended) => group = Some(self.commit_as_group(&intent, &mut tables, appended, &ours).await?),
+                Err(stage) => staged.push(stage),
+            }
+        }
         let mut any_committed = false;
-        for i in 0..tables.len() {
+        for i in 0..staged.len() {
             let stage = staged.remove(0);
             ours.commit_started = true;
             match self.commit(&mut tables[i], stage).await {
@@ -432,7 +439,9 @@ impl Door<'_> {
                 Err(e) => return Err(e),
             }
         }
-        let (version, created) = match beside_its_decision(&tables, self.w.multi) {
+        let (version, created) = match group.is_none() && beside_its_decision(&tables, self.w.multi) {
+            // Its group decided it: published after that decision, never beside it.
+            false if group.is_some() => self.publish(&tables, base).await?,
             // Its decision goes beside the publish (one round trip, not two).
             true => {
                 let (published, decided) = futures::join!(self.publish(&tables, base), self.record_forward(&tables));
@@ -453,9 +462,43 @@ impl Door<'_> {
             }
         };
         let id = self.id();
-        let ((), finished) = futures::join!(hint, sidecar::delete_intent(self.w.lake, &id));
+        let group_done = async {
+            match &group {
+                Some(g) => sidecar::delete_intent(self.w.lake, g).await,
+                None => Ok(()),
+            }
+        };
+        let ((), finished, group_done) = futures::join!(hint, sidecar::delete_intent(self.w.lake, &id), group_done);
         finished?;
+        group_done?;
         self.report(Some(version), &tables, elsewhere).await
+    }
+
+    /// Does this attempt commit as a group? A single-table append onto a
+    /// published table that changes no settings, and (until groups take
+    /// other writers) only under the test knob.
+    fn contended(&self, tables: &[TableWork]) -> bool {
+        failpoints::contended() && !self.w.multi && matches!(tables, [t] if t.mode == Mode::Append && t.start_pin.is_some() && t.changes.is_empty())
+    }
+
+    /// Commit `tables`' one table as a group of one ([`group::commit_alone`]);
+    /// returns the group, decided forward at the table's commit.
+    async fn commit_as_group(&self, intent: &Intent, tables: &mut [TableWork], appended: Appended, ours: &Ours) -> Result<AttemptId> {
+        match group::commit_alone(self.w.lake, intent, appended, &self.w.deadline).await {
+            Ok(c) => {
+                let t = &mut tables[0];
+                (t.committed, t.committed_manifest) = (Some(c.version), c.manifest);
+                t.report = Some(TableReport { lance_version: c.version, rows_inserted: c.rows, rows_updated: 0 });
+                Ok(c.group)
+            }
+            Err(group::Failed::Alone(e)) => Err(self.abandon(tables, ours, e).await),
+            // The group is rolled back for good: our claims are ours to give back.
+            Err(group::Failed::RolledBack(e)) => match self.give_back_and_end(ours).await {
+                Ok(()) => Err(e),
+                Err(then) => Err(chain(e, then)),
+            },
+            Err(group::Failed::Left(e)) => Err(e),
+        }
     }
 
     /// Commit `t`'s staged rows. A table creation that lost the race at
@@ -800,17 +843,23 @@ impl Door<'_> {
             for t in tables {
                 let Some(history) = fence::commits_of(self.w.lake, &t.request.table, t.start_pin.unwrap_or(0), &id, &seen, u64::MAX).await? else { continue };
                 for (version, _) in history.standing() {
-                    if let Err(reason) = fence::remove_commit(self.w.lake, &t.request.table, &id, &self.w.attempt, version, &Deadline::after(LATE_REMOVAL)).await? {
+                    if let Err(reason) = fence::remove_commit(self.w.lake, &t.request.table, &id, &self.w.attempt, version, &Deadline::after(fence::LATE_REMOVAL)).await? {
                         // The intent stays: recovery reports the refusal.
                         return Err(Error::Blocked(reason));
                     }
                 }
             }
         }
+        self.give_back_and_end(ours).await
+    }
+
+    /// The last steps of an attempt rolled back for good: release every
+    /// claim generation it holds or may hold, then remove its intent.
+    async fn give_back_and_end(&self, ours: &Ours) -> Result<()> {
         for (source, generation) in ours.claimed.iter().chain(&ours.maybe) {
             sidecar::release(self.w.lake, source, *generation, &self.w.attempt).await?;
         }
-        sidecar::delete_intent(self.w.lake, &id).await
+        sidecar::delete_intent(self.w.lake, &self.id()).await
     }
     /// Copy the bad source and its reason under `_quarantine/<source id>/`;
     /// returns where the copy is.
@@ -850,6 +899,7 @@ impl Door<'_> {
         match sidecar::decide(self.w.lake, &decision).await? {
             Created::Mine => {}
             Created::Theirs(theirs) if theirs.outcome == Outcome::Forward && theirs.versions == decision.versions => {}
+            Created::Theirs(theirs) if theirs.outcome == Outcome::Joined => return Err(joined(&self.id(), &theirs)),
             Created::Theirs(theirs) => {
                 return Err(Error::Blocked(format!(
                     "operation {} published its commit at {:?} beside its decision, but it was decided otherwise meanwhile \

@@ -17,6 +17,7 @@ mod exact;
 pub mod failpoints;
 pub mod faults;
 pub mod fence;
+mod group;
 pub mod hide_newer;
 pub mod index;
 mod inline_transactions;

@@ -527,21 +527,6 @@ impl Recovery<'_> {
     async fn run(&self) -> Result<Action> {
         let mut state = self.inspect().await?;
         let mut plan = self.plan(&state).await?;
-        // A member's fate is its group's: resolve the group first if its owner is dead.
-        if let Plan::Follow(group) = &plan {
-            let action = Box::pin(resolve_attempt(self.lake, group, self.skew, self.deadline)).await?;
-            state = self.inspect().await?;
-            plan = self.plan(&state).await?;
-            if let Plan::Follow(group) = &plan {
-                return Ok(match action {
-                    Action::Refused { reason } => Action::Refused { reason: format!("it joined group {group}, which recovery refused: {reason}") },
-                    Action::Decided { .. } | Action::DoneByOther { .. } => {
-                        Action::Refused { reason: format!("it joined group {group}, which ended without a decision; recovery will not guess") }
-                    }
-                    _ => Action::Deferred { reason: format!("it joined group {group}, which is not decided yet; its fate is the group's") },
-                });
-            }
-        }
         // A single-table ingest whose commit lands right after its start pin
         // publishes beside its decision, not after it: before deciding it
         // rolled back, take that version and look again.
@@ -566,17 +551,34 @@ impl Recovery<'_> {
                     Plan::Forward(v) => v.clone(),
                     _ => BTreeMap::new(),
                 };
-                let members = match self.members_of(&state, &versions) {
+                let members = match self.members_of(&state, &versions).await? {
                     Ok(members) => members,
                     Err(reason) => return Ok(Action::Refused { reason }),
                 };
-                if let Some(theirs) = self.decide(outcome, versions, members).await? {
-                    state.decision = Some(theirs);
+                if self.decide(outcome, versions, members).await?.is_some() {
+                    // Lost to the writer, another sweep, a vetter or a group's take: follow it.
+                    state = self.inspect().await?;
                     plan = self.plan(&state).await?;
                 } else if outcome == Outcome::RollBack {
                     // A commit may have landed between our look and our decision: look again.
                     state = self.inspect().await?;
                 }
+            }
+        }
+        // A member's fate is its group's (joined before we looked, or since):
+        // resolve the group first if its owner is dead.
+        if let Plan::Follow(group) = &plan {
+            let action = Box::pin(resolve_attempt(self.lake, group, self.skew, self.deadline)).await?;
+            state = self.inspect().await?;
+            plan = self.plan(&state).await?;
+            if let Plan::Follow(group) = &plan {
+                return Ok(match action {
+                    Action::Refused { reason } => Action::Refused { reason: format!("it joined group {group}, which recovery refused: {reason}") },
+                    Action::Decided { .. } | Action::DoneByOther { .. } => {
+                        Action::Refused { reason: format!("it joined group {group}, which ended without a decision; recovery will not guess") }
+                    }
+                    _ => Action::Deferred { reason: format!("it joined group {group}, which is not decided yet; its fate is the group's") },
+                });
             }
         }
         // A member's own commits are strays: never published (a roll-back removes them below).
@@ -708,7 +710,11 @@ impl Recovery<'_> {
         }
         Ok(match state.decision.as_ref().map(|d| d.outcome) {
             Some(Outcome::RollBack) => Plan::RollBack("decided to roll back; finishing it".into()),
-            Some(Outcome::Joined) => unreachable!("a member's plan follows its group"),
+            Some(Outcome::Joined) => Plan::Refuse("it joined a group its decision does not name; recovery will not guess".into()),
+            // Published, it would read to every member as rolled back.
+            Some(Outcome::Forward) if self.intent.kind == sidecar::KIND_GROUP && state.decision.as_ref().is_some_and(|d| d.members.is_none()) => {
+                Plan::Refuse("a group decided forward without a member list; recovery will not guess who its commit carries".into())
+            }
             Some(Outcome::Forward) => {
                 let versions = state.decision.as_ref().map(|d| d.versions.clone()).unwrap_or_default();
                 let absent: Vec<&String> = versions.iter().filter(|(t, v)| !state.commits.get(*t).is_some_and(|c| c.iter().any(|(cv, _)| cv == *v))).map(|(t, _)| t).collect();
@@ -740,16 +746,20 @@ impl Recovery<'_> {
     }
 
     /// The members a group's forward decision must name: those its commit's
-    /// tag lists (`None` for any other attempt); `Err(reason)` when unreadable.
-    fn members_of(&self, state: &State, versions: &BTreeMap<String, u64>) -> std::result::Result<Option<Vec<AttemptId>>, String> {
+    /// tag lists, each bound to the group (`None` for any other attempt);
+    /// `Err(reason)` when they cannot be.
+    async fn members_of(&self, state: &State, versions: &BTreeMap<String, u64>) -> Result<std::result::Result<Option<Vec<AttemptId>>, String>> {
         if self.intent.kind != sidecar::KIND_GROUP || versions.is_empty() {
-            return Ok(None);
+            return Ok(Ok(None));
         }
         let listed = versions.iter().map(|(t, v)| state.members.get(t).and_then(|m| m.get(v)).cloned().flatten()).collect::<Option<Vec<_>>>();
-        match listed.as_deref() {
-            Some([members]) => Ok(Some(members.clone())),
-            _ => Err(format!("group {}'s commit at {versions:?} lists no members readably; recovery will not guess who it carries", self.id)),
-        }
+        let Some([members]) = listed.as_deref() else {
+            return Ok(Err(format!("group {}'s commit at {versions:?} lists no members readably; recovery will not guess who it carries", self.id)));
+        };
+        Ok(match sidecar::unbound_member(self.lake, &self.id, members).await? {
+            Some(why) => Err(format!("group {}'s commit at {versions:?} cannot go forward: {why}; recovery will not guess", self.id)),
+            None => Ok(Some(members.clone())),
+        })
     }
 
     /// Record `outcome` create-only (a group's forward with its `members`);

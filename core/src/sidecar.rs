@@ -60,6 +60,8 @@ const RELEASE_INFIX: &str = ".released-";
 const ADOPTED: &str = "_adopted";
 /// Claim generations one call tries before reporting contention.
 const MAX_CLAIM_ROUNDS: u32 = 8;
+/// Decisions read at once (a group's members).
+const READS_AT_ONCE: usize = 16;
 
 /// Lance transaction properties that tie a commit to its operation.
 pub const PROP_OP: &str = "sluice.op";
@@ -437,6 +439,22 @@ pub async fn fate_of(lake: &Lake, id: &AttemptId, decision: Decision) -> Result<
             }
         }
     }
+}
+
+/// Why not every one of `members` is bound to `group` (its decision
+/// `joined(group)`, won before the group's commit), if so. A group's
+/// forward decision names only bound members: one that could still be
+/// decided on its own would have its rows shown twice, or shown after its
+/// sources were released.
+pub async fn unbound_member(lake: &Lake, group: &AttemptId, members: &[AttemptId]) -> Result<Option<String>> {
+    use futures::{StreamExt, TryStreamExt};
+    let decisions: Vec<Option<Decision>> =
+        futures::stream::iter(members.to_vec()).map(|m| async move { read_decision(lake, &m).await }).buffered(READS_AT_ONCE).try_collect().await?;
+    Ok(members.iter().zip(decisions).find_map(|(m, d)| match d {
+        Some(d) if d.outcome == Outcome::Joined && d.group.as_ref() == Some(group) => None,
+        Some(d) => Some(format!("its member {m} is decided {:?} on its own, not bound to the group", d.outcome)),
+        None => Some(format!("its member {m} has no decision binding it to the group")),
+    }))
 }
 
 /// The outcome of trying to claim a source.

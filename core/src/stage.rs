@@ -197,7 +197,24 @@ pub(crate) struct Staged {
     updated: u64,
 }
 
+/// An append staged onto an existing table, taken apart for a group commit.
+pub(crate) struct Appended {
+    pub ds: Arc<Dataset>,
+    pub read_version: u64,
+    pub fragments: Vec<lance::table::format::Fragment>,
+    pub rows: u64,
+}
+
 impl Staged {
+    /// Its parts, if it is an append onto an existing table (else itself).
+    pub(crate) fn into_append(self) -> std::result::Result<Appended, Staged> {
+        let rows = inserted_rows(&self.txn);
+        match (self.ds, self.txn.operation) {
+            (Some(ds), Operation::Append { fragments }) => Ok(Appended { ds, read_version: self.txn.read_version, fragments, rows }),
+            (ds, operation) => Err(Staged { ds, txn: Transaction { operation, ..self.txn }, affected: self.affected, updated: self.updated }),
+        }
+    }
+
     /// The table's schema as this commit leaves it.
     pub(crate) fn schema(&self) -> arrow::datatypes::Schema {
         match (&self.ds, &self.txn.operation) {
@@ -728,8 +745,8 @@ impl Stager<'_> {
     }
 
     /// Commit the staged transaction. Whether a commit that answered with an
-    /// error landed is read from the table's history (our attempt's tag), never
-    /// guessed from the error. Redone from Lance's latest version (bounded) when
+    /// error landed is read from the table's history (our attempt's tag),
+    /// unless Lance proved it lost ([`lost`]). Redone from Lance's latest version (bounded) when
     /// the commit cannot stand as it is: an upsert that conflicts with a
     /// concurrent update of the same rows, or a table creation that lost the
     /// race to another creator.
@@ -759,13 +776,17 @@ impl Stager<'_> {
             failpoints::hit(failpoints::COMMIT_CHECKED)?;
             let failure = match builder.execute(stage.txn).await {
                 Ok(ds) => Ok((ds.version().version, LanceManifest::of(&ds))),
-                Err(e) => match fence::committed_by(self.lake, &name, t.start_pin.unwrap_or(0), &self.attempt).await? {
-                    Some(version) => {
-                        tracing::warn!(table = %name, version, error = %e, "the commit answered with an error but landed");
-                        Ok((version, None))
+                Err(e) if lost(&e) => Err(e),
+                Err(e) => {
+                    tracing::info!(table = %name, error = %e, "the commit answered with an error; reading the table's history for it");
+                    match fence::committed_by(self.lake, &name, t.start_pin.unwrap_or(0), &self.attempt).await? {
+                        Some(version) => {
+                            tracing::warn!(table = %name, version, error = %e, "the commit answered with an error but landed");
+                            Ok((version, None))
+                        }
+                        None => Err(e),
                     }
-                    None => Err(e),
-                },
+                }
             };
             let redo = match failure {
                 Ok((version, at)) => {
@@ -786,4 +807,23 @@ impl Stager<'_> {
         }
         Err(Error::Contention { what: "committing to Lance", attempts: MAX_REDO_ATTEMPTS, last: format!("table '{name}' kept conflicting") })
     }
+}
+
+/// Did Lance find its commit lost? It reads back the version of every
+/// attempt that met a conflict (success if that version is its own) and
+/// fails with these only after that, or before a next attempt's write: so
+/// no read of the table's history would find the commit. (A manifest PUT
+/// still in flight on S3 when Lance read its version back could land later;
+/// every caller then either decides its attempt rolled back and looks for
+/// its commits, or redoes it, and a late duplicate is never named forward.)
+/// Any other error (a timeout, an unknown status, a transport error) may
+/// hide a landed commit: the history is read for it.
+pub(crate) fn lost(e: &lance::Error) -> bool {
+    matches!(
+        e,
+        lance::Error::CommitConflict { .. }
+            | lance::Error::TooMuchWriteContention { .. }
+            | lance::Error::RetryableCommitConflict { .. }
+            | lance::Error::IncompatibleTransaction { .. }
+    )
 }
