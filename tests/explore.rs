@@ -197,6 +197,8 @@ struct Op {
     timeout: u64,
     /// Appends a JSON Lines file in parts of this many bytes, as a large one is.
     part_bytes: Option<u64>,
+    /// Commits an append as a group of one (`SLUICE_TEST_CONTENDED`).
+    contended: bool,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -300,7 +302,7 @@ fn sources(rng: &mut Rng, dir: &Path) -> (Vec<Src>, Vec<PathBuf>) {
 }
 
 fn fault_for(rng: &mut Rng, kind: Kind, timeout: u64, seed: u64, index: usize) -> Fault {
-    let points: Vec<&'static str> = match kind {
+    let mut points: Vec<&'static str> = match kind {
         Kind::Load => WRITER.to_vec(),
         Kind::Ingest | Kind::Dup | Kind::Twice | Kind::Multi | Kind::Upsert => {
             WRITER.iter().copied().filter(|fp| ![BEFORE_DECISION, AFTER_DECISION].contains(fp)).collect()
@@ -310,6 +312,10 @@ fn fault_for(rng: &mut Rng, kind: Kind, timeout: u64, seed: u64, index: usize) -
         Kind::Index => INDEX.iter().copied().chain([BEFORE_PUBLISH, AFTER_PUBLISH]).collect(),
         Kind::Recover | Kind::Cleanup => RECOVERY.to_vec(),
     };
+    // (One draw whatever the choices: the rest of the schedule stays.)
+    if contended_for(seed, index) && kind.writes_sources() {
+        points.extend(GROUP);
+    }
     // (Only a writer of sources records its clock's deadline in its intent.)
     let lagging = if kind.writes_sources() { 10 } else { 0 };
     let cut = if kind.writes_sources() { 8 } else { 0 };
@@ -331,6 +337,13 @@ fn fault_for(rng: &mut Rng, kind: Kind, timeout: u64, seed: u64, index: usize) -
 fn part_bytes_for(seed: u64, index: usize) -> Option<u64> {
     let draw = splitmix(seed.wrapping_mul(7919).wrapping_add(index as u64 + 1));
     (draw % 3 == 0).then_some(16 + (draw >> 8) % 64)
+}
+
+/// A third of the operations commit their appends as groups of one
+/// (`SLUICE_TEST_CONTENDED`; an upsert, a load or a table's creation does
+/// not), drawn apart from the schedule's generator like `part_bytes_for`.
+fn contended_for(seed: u64, index: usize) -> bool {
+    splitmix(seed.wrapping_mul(104_729).wrapping_add(index as u64 + 1)) % 3 == 0
 }
 
 fn schedule(rng: &mut Rng, seed: u64, pool: &[Src], descriptors: &[PathBuf], max_ops: usize, without: &[Kind]) -> Vec<Op> {
@@ -399,10 +412,12 @@ fn schedule(rng: &mut Rng, seed: u64, pool: &[Src], descriptors: &[PathBuf], max
             }
         };
         let fault = fault_for(rng, kind, timeout, seed, ops.len());
-        ops.push(Op { kind, args: args.clone(), sources: srcs.clone(), fault, with_prev: false, timeout, part_bytes: part_bytes_for(seed, ops.len()) });
+        let (part_bytes, contended) = (part_bytes_for(seed, ops.len()), contended_for(seed, ops.len()));
+        ops.push(Op { kind, args: args.clone(), sources: srcs.clone(), fault, with_prev: false, timeout, part_bytes, contended });
         if kind == Kind::Dup {
             let fault = fault_for(rng, kind, timeout, seed, ops.len());
-            ops.push(Op { kind, args, sources: srcs, fault, with_prev: true, timeout, part_bytes: part_bytes_for(seed, ops.len()) });
+            let (part_bytes, contended) = (part_bytes_for(seed, ops.len()), contended_for(seed, ops.len()));
+            ops.push(Op { kind, args, sources: srcs, fault, with_prev: true, timeout, part_bytes, contended });
         }
     }
     ops
@@ -423,6 +438,9 @@ fn launch(root: &str, dir: &Path, i: usize, op: &Op, t0: Instant) -> Running {
     cmd.args(&op.args).env("SLUICE_TRACE_FAILPOINTS", "1").stdout(Stdio::piped()).stderr(Stdio::piped());
     if let Some(bytes) = op.part_bytes {
         cmd.env("SLUICE_TEST_PART_BYTES", bytes.to_string());
+    }
+    if op.contended {
+        cmd.env("SLUICE_TEST_CONTENDED", "1");
     }
     let mut release = None;
     let mut marker = None;
@@ -611,6 +629,8 @@ pub struct Stats {
     read_cuts: usize,
     /// Ingests whose JSON Lines could be appended in parts.
     in_parts: usize,
+    /// Writers of sources whose appends commit as groups of one.
+    contended: usize,
     exit0: usize,
 }
 
@@ -700,6 +720,7 @@ pub fn explore(seed: u64, backend: &Backend, max_ops: usize) -> (Stats, Vec<Stri
         }
         stats.ambiguous_answers += out.faults;
         stats.in_parts += (op.part_bytes.is_some() && op.args[0] == "ingest") as usize;
+        stats.contended += (op.contended && op.kind.writes_sources()) as usize;
         stats.exit0 += (out.code == Some(0)) as usize;
     }
     let sched: Vec<String> = ops
@@ -709,7 +730,8 @@ pub fn explore(seed: u64, backend: &Backend, max_ops: usize) -> (Stats, Vec<Stri
         .map(|(i, (op, out))| {
             let args: Vec<String> =
                 op.args.iter().map(|a| if a.contains('/') { Path::new(a).file_name().unwrap().to_string_lossy().into_owned() } else { a.clone() }).collect();
-            format!("#{i:<2} {}{:<60} fault={:<44} -> {}", if op.with_prev { "+" } else { " " }, args.join(" "), op.fault.to_string(), out.summary())
+            let group = if op.contended && op.kind.writes_sources() { " (group)" } else { "" };
+            format!("#{i:<2} {}{:<60} fault={:<44} -> {}{group}", if op.with_prev { "+" } else { " " }, args.join(" "), op.fault.to_string(), out.summary())
         })
         .collect();
 
@@ -971,7 +993,7 @@ pub fn explore(seed: u64, backend: &Backend, max_ops: usize) -> (Stats, Vec<Stri
     }
 
     let summary = format!(
-        "explore seed={seed} backend={}: ops={} kills={} (at failpoint or delay: {}) stalls={} (held {}) ambiguous: {} process(es), {} answer(s); lagging clocks: {}; read cuts: {}; ingests in parts: {}; exit 0: {}; versions checked: {}; failures: {}; {:.1}s",
+        "explore seed={seed} backend={}: ops={} kills={} (at failpoint or delay: {}) stalls={} (held {}) ambiguous: {} process(es), {} answer(s); lagging clocks: {}; read cuts: {}; ingests in parts: {}; contended: {}; exit 0: {}; versions checked: {}; failures: {}; {:.1}s",
         backend.name,
         stats.ops,
         stats.kills,
@@ -983,6 +1005,7 @@ pub fn explore(seed: u64, backend: &Backend, max_ops: usize) -> (Stats, Vec<Stri
         stats.lagging_clocks,
         stats.read_cuts,
         stats.in_parts,
+        stats.contended,
         stats.exit0,
         versions.len(),
         violations.len(),

@@ -422,7 +422,17 @@ async fn resolve(lake: &Lake, intent: &Intent, files: &OpFiles, opts: Options, d
         let rec = audit::read(lake, &id.op, &id.attempt).await?;
         return Ok(Action::DoneByOther { verdict: rec.map(|r| r.verdict) });
     }
-    r.run().await
+    let action = r.run().await;
+    // Refused or deferred, it acts no more: the next pass (or this sweep,
+    // meeting it again after resolving it from another attempt's recovery)
+    // need not wait out this lease. Any other end finished the intent, or
+    // is an error that leaves the lease as a crash would.
+    if let Ok(Action::Refused { .. } | Action::Deferred { .. }) = &action
+        && let Err(e) = sidecar::remove_lease(lake, &id, r.lease.k).await
+    {
+        tracing::warn!(op = %id, error = %e, "could not remove this sweep's lease; the next pass waits it out");
+    }
+    action
 }
 
 #[derive(Debug)]
