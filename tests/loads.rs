@@ -237,3 +237,30 @@ fn a_load_killed_after_giving_its_claims_back_blocks_nothing() {
         assert_eq!(statuses(b.name, &again), ["already_ingested", "already_ingested"], "{}", b.name);
     });
 }
+
+/// A writer whose commit another writer's publish already showed (it passed
+/// it on its way, so the writer's own publish found its goal covered) still
+/// has its source listed as ingested, at the version that showed it.
+#[test]
+fn a_source_another_writers_publish_showed_is_listed_as_ingested() {
+    on_each_backend(|b| {
+        let dir = tempfile::tempdir().unwrap();
+        seeded(&b.root, dir.path(), &["t"]);
+        let (a, c) = (jsonl(dir.path(), "a.jsonl", 100..110), jsonl(dir.path(), "c.jsonl", 200..205));
+        let held = hold_at(sluice(&b.root).args(["ingest", "--table", "t", "--timeout", "60s"]).arg(&a), "publish.before-put");
+        assert_eq!(run(sluice(&b.root).args(["ingest", "--table", "t"]).arg(&c)).status.code(), Some(0), "{}", b.name);
+        let shown = status(&b.root)["manifest_version"].as_u64().unwrap();
+        held.release();
+        assert_eq!(held.wait_with_output().status.code(), Some(0), "{}", b.name);
+        assert_eq!(status(&b.root)["manifest_version"].as_u64().unwrap(), shown, "{}: its goal was covered: nothing more published", b.name);
+        let listed: Vec<(String, u64, String)> = sources(&b.root, &["--table", "t", "--status", "ingested"])
+            .iter()
+            .map(|e| (e["uri"].as_str().unwrap().rsplit('/').next().unwrap().to_string(), e["manifest_version"].as_u64().unwrap(), e["op"].as_str().unwrap().to_string()))
+            .collect();
+        let of = |name: &str| listed.iter().find(|(n, _, _)| n == name).cloned();
+        let (a_listed, c_listed) = (of("a.jsonl").expect("a is listed"), of("c.jsonl").expect("c is listed"));
+        assert_eq!((a_listed.1, c_listed.1), (shown, shown), "{}: both at the version that showed them: {listed:?}", b.name);
+        assert_ne!(a_listed.2, c_listed.2, "{}: each under the operation that ingested it: {listed:?}", b.name);
+        assert_eq!(listed.len(), 3, "{}: the seed, a and c, each once: {listed:?}", b.name);
+    });
+}

@@ -80,11 +80,11 @@ pub async fn run(lake: &Lake, table: &str, versions: &[u64], dry_run: bool, time
         return Ok(report);
     }
     let wanted = [(table.to_string(), TablePin { version: head, ..pin })].into();
-    let pins = recover::publishable_pins(lake, &mut latest, wanted, &by, recover::Expired::Resolve, lake.timing().clock_skew, &deadline)
+    let recover::Publishable { pins, passed } = recover::publishable_pins(lake, &mut latest, wanted, &by, recover::Expired::Resolve, lake.timing().clock_skew, &deadline)
         .await?
         .map_err(recover::Stop::into_error)?;
     let goal = Goal {
-        published: Published { op: format!("adopt-{table}"), attempt: by.clone(), kind: "adopt".into(), tables: pins.iter().map(|(t, p)| (t.clone(), p.version)).collect(), sources: 0, source_list: Vec::new() },
+        published: Published { op: format!("adopt-{table}"), attempt: by.clone(), kind: "adopt".into(), tables: pins.iter().map(|(t, p)| (t.clone(), p.version)).collect(), sources: 0, source_list: passed },
         pins,
         changes: Default::default(),
     };

@@ -62,6 +62,8 @@ const MAX_SINCE: u64 = 10_000;
 pub(crate) struct Seen {
     transactions: Mutex<HashMap<(String, u64), Option<Transaction>>>,
     newest: Mutex<Option<Manifest>>,
+    /// The sources of other attempts' commits vetting passed (their decisions say).
+    passed: Mutex<Vec<manifest::PublishedSource>>,
 }
 
 impl Seen {
@@ -73,6 +75,18 @@ impl Seen {
         let txn = ds.read_version_transaction(version).await.map_err(|e| Error::lance(table, e))?.transaction;
         self.transactions.lock().expect("seen poisoned").insert(key, txn.clone());
         Ok(txn)
+    }
+
+    /// Vetting passes a commit `decision` sends forward: its sources become
+    /// visible with the publish, which records them.
+    fn pass(&self, decision: &sidecar::Decision) {
+        let sources = decision.sources.iter().map(|s| manifest::PublishedSource { op: Some(decision.op.clone()), ..s.clone() });
+        manifest::add_sources(&mut self.passed.lock().expect("seen poisoned"), sources);
+    }
+
+    /// The sources of the commits passed so far.
+    pub(crate) fn passed(&self) -> Vec<manifest::PublishedSource> {
+        self.passed.lock().expect("seen poisoned").clone()
     }
 
     fn saw(&self, manifest: &Manifest) {
@@ -345,8 +359,9 @@ async fn standing(lake: &Lake, table: &str, version: u64, id: &AttemptId, scope:
                 },
                 Scope::Group(None) => return Ok(no_members()),
             };
+            let sources = intent.sources.iter().filter(|s| s.table == table).map(sidecar::SourceRef::published).collect();
             match by {
-                Some(by) => decision = Some(decide_for(lake, id, table, version, by, members).await?),
+                Some(by) => decision = Some(decide_for(lake, id, table, version, by, members, sources).await?),
                 // A dry run: it would decide it forward (or follow the winner).
                 None => return Ok(Standing::Forward),
             }
@@ -380,6 +395,9 @@ async fn standing(lake: &Lake, table: &str, version: u64, id: &AttemptId, scope:
         return Ok(Standing::RolledBack { recovering: None });
     }
     if !multi || joined.contains(id) {
+        if let Some(d) = &decision {
+            seen.pass(d);
+        }
         return Ok(Standing::Forward);
     }
     // A load is shown whole or not at all: pass it only once a manifest shows it.
@@ -401,11 +419,20 @@ async fn standing(lake: &Lake, table: &str, version: u64, id: &AttemptId, scope:
 }
 
 /// Decide single-table attempt `id` forward with its commit at `version`
-/// (a group's with its `members`), on its behalf; returns the decision that
-/// stands (ours, or the one that won).
-async fn decide_for(lake: &Lake, id: &AttemptId, table: &str, version: u64, by: &str, members: Option<Vec<AttemptId>>) -> Result<sidecar::Decision> {
+/// (a group's with its `members`), with the `sources` its intent names, on
+/// its behalf; returns the decision that stands (ours, or the one that won).
+#[allow(clippy::too_many_arguments)]
+async fn decide_for(
+    lake: &Lake,
+    id: &AttemptId,
+    table: &str,
+    version: u64,
+    by: &str,
+    members: Option<Vec<AttemptId>>,
+    sources: Vec<manifest::PublishedSource>,
+) -> Result<sidecar::Decision> {
     let versions = std::collections::BTreeMap::from([(table.to_string(), version)]);
-    let decision = sidecar::Decision { members, ..sidecar::Decision::new(&id.op, &id.attempt, by, Outcome::Forward, "vetter", versions) };
+    let decision = sidecar::Decision { members, sources, ..sidecar::Decision::new(&id.op, &id.attempt, by, Outcome::Forward, "vetter", versions) };
     match sidecar::decide(lake, &decision).await? {
         crate::lake::Created::Mine => Ok(decision),
         crate::lake::Created::Theirs(theirs) => Ok(theirs),

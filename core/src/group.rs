@@ -109,6 +109,7 @@ pub(crate) async fn commit_alone(lake: &Lake, of: &Intent, staged: Appended, dea
     failpoints::hit(failpoints::GROUP_AFTER_COMMIT).map_err(Failed::Left)?;
     let forward = Decision {
         members: Some(vec![member.clone()]),
+        sources: of.sources.iter().map(sidecar::SourceRef::published).collect(),
         ..Decision::new(&group.op, &group.attempt, &group.attempt, Outcome::Forward, "writer", BTreeMap::from([(table.to_string(), version)]))
     };
     let version = match sidecar::decide(lake, &forward).await.map_err(Failed::Left)? {

@@ -885,7 +885,26 @@ impl Door<'_> {
 
     fn forward(&self, tables: &[TableWork]) -> Decision {
         let versions = tables.iter().map(|t| (t.request.table.clone(), t.committed.expect("committed before deciding"))).collect();
-        Decision::new(&self.w.op, &self.w.intent, &self.w.attempt, Outcome::Forward, "writer", versions)
+        Decision { sources: self.published_sources(tables), ..Decision::new(&self.w.op, &self.w.intent, &self.w.attempt, Outcome::Forward, "writer", versions) }
+    }
+
+    /// Our sources, as a publish records them (with their bytes and the rows read).
+    fn published_sources(&self, tables: &[TableWork]) -> Vec<PublishedSource> {
+        let rows = self.w.progress.source_rows.lock().expect("progress poisoned");
+        tables
+            .iter()
+            .flat_map(|t| {
+                t.sources.iter().map(|(s, _)| PublishedSource {
+                    table: t.request.table.clone(),
+                    uri: s.uri.clone(),
+                    id: s.id.clone(),
+                    identity: s.identity.clone(),
+                    bytes: Some(s.size),
+                    rows: rows.get(&s.id).copied(),
+                    op: None,
+                })
+            })
+            .collect()
     }
 
     /// Record the forward decision of an attempt that publishes beside it
@@ -960,9 +979,10 @@ impl Door<'_> {
                 (t.request.table.clone(), TablePin { lance_manifest: t.committed_manifest.clone(), ..pin })
             })
             .collect();
-        let pins = recover::publishable_pins(self.w.lake, &mut base, wanted, &self.w.attempt, recover::Expired::Resolve, self.skew, &self.w.deadline)
-            .await?
-            .map_err(recover::Stop::into_error)?;
+        let recover::Publishable { pins, passed } =
+            recover::publishable_pins(self.w.lake, &mut base, wanted, &self.w.attempt, recover::Expired::Resolve, self.skew, &self.w.deadline)
+                .await?
+                .map_err(recover::Stop::into_error)?;
         let goal = Goal {
             published: Published {
                 op: self.w.op.clone(),
@@ -971,20 +991,9 @@ impl Door<'_> {
                 tables: pins.iter().map(|(t, p)| (t.clone(), p.version)).collect(),
                 sources: tables.iter().map(|t| t.sources.len()).sum(),
                 source_list: {
-                    let rows = self.w.progress.source_rows.lock().expect("progress poisoned");
-                    tables
-                        .iter()
-                        .flat_map(|t| {
-                            t.sources.iter().map(|(s, _)| PublishedSource {
-                                table: t.request.table.clone(),
-                                uri: s.uri.clone(),
-                                id: s.id.clone(),
-                                identity: s.identity.clone(),
-                                bytes: Some(s.size),
-                                rows: rows.get(&s.id).copied(),
-                            })
-                        })
-                        .collect()
+                    let mut list = self.published_sources(tables);
+                    manifest::add_sources(&mut list, passed);
+                    list
                 },
             },
             pins,

@@ -111,6 +111,19 @@ pub struct PublishedSource {
     pub bytes: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rows: Option<u64>,
+    /// The operation that ingested it, when not the one that published it
+    /// (a publish shows the commits it passed on its way, with their sources).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub op: Option<String>,
+}
+
+/// Add `more` to `list`, each source (by table and id) once.
+pub fn add_sources(list: &mut Vec<PublishedSource>, more: impl IntoIterator<Item = PublishedSource>) {
+    for s in more {
+        if !list.iter().any(|l| l.table == s.table && l.id == s.id) {
+            list.push(s);
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -239,6 +239,13 @@ async fn await_settled(
     }
 }
 
+/// What a publish may show: its pins, and the sources of the other
+/// attempts' commits its vetting passed on the way to them.
+pub(crate) struct Publishable {
+    pub pins: BTreeMap<String, TablePin>,
+    pub passed: Vec<crate::manifest::PublishedSource>,
+}
+
 /// Why a publish cannot go on now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Stop {
@@ -274,6 +281,8 @@ pub(crate) enum Expired {
 /// as the newest manifest the vetting read, if newer: the publish starts
 /// there instead of losing a race it could already see (what it vetted from
 /// the older base covers the newer one's, as after any lost race).
+/// Comes back with the sources of the other attempts' commits it passed
+/// (their decisions name them): the publish records them.
 pub(crate) async fn publishable_pins(
     lake: &Lake,
     base: &mut Manifest,
@@ -282,7 +291,7 @@ pub(crate) async fn publishable_pins(
     expired: Expired,
     skew: Duration,
     deadline: &Deadline,
-) -> Result<Result<BTreeMap<String, TablePin>, Stop>> {
+) -> Result<Result<Publishable, Stop>> {
     let seen = Seen::default();
     let mut want = wanted;
     let mut joined = BTreeSet::new();
@@ -345,7 +354,7 @@ pub(crate) async fn publishable_pins(
             }
         }
         *base = seen.newest_from(base.clone());
-        return Ok(Ok(pins));
+        return Ok(Ok(Publishable { pins, passed: seen.passed() }));
     }
     Err(Error::Contention { what: "vetting a publish", attempts: MAX_VET_ROUNDS, last: "tables kept gaining undecided commits".into() })
 }
@@ -776,7 +785,11 @@ impl Recovery<'_> {
     /// returns the decision that won instead, if another did.
     async fn decide(&self, outcome: Outcome, versions: BTreeMap<String, u64>, members: Option<Vec<AttemptId>>) -> Result<Option<Decision>> {
         self.deadline.check("recording a recovery decision")?;
-        let decision = Decision { members, ..Decision::new(&self.intent.op, &self.intent.attempt, &self.lease.attempt, outcome, "recovery", versions) };
+        let sources = match outcome {
+            Outcome::Forward => self.intent.sources.iter().map(SourceRef::published).collect(),
+            _ => Vec::new(),
+        };
+        let decision = Decision { members, sources, ..Decision::new(&self.intent.op, &self.intent.attempt, &self.lease.attempt, outcome, "recovery", versions) };
         let won = match sidecar::decide(self.lake, &decision).await? {
             Created::Mine => None,
             Created::Theirs(theirs) => Some(theirs),
@@ -803,8 +816,8 @@ impl Recovery<'_> {
             })
             .collect();
         let mut base = state.latest.clone();
-        let pins = match publishable_pins(self.lake, &mut base, wanted, &self.lease.attempt, Expired::Defer, self.skew, self.deadline).await {
-            Ok(Ok(pins)) => pins,
+        let Publishable { pins, passed } = match publishable_pins(self.lake, &mut base, wanted, &self.lease.attempt, Expired::Defer, self.skew, self.deadline).await {
+            Ok(Ok(publishable)) => publishable,
             Ok(Err(Stop::Refuse(reason))) => return Ok(Publishing::Refuse(reason)),
             // Sweeps go oldest first; a heal or the next pass resolves what stands in the way.
             Ok(Err(Stop::Wait(reason))) | Err(Error::Blocked(reason)) => return Ok(Publishing::Wait(reason)),
@@ -817,19 +830,11 @@ impl Recovery<'_> {
                 kind: format!("recovery:{}", self.intent.kind),
                 tables: pins.iter().map(|(t, p)| (t.clone(), p.version)).collect(),
                 sources: self.intent.sources.len(),
-                source_list: self
-                    .intent
-                    .sources
-                    .iter()
-                    .map(|s| crate::manifest::PublishedSource {
-                        table: s.table.clone(),
-                        uri: s.uri.clone(),
-                        id: s.id.clone(),
-                        identity: s.identity.clone(),
-                        bytes: None,
-                        rows: None,
-                    })
-                    .collect(),
+                source_list: {
+                    let mut list = self.intent.sources.iter().map(SourceRef::published).collect();
+                    manifest::add_sources(&mut list, passed);
+                    list
+                },
             },
             pins,
             changes: self.intent.tables.iter().filter(|(_, it)| !it.changes.is_empty()).map(|(t, it)| (t.clone(), it.changes.clone())).collect(),

@@ -143,6 +143,21 @@ pub struct SourceRef {
 /// The kind of a group's intent: one commit carrying its members' rows.
 pub const KIND_GROUP: &str = "group";
 
+impl SourceRef {
+    /// As a publish records it (its bytes and rows unknown here).
+    pub fn published(&self) -> crate::manifest::PublishedSource {
+        crate::manifest::PublishedSource {
+            table: self.table.clone(),
+            uri: self.uri.clone(),
+            id: self.id.clone(),
+            identity: self.identity.clone(),
+            bytes: None,
+            rows: None,
+            op: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Intent {
     pub op: String,
@@ -189,6 +204,10 @@ pub struct Decision {
     /// carries. Never absent on one (a member missing from it is rolled back).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub members: Option<Vec<AttemptId>>,
+    /// Forward: the sources its commits show, so a publish that passes them
+    /// records them (the attempt's own publish may then find its goal covered).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<crate::manifest::PublishedSource>,
 }
 
 impl Decision {
@@ -205,6 +224,7 @@ impl Decision {
             versions,
             group: None,
             members: None,
+            sources: Vec::new(),
         }
     }
 

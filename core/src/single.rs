@@ -114,7 +114,7 @@ pub(crate) async fn finish(lake: &Lake, mut base: Manifest, c: Committed<'_>, sk
         _ => return Err(Error::Blocked(format!("{} {} was decided by recovery while this worker was stalled; it does not publish", c.kind, c.id))),
     }
     let wanted = BTreeMap::from([(c.table.to_string(), TablePin { version: c.version, lance_manifest: c.manifest, ..c.pin.clone() })]);
-    let pins = recover::publishable_pins(lake, &mut base, wanted, &c.id.attempt, recover::Expired::Resolve, skew, deadline)
+    let recover::Publishable { pins, passed } = recover::publishable_pins(lake, &mut base, wanted, &c.id.attempt, recover::Expired::Resolve, skew, deadline)
         .await?
         .map_err(recover::Stop::into_error)?;
     let goal = Goal {
@@ -124,7 +124,7 @@ pub(crate) async fn finish(lake: &Lake, mut base: Manifest, c: Committed<'_>, sk
             kind: c.kind.to_string(),
             tables: pins.iter().map(|(t, p)| (t.clone(), p.version)).collect(),
             sources: 0,
-            source_list: Vec::new(),
+            source_list: passed,
         },
         pins,
         changes: match c.changes.is_empty() {
