@@ -108,6 +108,27 @@ async fn sweep(lake: &Lake) -> recover::SweepReport {
     recover::sweep(lake, recover::Options { clock_skew: Duration::ZERO, dry_run: false }, Duration::from_secs(60)).await.unwrap()
 }
 
+/// Table `t` seeded with rows 0..10, and two members of one new group (both
+/// joined; nothing committed): `a` of file `fa` (rows 100..110) and `bb` of
+/// `fb` (rows 200..220), each living for `lives`.
+struct Pair {
+    fa: std::path::PathBuf,
+    fb: std::path::PathBuf,
+    a: Member,
+    bb: Member,
+    g: AttemptId,
+}
+
+async fn pair(lake: &Lake, dir: &Path, lives: Duration) -> Pair {
+    ingest(lake, vec![request("t", &[&jsonl(dir, "seed.jsonl", 0..10)])]).await.unwrap();
+    let (fa, fb) = (jsonl(dir, "a.jsonl", 100..110), jsonl(dir, "b.jsonl", 200..220));
+    let (a, bb) = (member(lake, "t", &fa, lives).await, member(lake, "t", &fb, lives).await);
+    let g = group(lake, "t", lives).await;
+    join(lake, &a, &g).await;
+    join(lake, &bb, &g).await;
+    Pair { fa, fb, a, bb, g }
+}
+
 /// A lone ingest publishing past an undecided group's commit decides the
 /// group forward on its behalf, naming the members its commit lists, and
 /// publishes it once. A member that joined but is not listed (a take whose
@@ -171,13 +192,8 @@ async fn a_redelivery_resolves_a_dead_member_through_its_dead_group() {
     for b in all_backends() {
         let dir = tempfile::tempdir().unwrap();
         let lake = Lake::open(&b.root).unwrap();
-        ingest(&lake, vec![request("t", &[&jsonl(dir.path(), "seed.jsonl", 0..10)])]).await.unwrap();
-        let (fa, fb) = (jsonl(dir.path(), "a.jsonl", 100..110), jsonl(dir.path(), "b.jsonl", 200..220));
         let lives = Duration::from_secs(1);
-        let (a, bb) = (member(&lake, "t", &fa, lives).await, member(&lake, "t", &fb, lives).await);
-        let g = group(&lake, "t", lives).await;
-        join(&lake, &a, &g).await;
-        join(&lake, &bb, &g).await;
+        let Pair { fa, fb, a, bb, g } = pair(&lake, dir.path(), lives).await;
         let v = commit(&lake, "t", &g, &[&a, &bb], &[&a, &bb]).await;
         tokio::time::sleep(lives + Duration::from_millis(200)).await;
 
@@ -208,13 +224,8 @@ async fn the_members_of_a_group_that_never_committed_are_released() {
     for b in all_backends() {
         let dir = tempfile::tempdir().unwrap();
         let lake = Lake::open(&b.root).unwrap();
-        ingest(&lake, vec![request("t", &[&jsonl(dir.path(), "seed.jsonl", 0..10)])]).await.unwrap();
-        let (fa, fb) = (jsonl(dir.path(), "a.jsonl", 100..110), jsonl(dir.path(), "b.jsonl", 200..220));
         let lives = Duration::from_secs(1);
-        let (a, bb) = (member(&lake, "t", &fa, lives).await, member(&lake, "t", &fb, lives).await);
-        let g = group(&lake, "t", lives).await;
-        join(&lake, &a, &g).await;
-        join(&lake, &bb, &g).await;
+        let Pair { fa, fb, a, bb, g } = pair(&lake, dir.path(), lives).await;
         stray(&lake, "t", &a).await;
         tokio::time::sleep(lives + Duration::from_millis(200)).await;
 

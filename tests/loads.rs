@@ -240,14 +240,19 @@ fn a_load_killed_after_giving_its_claims_back_blocks_nothing() {
 
 /// A writer whose commit another writer's publish already showed (it passed
 /// it on its way, so the writer's own publish found its goal covered) still
-/// has its source listed as ingested, at the version that showed it.
+/// has its source listed as ingested, at the version that showed it. (Its
+/// commit lands after another's, so it decides forward, naming its source,
+/// before it publishes; the other's vetting reads that decision.)
 #[test]
 fn a_source_another_writers_publish_showed_is_listed_as_ingested() {
     on_each_backend(|b| {
         let dir = tempfile::tempdir().unwrap();
         seeded(&b.root, dir.path(), &["t"]);
-        let (a, c) = (jsonl(dir.path(), "a.jsonl", 100..110), jsonl(dir.path(), "c.jsonl", 200..205));
-        let held = hold_at(sluice(&b.root).args(["ingest", "--table", "t", "--timeout", "60s"]).arg(&a), "publish.before-put");
+        let (a, x, c) = (jsonl(dir.path(), "a.jsonl", 100..110), jsonl(dir.path(), "x.jsonl", 300..302), jsonl(dir.path(), "c.jsonl", 200..205));
+        let held = hold_at_then(sluice(&b.root).args(["ingest", "--table", "t", "--timeout", "60s"]).arg(&a), "ingest.commit-checked", "publish.before-put");
+        assert_eq!(run(sluice(&b.root).args(["ingest", "--table", "t"]).arg(&x)).status.code(), Some(0), "{}", b.name);
+        held.release();
+        held.wait_for("publish.before-put");
         assert_eq!(run(sluice(&b.root).args(["ingest", "--table", "t"]).arg(&c)).status.code(), Some(0), "{}", b.name);
         let shown = status(&b.root)["manifest_version"].as_u64().unwrap();
         held.release();
@@ -261,6 +266,6 @@ fn a_source_another_writers_publish_showed_is_listed_as_ingested() {
         let (a_listed, c_listed) = (of("a.jsonl").expect("a is listed"), of("c.jsonl").expect("c is listed"));
         assert_eq!((a_listed.1, c_listed.1), (shown, shown), "{}: both at the version that showed them: {listed:?}", b.name);
         assert_ne!(a_listed.2, c_listed.2, "{}: each under the operation that ingested it: {listed:?}", b.name);
-        assert_eq!(listed.len(), 3, "{}: the seed, a and c, each once: {listed:?}", b.name);
+        assert_eq!(listed.len(), 4, "{}: the seed, x, a and c, each once: {listed:?}", b.name);
     });
 }

@@ -80,7 +80,7 @@ impl Seen {
     /// Vetting passes a commit `decision` sends forward: its sources become
     /// visible with the publish, which records them.
     fn pass(&self, decision: &sidecar::Decision) {
-        let sources = decision.sources.iter().map(|s| manifest::PublishedSource { op: Some(decision.op.clone()), ..s.clone() });
+        let sources = decision.sources.iter().map(|s| manifest::PublishedSource { op: s.op.clone().or_else(|| Some(decision.op.clone())), ..s.clone() });
         manifest::add_sources(&mut self.passed.lock().expect("seen poisoned"), sources);
     }
 
@@ -359,9 +359,8 @@ async fn standing(lake: &Lake, table: &str, version: u64, id: &AttemptId, scope:
                 },
                 Scope::Group(None) => return Ok(no_members()),
             };
-            let sources = intent.sources.iter().filter(|s| s.table == table).map(sidecar::SourceRef::published).collect();
             match by {
-                Some(by) => decision = Some(decide_for(lake, id, table, version, by, members, sources).await?),
+                Some(by) => decision = Some(decide_for(lake, id, table, version, by, members).await?),
                 // A dry run: it would decide it forward (or follow the winner).
                 None => return Ok(Standing::Forward),
             }
@@ -419,20 +418,13 @@ async fn standing(lake: &Lake, table: &str, version: u64, id: &AttemptId, scope:
 }
 
 /// Decide single-table attempt `id` forward with its commit at `version`
-/// (a group's with its `members`), with the `sources` its intent names, on
-/// its behalf; returns the decision that stands (ours, or the one that won).
-#[allow(clippy::too_many_arguments)]
-async fn decide_for(
-    lake: &Lake,
-    id: &AttemptId,
-    table: &str,
-    version: u64,
-    by: &str,
-    members: Option<Vec<AttemptId>>,
-    sources: Vec<manifest::PublishedSource>,
-) -> Result<sidecar::Decision> {
+/// (a group's with its `members`), on its behalf; returns the decision that
+/// stands (ours, or the one that won).
+/// It names no sources: the intent lists every source asked for, some of
+/// them held by others, and only the writer knows which it ingested.
+async fn decide_for(lake: &Lake, id: &AttemptId, table: &str, version: u64, by: &str, members: Option<Vec<AttemptId>>) -> Result<sidecar::Decision> {
     let versions = std::collections::BTreeMap::from([(table.to_string(), version)]);
-    let decision = sidecar::Decision { members, sources, ..sidecar::Decision::new(&id.op, &id.attempt, by, Outcome::Forward, "vetter", versions) };
+    let decision = sidecar::Decision { members, ..sidecar::Decision::new(&id.op, &id.attempt, by, Outcome::Forward, "vetter", versions) };
     match sidecar::decide(lake, &decision).await? {
         crate::lake::Created::Mine => Ok(decision),
         crate::lake::Created::Theirs(theirs) => Ok(theirs),

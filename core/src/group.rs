@@ -22,6 +22,7 @@ use crate::error::Error;
 use crate::failpoints;
 use crate::fence;
 use crate::known_manifest::LanceManifest;
+use crate::manifest::PublishedSource;
 use crate::lake::{Created, Lake};
 use crate::sidecar::{self, AttemptId, Decision, Intent, Outcome};
 use crate::stage::{self, Appended};
@@ -49,7 +50,8 @@ pub(crate) struct Committed {
 /// Commit `staged` (an append onto the one table of intent `of`) as a group
 /// of one: its attempt binds itself to a new group, which commits its rows
 /// and decides forward.
-pub(crate) async fn commit_alone(lake: &Lake, of: &Intent, staged: Appended, deadline: &Deadline) -> std::result::Result<Committed, Failed> {
+/// `sources` are those the member ingests, for the group's decision.
+pub(crate) async fn commit_alone(lake: &Lake, of: &Intent, sources: Vec<PublishedSource>, staged: Appended, deadline: &Deadline) -> std::result::Result<Committed, Failed> {
     let member = &AttemptId::new(&of.op, &of.attempt);
     let (table, it) = of.tables.iter().next().expect("a group member appends to one table");
     let (table, start_pin) = (table.as_str(), it.start_pin.expect("a group member appends to a published table"));
@@ -109,7 +111,7 @@ pub(crate) async fn commit_alone(lake: &Lake, of: &Intent, staged: Appended, dea
     failpoints::hit(failpoints::GROUP_AFTER_COMMIT).map_err(Failed::Left)?;
     let forward = Decision {
         members: Some(vec![member.clone()]),
-        sources: of.sources.iter().map(sidecar::SourceRef::published).collect(),
+        sources: sources.into_iter().map(|s| PublishedSource { op: Some(member.op.clone()), ..s }).collect(),
         ..Decision::new(&group.op, &group.attempt, &group.attempt, Outcome::Forward, "writer", BTreeMap::from([(table.to_string(), version)]))
     };
     let version = match sidecar::decide(lake, &forward).await.map_err(Failed::Left)? {

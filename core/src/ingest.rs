@@ -157,6 +157,9 @@ const CONCURRENT_SOURCES: usize = 16;
 /// Sources up to this size in all are staged alongside the claims: a round
 /// trip saved, and at most this much staged for nothing when a claim is lost.
 const SPECULATE_MAX_BYTES: u64 = 8 << 20;
+/// Sources a forward decision names at most (beyond, it names none: a
+/// publish that shows our commit first then does not list them).
+const MAX_DECIDED_SOURCES: usize = 64;
 
 /// Ingest the tables' sources as one operation: all of it visible in one
 /// manifest version, or none of it. A single table is an `ingest`; several a `load`.
@@ -439,20 +442,18 @@ impl Door<'_> {
                 Err(e) => return Err(e),
             }
         }
-        let (version, created) = match group.is_none() && beside_its_decision(&tables, self.w.multi) {
+        let (version, created) = if group.is_some() {
             // Its group decided it: published after that decision, never beside it.
-            false if group.is_some() => self.publish(&tables, base).await?,
+            self.publish(&tables, base).await?
+        } else if beside_its_decision(&tables, self.w.multi) {
             // Its decision goes beside the publish (one round trip, not two).
-            true => {
-                let (published, decided) = futures::join!(self.publish(&tables, base), self.record_forward(&tables));
-                decided?;
-                published?
-            }
-            false => {
-                self.decide_forward(&mut tables).await?;
-                failpoints::hit(failpoints::AFTER_DECISION)?;
-                self.publish(&tables, base).await?
-            }
+            let (published, decided) = futures::join!(self.publish(&tables, base), self.record_forward(&tables));
+            decided?;
+            published?
+        } else {
+            self.decide_forward(&mut tables).await?;
+            failpoints::hit(failpoints::AFTER_DECISION)?;
+            self.publish(&tables, base).await?
         };
         failpoints::hit(failpoints::BEFORE_FINISH)?;
         // Published: the hint and our intent's removal are independent (one round trip).
@@ -484,7 +485,7 @@ impl Door<'_> {
     /// Commit `tables`' one table as a group of one ([`group::commit_alone`]);
     /// returns the group, decided forward at the table's commit.
     async fn commit_as_group(&self, intent: &Intent, tables: &mut [TableWork], appended: Appended, ours: &Ours) -> Result<AttemptId> {
-        match group::commit_alone(self.w.lake, intent, appended, &self.w.deadline).await {
+        match group::commit_alone(self.w.lake, intent, self.decided_sources(tables), appended, &self.w.deadline).await {
             Ok(c) => {
                 let t = &mut tables[0];
                 (t.committed, t.committed_manifest) = (Some(c.version), c.manifest);
@@ -885,7 +886,17 @@ impl Door<'_> {
 
     fn forward(&self, tables: &[TableWork]) -> Decision {
         let versions = tables.iter().map(|t| (t.request.table.clone(), t.committed.expect("committed before deciding"))).collect();
-        Decision { sources: self.published_sources(tables), ..Decision::new(&self.w.op, &self.w.intent, &self.w.attempt, Outcome::Forward, "writer", versions) }
+        Decision { sources: self.decided_sources(tables), ..Decision::new(&self.w.op, &self.w.intent, &self.w.attempt, Outcome::Forward, "writer", versions) }
+    }
+
+    /// The sources a forward decision names, so that a publish passing our
+    /// commit records them: ours, unless there are too many to carry in a
+    /// decision every redelivery of them reads.
+    fn decided_sources(&self, tables: &[TableWork]) -> Vec<PublishedSource> {
+        match tables.iter().map(|t| t.sources.len()).sum::<usize>() <= MAX_DECIDED_SOURCES {
+            true => self.published_sources(tables),
+            false => Vec::new(),
+        }
     }
 
     /// Our sources, as a publish records them (with their bytes and the rows read).

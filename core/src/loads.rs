@@ -117,11 +117,11 @@ pub async fn list(lake: &Lake, filter: &Filter) -> Result<Vec<Entry>> {
 }
 
 /// Sources in the published versions, newest first. A source recorded by
-/// two versions (its own publish, and another that passed its commit on the
-/// way and showed it first) is listed once, at the older.
+/// two versions (another publish that passed its commit on the way, and its
+/// own) is listed once, at the newer.
 async fn ingested(lake: &Lake, filter: &Filter) -> Result<Vec<Entry>> {
     let mut out: Vec<Entry> = Vec::new();
-    let mut listed: std::collections::HashMap<(String, String), usize> = std::collections::HashMap::new();
+    let mut listed = std::collections::HashSet::new();
     let Some(latest) = manifest::read_latest(lake).await? else { return Ok(out) };
     let mut next = Some(latest);
     let mut walked = 0;
@@ -132,22 +132,13 @@ async fn ingested(lake: &Lake, filter: &Filter) -> Result<Vec<Entry>> {
         walked += 1;
         for p in &m.published {
             for s in &p.source_list {
-                let op = s.op.clone().unwrap_or_else(|| p.op.clone());
-                if let Some(&i) = listed.get(&(s.table.clone(), s.id.clone())) {
-                    let e = &mut out[i];
-                    (e.manifest_version, e.at, e.op) = (Some(m.version), m.published_at, op);
-                    e.rows = e.rows.or(s.rows);
-                    e.bytes = e.bytes.or(s.bytes);
-                    continue;
-                }
-                if out.len() < filter.limit && filter.keeps(Some(&s.table), m.published_at) {
-                    listed.insert((s.table.clone(), s.id.clone()), out.len());
+                if out.len() < filter.limit && filter.keeps(Some(&s.table), m.published_at) && listed.insert((s.table.clone(), s.id.clone())) {
                     out.push(Entry {
                         status: Status::Ingested,
                         uri: s.uri.clone(),
                         identity: s.identity.clone(),
                         table: Some(s.table.clone()),
-                        op,
+                        op: s.op.clone().unwrap_or_else(|| p.op.clone()),
                         manifest_version: Some(m.version),
                         rows: s.rows,
                         bytes: s.bytes,

@@ -785,11 +785,8 @@ impl Recovery<'_> {
     /// returns the decision that won instead, if another did.
     async fn decide(&self, outcome: Outcome, versions: BTreeMap<String, u64>, members: Option<Vec<AttemptId>>) -> Result<Option<Decision>> {
         self.deadline.check("recording a recovery decision")?;
-        let sources = match outcome {
-            Outcome::Forward => self.intent.sources.iter().map(SourceRef::published).collect(),
-            _ => Vec::new(),
-        };
-        let decision = Decision { members, sources, ..Decision::new(&self.intent.op, &self.intent.attempt, &self.lease.attempt, outcome, "recovery", versions) };
+        // No sources: recovery publishes what it decides itself.
+        let decision = Decision { members, ..Decision::new(&self.intent.op, &self.intent.attempt, &self.lease.attempt, outcome, "recovery", versions) };
         let won = match sidecar::decide(self.lake, &decision).await? {
             Created::Mine => None,
             Created::Theirs(theirs) => Some(theirs),
