@@ -367,24 +367,25 @@ fn a_take_during_a_members_recovery_is_followed() {
     });
 }
 
+/// Every decision in the lake at `root`.
+fn decisions(root: &str) -> Vec<Decision> {
+    let lake = Lake::open(root).unwrap();
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let mut out = Vec::new();
+        for meta in lake.list("_decisions").await.unwrap() {
+            out.push(lake.get_json(lake.relative(&meta.location).unwrap().as_str()).await.unwrap().unwrap());
+        }
+        out
+    })
+}
+
 /// The decisions a finished group of one leaves: the writer joined its
 /// group, and the group was decided forward at one commit, naming it.
-fn group_of_one(root: &str) -> (serde_json::Value, serde_json::Value) {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let lake = Lake::open(root).unwrap();
-    rt.block_on(async {
-        let mut joined = None;
-        let mut forward = None;
-        for meta in lake.list("_decisions").await.unwrap() {
-            let d: serde_json::Value = lake.get_json(lake.relative(&meta.location).unwrap().as_str()).await.unwrap().unwrap();
-            match d["outcome"].as_str() {
-                Some("joined") => joined = Some(d),
-                Some("forward") if d["op"].as_str().is_some_and(|op| op.starts_with("group-")) => forward = Some(d),
-                _ => {}
-            }
-        }
-        (joined.expect("the writer joined a group"), forward.expect("the group was decided forward"))
-    })
+fn group_of_one(root: &str) -> (Decision, Decision) {
+    let all = decisions(root);
+    let joined = all.iter().find(|d| d.outcome == Outcome::Joined).expect("the writer joined a group");
+    let forward = all.iter().find(|d| d.outcome == Outcome::Forward && d.op.starts_with("group-")).expect("the group was decided forward");
+    (joined.clone(), forward.clone())
 }
 
 fn contended(root: &str, file: &Path, extra: &[&str]) -> std::process::Command {
@@ -407,9 +408,9 @@ fn a_contended_ingest_commits_as_a_group_of_one() {
         assert_eq!(out.status.code(), Some(0), "{}", b.name);
         assert_eq!(json(&out)["tables"]["t"]["rows_inserted"], 30, "{}", b.name);
         let (joined, forward) = group_of_one(&b.root);
-        assert_eq!(joined["group"]["attempt"], forward["intent"], "{}: it joined that group", b.name);
-        assert_eq!(forward["members"], serde_json::json!([{ "op": joined["op"], "attempt": joined["intent"] }]), "{}", b.name);
-        assert_eq!(forward["by"], "writer", "{}", b.name);
+        assert_eq!(joined.group.as_ref().map(|g| &g.attempt), Some(&forward.intent), "{}: it joined that group", b.name);
+        assert_eq!(forward.members, Some(vec![AttemptId::new(&joined.op, &joined.intent)]), "{}", b.name);
+        assert_eq!(forward.by, "writer", "{}", b.name);
         assert_eq!(pending(&b.root), 0, "{}: both intents are gone", b.name);
         assert_eq!(scan_ids(&b.root, "t"), ids_of(&[0..5, 100..130]), "{}", b.name);
         let again = run(&mut contended(&b.root, &a, &[]));
@@ -464,16 +465,7 @@ fn a_group_whose_commit_failed_is_rolled_back_by_its_writer() {
         assert!(stderr.contains("fault: rejected"), "{}: {stderr}", b.name);
         assert_eq!(out.status.code(), Some(1), "{}: {stderr}", b.name);
         assert_eq!(pending(&b.root), 0, "{}: rolled back and finished by its writer", b.name);
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let lake = Lake::open(&b.root).unwrap();
-        let rolled_back = rt.block_on(async {
-            let mut outcomes = Vec::new();
-            for meta in lake.list("_decisions").await.unwrap() {
-                let d: Decision = lake.get_json(lake.relative(&meta.location).unwrap().as_str()).await.unwrap().unwrap();
-                outcomes.push((d.outcome, d.by));
-            }
-            outcomes
-        });
+        let rolled_back: Vec<(Outcome, String)> = decisions(&b.root).into_iter().map(|d| (d.outcome, d.by)).collect();
         assert!(rolled_back.contains(&(Outcome::RollBack, "writer".to_string())), "{}: {rolled_back:?}", b.name);
         assert_eq!(scan_ids(&b.root, "t"), ids_of(&[0..5]), "{}", b.name);
         let again = run(sluice(&b.root).args(["ingest", "--table", "t"]).arg(&a));

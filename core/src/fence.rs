@@ -42,7 +42,7 @@ use crate::sidecar::{self, AttemptId, Outcome, PROP_INTENT, PROP_MEMBERS, PROP_O
 
 /// Budget for removing a writer's own late commit when it gives up (it is
 /// fenced by its roll-back decision, so it may run past its deadline).
-pub(crate) const LATE_REMOVAL: Duration = Duration::from_secs(30);
+const LATE_REMOVAL: Duration = Duration::from_secs(30);
 /// Versions a writer reads to learn whether its own commit landed.
 const MAX_HISTORY: u64 = 100_000;
 /// Longest pause between polls of another worker's progress.
@@ -541,6 +541,20 @@ pub(crate) async fn committed_by(lake: &Lake, table: &str, after: u64, committer
         }
     }
     Ok(None)
+}
+
+/// A writer that decided its own attempt `id` rolled back removes every
+/// commit of it the history of `table` after `after` shows (one may have
+/// landed after all), as `by`, within [`LATE_REMOVAL`]. `Err(reason)` when
+/// one cannot be removed exactly: the intent then stays for recovery.
+pub(crate) async fn remove_own_commits(lake: &Lake, table: &str, after: u64, id: &AttemptId, by: &str) -> Result<Result<(), String>> {
+    let Some(history) = commits_of(lake, table, after, id, &Seen::default(), u64::MAX).await? else { return Ok(Ok(())) };
+    for (version, _) in history.standing() {
+        if let Err(reason) = remove_commit(lake, table, id, by, version, &Deadline::after(LATE_REMOVAL)).await? {
+            return Ok(Err(reason));
+        }
+    }
+    Ok(Ok(()))
 }
 
 /// An attempt's commits on one table, and the commits that removed them.

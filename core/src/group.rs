@@ -114,10 +114,10 @@ pub(crate) async fn commit_alone(lake: &Lake, of: &Intent, sources: Vec<Publishe
         sources: sources.into_iter().map(|s| PublishedSource { op: Some(member.op.clone()), ..s }).collect(),
         ..Decision::new(&group.op, &group.attempt, &group.attempt, Outcome::Forward, "writer", BTreeMap::from([(table.to_string(), version)]))
     };
-    let version = match sidecar::decide(lake, &forward).await.map_err(Failed::Left)? {
-        Created::Mine => version,
+    let (version, manifest) = match sidecar::decide(lake, &forward).await.map_err(Failed::Left)? {
+        Created::Mine => (version, manifest),
         // A vetter or recovery decided it first, from the same commit's tag.
-        Created::Theirs(theirs) if names(&theirs, table, member) => theirs.versions[table],
+        Created::Theirs(theirs) if names(&theirs, table, member) => (theirs.versions[table], manifest.filter(|_| theirs.versions[table] == version)),
         Created::Gone => {
             return Err(Failed::Left(Error::Blocked(format!(
                 "group {group} of operation {member}: its decision could not be confirmed; its commit stands, and `sluice recover` finishes it"
@@ -131,7 +131,7 @@ pub(crate) async fn commit_alone(lake: &Lake, of: &Intent, sources: Vec<Publishe
         }
     };
     failpoints::hit(failpoints::GROUP_AFTER_DECISION).map_err(Failed::Left)?;
-    Ok(Committed { group, version, manifest: manifest.filter(|_| version == forward.versions[table]), rows })
+    Ok(Committed { group, version, manifest, rows })
 }
 
 /// The group's commit was not sent, or did not land (as far as Lance and the
@@ -152,14 +152,8 @@ async fn give_up(lake: &Lake, member: &AttemptId, group: &AttemptId, (table, sta
     }
     // Its rows are removed before its member gives its claims back; if they
     // cannot be, both intents stay and recovery finishes (or refuses).
-    let seen = fence::Seen::default();
-    if let Some(history) = fence::commits_of(lake, table, start_pin, group, &seen, u64::MAX).await.map_err(Failed::Left)? {
-        for (version, _) in history.standing() {
-            if let Err(reason) = fence::remove_commit(lake, table, group, &group.attempt, version, &Deadline::after(fence::LATE_REMOVAL)).await.map_err(Failed::Left)? {
-                return Err(Failed::Left(Error::Blocked(reason)));
-            }
-        }
-    }
+    let removed = fence::remove_own_commits(lake, table, start_pin, group, &group.attempt).await.map_err(Failed::Left)?;
+    removed.map_err(|reason| Failed::Left(Error::Blocked(reason)))?;
     sidecar::delete_intent(lake, group).await.map_err(Failed::Left)?;
     Err(Failed::RolledBack(error))
 }

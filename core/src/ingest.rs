@@ -840,15 +840,9 @@ impl Door<'_> {
             }
         }
         if ours.commit_started {
-            let seen = fence::Seen::default();
             for t in tables {
-                let Some(history) = fence::commits_of(self.w.lake, &t.request.table, t.start_pin.unwrap_or(0), &id, &seen, u64::MAX).await? else { continue };
-                for (version, _) in history.standing() {
-                    if let Err(reason) = fence::remove_commit(self.w.lake, &t.request.table, &id, &self.w.attempt, version, &Deadline::after(fence::LATE_REMOVAL)).await? {
-                        // The intent stays: recovery reports the refusal.
-                        return Err(Error::Blocked(reason));
-                    }
-                }
+                // On a refusal the intent stays: recovery reports it.
+                fence::remove_own_commits(self.w.lake, &t.request.table, t.start_pin.unwrap_or(0), &id, &self.w.attempt).await?.map_err(Error::Blocked)?;
             }
         }
         self.give_back_and_end(ours).await
