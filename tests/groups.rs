@@ -1,11 +1,11 @@
-//! Group commits, read side: one Lance commit carrying several single-table
-//! ingests' rows, made by a group attempt of its own. Nothing in sluice
-//! writes groups yet; every worker must read them right before any does
-//! (a vetter that did not would remove a group's commit as a late duplicate).
-//! So these tests build the objects a group leaves by hand (the group's
-//! intent, each member's intent, claim and `joined` decision, the group's
-//! commit of the members' staged fragments) and drive the real door,
-//! vetting and recovery over them, on every backend.
+//! Group commits: one Lance commit carrying several single-table ingests'
+//! rows, made by a group attempt of its own. The first tests build the
+//! objects a group leaves by hand (the group's intent, each member's intent,
+//! claim and `joined` decision, the group's commit of the members' staged
+//! fragments) and drive the real door, vetting and recovery over them, on
+//! every backend: every worker must read groups right (a vetter that did not
+//! would remove a group's commit as a late duplicate). The later ones run
+//! contended writers (`SLUICE_TEST_CONTENDED`) held at the group's steps.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -470,6 +470,174 @@ fn a_group_whose_commit_failed_is_rolled_back_by_its_writer() {
         assert_eq!(scan_ids(&b.root, "t"), ids_of(&[0..5]), "{}", b.name);
         let again = run(sluice(&b.root).args(["ingest", "--table", "t"]).arg(&a));
         assert_eq!(again.status.code(), Some(0), "{}", b.name);
+        assert_eq!(scan_ids(&b.root, "t"), ids_of(&[0..5, 100..130]), "{}: once", b.name);
+    });
+}
+
+/// The group decisions a lake holds, and every `joined` decision by member.
+fn groups(root: &str) -> (Vec<Decision>, BTreeMap<AttemptId, AttemptId>) {
+    let all = decisions(root);
+    let forward = all.iter().filter(|d| d.op.starts_with("group-")).cloned().collect();
+    let joined = all.iter().filter(|d| d.outcome == Outcome::Joined).map(|d| (AttemptId::new(&d.op, &d.intent), d.group.clone().unwrap())).collect();
+    (forward, joined)
+}
+
+/// Table `table`'s latest Lance version.
+fn lance_version(root: &str, table: &str) -> u64 {
+    let lake = Lake::open(root).unwrap();
+    tokio::runtime::Runtime::new().unwrap().block_on(lake.open_table(table, None)).unwrap().version().version
+}
+
+/// Queue entries left in the lake.
+fn queued(root: &str) -> usize {
+    let lake = Lake::open(root).unwrap();
+    tokio::runtime::Runtime::new().unwrap().block_on(sluice::queue::list_all(&lake)).unwrap().len()
+}
+
+/// Two contended writers: A leads (held once its group's intent is written),
+/// B offers its rows and is held before its turn. A takes B, commits both
+/// writers' rows in one Lance commit, decides the group forward naming both
+/// and publishes: both files are visible before B goes on. B then finds it
+/// was taken, waits for the group's decision and its publish, and succeeds
+/// without a commit of its own. Redeliveries are "already ingested".
+#[test]
+fn a_queued_writer_is_taken_into_the_older_writers_group() {
+    on_each_backend(|b| {
+        let dir = tempfile::tempdir().unwrap();
+        seeded(&b.root, dir.path(), &["t"]);
+        let (fa, fb) = (jsonl(dir.path(), "a.jsonl", 100..130), jsonl(dir.path(), "b.jsonl", 200..210));
+        let before = lance_version(&b.root, "t");
+        let a = hold_at(&mut contended(&b.root, &fa, &[]), "group.after-intent");
+        let bw = hold_at(&mut contended(&b.root, &fb, &[]), "group.queued");
+        a.release();
+        let out = a.wait_with_output();
+        assert_eq!(out.status.code(), Some(0), "{}", b.name);
+        assert_eq!(json(&out)["tables"]["t"]["rows_inserted"], 30, "{}: each reports its own rows", b.name);
+        assert_eq!(scan_ids(&b.root, "t"), ids_of(&[0..5, 100..130, 200..210]), "{}: the leader published both", b.name);
+        bw.release();
+        let out = bw.wait_with_output();
+        assert_eq!(out.status.code(), Some(0), "{}", b.name);
+        assert_eq!(json(&out)["tables"]["t"]["rows_inserted"], 10, "{}", b.name);
+        assert_eq!(lance_version(&b.root, "t"), before + 1, "{}: one Lance commit for both", b.name);
+        let (groups, joined) = groups(&b.root);
+        assert_eq!(groups.len(), 1, "{}: {groups:?}", b.name);
+        let g = &groups[0];
+        assert_eq!((g.outcome, g.by.as_str()), (Outcome::Forward, "writer"), "{}", b.name);
+        let members = g.members.clone().unwrap();
+        assert_eq!(members.len(), 2, "{}: {members:?}", b.name);
+        assert!(members.iter().all(|m| joined[m].attempt == g.intent), "{}: both bound to it", b.name);
+        assert_eq!(g.sources.len(), 2, "{}: it names both writers' sources", b.name);
+        assert_eq!((pending(&b.root), queued(&b.root)), (0, 0), "{}: intents and entries gone", b.name);
+        for f in [&fa, &fb] {
+            let again = run(&mut contended(&b.root, f, &[]));
+            assert_eq!(json(&again)["sources"][0]["status"], "already_ingested", "{}", b.name);
+        }
+        assert_eq!(scan_ids(&b.root, "t"), ids_of(&[0..5, 100..130, 200..210]), "{}: once", b.name);
+    });
+}
+
+/// A writer is held after offering its rows, before its turn; a younger
+/// writer's turn comes, it leads and takes the older one. Released, the
+/// older writer tries to lead: its own take loses to the group that took it,
+/// so it removes its unused group's intent and follows that group.
+#[test]
+fn a_writer_taken_before_it_bound_itself_follows_the_group_that_took_it() {
+    on_each_backend(|b| {
+        let dir = tempfile::tempdir().unwrap();
+        seeded(&b.root, dir.path(), &["t"]);
+        let (fa, fb) = (jsonl(dir.path(), "a.jsonl", 100..130), jsonl(dir.path(), "b.jsonl", 200..210));
+        let a = hold_at(&mut contended(&b.root, &fa, &[]), "group.queued");
+        let out = run(&mut contended(&b.root, &fb, &[]));
+        assert_eq!(out.status.code(), Some(0), "{}", b.name);
+        a.release();
+        let out = a.wait_with_output();
+        assert_eq!(out.status.code(), Some(0), "{}", b.name);
+        let (groups, joined) = groups(&b.root);
+        assert_eq!(groups.len(), 1, "{}: the older writer's own group never decided anything: {groups:?}", b.name);
+        assert_eq!(joined.len(), 2, "{}", b.name);
+        assert_eq!(groups[0].members.as_ref().map(Vec::len), Some(2), "{}", b.name);
+        assert_eq!((pending(&b.root), queued(&b.root)), (0, 0), "{}: its unused group's intent is gone too", b.name);
+        assert_eq!(scan_ids(&b.root, "t"), ids_of(&[0..5, 100..130, 200..210]), "{}", b.name);
+    });
+}
+
+/// A member is killed (`kill -9`) while it waits for its group: the leader
+/// publishes its rows all the same, and a sweep finishes the dead member's
+/// intent through the group's decision. Its redelivery is "already ingested".
+#[test]
+fn a_member_killed_while_waiting_is_finished_by_recovery() {
+    on_each_backend(|b| {
+        let dir = tempfile::tempdir().unwrap();
+        seeded(&b.root, dir.path(), &["t"]);
+        let (fa, fb) = (jsonl(dir.path(), "a.jsonl", 100..130), jsonl(dir.path(), "b.jsonl", 200..210));
+        let a = hold_at(&mut contended(&b.root, &fa, &[]), "group.after-intent");
+        // Its clock runs 10 minutes behind: its intent looks expired at once.
+        let mut cmd = contended(&b.root, &fb, &["--timeout", "60s"]);
+        let bw = hold_at_then(cmd.env("SLUICE_TEST_CLOCK_BEHIND_MS", "600000"), "group.queued", "group.member-waiting");
+        a.release();
+        assert_eq!(a.wait_with_output().status.code(), Some(0), "{}", b.name);
+        bw.release();
+        bw.wait_for("group.member-waiting");
+        drop(bw);
+        assert_eq!(pending(&b.root), 1, "{}: the dead member's intent", b.name);
+        sweep_until_clean(&b.root, Duration::from_secs(60));
+        assert_eq!(scan_ids(&b.root, "t"), ids_of(&[0..5, 100..130, 200..210]), "{}", b.name);
+        let again = run(&mut contended(&b.root, &fb, &[]));
+        assert_eq!(json(&again)["sources"][0]["status"], "already_ingested", "{}", b.name);
+        assert_eq!(scan_ids(&b.root, "t"), ids_of(&[0..5, 100..130, 200..210]), "{}: once", b.name);
+    });
+}
+
+/// A leader is killed (`kill -9`) after taking a member, before its commit.
+/// The member, waiting, finds the group's writer presumed dead and resolves
+/// the group: nothing committed, so rolled back; the member gives its source
+/// back and fails, asking for redelivery. A sweep rolls the dead leader back
+/// through the same decision. Both redeliveries ingest their rows once.
+#[test]
+fn a_dead_leaders_member_resolves_the_group_and_is_delivered_again() {
+    on_each_backend(|b| {
+        let dir = tempfile::tempdir().unwrap();
+        seeded(&b.root, dir.path(), &["t"]);
+        let (fa, fb) = (jsonl(dir.path(), "a.jsonl", 100..130), jsonl(dir.path(), "b.jsonl", 200..210));
+        // The leader's clock runs 10 minutes behind: its group looks expired at once.
+        let mut cmd = contended(&b.root, &fa, &["--timeout", "60s"]);
+        let a = hold_at_then(cmd.env("SLUICE_TEST_CLOCK_BEHIND_MS", "600000"), "group.after-intent", "group.after-takes");
+        let bw = hold_at(&mut contended(&b.root, &fb, &["--clock-skew", "0s"]), "group.queued");
+        a.release();
+        a.wait_for("group.after-takes");
+        drop(a);
+        bw.release();
+        let out = bw.wait_with_output();
+        assert_eq!(out.status.code(), Some(1), "{}", b.name);
+        assert!(String::from_utf8_lossy(&out.stderr).contains("deliver its sources again"), "{}", b.name);
+        sweep_until_clean(&b.root, Duration::from_secs(60));
+        assert_eq!(scan_ids(&b.root, "t"), ids_of(&[0..5]), "{}: nothing of the group shown", b.name);
+        for f in [&fa, &fb] {
+            assert_eq!(run(&mut contended(&b.root, f, &[])).status.code(), Some(0), "{}", b.name);
+        }
+        assert_eq!(scan_ids(&b.root, "t"), ids_of(&[0..5, 100..130, 200..210]), "{}: once", b.name);
+        assert_eq!(pending(&b.root), 0, "{}", b.name);
+    });
+}
+
+/// A writer killed right after offering its rows leaves its queue entry; a
+/// sweep rolls it back (nobody can take it after that), and cleanup removes
+/// the entry of a decided, finished attempt.
+#[test]
+fn cleanup_removes_the_queue_entry_a_dead_writer_left() {
+    on_each_backend(|b| {
+        let dir = tempfile::tempdir().unwrap();
+        seeded(&b.root, dir.path(), &["t"]);
+        let fa = jsonl(dir.path(), "a.jsonl", 100..130);
+        let mut cmd = contended(&b.root, &fa, &["--timeout", "60s"]);
+        kill_9_at(cmd.env("SLUICE_TEST_CLOCK_BEHIND_MS", "600000"), "group.queued");
+        assert_eq!(queued(&b.root), 1, "{}", b.name);
+        sweep_until_clean(&b.root, Duration::from_secs(60));
+        let out = run(sluice(&b.root).args(["--json", "--clock-skew", "0s", "cleanup"]));
+        assert_eq!(out.status.code(), Some(0), "{}", b.name);
+        assert_eq!(json(&out)["sidecars"]["queue_entries"], 1, "{}", b.name);
+        assert_eq!(queued(&b.root), 0, "{}", b.name);
+        assert_eq!(run(&mut contended(&b.root, &fa, &[])).status.code(), Some(0), "{}", b.name);
         assert_eq!(scan_ids(&b.root, "t"), ids_of(&[0..5, 100..130]), "{}: once", b.name);
     });
 }

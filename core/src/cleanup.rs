@@ -20,6 +20,7 @@
 //!    than the orphan cutoff (and only those: `HideNewer`) deleted too.
 //! 5. **Sidecars**: stale leases older than the retention floor, audit records
 //!    older than `keep_audit`; never those of an attempt still in flight.
+//!    Group-commit queue entries of attempts decided and finished go.
 //!    Claims in `_ingested/` (the exactly-once ledger), decisions (create-only
 //!    fences a stalled worker must lose) and adoptions are kept.
 
@@ -39,6 +40,7 @@ use crate::error::{Error, Result};
 use crate::hide_newer::HideNewer;
 use crate::lake::Lake;
 use crate::manifest::{self, Manifest};
+use crate::queue;
 use crate::recover;
 use crate::sidecar::{self, AttemptId, Intent, OpsObject};
 
@@ -105,6 +107,8 @@ pub struct TableCleanup {
 pub struct SidecarCleanup {
     pub leases: u64,
     pub audit_records: u64,
+    /// Group-commit queue entries of attempts decided and finished.
+    pub queue_entries: u64,
 }
 
 /// What `_ops/` held when listed.
@@ -290,6 +294,18 @@ async fn clean_sidecars(lake: &Lake, opts: &Options, in_flight: &InFlight) -> Re
                 }
                 *count += 1;
             }
+        }
+    }
+    // A queue entry is only an offer: once its attempt is decided (nobody can
+    // take it any more) and finished (its intent gone), nobody reads it. The
+    // decision is read before the intent: an attempt deletes its intent only
+    // after its decision exists.
+    for (table, id) in queue::list_all(lake).await? {
+        if sidecar::read_decision(lake, &id).await?.is_some() && !sidecar::intent_exists(lake, &id).await? {
+            if !opts.dry_run {
+                queue::withdraw(lake, &table, &id).await?;
+            }
+            done.queue_entries += 1;
         }
     }
     for (id, k, written) in &in_flight.stale_leases {

@@ -89,10 +89,17 @@ pub const READ_AHEAD_FIRST_ROWS: &str = "ingest.read-ahead";
 /// Staging took what was read ahead: the file is the version hashed.
 pub const READ_AHEAD_KEPT: &str = "stage.kept-read-ahead";
 
-/// A group's intent is written; no member bound yet (`group.rs`).
+/// A contended writer offered its rows in the table's queue; it has not
+/// waited its turn to lead yet (`group.rs`).
+pub const GROUP_QUEUED: &str = "group.queued";
+/// A group's intent is written; no member bound yet.
 pub const GROUP_AFTER_INTENT: &str = "group.after-intent";
 /// The contended writer bound itself to its group (`joined`); nothing committed.
 pub const GROUP_AFTER_SELF_TAKE: &str = "group.after-self-take";
+/// The group's leader bound the queued writers it could; nothing committed.
+pub const GROUP_AFTER_TAKES: &str = "group.after-takes";
+/// A queued writer was taken into another writer's group; it waits for that group's outcome.
+pub const GROUP_MEMBER_WAITING: &str = "group.member-waiting";
 /// The group's commit is built and its deadline checked; Lance is next.
 pub const GROUP_COMMIT_CHECKED: &str = "group.commit-checked";
 /// The group's commit landed; the group is not decided yet.
@@ -113,7 +120,8 @@ pub const COLUMNS: &[&str] = &[COLUMNS_BEFORE_COMMIT, COLUMNS_AFTER_COMMIT];
 /// Steps that only read (a rendezvous for tests; nothing is left behind).
 pub const READ: &[&str] = &[SCAN_AFTER_OPEN, BEFORE_HASH, READ_AHEAD_FIRST_ROWS, READ_AHEAD_KEPT];
 /// A group's steps on the common path (its give-up is met only when its commit fails).
-pub const GROUP: &[&str] = &[GROUP_AFTER_INTENT, GROUP_AFTER_SELF_TAKE, GROUP_COMMIT_CHECKED, GROUP_AFTER_COMMIT, GROUP_AFTER_DECISION];
+/// (A member's wait is met only when another writer's group takes it.)
+pub const GROUP: &[&str] = &[GROUP_QUEUED, GROUP_AFTER_INTENT, GROUP_AFTER_SELF_TAKE, GROUP_AFTER_TAKES, GROUP_COMMIT_CHECKED, GROUP_AFTER_COMMIT, GROUP_AFTER_DECISION];
 /// Recovery's own steps (a crash here leaves work for the next sweep).
 pub const RECOVERY: &[&str] = &[RECOVER_BEFORE_LEASE, RECOVER_AFTER_LEASE, RECOVER_AFTER_DECISION, RECOVER_AFTER_EFFECTS, RECOVER_BEFORE_FINISH];
 
@@ -148,8 +156,11 @@ pub const ALL: &[&str] = &[
     BEFORE_HASH,
     READ_AHEAD_FIRST_ROWS,
     READ_AHEAD_KEPT,
+    GROUP_QUEUED,
     GROUP_AFTER_INTENT,
     GROUP_AFTER_SELF_TAKE,
+    GROUP_AFTER_TAKES,
+    GROUP_MEMBER_WAITING,
     GROUP_COMMIT_CHECKED,
     GROUP_AFTER_COMMIT,
     GROUP_BEFORE_GIVE_UP,

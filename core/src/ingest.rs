@@ -47,6 +47,7 @@ use crate::recover;
 use crate::sidecar::{self, AttemptId, Claim, Claimed, Decision, Holder, Intent, IntentTable, Outcome, SourceRef};
 use crate::source::Source;
 use crate::group;
+use crate::queue;
 use crate::stage::{Appended, Opening, Staged, Stager, TableWork, check_mode};
 pub use crate::stage::{TableReport, TableRequest};
 
@@ -417,12 +418,15 @@ impl Door<'_> {
         if let Err(e) = failpoints::hit(failpoints::BEFORE_COMMIT) {
             return Err(self.abandon(&tables, &ours, e).await);
         }
-        // A group commit (of one, for now: `group.rs`) decides and publishes its own way.
+        // A group commit (`group.rs`) decides and publishes its own way.
         let mut group = None;
         if self.contended(&tables) {
             ours.commit_started = true;
             match staged.pop().expect("one table, one stage").into_append() {
-                Ok(appended) => group = Some(self.commit_as_group(&intent, &mut tables, appended, &ours).await?),
+                Ok(appended) => {
+                    ours.queued = Some(tables[0].request.table.clone());
+                    group = Some(self.commit_as_group(&intent, &mut tables, appended, &ours).await?);
+                }
                 Err(stage) => staged.push(stage),
             }
         }
@@ -442,9 +446,13 @@ impl Door<'_> {
                 Err(e) => return Err(e),
             }
         }
-        let (version, created) = if group.is_some() {
-            // Its group decided it: published after that decision, never beside it.
-            self.publish(&tables, base).await?
+        let (version, created) = if let Some((_, led)) = &group {
+            // Its group decided it: published after that decision, never
+            // beside it, by its leader (a member waits for that).
+            match led {
+                true => self.publish(&tables, base).await?,
+                false => self.await_published(&tables, base).await?,
+            }
         } else if beside_its_decision(&tables, self.w.multi) {
             // Its decision goes beside the publish (one round trip, not two).
             let (published, decided) = futures::join!(self.publish(&tables, base), self.record_forward(&tables));
@@ -463,11 +471,22 @@ impl Door<'_> {
             }
         };
         let id = self.id();
+        // Our entry, and the group's intent if we led it, go with our intent.
         let group_done = async {
-            match &group {
-                Some(g) => sidecar::delete_intent(self.w.lake, g).await,
-                None => Ok(()),
-            }
+            let withdrawn = async {
+                match &ours.queued {
+                    Some(table) => queue::withdraw(self.w.lake, table, &id).await,
+                    None => Ok(()),
+                }
+            };
+            let led = async {
+                match &group {
+                    Some((g, true)) => sidecar::delete_intent(self.w.lake, g).await,
+                    _ => Ok(()),
+                }
+            };
+            let (withdrawn, led) = futures::join!(withdrawn, led);
+            withdrawn.and(led)
         };
         let ((), finished, group_done) = futures::join!(hint, sidecar::delete_intent(self.w.lake, &id), group_done);
         finished?;
@@ -476,21 +495,21 @@ impl Door<'_> {
     }
 
     /// Does this attempt commit as a group? A single-table append onto a
-    /// published table that changes no settings, and (until groups take
-    /// other writers) only under the test knob.
+    /// published table that changes no settings, and (until Lance's commit
+    /// conflicts send writers there) only under the test knob.
     fn contended(&self, tables: &[TableWork]) -> bool {
         failpoints::contended() && !self.w.multi && matches!(tables, [t] if t.mode == Mode::Append && t.start_pin.is_some() && t.changes.is_empty())
     }
 
-    /// Commit `tables`' one table as a group of one ([`group::commit_alone`]);
-    /// returns the group, decided forward at the table's commit.
-    async fn commit_as_group(&self, intent: &Intent, tables: &mut [TableWork], appended: Appended, ours: &Ours) -> Result<AttemptId> {
-        match group::commit_alone(self.w.lake, intent, self.decided_sources(tables), appended, &self.w.deadline).await {
+    /// Commit `tables`' one table in a group ([`group::commit`]); returns
+    /// the group, decided forward at the table's commit, and whether we led it.
+    async fn commit_as_group(&self, intent: &Intent, tables: &mut [TableWork], appended: Appended, ours: &Ours) -> Result<(AttemptId, bool)> {
+        match group::commit(self.w.lake, intent, self.decided_sources(tables), appended, &self.w.deadline, self.skew).await {
             Ok(c) => {
                 let t = &mut tables[0];
                 (t.committed, t.committed_manifest) = (Some(c.version), c.manifest);
                 t.report = Some(TableReport { lance_version: c.version, rows_inserted: c.rows, rows_updated: 0 });
-                Ok(c.group)
+                Ok((c.group, c.led))
             }
             Err(group::Failed::Alone(e)) => Err(self.abandon(tables, ours, e).await),
             // The group is rolled back for good: our claims are ours to give back.
@@ -854,6 +873,9 @@ impl Door<'_> {
         for (source, generation) in ours.claimed.iter().chain(&ours.maybe) {
             sidecar::release(self.w.lake, source, *generation, &self.w.attempt).await?;
         }
+        if let Some(table) = &ours.queued {
+            queue::withdraw(self.w.lake, table, &self.id()).await?;
+        }
         sidecar::delete_intent(self.w.lake, &self.id()).await
     }
     /// Copy the bad source and its reason under `_quarantine/<source id>/`;
@@ -1008,6 +1030,28 @@ impl Door<'_> {
         Ok((outcome.version(), created))
     }
 
+    /// A group member's rows are published by its group's leader: wait for
+    /// a manifest that shows them (pins never go back), and publish them
+    /// ourselves, vetted like any publish, if none does soon (the leader may
+    /// have died after deciding the group).
+    async fn await_published(&self, tables: &[TableWork], base: Manifest) -> Result<(u64, Option<Manifest>)> {
+        let [t] = tables else { unreachable!("a group member appends to one table") };
+        let version = t.committed.expect("decided before publishing");
+        let started = std::time::Instant::now();
+        let (mut latest, mut pause) = (base, group::FIRST_POLL);
+        loop {
+            latest = manifest::catch_up(self.w.lake, latest).await?;
+            if latest.tables.get(&t.request.table).is_some_and(|p| p.version >= version) {
+                return Ok((latest.version, None));
+            }
+            if started.elapsed() >= group::PUBLISH_WAIT || self.w.deadline.remaining() <= pause {
+                return self.publish(tables, latest).await;
+            }
+            tokio::time::sleep(pause).await;
+            pause = group::next_poll(pause);
+        }
+    }
+
     /// The report: our sources, and those other attempts hold. An
     /// acknowledgement is earned: a source held elsewhere counts as done only
     /// once its holder is proven to have published it; a holder in flight is
@@ -1093,6 +1137,8 @@ struct Ours {
     commit_started: bool,
     /// Claiming waited for another attempt to finish.
     waited: bool,
+    /// The table whose group-commit queue holds (or may hold) our entry.
+    queued: Option<String>,
 }
 
 /// What claiming found: the sources held elsewhere; whether any is ours to

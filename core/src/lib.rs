@@ -30,6 +30,7 @@ pub mod loads;
 pub mod manifest;
 pub mod optimize;
 pub mod partitions;
+pub mod queue;
 mod read_ahead;
 pub mod read;
 mod record_ends;

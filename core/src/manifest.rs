@@ -269,7 +269,7 @@ async fn newer_than(lake: &Lake, version: u64) -> Result<Option<u64>> {
 /// step 1 from the furthest hit until the very next version misses. If that
 /// last version's claim to be the latest is too old to rule out a cleaned gap
 /// after it, a LIST confirms it or jumps past the gap.
-async fn catch_up(lake: &Lake, mut known: Manifest) -> Result<Manifest> {
+pub(crate) async fn catch_up(lake: &Lake, mut known: Manifest) -> Result<Manifest> {
     let mut probes = 0;
     loop {
         known = gallop(lake, known, &mut probes).await?;

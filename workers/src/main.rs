@@ -666,7 +666,7 @@ async fn run(cli: Cli) -> Result<()> {
                     ));
                 }
                 let s = &report.sidecars;
-                out.push_str(&format!("sidecars: {verb} {} lease(s), {} audit record(s)", s.leases, s.audit_records));
+                out.push_str(&format!("sidecars: {verb} {} lease(s), {} audit record(s), {} queue entry(ies)", s.leases, s.audit_records, s.queue_entries));
                 if !report.not_done.is_empty() {
                     out.push_str(&format!("\nnot done (out of time; the next run does them): {}", report.not_done.join(", ")));
                 }
