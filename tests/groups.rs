@@ -514,6 +514,12 @@ fn a_queued_writer_is_taken_into_the_older_writers_group() {
         assert_eq!(out.status.code(), Some(0), "{}", b.name);
         assert_eq!(json(&out)["tables"]["t"]["rows_inserted"], 30, "{}: each reports its own rows", b.name);
         assert_eq!(scan_ids(&b.root, "t"), ids_of(&[0..5, 100..130, 200..210]), "{}: the leader published both", b.name);
+        // Its publish lists both files, each under its own operation.
+        let out = run(sluice(&b.root).args(["--json", "sources", "--table", "t", "--status", "ingested"]));
+        let listed: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let op_of = |name: &str| listed.iter().find(|e| e["uri"].as_str().unwrap().ends_with(name)).map(|e| e["op"].as_str().unwrap().to_string());
+        let (a_op, b_op) = (op_of("/a.jsonl").expect("a is listed"), op_of("/b.jsonl").expect("b is listed"));
+        assert_ne!(a_op, b_op, "{}: {listed:?}", b.name);
         bw.release();
         let out = bw.wait_with_output();
         assert_eq!(out.status.code(), Some(0), "{}", b.name);
@@ -639,5 +645,38 @@ fn cleanup_removes_the_queue_entry_a_dead_writer_left() {
         assert_eq!(queued(&b.root), 0, "{}", b.name);
         assert_eq!(run(&mut contended(&b.root, &fa, &[])).status.code(), Some(0), "{}", b.name);
         assert_eq!(scan_ids(&b.root, "t"), ids_of(&[0..5, 100..130]), "{}: once", b.name);
+    });
+}
+
+/// Without the test knob, a single-table append commits on its own first,
+/// with two Lance attempts. Its manifest PUT beaten once, Lance rebases and
+/// it lands on its own: no group. Beaten twice, Lance proves it lost and the
+/// writer commits in a group instead of failing, without reading the
+/// table's history (a proven loss has nothing there to find).
+#[test]
+fn a_commit_lance_proves_lost_goes_to_a_group() {
+    on_each_backend(|b| {
+        let dir = tempfile::tempdir().unwrap();
+        seeded(&b.root, dir.path(), &["t"]);
+        let (fa, fb) = (jsonl(dir.path(), "a.jsonl", 100..130), jsonl(dir.path(), "b.jsonl", 200..210));
+        let ingest = |f: &Path, beaten: u32| {
+            let mut cmd = sluice(&b.root);
+            cmd.args(["--json", "ingest", "--table", "t"]).arg(f).env("SLUICE_FAULTS", format!("rule=t.lance/_versions/:beaten:{beaten}")).env("SLUICE_LOG", "sluice=info");
+            run(&mut cmd)
+        };
+        let out = ingest(&fa, 1);
+        assert_eq!(out.status.code(), Some(0), "{}", b.name);
+        assert!(String::from_utf8_lossy(&out.stderr).contains("fault: beaten"), "{}", b.name);
+        assert!(groups(&b.root).1.is_empty(), "{}: one rebase, then its own commit", b.name);
+        let out = ingest(&fb, 2);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{}: {stderr}", b.name);
+        assert!(stderr.contains("committing in a group"), "{}: {stderr}", b.name);
+        assert!(!stderr.contains("reading the table's history"), "{}: {stderr}", b.name);
+        let (groups, joined) = groups(&b.root);
+        assert_eq!((groups.len(), joined.len()), (1, 1), "{}", b.name);
+        assert_eq!(json(&out)["tables"]["t"]["rows_inserted"], 10, "{}", b.name);
+        assert_eq!((pending(&b.root), queued(&b.root)), (0, 0), "{}", b.name);
+        assert_eq!(scan_ids(&b.root, "t"), ids_of(&[0..5, 100..130, 200..210]), "{}", b.name);
     });
 }

@@ -172,7 +172,7 @@ pub async fn run(lake: &Lake, opts: Options, timeout: Duration) -> Result<Report
         not_done.push("sidecars".into());
         SidecarCleanup::default()
     } else {
-        clean_sidecars(lake, &opts, &in_flight).await?
+        clean_sidecars(lake, &opts, &in_flight, &deadline).await?
     };
     Ok(Report { dry_run: opts.dry_run, recovery, manifest, orphan_cutoff, tables, sidecars, not_done, requests: lake.requests().since(&before) })
 }
@@ -275,7 +275,7 @@ async fn clean_table(lake: &Lake, table: &str, kept_from: u64, orphan_cutoff: Da
     stats.map_err(|e| Error::lance(table, e))
 }
 
-async fn clean_sidecars(lake: &Lake, opts: &Options, in_flight: &InFlight) -> Result<SidecarCleanup> {
+async fn clean_sidecars(lake: &Lake, opts: &Options, in_flight: &InFlight, deadline: &Deadline) -> Result<SidecarCleanup> {
     let now = Utc::now();
     let floor = deadline::earlier(now, lake.timing().retention_floor);
     let audit_cutoff = deadline::earlier(now, opts.keep_audit);
@@ -300,12 +300,21 @@ async fn clean_sidecars(lake: &Lake, opts: &Options, in_flight: &InFlight) -> Re
     // take it any more) and finished (its intent gone), nobody reads it. The
     // decision is read before the intent: an attempt deletes its intent only
     // after its decision exists.
+    // One unreadable entry costs only itself; the next run looks again.
     for (table, id) in queue::list_all(lake).await? {
-        if sidecar::read_decision(lake, &id).await?.is_some() && !sidecar::intent_exists(lake, &id).await? {
-            if !opts.dry_run {
+        if deadline.remaining().is_zero() {
+            break;
+        }
+        let finished = async {
+            let finished = sidecar::read_decision(lake, &id).await?.is_some() && !sidecar::intent_exists(lake, &id).await?;
+            if finished && !opts.dry_run {
                 queue::withdraw(lake, &table, &id).await?;
             }
-            done.queue_entries += 1;
+            Ok::<_, Error>(finished)
+        };
+        match finished.await {
+            Ok(finished) => done.queue_entries += u64::from(finished),
+            Err(e) => tracing::warn!(table, attempt = %id, error = %e, "could not clean up a queue entry; the next run looks again"),
         }
     }
     for (id, k, written) in &in_flight.stale_leases {

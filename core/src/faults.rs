@@ -42,6 +42,10 @@ pub enum Fault {
     AppliedThenError,
     /// Do not apply the PUT; answer with a transport error.
     Rejected,
+    /// Do not apply the PUT; answer "already exists": a create race lost
+    /// (Lance, reading the version back and finding none of its own, proves
+    /// its commit attempt lost and tries again or gives up).
+    Beaten,
 }
 
 impl Fault {
@@ -51,22 +55,24 @@ impl Fault {
             Fault::AppliedThenAlreadyExists => "applied-then-exists",
             Fault::AppliedThenError => "applied-then-error",
             Fault::Rejected => "rejected",
+            Fault::Beaten => "beaten",
             Fault::AppliedThenSlow(_) => "applied-then-slow",
             Fault::LandsLate => "lands-late",
         }
     }
 
-    /// `applied-then-exists`, `applied-then-error`, `rejected`,
+    /// `applied-then-exists`, `applied-then-error`, `rejected`, `beaten`,
     /// `applied-then-slow-MS`, `lands-late`.
     pub fn parse(kind: &str) -> std::result::Result<Fault, String> {
         Ok(match kind {
             "applied-then-exists" => Fault::AppliedThenAlreadyExists,
             "applied-then-error" => Fault::AppliedThenError,
             "rejected" => Fault::Rejected,
+            "beaten" => Fault::Beaten,
             "lands-late" => Fault::LandsLate,
             _ => match kind.strip_prefix("applied-then-slow-").map(str::parse) {
                 Some(Ok(ms)) => Fault::AppliedThenSlow(ms),
-                _ => return Err(format!("fault kind '{kind}': use applied-then-exists, applied-then-error, rejected, applied-then-slow-MS or lands-late")),
+                _ => return Err(format!("fault kind '{kind}': use applied-then-exists, applied-then-error, rejected, beaten, applied-then-slow-MS or lands-late")),
             },
         })
     }
@@ -353,7 +359,7 @@ impl ObjectStore for FaultStore {
             tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
             return Ok(put);
         }
-        if fault != Fault::Rejected {
+        if !matches!(fault, Fault::Rejected | Fault::Beaten) {
             // A PUT the store itself refused (a lost create race) is answered as it is.
             self.inner.put_opts(location, payload, opts).await?;
         }
@@ -368,6 +374,7 @@ impl ObjectStore for FaultStore {
                 source: "injected: the PUT was applied but the response was lost".into(),
             }),
             Fault::Rejected => Err(object_store::Error::Generic { store: "FaultStore", source: "injected: the PUT failed".into() }),
+            Fault::Beaten => Err(object_store::Error::AlreadyExists { path: location.to_string(), source: "injected: another writer's object was there".into() }),
             Fault::AppliedThenSlow(_) | Fault::LandsLate => unreachable!("answered above"),
         }
     }

@@ -15,16 +15,16 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use lance::dataset::CommitBuilder;
 use lance::dataset::transaction::{Operation, Transaction};
 
-use crate::deadline::{Deadline, presumed_dead_at};
-use crate::error::{Error, Result};
+use crate::deadline::{self, Deadline, presumed_dead_at};
+use crate::error::Error;
 use crate::failpoints;
 use crate::fence;
 use crate::known_manifest::LanceManifest;
-use crate::manifest::PublishedSource;
+use crate::manifest::{self, Manifest, PublishedSource};
 use crate::lake::{Created, Lake};
 use crate::queue::{self, Entry};
 use crate::recover::{self, Action};
@@ -48,11 +48,19 @@ pub(crate) struct Committed {
     pub group: AttemptId,
     /// This writer led the group: its intent is this writer's to remove.
     pub led: bool,
+    /// When the group's writer is presumed dead (a member stops waiting for its publish).
+    pub lives_until: Option<DateTime<Utc>>,
     pub version: u64,
     pub manifest: Option<LanceManifest>,
     pub rows: u64,
+    /// The members' sources, as the group's decision names them (a publish lists them).
+    pub sources: Vec<PublishedSource>,
 }
 
+/// Lance's attempts at a groupable writer's own commit before it goes to the
+/// queue: one rebase onto a commit that beat it (Lance makes at least one
+/// attempt, so 1 would allow none), then the queue, where one commit carries many.
+pub(crate) const LONE_ATTEMPTS: u32 = 2;
 /// Members one group takes at most (its leader included).
 const MAX_MEMBERS: usize = 64;
 /// Sources a group's decision names at most (so that a publish lists them).
@@ -64,16 +72,20 @@ const TAKES_AT_ONCE: usize = 16;
 /// time to take them.
 const TURN: Duration = Duration::from_millis(50);
 const MAX_RANK: u32 = 4;
-/// Entries older than this do not delay a writer's turn (their owners are
-/// waiting on a group already, or gone).
-const STALE: Duration = Duration::from_secs(10);
+/// Entries written longer ago than this are neither waited for nor taken:
+/// a live writer's entry goes within a turn (taken, or it leads), so an old
+/// one's owner is gone or stuck (cleanup removes it once it is decided).
+const STALE: Duration = Duration::from_secs(30);
+/// A leader with less time left than this takes nobody else: members bound to
+/// a group that cannot commit in time would all be delivered again.
+const TAKE_MARGIN: Duration = Duration::from_secs(5);
+/// A member with less time left than this publishes its group's commit
+/// itself rather than wait for its leader's publish.
+const SELF_PUBLISH_MARGIN: Duration = Duration::from_secs(5);
 /// Polls of a decision or a manifest: the first pause, growing by half up to the last.
 pub(crate) const FIRST_POLL: Duration = Duration::from_millis(20);
 pub(crate) const LAST_POLL: Duration = Duration::from_millis(250);
-/// How long a member waits for its leader's publish before it publishes itself.
-pub(crate) const PUBLISH_WAIT: Duration = Duration::from_secs(2);
-
-pub(crate) fn next_poll(pause: Duration) -> Duration {
+fn next_poll(pause: Duration) -> Duration {
     (pause * 3 / 2).min(LAST_POLL)
 }
 
@@ -97,15 +109,21 @@ pub(crate) async fn commit(lake: &Lake, of: &Intent, sources: Vec<PublishedSourc
         deadline: of.deadline,
     };
     // The queue as it was before our entry: who is older, and so leads first.
-    let (offered, queued) = futures::join!(queue::offer(lake, &entry), queue::list(lake, table));
+    let (offered, listed) = futures::join!(queue::offer(lake, &entry), queue::list(lake, table));
     match offered.map_err(Failed::Alone)? {
         // Gone: refused, then not there: a leader took us and withdrew it.
         Created::Mine | Created::Gone => {}
         Created::Theirs(e) => return Err(Failed::Alone(Error::Corrupt { what: "queue entry", path: format!("{table}/{}", e.attempt), reason: "a new attempt's entry was taken".into() })),
     }
     failpoints::hit(failpoints::GROUP_QUEUED).map_err(Failed::Alone)?;
-    let older = queued.map_err(Failed::Alone)?.iter().filter(|id| id.attempt < me.attempt && fresh(id)).count();
-    match wait_turn(lake, &me, older, deadline).await.map_err(Failed::Alone)? {
+    let older = match listed {
+        Ok(listed) => fresh(listed).filter(|id| id.attempt < me.attempt).count(),
+        Err(e) => {
+            tracing::warn!(table, error = %e, "could not list the queue; waiting the longest turn");
+            MAX_RANK as usize
+        }
+    };
+    match wait_turn(lake, &me, older, deadline).await {
         Some(taken) if taken.outcome == Outcome::Joined => follow(lake, &me, taken, table, staged.rows, deadline, skew).await,
         // Decided by recovery meanwhile (presumed dead): the writer follows that, as ever.
         Some(other) => Err(Failed::Alone(Error::Blocked(format!("operation {me} was decided {:?} by {} meanwhile", other.outcome, other.by)))),
@@ -113,59 +131,109 @@ pub(crate) async fn commit(lake: &Lake, of: &Intent, sources: Vec<PublishedSourc
     }
 }
 
-/// Is queued attempt `id` recent enough to be waited for?
-fn fresh(id: &AttemptId) -> bool {
-    let started = uuid::Uuid::parse_str(&id.attempt).ok().and_then(|u| u.get_timestamp()).map(|t| t.to_unix().0);
-    started.is_some_and(|secs| secs + STALE.as_secs() >= Utc::now().timestamp().max(0) as u64)
+/// The entries of `listed` written recently enough to be waited for or taken.
+fn fresh(listed: Vec<(AttemptId, DateTime<Utc>)>) -> impl Iterator<Item = AttemptId> {
+    let since = deadline::earlier(Utc::now(), STALE);
+    listed.into_iter().filter(move |(_, written)| *written >= since).map(|(id, _)| id)
 }
 
 /// Wait our turn to lead (`older` entries were queued before ours), unless
-/// someone decides us first: returns that decision.
-async fn wait_turn(lake: &Lake, me: &AttemptId, older: usize, deadline: &Deadline) -> Result<Option<Decision>> {
+/// someone decides us first: returns that decision. A failed read ends the
+/// wait (leading finds out who decided us, create-only).
+async fn wait_turn(lake: &Lake, me: &AttemptId, older: usize, deadline: &Deadline) -> Option<Decision> {
     let turn = tokio::time::Instant::now() + TURN * (older as u32).min(MAX_RANK);
     let mut pause = FIRST_POLL;
     while tokio::time::Instant::now() < turn && deadline.remaining() > pause {
         tokio::time::sleep(pause.min(turn - tokio::time::Instant::now())).await;
-        if let Some(decided) = sidecar::read_decision(lake, me).await? {
-            return Ok(Some(decided));
+        match sidecar::read_decision(lake, me).await {
+            Ok(Some(decided)) => return Some(decided),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read our decision while waiting our turn; leading");
+                return None;
+            }
         }
         pause = next_poll(pause);
     }
-    Ok(None)
+    None
 }
 
 /// Wait for the group we joined (`taken` is our `joined` decision) to be
 /// decided, resolving it if its writer is presumed dead.
 async fn follow(lake: &Lake, me: &AttemptId, taken: Decision, table: &str, rows: u64, deadline: &Deadline, skew: Duration) -> std::result::Result<Committed, Failed> {
-    let group = taken.group.clone().unwrap_or_else(|| AttemptId::new("?", "?"));
+    let Some(group) = taken.group.clone() else {
+        return Err(Failed::Left(Error::Corrupt { what: "decision", path: me.to_string(), reason: "it joined a group but names none".into() }));
+    };
     failpoints::hit(failpoints::GROUP_MEMBER_WAITING).map_err(Failed::Left)?;
-    let its_deadline = sidecar::read_intent(lake, &group).await.map_err(Failed::Left)?.map(|i| i.deadline);
+    let mut lives_until = None;
     let mut pause = FIRST_POLL;
     loop {
-        match sidecar::fate_of(lake, me, taken.clone()).await.map_err(Failed::Left)? {
-            Fate::Forward(decided) => {
+        // Store errors are waited out (within our deadline); corruption is not.
+        let (fate, intent) = futures::join!(sidecar::fate_of(lake, me, taken.clone()), async {
+            match lives_until {
+                None => sidecar::read_intent(lake, &group).await.map(|i| i.map(|i| i.deadline)),
+                known => Ok(known),
+            }
+        });
+        match intent {
+            Ok(known) => lives_until = known,
+            Err(e) => tracing::warn!(%group, error = %e, "could not read the group's intent; waiting on"),
+        }
+        match fate {
+            Ok(Fate::Forward(decided)) => {
                 let Some(&version) = decided.versions.get(table) else {
                     return Err(Failed::Left(Error::Blocked(format!("group {group} of operation {me} was decided forward without table '{table}'"))));
                 };
-                return Ok(Committed { group, led: false, version, manifest: None, rows });
+                return Ok(Committed { group, led: false, lives_until, version, manifest: None, rows, sources: decided.sources });
             }
-            Fate::RolledBack => {
+            Ok(Fate::RolledBack) => {
                 return Err(Failed::RolledBack(Error::Blocked(format!(
                     "operation {me} joined group {group}, which was rolled back or left it out: nothing of it is published; deliver its sources again"
                 ))));
             }
-            Fate::InGroup(_) | Fate::Undecided => {}
+            Ok(Fate::InGroup(_) | Fate::Undecided) => {}
+            Err(e @ Error::Corrupt { .. }) => return Err(Failed::Left(e)),
+            Err(e) => tracing::warn!(%group, error = %e, "could not read the group's decision; waiting on"),
         }
-        if its_deadline.is_some_and(|d| Utc::now() >= presumed_dead_at(d, skew))
-            && let Action::Refused { reason } = Box::pin(recover::resolve_attempt(lake, &group, skew, deadline)).await.map_err(Failed::Left)?
-        {
-            return Err(Failed::Left(Error::Blocked(format!("group {group} of operation {me} died and recovery refused it: {reason}"))));
+        if lives_until.is_some_and(|d| Utc::now() >= presumed_dead_at(d, skew)) {
+            match Box::pin(recover::resolve_attempt(lake, &group, skew, deadline)).await {
+                Ok(Action::Refused { reason }) => {
+                    return Err(Failed::Left(Error::Blocked(format!("group {group} of operation {me} died and recovery refused it: {reason}"))));
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(%group, error = %e, "could not resolve the dead group; waiting on"),
+            }
         }
         if deadline.remaining() <= pause {
             return Err(Failed::Left(Error::Blocked(format!(
                 "operation {me} joined group {group}, which was not decided before this worker's deadline: its intent and \
                  claims stay, and `sluice recover` finishes it once the group is decided (a redelivery waits for that, and never ingests twice)"
             ))));
+        }
+        tokio::time::sleep(pause).await;
+        pause = next_poll(pause);
+    }
+}
+
+/// A member's wait for its leader's publish of the group's commit (`c`, at
+/// `table`), catching up from `base`: until a manifest shows it (pins never
+/// go back), or the leader is gone or presumed dead with it unshown, or our
+/// own deadline nears. Returns the latest manifest read and whether it shows
+/// the commit (if not, the member publishes it itself, vetted).
+pub(crate) async fn await_publish(lake: &Lake, c: &Committed, table: &str, base: Manifest, deadline: &Deadline, skew: Duration) -> (Manifest, bool) {
+    let (mut latest, mut pause) = (base, FIRST_POLL);
+    loop {
+        let (caught_up, leading) = futures::join!(manifest::catch_up(lake, latest.clone()), sidecar::intent_exists(lake, &c.group));
+        match caught_up {
+            Ok(m) if m.tables.get(table).is_some_and(|p| p.version >= c.version) => return (m, true),
+            Ok(m) => latest = m,
+            Err(e) => tracing::warn!(table, error = %e, "could not read the latest manifest; waiting on"),
+        }
+        // The leader removes the group's intent only once it published (or
+        // failed to): gone, or presumed dead, with the commit unshown, we publish.
+        let alive = leading.unwrap_or(true) && c.lives_until.is_none_or(|d| Utc::now() < presumed_dead_at(d, skew));
+        if !alive || deadline.remaining() <= SELF_PUBLISH_MARGIN {
+            return (latest, false);
         }
         tokio::time::sleep(pause).await;
         pause = next_poll(pause);
@@ -180,17 +248,22 @@ async fn lead(lake: &Lake, of: &Intent, own: Entry, staged: Appended, deadline: 
     let start_pin = of.tables[table].start_pin.expect("a group member appends to a published table");
     let group = AttemptId::new(&format!("group-{}", uuid::Uuid::new_v4().simple()), &uuid::Uuid::now_v7().to_string());
     deadline.check("writing a group's intent").map_err(Failed::Alone)?;
-    // Its leader's table settings, sources (so a publish by the group's
-    // recovery lists them; it claims none) and deadline.
+    // Its leader's table settings and deadline; no sources (it claims none:
+    // its members' are in their own intents, and in its decision).
     let intent = Intent {
         op: group.op.clone(),
         attempt: group.attempt.clone(),
         kind: sidecar::KIND_GROUP.into(),
         started_at: Utc::now(),
         worker: sidecar::worker_name(),
+        sources: Vec::new(),
         ..of.clone()
     };
-    sidecar::create_intent(lake, &intent).await.map_err(Failed::Alone)?;
+    if let Err(e) = sidecar::create_intent(lake, &intent).await {
+        // It may have landed all the same: it binds nobody.
+        drop_unused(lake, &group).await;
+        return Err(Failed::Alone(e));
+    }
     // Until we are bound, the group has no effect: it goes if we do not lead it.
     if let Err(e) = failpoints::hit(failpoints::GROUP_AFTER_INTENT) {
         drop_unused(lake, &group).await;
@@ -220,7 +293,9 @@ async fn lead(lake: &Lake, of: &Intent, own: Entry, staged: Appended, deadline: 
         return give_up(e).await;
     }
     let others: Vec<AttemptId> = match queued {
-        Ok(ids) => ids.into_iter().filter(|id| id != member).take(MAX_MEMBERS - 1).collect(),
+        // Too late to commit others' rows in time: bind nobody else.
+        _ if deadline.remaining() < TAKE_MARGIN => Vec::new(),
+        Ok(listed) => fresh(listed).filter(|id| id != member).take(MAX_MEMBERS - 1).collect(),
         Err(e) => {
             tracing::warn!(table, error = %e, "could not list the queue; the group commits its leader's rows alone");
             Vec::new()
@@ -246,8 +321,8 @@ async fn lead(lake: &Lake, of: &Intent, own: Entry, staged: Appended, deadline: 
     let all = fragments.into_iter().chain(joined.into_iter().flat_map(|e| e.fragments)).collect();
     let mut txn = Transaction::new(read_version, Operation::Append { fragments: all }, None);
     txn.transaction_properties = Some(Arc::new(sidecar::group_properties(&group, &members)));
-    // The taken entries served their purpose: withdrawn while Lance commits.
-    let withdraw = futures::future::join_all(members[1..].iter().map(|id| queue::withdraw(lake, table, id)));
+    // The entries (ours too) served their purpose: withdrawn while Lance commits.
+    let withdraw = futures::future::join_all(members.iter().map(|id| queue::withdraw(lake, table, id)));
     let (committed, withdrawn) = futures::join!(deadline.bound(CommitBuilder::new(ds)).execute(txn), withdraw);
     if let Some(e) = withdrawn.into_iter().find_map(|r| r.err()) {
         tracing::warn!(table, error = %e, "could not withdraw a taken queue entry; cleanup removes it");
@@ -263,13 +338,15 @@ async fn lead(lake: &Lake, of: &Intent, own: Entry, staged: Appended, deadline: 
     failpoints::hit(failpoints::GROUP_AFTER_COMMIT).map_err(Failed::Left)?;
     let forward = Decision {
         members: Some(members),
-        sources,
+        sources: sources.clone(),
         ..Decision::new(&group.op, &group.attempt, &group.attempt, Outcome::Forward, "writer", BTreeMap::from([(table.to_string(), version)]))
     };
-    let (version, manifest) = match sidecar::decide(lake, &forward).await.map_err(Failed::Left)? {
-        Created::Mine => (version, manifest),
+    let (version, manifest, sources) = match sidecar::decide(lake, &forward).await.map_err(Failed::Left)? {
+        Created::Mine => (version, manifest, sources),
         // A vetter or recovery decided it first, from the same commit's tag.
-        Created::Theirs(theirs) if names(&theirs, table, member) => (theirs.versions[table], manifest.filter(|_| theirs.versions[table] == version)),
+        Created::Theirs(theirs) if names(&theirs, table, member) => {
+            (theirs.versions[table], manifest.filter(|_| theirs.versions[table] == version), theirs.sources)
+        }
         Created::Gone => {
             return Err(Failed::Left(Error::Blocked(format!(
                 "group {group} of operation {member}: its decision could not be confirmed; its commit stands, and `sluice recover` finishes it"
@@ -283,7 +360,7 @@ async fn lead(lake: &Lake, of: &Intent, own: Entry, staged: Appended, deadline: 
         }
     };
     failpoints::hit(failpoints::GROUP_AFTER_DECISION).map_err(Failed::Left)?;
-    Ok(Committed { group, led: true, version, manifest, rows })
+    Ok(Committed { group, led: true, lives_until: None, version, manifest, rows, sources })
 }
 
 /// Bind every queued attempt in `others` to `group`, create-only, reading
@@ -330,7 +407,8 @@ async fn give_up(lake: &Lake, member: &AttemptId, group: &AttemptId, (table, sta
         Created::Mine => {}
         Created::Theirs(theirs) if names(&theirs, table, member) => {
             tracing::warn!(table, %group, "the group's commit answered with an error but landed, and was decided forward");
-            return Ok(Committed { group: group.clone(), led: true, version: theirs.versions[table], manifest: None, rows });
+            let version = theirs.versions[table];
+            return Ok(Committed { group: group.clone(), led: true, lives_until: None, version, manifest: None, rows, sources: theirs.sources });
         }
         other => return Err(Failed::Left(Error::Blocked(format!("group {group} was decided by recovery meanwhile ({other:?}); recovery finishes it")))),
     }

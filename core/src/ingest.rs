@@ -48,7 +48,7 @@ use crate::sidecar::{self, AttemptId, Claim, Claimed, Decision, Holder, Intent, 
 use crate::source::Source;
 use crate::group;
 use crate::queue;
-use crate::stage::{Appended, Opening, Staged, Stager, TableWork, check_mode};
+use crate::stage::{self, Appended, Opening, Staged, Stager, TableWork, check_mode};
 pub use crate::stage::{TableReport, TableRequest};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -266,6 +266,7 @@ async fn resolve(requests: Vec<TableRequest>) -> Result<Vec<TableWork>> {
             report: None,
             changes: Vec::new(),
             ahead: Default::default(),
+            lone_attempts: None,
         });
     }
     Ok(tables)
@@ -418,16 +419,22 @@ impl Door<'_> {
         if let Err(e) = failpoints::hit(failpoints::BEFORE_COMMIT) {
             return Err(self.abandon(&tables, &ours, e).await);
         }
-        // A group commit (`group.rs`) decides and publishes its own way.
+        // A single-table append whose own commit Lance proves lost to other
+        // writers' (after few attempts) commits in a group (`group.rs`), which
+        // decides and publishes its own way. The test knob sends it there at once.
         let mut group = None;
-        if self.contended(&tables) {
-            ours.commit_started = true;
-            match staged.pop().expect("one table, one stage").into_append() {
-                Ok(appended) => {
-                    ours.queued = Some(tables[0].request.table.clone());
-                    group = Some(self.commit_as_group(&intent, &mut tables, appended, &ours).await?);
+        let mut spare = None;
+        if self.groupable(&tables) {
+            match failpoints::contended() {
+                true => {
+                    ours.commit_started = true;
+                    let appended = staged.pop().expect("one table, one stage").into_append().ok().expect("groupable: an append onto a table");
+                    group = Some(self.commit_as_group(&intent, &mut tables, appended, &mut ours).await?);
                 }
-                Err(stage) => staged.push(stage),
+                false => {
+                    tables[0].lone_attempts = Some(group::LONE_ATTEMPTS);
+                    spare = staged.first().cloned();
+                }
             }
         }
         let mut any_committed = false;
@@ -439,6 +446,12 @@ impl Door<'_> {
                     any_committed = true;
                     failpoints::hit(failpoints::AFTER_COMMIT)?;
                 }
+                // Definitively not landed (no history to read): the group takes it.
+                Err(Error::Lance { source, .. }) if stage::lost(&source) && spare.is_some() => {
+                    let appended = spare.take().and_then(|s| s.into_append().ok()).expect("groupable: an append onto a table");
+                    tracing::info!(table = %tables[i].request.table, error = %source, "the commit lost to other writers'; committing in a group");
+                    group = Some(self.commit_as_group(&intent, &mut tables, appended, &mut ours).await?);
+                }
                 // Nothing of ours is in Lance as far as its history shows: roll
                 // ourselves back (a commit still in flight is fenced by that decision).
                 Err(e) if !any_committed => return Err(self.abandon(&tables, &ours, e).await),
@@ -446,22 +459,22 @@ impl Door<'_> {
                 Err(e) => return Err(e),
             }
         }
-        let (version, created) = if let Some((_, led)) = &group {
+        let (version, created) = if let Some(c) = &group {
             // Its group decided it: published after that decision, never
             // beside it, by its leader (a member waits for that).
-            match led {
-                true => self.publish(&tables, base).await?,
-                false => self.await_published(&tables, base).await?,
+            match c.led {
+                true => self.publish(&tables, base, c.sources.clone()).await?,
+                false => self.await_published(&tables, c, base).await?,
             }
         } else if beside_its_decision(&tables, self.w.multi) {
             // Its decision goes beside the publish (one round trip, not two).
-            let (published, decided) = futures::join!(self.publish(&tables, base), self.record_forward(&tables));
+            let (published, decided) = futures::join!(self.publish(&tables, base, Vec::new()), self.record_forward(&tables));
             decided?;
             published?
         } else {
             self.decide_forward(&mut tables).await?;
             failpoints::hit(failpoints::AFTER_DECISION)?;
-            self.publish(&tables, base).await?
+            self.publish(&tables, base, Vec::new()).await?
         };
         failpoints::hit(failpoints::BEFORE_FINISH)?;
         // Published: the hint and our intent's removal are independent (one round trip).
@@ -471,45 +484,45 @@ impl Door<'_> {
             }
         };
         let id = self.id();
-        // Our entry, and the group's intent if we led it, go with our intent.
+        // Our entry (if a leader has not withdrawn it), and the group's intent
+        // if we led it, go with our intent. Published: a failure here is
+        // cleanup's and recovery's to finish, not a failed ingest.
         let group_done = async {
             let withdrawn = async {
-                match &ours.queued {
-                    Some(table) => queue::withdraw(self.w.lake, table, &id).await,
-                    None => Ok(()),
+                if let Some(table) = &ours.queued {
+                    self.withdraw(table).await;
                 }
             };
             let led = async {
-                match &group {
-                    Some((g, true)) => sidecar::delete_intent(self.w.lake, g).await,
-                    _ => Ok(()),
+                if let Some(c) = group.as_ref().filter(|c| c.led)
+                    && let Err(e) = sidecar::delete_intent(self.w.lake, &c.group).await
+                {
+                    tracing::warn!(group = %c.group, error = %e, "could not remove the group's intent; recovery finishes it");
                 }
             };
-            let (withdrawn, led) = futures::join!(withdrawn, led);
-            withdrawn.and(led)
+            futures::join!(withdrawn, led);
         };
-        let ((), finished, group_done) = futures::join!(hint, sidecar::delete_intent(self.w.lake, &id), group_done);
+        let ((), finished, ()) = futures::join!(hint, sidecar::delete_intent(self.w.lake, &id), group_done);
         finished?;
-        group_done?;
         self.report(Some(version), &tables, elsewhere).await
     }
 
-    /// Does this attempt commit as a group? A single-table append onto a
-    /// published table that changes no settings, and (until Lance's commit
-    /// conflicts send writers there) only under the test knob.
-    fn contended(&self, tables: &[TableWork]) -> bool {
-        failpoints::contended() && !self.w.multi && matches!(tables, [t] if t.mode == Mode::Append && t.start_pin.is_some() && t.changes.is_empty())
+    /// May this attempt commit in a group? A single-table append onto a
+    /// published table that changes no settings.
+    fn groupable(&self, tables: &[TableWork]) -> bool {
+        !self.w.multi && matches!(tables, [t] if t.mode == Mode::Append && t.start_pin.is_some() && t.changes.is_empty())
     }
 
     /// Commit `tables`' one table in a group ([`group::commit`]); returns
-    /// the group, decided forward at the table's commit, and whether we led it.
-    async fn commit_as_group(&self, intent: &Intent, tables: &mut [TableWork], appended: Appended, ours: &Ours) -> Result<(AttemptId, bool)> {
+    /// the group, decided forward at the table's commit.
+    async fn commit_as_group(&self, intent: &Intent, tables: &mut [TableWork], appended: Appended, ours: &mut Ours) -> Result<group::Committed> {
+        ours.queued = Some(tables[0].request.table.clone());
         match group::commit(self.w.lake, intent, self.decided_sources(tables), appended, &self.w.deadline, self.skew).await {
-            Ok(c) => {
+            Ok(mut c) => {
                 let t = &mut tables[0];
-                (t.committed, t.committed_manifest) = (Some(c.version), c.manifest);
+                (t.committed, t.committed_manifest) = (Some(c.version), c.manifest.take());
                 t.report = Some(TableReport { lance_version: c.version, rows_inserted: c.rows, rows_updated: 0 });
-                Ok((c.group, c.led))
+                Ok(c)
             }
             Err(group::Failed::Alone(e)) => Err(self.abandon(tables, ours, e).await),
             // The group is rolled back for good: our claims are ours to give back.
@@ -874,9 +887,17 @@ impl Door<'_> {
             sidecar::release(self.w.lake, source, *generation, &self.w.attempt).await?;
         }
         if let Some(table) = &ours.queued {
-            queue::withdraw(self.w.lake, table, &self.id()).await?;
+            self.withdraw(table).await;
         }
         sidecar::delete_intent(self.w.lake, &self.id()).await
+    }
+
+    /// Withdraw our queue entry on `table` (a leader may have already); one
+    /// left behind is cleanup's once we are decided and finished.
+    async fn withdraw(&self, table: &str) {
+        if let Err(e) = queue::withdraw(self.w.lake, table, &self.id()).await {
+            tracing::warn!(table, error = %e, "could not withdraw our queue entry; cleanup removes it");
+        }
     }
     /// Copy the bad source and its reason under `_quarantine/<source id>/`;
     /// returns where the copy is.
@@ -998,7 +1019,8 @@ impl Door<'_> {
 
     /// Publish every table at its commit, after checking that every other
     /// commit between the pin and ours is decided forward (`fence.rs`).
-    async fn publish(&self, tables: &[TableWork], mut base: Manifest) -> Result<(u64, Option<Manifest>)> {
+    /// `decided`: sources a group's decision names (its members'), listed too.
+    async fn publish(&self, tables: &[TableWork], mut base: Manifest, decided: Vec<PublishedSource>) -> Result<(u64, Option<Manifest>)> {
         let wanted = tables
             .iter()
             .map(|t| {
@@ -1019,7 +1041,7 @@ impl Door<'_> {
                 sources: tables.iter().map(|t| t.sources.len()).sum(),
                 source_list: {
                     let mut list = self.published_sources(tables);
-                    manifest::add_sources(&mut list, passed);
+                    manifest::add_sources(&mut list, decided.into_iter().chain(passed));
                     list
                 },
             },
@@ -1031,24 +1053,13 @@ impl Door<'_> {
     }
 
     /// A group member's rows are published by its group's leader: wait for
-    /// a manifest that shows them (pins never go back), and publish them
-    /// ourselves, vetted like any publish, if none does soon (the leader may
-    /// have died after deciding the group).
-    async fn await_published(&self, tables: &[TableWork], base: Manifest) -> Result<(u64, Option<Manifest>)> {
-        let [t] = tables else { unreachable!("a group member appends to one table") };
-        let version = t.committed.expect("decided before publishing");
-        let started = std::time::Instant::now();
-        let (mut latest, mut pause) = (base, group::FIRST_POLL);
-        loop {
-            latest = manifest::catch_up(self.w.lake, latest).await?;
-            if latest.tables.get(&t.request.table).is_some_and(|p| p.version >= version) {
-                return Ok((latest.version, None));
-            }
-            if started.elapsed() >= group::PUBLISH_WAIT || self.w.deadline.remaining() <= pause {
-                return self.publish(tables, latest).await;
-            }
-            tokio::time::sleep(pause).await;
-            pause = group::next_poll(pause);
+    /// that ([`group::await_publish`]), else publish them ourselves, vetted
+    /// like any publish.
+    async fn await_published(&self, tables: &[TableWork], c: &group::Committed, base: Manifest) -> Result<(u64, Option<Manifest>)> {
+        let (latest, shown) = group::await_publish(self.w.lake, c, &tables[0].request.table, base, &self.w.deadline, self.skew).await;
+        match shown {
+            true => Ok((latest.version, None)),
+            false => self.publish(tables, latest, c.sources.clone()).await,
         }
     }
 

@@ -60,11 +60,13 @@ pub async fn withdraw(lake: &Lake, table: &str, id: &AttemptId) -> Result<()> {
     lake.delete(&entry_path(table, id)).await
 }
 
-/// The attempts queued on `table`, oldest first (attempt ids are UUIDv7,
-/// so they sort by when they started): one LIST, names only.
-pub async fn list(lake: &Lake, table: &str) -> Result<Vec<AttemptId>> {
-    let mut ids: Vec<AttemptId> = lake.list(&table_dir(table)).await?.iter().filter_map(|m| parse(lake, &m.location).map(|(_, id)| id)).collect();
-    ids.sort_by(|a, b| (&a.attempt, &a.op).cmp(&(&b.attempt, &b.op)));
+/// The attempts queued on `table` and when each entry was written, oldest
+/// attempt first (attempt ids are UUIDv7, so they sort by when they
+/// started): one LIST, names only.
+pub async fn list(lake: &Lake, table: &str) -> Result<Vec<(AttemptId, DateTime<Utc>)>> {
+    let mut ids: Vec<(AttemptId, DateTime<Utc>)> =
+        lake.list(&table_dir(table)).await?.iter().filter_map(|m| parse(lake, &m.location).map(|(_, id)| (id, m.last_modified))).collect();
+    ids.sort_by(|(a, _), (b, _)| (&a.attempt, &a.op).cmp(&(&b.attempt, &b.op)));
     Ok(ids)
 }
 

@@ -829,7 +829,12 @@ impl Recovery<'_> {
                 sources: self.intent.sources.len(),
                 source_list: {
                     let mut list = self.intent.sources.iter().map(SourceRef::published).collect();
-                    manifest::add_sources(&mut list, passed);
+                    // A group's decision names its members' sources (its intent names none).
+                    let decided = match &state.group {
+                        Some((_, Fate::Forward(group))) => Some(group),
+                        _ => state.decision.as_ref(),
+                    };
+                    manifest::add_sources(&mut list, decided.map(|d| d.sources.clone()).unwrap_or_default().into_iter().chain(passed));
                     list
                 },
             },

@@ -117,6 +117,9 @@ pub(crate) struct TableWork {
     pub evolution: Evolution,
     /// Lance's latest version, asked ahead of the commit (`known_manifest.rs`).
     pub ahead: ListAhead,
+    /// Lance's commit attempts, when a commit it proves lost has somewhere
+    /// better to go than Lance's own retries (a group: `group.rs`).
+    pub lone_attempts: Option<u32>,
 }
 
 /// Recovery's redo of a multi-table load that died with `tables` uncommitted:
@@ -171,6 +174,7 @@ pub(crate) async fn redo(
             changes: it.changes.clone(),
             evolution: it.evolution,
             ahead: ListAhead::default(),
+            lone_attempts: None,
         });
     }
     let stager = Stager { lake, op: intent.op.clone(), attempt: attempt.to_string(), intent: intent.attempt.clone(), deadline, progress: Arc::default(), multi: true, read_ahead: None };
@@ -189,6 +193,7 @@ pub(crate) async fn redo(
     Ok(Some(done))
 }
 
+#[derive(Clone)]
 pub(crate) struct Staged {
     /// `None` for a table's creation.
     ds: Option<Arc<Dataset>>,
@@ -770,6 +775,9 @@ impl Stager<'_> {
                     .with_max_retries(0),
             };
             builder = self.deadline.bound(builder);
+            if let Some(n) = t.lone_attempts {
+                builder = builder.with_max_retries(n);
+            }
             if let Some(rows) = stage.affected.take() {
                 builder = builder.with_affected_rows(rows);
             }
