@@ -899,6 +899,7 @@ impl Door<'_> {
             tracing::warn!(table, error = %e, "could not withdraw our queue entry; cleanup removes it");
         }
     }
+
     /// Copy the bad source and its reason under `_quarantine/<source id>/`;
     /// returns where the copy is.
     async fn quarantine(&self, bad: &BadInput, tables: &[TableWork]) -> Result<String> {
