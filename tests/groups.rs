@@ -680,3 +680,34 @@ fn a_commit_lance_proves_lost_goes_to_a_group() {
         assert_eq!(scan_ids(&b.root, "t"), ids_of(&[0..5, 100..130, 200..210]), "{}", b.name);
     });
 }
+
+/// A writer's own commit, which Lance proved lost, lands after all while the
+/// writer waits in the queue (a store retrying the PUT): a lone ingest's
+/// vetting finds it and decides the writer forward at it, before any group
+/// takes the writer. The writer, going on to lead, finds that decision: it
+/// publishes its own commit as a lone writer would and succeeds, its rows
+/// shown once.
+#[test]
+fn a_lost_commit_that_landed_while_queued_is_published_as_its_writers_own() {
+    on_each_backend(|b| {
+        let dir = tempfile::tempdir().unwrap();
+        seeded(&b.root, dir.path(), &["t"]);
+        let (fa, fx) = (jsonl(dir.path(), "a.jsonl", 100..130), jsonl(dir.path(), "x.jsonl", 400..403));
+        let a = hold_at(&mut contended(&b.root, &fa, &[]), "group.queued");
+        let lake = Lake::open(&b.root).unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let (id, _) = rt.block_on(sluice::queue::list(&lake, "t")).unwrap().pop().expect("its entry");
+        let entry = rt.block_on(sluice::queue::read(&lake, "t", &id)).unwrap().unwrap();
+        let own = Member { id: id.clone(), source_id: String::new(), fragments: entry.fragments };
+        rt.block_on(stray(&lake, "t", &own));
+        assert_eq!(run(sluice(&b.root).args(["ingest", "--table", "t"]).arg(&fx)).status.code(), Some(0), "{}", b.name);
+        assert_eq!(rt.block_on(sidecar::read_decision(&lake, &id)).unwrap().map(|d| d.outcome), Some(Outcome::Forward), "{}: the vetter decided it", b.name);
+        a.release();
+        let out = a.wait_with_output();
+        assert_eq!(out.status.code(), Some(0), "{}", b.name);
+        assert_eq!(json(&out)["tables"]["t"]["rows_inserted"], 30, "{}", b.name);
+        assert!(groups(&b.root).0.is_empty(), "{}: no group decided anything", b.name);
+        assert_eq!((pending(&b.root), queued(&b.root)), (0, 0), "{}", b.name);
+        assert_eq!(scan_ids(&b.root, "t"), ids_of(&[0..5, 100..130, 400..403]), "{}: once", b.name);
+    });
+}

@@ -41,6 +41,10 @@ pub(crate) enum Failed {
     RolledBack(Error),
     /// Anything else: the intents stay, and recovery finishes both.
     Left(Error),
+    /// Not a group's at all: before any group took the writer, a vetter
+    /// decided it forward at its own commit (one Lance proved lost, whose PUT
+    /// landed after all). The writer publishes that commit as ever.
+    OwnCommit(Decision),
 }
 
 /// A group commit decided forward, with this writer's rows in it.
@@ -59,7 +63,8 @@ pub(crate) struct Committed {
 
 /// Lance's attempts at a groupable writer's own commit before it goes to the
 /// queue: one rebase onto a commit that beat it (Lance makes at least one
-/// attempt, so 1 would allow none), then the queue, where one commit carries many.
+/// attempt, so 1 would allow no rebase), then the queue, where one commit
+/// carries many.
 pub(crate) const LONE_ATTEMPTS: u32 = 2;
 /// Members one group takes at most (its leader included).
 const MAX_MEMBERS: usize = 64;
@@ -125,6 +130,7 @@ pub(crate) async fn commit(lake: &Lake, of: &Intent, sources: Vec<PublishedSourc
     };
     match wait_turn(lake, &me, older, deadline).await {
         Some(taken) if taken.outcome == Outcome::Joined => follow(lake, &me, taken, table, staged.rows, deadline, skew).await,
+        Some(own) if own.outcome == Outcome::Forward => Err(Failed::OwnCommit(own)),
         // Decided by recovery meanwhile (presumed dead): the writer follows that, as ever.
         Some(other) => Err(Failed::Alone(Error::Blocked(format!("operation {me} was decided {:?} by {} meanwhile", other.outcome, other.by)))),
         None => lead(lake, of, entry, staged, deadline, skew).await,
@@ -277,6 +283,10 @@ async fn lead(lake: &Lake, of: &Intent, own: Entry, staged: Appended, deadline: 
         Ok(Created::Theirs(theirs)) if theirs.outcome == Outcome::Joined => {
             drop_unused(lake, &group).await;
             return follow(lake, member, theirs, table, own.rows, deadline, skew).await;
+        }
+        Ok(Created::Theirs(theirs)) if theirs.outcome == Outcome::Forward => {
+            drop_unused(lake, &group).await;
+            return Err(Failed::OwnCommit(theirs));
         }
         // Decided by recovery meanwhile (presumed dead): the member follows that, as ever.
         Ok(Created::Theirs(theirs)) => {

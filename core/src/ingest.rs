@@ -429,7 +429,7 @@ impl Door<'_> {
                 true => {
                     ours.commit_started = true;
                     let appended = staged.pop().expect("one table, one stage").into_append().ok().expect("groupable: an append onto a table");
-                    group = Some(self.commit_as_group(&intent, &mut tables, appended, &mut ours).await?);
+                    group = self.commit_as_group(&intent, &mut tables, appended, &mut ours).await?;
                 }
                 false => {
                     tables[0].lone_attempts = Some(group::LONE_ATTEMPTS);
@@ -447,10 +447,10 @@ impl Door<'_> {
                     failpoints::hit(failpoints::AFTER_COMMIT)?;
                 }
                 // Definitively not landed (no history to read): the group takes it.
-                Err(Error::Lance { source, .. }) if stage::lost(&source) && spare.is_some() => {
+                Err(Error::Lance { source, .. }) if stage::beaten(&source) && spare.is_some() => {
                     let appended = spare.take().and_then(|s| s.into_append().ok()).expect("groupable: an append onto a table");
                     tracing::info!(table = %tables[i].request.table, error = %source, "the commit lost to other writers'; committing in a group");
-                    group = Some(self.commit_as_group(&intent, &mut tables, appended, &mut ours).await?);
+                    group = self.commit_as_group(&intent, &mut tables, appended, &mut ours).await?;
                 }
                 // Nothing of ours is in Lance as far as its history shows: roll
                 // ourselves back (a commit still in flight is fenced by that decision).
@@ -514,15 +514,24 @@ impl Door<'_> {
     }
 
     /// Commit `tables`' one table in a group ([`group::commit`]); returns
-    /// the group, decided forward at the table's commit.
-    async fn commit_as_group(&self, intent: &Intent, tables: &mut [TableWork], appended: Appended, ours: &mut Ours) -> Result<group::Committed> {
+    /// the group, decided forward at the table's commit (`None`: our own
+    /// commit was, and we go on as a lone writer whose decision was made).
+    async fn commit_as_group(&self, intent: &Intent, tables: &mut [TableWork], appended: Appended, ours: &mut Ours) -> Result<Option<group::Committed>> {
         ours.queued = Some(tables[0].request.table.clone());
-        match group::commit(self.w.lake, intent, self.decided_sources(tables), appended, &self.w.deadline, self.skew).await {
+        let rows = appended.rows;
+        let t = &mut tables[0];
+        match group::commit(self.w.lake, intent, self.decided_sources(std::slice::from_ref(t)), appended, &self.w.deadline, self.skew).await {
             Ok(mut c) => {
-                let t = &mut tables[0];
                 (t.committed, t.committed_manifest) = (Some(c.version), c.manifest.take());
                 t.report = Some(TableReport { lance_version: c.version, rows_inserted: c.rows, rows_updated: 0 });
-                Ok(c)
+                Ok(Some(c))
+            }
+            Err(group::Failed::OwnCommit(decided)) => {
+                let version = decided.versions.get(&t.request.table).copied().ok_or_else(|| Error::Blocked(format!("operation {} was decided forward without table '{}'", self.id(), t.request.table)))?;
+                tracing::warn!(table = %t.request.table, version, "our commit, which Lance had found lost, landed after all and was decided forward; publishing it");
+                (t.committed, t.committed_manifest) = (Some(version), None);
+                t.report = Some(TableReport { lance_version: version, rows_inserted: rows, rows_updated: 0 });
+                Ok(None)
             }
             Err(group::Failed::Alone(e)) => Err(self.abandon(tables, ours, e).await),
             // The group is rolled back for good: our claims are ours to give back.

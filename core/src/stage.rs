@@ -817,6 +817,13 @@ impl Stager<'_> {
     }
 }
 
+/// Did Lance find its commit lost to other writers' compatible commits (so
+/// that a group, committing from the same versions, lands where it did
+/// not)? An incompatible commit would stop the group the same way.
+pub(crate) fn beaten(e: &lance::Error) -> bool {
+    matches!(e, lance::Error::CommitConflict { .. } | lance::Error::TooMuchWriteContention { .. })
+}
+
 /// Did Lance find its commit lost? It reads back the version of every
 /// attempt that met a conflict (success if that version is its own) and
 /// fails with these only after that, or before a next attempt's write: so
