@@ -391,7 +391,12 @@ async fn take(lake: &Lake, group: &AttemptId, table: &str, id: &AttemptId) -> Op
         // Uncommitted fragments only (the review's F8): Lance keeps any id it is given.
         (Ok(Created::Mine), Ok(Some(e))) if e.id() == *id && e.table == table && e.fragments.iter().all(|f| f.id == 0) => Some(e),
         (Ok(Created::Mine), entry) => {
-            tracing::warn!(table, attempt = %id, ?entry, "took a queued attempt whose entry could not be read; the group leaves it out");
+            let why = match entry {
+                Ok(Some(_)) => "it is not an uncommitted append to this table".to_string(),
+                Ok(None) => "it is gone".to_string(),
+                Err(e) => e.to_string(),
+            };
+            tracing::warn!(table, attempt = %id, why, "took a queued attempt whose entry could not be used; the group leaves it out (it is delivered again)");
             None
         }
         _ => None,
