@@ -299,8 +299,8 @@ async fn clean_sidecars(lake: &Lake, opts: &Options, in_flight: &InFlight, deadl
     // A queue entry is only an offer: once its attempt is decided (nobody can
     // take it any more) and finished (its intent gone), nobody reads it. The
     // decision is read before the intent: an attempt deletes its intent only
-    // after its decision exists.
-    // One unreadable entry costs only itself; the next run looks again.
+    // after its decision exists. One unreadable entry costs only itself; the
+    // next run looks again.
     for (table, id) in queue::list_all(lake).await? {
         if deadline.remaining().is_zero() {
             break;

@@ -109,7 +109,6 @@ pub(crate) async fn commit(lake: &Lake, of: &Intent, sources: Vec<PublishedSourc
         table: table.clone(),
         read_version: staged.read_version,
         fragments: staged.fragments.clone(),
-        rows: staged.rows,
         sources,
         deadline: of.deadline,
     };
@@ -282,7 +281,7 @@ async fn lead(lake: &Lake, of: &Intent, own: Entry, staged: Appended, deadline: 
         // Another leader took us first: our rows ride in its group.
         Ok(Created::Theirs(theirs)) if theirs.outcome == Outcome::Joined => {
             drop_unused(lake, &group).await;
-            return follow(lake, member, theirs, table, own.rows, deadline, skew).await;
+            return follow(lake, member, theirs, table, staged.rows, deadline, skew).await;
         }
         Ok(Created::Theirs(theirs)) if theirs.outcome == Outcome::Forward => {
             drop_unused(lake, &group).await;

@@ -26,9 +26,10 @@ pub struct Entry {
     pub read_version: u64,
     /// Uncommitted: every id is 0 until the group's commit numbers them.
     pub fragments: Vec<lance::table::format::Fragment>,
-    pub rows: u64,
     /// Its sources, for the group's decision (so a publish lists them).
     pub sources: Vec<PublishedSource>,
+    /// Its writer's deadline (not read yet: for leaders to skip a writer
+    /// with too little time left to wait for a group).
     pub deadline: DateTime<Utc>,
 }
 
