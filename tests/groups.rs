@@ -542,10 +542,11 @@ fn a_queued_writer_is_taken_into_the_older_writers_group() {
     });
 }
 
-/// A writer is held after offering its rows, before its turn; a younger
-/// writer's turn comes, it leads and takes the older one. Released, the
-/// older writer tries to lead: its own take loses to the group that took it,
-/// so it removes its unused group's intent and follows that group.
+/// A writer is held after offering its rows, before its wait in line; a
+/// younger writer waits behind its entry, leads once the wait's bound passes
+/// and takes the older one. Released, the older writer tries to lead: its own
+/// take loses to the group that took it, so it removes its unused group's
+/// intent and follows that group.
 #[test]
 fn a_writer_taken_before_it_bound_itself_follows_the_group_that_took_it() {
     on_each_backend(|b| {
@@ -564,6 +565,48 @@ fn a_writer_taken_before_it_bound_itself_follows_the_group_that_took_it() {
         assert_eq!(groups[0].members.as_ref().map(Vec::len), Some(2), "{}", b.name);
         assert_eq!((pending(&b.root), queued(&b.root)), (0, 0), "{}: its unused group's intent is gone too", b.name);
         assert_eq!(scan_ids(&b.root, "t"), ids_of(&[0..5, 100..130, 200..210]), "{}", b.name);
+    });
+}
+
+/// Groups in flight: the intents of groups pending in the lake.
+fn group_intents(root: &str) -> usize {
+    status(root)["pending"].as_array().unwrap().iter().filter(|p| p["kind"] == sidecar::KIND_GROUP).count()
+}
+
+/// One group in flight at a time: A leads and is held after its takes; B and
+/// C queue behind it and, released, wait in line instead of leading a group
+/// beside A's (each waited 50 ms per older entry, then led, before the
+/// line). Released, A's group commits A's rows alone; its entry goes beside
+/// its decision, and the first of B and C in line leads the next group,
+/// taking the other: two groups, two Lance commits for three writers.
+#[test]
+fn writers_queued_behind_a_group_in_flight_form_the_next_group() {
+    on_each_backend(|b| {
+        let dir = tempfile::tempdir().unwrap();
+        seeded(&b.root, dir.path(), &["t"]);
+        let (fa, fb, fc) = (jsonl(dir.path(), "a.jsonl", 100..130), jsonl(dir.path(), "b.jsonl", 200..210), jsonl(dir.path(), "c.jsonl", 300..305));
+        let before = lance_version(&b.root, "t");
+        let a = hold_at(&mut contended(&b.root, &fa, &[]), "group.after-takes");
+        let (bw, cw) = (hold_at(&mut contended(&b.root, &fb, &[]), "group.queued"), hold_at(&mut contended(&b.root, &fc, &[]), "group.queued"));
+        assert_eq!(queued(&b.root), 3, "{}", b.name);
+        bw.release();
+        cw.release();
+        std::thread::sleep(Duration::from_millis(500));
+        let (decided, _) = groups(&b.root);
+        assert_eq!((group_intents(&b.root), decided.len()), (1, 0), "{}: B and C wait in line behind A's group in flight: {decided:?}", b.name);
+        a.release();
+        for (w, rows) in [(a, 30), (bw, 10), (cw, 5)] {
+            let out = w.wait_with_output();
+            assert_eq!(out.status.code(), Some(0), "{}", b.name);
+            assert_eq!(json(&out)["tables"]["t"]["rows_inserted"], rows, "{}", b.name);
+        }
+        let (groups, _) = groups(&b.root);
+        let mut sizes: Vec<usize> = groups.iter().map(|g| g.members.as_ref().map_or(0, Vec::len)).collect();
+        sizes.sort();
+        assert_eq!(sizes, [1, 2], "{}: A alone, then B and C together: {groups:?}", b.name);
+        assert_eq!(lance_version(&b.root, "t"), before + 2, "{}", b.name);
+        assert_eq!((pending(&b.root), queued(&b.root)), (0, 0), "{}", b.name);
+        assert_eq!(scan_ids(&b.root, "t"), ids_of(&[0..5, 100..130, 200..210, 300..305]), "{}", b.name);
     });
 }
 

@@ -72,14 +72,15 @@ const MAX_MEMBERS: usize = 64;
 const MAX_GROUP_SOURCES: usize = 1024;
 /// Takes (with their entry reads) in flight at once.
 const TAKES_AT_ONCE: usize = 16;
-/// How long a queued writer waits per older entry before it leads, and for
-/// how many entries at most: the oldest leads at once, younger ones give it
-/// time to take them.
-const TURN: Duration = Duration::from_millis(50);
-const MAX_RANK: u32 = 4;
+/// How long a queued writer waits in line at most before it leads all the
+/// same: a group in flight is decided well within it, so only a writer ahead
+/// that died or stalls holds the line this long.
+const MAX_WAIT: Duration = Duration::from_secs(2);
+/// Polls of the queue while in line: the first pause, growing by half up to this.
+const LAST_LINE_POLL: Duration = Duration::from_millis(100);
 /// Entries written longer ago than this are neither waited for nor taken:
-/// a live writer's entry goes within a turn (taken, or it leads), so an old
-/// one's owner is gone or stuck (cleanup removes it once it is decided).
+/// a live writer's entry goes within a wait in line (taken, or it leads), so
+/// an old one's owner is gone or stuck (cleanup removes it once it is decided).
 const STALE: Duration = Duration::from_secs(30);
 /// A leader with less time left than this takes nobody else: members bound to
 /// a group that cannot commit in time would all be delivered again.
@@ -112,7 +113,7 @@ pub(crate) async fn commit(lake: &Lake, of: &Intent, sources: Vec<PublishedSourc
         sources,
         deadline: of.deadline,
     };
-    // The queue as it was before our entry: who is older, and so leads first.
+    // The queue alongside our offer: who is ahead of us in line.
     let (offered, listed) = futures::join!(queue::offer(lake, &entry), queue::list(lake, table));
     match offered.map_err(Failed::Alone)? {
         // Gone: refused, then not there: a leader took us and withdrew it.
@@ -120,14 +121,7 @@ pub(crate) async fn commit(lake: &Lake, of: &Intent, sources: Vec<PublishedSourc
         Created::Theirs(e) => return Err(Failed::Alone(Error::Corrupt { what: "queue entry", path: format!("{table}/{}", e.attempt), reason: "a new attempt's entry was taken".into() })),
     }
     failpoints::hit(failpoints::GROUP_QUEUED).map_err(Failed::Alone)?;
-    let older = match listed {
-        Ok(listed) => fresh(listed).filter(|id| id.attempt < me.attempt).count(),
-        Err(e) => {
-            tracing::warn!(table, error = %e, "could not list the queue; waiting the longest turn");
-            MAX_RANK as usize
-        }
-    };
-    match wait_turn(lake, &me, older, deadline).await {
+    match wait_in_line(lake, table, &me, listed, deadline).await {
         Some(taken) if taken.outcome == Outcome::Joined => follow(lake, &me, taken, table, staged.rows, deadline, skew).await,
         Some(own) if own.outcome == Outcome::Forward => Err(Failed::OwnCommit(own)),
         // Decided by recovery meanwhile (presumed dead): the writer follows that, as ever.
@@ -137,30 +131,68 @@ pub(crate) async fn commit(lake: &Lake, of: &Intent, sources: Vec<PublishedSourc
 }
 
 /// The entries of `listed` written recently enough to be waited for or taken.
-fn fresh(listed: Vec<(AttemptId, DateTime<Utc>)>) -> impl Iterator<Item = AttemptId> {
+fn fresh(listed: Vec<(AttemptId, DateTime<Utc>)>) -> impl Iterator<Item = (AttemptId, DateTime<Utc>)> {
     let since = deadline::earlier(Utc::now(), STALE);
-    listed.into_iter().filter(move |(_, written)| *written >= since).map(|(id, _)| id)
+    listed.into_iter().filter(move |(_, written)| *written >= since)
 }
 
-/// Wait our turn to lead (`older` entries were queued before ours), unless
-/// someone decides us first: returns that decision. A failed read ends the
-/// wait (leading finds out who decided us, create-only).
-async fn wait_turn(lake: &Lake, me: &AttemptId, older: usize, deadline: &Deadline) -> Option<Decision> {
-    let turn = tokio::time::Instant::now() + TURN * (older as u32).min(MAX_RANK);
-    let mut pause = FIRST_POLL;
-    while tokio::time::Instant::now() < turn && deadline.remaining() > pause {
-        tokio::time::sleep(pause.min(turn - tokio::time::Instant::now())).await;
-        match sidecar::read_decision(lake, me).await {
-            Ok(Some(decided)) => return Some(decided),
-            Ok(None) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "could not read our decision while waiting our turn; leading");
-                return None;
+/// The line's order: when the store wrote an entry, then its attempt (one
+/// order every writer computes alike from the same listing).
+fn ahead((a, a_at): &(AttemptId, DateTime<Utc>), (b, b_at): &(AttemptId, DateTime<Utc>)) -> bool {
+    (a_at, &a.attempt, &a.op) < (b_at, &b.attempt, &b.op)
+}
+
+/// Wait in line behind every fresh entry ahead of ours: those of a group in
+/// flight (its leader withdraws them beside its decision) and the writers
+/// queued before us (each leads or is taken in turn), so that one group
+/// commits at a time and the next gathers everyone who queued meanwhile.
+/// `listed` is the listing taken beside our offer. Returns our decision once
+/// our entry is gone (a group took us and was decided); `None` once nobody is
+/// ahead of us, or after [`MAX_WAIT`]: we lead. The line is liveness only:
+/// every take is create-only, so leading beside another group costs speed,
+/// never safety (and leading finds any decision made on us meanwhile).
+async fn wait_in_line(lake: &Lake, table: &str, me: &AttemptId, mut listed: Result<Vec<(AttemptId, DateTime<Utc>)>, Error>, deadline: &Deadline) -> Option<Decision> {
+    let until = tokio::time::Instant::now() + MAX_WAIT;
+    let (mut pause, mut first) = (FIRST_POLL, true);
+    loop {
+        match listed {
+            Ok(listed) => {
+                let mine = listed.iter().find(|(id, _)| id == me).cloned();
+                let mut others = fresh(listed).filter(|(id, _)| id != me);
+                match mine {
+                    // The first listing, taken beside our offer, may not show it
+                    // yet: then everything it shows was written before ours.
+                    None if first => {
+                        if others.next().is_none() {
+                            return None;
+                        }
+                    }
+                    // Gone since: a leader withdrew it beside its group's decision.
+                    None => {
+                        return match sidecar::read_decision(lake, me).await {
+                            Ok(decided) => decided,
+                            Err(e) => {
+                                tracing::warn!(table, error = %e, "could not read our decision once our queue entry went; leading");
+                                None
+                            }
+                        };
+                    }
+                    Some(mine) => {
+                        if !others.any(|e| ahead(&e, &mine)) {
+                            return None;
+                        }
+                    }
+                }
             }
+            Err(e) => tracing::warn!(table, error = %e, "could not list the queue; waiting on"),
         }
-        pause = next_poll(pause);
+        if tokio::time::Instant::now() >= until || deadline.remaining() <= pause {
+            return None;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 3 / 2).min(LAST_LINE_POLL);
+        (listed, first) = (queue::list(lake, table).await, false);
     }
-    None
 }
 
 /// Wait for the group we joined (`taken` is our `joined` decision) to be
@@ -296,30 +328,31 @@ async fn lead(lake: &Lake, of: &Intent, own: Entry, staged: Appended, deadline: 
         Err(e) => return Err(Failed::Left(e)),
     }
     let Appended { ds, read_version, fragments, rows } = staged;
-    let give_up = |e: Error| give_up(lake, member, &group, (table, start_pin), e, rows);
+    // `bound`: the attempts whose entries go with the group's roll-back.
+    let give_up = |e: Error, bound: Vec<AttemptId>| give_up(lake, member, &group, (table, start_pin), e, rows, bound);
     // Bound, with nothing committed: a failure now rolls the group back.
     if let Err(e) = failpoints::hit(failpoints::GROUP_AFTER_SELF_TAKE) {
-        return give_up(e).await;
+        return give_up(e, vec![member.clone()]).await;
     }
     let others: Vec<AttemptId> = match queued {
         // Too late to commit others' rows in time: bind nobody else.
         _ if deadline.remaining() < TAKE_MARGIN => Vec::new(),
-        Ok(listed) => fresh(listed).filter(|id| id != member).take(MAX_MEMBERS - 1).collect(),
+        Ok(listed) => fresh(listed).map(|(id, _)| id).filter(|id| id != member).take(MAX_MEMBERS - 1).collect(),
         Err(e) => {
             tracing::warn!(table, error = %e, "could not list the queue; the group commits its leader's rows alone");
             Vec::new()
         }
     };
     let joined = take_all(lake, &group, table, &others).await;
+    let members: Vec<AttemptId> = std::iter::once(member.clone()).chain(joined.iter().map(Entry::id)).collect();
     let checked = failpoints::hit(failpoints::GROUP_AFTER_TAKES)
         .and_then(|()| deadline.check("a group's Lance commit"))
         .and_then(|()| failpoints::hit(failpoints::GROUP_COMMIT_CHECKED));
     if let Err(e) = checked {
-        return give_up(e).await;
+        return give_up(e, members).await;
     }
     // Lance numbers fragments with id 0 at commit; any other would be kept as is.
     assert!(fragments.iter().all(|f| f.id == 0), "staged fragments carry no id before their commit");
-    let members: Vec<AttemptId> = std::iter::once(member.clone()).chain(joined.iter().map(Entry::id)).collect();
     let mut sources: Vec<PublishedSource> = Vec::new();
     for e in std::iter::once(&own).chain(&joined) {
         let room = MAX_GROUP_SOURCES.saturating_sub(sources.len());
@@ -330,27 +363,25 @@ async fn lead(lake: &Lake, of: &Intent, own: Entry, staged: Appended, deadline: 
     let all = fragments.into_iter().chain(joined.into_iter().flat_map(|e| e.fragments)).collect();
     let mut txn = Transaction::new(read_version, Operation::Append { fragments: all }, None);
     txn.transaction_properties = Some(Arc::new(sidecar::group_properties(&group, &members)));
-    // The entries (ours too) served their purpose: withdrawn while Lance commits.
-    let withdraw = futures::future::join_all(members.iter().map(|id| queue::withdraw(lake, table, id)));
-    let (committed, withdrawn) = futures::join!(deadline.bound(CommitBuilder::new(ds)).execute(txn), withdraw);
-    if let Some(e) = withdrawn.into_iter().find_map(|r| r.err()) {
-        tracing::warn!(table, error = %e, "could not withdraw a taken queue entry; cleanup removes it");
-    }
+    let committed = deadline.bound(CommitBuilder::new(ds)).execute(txn).await;
     let (version, manifest) = match committed {
         Ok(ds) => (ds.version().version, LanceManifest::of(&ds)),
-        Err(e) if stage::lost(&e) => return give_up(Error::lance(table, e)).await,
+        Err(e) if stage::lost(&e) => return give_up(Error::lance(table, e), members).await,
         Err(e) => match fence::committed_by(lake, table, start_pin, &group.attempt).await.map_err(Failed::Left)? {
             Some(version) => (version, None),
-            None => return give_up(Error::lance(table, e)).await,
+            None => return give_up(Error::lance(table, e), members).await,
         },
     };
     failpoints::hit(failpoints::GROUP_AFTER_COMMIT).map_err(Failed::Left)?;
     let forward = Decision {
-        members: Some(members),
+        members: Some(members.clone()),
         sources: sources.clone(),
         ..Decision::new(&group.op, &group.attempt, &group.attempt, Outcome::Forward, "writer", BTreeMap::from([(table.to_string(), version)]))
     };
-    let (version, manifest, sources) = match sidecar::decide(lake, &forward).await.map_err(Failed::Left)? {
+    // The entries (ours too) held the line while the group was in flight;
+    // they go beside its decision, and the next in line leads.
+    let (decided, ()) = futures::join!(sidecar::decide(lake, &forward), withdraw_all(lake, table, &members));
+    let (version, manifest, sources) = match decided.map_err(Failed::Left)? {
         Created::Mine => (version, manifest, sources),
         // A vetter or recovery decided it first, from the same commit's tag.
         Created::Theirs(theirs) if names(&theirs, table, member) => {
@@ -402,6 +433,15 @@ async fn take(lake: &Lake, group: &AttemptId, table: &str, id: &AttemptId) -> Op
     }
 }
 
+/// Withdraw the queue entries of attempts bound to a group: each served its
+/// purpose once taken (one left behind is cleanup's).
+async fn withdraw_all(lake: &Lake, table: &str, bound: &[AttemptId]) {
+    let withdrawn = futures::future::join_all(bound.iter().map(|id| queue::withdraw(lake, table, id))).await;
+    if let Some(e) = withdrawn.into_iter().find_map(|r| r.err()) {
+        tracing::warn!(table, error = %e, "could not withdraw a taken queue entry; cleanup removes it");
+    }
+}
+
 /// Remove the intent of a group that bound nobody (we did not lead it).
 async fn drop_unused(lake: &Lake, group: &AttemptId) {
     if let Err(cleanup) = sidecar::delete_intent(lake, group).await {
@@ -414,10 +454,12 @@ async fn drop_unused(lake: &Lake, group: &AttemptId) {
 /// commit of the group found after all and goes; lost to a forward decision
 /// (the commit landed and a vetter found it), it follows that (never
 /// removing a commit someone decided forward).
-async fn give_up(lake: &Lake, member: &AttemptId, group: &AttemptId, (table, start_pin): (&str, u64), error: Error, rows: u64) -> std::result::Result<Committed, Failed> {
+async fn give_up(lake: &Lake, member: &AttemptId, group: &AttemptId, (table, start_pin): (&str, u64), error: Error, rows: u64, bound: Vec<AttemptId>) -> std::result::Result<Committed, Failed> {
     failpoints::hit(failpoints::GROUP_BEFORE_GIVE_UP).map_err(Failed::Left)?;
     let decision = Decision::new(&group.op, &group.attempt, &group.attempt, Outcome::RollBack, "writer", BTreeMap::new());
-    match sidecar::decide(lake, &decision).await.map_err(Failed::Left)? {
+    // The members learn G's fate once their entries go (see `wait_in_line`).
+    let (decided, ()) = futures::join!(sidecar::decide(lake, &decision), withdraw_all(lake, table, &bound));
+    match decided.map_err(Failed::Left)? {
         Created::Mine => {}
         Created::Theirs(theirs) if names(&theirs, table, member) => {
             tracing::warn!(table, %group, "the group's commit answered with an error but landed, and was decided forward");

@@ -134,6 +134,8 @@ pub async fn contention(root: impl Fn(&str) -> String, work: &Path, delay: Durat
         let files: Vec<_> = (0..n).map(|i| generate(work, &format!("ct{n}-{i}.jsonl"), 0, 51_000 + (n * 100 + i) as u64)).collect();
         let mut sides = Vec::new();
         for lance in [false, true] {
+            let version = || async { setup.open_table(if lance { "plain" } else { "t" }, None).await.expect("the table").version().version };
+            let first = version().await;
             let start = Instant::now();
             let tasks: Vec<_> = files
                 .iter()
@@ -164,7 +166,8 @@ pub async fn contention(root: impl Fn(&str) -> String, work: &Path, delay: Durat
             if let Some(e) = failed.first() {
                 eprintln!("{} of {n} {} writers failed; the first: {e}", failed.len(), if lance { "plain Lance" } else { "sluice" });
             }
-            sides.push((walls, start.elapsed(), retries, failed.len()));
+            let elapsed = start.elapsed();
+            sides.push((walls, elapsed, retries, failed.len(), version().await - first));
         }
         let (s, l) = (&sides[0], &sides[1]);
         let p = |walls: &[Duration], q: f64| if walls.is_empty() { Duration::ZERO } else { percentile(walls.to_vec(), q) };
@@ -179,9 +182,9 @@ pub async fn contention(root: impl Fn(&str) -> String, work: &Path, delay: Durat
         let per_s = |count: usize, t: Duration| count as f64 / t.as_secs_f64();
         let failed = |count: usize| if count == 0 { String::new() } else { format!(", {count} of {n} failed") };
         rows.push((
-            format!("{n} writer(s) at once: publishes (commits) per second, manifest retries, failures"),
-            format!("{:.1}/s, {} retries{}", per_s(s.0.len(), s.1), s.2, failed(s.3)),
-            format!("{:.1}/s{}", per_s(l.0.len(), l.1), failed(l.3)),
+            format!("{n} writer(s) at once: ingests per second, Lance commits, manifest retries, failures"),
+            format!("{:.1}/s, {} commits, {} retries{}", per_s(s.0.len(), s.1), s.4, s.2, failed(s.3)),
+            format!("{:.1}/s, {} commits{}", per_s(l.0.len(), l.1), l.4, failed(l.3)),
             "-".into(),
         ));
         for f in files {
