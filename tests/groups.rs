@@ -591,7 +591,9 @@ fn writers_queued_behind_a_group_in_flight_form_the_next_group() {
         assert_eq!(queued(&b.root), 3, "{}", b.name);
         bw.release();
         cw.release();
-        std::thread::sleep(Duration::from_millis(500));
+        // Long enough for the old rule (50 ms per older entry) to lead, well
+        // within the line's 2 s bound, which A's group must beat once released.
+        std::thread::sleep(Duration::from_millis(250));
         let (decided, _) = groups(&b.root);
         assert_eq!((group_intents(&b.root), decided.len()), (1, 0), "{}: B and C wait in line behind A's group in flight: {decided:?}", b.name);
         a.release();

@@ -1,15 +1,15 @@
 //! Group commit, the writing side (docs/PROTOCOL.md, "Group commits").
 //!
 //! A contended writer offers its staged rows in the table's queue
-//! (`queue.rs`). The oldest queued writer leads: a group is an attempt G of
+//! (`queue.rs`) and waits in line. The first in line leads: a group is an attempt G of
 //! its own, with its intent (kind `group`), then the leader bound to it
 //! create-only (`joined(G)`, its one decision), then every queued writer it
 //! can bind the same way, then one Lance commit carrying the members' staged
 //! fragments (tagged with them), then G's forward decision naming that commit
 //! and its members, then the publish. A writer taken into someone's group
-//! waits for the group's decision and then for its publish. Until the switch
-//! from Lance's commit conflicts is built, only a test knob sends a writer
-//! here ([`failpoints::contended`]).
+//! waits for the group's decision and then for its publish. A writer comes
+//! here once Lance proves its own commit lost to other writers' (`ingest.rs`),
+//! or at once under a test knob ([`failpoints::contended`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -78,10 +78,11 @@ const TAKES_AT_ONCE: usize = 16;
 const MAX_WAIT: Duration = Duration::from_secs(2);
 /// Polls of the queue while in line: the first pause, growing by half up to this.
 const LAST_LINE_POLL: Duration = Duration::from_millis(100);
-/// Entries written longer ago than this are neither waited for nor taken:
-/// a live writer's entry goes within a wait in line (taken, or it leads), so
-/// an old one's owner is gone or stuck (cleanup removes it once it is decided).
-const STALE: Duration = Duration::from_secs(30);
+/// Entries written longer ago than this are neither waited for nor taken: a
+/// live writer leaves the line within [`MAX_WAIT`] (it leads, or a group
+/// took it and withdraws it once decided), so an old entry's owner is gone or
+/// stuck, or its group died in flight (cleanup removes it once it is decided).
+const STALE: Duration = Duration::from_secs(10);
 /// A leader with less time left than this takes nobody else: members bound to
 /// a group that cannot commit in time would all be delivered again.
 const TAKE_MARGIN: Duration = Duration::from_secs(5);
@@ -91,8 +92,8 @@ const SELF_PUBLISH_MARGIN: Duration = Duration::from_secs(5);
 /// Polls of a decision or a manifest: the first pause, growing by half up to the last.
 pub(crate) const FIRST_POLL: Duration = Duration::from_millis(20);
 pub(crate) const LAST_POLL: Duration = Duration::from_millis(250);
-fn next_poll(pause: Duration) -> Duration {
-    (pause * 3 / 2).min(LAST_POLL)
+fn next_poll(pause: Duration, last: Duration) -> Duration {
+    (pause * 3 / 2).min(last)
 }
 
 /// Commit `staged` (an append onto the one table of intent `of`) in a
@@ -130,9 +131,12 @@ pub(crate) async fn commit(lake: &Lake, of: &Intent, sources: Vec<PublishedSourc
     }
 }
 
-/// The entries of `listed` written recently enough to be waited for or taken.
-fn fresh(listed: Vec<(AttemptId, DateTime<Utc>)>) -> impl Iterator<Item = (AttemptId, DateTime<Utc>)> {
-    let since = deadline::earlier(Utc::now(), STALE);
+/// The entries of `listed` written recently enough to be waited for or
+/// taken, by the store's clock where `listed` shows our own entry (`me`),
+/// else by ours.
+fn fresh(listed: Vec<(AttemptId, DateTime<Utc>)>, me: &AttemptId) -> impl Iterator<Item = (AttemptId, DateTime<Utc>)> {
+    let now = listed.iter().find(|(id, _)| id == me).map_or_else(Utc::now, |(_, written)| *written);
+    let since = deadline::earlier(now, STALE);
     listed.into_iter().filter(move |(_, written)| *written >= since)
 }
 
@@ -147,7 +151,7 @@ fn ahead((a, a_at): &(AttemptId, DateTime<Utc>), (b, b_at): &(AttemptId, DateTim
 /// queued before us (each leads or is taken in turn), so that one group
 /// commits at a time and the next gathers everyone who queued meanwhile.
 /// `listed` is the listing taken beside our offer. Returns our decision once
-/// our entry is gone (a group took us and was decided); `None` once nobody is
+/// our entry is gone (a group took us: we follow it); `None` once nobody is
 /// ahead of us, or after [`MAX_WAIT`]: we lead. The line is liveness only:
 /// every take is create-only, so leading beside another group costs speed,
 /// never safety (and leading finds any decision made on us meanwhile).
@@ -158,16 +162,16 @@ async fn wait_in_line(lake: &Lake, table: &str, me: &AttemptId, mut listed: Resu
         match listed {
             Ok(listed) => {
                 let mine = listed.iter().find(|(id, _)| id == me).cloned();
-                let mut others = fresh(listed).filter(|(id, _)| id != me);
+                let mut others = fresh(listed, me).filter(|(id, _)| id != me);
                 match mine {
-                    // The first listing, taken beside our offer, may not show it
-                    // yet: then everything it shows was written before ours.
+                    // The first listing, taken beside our offer, may not show
+                    // it yet: we wait while it shows anyone.
                     None if first => {
                         if others.next().is_none() {
                             return None;
                         }
                     }
-                    // Gone since: a leader withdrew it beside its group's decision.
+                    // Gone since: a leader that took us withdrew it.
                     None => {
                         return match sidecar::read_decision(lake, me).await {
                             Ok(decided) => decided,
@@ -190,7 +194,7 @@ async fn wait_in_line(lake: &Lake, table: &str, me: &AttemptId, mut listed: Resu
             return None;
         }
         tokio::time::sleep(pause).await;
-        pause = (pause * 3 / 2).min(LAST_LINE_POLL);
+        pause = next_poll(pause, LAST_LINE_POLL);
         (listed, first) = (queue::list(lake, table).await, false);
     }
 }
@@ -248,7 +252,7 @@ async fn follow(lake: &Lake, me: &AttemptId, taken: Decision, table: &str, rows:
             ))));
         }
         tokio::time::sleep(pause).await;
-        pause = next_poll(pause);
+        pause = next_poll(pause, LAST_POLL);
     }
 }
 
@@ -273,7 +277,7 @@ pub(crate) async fn await_publish(lake: &Lake, c: &Committed, table: &str, base:
             return (latest, false);
         }
         tokio::time::sleep(pause).await;
-        pause = next_poll(pause);
+        pause = next_poll(pause, LAST_POLL);
     }
 }
 
@@ -281,7 +285,8 @@ pub(crate) async fn await_publish(lake: &Lake, c: &Committed, table: &str, base:
 /// on the table, then one commit of all their rows, then the group's decision.
 async fn lead(lake: &Lake, of: &Intent, own: Entry, staged: Appended, deadline: &Deadline, skew: Duration) -> std::result::Result<Committed, Failed> {
     let member = &own.id();
-    let table = own.table.as_str();
+    let table = &own.table.clone();
+    let table = table.as_str();
     let start_pin = of.tables[table].start_pin.expect("a group member appends to a published table");
     let group = AttemptId::new(&format!("group-{}", uuid::Uuid::new_v4().simple()), &uuid::Uuid::now_v7().to_string());
     deadline.check("writing a group's intent").map_err(Failed::Alone)?;
@@ -327,17 +332,14 @@ async fn lead(lake: &Lake, of: &Intent, own: Entry, staged: Appended, deadline: 
         Ok(Created::Gone) => return Err(Failed::Left(Error::Blocked(format!("operation {member}: joining group {group} could not be confirmed; `sluice recover` finishes both")))),
         Err(e) => return Err(Failed::Left(e)),
     }
-    let Appended { ds, read_version, fragments, rows } = staged;
-    // `bound`: the attempts whose entries go with the group's roll-back.
-    let give_up = |e: Error, bound: Vec<AttemptId>| give_up(lake, member, &group, (table, start_pin), e, rows, bound);
     // Bound, with nothing committed: a failure now rolls the group back.
     if let Err(e) = failpoints::hit(failpoints::GROUP_AFTER_SELF_TAKE) {
-        return give_up(e, vec![member.clone()]).await;
+        return give_up(lake, member, &group, (table, start_pin), e, staged.rows, vec![member.clone()]).await;
     }
     let others: Vec<AttemptId> = match queued {
         // Too late to commit others' rows in time: bind nobody else.
         _ if deadline.remaining() < TAKE_MARGIN => Vec::new(),
-        Ok(listed) => fresh(listed).map(|(id, _)| id).filter(|id| id != member).take(MAX_MEMBERS - 1).collect(),
+        Ok(listed) => behind_first(listed, member),
         Err(e) => {
             tracing::warn!(table, error = %e, "could not list the queue; the group commits its leader's rows alone");
             Vec::new()
@@ -345,11 +347,38 @@ async fn lead(lake: &Lake, of: &Intent, own: Entry, staged: Appended, deadline: 
     };
     let joined = take_all(lake, &group, table, &others).await;
     let members: Vec<AttemptId> = std::iter::once(member.clone()).chain(joined.iter().map(Entry::id)).collect();
+    let committed = commit_taken(lake, &group, (own, joined), &members, staged, start_pin, deadline).await;
+    if let Err(Failed::Left(_)) = &committed {
+        // G's fate is open, but its members are bound: their entries would
+        // only hold the line (each member learns G's fate by following it).
+        withdraw_all(lake, table, &members).await;
+    }
+    committed
+}
+
+/// The attempts to take from the queue as `listed` (ours is `member`):
+/// those behind us in line first, then any ahead of us (a group in flight
+/// took those already, unless their writers died or time out in line
+/// beside us), at most [`MAX_MEMBERS`] in all with us.
+fn behind_first(listed: Vec<(AttemptId, DateTime<Utc>)>, member: &AttemptId) -> Vec<AttemptId> {
+    let mine = listed.iter().find(|(id, _)| id == member).cloned();
+    let (ahead_of_us, behind): (Vec<_>, Vec<_>) =
+        fresh(listed, member).filter(|(id, _)| id != member).partition(|e| mine.as_ref().is_some_and(|m| ahead(e, m)));
+    behind.into_iter().chain(ahead_of_us).map(|(id, _)| id).take(MAX_MEMBERS - 1).collect()
+}
+
+/// A group's steps once its takes are done: one Lance commit of the rows
+/// of every member (the leader's entry and `staged` rows, then the entries it
+/// took), then G's forward decision (or its roll-back).
+async fn commit_taken(lake: &Lake, group: &AttemptId, (own, joined): (Entry, Vec<Entry>), members: &[AttemptId], staged: Appended, start_pin: u64, deadline: &Deadline) -> std::result::Result<Committed, Failed> {
+    let (member, table) = (&members[0], own.table.as_str());
+    let Appended { ds, read_version, fragments, rows } = staged;
+    let give_up = |e: Error| give_up(lake, member, group, (table, start_pin), e, rows, members.to_vec());
     let checked = failpoints::hit(failpoints::GROUP_AFTER_TAKES)
         .and_then(|()| deadline.check("a group's Lance commit"))
         .and_then(|()| failpoints::hit(failpoints::GROUP_COMMIT_CHECKED));
     if let Err(e) = checked {
-        return give_up(e, members).await;
+        return give_up(e).await;
     }
     // Lance numbers fragments with id 0 at commit; any other would be kept as is.
     assert!(fragments.iter().all(|f| f.id == 0), "staged fragments carry no id before their commit");
@@ -362,25 +391,25 @@ async fn lead(lake: &Lake, of: &Intent, own: Entry, staged: Appended, deadline: 
     let read_version = joined.iter().map(|e| e.read_version).fold(read_version, u64::min);
     let all = fragments.into_iter().chain(joined.into_iter().flat_map(|e| e.fragments)).collect();
     let mut txn = Transaction::new(read_version, Operation::Append { fragments: all }, None);
-    txn.transaction_properties = Some(Arc::new(sidecar::group_properties(&group, &members)));
+    txn.transaction_properties = Some(Arc::new(sidecar::group_properties(group, members)));
     let committed = deadline.bound(CommitBuilder::new(ds)).execute(txn).await;
     let (version, manifest) = match committed {
         Ok(ds) => (ds.version().version, LanceManifest::of(&ds)),
-        Err(e) if stage::lost(&e) => return give_up(Error::lance(table, e), members).await,
+        Err(e) if stage::lost(&e) => return give_up(Error::lance(table, e)).await,
         Err(e) => match fence::committed_by(lake, table, start_pin, &group.attempt).await.map_err(Failed::Left)? {
             Some(version) => (version, None),
-            None => return give_up(Error::lance(table, e), members).await,
+            None => return give_up(Error::lance(table, e)).await,
         },
     };
     failpoints::hit(failpoints::GROUP_AFTER_COMMIT).map_err(Failed::Left)?;
     let forward = Decision {
-        members: Some(members.clone()),
+        members: Some(members.to_vec()),
         sources: sources.clone(),
         ..Decision::new(&group.op, &group.attempt, &group.attempt, Outcome::Forward, "writer", BTreeMap::from([(table.to_string(), version)]))
     };
     // The entries (ours too) held the line while the group was in flight;
     // they go beside its decision, and the next in line leads.
-    let (decided, ()) = futures::join!(sidecar::decide(lake, &forward), withdraw_all(lake, table, &members));
+    let (decided, ()) = futures::join!(sidecar::decide(lake, &forward), withdraw_all(lake, table, members));
     let (version, manifest, sources) = match decided.map_err(Failed::Left)? {
         Created::Mine => (version, manifest, sources),
         // A vetter or recovery decided it first, from the same commit's tag.
@@ -400,7 +429,7 @@ async fn lead(lake: &Lake, of: &Intent, own: Entry, staged: Appended, deadline: 
         }
     };
     failpoints::hit(failpoints::GROUP_AFTER_DECISION).map_err(Failed::Left)?;
-    Ok(Committed { group, led: true, lives_until: None, version, manifest, rows, sources })
+    Ok(Committed { group: group.clone(), led: true, lives_until: None, version, manifest, rows, sources })
 }
 
 /// Bind every queued attempt in `others` to `group`, create-only, reading

@@ -865,7 +865,14 @@ impl Door<'_> {
     async fn roll_back_own(&self, tables: &[TableWork], ours: &Ours) -> Result<()> {
         let id = self.id();
         let decision = Decision::new(&self.w.op, &self.w.intent, &self.w.attempt, Outcome::RollBack, "writer", BTreeMap::new());
-        match sidecar::decide(self.w.lake, &decision).await? {
+        let decided = sidecar::decide(self.w.lake, &decision).await?;
+        // Decided otherwise: our queue entry (if any) can only hold the line.
+        if !matches!(decided, Created::Mine)
+            && let Some(table) = &ours.queued
+        {
+            self.withdraw(table).await;
+        }
+        match decided {
             Created::Mine => {}
             // Recovery rolled us back first: our claims are still ours to give back.
             Created::Theirs(theirs) if theirs.outcome == Outcome::RollBack => {
@@ -901,8 +908,9 @@ impl Door<'_> {
         sidecar::delete_intent(self.w.lake, &self.id()).await
     }
 
-    /// Withdraw our queue entry on `table` (a leader may have already); one
-    /// left behind is cleanup's once we are decided and finished.
+    /// Withdraw our queue entry on `table` (a leader that took us withdraws it
+    /// too: ours retries one that failed); one left behind is cleanup's once
+    /// we are decided and finished.
     async fn withdraw(&self, table: &str) {
         if let Err(e) = queue::withdraw(self.w.lake, table, &self.id()).await {
             tracing::warn!(table, error = %e, "could not withdraw our queue entry; cleanup removes it");

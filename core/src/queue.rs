@@ -61,9 +61,9 @@ pub async fn withdraw(lake: &Lake, table: &str, id: &AttemptId) -> Result<()> {
     lake.delete(&entry_path(table, id)).await
 }
 
-/// The attempts queued on `table` and when each entry was written, oldest
-/// attempt first (attempt ids are UUIDv7, so they sort by when they
-/// started): one LIST, names only.
+/// The attempts queued on `table` and when the store wrote each entry,
+/// oldest attempt first (attempt ids are UUIDv7, so they sort by when they
+/// started; the line's order is the store's times first): one LIST, names only.
 pub async fn list(lake: &Lake, table: &str) -> Result<Vec<(AttemptId, DateTime<Utc>)>> {
     let mut ids: Vec<(AttemptId, DateTime<Utc>)> =
         lake.list(&table_dir(table)).await?.iter().filter_map(|m| parse(lake, &m.location).map(|(_, id)| (id, m.last_modified))).collect();
