@@ -62,10 +62,10 @@ pub(crate) struct Committed {
 }
 
 /// Lance's attempts at a groupable writer's own commit before it goes to the
-/// queue: one rebase onto a commit that beat it (Lance makes at least one
-/// attempt, so 1 would allow no rebase), then the queue, where one commit
-/// carries many.
-pub(crate) const LONE_ATTEMPTS: u32 = 2;
+/// queue, where one commit carries many: one. A rebase would first sleep
+/// Lance's randomized backoff (up to three times a commit's own latency,
+/// then more), which under contention costs more than the queue.
+pub(crate) const LONE_ATTEMPTS: u32 = 1;
 /// Members one group takes at most (its leader included).
 const MAX_MEMBERS: usize = 64;
 /// Sources a group's decision names at most (so that a publish lists them).
@@ -150,11 +150,14 @@ fn ahead((a, a_at): &(AttemptId, DateTime<Utc>), (b, b_at): &(AttemptId, DateTim
 /// flight (its leader withdraws them beside its decision) and the writers
 /// queued before us (each leads or is taken in turn), so that one group
 /// commits at a time and the next gathers everyone who queued meanwhile.
-/// `listed` is the listing taken beside our offer. Returns our decision once
-/// our entry is gone (a group took us: we follow it); `None` once nobody is
-/// ahead of us, or after [`MAX_WAIT`]: we lead. The line is liveness only:
-/// every take is create-only, so leading beside another group costs speed,
-/// never safety (and leading finds any decision made on us meanwhile).
+/// `listed` is the listing taken beside our offer. Each poll reads our
+/// decision (a GET) and lists the queue alongside; a writer taken stops
+/// listing at once, so only writers still in line pay for listings. Returns
+/// our decision once there is one (a group took us: we follow it); `None`
+/// once nobody is ahead of us, or after [`MAX_WAIT`]: we lead. The line is
+/// liveness only: every take is create-only, so leading beside another
+/// group costs speed, never safety (and leading finds any decision made on
+/// us meanwhile).
 async fn wait_in_line(lake: &Lake, table: &str, me: &AttemptId, mut listed: Result<Vec<(AttemptId, DateTime<Utc>)>, Error>, deadline: &Deadline) -> Option<Decision> {
     let until = tokio::time::Instant::now() + MAX_WAIT;
     let (mut pause, mut first) = (FIRST_POLL, true);
@@ -163,29 +166,16 @@ async fn wait_in_line(lake: &Lake, table: &str, me: &AttemptId, mut listed: Resu
             Ok(listed) => {
                 let mine = listed.iter().find(|(id, _)| id == me).cloned();
                 let mut others = fresh(listed, me).filter(|(id, _)| id != me);
-                match mine {
+                let nobody_ahead = match &mine {
                     // The first listing, taken beside our offer, may not show
                     // it yet: we wait while it shows anyone.
-                    None if first => {
-                        if others.next().is_none() {
-                            return None;
-                        }
-                    }
-                    // Gone since: a leader that took us withdrew it.
-                    None => {
-                        return match sidecar::read_decision(lake, me).await {
-                            Ok(decided) => decided,
-                            Err(e) => {
-                                tracing::warn!(table, error = %e, "could not read our decision once our queue entry went; leading");
-                                None
-                            }
-                        };
-                    }
-                    Some(mine) => {
-                        if !others.any(|e| ahead(&e, &mine)) {
-                            return None;
-                        }
-                    }
+                    None if first => others.next().is_none(),
+                    // Gone since, and no decision read: lead, and find out.
+                    None => true,
+                    Some(mine) => !others.any(|e| ahead(&e, mine)),
+                };
+                if nobody_ahead {
+                    return None;
                 }
             }
             Err(e) => tracing::warn!(table, error = %e, "could not list the queue; waiting on"),
@@ -195,7 +185,14 @@ async fn wait_in_line(lake: &Lake, table: &str, me: &AttemptId, mut listed: Resu
         }
         tokio::time::sleep(pause).await;
         pause = next_poll(pause, LAST_LINE_POLL);
-        (listed, first) = (queue::list(lake, table).await, false);
+        let decided;
+        (decided, listed) = futures::join!(sidecar::read_decision(lake, me), queue::list(lake, table));
+        match decided {
+            Ok(Some(decided)) => return Some(decided),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(table, error = %e, "could not read our decision while in line; waiting on"),
+        }
+        first = false;
     }
 }
 
