@@ -495,7 +495,7 @@ fn queued(root: &str) -> usize {
 }
 
 /// Two contended writers: A leads (held once its group's intent is written),
-/// B offers its rows and is held before its turn. A takes B, commits both
+/// B offers its rows and is held before its wait in line. A takes B, commits both
 /// writers' rows in one Lance commit, decides the group forward naming both
 /// and publishes: both files are visible before B goes on. B then finds it
 /// was taken, waits for the group's decision and its publish, and succeeds

@@ -90,7 +90,7 @@ pub const READ_AHEAD_FIRST_ROWS: &str = "ingest.read-ahead";
 pub const READ_AHEAD_KEPT: &str = "stage.kept-read-ahead";
 
 /// A contended writer offered its rows in the table's queue; it has not
-/// waited its turn to lead yet (`group.rs`).
+/// waited in line yet (`group.rs`).
 pub const GROUP_QUEUED: &str = "group.queued";
 /// A group's intent is written; no member bound yet.
 pub const GROUP_AFTER_INTENT: &str = "group.after-intent";
