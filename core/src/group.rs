@@ -282,8 +282,8 @@ pub(crate) async fn await_publish(lake: &Lake, c: &Committed, table: &str, base:
 /// on the table, then one commit of all their rows, then the group's decision.
 async fn lead(lake: &Lake, of: &Intent, own: Entry, staged: Appended, deadline: &Deadline, skew: Duration) -> std::result::Result<Committed, Failed> {
     let member = &own.id();
-    let table = &own.table.clone();
-    let table = table.as_str();
+    let table_name = own.table.clone();
+    let table = table_name.as_str();
     let start_pin = of.tables[table].start_pin.expect("a group member appends to a published table");
     let group = AttemptId::new(&format!("group-{}", uuid::Uuid::new_v4().simple()), &uuid::Uuid::now_v7().to_string());
     deadline.check("writing a group's intent").map_err(Failed::Alone)?;
@@ -483,7 +483,7 @@ async fn drop_unused(lake: &Lake, group: &AttemptId) {
 async fn give_up(lake: &Lake, member: &AttemptId, group: &AttemptId, (table, start_pin): (&str, u64), error: Error, rows: u64, bound: Vec<AttemptId>) -> std::result::Result<Committed, Failed> {
     failpoints::hit(failpoints::GROUP_BEFORE_GIVE_UP).map_err(Failed::Left)?;
     let decision = Decision::new(&group.op, &group.attempt, &group.attempt, Outcome::RollBack, "writer", BTreeMap::new());
-    // The members learn G's fate once their entries go (see `wait_in_line`).
+    // The members' entries go beside it: they only held the line.
     let (decided, ()) = futures::join!(sidecar::decide(lake, &decision), withdraw_all(lake, table, &bound));
     match decided.map_err(Failed::Left)? {
         Created::Mine => {}
