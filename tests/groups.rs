@@ -568,6 +568,44 @@ fn a_writer_taken_before_it_bound_itself_follows_the_group_that_took_it() {
     });
 }
 
+/// Two contended writers queue at once, each one's entry landing 400 ms
+/// after it is sent: each lists the line only once its own entry is there,
+/// so the later one's listing shows the earlier one ahead and it waits to be
+/// taken. One group, one Lance commit for both (listing beside the offer,
+/// each found the line empty and led a group of its own).
+#[test]
+fn writers_queueing_at_once_form_one_group() {
+    on_each_backend(|b| {
+        let dir = tempfile::tempdir().unwrap();
+        seeded(&b.root, dir.path(), &["t"]);
+        let (fa, fb) = (jsonl(dir.path(), "a.jsonl", 100..130), jsonl(dir.path(), "b.jsonl", 200..210));
+        let before = lance_version(&b.root, "t");
+        let slow = |cmd: &mut std::process::Command| {
+            cmd.env("SLUICE_FAULTS", "rule=_queue/t/:slow-then-applied-400");
+        };
+        let (mut ca, mut cb) = (contended(&b.root, &fa, &[]), contended(&b.root, &fb, &[]));
+        slow(&mut ca);
+        slow(&mut cb);
+        let (a, bw) = (hold_at(&mut ca, "ingest.before-commit"), hold_at(&mut cb, "ingest.before-commit"));
+        a.release();
+        bw.release();
+        for (w, rows) in [(a, 30), (bw, 10)] {
+            let out = w.wait_with_output();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(stderr.contains("fault: slow-then-applied"), "{}: {stderr}", b.name);
+            assert_eq!(out.status.code(), Some(0), "{}: {stderr}", b.name);
+            assert_eq!(json(&out)["tables"]["t"]["rows_inserted"], rows, "{}", b.name);
+        }
+        let (groups, joined) = groups(&b.root);
+        assert_eq!(groups.len(), 1, "{}: one group: {groups:?}", b.name);
+        assert_eq!(groups[0].members.as_ref().map(Vec::len), Some(2), "{}", b.name);
+        assert_eq!(joined.len(), 2, "{}", b.name);
+        assert_eq!(lance_version(&b.root, "t"), before + 1, "{}: one Lance commit for both", b.name);
+        assert_eq!((pending(&b.root), queued(&b.root)), (0, 0), "{}", b.name);
+        assert_eq!(scan_ids(&b.root, "t"), ids_of(&[0..5, 100..130, 200..210]), "{}", b.name);
+    });
+}
+
 /// Groups in flight: the intents of groups pending in the lake.
 fn group_intents(root: &str) -> usize {
     status(root)["pending"].as_array().unwrap().iter().filter(|p| p["kind"] == sidecar::KIND_GROUP).count()

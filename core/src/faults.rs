@@ -31,6 +31,9 @@ pub enum Fault {
     /// Apply the PUT, then take this many milliseconds to answer (success):
     /// a caller's timeout fires after the write happened.
     AppliedThenSlow(u64),
+    /// Take this many milliseconds, then apply the PUT and answer: a write
+    /// that lands late while the writer's other requests go on beside it.
+    SlowThenApplied(u64),
     /// Apply the PUT, then answer as a client that timed out, retried the
     /// create-only PUT and was told the object already exists.
     AppliedThenAlreadyExists,
@@ -57,12 +60,13 @@ impl Fault {
             Fault::Rejected => "rejected",
             Fault::Beaten => "beaten",
             Fault::AppliedThenSlow(_) => "applied-then-slow",
+            Fault::SlowThenApplied(_) => "slow-then-applied",
             Fault::LandsLate => "lands-late",
         }
     }
 
     /// `applied-then-exists`, `applied-then-error`, `rejected`, `beaten`,
-    /// `applied-then-slow-MS`, `lands-late`.
+    /// `applied-then-slow-MS`, `slow-then-applied-MS`, `lands-late`.
     pub fn parse(kind: &str) -> std::result::Result<Fault, String> {
         Ok(match kind {
             "applied-then-exists" => Fault::AppliedThenAlreadyExists,
@@ -70,9 +74,10 @@ impl Fault {
             "rejected" => Fault::Rejected,
             "beaten" => Fault::Beaten,
             "lands-late" => Fault::LandsLate,
-            _ => match kind.strip_prefix("applied-then-slow-").map(str::parse) {
-                Some(Ok(ms)) => Fault::AppliedThenSlow(ms),
-                _ => return Err(format!("fault kind '{kind}': use applied-then-exists, applied-then-error, rejected, beaten, applied-then-slow-MS or lands-late")),
+            _ => match (kind.strip_prefix("applied-then-slow-"), kind.strip_prefix("slow-then-applied-")) {
+                (Some(ms), _) if let Ok(ms) = ms.parse() => Fault::AppliedThenSlow(ms),
+                (_, Some(ms)) if let Ok(ms) = ms.parse() => Fault::SlowThenApplied(ms),
+                _ => return Err(format!("fault kind '{kind}': use applied-then-exists, applied-then-error, rejected, beaten, applied-then-slow-MS, slow-then-applied-MS or lands-late")),
             },
         })
     }
@@ -359,6 +364,11 @@ impl ObjectStore for FaultStore {
             tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
             return Ok(put);
         }
+        if let Fault::SlowThenApplied(ms) = fault {
+            eprintln!("fault: {} {location}", fault.kind());
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+            return self.inner.put_opts(location, payload, opts).await;
+        }
         if !matches!(fault, Fault::Rejected | Fault::Beaten) {
             // A PUT the store itself refused (a lost create race) is answered as it is.
             self.inner.put_opts(location, payload, opts).await?;
@@ -375,7 +385,7 @@ impl ObjectStore for FaultStore {
             }),
             Fault::Rejected => Err(object_store::Error::Generic { store: "FaultStore", source: "injected: the PUT failed".into() }),
             Fault::Beaten => Err(object_store::Error::AlreadyExists { path: location.to_string(), source: "injected: another writer's object was there".into() }),
-            Fault::AppliedThenSlow(_) | Fault::LandsLate => unreachable!("answered above"),
+            Fault::AppliedThenSlow(_) | Fault::SlowThenApplied(_) | Fault::LandsLate => unreachable!("answered above"),
         }
     }
 

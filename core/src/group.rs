@@ -70,8 +70,9 @@ pub(crate) const LONE_ATTEMPTS: u32 = 1;
 const MAX_MEMBERS: usize = 64;
 /// Sources a group's decision names at most (so that a publish lists them).
 const MAX_GROUP_SOURCES: usize = 1024;
-/// Takes (with their entry reads) in flight at once.
-const TAKES_AT_ONCE: usize = 16;
+/// Takes (with their entry reads) in flight at once: a full group's, so
+/// that its takes cost one round trip.
+const TAKES_AT_ONCE: usize = MAX_MEMBERS - 1;
 /// How long a queued writer waits in line at most before it leads all the
 /// same: a group in flight is decided well within it, so only a writer ahead
 /// that died or stalls holds the line this long.
@@ -89,11 +90,17 @@ const TAKE_MARGIN: Duration = Duration::from_secs(5);
 /// A member with less time left than this publishes its group's commit
 /// itself rather than wait for its leader's publish.
 const SELF_PUBLISH_MARGIN: Duration = Duration::from_secs(5);
-/// Polls of a decision or a manifest: the first pause, growing by half up to the last.
-pub(crate) const FIRST_POLL: Duration = Duration::from_millis(20);
-pub(crate) const LAST_POLL: Duration = Duration::from_millis(250);
+/// Polls of a decision or a manifest: the first pause, growing by half up
+/// to the last; a member's, up to [`QUICK_POLL`] for as long as its group
+/// should take to decide and publish (well within [`MAX_WAIT`]).
+const FIRST_POLL: Duration = Duration::from_millis(20);
+const QUICK_POLL: Duration = Duration::from_millis(50);
+const LAST_POLL: Duration = Duration::from_millis(250);
 fn next_poll(pause: Duration, last: Duration) -> Duration {
     (pause * 3 / 2).min(last)
+}
+fn member_poll(pause: Duration, since: tokio::time::Instant) -> Duration {
+    next_poll(pause, if since.elapsed() < MAX_WAIT { QUICK_POLL } else { LAST_POLL })
 }
 
 /// Commit `staged` (an append onto the one table of intent `of`) in a
@@ -114,15 +121,19 @@ pub(crate) async fn commit(lake: &Lake, of: &Intent, sources: Vec<PublishedSourc
         sources,
         deadline: of.deadline,
     };
-    // The queue alongside our offer: who is ahead of us in line.
-    let (offered, listed) = futures::join!(queue::offer(lake, &entry), queue::list(lake, table));
-    match offered.map_err(Failed::Alone)? {
+    match queue::offer(lake, &entry).await.map_err(Failed::Alone)? {
         // Gone: refused, then not there: a leader took us and withdrew it.
         Created::Mine | Created::Gone => {}
         Created::Theirs(e) => return Err(Failed::Alone(Error::Corrupt { what: "queue entry", path: format!("{table}/{}", e.attempt), reason: "a new attempt's entry was taken".into() })),
     }
     failpoints::hit(failpoints::GROUP_QUEUED).map_err(Failed::Alone)?;
-    match wait_in_line(lake, table, &me, listed, deadline).await {
+    tracing::debug!(table, op = %me, "queued for a group commit");
+    // Who is ahead of us in line: listed once our entry is there, so that of
+    // two writers queueing at once, the later one's listing shows the earlier.
+    let listed = queue::list(lake, table).await;
+    let waited = wait_in_line(lake, table, &me, listed, deadline).await;
+    tracing::debug!(table, op = %me, taken = ?waited.as_ref().and_then(|d| d.group.as_ref()).map(ToString::to_string), "left the line");
+    match waited {
         Some(taken) if taken.outcome == Outcome::Joined => follow(lake, &me, taken, table, staged.rows, deadline, skew).await,
         Some(own) if own.outcome == Outcome::Forward => Err(Failed::OwnCommit(own)),
         // Decided by recovery meanwhile (presumed dead): the writer follows that, as ever.
@@ -150,7 +161,7 @@ fn ahead((a, a_at): &(AttemptId, DateTime<Utc>), (b, b_at): &(AttemptId, DateTim
 /// flight (its leader withdraws them beside its decision) and the writers
 /// queued before us (each leads or is taken in turn), so that one group
 /// commits at a time and the next gathers everyone who queued meanwhile.
-/// `listed` is the listing taken beside our offer. Each poll reads our
+/// `listed` is the listing taken once our offer landed. Each poll reads our
 /// decision (a GET) and lists the queue alongside; a writer taken stops
 /// listing at once, so only writers still in line pay for listings. Returns
 /// our decision once there is one (a group took us: we follow it); `None`
@@ -160,17 +171,14 @@ fn ahead((a, a_at): &(AttemptId, DateTime<Utc>), (b, b_at): &(AttemptId, DateTim
 /// us meanwhile).
 async fn wait_in_line(lake: &Lake, table: &str, me: &AttemptId, mut listed: Result<Vec<(AttemptId, DateTime<Utc>)>, Error>, deadline: &Deadline) -> Option<Decision> {
     let until = tokio::time::Instant::now() + MAX_WAIT;
-    let (mut pause, mut first) = (FIRST_POLL, true);
+    let mut pause = FIRST_POLL;
     loop {
         match listed {
             Ok(listed) => {
                 let mine = listed.iter().find(|(id, _)| id == me).cloned();
                 let mut others = fresh(listed, me).filter(|(id, _)| id != me);
                 let nobody_ahead = match &mine {
-                    // The first listing, taken beside our offer, may not show
-                    // it yet: we wait while it shows anyone.
-                    None if first => others.next().is_none(),
-                    // Gone since, and no decision read: lead, and find out.
+                    // Gone (taken, and withdrawn), and no decision read: lead, and find out.
                     None => true,
                     Some(mine) => !others.any(|e| ahead(&e, mine)),
                 };
@@ -192,7 +200,6 @@ async fn wait_in_line(lake: &Lake, table: &str, me: &AttemptId, mut listed: Resu
             Ok(None) => {}
             Err(e) => tracing::warn!(table, error = %e, "could not read our decision while in line; waiting on"),
         }
-        first = false;
     }
 }
 
@@ -204,7 +211,7 @@ async fn follow(lake: &Lake, me: &AttemptId, taken: Decision, table: &str, rows:
     };
     failpoints::hit(failpoints::GROUP_MEMBER_WAITING).map_err(Failed::Left)?;
     let mut lives_until = None;
-    let mut pause = FIRST_POLL;
+    let (mut pause, since) = (FIRST_POLL, tokio::time::Instant::now());
     loop {
         // Store errors are waited out (within our deadline); corruption is not.
         let (fate, intent) = futures::join!(sidecar::fate_of(lake, me, taken.clone()), async {
@@ -222,6 +229,7 @@ async fn follow(lake: &Lake, me: &AttemptId, taken: Decision, table: &str, rows:
                 let Some(&version) = decided.versions.get(table) else {
                     return Err(Failed::Left(Error::Blocked(format!("group {group} of operation {me} was decided forward without table '{table}'"))));
                 };
+                tracing::debug!(table, %group, op = %me, version, "our group was decided forward");
                 return Ok(Committed { group, led: false, lives_until, version, manifest: None, rows, sources: decided.sources });
             }
             Ok(Fate::RolledBack) => {
@@ -249,21 +257,26 @@ async fn follow(lake: &Lake, me: &AttemptId, taken: Decision, table: &str, rows:
             ))));
         }
         tokio::time::sleep(pause).await;
-        pause = next_poll(pause, LAST_POLL);
+        pause = member_poll(pause, since);
     }
 }
 
 /// A member's wait for its leader's publish of the group's commit (`c`, at
 /// `table`), catching up from `base`: until a manifest shows it (pins never
 /// go back), or the leader is gone or presumed dead with it unshown, or our
-/// own deadline nears. Returns the latest manifest read and whether it shows
-/// the commit (if not, the member publishes it itself, vetted).
+/// own deadline nears. Returns the first manifest read that shows the
+/// commit, else the latest read, and whether it shows the commit (if not,
+/// the member publishes it itself, vetted).
 pub(crate) async fn await_publish(lake: &Lake, c: &Committed, table: &str, base: Manifest, deadline: &Deadline, skew: Duration) -> (Manifest, bool) {
-    let (mut latest, mut pause) = (base, FIRST_POLL);
+    let (mut latest, mut pause, since) = (base, FIRST_POLL, tokio::time::Instant::now());
+    let shows = |m: &Manifest| m.tables.get(table).is_some_and(|p| p.version >= c.version);
     loop {
-        let (caught_up, leading) = futures::join!(manifest::catch_up(lake, latest.clone()), sidecar::intent_exists(lake, &c.group));
+        let (caught_up, leading) = futures::join!(manifest::first_showing(lake, latest.clone(), shows), sidecar::intent_exists(lake, &c.group));
         match caught_up {
-            Ok(m) if m.tables.get(table).is_some_and(|p| p.version >= c.version) => return (m, true),
+            Ok(m) if shows(&m) => {
+                tracing::debug!(table, group = %c.group, "our group's publish is shown");
+                return (m, true);
+            }
             Ok(m) => latest = m,
             Err(e) => tracing::warn!(table, error = %e, "could not read the latest manifest; waiting on"),
         }
@@ -274,7 +287,7 @@ pub(crate) async fn await_publish(lake: &Lake, c: &Committed, table: &str, base:
             return (latest, false);
         }
         tokio::time::sleep(pause).await;
-        pause = next_poll(pause, LAST_POLL);
+        pause = member_poll(pause, since);
     }
 }
 
@@ -343,6 +356,7 @@ async fn lead(lake: &Lake, of: &Intent, own: Entry, staged: Appended, deadline: 
         }
     };
     let joined = take_all(lake, &group, table, &others).await;
+    tracing::debug!(table, %group, leader = %member, members = joined.len() + 1, "leading a group");
     let members: Vec<AttemptId> = std::iter::once(member.clone()).chain(joined.iter().map(Entry::id)).collect();
     let committed = commit_taken(lake, &group, (own, joined), &members, staged, start_pin, deadline).await;
     if let Err(Failed::Left(_)) = &committed {
@@ -398,6 +412,7 @@ async fn commit_taken(lake: &Lake, group: &AttemptId, (own, joined): (Entry, Vec
             None => return give_up(Error::lance(table, e)).await,
         },
     };
+    tracing::debug!(table, %group, version, "the group's Lance commit landed");
     failpoints::hit(failpoints::GROUP_AFTER_COMMIT).map_err(Failed::Left)?;
     let forward = Decision {
         members: Some(members.to_vec()),

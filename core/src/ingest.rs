@@ -298,7 +298,7 @@ fn operation_id(tables: &[TableWork]) -> String {
 }
 
 impl Door<'_> {
-    async fn run(&self, mut tables: Vec<TableWork>, base: Manifest) -> Result<Report> {
+    async fn run(&self, mut tables: Vec<TableWork>, mut base: Manifest) -> Result<Report> {
         // No sweep first: a dead attempt in our way is resolved where we meet
         // it (a claim it holds, a commit of its between our pin and ours);
         // the rest is the scheduled sweep's. A LIST saved on every ingest.
@@ -429,7 +429,7 @@ impl Door<'_> {
                 true => {
                     ours.commit_started = true;
                     let appended = staged.pop().expect("one table, one stage").into_append().ok().expect("groupable: an append onto a table");
-                    group = self.commit_as_group(&intent, &mut tables, appended, &mut ours).await?;
+                    group = self.commit_as_group(&intent, &mut tables, appended, &mut ours, &mut base).await?;
                 }
                 false => {
                     tables[0].lone_attempts = Some(group::LONE_ATTEMPTS);
@@ -450,7 +450,7 @@ impl Door<'_> {
                 Err(Error::Lance { source, .. }) if stage::beaten(&source) && spare.is_some() => {
                     let appended = spare.take().and_then(|s| s.into_append().ok()).expect("groupable: an append onto a table");
                     tracing::info!(table = %tables[i].request.table, error = %source, "the commit lost to other writers'; committing in a group");
-                    group = self.commit_as_group(&intent, &mut tables, appended, &mut ours).await?;
+                    group = self.commit_as_group(&intent, &mut tables, appended, &mut ours, &mut base).await?;
                 }
                 // Nothing of ours is in Lance as far as its history shows: roll
                 // ourselves back (a commit still in flight is fenced by that decision).
@@ -504,6 +504,7 @@ impl Door<'_> {
         };
         let ((), finished, ()) = futures::join!(hint, sidecar::delete_intent(self.w.lake, &id), group_done);
         finished?;
+        tracing::debug!(op = %id, version, "published and finished");
         self.report(Some(version), &tables, elsewhere).await
     }
 
@@ -516,11 +517,18 @@ impl Door<'_> {
     /// Commit `tables`' one table in a group ([`group::commit`]); returns
     /// the group, decided forward at the table's commit (`None`: our own
     /// commit was, and we go on as a lone writer whose decision was made).
-    async fn commit_as_group(&self, intent: &Intent, tables: &mut [TableWork], appended: Appended, ours: &mut Ours) -> Result<Option<group::Committed>> {
+    /// `base` is caught up meanwhile: the publish that beat our commit would
+    /// otherwise cost the group's publish (or a member's wait for it) a race.
+    async fn commit_as_group(&self, intent: &Intent, tables: &mut [TableWork], appended: Appended, ours: &mut Ours, base: &mut Manifest) -> Result<Option<group::Committed>> {
         ours.queued = Some(tables[0].request.table.clone());
         let rows = appended.rows;
         let t = &mut tables[0];
-        match group::commit(self.w.lake, intent, self.decided_sources(std::slice::from_ref(t)), appended, &self.w.deadline, self.skew).await {
+        let sources = self.decided_sources(std::slice::from_ref(t));
+        let (committed, caught_up) = futures::join!(group::commit(self.w.lake, intent, sources, appended, &self.w.deadline, self.skew), manifest::catch_up(self.w.lake, base.clone()));
+        if let Ok(latest) = caught_up {
+            *base = latest;
+        }
+        match committed {
             Ok(mut c) => {
                 (t.committed, t.committed_manifest) = (Some(c.version), c.manifest.take());
                 t.report = Some(TableReport { lance_version: c.version, rows_inserted: c.rows, rows_updated: 0 });
