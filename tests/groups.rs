@@ -568,27 +568,39 @@ fn a_writer_taken_before_it_bound_itself_follows_the_group_that_took_it() {
     });
 }
 
-/// Two contended writers queue at once, each one's entry landing 400 ms
-/// after it is sent: each lists the line only once its own entry is there,
-/// so the later one's listing shows the earlier one ahead and it waits to be
-/// taken. One group, one Lance commit for both (listing beside the offer,
-/// each found the line empty and led a group of its own).
+/// Two contended writers queue at once, each one's offer landing late (A's
+/// after 400 ms, B's after 800 ms). A leads and is held once bound to its
+/// group. B lists the line only once its own entry is there, so it finds A's
+/// entry ahead and waits behind A's group in flight (listed beside its
+/// offer, B found the line empty and led a group beside A's). Released,
+/// A's group commits A's rows and B leads the next.
 #[test]
-fn writers_queueing_at_once_form_one_group() {
+fn a_writer_whose_offer_lands_late_still_finds_the_line() {
     on_each_backend(|b| {
         let dir = tempfile::tempdir().unwrap();
         seeded(&b.root, dir.path(), &["t"]);
         let (fa, fb) = (jsonl(dir.path(), "a.jsonl", 100..130), jsonl(dir.path(), "b.jsonl", 200..210));
         let before = lance_version(&b.root, "t");
-        let slow = |cmd: &mut std::process::Command| {
-            cmd.env("SLUICE_FAULTS", "rule=_queue/t/:slow-then-applied-400");
-        };
         let (mut ca, mut cb) = (contended(&b.root, &fa, &[]), contended(&b.root, &fb, &[]));
-        slow(&mut ca);
-        slow(&mut cb);
-        let (a, bw) = (hold_at(&mut ca, "ingest.before-commit"), hold_at(&mut cb, "ingest.before-commit"));
+        ca.env("SLUICE_FAULTS", "rule=_queue/t/:slow-then-applied-400");
+        cb.env("SLUICE_FAULTS", "rule=_queue/t/:slow-then-applied-800");
+        let a = hold_at_then(&mut ca, "ingest.before-commit", "group.after-self-take");
+        let bw = hold_at(&mut cb, "ingest.before-commit");
         a.release();
         bw.release();
+        a.wait_for("group.after-self-take");
+        // Until B's entry lands (or B led a group and decided it already).
+        let until = Instant::now() + Duration::from_secs(30);
+        while queued(&b.root) < 2 && groups(&b.root).0.is_empty() {
+            assert!(Instant::now() < until, "{}: B's entry never landed", b.name);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Long enough for B to lead once its offer returned, well within the
+        // line's 2 s bound.
+        std::thread::sleep(Duration::from_millis(300));
+        let (decided, _) = groups(&b.root);
+        assert_eq!((group_intents(&b.root), decided.len(), queued(&b.root)), (1, 0, 2), "{}: B waits behind A's group instead of leading beside it: {decided:?}", b.name);
+        a.release();
         for (w, rows) in [(a, 30), (bw, 10)] {
             let out = w.wait_with_output();
             let stderr = String::from_utf8_lossy(&out.stderr);
@@ -596,13 +608,39 @@ fn writers_queueing_at_once_form_one_group() {
             assert_eq!(out.status.code(), Some(0), "{}: {stderr}", b.name);
             assert_eq!(json(&out)["tables"]["t"]["rows_inserted"], rows, "{}", b.name);
         }
-        let (groups, joined) = groups(&b.root);
-        assert_eq!(groups.len(), 1, "{}: one group: {groups:?}", b.name);
-        assert_eq!(groups[0].members.as_ref().map(Vec::len), Some(2), "{}", b.name);
-        assert_eq!(joined.len(), 2, "{}", b.name);
-        assert_eq!(lance_version(&b.root, "t"), before + 1, "{}: one Lance commit for both", b.name);
+        let (groups, _) = groups(&b.root);
+        assert_eq!(groups.iter().map(|g| g.members.as_ref().map_or(0, Vec::len)).collect::<Vec<_>>(), [1, 1], "{}: {groups:?}", b.name);
+        assert_eq!(lance_version(&b.root, "t"), before + 2, "{}", b.name);
         assert_eq!((pending(&b.root), queued(&b.root)), (0, 0), "{}", b.name);
         assert_eq!(scan_ids(&b.root, "t"), ids_of(&[0..5, 100..130, 200..210]), "{}", b.name);
+    });
+}
+
+/// A group's leader asks for Lance's latest version beside its takes. A
+/// writer is held once queued while another commits on its own, one version
+/// past the rows it staged: released, it leads, and its group's commit takes
+/// that version from the answer asked ahead (no listing) and lands after it,
+/// with every row once.
+#[test]
+fn a_group_commit_takes_the_one_newer_version_asked_ahead() {
+    on_each_backend(|b| {
+        let dir = tempfile::tempdir().unwrap();
+        seeded(&b.root, dir.path(), &["t"]);
+        let (fa, fb) = (jsonl(dir.path(), "a.jsonl", 100..130), jsonl(dir.path(), "b.jsonl", 200..210));
+        let before = lance_version(&b.root, "t");
+        let a = hold_at(contended(&b.root, &fa, &[]).env("SLUICE_LOG", "sluice::known_manifest=debug"), "group.queued");
+        let out = run(sluice(&b.root).args(["ingest", "--table", "t"]).arg(&fb));
+        assert_eq!(out.status.code(), Some(0), "{}", b.name);
+        assert_eq!(lance_version(&b.root, "t"), before + 1, "{}: B committed on its own", b.name);
+        a.release();
+        let out = a.wait_with_output();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{}: {stderr}", b.name);
+        assert!(stderr.contains("only the next version after the read version, as asked ahead"), "{}: {stderr}", b.name);
+        assert_eq!(lance_version(&b.root, "t"), before + 2, "{}: A's group lands after B's commit", b.name);
+        assert_eq!(groups(&b.root).0.len(), 1, "{}", b.name);
+        assert_eq!((pending(&b.root), queued(&b.root)), (0, 0), "{}", b.name);
+        assert_eq!(scan_ids(&b.root, "t"), ids_of(&[0..5, 100..130, 200..210]), "{}: every row once", b.name);
     });
 }
 

@@ -23,7 +23,7 @@ use crate::deadline::{self, Deadline, presumed_dead_at};
 use crate::error::Error;
 use crate::failpoints;
 use crate::fence;
-use crate::known_manifest::LanceManifest;
+use crate::known_manifest::{LanceManifest, ListAhead};
 use crate::manifest::{self, Manifest, PublishedSource};
 use crate::lake::{Created, Lake};
 use crate::queue::{self, Entry};
@@ -107,8 +107,9 @@ fn member_poll(pause: Duration, since: tokio::time::Instant) -> Duration {
 /// group: offer it in the table's queue; if another writer's group takes it
 /// meanwhile, wait for that group's outcome, else lead a group of its own,
 /// taking every entry queued by then.
-/// `sources` are those the writer ingests, for the group's decision.
-pub(crate) async fn commit(lake: &Lake, of: &Intent, sources: Vec<PublishedSource>, staged: Appended, deadline: &Deadline, skew: Duration) -> std::result::Result<Committed, Failed> {
+/// `sources` are those the writer ingests, for the group's decision;
+/// `ahead` answers its Lance commit's listing if we lead.
+pub(crate) async fn commit(lake: &Lake, of: &Intent, sources: Vec<PublishedSource>, (staged, ahead): (Appended, &ListAhead), deadline: &Deadline, skew: Duration) -> std::result::Result<Committed, Failed> {
     let me = AttemptId::new(&of.op, &of.attempt);
     let table = of.tables.keys().next().expect("a group member appends to one table");
     deadline.check("offering rows to a group").map_err(Failed::Alone)?;
@@ -138,7 +139,7 @@ pub(crate) async fn commit(lake: &Lake, of: &Intent, sources: Vec<PublishedSourc
         Some(own) if own.outcome == Outcome::Forward => Err(Failed::OwnCommit(own)),
         // Decided by recovery meanwhile (presumed dead): the writer follows that, as ever.
         Some(other) => Err(Failed::Alone(Error::Blocked(format!("operation {me} was decided {:?} by {} meanwhile", other.outcome, other.by)))),
-        None => lead(lake, of, entry, staged, deadline, skew).await,
+        None => lead(lake, of, entry, (staged, ahead), deadline, skew).await,
     }
 }
 
@@ -293,7 +294,10 @@ pub(crate) async fn await_publish(lake: &Lake, c: &Committed, table: &str, base:
 
 /// Lead a group: its intent, our own take, then takes of every entry queued
 /// on the table, then one commit of all their rows, then the group's decision.
-async fn lead(lake: &Lake, of: &Intent, own: Entry, staged: Appended, deadline: &Deadline, skew: Duration) -> std::result::Result<Committed, Failed> {
+async fn lead(lake: &Lake, of: &Intent, own: Entry, (staged, ahead): (Appended, &ListAhead), deadline: &Deadline, skew: Duration) -> std::result::Result<Committed, Failed> {
+    // Lance's latest version, asked beside our takes: a commit beat our
+    // rows', so the group's commit would otherwise list the versions after them.
+    ahead.start(Arc::clone(&staged.ds), &tokio::runtime::Handle::current());
     let member = &own.id();
     let table_name = own.table.clone();
     let table = table_name.as_str();

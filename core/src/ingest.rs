@@ -524,7 +524,7 @@ impl Door<'_> {
         let rows = appended.rows;
         let t = &mut tables[0];
         let sources = self.decided_sources(std::slice::from_ref(t));
-        let (committed, caught_up) = futures::join!(group::commit(self.w.lake, intent, sources, appended, &self.w.deadline, self.skew), manifest::catch_up(self.w.lake, base.clone()));
+        let (committed, caught_up) = futures::join!(group::commit(self.w.lake, intent, sources, (appended, &t.ahead), &self.w.deadline, self.skew), manifest::catch_up(self.w.lake, base.clone()));
         if let Ok(latest) = caught_up {
             *base = latest;
         }

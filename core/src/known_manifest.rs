@@ -13,7 +13,10 @@
 //!   transaction, then its manifest: three round trips in sequence. A writer
 //!   asks for the latest version ahead ([`ListAhead`]), alongside writing its
 //!   last data file, and the commit's listing is answered from that: "none"
-//!   when the latest was the read version, else Lance lists as it would. An
+//!   when the latest was the read version, the latest's manifest (where the
+//!   question found it) when that was the very next version (a group's
+//!   leader asks again beside its takes: its rows were staged before the
+//!   commit that beat them), else Lance lists as it would. An
 //!   answer that is stale by the time of the commit is harmless: Lance writes
 //!   the next manifest create-only, so a version that appeared meanwhile makes
 //!   the PUT fail and Lance lists again, exactly as when a writer stalls
@@ -64,7 +67,15 @@ impl LanceManifest {
 /// latest, after the one it read? Shared by every handle the writer opens on
 /// one table (a clone shares it); each commit takes the answer at most once.
 #[derive(Clone, Default)]
-pub(crate) struct ListAhead(Arc<Mutex<Option<Probe>>>);
+pub(crate) struct ListAhead(Arc<Mutex<Slot>>);
+
+#[derive(Default)]
+struct Slot {
+    probe: Option<Probe>,
+    /// Where the latest version's manifest was, as last found by a handle
+    /// sharing this question (the question's own answer among them).
+    found: Option<ManifestLocation>,
+}
 
 struct Probe {
     /// The version the writer read (its commit's read version).
@@ -74,7 +85,7 @@ struct Probe {
 
 impl std::fmt::Debug for ListAhead {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let since = self.0.lock().expect("list-ahead slot poisoned").as_ref().map(|p| p.since);
+        let since = self.0.lock().expect("list-ahead slot poisoned").probe.as_ref().map(|p| p.since);
         f.debug_struct("ListAhead").field("since", &since).finish()
     }
 }
@@ -85,7 +96,7 @@ impl ListAhead {
     pub(crate) fn start(&self, ds: Arc<lance::Dataset>, rt: &tokio::runtime::Handle) {
         let since = ds.version().version;
         let latest = rt.spawn(async move { ds.latest_version_id().await });
-        if let Some(old) = self.0.lock().expect("list-ahead slot poisoned").replace(Probe { since, latest }) {
+        if let Some(old) = self.0.lock().expect("list-ahead slot poisoned").probe.replace(Probe { since, latest }) {
             old.latest.abort();
         }
     }
@@ -93,7 +104,16 @@ impl ListAhead {
     /// The question asked for read version `since`, once.
     fn take(&self, since: u64) -> Option<tokio::task::JoinHandle<Result<u64>>> {
         let mut slot = self.0.lock().expect("list-ahead slot poisoned");
-        slot.take_if(|p| p.since == since).map(|p| p.latest)
+        slot.probe.take_if(|p| p.since == since).map(|p| p.latest)
+    }
+
+    fn found(&self, at: &ManifestLocation) {
+        self.0.lock().expect("list-ahead slot poisoned").found = Some(at.clone());
+    }
+
+    /// Where version `version`'s manifest was found as the latest, if it was.
+    fn found_at(&self, version: u64) -> Option<ManifestLocation> {
+        self.0.lock().expect("list-ahead slot poisoned").found.clone().filter(|f| f.version == version)
     }
 }
 
@@ -126,8 +146,13 @@ impl CommitHandler for KnownManifest {
         self.inner.propagate_commit_error_after_success()
     }
 
+    /// As Lance finds it; remembered for the question asked ahead.
     async fn resolve_latest_location(&self, base_path: &Path, object_store: &ObjectStore) -> Result<ManifestLocation> {
-        self.inner.resolve_latest_location(base_path, object_store).await
+        let found = self.inner.resolve_latest_location(base_path, object_store).await?;
+        if let Some(ahead) = &self.ahead {
+            ahead.found(&found);
+        }
+        Ok(found)
     }
 
     /// The one version we know, without a request; any other as Lance finds it.
@@ -157,18 +182,26 @@ impl CommitHandler for KnownManifest {
         self.inner.list_manifest_locations(base_path, object_store, sorted_descending)
     }
 
-    /// Nothing after `since_version`, if the question asked ahead found none;
-    /// otherwise (a newer version, an error, nothing asked) as Lance lists it.
+    /// Nothing after `since_version`, if the question asked ahead found
+    /// none; the very next version alone, where the question found it the
+    /// latest (versions are dense: Lance writes each create-only after the
+    /// one before); otherwise (an older latest, an error, nothing asked) as
+    /// Lance lists it.
     fn list_manifest_locations_since<'a>(&self, base_path: &Path, object_store: &'a ObjectStore, since_version: u64) -> BoxStream<'a, Result<ManifestLocation>> {
-        let Some(latest) = self.ahead.as_ref().and_then(|a| a.take(since_version)) else {
+        let Some((ahead, latest)) = self.ahead.as_ref().and_then(|a| a.take(since_version).map(|l| (a.clone(), l))) else {
             return self.inner.list_manifest_locations_since(base_path, object_store, since_version);
         };
         let (inner, base) = (Arc::clone(&self.inner), base_path.clone());
         futures::stream::once(async move {
-            match latest.await {
-                Ok(Ok(latest)) if latest == since_version => {
+            let latest = latest.await.ok().and_then(|l| l.ok());
+            match latest {
+                Some(latest) if latest == since_version => {
                     tracing::debug!(version = since_version, "nothing after the read version, as asked ahead of the commit");
                     futures::stream::empty().boxed()
+                }
+                Some(latest) if latest == since_version + 1 && let Some(at) = ahead.found_at(latest) => {
+                    tracing::debug!(version = since_version, latest, "only the next version after the read version, as asked ahead of the commit");
+                    futures::stream::once(std::future::ready(Ok(at))).boxed()
                 }
                 _ => inner.list_manifest_locations_since(&base, object_store, since_version),
             }
