@@ -769,6 +769,41 @@ fn cleanup_removes_the_queue_entry_a_dead_writer_left() {
     });
 }
 
+/// A writer killed (`kill -9`) right after offering its rows leaves a fresh
+/// entry ahead in line. The next writer waits behind it for the line's
+/// bound (2 s) only, then leads and takes it: the dead writer's rows ride in
+/// its group, published under their own operation, and a sweep finishes the
+/// dead writer through that group. Every row once; a redelivery of the dead
+/// writer's file is "already ingested".
+#[test]
+fn a_dead_writers_entry_holds_the_line_once_then_rides_in_the_next_group() {
+    on_each_backend(|b| {
+        let dir = tempfile::tempdir().unwrap();
+        seeded(&b.root, dir.path(), &["t"]);
+        let (fa, fb) = (jsonl(dir.path(), "a.jsonl", 100..130), jsonl(dir.path(), "b.jsonl", 200..210));
+        // Its clock runs 10 minutes behind: a sweep may finish it at once.
+        let mut cmd = contended(&b.root, &fa, &["--timeout", "60s"]);
+        kill_9_at(cmd.env("SLUICE_TEST_CLOCK_BEHIND_MS", "600000"), "group.queued");
+        assert_eq!(queued(&b.root), 1, "{}", b.name);
+        let started = Instant::now();
+        let out = run(&mut contended(&b.root, &fb, &[]));
+        let waited = started.elapsed();
+        assert_eq!(out.status.code(), Some(0), "{}: {}", b.name, String::from_utf8_lossy(&out.stderr));
+        assert!(waited >= Duration::from_secs(2), "{}: B waited the line's bound behind the dead entry: {waited:?}", b.name);
+        assert_eq!(scan_ids(&b.root, "t"), ids_of(&[0..5, 100..130, 200..210]), "{}: the dead writer's rows are published with B's", b.name);
+        let (groups, joined) = groups(&b.root);
+        assert_eq!(groups.len(), 1, "{}: {groups:?}", b.name);
+        assert_eq!(groups[0].members.as_ref().map(Vec::len), Some(2), "{}", b.name);
+        assert_eq!(joined.len(), 2, "{}", b.name);
+        assert_eq!(pending(&b.root), 1, "{}: only the dead writer's intent is left", b.name);
+        sweep_until_clean(&b.root, Duration::from_secs(60));
+        assert_eq!((pending(&b.root), queued(&b.root)), (0, 0), "{}", b.name);
+        let again = run(&mut contended(&b.root, &fa, &[]));
+        assert_eq!(json(&again)["sources"][0]["status"], "already_ingested", "{}", b.name);
+        assert_eq!(scan_ids(&b.root, "t"), ids_of(&[0..5, 100..130, 200..210]), "{}: once", b.name);
+    });
+}
+
 /// Without the test knob, a single-table append commits on its own first,
 /// with one Lance attempt: unbeaten, it lands on its own (no group). Its
 /// manifest PUT beaten once, Lance proves it lost and the writer commits in
