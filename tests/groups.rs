@@ -804,6 +804,61 @@ fn a_dead_writers_entry_holds_the_line_once_then_rides_in_the_next_group() {
     });
 }
 
+/// A leader's take of a queued writer B gets an ambiguous answer: an error
+/// at once, while the PUT lands a moment later (when the leader's next
+/// request, its read of B's entry beside the take, arrives). Whether the
+/// leader's read-back still finds the take decides the story, and both
+/// endings must hold: found, B is a member and its rows are published with
+/// the leader's; missed, the leader leaves B out, and B, bound to a group
+/// decided forward without it, is rolled back, releases its claim and
+/// fails, saying so, and its redelivery ingests it (in the runs seen, the
+/// local disk takes the second ending and the S3 server the first). Either
+/// way every row is published once and nothing is left pending.
+#[test]
+fn a_take_that_lands_late_is_followed_whichever_way_the_leader_read_it() {
+    on_each_backend(|b| {
+        let dir = tempfile::tempdir().unwrap();
+        seeded(&b.root, dir.path(), &["t"]);
+        let (fa, fb) = (jsonl(dir.path(), "a.jsonl", 100..130), jsonl(dir.path(), "b.jsonl", 200..210));
+        let bw = hold_at(&mut contended(&b.root, &fb, &[]), "group.queued");
+        let b_op = {
+            let lake = Lake::open(&b.root).unwrap();
+            let entries = tokio::runtime::Runtime::new().unwrap().block_on(sluice::queue::list_all(&lake)).unwrap();
+            assert_eq!(entries.len(), 1, "{}", b.name);
+            entries[0].1.op.clone()
+        };
+        let mut ca = contended(&b.root, &fa, &[]);
+        ca.env("SLUICE_FAULTS", format!("rule=_decisions/{b_op}.:lands-late"));
+        let out = run(&mut ca);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("fault: lands-late") && stderr.contains("fault: landed-late"), "{}: {stderr}", b.name);
+        assert_eq!(out.status.code(), Some(0), "{}: {stderr}", b.name);
+        let (groups, joined) = groups(&b.root);
+        assert_eq!(groups.len(), 1, "{}: {groups:?}", b.name);
+        let b_group = joined.iter().find(|(m, _)| m.op == b_op).map(|(_, g)| g.clone()).expect("B's take landed");
+        assert_eq!(b_group.attempt, groups[0].intent, "{}: B is bound to A's group", b.name);
+        let members = groups[0].members.clone().unwrap();
+        let b_in = members.iter().any(|m| m.op == b_op);
+        bw.release();
+        let out = bw.wait_with_output();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if b_in {
+            assert_eq!(out.status.code(), Some(0), "{}: B rides in A's group: {stderr}", b.name);
+            assert_eq!(scan_ids(&b.root, "t"), ids_of(&[0..5, 100..130, 200..210]), "{}", b.name);
+        } else {
+            assert_eq!(out.status.code(), Some(1), "{}: B is rolled back: {stderr}", b.name);
+            assert!(stderr.contains("rolled back or left it out"), "{}: {stderr}", b.name);
+            assert_eq!(scan_ids(&b.root, "t"), ids_of(&[0..5, 100..130]), "{}: nothing of B is shown", b.name);
+            let again = run(&mut contended(&b.root, &fb, &[]));
+            assert_eq!(again.status.code(), Some(0), "{}", b.name);
+        }
+        assert_eq!((pending(&b.root), queued(&b.root)), (0, 0), "{}", b.name);
+        assert_eq!(scan_ids(&b.root, "t"), ids_of(&[0..5, 100..130, 200..210]), "{}: every row once", b.name);
+        let again = run(&mut contended(&b.root, &fb, &[]));
+        assert_eq!(json(&again)["sources"][0]["status"], "already_ingested", "{}", b.name);
+    });
+}
+
 /// Without the test knob, a single-table append commits on its own first,
 /// with one Lance attempt: unbeaten, it lands on its own (no group). Its
 /// manifest PUT beaten once, Lance proves it lost and the writer commits in
