@@ -13,6 +13,8 @@
 //! that is absent. A commit that loses its race deletes its transaction
 //! file at once: one answered here (never sent, and named by nobody else:
 //! its name is a fresh UUID) is answered again, saving the loser a round trip.
+//! (On local disk Lance writes files outside object_store: the file is
+//! written there, and its delete is sent.)
 
 use std::collections::VecDeque;
 use std::fmt;
