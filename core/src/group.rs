@@ -265,9 +265,9 @@ async fn follow(lake: &Lake, me: &AttemptId, taken: Decision, table: &str, rows:
 /// A member's wait for its leader's publish of the group's commit (`c`, at
 /// `table`), catching up from `base`: until a manifest shows it (pins never
 /// go back), or the leader is gone or presumed dead with it unshown, or our
-/// own deadline nears. Returns the first manifest read that shows the
-/// commit, else the latest read, and whether it shows the commit (if not,
-/// the member publishes it itself, vetted).
+/// own deadline nears. Returns the manifest read that shows the commit
+/// ([`manifest::first_showing`]), else the latest read, and whether it
+/// shows the commit (if not, the member publishes it itself, vetted).
 pub(crate) async fn await_publish(lake: &Lake, c: &Committed, table: &str, base: Manifest, deadline: &Deadline, skew: Duration) -> (Manifest, bool) {
     let (mut latest, mut pause, since) = (base, FIRST_POLL, tokio::time::Instant::now());
     let shows = |m: &Manifest| m.tables.get(table).is_some_and(|p| p.version >= c.version);

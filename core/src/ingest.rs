@@ -524,10 +524,20 @@ impl Door<'_> {
         let rows = appended.rows;
         let t = &mut tables[0];
         let sources = self.decided_sources(std::slice::from_ref(t));
-        let (committed, caught_up) = futures::join!(group::commit(self.w.lake, intent, sources, (appended, &t.ahead), &self.w.deadline, self.skew), manifest::catch_up(self.w.lake, base.clone()));
-        if let Ok(latest) = caught_up {
-            *base = latest;
-        }
+        // Never waited for beyond the group's commit: not caught up by then, the base stays.
+        let committed = {
+            let (commit, caught_up) = (group::commit(self.w.lake, intent, sources, (appended, &t.ahead), &self.w.deadline, self.skew), manifest::catch_up(self.w.lake, base.clone()));
+            futures::pin_mut!(commit, caught_up);
+            match futures::future::select(commit, caught_up).await {
+                futures::future::Either::Left((committed, _)) => committed,
+                futures::future::Either::Right((caught_up, commit)) => {
+                    if let Ok(latest) = caught_up {
+                        *base = latest;
+                    }
+                    commit.await
+                }
+            }
+        };
         match committed {
             Ok(mut c) => {
                 (t.committed, t.committed_manifest) = (Some(c.version), c.manifest.take());

@@ -291,27 +291,25 @@ pub(crate) async fn catch_up(lake: &Lake, mut known: Manifest) -> Result<Manifes
     }
 }
 
-/// Walk forward from `known` one version at a time to the first manifest
-/// that `shows` what a caller waits for (a group member, its group's
-/// publish): one GET when that is the next version, where [`catch_up`]
-/// would gallop on to the latest and confirm it. Returns that manifest, else
-/// the furthest found within [`MAX_PROBES`] reads (a caller polling again
-/// goes on from there); `known` too old to trust that the versions above it
-/// are dense is caught up the careful way first.
-pub(crate) async fn first_showing(lake: &Lake, mut known: Manifest, shows: impl Fn(&Manifest) -> bool) -> Result<Manifest> {
+/// The manifest a caller waiting for something to show (a group member,
+/// its group's publish) reads next: `known` if it `shows` it; else the very
+/// next version if that shows it (one GET, where [`catch_up`] would gallop
+/// on to the latest and confirm it) or if there is none yet; else the
+/// latest, caught up ([`catch_up`]: a busy lake's versions are galloped
+/// over, not walked). `known` too old to trust that the versions above it
+/// are dense is caught up the careful way.
+pub(crate) async fn first_showing(lake: &Lake, known: Manifest, shows: impl Fn(&Manifest) -> bool) -> Result<Manifest> {
+    if shows(&known) {
+        return Ok(known);
+    }
     if !known.trusted(lake) {
-        known = catch_up(lake, known).await?;
+        return catch_up(lake, known).await;
     }
-    for _ in 0..MAX_PROBES {
-        if shows(&known) {
-            return Ok(known);
-        }
-        match read_version(lake, known.version + 1).await? {
-            Some(next) => known = next,
-            None => break,
-        }
+    match read_version(lake, known.version + 1).await? {
+        None => Ok(known),
+        Some(next) if shows(&next) => Ok(next),
+        Some(next) => catch_up(lake, next).await,
     }
-    Ok(known)
 }
 
 async fn gallop(lake: &Lake, mut known: Manifest, probes: &mut u32) -> Result<Manifest> {
