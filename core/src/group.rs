@@ -266,13 +266,13 @@ async fn follow(lake: &Lake, me: &AttemptId, taken: Decision, table: &str, rows:
 /// `table`), catching up from `base`: until a manifest shows it (pins never
 /// go back), or the leader is gone or presumed dead with it unshown, or our
 /// own deadline nears. Returns the manifest read that shows the commit
-/// ([`manifest::first_showing`]), else the latest read, and whether it
+/// ([`manifest::catch_up_showing`]), else the latest read, and whether it
 /// shows the commit (if not, the member publishes it itself, vetted).
 pub(crate) async fn await_publish(lake: &Lake, c: &Committed, table: &str, base: Manifest, deadline: &Deadline, skew: Duration) -> (Manifest, bool) {
     let (mut latest, mut pause, since) = (base, FIRST_POLL, tokio::time::Instant::now());
     let shows = |m: &Manifest| m.tables.get(table).is_some_and(|p| p.version >= c.version);
     loop {
-        let (caught_up, leading) = futures::join!(manifest::first_showing(lake, latest.clone(), shows), sidecar::intent_exists(lake, &c.group));
+        let (caught_up, leading) = futures::join!(manifest::catch_up_showing(lake, latest.clone(), shows), sidecar::intent_exists(lake, &c.group));
         match caught_up {
             Ok(m) if shows(&m) => {
                 tracing::debug!(table, group = %c.group, "our group's publish is shown");

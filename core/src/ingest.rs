@@ -517,14 +517,14 @@ impl Door<'_> {
     /// Commit `tables`' one table in a group ([`group::commit`]); returns
     /// the group, decided forward at the table's commit (`None`: our own
     /// commit was, and we go on as a lone writer whose decision was made).
-    /// `base` is caught up meanwhile: the publish that beat our commit would
-    /// otherwise cost the group's publish (or a member's wait for it) a race.
+    /// `base` is caught up meanwhile, if that is done before the group's
+    /// commit (it is never waited for): the publish that beat our commit
+    /// would otherwise cost the group's publish (or a member's wait for it) a race.
     async fn commit_as_group(&self, intent: &Intent, tables: &mut [TableWork], appended: Appended, ours: &mut Ours, base: &mut Manifest) -> Result<Option<group::Committed>> {
         ours.queued = Some(tables[0].request.table.clone());
         let rows = appended.rows;
         let t = &mut tables[0];
         let sources = self.decided_sources(std::slice::from_ref(t));
-        // Never waited for beyond the group's commit: not caught up by then, the base stays.
         let committed = {
             let (commit, caught_up) = (group::commit(self.w.lake, intent, sources, (appended, &t.ahead), &self.w.deadline, self.skew), manifest::catch_up(self.w.lake, base.clone()));
             futures::pin_mut!(commit, caught_up);

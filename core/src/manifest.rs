@@ -298,7 +298,7 @@ pub(crate) async fn catch_up(lake: &Lake, mut known: Manifest) -> Result<Manifes
 /// latest, caught up ([`catch_up`]: a busy lake's versions are galloped
 /// over, not walked). `known` too old to trust that the versions above it
 /// are dense is caught up the careful way.
-pub(crate) async fn first_showing(lake: &Lake, known: Manifest, shows: impl Fn(&Manifest) -> bool) -> Result<Manifest> {
+pub(crate) async fn catch_up_showing(lake: &Lake, known: Manifest, shows: impl Fn(&Manifest) -> bool) -> Result<Manifest> {
     if shows(&known) {
         return Ok(known);
     }
