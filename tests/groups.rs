@@ -689,10 +689,10 @@ fn writers_queued_behind_a_group_in_flight_form_the_next_group() {
 }
 
 /// A member is killed (`kill -9`) while it waits for its group: the leader
-/// publishes its rows all the same, and a sweep finishes the dead member's
-/// intent through the group's decision. Its redelivery is "already ingested".
+/// publishes its rows all the same and, having published them, removes the
+/// dead member's intent with its own. Its redelivery is "already ingested".
 #[test]
-fn a_member_killed_while_waiting_is_finished_by_recovery() {
+fn a_member_killed_while_waiting_is_finished_by_its_leader() {
     on_each_backend(|b| {
         let dir = tempfile::tempdir().unwrap();
         seeded(&b.root, dir.path(), &["t"]);
@@ -706,11 +706,47 @@ fn a_member_killed_while_waiting_is_finished_by_recovery() {
         bw.release();
         bw.wait_for("group.member-waiting");
         drop(bw);
-        assert_eq!(pending(&b.root), 1, "{}: the dead member's intent", b.name);
+        assert_eq!(pending(&b.root), 0, "{}: the leader removed the dead member's intent", b.name);
         sweep_until_clean(&b.root, Duration::from_secs(60));
         assert_eq!(scan_ids(&b.root, "t"), ids_of(&[0..5, 100..130, 200..210]), "{}", b.name);
         let again = run(&mut contended(&b.root, &fb, &[]));
         assert_eq!(json(&again)["sources"][0]["status"], "already_ingested", "{}", b.name);
+        assert_eq!(scan_ids(&b.root, "t"), ids_of(&[0..5, 100..130, 200..210]), "{}: once", b.name);
+    });
+}
+
+/// A member returns once it sees its leader's publish, leaving its intent
+/// to the leader. The leader is killed (`kill -9`) right after that
+/// publish, before it removes any intent: the member's rows are shown and
+/// its call succeeded all the same, and a sweep finishes the three intents
+/// left (the leader's, the group's, the member's). Both redeliveries are
+/// "already ingested".
+#[test]
+fn a_member_returns_once_published_and_a_sweep_finishes_what_its_dead_leader_left() {
+    on_each_backend(|b| {
+        let dir = tempfile::tempdir().unwrap();
+        seeded(&b.root, dir.path(), &["t"]);
+        let (fa, fb) = (jsonl(dir.path(), "a.jsonl", 100..130), jsonl(dir.path(), "b.jsonl", 200..210));
+        // Both clocks run 10 minutes behind: a sweep may finish their intents at once.
+        let mut cmd = contended(&b.root, &fa, &["--timeout", "60s"]);
+        let a = hold_at_then(cmd.env("SLUICE_TEST_CLOCK_BEHIND_MS", "600000"), "group.after-intent", "ingest.before-finish");
+        let mut cmd = contended(&b.root, &fb, &["--timeout", "60s"]);
+        let bw = hold_at(cmd.env("SLUICE_TEST_CLOCK_BEHIND_MS", "600000"), "group.queued");
+        a.release();
+        a.wait_for("ingest.before-finish");
+        assert_eq!(scan_ids(&b.root, "t"), ids_of(&[0..5, 100..130, 200..210]), "{}: the leader published both", b.name);
+        bw.release();
+        let out = bw.wait_with_output();
+        assert_eq!(out.status.code(), Some(0), "{}: {}", b.name, String::from_utf8_lossy(&out.stderr));
+        assert_eq!(json(&out)["tables"]["t"]["rows_inserted"], 10, "{}", b.name);
+        assert_eq!(pending(&b.root), 3, "{}: the member left its intent to its leader, held", b.name);
+        drop(a);
+        sweep_until_clean(&b.root, Duration::from_secs(60));
+        assert_eq!((pending(&b.root), queued(&b.root)), (0, 0), "{}", b.name);
+        for f in [&fa, &fb] {
+            let again = run(&mut contended(&b.root, f, &[]));
+            assert_eq!(json(&again)["sources"][0]["status"], "already_ingested", "{}", b.name);
+        }
         assert_eq!(scan_ids(&b.root, "t"), ids_of(&[0..5, 100..130, 200..210]), "{}: once", b.name);
     });
 }
@@ -795,7 +831,7 @@ fn a_dead_writers_entry_holds_the_line_once_then_rides_in_the_next_group() {
         assert_eq!(groups.len(), 1, "{}: {groups:?}", b.name);
         assert_eq!(groups[0].members.as_ref().map(Vec::len), Some(2), "{}", b.name);
         assert_eq!(joined.len(), 2, "{}", b.name);
-        assert_eq!(pending(&b.root), 1, "{}: only the dead writer's intent is left", b.name);
+        assert_eq!(pending(&b.root), 0, "{}: B, leading, removed the dead writer's intent once it published its rows", b.name);
         sweep_until_clean(&b.root, Duration::from_secs(60));
         assert_eq!((pending(&b.root), queued(&b.root)), (0, 0), "{}", b.name);
         let again = run(&mut contended(&b.root, &fa, &[]));

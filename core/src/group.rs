@@ -59,6 +59,9 @@ pub(crate) struct Committed {
     pub rows: u64,
     /// The members' sources, as the group's decision names them (a publish lists them).
     pub sources: Vec<PublishedSource>,
+    /// The members the group's decision names, its leader first (for a
+    /// leader: whose intents it removes once it published them).
+    pub members: Vec<AttemptId>,
 }
 
 /// Lance's attempts at a groupable writer's own commit before it goes to the
@@ -231,7 +234,8 @@ async fn follow(lake: &Lake, me: &AttemptId, taken: Decision, table: &str, rows:
                     return Err(Failed::Left(Error::Blocked(format!("group {group} of operation {me} was decided forward without table '{table}'"))));
                 };
                 tracing::debug!(table, %group, op = %me, version, "our group was decided forward");
-                return Ok(Committed { group, led: false, lives_until, version, manifest: None, rows, sources: decided.sources });
+                let members = decided.members.unwrap_or_default();
+                return Ok(Committed { group, led: false, lives_until, version, manifest: None, rows, sources: decided.sources, members });
             }
             Ok(Fate::RolledBack) => {
                 return Err(Failed::RolledBack(Error::Blocked(format!(
@@ -426,11 +430,11 @@ async fn commit_taken(lake: &Lake, group: &AttemptId, (own, joined): (Entry, Vec
     // The entries (ours too) held the line while the group was in flight;
     // they go beside its decision, and the next in line leads.
     let (decided, ()) = futures::join!(sidecar::decide(lake, &forward), withdraw_all(lake, table, members));
-    let (version, manifest, sources) = match decided.map_err(Failed::Left)? {
-        Created::Mine => (version, manifest, sources),
+    let (version, manifest, sources, members) = match decided.map_err(Failed::Left)? {
+        Created::Mine => (version, manifest, sources, members.to_vec()),
         // A vetter or recovery decided it first, from the same commit's tag.
         Created::Theirs(theirs) if names(&theirs, table, member) => {
-            (theirs.versions[table], manifest.filter(|_| theirs.versions[table] == version), theirs.sources)
+            (theirs.versions[table], manifest.filter(|_| theirs.versions[table] == version), theirs.sources, theirs.members.unwrap_or_default())
         }
         Created::Gone => {
             return Err(Failed::Left(Error::Blocked(format!(
@@ -445,7 +449,7 @@ async fn commit_taken(lake: &Lake, group: &AttemptId, (own, joined): (Entry, Vec
         }
     };
     failpoints::hit(failpoints::GROUP_AFTER_DECISION).map_err(Failed::Left)?;
-    Ok(Committed { group: group.clone(), led: true, lives_until: None, version, manifest, rows, sources })
+    Ok(Committed { group: group.clone(), led: true, lives_until: None, version, manifest, rows, sources, members })
 }
 
 /// Bind every queued attempt in `others` to `group`, create-only, reading
@@ -509,7 +513,8 @@ async fn give_up(lake: &Lake, member: &AttemptId, group: &AttemptId, (table, sta
         Created::Theirs(theirs) if names(&theirs, table, member) => {
             tracing::warn!(table, %group, "the group's commit answered with an error but landed, and was decided forward");
             let version = theirs.versions[table];
-            return Ok(Committed { group: group.clone(), led: true, lives_until: None, version, manifest: None, rows, sources: theirs.sources });
+            let members = theirs.members.unwrap_or_default();
+            return Ok(Committed { group: group.clone(), led: true, lives_until: None, version, manifest: None, rows, sources: theirs.sources, members });
         }
         other => return Err(Failed::Left(Error::Blocked(format!("group {group} was decided by recovery meanwhile ({other:?}); recovery finishes it")))),
     }

@@ -464,7 +464,18 @@ impl Door<'_> {
             // beside it, by its leader (a member waits for that).
             match c.led {
                 true => self.publish(&tables, base, c.sources.clone()).await?,
-                false => self.await_published(&tables, c, base).await?,
+                false => {
+                    let (latest, shown) = group::await_publish(self.w.lake, c, &tables[0].request.table, base, &self.w.deadline, self.skew).await;
+                    if shown {
+                        // Its leader removes our intent and entry with its own once
+                        // it published them (recovery, if it dies first): we are done.
+                        failpoints::hit(failpoints::BEFORE_FINISH)?;
+                        tracing::debug!(op = %self.id(), version = latest.version, "published by our group's leader");
+                        return self.report(Some(latest.version), &tables, elsewhere).await;
+                    }
+                    // Its leader is gone or presumed dead, or our time is short: publish it ourselves, vetted like any publish.
+                    self.publish(&tables, latest, c.sources.clone()).await?
+                }
             }
         } else if beside_its_decision(&tables, self.w.multi) {
             // Its decision goes beside the publish (one round trip, not two).
@@ -493,11 +504,15 @@ impl Door<'_> {
                     self.withdraw(table).await;
                 }
             };
+            // The group's intent, and its other members' (they return once
+            // they see this publish, leaving theirs to us).
             let led = async {
-                if let Some(c) = group.as_ref().filter(|c| c.led)
-                    && let Err(e) = sidecar::delete_intent(self.w.lake, &c.group).await
-                {
-                    tracing::warn!(group = %c.group, error = %e, "could not remove the group's intent; recovery finishes it");
+                if let Some(c) = group.as_ref().filter(|c| c.led) {
+                    let intents = std::iter::once(&c.group).chain(c.members.iter().filter(|m| **m != id));
+                    let removed = futures::future::join_all(intents.map(|i| sidecar::delete_intent(self.w.lake, i))).await;
+                    if let Some(e) = removed.into_iter().find_map(Result::err) {
+                        tracing::warn!(group = %c.group, error = %e, "could not remove the group's intent or a member's; recovery finishes them");
+                    }
                 }
             };
             futures::join!(withdrawn, led);
@@ -1086,17 +1101,6 @@ impl Door<'_> {
         };
         let (outcome, created) = manifest::publish_unhinted(self.w.lake, base, &goal, &self.w.deadline).await?;
         Ok((outcome.version(), created))
-    }
-
-    /// A group member's rows are published by its group's leader: wait for
-    /// that ([`group::await_publish`]), else publish them ourselves, vetted
-    /// like any publish.
-    async fn await_published(&self, tables: &[TableWork], c: &group::Committed, base: Manifest) -> Result<(u64, Option<Manifest>)> {
-        let (latest, shown) = group::await_publish(self.w.lake, c, &tables[0].request.table, base, &self.w.deadline, self.skew).await;
-        match shown {
-            true => Ok((latest.version, None)),
-            false => self.publish(tables, latest, c.sources.clone()).await,
-        }
     }
 
     /// The report: our sources, and those other attempts hold. An

@@ -30,6 +30,7 @@ use crate::error::{Error, Result};
 use crate::faults::{FaultSpec, FaultStore, RandomFaults, Scope};
 use crate::inline_transactions::InlineTransactions;
 use crate::known_manifest::{KnownManifest, LanceManifest, ListAhead};
+use crate::remembered_manifests::{self, RememberedManifests};
 
 /// Where a lake lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,7 +116,8 @@ fn memory_backend(name: &str) -> Arc<InMemory> {
 /// Hands Lance the lake's request counter, for memory lakes the lake's own
 /// backend in place of the fresh one Lance would mint per `memory://` store,
 /// (failpoints builds, `SLUICE_FAULTS`) the process's random faults, and
-/// (`inline_transactions`) commits whose transaction is only in the manifest.
+/// (`inline_transactions`) commits whose transaction is only in the manifest,
+/// and (`remembered`) manifest ranges read again answered from memory.
 #[derive(Debug, Clone)]
 struct LanceWrapper {
     counts: Arc<RequestCounts>,
@@ -123,10 +125,11 @@ struct LanceWrapper {
     faults: Option<Arc<RandomFaults>>,
     delay: Option<Duration>,
     inline_transactions: bool,
+    remembered: Option<Arc<remembered_manifests::Memory>>,
 }
 
 impl WrappingObjectStore for LanceWrapper {
-    fn wrap(&self, _prefix: &str, original: Arc<dyn ObjectStore>) -> Arc<dyn ObjectStore> {
+    fn wrap(&self, prefix: &str, original: Arc<dyn ObjectStore>) -> Arc<dyn ObjectStore> {
         let mut inner: Arc<dyn ObjectStore> = match &self.memory {
             Some(memory) => Arc::clone(memory) as Arc<dyn ObjectStore>,
             None => original,
@@ -137,11 +140,14 @@ impl WrappingObjectStore for LanceWrapper {
         if let Some(faults) = &self.faults {
             inner = Arc::new(FaultStore::random(inner, Arc::clone(faults)));
         }
-        let counted = Arc::new(CountingStore::new(inner, Arc::clone(&self.counts)));
-        match self.inline_transactions {
-            true => Arc::new(InlineTransactions::new(counted)),
-            false => counted,
+        let mut store: Arc<dyn ObjectStore> = Arc::new(CountingStore::new(inner, Arc::clone(&self.counts)));
+        if self.inline_transactions {
+            store = Arc::new(InlineTransactions::new(store));
         }
+        if let Some(memory) = &self.remembered {
+            store = Arc::new(RememberedManifests::new(store, prefix, Arc::clone(memory)));
+        }
+        store
     }
 
     fn wrap_paginated(
@@ -298,8 +304,8 @@ impl Lake {
             Root::Local { path } => path.display().to_string(),
         };
         let lance_faults = faults.as_ref().filter(|f| f.covers(Scope::Lance)).cloned();
-        let plain = LanceWrapper { counts: Arc::clone(&counts), memory, faults: lance_faults, delay, inline_transactions: false };
-        let wrapper = Arc::new(LanceWrapper { inline_transactions: true, ..plain.clone() });
+        let plain = LanceWrapper { counts: Arc::clone(&counts), memory, faults: lance_faults, delay, inline_transactions: false, remembered: None };
+        let wrapper = Arc::new(LanceWrapper { inline_transactions: true, remembered: Some(Arc::default()), ..plain.clone() });
         let raw = match delay {
             Some(delay) => Arc::new(DelayStore::new(raw, delay)),
             None => raw,

@@ -35,6 +35,7 @@ mod read_ahead;
 pub mod read;
 mod record_ends;
 pub mod recover;
+mod remembered_manifests;
 mod rescue;
 pub mod sidecar;
 pub mod settings;
