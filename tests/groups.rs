@@ -718,9 +718,10 @@ fn a_member_killed_while_waiting_is_finished_by_its_leader() {
 /// A member returns once it sees its leader's publish, leaving its intent
 /// to the leader. The leader is killed (`kill -9`) right after that
 /// publish, before it removes any intent: the member's rows are shown and
-/// its call succeeded all the same, and a sweep finishes the three intents
-/// left (the leader's, the group's, the member's). Both redeliveries are
-/// "already ingested".
+/// its call succeeded all the same; a redelivery of its source meanwhile is
+/// "already ingested" at once (the member is decided forward and shown);
+/// and a sweep finishes the three intents left (the leader's, the group's,
+/// the member's). Both redeliveries are "already ingested".
 #[test]
 fn a_member_returns_once_published_and_a_sweep_finishes_what_its_dead_leader_left() {
     on_each_backend(|b| {
@@ -740,6 +741,11 @@ fn a_member_returns_once_published_and_a_sweep_finishes_what_its_dead_leader_lef
         assert_eq!(out.status.code(), Some(0), "{}: {}", b.name, String::from_utf8_lossy(&out.stderr));
         assert_eq!(json(&out)["tables"]["t"]["rows_inserted"], 10, "{}", b.name);
         assert_eq!(pending(&b.root), 3, "{}: the member left its intent to its leader, held", b.name);
+        // A redelivery finds the member decided forward and shown: published,
+        // without waiting for its intent to go (nor finishing it).
+        let again = run(&mut contended(&b.root, &fb, &[]));
+        assert_eq!(json(&again)["sources"][0]["status"], "already_ingested", "{}", b.name);
+        assert_eq!(pending(&b.root), 3, "{}: the member's intent is still its leader's to remove", b.name);
         drop(a);
         sweep_until_clean(&b.root, Duration::from_secs(60));
         assert_eq!((pending(&b.root), queued(&b.root)), (0, 0), "{}", b.name);

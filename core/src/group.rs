@@ -485,9 +485,23 @@ async fn take(lake: &Lake, group: &AttemptId, table: &str, id: &AttemptId) -> Op
 /// Withdraw the queue entries of attempts bound to a group: each served its
 /// purpose once taken (one left behind is cleanup's).
 async fn withdraw_all(lake: &Lake, table: &str, bound: &[AttemptId]) {
-    let withdrawn = futures::future::join_all(bound.iter().map(|id| queue::withdraw(lake, table, id))).await;
-    if let Some(e) = withdrawn.into_iter().find_map(|r| r.err()) {
+    if let Err(e) = queue::withdraw_all(lake, table, bound).await {
         tracing::warn!(table, error = %e, "could not withdraw a taken queue entry; cleanup removes it");
+    }
+}
+
+/// A leader's last step once its publish shows the group's commit (`c`, on
+/// `table`; we are `me`): remove the group's intent and every other
+/// member's (each returned once it saw the publish, leaving its intent to
+/// us), and withdraw their entries again (in case that failed beside the
+/// decision: a leftover fresh entry holds the line). What fails is
+/// recovery's and cleanup's to finish.
+pub(crate) async fn finish_led(lake: &Lake, c: &Committed, table: &str, me: &AttemptId) {
+    assert!(c.led, "only a group's leader finishes it");
+    let others: Vec<AttemptId> = c.members.iter().filter(|m| *m != me).cloned().collect();
+    let (removed, withdrawn) = futures::join!(sidecar::delete_intents(lake, std::iter::once(&c.group).chain(&others)), queue::withdraw_all(lake, table, &others));
+    if let Err(e) = removed.and(withdrawn) {
+        tracing::warn!(table, group = %c.group, error = %e, "could not remove the group's intent, or a member's intent or entry; recovery and cleanup finish them");
     }
 }
 

@@ -459,60 +459,54 @@ impl Door<'_> {
                 Err(e) => return Err(e),
             }
         }
-        let (version, created) = if let Some(c) = &group {
+        // `handed_off`: published by our group's leader, who removes our
+        // intent and entry with its own once it did (recovery, if it dies first).
+        let (version, created, handed_off) = match &group {
             // Its group decided it: published after that decision, never
             // beside it, by its leader (a member waits for that).
-            match c.led {
-                true => self.publish(&tables, base, c.sources.clone()).await?,
-                false => {
-                    let (latest, shown) = group::await_publish(self.w.lake, c, &tables[0].request.table, base, &self.w.deadline, self.skew).await;
-                    if shown {
-                        // Its leader removes our intent and entry with its own once
-                        // it published them (recovery, if it dies first): we are done.
-                        failpoints::hit(failpoints::BEFORE_FINISH)?;
-                        tracing::debug!(op = %self.id(), version = latest.version, "published by our group's leader");
-                        return self.report(Some(latest.version), &tables, elsewhere).await;
-                    }
-                    // Its leader is gone or presumed dead, or our time is short: publish it ourselves, vetted like any publish.
-                    self.publish(&tables, latest, c.sources.clone()).await?
-                }
-            }
-        } else if beside_its_decision(&tables, self.w.multi) {
+            Some(c) if c.led => with_finish(self.publish(&tables, base, c.sources.clone()).await?),
+            Some(c) => match group::await_publish(self.w.lake, c, &tables[0].request.table, base, &self.w.deadline, self.skew).await {
+                (latest, true) => (latest.version, None, true),
+                // Its leader is gone or presumed dead, or our time is short: we publish it, vetted like any publish.
+                (latest, false) => with_finish(self.publish(&tables, latest, c.sources.clone()).await?),
+            },
             // Its decision goes beside the publish (one round trip, not two).
-            let (published, decided) = futures::join!(self.publish(&tables, base, Vec::new()), self.record_forward(&tables));
-            decided?;
-            published?
-        } else {
-            self.decide_forward(&mut tables).await?;
-            failpoints::hit(failpoints::AFTER_DECISION)?;
-            self.publish(&tables, base, Vec::new()).await?
+            None if beside_its_decision(&tables, self.w.multi) => {
+                let (published, decided) = futures::join!(self.publish(&tables, base, Vec::new()), self.record_forward(&tables));
+                decided?;
+                with_finish(published?)
+            }
+            None => {
+                self.decide_forward(&mut tables).await?;
+                failpoints::hit(failpoints::AFTER_DECISION)?;
+                with_finish(self.publish(&tables, base, Vec::new()).await?)
+            }
         };
         failpoints::hit(failpoints::BEFORE_FINISH)?;
+        let id = self.id();
+        if handed_off {
+            tracing::debug!(op = %id, version, "published by our group's leader, who removes our intent");
+            return self.report(Some(version), &tables, elsewhere).await;
+        }
         // Published: the hint and our intent's removal are independent (one round trip).
         let hint = async {
             if let Some(created) = &created {
                 manifest::write_hint(self.w.lake, created).await;
             }
         };
-        let id = self.id();
-        // Our entry (if a leader has not withdrawn it), and the group's intent
-        // if we led it, go with our intent. Published: a failure here is
-        // cleanup's and recovery's to finish, not a failed ingest.
+        // Our entry (if a leader has not withdrawn it) and, if we led a group,
+        // what its leader removes (`group::finish_led`) go with our intent.
+        // Published: a failure here is cleanup's and recovery's to finish,
+        // not a failed ingest.
         let group_done = async {
             let withdrawn = async {
                 if let Some(table) = &ours.queued {
                     self.withdraw(table).await;
                 }
             };
-            // The group's intent, and its other members' (they return once
-            // they see this publish, leaving theirs to us).
             let led = async {
                 if let Some(c) = group.as_ref().filter(|c| c.led) {
-                    let intents = std::iter::once(&c.group).chain(c.members.iter().filter(|m| **m != id));
-                    let removed = futures::future::join_all(intents.map(|i| sidecar::delete_intent(self.w.lake, i))).await;
-                    if let Some(e) = removed.into_iter().find_map(Result::err) {
-                        tracing::warn!(group = %c.group, error = %e, "could not remove the group's intent or a member's; recovery finishes them");
-                    }
+                    group::finish_led(self.w.lake, c, &tables[0].request.table, &id).await;
                 }
             };
             futures::join!(withdrawn, led);
@@ -1129,6 +1123,8 @@ impl Door<'_> {
             let key = sidecar::source_key(&e.source.id);
             let mut claimed_again = 0;
             while !published {
+                // Each wait below ends by the deadline; this bounds the loop even if one returns at once.
+                self.w.deadline.check("waiting for a source another operation holds")?;
                 match sidecar::holder(self.w.lake, &key, &holder).await? {
                     Holder::Published => published = true,
                     Holder::InFlight(intent) => {
@@ -1228,6 +1224,11 @@ fn beside_its_decision(tables: &[TableWork], multi: bool) -> bool {
 /// `t` rescues what does not fit, but its table lacks the rescue column yet.
 fn lacks_rescue(t: &TableWork, ds: Option<&Dataset>) -> bool {
     t.evolution == Evolution::Rescue && ds.is_some_and(|ds| ds.schema().field(RESCUE_COLUMN).is_none())
+}
+
+/// A publish of our own, whose intent we remove ourselves.
+fn with_finish((version, created): (u64, Option<Manifest>)) -> (u64, Option<Manifest>, bool) {
+    (version, created, false)
 }
 
 fn chain(first: Error, then: Error) -> Error {

@@ -539,6 +539,24 @@ impl Lake {
         }
     }
 
+    /// DELETE every one of `rels` (as one stream: S3 takes up to 1,000 in one
+    /// request); deleting what is already gone is success. The first error, if any.
+    pub async fn delete_all(&self, rels: &[String]) -> Result<()> {
+        use futures::StreamExt;
+        let paths: Vec<object_store::Result<Path>> = rels.iter().map(|r| Ok(self.path(r))).collect();
+        let mut deleted = self.store.delete_stream(futures::stream::iter(paths).boxed());
+        let mut first = None;
+        while let Some(result) = deleted.next().await {
+            match result {
+                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => {
+                    first.get_or_insert(e);
+                }
+            }
+        }
+        first.map_or(Ok(()), |e| Err(Error::store(self.path(&rels[0]), e)))
+    }
+
     /// LIST every object under `rel` (one request for the small prefixes sluice lists).
     pub async fn list(&self, rel: &str) -> Result<Vec<ObjectMeta>> {
         let prefix = self.path(rel);

@@ -18,7 +18,6 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use crate::deadline::Deadline;
@@ -457,17 +456,9 @@ pub(crate) async fn list_versions(lake: &Lake) -> Result<Vec<(u64, DateTime<Utc>
 
 /// Delete these version objects (cleanup's prefix; never the latest). Returns how many.
 pub(crate) async fn delete_versions(lake: &Lake, versions: &[u64]) -> Result<u64> {
-    let paths: Vec<object_store::Result<object_store::path::Path>> =
-        versions.iter().map(|v| Ok(lake.path(&version_path(*v)))).collect();
-    let mut results = lake.store().delete_stream(futures::stream::iter(paths).boxed());
-    let mut deleted = 0;
-    while let Some(result) = results.next().await {
-        match result {
-            Ok(_) | Err(object_store::Error::NotFound { .. }) => deleted += 1,
-            Err(e) => return Err(Error::store(&lake.path(VERSIONS), e)),
-        }
-    }
-    Ok(deleted)
+    let rels: Vec<String> = versions.iter().map(|v| version_path(*v)).collect();
+    lake.delete_all(&rels).await?;
+    Ok(versions.len() as u64)
 }
 
 /// Overwrite the hint with `latest`, which a LIST at `checked_at` showed to be the newest.

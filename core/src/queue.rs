@@ -61,6 +61,11 @@ pub async fn withdraw(lake: &Lake, table: &str, id: &AttemptId) -> Result<()> {
     lake.delete(&entry_path(table, id)).await
 }
 
+/// [`withdraw`] each of `ids`, as one stream.
+pub async fn withdraw_all(lake: &Lake, table: &str, ids: &[AttemptId]) -> Result<()> {
+    lake.delete_all(&ids.iter().map(|id| entry_path(table, id)).collect::<Vec<_>>()).await
+}
+
 /// The attempts queued on `table` and when the store wrote each entry,
 /// oldest attempt first (attempt ids are UUIDv7, so they sort by when they
 /// started; the line's order is the store's times first): one LIST, names only.

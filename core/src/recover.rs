@@ -188,7 +188,8 @@ fn expires_at(intent: &Intent, lease: Option<&Lease>, skew: Duration) -> chrono:
 }
 
 /// A worker waiting on another attempt: poll until that attempt's intent is
-/// gone, resolving it once its owner is presumed dead. Bounded by `deadline`.
+/// gone or its rows are shown ([`sidecar::shown_forward`]), resolving it
+/// once its owner is presumed dead. Bounded by `deadline`.
 pub(crate) async fn await_gone(lake: &Lake, id: &AttemptId, its_deadline: chrono::DateTime<Utc>, skew: Duration, deadline: &Deadline) -> Result<()> {
     await_settled(lake, id, None, its_deadline, skew, deadline).await
 }
@@ -217,8 +218,10 @@ async fn await_settled(
                 None => Ok(false),
             }
         };
-        let (exists, released) = futures::join!(sidecar::intent_exists(lake, id), released);
-        if !exists? || released? {
+        // Its intent gone, its claim given back, or (its intent left to a
+        // group's leader, or to recovery) its rows shown.
+        let (exists, released, shown) = futures::join!(sidecar::intent_exists(lake, id), released, sidecar::shown_forward(lake, id));
+        if !exists? || released? || shown? {
             return Ok(());
         }
         if Utc::now() >= presumed_dead_at(its_deadline, skew) {

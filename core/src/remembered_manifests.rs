@@ -12,10 +12,11 @@
 //! manifest files read through it and answers a plain read that falls
 //! inside one; anything else passes through.
 //!
-//! A remembered range is dropped once [`REMEMBERED_FOR`] has passed, and at
-//! once when the file is deleted or written through this wrapper. (Lance's
-//! cleanup deletes only versions older than the latest: one answered from
-//! memory a moment after another process deleted it is its true content.)
+//! A remembered range is dropped once [`REMEMBERED_FOR`] has passed, and
+//! when the file is deleted or written through this wrapper (a read racing
+//! that delete may remember it again, for as long). Lance's cleanup deletes
+//! only versions older than the latest: one answered from memory after
+//! another process deleted it is its true content.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -45,11 +46,13 @@ pub(crate) const REMEMBERED_FOR: Duration = Duration::from_secs(10);
 
 /// Is `location` a Lance version manifest?
 fn is_manifest(location: &Path) -> bool {
-    let parts: Vec<_> = location.parts().collect();
-    matches!(parts.as_slice(), [.., dir, name] if dir.as_ref() == VERSIONS && name.as_ref().ends_with(".manifest"))
+    let mut parts = location.parts().rev();
+    let (name, dir) = (parts.next(), parts.next());
+    name.is_some_and(|n| n.as_ref().ends_with(".manifest")) && dir.is_some_and(|d| d.as_ref() == VERSIONS)
 }
 
 /// A read with no condition, no version and a body: the only kind answered.
+/// (Its `extensions` are not looked at: Lance passes none.)
 fn plain(options: &GetOptions) -> bool {
     let GetOptions { if_match, if_none_match, if_modified_since, if_unmodified_since, version, head, .. } = options;
     if_match.is_none() && if_none_match.is_none() && if_modified_since.is_none() && if_unmodified_since.is_none() && version.is_none() && !head
@@ -85,9 +88,10 @@ impl Memory {
     fn answer(&self, store: &str, location: &Path, wanted: Option<&Range<u64>>, kept_for: Duration) -> Option<(ObjectMeta, Range<u64>, Bytes)> {
         let mut reads = self.reads.lock().expect("remembered manifests poisoned");
         reads.retain(|r| r.at.elapsed() < kept_for);
+        // An empty or inverted range is the store's to refuse.
         let holds = |r: &Read| {
             let wanted = wanted.cloned().unwrap_or(0..r.meta.size);
-            (r.range.start <= wanted.start && wanted.end <= r.range.end).then_some(wanted)
+            (r.range.start <= wanted.start && wanted.start < wanted.end && wanted.end <= r.range.end).then_some(wanted)
         };
         let (r, wanted) = reads.iter().rev().filter(|r| r.store == store && &r.location == location).find_map(|r| holds(r).map(|w| (r, w)))?;
         let from = usize::try_from(wanted.start - r.range.start).expect("a remembered range fits in memory");
@@ -152,7 +156,7 @@ impl ObjectStore for RememberedManifests {
         // A bounded range, or the whole file (`None`: Lance's reader of a small file).
         let wanted = match &options.range {
             _ if !is_manifest(location) || !plain(&options) => return self.inner.get_opts(location, options).await,
-            Some(GetRange::Bounded(r)) if r.end - r.start <= MAX_RANGE => Some(r.clone()),
+            Some(GetRange::Bounded(r)) if r.start < r.end && r.end - r.start <= MAX_RANGE => Some(r.clone()),
             None => None,
             Some(_) => return self.inner.get_opts(location, options).await,
         };
@@ -241,18 +245,23 @@ mod tests {
         assert_eq!(store.get_ranges(&manifest, &[10..20, 190..200]).await.unwrap(), vec![Bytes::from(body[10..20].to_vec()), Bytes::from(body[190..200].to_vec())]);
         assert_eq!(store.get(&manifest).await.unwrap().bytes().await.unwrap(), body[..], "the whole file, as Lance's reader of a small file reads it");
         assert_eq!(sent(), before + 1, "all answered from memory");
+        // An empty or inverted range is the store's to answer.
+        for odd in [20..20, 50..40] {
+            let _ = store.get_ranges(&manifest, &[odd]).await;
+        }
+        assert_eq!(sent(), before + 3);
         // Another file is never answered from memory.
         store.get_range(&data, 0..200).await.unwrap();
         store.get_range(&data, 0..10).await.unwrap();
-        assert_eq!(sent(), before + 3);
+        assert_eq!(sent(), before + 5);
         // A read with a condition passes.
         let conditional = GetOptions { range: Some(GetRange::Bounded(0..10)), if_match: Some("x".into()), ..Default::default() };
         assert!(store.get_opts(&manifest, conditional).await.is_err(), "a local disk refuses the ETag");
-        assert_eq!(sent(), before + 4);
+        assert_eq!(sent(), before + 6);
         // Deleted through the wrapper: forgotten, and read again (and missing).
         store.delete(&manifest).await.unwrap();
         assert!(store.get_range(&manifest, 150..180).await.is_err());
-        assert_eq!(sent(), before + 6);
+        assert_eq!(sent(), before + 8);
     }
 
     #[tokio::test]

@@ -343,6 +343,12 @@ pub async fn delete_intent(lake: &Lake, id: &AttemptId) -> Result<()> {
     lake.delete(&intent_path(&id.op, &id.attempt)).await
 }
 
+/// Remove the intents of `ids`, finished (a group's leader removes its
+/// members' once its publish shows their rows).
+pub(crate) async fn delete_intents<'a>(lake: &Lake, ids: impl Iterator<Item = &'a AttemptId>) -> Result<()> {
+    lake.delete_all(&ids.map(|id| intent_path(&id.op, &id.attempt)).collect::<Vec<_>>()).await
+}
+
 /// Recovery's finish: its leases first, the intent last (its decision stays).
 pub async fn finish_recovered(lake: &Lake, id: &AttemptId, leases: &[u32]) -> Result<()> {
     for k in leases {
@@ -644,7 +650,8 @@ pub async fn claim(lake: &Lake, key: &str, claim: &Claim, maybe: &mut Vec<(Strin
 
 /// What became of `held`'s generation. A release of it means given back,
 /// whatever its attempt does next (a live load makes way for an older one
-/// and claims again later). Else its intent means in flight. Else the
+/// and claims again later). Else its intent means in flight, unless its
+/// attempt is decided forward and shown ([`shown_forward`]). Else the
 /// release and the fate are read again, together: an attempt releases
 /// before it deletes its intent, and its fate is final before either, so
 /// once its intent is seen gone both are already written. With no intent, a
@@ -659,6 +666,11 @@ pub async fn holder(lake: &Lake, key: &str, held: &Claim) -> Result<Holder> {
         return Ok(Holder::Released);
     }
     if let Some(intent) = intent? {
+        // Decided forward and shown, all that is left of it is its intent's
+        // removal (a group's member leaves that to its leader).
+        if shown_forward(lake, &id).await? {
+            return Ok(Holder::Published);
+        }
         return Ok(Holder::InFlight(intent));
     }
     let (released, fate) = futures::join!(lake.exists(&release), fate(lake, &id));
@@ -674,6 +686,18 @@ pub async fn holder(lake: &Lake, key: &str, held: &Claim) -> Result<Holder> {
             reason: format!("operation {id} ended while its group {group} was undecided; a member's intent goes only after its fate is final"),
         }),
     }
+}
+
+/// Is attempt `id` decided forward (on its own or through its group) at
+/// versions the latest manifest shows? Its rows are then published, whether
+/// or not its intent is gone yet; pins never go back, so it stays so.
+pub(crate) async fn shown_forward(lake: &Lake, id: &AttemptId) -> Result<bool> {
+    let Fate::Forward(decided) = fate(lake, id).await? else { return Ok(false) };
+    if decided.versions.is_empty() {
+        return Ok(false);
+    }
+    let Some(latest) = crate::manifest::read_latest(lake).await? else { return Ok(false) };
+    Ok(decided.versions.iter().all(|(table, v)| latest.tables.get(table).is_some_and(|p| p.version >= *v)))
 }
 
 /// Release generation `generation` of `key`, held by `attempt`. Only the
