@@ -80,7 +80,9 @@ const TAKES_AT_ONCE: usize = MAX_MEMBERS - 1;
 /// same: a group in flight is decided well within it, so only a writer ahead
 /// that died or stalls holds the line this long.
 const MAX_WAIT: Duration = Duration::from_secs(2);
-/// Polls of the queue while in line: the first pause, growing by half up to this.
+/// Listings of the queue while in line: the first pause, growing by half up
+/// to this (our decision is read every [`FIRST_POLL`] meanwhile: a GET, cheap
+/// beside a LIST, and a take is what ends most waits).
 const LAST_LINE_POLL: Duration = Duration::from_millis(100);
 /// Entries written longer ago than this are neither waited for nor taken: a
 /// live writer leaves the line within [`MAX_WAIT`] (it leads, or a group
@@ -94,10 +96,11 @@ const TAKE_MARGIN: Duration = Duration::from_secs(5);
 /// itself rather than wait for its leader's publish.
 const SELF_PUBLISH_MARGIN: Duration = Duration::from_secs(5);
 /// Polls of a decision or a manifest: the first pause, growing by half up
-/// to the last; a member's, up to [`QUICK_POLL`] for as long as its group
-/// should take to decide and publish (well within [`MAX_WAIT`]).
+/// to the last; a member's stays at [`QUICK_POLL`] for as long as its group
+/// should take to decide and publish (well within [`MAX_WAIT`]): a round
+/// trip's worth, so that it sees its group's steps within about one more.
 const FIRST_POLL: Duration = Duration::from_millis(20);
-const QUICK_POLL: Duration = Duration::from_millis(50);
+const QUICK_POLL: Duration = Duration::from_millis(20);
 const LAST_POLL: Duration = Duration::from_millis(250);
 fn next_poll(pause: Duration, last: Duration) -> Duration {
     (pause * 3 / 2).min(last)
@@ -165,20 +168,21 @@ fn ahead((a, a_at): &(AttemptId, DateTime<Utc>), (b, b_at): &(AttemptId, DateTim
 /// flight (its leader withdraws them beside its decision) and the writers
 /// queued before us (each leads or is taken in turn), so that one group
 /// commits at a time and the next gathers everyone who queued meanwhile.
-/// `listed` is the listing taken once our offer landed. Each poll reads our
-/// decision (a GET) and lists the queue alongside; a writer taken stops
-/// listing at once, so only writers still in line pay for listings. Returns
-/// our decision once there is one (a group took us: we follow it); `None`
-/// once nobody is ahead of us, or after [`MAX_WAIT`]: we lead. The line is
-/// liveness only: every take is create-only, so leading beside another
-/// group costs speed, never safety (and leading finds any decision made on
-/// us meanwhile).
-async fn wait_in_line(lake: &Lake, table: &str, me: &AttemptId, mut listed: Result<Vec<(AttemptId, DateTime<Utc>)>, Error>, deadline: &Deadline) -> Option<Decision> {
+/// `listed` is the listing taken once our offer landed. We read our
+/// decision (a GET) every [`FIRST_POLL`], and list the queue alongside at a
+/// slower, growing pace; a writer taken stops listing at once, so only
+/// writers still in line pay for listings. Returns our decision once there
+/// is one (a group took us: we follow it); `None` once nobody is ahead of
+/// us, or after [`MAX_WAIT`]: we lead. The line is liveness only: every
+/// take is create-only, so leading beside another group costs speed, never
+/// safety (and leading finds any decision made on us meanwhile).
+async fn wait_in_line(lake: &Lake, table: &str, me: &AttemptId, listed: Result<Vec<(AttemptId, DateTime<Utc>)>, Error>, deadline: &Deadline) -> Option<Decision> {
     let until = tokio::time::Instant::now() + MAX_WAIT;
-    let mut pause = FIRST_POLL;
+    let (mut listed, mut list_pause) = (Some(listed), FIRST_POLL);
+    let mut list_at = tokio::time::Instant::now() + list_pause;
     loop {
-        match listed {
-            Ok(listed) => {
+        match listed.take() {
+            Some(Ok(listed)) => {
                 let mine = listed.iter().find(|(id, _)| id == me).cloned();
                 let mut others = fresh(listed, me).filter(|(id, _)| id != me);
                 let nobody_ahead = match &mine {
@@ -190,15 +194,25 @@ async fn wait_in_line(lake: &Lake, table: &str, me: &AttemptId, mut listed: Resu
                     return None;
                 }
             }
-            Err(e) => tracing::warn!(table, error = %e, "could not list the queue; waiting on"),
+            Some(Err(e)) => tracing::warn!(table, error = %e, "could not list the queue; waiting on"),
+            None => {}
         }
-        if tokio::time::Instant::now() >= until || deadline.remaining() <= pause {
+        if tokio::time::Instant::now() >= until || deadline.remaining() <= FIRST_POLL {
             return None;
         }
-        tokio::time::sleep(pause).await;
-        pause = next_poll(pause, LAST_LINE_POLL);
+        tokio::time::sleep(FIRST_POLL).await;
+        let list = tokio::time::Instant::now() >= list_at;
         let decided;
-        (decided, listed) = futures::join!(sidecar::read_decision(lake, me), queue::list(lake, table));
+        (decided, listed) = futures::join!(sidecar::read_decision(lake, me), async {
+            match list {
+                true => Some(queue::list(lake, table).await),
+                false => None,
+            }
+        });
+        if list {
+            list_pause = next_poll(list_pause, LAST_LINE_POLL);
+            list_at = tokio::time::Instant::now() + list_pause;
+        }
         match decided {
             Ok(Some(decided)) => return Some(decided),
             Ok(None) => {}

@@ -37,9 +37,12 @@ use lance::io::ObjectStore;
 use lance::table::format::{IndexMetadata, Manifest, Transaction};
 use lance::Result;
 use lance_table::io::commit::{CommitError, CommitHandler, ManifestLocation, ManifestNamingScheme, ManifestWriter, PredecessorIdentity};
-use object_store::ObjectStore as OSObjectStore;
 use object_store::path::Path;
+use object_store::{GetOptions, GetRange, ObjectStore as OSObjectStore};
 use serde::{Deserialize, Serialize};
+
+/// Lance's prefetch of a manifest file: its last 64 KiB (`read_manifest`).
+const PREFETCH: u64 = 64 * 1024;
 
 /// Lance's manifest file of one version (V2 naming): its size and ETag.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -155,10 +158,31 @@ impl CommitHandler for KnownManifest {
         Ok(found)
     }
 
-    /// The one version we know, without a request; any other as Lance finds it.
+    /// The one version we know, without a request; any other as Lance finds
+    /// it, but by reading its V2 manifest's tail rather than HEADing it: the
+    /// same round trip tells its size, and brings the bytes Lance reads next
+    /// (its prefetch of a manifest's last 64 KiB), which sluice's store
+    /// remembers (`remembered_manifests.rs`): one round trip, not two, for a
+    /// commit that lost its race to check who won, and for every version a
+    /// history read opens.
     async fn resolve_version_location(&self, base_path: &Path, version: u64, object_store: &dyn OSObjectStore) -> Result<ManifestLocation> {
         let Some(known) = self.known.as_ref().filter(|k| k.version == version) else {
-            return self.inner.resolve_version_location(base_path, version, object_store).await;
+            if lance_table::format::is_detached_version(version) {
+                return self.inner.resolve_version_location(base_path, version, object_store).await;
+            }
+            let path = ManifestNamingScheme::V2.manifest_path(base_path, version);
+            let tail = GetOptions { range: Some(GetRange::Suffix(PREFETCH)), ..Default::default() };
+            return match object_store.get_opts(&path, tail).await {
+                Ok(got) => {
+                    let meta = got.meta.clone();
+                    // Read to the end, so that the store remembers it.
+                    got.bytes().await?;
+                    Ok(ManifestLocation { version, path, size: Some(meta.size), naming_scheme: ManifestNamingScheme::V2, e_tag: meta.e_tag, identity: None })
+                }
+                // Not there as V2: as Lance finds it (a V1 name).
+                Err(object_store::Error::NotFound { .. }) => self.inner.resolve_version_location(base_path, version, object_store).await,
+                Err(e) => Err(e.into()),
+            };
         };
         Ok(ManifestLocation {
             version,

@@ -85,12 +85,19 @@ impl fmt::Debug for Memory {
 impl Memory {
     /// `wanted` of `location` (`None`: the whole file), if a fresh
     /// remembered range holds it: the file's meta, the range, its bytes.
-    fn answer(&self, store: &str, location: &Path, wanted: Option<&Range<u64>>, kept_for: Duration) -> Option<(ObjectMeta, Range<u64>, Bytes)> {
+    fn answer(&self, store: &str, location: &Path, wanted: Option<&GetRange>, kept_for: Duration) -> Option<(ObjectMeta, Range<u64>, Bytes)> {
         let mut reads = self.reads.lock().expect("remembered manifests poisoned");
         reads.retain(|r| r.at.elapsed() < kept_for);
-        // An empty or inverted range is the store's to refuse.
+        // As the store would resolve it against the file's size; an empty
+        // or inverted range is the store's to refuse.
         let holds = |r: &Read| {
-            let wanted = wanted.cloned().unwrap_or(0..r.meta.size);
+            let size = r.meta.size;
+            let wanted = match wanted {
+                None => 0..size,
+                Some(GetRange::Bounded(b)) => b.clone(),
+                Some(GetRange::Offset(o)) => *o..size,
+                Some(GetRange::Suffix(n)) => size.saturating_sub(*n)..size,
+            };
             (r.range.start <= wanted.start && wanted.start < wanted.end && wanted.end <= r.range.end).then_some(wanted)
         };
         let (r, wanted) = reads.iter().rev().filter(|r| r.store == store && &r.location == location).find_map(|r| holds(r).map(|w| (r, w)))?;
@@ -153,14 +160,12 @@ impl ObjectStore for RememberedManifests {
     }
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
-        // A bounded range, or the whole file (`None`: Lance's reader of a small file).
-        let wanted = match &options.range {
-            _ if !is_manifest(location) || !plain(&options) => return self.inner.get_opts(location, options).await,
-            Some(GetRange::Bounded(r)) if r.start < r.end && r.end - r.start <= MAX_RANGE => Some(r.clone()),
-            None => None,
-            Some(_) => return self.inner.get_opts(location, options).await,
-        };
-        if let Some((meta, range, bytes)) = self.memory.answer(&self.store, location, wanted.as_ref(), self.kept_for) {
+        if !is_manifest(location) || !plain(&options) {
+            return self.inner.get_opts(location, options).await;
+        }
+        // Any range (`None`: the whole file, as Lance's reader of a small file
+        // reads it; a suffix: a manifest's tail, as `known_manifest.rs` reads it).
+        if let Some((meta, range, bytes)) = self.memory.answer(&self.store, location, options.range.as_ref(), self.kept_for) {
             return Ok(answered(meta, range, bytes));
         }
         let got = self.inner.get_opts(location, options).await?;
@@ -175,7 +180,8 @@ impl ObjectStore for RememberedManifests {
 
     async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
         if is_manifest(location) {
-            let known: Option<Vec<Bytes>> = ranges.iter().map(|r| self.memory.answer(&self.store, location, Some(r), self.kept_for).map(|(.., b)| b)).collect();
+            let known: Option<Vec<Bytes>> =
+                ranges.iter().map(|r| self.memory.answer(&self.store, location, Some(&GetRange::Bounded(r.clone())), self.kept_for).map(|(.., b)| b)).collect();
             if let Some(known) = known {
                 return Ok(known);
             }
@@ -244,6 +250,8 @@ mod tests {
         assert_eq!(store.get_range(&manifest, 150..180).await.unwrap(), body[150..180], "its transaction, as Lance reads it next");
         assert_eq!(store.get_ranges(&manifest, &[10..20, 190..200]).await.unwrap(), vec![Bytes::from(body[10..20].to_vec()), Bytes::from(body[190..200].to_vec())]);
         assert_eq!(store.get(&manifest).await.unwrap().bytes().await.unwrap(), body[..], "the whole file, as Lance's reader of a small file reads it");
+        let tail = GetOptions { range: Some(GetRange::Suffix(16)), ..Default::default() };
+        assert_eq!(store.get_opts(&manifest, tail).await.unwrap().bytes().await.unwrap(), body[184..], "its tail");
         assert_eq!(sent(), before + 1, "all answered from memory");
         // An empty or inverted range is the store's to answer.
         for odd in [20..20, 50..40] {
@@ -262,6 +270,25 @@ mod tests {
         store.delete(&manifest).await.unwrap();
         assert!(store.get_range(&manifest, 150..180).await.is_err());
         assert_eq!(sent(), before + 8);
+    }
+
+    #[tokio::test]
+    async fn a_manifest_s_tail_read_for_its_size_answers_lance_s_prefetch() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, counts) = counted(dir.path(), REMEMBERED_FOR);
+        let manifest = Path::from("t.lance/_versions/18446744073709551613.manifest");
+        let body: Vec<u8> = (0..200u8).collect();
+        store.put(&manifest, PutPayload::from(body.clone())).await.unwrap();
+        let before = counts.snapshot().total();
+        let tail = GetOptions { range: Some(GetRange::Suffix(64)), ..Default::default() };
+        let got = store.get_opts(&manifest, tail).await.unwrap();
+        assert_eq!((got.meta.size, got.range.clone()), (200, 136..200), "its size, with its tail");
+        assert_eq!(got.bytes().await.unwrap(), body[136..]);
+        assert_eq!(store.get_range(&manifest, 136..200).await.unwrap(), body[136..], "the prefetch, from memory");
+        assert_eq!(store.get_range(&manifest, 150..160).await.unwrap(), body[150..160], "a section of it, from memory");
+        assert_eq!(counts.snapshot().total(), before + 1);
+        assert_eq!(store.get_range(&manifest, 100..160).await.unwrap(), body[100..160], "outside it: read");
+        assert_eq!(counts.snapshot().total(), before + 2);
     }
 
     #[tokio::test]
