@@ -169,7 +169,7 @@ fn ahead((a, a_at): &(AttemptId, DateTime<Utc>), (b, b_at): &(AttemptId, DateTim
 /// queued before us (each leads or is taken in turn), so that one group
 /// commits at a time and the next gathers everyone who queued meanwhile.
 /// `listed` is the listing taken once our offer landed. We read our
-/// decision (a GET) every [`FIRST_POLL`], and list the queue alongside at a
+/// decision (a GET) [`FIRST_POLL`] apart, and list the queue alongside at a
 /// slower, growing pace; a writer taken stops listing at once, so only
 /// writers still in line pay for listings. Returns our decision once there
 /// is one (a group took us: we follow it); `None` once nobody is ahead of
@@ -178,7 +178,7 @@ fn ahead((a, a_at): &(AttemptId, DateTime<Utc>), (b, b_at): &(AttemptId, DateTim
 /// safety (and leading finds any decision made on us meanwhile).
 async fn wait_in_line(lake: &Lake, table: &str, me: &AttemptId, listed: Result<Vec<(AttemptId, DateTime<Utc>)>, Error>, deadline: &Deadline) -> Option<Decision> {
     let until = tokio::time::Instant::now() + MAX_WAIT;
-    let (mut listed, mut list_pause) = (Some(listed), FIRST_POLL);
+    let (mut listed, mut list_pause, mut warned) = (Some(listed), FIRST_POLL, false);
     let mut list_at = tokio::time::Instant::now() + list_pause;
     loop {
         match listed.take() {
@@ -200,7 +200,7 @@ async fn wait_in_line(lake: &Lake, table: &str, me: &AttemptId, listed: Result<V
         if tokio::time::Instant::now() >= until || deadline.remaining() <= FIRST_POLL {
             return None;
         }
-        tokio::time::sleep(FIRST_POLL).await;
+        tokio::time::sleep_until(list_at.min(tokio::time::Instant::now() + FIRST_POLL)).await;
         let list = tokio::time::Instant::now() >= list_at;
         let decided;
         (decided, listed) = futures::join!(sidecar::read_decision(lake, me), async {
@@ -216,7 +216,11 @@ async fn wait_in_line(lake: &Lake, table: &str, me: &AttemptId, listed: Result<V
         match decided {
             Ok(Some(decided)) => return Some(decided),
             Ok(None) => {}
-            Err(e) => tracing::warn!(table, error = %e, "could not read our decision while in line; waiting on"),
+            Err(e) if !warned => {
+                warned = true;
+                tracing::warn!(table, error = %e, "could not read our decision while in line; waiting on");
+            }
+            Err(_) => {}
         }
     }
 }

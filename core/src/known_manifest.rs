@@ -163,8 +163,8 @@ impl CommitHandler for KnownManifest {
     /// same round trip tells its size, and brings the bytes Lance reads next
     /// (its prefetch of a manifest's last 64 KiB), which sluice's store
     /// remembers (`remembered_manifests.rs`): one round trip, not two, for a
-    /// commit that lost its race to check who won, and for every version a
-    /// history read opens.
+    /// writer's commit that lost its race to check who won. Not there as V2:
+    /// the V1 name, as Lance's own handler answers then.
     async fn resolve_version_location(&self, base_path: &Path, version: u64, object_store: &dyn OSObjectStore) -> Result<ManifestLocation> {
         let Some(known) = self.known.as_ref().filter(|k| k.version == version) else {
             if lance_table::format::is_detached_version(version) {
@@ -173,14 +173,12 @@ impl CommitHandler for KnownManifest {
             let path = ManifestNamingScheme::V2.manifest_path(base_path, version);
             let tail = GetOptions { range: Some(GetRange::Suffix(PREFETCH)), ..Default::default() };
             return match object_store.get_opts(&path, tail).await {
-                Ok(got) => {
-                    let meta = got.meta.clone();
-                    // Read to the end, so that the store remembers it.
-                    got.bytes().await?;
-                    Ok(ManifestLocation { version, path, size: Some(meta.size), naming_scheme: ManifestNamingScheme::V2, e_tag: meta.e_tag, identity: None })
+                // The body is already in memory (the store remembered it).
+                Ok(got) => Ok(ManifestLocation { version, path, size: Some(got.meta.size), naming_scheme: ManifestNamingScheme::V2, e_tag: got.meta.e_tag, identity: None }),
+                Err(object_store::Error::NotFound { .. }) => {
+                    let v1 = ManifestNamingScheme::V1;
+                    Ok(ManifestLocation { version, path: v1.manifest_path(base_path, version), size: None, naming_scheme: v1, e_tag: None, identity: None })
                 }
-                // Not there as V2: as Lance finds it (a V1 name).
-                Err(object_store::Error::NotFound { .. }) => self.inner.resolve_version_location(base_path, version, object_store).await,
                 Err(e) => Err(e.into()),
             };
         };

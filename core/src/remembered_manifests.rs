@@ -16,7 +16,8 @@
 //! when the file is deleted or written through this wrapper (a read racing
 //! that delete may remember it again, for as long). Lance's cleanup deletes
 //! only versions older than the latest: one answered from memory after
-//! another process deleted it is its true content.
+//! another process deleted it is its true content (and its tail, read to
+//! find it, says it exists: `known_manifest.rs`).
 
 use std::collections::VecDeque;
 use std::fmt;
