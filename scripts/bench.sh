@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The benchmark: sluice vs plain Lance, same data, same store, one run.
 # Builds release binaries (once per machine: ~48 min on 2 cores), then runs
-# sluice-bench on local disk (wall time, peak RSS, concurrency) and on the local
-# S3 server (requests per ingest, where every request is visible).
+# sluice-bench on local disk (wall time, peak RSS, concurrency), on an in-memory
+# S3 model (round trips and contention) and on the local S3 server (requests
+# per ingest, where every request is visible).
 # Usage: scripts/bench.sh [--quick] [--only throughput,roundtrips,contention,depth,rss,latency,recovery,optimize,cleanup,search,backfill,sources]
 # (search: 200,000 768-dim vectors in 100 ingests, IVF_PQ + BTREE; local disk only.
 # roundtrips, contention: 20 ms added to every request, sluice's and Lance's alike.)
@@ -35,6 +36,20 @@ fi
 
 echo "## local disk"
 "$BENCH" --work "${TMPDIR:-/tmp}/sluice-bench-local" "${LOCAL_ARGS[@]}" "${ONLY[@]}"
+
+# The round-trip sections again on an in-memory store shared by every writer
+# in the process: every request, Lance's too, goes through object_store with
+# S3's conditional PUTs, each 20 ms late, and nothing saturates (an S3 model).
+MEM=()
+for s in roundtrips contention; do
+  if [ ${#ONLY[@]} -eq 0 ] || [[ ",${ONLY[1]}," == *",$s,"* ]]; then MEM+=("$s"); fi
+done
+if [ ${#MEM[@]} -gt 0 ]; then
+  echo "## in-memory store, +20 ms per request (an S3 model)"
+  MEM_ARGS=(--sizes 1 --reps 5 --writers 1,8,32)
+  [ "$QUICK" = 1 ] && MEM_ARGS=(--sizes 1 --reps 3 --writers 1,8)
+  "$BENCH" --root memory://sluice-bench --work "${TMPDIR:-/tmp}/sluice-bench-mem" "${MEM_ARGS[@]}" --only "$(IFS=,; echo "${MEM[*]}")"
+fi
 
 PORT="${SLUICE_S3_PORT:-9756}"
 scripts/s3-server.sh stop "$PORT"

@@ -311,7 +311,9 @@ async fn bench() {
     let _ = std::fs::remove_dir_all(&a.work);
     std::fs::create_dir_all(&a.work).unwrap();
     let run = uuid::Uuid::now_v7().simple().to_string();
-    let root = |name: &str| format!("{}/{run}-{name}", a.root.trim_end_matches('/'));
+    // A memory lake's name has no folders: its tables' lakes are siblings.
+    let sep = if a.root.starts_with("memory://") { "-" } else { "/" };
+    let root = |name: &str| format!("{}{sep}{run}-{name}", a.root.trim_end_matches('/'));
     let sluice_bin = std::env::current_exe().unwrap().with_file_name("sluice");
     let mut rows: Vec<Row> = Vec::new();
 
