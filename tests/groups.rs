@@ -499,7 +499,8 @@ fn queued(root: &str) -> usize {
 /// writers' rows in one Lance commit, decides the group forward naming both
 /// and publishes: both files are visible before B goes on. B then finds it
 /// was taken, waits for the group's decision and its publish, and succeeds
-/// without a commit of its own. Redeliveries are "already ingested".
+/// without a commit of its own; its intents (its own and its spare group's)
+/// went with the leader's. Redeliveries are "already ingested".
 #[test]
 fn a_queued_writer_is_taken_into_the_older_writers_group() {
     on_each_backend(|b| {
@@ -520,6 +521,9 @@ fn a_queued_writer_is_taken_into_the_older_writers_group() {
         let op_of = |name: &str| listed.iter().find(|e| e["uri"].as_str().unwrap().ends_with(name)).map(|e| e["op"].as_str().unwrap().to_string());
         let (a_op, b_op) = (op_of("/a.jsonl").expect("a is listed"), op_of("/b.jsonl").expect("b is listed"));
         assert_ne!(a_op, b_op, "{}: {listed:?}", b.name);
+        // Published, the leader removed B's intent with its own, and the
+        // intent of the group B would have led (written beside its offer).
+        assert_eq!(pending(&b.root), 0, "{}: B's intents went with the leader's, B still held", b.name);
         bw.release();
         let out = bw.wait_with_output();
         assert_eq!(out.status.code(), Some(0), "{}", b.name);
@@ -599,7 +603,7 @@ fn a_writer_whose_offer_lands_late_still_finds_the_line() {
         // line's 2 s bound.
         std::thread::sleep(Duration::from_millis(300));
         let (decided, _) = groups(&b.root);
-        assert_eq!((group_intents(&b.root), decided.len(), queued(&b.root)), (1, 0, 2), "{}: B waits behind A's group instead of leading beside it: {decided:?}", b.name);
+        assert_eq!((groups_led(&b.root), decided.len(), queued(&b.root)), (1, 0, 2), "{}: B waits behind A's group instead of leading beside it: {decided:?}", b.name);
         a.release();
         for (w, rows) in [(a, 30), (bw, 10)] {
             let out = w.wait_with_output();
@@ -644,9 +648,10 @@ fn a_group_commit_takes_the_one_newer_version_asked_ahead() {
     });
 }
 
-/// Groups in flight: the intents of groups pending in the lake.
-fn group_intents(root: &str) -> usize {
-    status(root)["pending"].as_array().unwrap().iter().filter(|p| p["kind"] == sidecar::KIND_GROUP).count()
+/// Groups led: those that bound a writer (every contended writer writes the
+/// intent of a group it would lead; only a leader binds anyone to one).
+fn groups_led(root: &str) -> usize {
+    groups(root).1.into_values().collect::<std::collections::BTreeSet<_>>().len()
 }
 
 /// One group in flight at a time: A leads and is held after its takes; B and
@@ -671,7 +676,7 @@ fn writers_queued_behind_a_group_in_flight_form_the_next_group() {
         // within the line's 2 s bound, which A's group must beat once released.
         std::thread::sleep(Duration::from_millis(250));
         let (decided, _) = groups(&b.root);
-        assert_eq!((group_intents(&b.root), decided.len()), (1, 0), "{}: B and C wait in line behind A's group in flight: {decided:?}", b.name);
+        assert_eq!((groups_led(&b.root), decided.len()), (1, 0), "{}: B and C wait in line behind A's group in flight: {decided:?}", b.name);
         a.release();
         for (w, rows) in [(a, 30), (bw, 10), (cw, 5)] {
             let out = w.wait_with_output();
@@ -740,6 +745,9 @@ fn a_member_returns_once_published_and_a_sweep_finishes_what_its_dead_leader_lef
         let out = bw.wait_with_output();
         assert_eq!(out.status.code(), Some(0), "{}: {}", b.name, String::from_utf8_lossy(&out.stderr));
         assert_eq!(json(&out)["tables"]["t"]["rows_inserted"], 10, "{}", b.name);
+        // The leader's intent and its group's, and the member's. (Its spare
+        // group's it removed itself: released, it found its entry withdrawn,
+        // went to lead, and found itself taken.)
         assert_eq!(pending(&b.root), 3, "{}: the member left its intent to its leader, held", b.name);
         // A redelivery finds the member decided forward and shown: published,
         // without waiting for its intent to go (nor finishing it).

@@ -1,7 +1,8 @@
 //! Group commit, the writing side (docs/PROTOCOL.md, "Group commits").
 //!
 //! A contended writer offers its staged rows in the table's queue
-//! (`queue.rs`) and waits in line. The first in line leads: a group is an attempt G of
+//! (`queue.rs`), writes beside it the intent of the group it would lead,
+//! and waits in line. The first in line leads: a group is an attempt G of
 //! its own, with its intent (kind `group`), then the leader bound to it
 //! create-only (`joined(G)`, its one decision), then every queued writer it
 //! can bind the same way, then one Lance commit carrying the members' staged
@@ -62,6 +63,9 @@ pub(crate) struct Committed {
     /// The members the group's decision names, its leader first (for a
     /// leader: whose intents it removes once it published them).
     pub members: Vec<AttemptId>,
+    /// For a leader: the groups its members would have led (their spare
+    /// groups, see [`commit`]), whose intents it removes with theirs.
+    pub spares: Vec<AttemptId>,
 }
 
 /// Lance's attempts at a groupable writer's own commit before it goes to the
@@ -119,6 +123,11 @@ pub(crate) async fn commit(lake: &Lake, of: &Intent, sources: Vec<PublishedSourc
     let me = AttemptId::new(&of.op, &of.attempt);
     let table = of.tables.keys().next().expect("a group member appends to one table");
     deadline.check("offering rows to a group").map_err(Failed::Alone)?;
+    // The group we would lead: its intent goes beside our offer, so that
+    // whoever leads has one round trip fewer to its commit. It binds nobody
+    // until we lead it; spare (another leader took us), its leader removes it
+    // once published, else we do (recovery rolls back one left behind).
+    let (group, group_intent) = group_of(of);
     let entry = Entry {
         op: me.op.clone(),
         attempt: me.attempt.clone(),
@@ -127,26 +136,55 @@ pub(crate) async fn commit(lake: &Lake, of: &Intent, sources: Vec<PublishedSourc
         fragments: staged.fragments.clone(),
         sources,
         deadline: of.deadline,
+        spare_group: Some(group.clone()),
     };
-    match queue::offer(lake, &entry).await.map_err(Failed::Alone)? {
+    let (offered, intended) = futures::join!(queue::offer(lake, &entry), sidecar::create_intent(lake, &group_intent));
+    let unless_queued = match offered {
         // Gone: refused, then not there: a leader took us and withdrew it.
-        Created::Mine | Created::Gone => {}
-        Created::Theirs(e) => return Err(Failed::Alone(Error::Corrupt { what: "queue entry", path: format!("{table}/{}", e.attempt), reason: "a new attempt's entry was taken".into() })),
+        Ok(Created::Mine | Created::Gone) => failpoints::hit(failpoints::GROUP_QUEUED),
+        Ok(Created::Theirs(e)) => Err(Error::Corrupt { what: "queue entry", path: format!("{table}/{}", e.attempt), reason: "a new attempt's entry was taken".into() }),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = unless_queued {
+        drop_unused(lake, &group).await;
+        return Err(Failed::Alone(e));
     }
-    failpoints::hit(failpoints::GROUP_QUEUED).map_err(Failed::Alone)?;
     tracing::debug!(table, op = %me, "queued for a group commit");
     // Who is ahead of us in line: listed once our entry is there, so that of
     // two writers queueing at once, the later one's listing shows the earlier.
     let listed = queue::list(lake, table).await;
     let waited = wait_in_line(lake, table, &me, listed, deadline).await;
     tracing::debug!(table, op = %me, taken = ?waited.as_ref().and_then(|d| d.group.as_ref()).map(ToString::to_string), "left the line");
-    match waited {
-        Some(taken) if taken.outcome == Outcome::Joined => follow(lake, &me, taken, table, staged.rows, deadline, skew).await,
+    let not_ours = match waited {
+        None => return lead(lake, (&group, group_intent, intended), entry, (staged, ahead), deadline, skew).await,
+        Some(taken) if taken.outcome == Outcome::Joined => match follow(lake, &me, taken, table, staged.rows, deadline, skew).await {
+            // Our group is spare: our leader removes its intent with ours.
+            Ok(c) => return Ok(c),
+            Err(e) => Err(e),
+        },
         Some(own) if own.outcome == Outcome::Forward => Err(Failed::OwnCommit(own)),
         // Decided by recovery meanwhile (presumed dead): the writer follows that, as ever.
         Some(other) => Err(Failed::Alone(Error::Blocked(format!("operation {me} was decided {:?} by {} meanwhile", other.outcome, other.by)))),
-        None => lead(lake, of, entry, (staged, ahead), deadline, skew).await,
-    }
+    };
+    drop_unused(lake, &group).await;
+    not_ours
+}
+
+/// The group `of`'s writer would lead, and its intent: its writer's table
+/// settings and deadline; no sources (it claims none: its members' are in
+/// their own intents, and in its decision).
+fn group_of(of: &Intent) -> (AttemptId, Intent) {
+    let group = AttemptId::new(&format!("group-{}", uuid::Uuid::new_v4().simple()), &uuid::Uuid::now_v7().to_string());
+    let intent = Intent {
+        op: group.op.clone(),
+        attempt: group.attempt.clone(),
+        kind: sidecar::KIND_GROUP.into(),
+        started_at: Utc::now(),
+        worker: sidecar::worker_name(),
+        sources: Vec::new(),
+        ..of.clone()
+    };
+    (group, intent)
 }
 
 /// The entries of `listed` written recently enough to be waited for or
@@ -253,7 +291,7 @@ async fn follow(lake: &Lake, me: &AttemptId, taken: Decision, table: &str, rows:
                 };
                 tracing::debug!(table, %group, op = %me, version, "our group was decided forward");
                 let members = decided.members.unwrap_or_default();
-                return Ok(Committed { group, led: false, lives_until, version, manifest: None, rows, sources: decided.sources, members });
+                return Ok(Committed { group, led: false, lives_until, version, manifest: None, rows, sources: decided.sources, members, spares: Vec::new() });
             }
             Ok(Fate::RolledBack) => {
                 return Err(Failed::RolledBack(Error::Blocked(format!(
@@ -316,30 +354,25 @@ pub(crate) async fn await_publish(lake: &Lake, c: &Committed, table: &str, base:
 
 /// Lead a group: its intent, our own take, then takes of every entry queued
 /// on the table, then one commit of all their rows, then the group's decision.
-async fn lead(lake: &Lake, of: &Intent, own: Entry, (staged, ahead): (Appended, &ListAhead), deadline: &Deadline, skew: Duration) -> std::result::Result<Committed, Failed> {
+async fn lead(lake: &Lake, (group, intent, intended): (&AttemptId, Intent, Result<(), Error>), own: Entry, (staged, ahead): (Appended, &ListAhead), deadline: &Deadline, skew: Duration) -> std::result::Result<Committed, Failed> {
     // Lance's latest version, asked beside our takes: a commit beat our
     // rows', so the group's commit would otherwise list the versions after them.
     ahead.start(Arc::clone(&staged.ds), &tokio::runtime::Handle::current());
     let member = &own.id();
     let table_name = own.table.clone();
     let table = table_name.as_str();
-    let start_pin = of.tables[table].start_pin.expect("a group member appends to a published table");
-    let group = AttemptId::new(&format!("group-{}", uuid::Uuid::new_v4().simple()), &uuid::Uuid::now_v7().to_string());
-    deadline.check("writing a group's intent").map_err(Failed::Alone)?;
-    // Its leader's table settings and deadline; no sources (it claims none:
-    // its members' are in their own intents, and in its decision).
-    let intent = Intent {
-        op: group.op.clone(),
-        attempt: group.attempt.clone(),
-        kind: sidecar::KIND_GROUP.into(),
-        started_at: Utc::now(),
-        worker: sidecar::worker_name(),
-        sources: Vec::new(),
-        ..of.clone()
+    let start_pin = intent.tables[table].start_pin.expect("a group member appends to a published table");
+    // Its intent, written beside our offer, is durable before the group's first effect.
+    let intended = match intended {
+        Ok(()) => Ok(()),
+        Err(_) => match deadline.check("writing a group's intent") {
+            Ok(()) => sidecar::create_intent(lake, &intent).await,
+            Err(e) => Err(e),
+        },
     };
-    if let Err(e) = sidecar::create_intent(lake, &intent).await {
+    if let Err(e) = intended {
         // It may have landed all the same: it binds nobody.
-        drop_unused(lake, &group).await;
+        drop_unused(lake, group).await;
         return Err(Failed::Alone(e));
     }
     // Until we are bound, the group has no effect: it goes if we do not lead it.
@@ -424,6 +457,8 @@ async fn commit_taken(lake: &Lake, group: &AttemptId, (own, joined): (Entry, Vec
         let room = MAX_GROUP_SOURCES.saturating_sub(sources.len());
         sources.extend(e.sources.iter().take(room).map(|s| PublishedSource { op: Some(e.op.clone()), ..s.clone() }));
     }
+    // A member's own group is spare: bound to ours, it can never bind anyone.
+    let spares = joined.iter().filter_map(|e| e.spare_group.clone()).filter(|g| g.op.starts_with("group-") && g != group).collect();
     // Conflicts are checked from the oldest version any member staged on.
     let read_version = joined.iter().map(|e| e.read_version).fold(read_version, u64::min);
     let all = fragments.into_iter().chain(joined.into_iter().flat_map(|e| e.fragments)).collect();
@@ -467,7 +502,7 @@ async fn commit_taken(lake: &Lake, group: &AttemptId, (own, joined): (Entry, Vec
         }
     };
     failpoints::hit(failpoints::GROUP_AFTER_DECISION).map_err(Failed::Left)?;
-    Ok(Committed { group: group.clone(), led: true, lives_until: None, version, manifest, rows, sources, members })
+    Ok(Committed { group: group.clone(), led: true, lives_until: None, version, manifest, rows, sources, members, spares })
 }
 
 /// Bind every queued attempt in `others` to `group`, create-only, reading
@@ -509,15 +544,16 @@ async fn withdraw_all(lake: &Lake, table: &str, bound: &[AttemptId]) {
 }
 
 /// A leader's last step once its publish shows the group's commit (`c`, on
-/// `table`; we are `me`): remove the group's intent and every other
-/// member's (each returned once it saw the publish, leaving its intent to
-/// us), and withdraw their entries again (in case that failed beside the
-/// decision: a leftover fresh entry holds the line). What fails is
-/// recovery's and cleanup's to finish.
+/// `table`; we are `me`): remove the group's intent, every other member's
+/// (each returned once it saw the publish, leaving its intent to us) and
+/// their spare groups', and withdraw their entries again (in case that
+/// failed beside the decision: a leftover fresh entry holds the line). What
+/// fails is recovery's and cleanup's to finish.
 pub(crate) async fn finish_led(lake: &Lake, c: &Committed, table: &str, me: &AttemptId) {
     assert!(c.led, "only a group's leader finishes it");
     let others: Vec<AttemptId> = c.members.iter().filter(|m| *m != me).cloned().collect();
-    let (removed, withdrawn) = futures::join!(sidecar::delete_intents(lake, std::iter::once(&c.group).chain(&others)), queue::withdraw_all(lake, table, &others));
+    let intents = std::iter::once(&c.group).chain(&others).chain(&c.spares);
+    let (removed, withdrawn) = futures::join!(sidecar::delete_intents(lake, intents), queue::withdraw_all(lake, table, &others));
     if let Err(e) = removed.and(withdrawn) {
         tracing::warn!(table, group = %c.group, error = %e, "could not remove the group's intent, or a member's intent or entry; recovery and cleanup finish them");
     }
@@ -546,7 +582,8 @@ async fn give_up(lake: &Lake, member: &AttemptId, group: &AttemptId, (table, sta
             tracing::warn!(table, %group, "the group's commit answered with an error but landed, and was decided forward");
             let version = theirs.versions[table];
             let members = theirs.members.unwrap_or_default();
-            return Ok(Committed { group: group.clone(), led: true, lives_until: None, version, manifest: None, rows, sources: theirs.sources, members });
+            // (The members' spare groups, unknown here, are recovery's to roll back.)
+            return Ok(Committed { group: group.clone(), led: true, lives_until: None, version, manifest: None, rows, sources: theirs.sources, members, spares: Vec::new() });
         }
         other => return Err(Failed::Left(Error::Blocked(format!("group {group} was decided by recovery meanwhile ({other:?}); recovery finishes it")))),
     }

@@ -31,6 +31,11 @@ pub struct Entry {
     /// Its writer's deadline (not read yet: for leaders to skip a writer
     /// with too little time left to wait for a group).
     pub deadline: DateTime<Utc>,
+    /// The group its writer would lead, whose intent it wrote beside this
+    /// entry: spare once another leader takes the writer, and removed by that
+    /// leader once it published (absent from entries of older writers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spare_group: Option<AttemptId>,
 }
 
 impl Entry {
