@@ -693,6 +693,43 @@ fn writers_queued_behind_a_group_in_flight_form_the_next_group() {
     });
 }
 
+/// A member's spare group's intent lands late (its PUT is slow, then
+/// applied), after its leader published and removed the member's intents:
+/// it is left over, binding nobody. The member, released, finds its entry
+/// withdrawn, goes to lead, loses its own take to the leader's, removes that
+/// intent and follows the group: nothing is left.
+#[test]
+fn a_spare_groups_intent_that_lands_after_its_leaders_finish_is_removed() {
+    on_each_backend(|b| {
+        let dir = tempfile::tempdir().unwrap();
+        seeded(&b.root, dir.path(), &["t"]);
+        let (fa, fb) = (jsonl(dir.path(), "a.jsonl", 100..130), jsonl(dir.path(), "b.jsonl", 200..210));
+        let a = hold_at(&mut contended(&b.root, &fa, &[]), "group.after-intent");
+        let mut cb = contended(&b.root, &fb, &[]);
+        // Far longer than the leader's whole group takes once released.
+        cb.env("SLUICE_FAULTS", "rule=_ops/group-:slow-then-applied-4000");
+        let bw = std::thread::spawn(move || hold_at(&mut cb, "group.queued"));
+        let until = Instant::now() + Duration::from_secs(30);
+        while queued(&b.root) < 2 {
+            assert!(Instant::now() < until, "{}: B's entry never landed", b.name);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        a.release();
+        assert_eq!(a.wait_with_output().status.code(), Some(0), "{}", b.name);
+        assert_eq!(scan_ids(&b.root, "t"), ids_of(&[0..5, 100..130, 200..210]), "{}: the leader published both", b.name);
+        let bw = bw.join().unwrap();
+        let left = status(&b.root)["pending"].as_array().unwrap().clone();
+        assert_eq!(left.iter().map(|p| p["kind"].as_str().unwrap()).collect::<Vec<_>>(), [sidecar::KIND_GROUP], "{}: B's spare group's intent landed after its leader's finish", b.name);
+        bw.release();
+        let out = bw.wait_with_output();
+        assert_eq!(out.status.code(), Some(0), "{}: {}", b.name, String::from_utf8_lossy(&out.stderr));
+        assert_eq!(json(&out)["tables"]["t"]["rows_inserted"], 10, "{}", b.name);
+        assert_eq!((pending(&b.root), queued(&b.root)), (0, 0), "{}: B removed its spare group's intent", b.name);
+        assert_eq!(groups_led(&b.root), 1, "{}: B led no group of its own", b.name);
+        assert_eq!(scan_ids(&b.root, "t"), ids_of(&[0..5, 100..130, 200..210]), "{}: once", b.name);
+    });
+}
+
 /// A member is killed (`kill -9`) while it waits for its group: the leader
 /// publishes its rows all the same and, having published them, removes the
 /// dead member's intent with its own. Its redelivery is "already ingested".

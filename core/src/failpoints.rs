@@ -92,7 +92,7 @@ pub const READ_AHEAD_KEPT: &str = "stage.kept-read-ahead";
 /// A contended writer offered its rows in the table's queue; it has not
 /// waited in line yet (`group.rs`).
 pub const GROUP_QUEUED: &str = "group.queued";
-/// A group's intent is written; no member bound yet.
+/// A writer leads: its group's intent (written beside its offer) is durable; no member bound yet.
 pub const GROUP_AFTER_INTENT: &str = "group.after-intent";
 /// The contended writer bound itself to its group (`joined`); nothing committed.
 pub const GROUP_AFTER_SELF_TAKE: &str = "group.after-self-take";

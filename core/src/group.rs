@@ -35,7 +35,8 @@ use crate::stage::{self, Appended};
 /// How a group commit failed, and so what its member still owns.
 #[derive(Debug)]
 pub(crate) enum Failed {
-    /// Before the member joined: its fate is its own, and the group left nothing.
+    /// Before the member joined: its fate is its own, and the group bound
+    /// nobody (its unused intent is removed, or recovery rolls it back).
     Alone(Error),
     /// The group was rolled back by its own writer and nothing of it stands:
     /// the member releases its claims and ends.
@@ -63,8 +64,10 @@ pub(crate) struct Committed {
     /// The members the group's decision names, its leader first (for a
     /// leader: whose intents it removes once it published them).
     pub members: Vec<AttemptId>,
-    /// For a leader: the groups its members would have led (their spare
-    /// groups, see [`commit`]), whose intents it removes with theirs.
+    /// Spare groups (see [`commit`]) whose intents go with this writer's
+    /// finish: for a leader, those its members would have led (removed with
+    /// their intents); for a member, its own (removed only if it finishes
+    /// itself, its leader gone).
     pub spares: Vec<AttemptId>,
 }
 
@@ -156,12 +159,16 @@ pub(crate) async fn commit(lake: &Lake, of: &Intent, sources: Vec<PublishedSourc
     let waited = wait_in_line(lake, table, &me, listed, deadline).await;
     tracing::debug!(table, op = %me, taken = ?waited.as_ref().and_then(|d| d.group.as_ref()).map(ToString::to_string), "left the line");
     let not_ours = match waited {
-        None => return lead(lake, (&group, group_intent, intended), entry, (staged, ahead), deadline, skew).await,
-        Some(taken) if taken.outcome == Outcome::Joined => match follow(lake, &me, taken, table, staged.rows, deadline, skew).await {
-            // Our group is spare: our leader removes its intent with ours.
-            Ok(c) => return Ok(c),
-            Err(e) => Err(e),
-        },
+        None => return lead(lake, (&group, group_intent, intended.err()), entry, (staged, ahead), deadline, skew).await,
+        Some(taken) if taken.outcome == Outcome::Joined => {
+            let followed = follow(lake, &me, taken, table, staged.rows, deadline, skew).await;
+            // Our group is spare: our leader removes its intent with ours
+            // once published (or we do, if we publish ourselves).
+            if let Ok(c) = followed {
+                return Ok(Committed { spares: vec![group], ..c });
+            }
+            followed
+        }
         Some(own) if own.outcome == Outcome::Forward => Err(Failed::OwnCommit(own)),
         // Decided by recovery meanwhile (presumed dead): the writer follows that, as ever.
         Some(other) => Err(Failed::Alone(Error::Blocked(format!("operation {me} was decided {:?} by {} meanwhile", other.outcome, other.by)))),
@@ -352,9 +359,10 @@ pub(crate) async fn await_publish(lake: &Lake, c: &Committed, table: &str, base:
     }
 }
 
-/// Lead a group: its intent, our own take, then takes of every entry queued
-/// on the table, then one commit of all their rows, then the group's decision.
-async fn lead(lake: &Lake, (group, intent, intended): (&AttemptId, Intent, Result<(), Error>), own: Entry, (staged, ahead): (Appended, &ListAhead), deadline: &Deadline, skew: Duration) -> std::result::Result<Committed, Failed> {
+/// Lead `group` (whose `intent` went beside our offer; `unwritten`: that
+/// write failed): our own take, then takes of every entry queued on the
+/// table, then one commit of all their rows, then the group's decision.
+async fn lead(lake: &Lake, (group, intent, unwritten): (&AttemptId, Intent, Option<Error>), own: Entry, (staged, ahead): (Appended, &ListAhead), deadline: &Deadline, skew: Duration) -> std::result::Result<Committed, Failed> {
     // Lance's latest version, asked beside our takes: a commit beat our
     // rows', so the group's commit would otherwise list the versions after them.
     ahead.start(Arc::clone(&staged.ds), &tokio::runtime::Handle::current());
@@ -362,22 +370,18 @@ async fn lead(lake: &Lake, (group, intent, intended): (&AttemptId, Intent, Resul
     let table_name = own.table.clone();
     let table = table_name.as_str();
     let start_pin = intent.tables[table].start_pin.expect("a group member appends to a published table");
-    // Its intent, written beside our offer, is durable before the group's first effect.
-    let intended = match intended {
-        Ok(()) => Ok(()),
-        Err(_) => match deadline.check("writing a group's intent") {
-            Ok(()) => sidecar::create_intent(lake, &intent).await,
-            Err(e) => Err(e),
-        },
+    // Its intent is durable before the group's first effect (our take).
+    let ready = async {
+        deadline.check("binding a writer to its group")?;
+        if unwritten.is_some() {
+            sidecar::create_intent(lake, &intent).await?;
+        }
+        // Until we are bound, the group has no effect: it goes if we do not lead it.
+        failpoints::hit(failpoints::GROUP_AFTER_INTENT)
     };
-    if let Err(e) = intended {
-        // It may have landed all the same: it binds nobody.
+    if let Err(e) = ready.await {
+        // An intent that failed may have landed all the same: it binds nobody.
         drop_unused(lake, group).await;
-        return Err(Failed::Alone(e));
-    }
-    // Until we are bound, the group has no effect: it goes if we do not lead it.
-    if let Err(e) = failpoints::hit(failpoints::GROUP_AFTER_INTENT) {
-        drop_unused(lake, &group).await;
         return Err(Failed::Alone(e));
     }
     let take = Decision { group: Some(group.clone()), ..Decision::new(&member.op, &member.attempt, &group.attempt, Outcome::Joined, "group", BTreeMap::new()) };
@@ -386,16 +390,16 @@ async fn lead(lake: &Lake, (group, intent, intended): (&AttemptId, Intent, Resul
         Ok(Created::Mine) => {}
         // Another leader took us first: our rows ride in its group.
         Ok(Created::Theirs(theirs)) if theirs.outcome == Outcome::Joined => {
-            drop_unused(lake, &group).await;
+            drop_unused(lake, group).await;
             return follow(lake, member, theirs, table, staged.rows, deadline, skew).await;
         }
         Ok(Created::Theirs(theirs)) if theirs.outcome == Outcome::Forward => {
-            drop_unused(lake, &group).await;
+            drop_unused(lake, group).await;
             return Err(Failed::OwnCommit(theirs));
         }
         // Decided by recovery meanwhile (presumed dead): the member follows that, as ever.
         Ok(Created::Theirs(theirs)) => {
-            drop_unused(lake, &group).await;
+            drop_unused(lake, group).await;
             return Err(Failed::Alone(Error::Blocked(format!("operation {member} was decided {:?} by {} meanwhile", theirs.outcome, theirs.by))));
         }
         Ok(Created::Gone) => return Err(Failed::Left(Error::Blocked(format!("operation {member}: joining group {group} could not be confirmed; `sluice recover` finishes both")))),
@@ -403,7 +407,7 @@ async fn lead(lake: &Lake, (group, intent, intended): (&AttemptId, Intent, Resul
     }
     // Bound, with nothing committed: a failure now rolls the group back.
     if let Err(e) = failpoints::hit(failpoints::GROUP_AFTER_SELF_TAKE) {
-        return give_up(lake, member, &group, (table, start_pin), e, staged.rows, vec![member.clone()]).await;
+        return give_up(lake, member, group, (table, start_pin), e, staged.rows, (vec![member.clone()], Vec::new())).await;
     }
     let others: Vec<AttemptId> = match queued {
         // Too late to commit others' rows in time: bind nobody else.
@@ -414,10 +418,10 @@ async fn lead(lake: &Lake, (group, intent, intended): (&AttemptId, Intent, Resul
             Vec::new()
         }
     };
-    let joined = take_all(lake, &group, table, &others).await;
+    let joined = take_all(lake, group, table, &others).await;
     tracing::debug!(table, %group, leader = %member, members = joined.len() + 1, "leading a group");
     let members: Vec<AttemptId> = std::iter::once(member.clone()).chain(joined.iter().map(Entry::id)).collect();
-    let committed = commit_taken(lake, &group, (own, joined), &members, staged, start_pin, deadline).await;
+    let committed = commit_taken(lake, group, (own, joined), &members, staged, start_pin, deadline).await;
     if let Err(Failed::Left(_)) = &committed {
         // G's fate is open, but its members are bound: their entries would
         // only hold the line (each member learns G's fate by following it).
@@ -443,7 +447,9 @@ fn behind_first(listed: Vec<(AttemptId, DateTime<Utc>)>, member: &AttemptId) -> 
 async fn commit_taken(lake: &Lake, group: &AttemptId, (own, joined): (Entry, Vec<Entry>), members: &[AttemptId], staged: Appended, start_pin: u64, deadline: &Deadline) -> std::result::Result<Committed, Failed> {
     let (member, table) = (&members[0], own.table.as_str());
     let Appended { ds, read_version, fragments, rows } = staged;
-    let give_up = |e: Error| give_up(lake, member, group, (table, start_pin), e, rows, members.to_vec());
+    // A member's own group is spare: bound to ours, it can never bind anyone.
+    let spares: Vec<AttemptId> = joined.iter().filter_map(|e| e.spare_group.clone()).filter(|g| g.op.starts_with("group-") && g != group).collect();
+    let give_up = |e: Error| give_up(lake, member, group, (table, start_pin), e, rows, (members.to_vec(), spares.clone()));
     let checked = failpoints::hit(failpoints::GROUP_AFTER_TAKES)
         .and_then(|()| deadline.check("a group's Lance commit"))
         .and_then(|()| failpoints::hit(failpoints::GROUP_COMMIT_CHECKED));
@@ -457,8 +463,6 @@ async fn commit_taken(lake: &Lake, group: &AttemptId, (own, joined): (Entry, Vec
         let room = MAX_GROUP_SOURCES.saturating_sub(sources.len());
         sources.extend(e.sources.iter().take(room).map(|s| PublishedSource { op: Some(e.op.clone()), ..s.clone() }));
     }
-    // A member's own group is spare: bound to ours, it can never bind anyone.
-    let spares = joined.iter().filter_map(|e| e.spare_group.clone()).filter(|g| g.op.starts_with("group-") && g != group).collect();
     // Conflicts are checked from the oldest version any member staged on.
     let read_version = joined.iter().map(|e| e.read_version).fold(read_version, u64::min);
     let all = fragments.into_iter().chain(joined.into_iter().flat_map(|e| e.fragments)).collect();
@@ -559,6 +563,16 @@ pub(crate) async fn finish_led(lake: &Lake, c: &Committed, table: &str, me: &Att
     }
 }
 
+/// A member's last step once it published its group's commit (`c`)
+/// itself, its leader gone: remove its spare group's intent (its leader
+/// would have). What fails is recovery's to finish.
+pub(crate) async fn finish_member(lake: &Lake, c: &Committed) {
+    assert!(!c.led, "a group's leader finishes with `finish_led`");
+    if let Err(e) = sidecar::delete_intents(lake, c.spares.iter()).await {
+        tracing::warn!(group = %c.group, error = %e, "could not remove our spare group's intent; recovery rolls it back");
+    }
+}
+
 /// Remove the intent of a group that bound nobody (we did not lead it).
 async fn drop_unused(lake: &Lake, group: &AttemptId) {
     if let Err(cleanup) = sidecar::delete_intent(lake, group).await {
@@ -571,7 +585,7 @@ async fn drop_unused(lake: &Lake, group: &AttemptId) {
 /// commit of the group found after all and goes; lost to a forward decision
 /// (the commit landed and a vetter found it), it follows that (never
 /// removing a commit someone decided forward).
-async fn give_up(lake: &Lake, member: &AttemptId, group: &AttemptId, (table, start_pin): (&str, u64), error: Error, rows: u64, bound: Vec<AttemptId>) -> std::result::Result<Committed, Failed> {
+async fn give_up(lake: &Lake, member: &AttemptId, group: &AttemptId, (table, start_pin): (&str, u64), error: Error, rows: u64, (bound, spares): (Vec<AttemptId>, Vec<AttemptId>)) -> std::result::Result<Committed, Failed> {
     failpoints::hit(failpoints::GROUP_BEFORE_GIVE_UP).map_err(Failed::Left)?;
     let decision = Decision::new(&group.op, &group.attempt, &group.attempt, Outcome::RollBack, "writer", BTreeMap::new());
     // The members' entries go beside it: they only held the line.
@@ -582,8 +596,7 @@ async fn give_up(lake: &Lake, member: &AttemptId, group: &AttemptId, (table, sta
             tracing::warn!(table, %group, "the group's commit answered with an error but landed, and was decided forward");
             let version = theirs.versions[table];
             let members = theirs.members.unwrap_or_default();
-            // (The members' spare groups, unknown here, are recovery's to roll back.)
-            return Ok(Committed { group: group.clone(), led: true, lives_until: None, version, manifest: None, rows, sources: theirs.sources, members, spares: Vec::new() });
+            return Ok(Committed { group: group.clone(), led: true, lives_until: None, version, manifest: None, rows, sources: theirs.sources, members, spares });
         }
         other => return Err(Failed::Left(Error::Blocked(format!("group {group} was decided by recovery meanwhile ({other:?}); recovery finishes it")))),
     }

@@ -495,7 +495,8 @@ impl Door<'_> {
             }
         };
         // Our entry (if a leader has not withdrawn it) and, if we led a group,
-        // what its leader removes (`group::finish_led`) go with our intent.
+        // what its leader removes (`group::finish_led`), or if we published
+        // our group's commit ourselves, our spare group, go with our intent.
         // Published: a failure here is cleanup's and recovery's to finish,
         // not a failed ingest.
         let group_done = async {
@@ -504,12 +505,14 @@ impl Door<'_> {
                     self.withdraw(table).await;
                 }
             };
-            let led = async {
-                if let Some(c) = group.as_ref().filter(|c| c.led) {
-                    group::finish_led(self.w.lake, c, &tables[0].request.table, &id).await;
+            let grouped = async {
+                match &group {
+                    Some(c) if c.led => group::finish_led(self.w.lake, c, &tables[0].request.table, &id).await,
+                    Some(c) => group::finish_member(self.w.lake, c).await,
+                    None => {}
                 }
             };
-            futures::join!(withdrawn, led);
+            futures::join!(withdrawn, grouped);
         };
         let ((), finished, ()) = futures::join!(hint, sidecar::delete_intent(self.w.lake, &id), group_done);
         finished?;
