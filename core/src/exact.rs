@@ -114,6 +114,69 @@ pub struct JsonNumbers {
     /// Bit `n` set: some column's name is `n` bytes long (63: 63 or more).
     /// Most keys that name no checked column are told apart by length alone.
     name_lengths: u64,
+    /// The first line checked whole, as a [`Layout`] (`None`: it had no members).
+    layout: std::sync::OnceLock<Option<Layout>>,
+}
+
+/// A line's bytes between its values: a producer writes every line of a
+/// file alike, so a line whose bytes between values are the same as this
+/// one's has the same members, in the same order, and the same structure.
+/// Matching them byte for byte, then delimiting each value as
+/// [`json_members::walk`] does, judges the line as the walk would, without
+/// finding its keys again; anything else is walked.
+struct Layout {
+    /// Before the first value, between each value and the next, after the last.
+    gaps: Vec<Vec<u8>>,
+    /// Each member's column, if it names a checked one.
+    columns: Vec<Option<usize>>,
+}
+
+impl Layout {
+    /// `line`'s layout, if it walks whole with at least one member.
+    fn of(numbers: &JsonNumbers, line: &[u8]) -> Option<Layout> {
+        let (mut gaps, mut columns, mut at) = (Vec::new(), Vec::new(), 0);
+        let whole = json_members::walk(line, |member| {
+            let start = member.value.as_ptr() as usize - line.as_ptr() as usize;
+            gaps.push(line[at..start].to_vec());
+            columns.push(numbers.column(&member, 0));
+            at = start + member.value.len();
+        });
+        gaps.push(line[at..].to_vec());
+        (whole && !columns.is_empty()).then_some(Layout { gaps, columns })
+    }
+
+    /// `line` judged as [`JsonNumbers::walking`] judges it, if its bytes
+    /// between values are this layout's; else `None`.
+    fn check(&self, numbers: &JsonNumbers, line: &[u8]) -> Option<Result<(), Inexact>> {
+        let mut at = 0;
+        for (gap, column) in self.gaps.iter().zip(&self.columns) {
+            at += gap.len();
+            if !same(line.get(at - gap.len()..at)?, gap) {
+                return None;
+            }
+            let end = json_members::value_end(line, at)?;
+            if let Some(i) = *column {
+                let kind = numbers.columns[i].2;
+                let value = &line[at..end];
+                if let Err(problem) = plain(kind, value).unwrap_or_else(|| by_parse(kind, value)) {
+                    // The walk too stops at a line's first problem.
+                    return Some(Err(numbers.inexact(i, &problem)));
+                }
+            }
+            at = end;
+        }
+        same(line.get(at..)?, self.gaps.last().expect("a gap after the last value")).then_some(Ok(()))
+    }
+}
+
+/// `a == b`, eight bytes at a time: gaps are a few bytes, too short for a
+/// call to `memcmp` to pay off.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len()
+        && a.chunks(8).zip(b.chunks(8)).all(|(x, y)| match (<[u8; 8]>::try_from(x), <[u8; 8]>::try_from(y)) {
+            (Ok(x), Ok(y)) => u64::from_ne_bytes(x) == u64::from_ne_bytes(y),
+            _ => x.iter().zip(y).all(|(p, q)| p == q),
+        })
 }
 
 fn length_bit(len: usize) -> u64 {
@@ -136,7 +199,22 @@ impl JsonNumbers {
             .filter_map(|f| Kind::of(f.data_type()).map(|k| (f.name().clone(), f.data_type().clone(), k)))
             .collect();
         let name_lengths = columns.iter().fold(0, |bits, (name, _, _)| bits | length_bit(name.len()));
-        (!columns.is_empty()).then_some(JsonNumbers { columns, name_lengths })
+        (!columns.is_empty()).then_some(JsonNumbers { columns, name_lengths, layout: std::sync::OnceLock::new() })
+    }
+
+    /// The checked column `member` names, trying the one at `expected` first.
+    fn column(&self, member: &json_members::Member, expected: usize) -> Option<usize> {
+        match member.plain_key() {
+            Some(key) if self.name_lengths & length_bit(key.len()) == 0 => None,
+            Some(key) if self.columns.get(expected).is_some_and(|(name, _, _)| name.as_bytes() == key) => Some(expected),
+            Some(key) => self.columns.iter().position(|(name, _, _)| name.as_bytes() == key),
+            None => self.columns.iter().position(|(name, _, _)| member.key_is(name)),
+        }
+    }
+
+    fn inexact(&self, column: usize, problem: &Problem) -> Inexact {
+        let (name, t, _) = &self.columns[column];
+        Inexact { column: Some(name.clone()), reason: explain(problem, &types::name(t)) }
     }
 
     /// Check one line arrow's decoder took as one JSON object: that it is
@@ -144,6 +222,21 @@ impl JsonNumbers {
     /// objects on one line), and each top-level member that names a numeric
     /// column, its value alone.
     pub fn check(&self, line: &[u8]) -> Result<(), Inexact> {
+        // Most lines share the first one's layout: matched, they are judged without a walk.
+        if let Some(Some(layout)) = self.layout.get()
+            && let Some(judged) = layout.check(self, line)
+        {
+            return judged;
+        }
+        let walked = self.walking(line);
+        if walked.is_ok() {
+            self.layout.get_or_init(|| Layout::of(self, line));
+        }
+        walked
+    }
+
+    /// [`JsonNumbers::check`], walking the line's members.
+    fn walking(&self, line: &[u8]) -> Result<(), Inexact> {
         let mut found: Option<(usize, Problem)> = None;
         // Lines mostly repeat one order of members: try the column after the last one found first.
         let mut expected = 0;
@@ -151,13 +244,7 @@ impl JsonNumbers {
             if found.is_some() {
                 return;
             }
-            let i = match member.plain_key() {
-                Some(key) if self.name_lengths & length_bit(key.len()) == 0 => None,
-                Some(key) if self.columns.get(expected).is_some_and(|(name, _, _)| name.as_bytes() == key) => Some(expected),
-                Some(key) => self.columns.iter().position(|(name, _, _)| name.as_bytes() == key),
-                None => self.columns.iter().position(|(name, _, _)| member.key_is(name)),
-            };
-            let Some(i) = i else { return };
+            let Some(i) = self.column(&member, expected) else { return };
             expected = i + 1;
             let kind = self.columns[i].2;
             let checked = plain(kind, member.value).unwrap_or_else(|| by_parse(kind, member.value));
@@ -166,10 +253,7 @@ impl JsonNumbers {
             }
         });
         match found {
-            Some((i, problem)) => {
-                let (column, t, _) = &self.columns[i];
-                Err(Inexact { column: Some(column.clone()), reason: explain(&problem, &types::name(t)) })
-            }
+            Some((i, problem)) => Err(self.inexact(i, &problem)),
             None if !one_object => Err(Inexact {
                 column: None,
                 reason: "not one JSON object as JSON writes it (a missing comma, or a second object on the line?)".to_string(),
@@ -499,5 +583,50 @@ mod tests {
         for (t, value) in [(DataType::Float16, "65504.0"), (DataType::Float32, "3.4e38"), (DataType::Float64, "1e308")] {
             assert!(by_parse(float(&t), value.as_bytes()).is_ok(), "{value} into {t}");
         }
+    }
+
+    /// A line whose bytes between values are the first line's is judged
+    /// from that layout exactly as a walk judges it; any other is walked.
+    #[test]
+    fn lines_matched_against_a_layout_are_judged_as_walked() {
+        use arrow::datatypes::{Field, TimeUnit};
+        let schema = Schema::new(vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new("user", DataType::Utf8, true),
+            Field::new("amount", DataType::Float32, true),
+            Field::new("ts", DataType::Timestamp(TimeUnit::Millisecond, None), true),
+            Field::new("n", DataType::Int8, true),
+        ]);
+        let numbers = JsonNumbers::for_schema(&schema).unwrap();
+        numbers.check(br#"{"id": 1, "user": "u", "amount": 1.5, "ts": "2026-11-01T00:00:00Z", "n": 3}"#).unwrap();
+        let layout = numbers.layout.get().and_then(Option::as_ref).expect("the first line's layout");
+        let (mut rng, mut matched, mut refused) = (0x1a70_u64, 0, 0);
+        for round in 0..20_000 {
+            // One value drawn, the others good: a line holds a problem or none.
+            let mut values = ["70", "\"u\"", "1.25", "\"2026-11-01T00:00:00Z\"", "-3"].map(String::from);
+            values[round % 5] = token(&mut rng);
+            let [a, b, c, d, e] = values;
+            let mut line = format!(r#"{{"id": {a}, "user": {b}, "amount": {c}, "ts": {d}, "n": {e}}}"#);
+            // Now and then bytes between values differ, or the line is not one object.
+            match round % 9 {
+                0 => line = line.replacen(", ", ",", 1),
+                1 => line.push_str(" {}"),
+                2 => line = line.replacen("\"ts\"", "\"t\\u0073\"", 1),
+                3 => line = line.replacen(": ", ":  ", 1),
+                4 => line = line.replacen(", \"ts\"", ", \"id\": 7.5, \"ts\"", 1),
+                5 => line = line.replacen(", ", " ", 1),
+                6 => line.push(' '),
+                _ => {}
+            }
+            let walked = format!("{:?}", numbers.walking(line.as_bytes()));
+            if let Some(judged) = layout.check(&numbers, line.as_bytes()) {
+                matched += 1;
+                refused += usize::from(judged.is_err());
+                assert_eq!(format!("{judged:?}"), walked, "{line}");
+            }
+            assert_eq!(format!("{:?}", numbers.check(line.as_bytes())), walked, "{line}");
+        }
+        // Most lines matched, and the layout judged good and bad values both.
+        assert!(matched > 5_000 && refused > 1_000 && matched - refused > 1_000, "{matched} matched, {refused} refused");
     }
 }

@@ -124,8 +124,8 @@ fn quote_or_backslash(s: &[u8]) -> Option<usize> {
     s[at..].iter().position(|&b| b == b'"' || b == b'\\').map(|n| at + n)
 }
 
-/// The end (exclusive) of the value starting at `i`.
-fn value_end(s: &[u8], mut i: usize) -> Option<usize> {
+/// The end (exclusive) of the value starting at `i`, as [`walk`] delimits it.
+pub(crate) fn value_end(s: &[u8], mut i: usize) -> Option<usize> {
     match s.get(i)? {
         b'"' => string_end(s, i).map(|(end, _)| end),
         b'{' | b'[' => {
