@@ -114,7 +114,8 @@ pub struct JsonNumbers {
     /// Bit `n` set: some column's name is `n` bytes long (63: 63 or more).
     /// Most keys that name no checked column are told apart by length alone.
     name_lengths: u64,
-    /// The first line checked whole, as a [`Layout`] (`None`: it had no members).
+    /// The first line checked whole, as a [`Layout`]. Set once: `None` (it
+    /// had no members) leaves every line of the source to the walk.
     layout: std::sync::OnceLock<Option<Layout>>,
 }
 
@@ -127,35 +128,40 @@ pub struct JsonNumbers {
 struct Layout {
     /// Before the first value, between each value and the next, after the last.
     gaps: Vec<Vec<u8>>,
-    /// Each member's column, if it names a checked one.
-    columns: Vec<Option<usize>>,
+    /// Each member's checked column (an index into `JsonNumbers::columns`), if any.
+    checked: Vec<Option<usize>>,
 }
 
 impl Layout {
     /// `line`'s layout, if it walks whole with at least one member.
     fn of(numbers: &JsonNumbers, line: &[u8]) -> Option<Layout> {
-        let (mut gaps, mut columns, mut at) = (Vec::new(), Vec::new(), 0);
+        let (mut gaps, mut checked, mut at, mut expected) = (Vec::new(), Vec::new(), 0, 0);
         let whole = json_members::walk(line, |member| {
             let start = member.value.as_ptr() as usize - line.as_ptr() as usize;
             gaps.push(line[at..start].to_vec());
-            columns.push(numbers.column(&member, 0));
+            // Found as the walk finds it (`expected` too, though names are distinct).
+            let column = numbers.column(&member, expected);
+            expected = column.map_or(expected, |i| i + 1);
+            checked.push(column);
             at = start + member.value.len();
         });
         gaps.push(line[at..].to_vec());
-        (whole && !columns.is_empty()).then_some(Layout { gaps, columns })
+        (whole && !checked.is_empty()).then_some(Layout { gaps, checked })
     }
 
     /// `line` judged as [`JsonNumbers::walking`] judges it, if its bytes
     /// between values are this layout's; else `None`.
     fn check(&self, numbers: &JsonNumbers, line: &[u8]) -> Option<Result<(), Inexact>> {
         let mut at = 0;
-        for (gap, column) in self.gaps.iter().zip(&self.columns) {
-            at += gap.len();
-            if !same(line.get(at - gap.len()..at)?, gap) {
+        for (gap, checked) in self.gaps.iter().zip(&self.checked) {
+            if !same(line.get(at..at + gap.len())?, gap) {
                 return None;
             }
+            at += gap.len();
+            // A value the walk would start later (whitespace here) is none to
+            // `value_end`: the line goes to the walk.
             let end = json_members::value_end(line, at)?;
-            if let Some(i) = *column {
+            if let Some(i) = *checked {
                 let kind = numbers.columns[i].2;
                 let value = &line[at..end];
                 if let Err(problem) = plain(kind, value).unwrap_or_else(|| by_parse(kind, value)) {
@@ -605,6 +611,10 @@ mod tests {
             // One value drawn, the others good: a line holds a problem or none.
             let mut values = ["70", "\"u\"", "1.25", "\"2026-11-01T00:00:00Z\"", "-3"].map(String::from);
             values[round % 5] = token(&mut rng);
+            // Values holding separators, and a string holding a member's text.
+            if round % 13 == 0 {
+                values[round % 5] = [r#"[1, 2]"#, r#"{"a": 1}"#, r#""x\", \"amount\": 7.5, \"""#, r#""a, b}""#][round / 13 % 4].to_string();
+            }
             let [a, b, c, d, e] = values;
             let mut line = format!(r#"{{"id": {a}, "user": {b}, "amount": {c}, "ts": {d}, "n": {e}}}"#);
             // Now and then bytes between values differ, or the line is not one object.
@@ -616,6 +626,7 @@ mod tests {
                 4 => line = line.replacen(", \"ts\"", ", \"id\": 7.5, \"ts\"", 1),
                 5 => line = line.replacen(", ", " ", 1),
                 6 => line.push(' '),
+                7 => line.truncate((0..=line.len() / 2).rev().find(|&cut| line.is_char_boundary(cut)).unwrap_or(0)),
                 _ => {}
             }
             let walked = format!("{:?}", numbers.walking(line.as_bytes()));
@@ -627,6 +638,6 @@ mod tests {
             assert_eq!(format!("{:?}", numbers.check(line.as_bytes())), walked, "{line}");
         }
         // Most lines matched, and the layout judged good and bad values both.
-        assert!(matched > 5_000 && refused > 1_000 && matched - refused > 1_000, "{matched} matched, {refused} refused");
+        assert!(matched > 5_000 && refused > 1_000 && matched - refused > 500, "{matched} matched, {refused} refused");
     }
 }

@@ -124,7 +124,8 @@ fn quote_or_backslash(s: &[u8]) -> Option<usize> {
     s[at..].iter().position(|&b| b == b'"' || b == b'\\').map(|n| at + n)
 }
 
-/// The end (exclusive) of the value starting at `i`, as [`walk`] delimits it.
+/// The end (exclusive) of the value starting at `i`, as [`walk`] delimits
+/// it; `None` if none starts there (whitespace, a separator, the line's end).
 pub(crate) fn value_end(s: &[u8], mut i: usize) -> Option<usize> {
     match s.get(i)? {
         b'"' => string_end(s, i).map(|(end, _)| end),
