@@ -158,6 +158,11 @@ impl Layout {
                 return None;
             }
             at += gap.len();
+            let kept = checked.and_then(|i| kept_as_written(&numbers.columns[i].2, line, at));
+            if let Some(end) = kept {
+                at = end;
+                continue;
+            }
             // A value the walk would start later (whitespace here) is none to
             // `value_end`: the line goes to the walk.
             let end = json_members::value_end(line, at)?;
@@ -175,14 +180,75 @@ impl Layout {
     }
 }
 
-/// `a == b`, eight bytes at a time: gaps are a few bytes, too short for a
-/// call to `memcmp` to pay off.
+/// The end of the value at `at` in `line` if it is one of the values most
+/// lines hold and `plain` keeps as written, found in one pass over it; `None`
+/// leaves it to `value_end` and `plain`. Where it says `Some(end)`, they say
+/// the same: `value_end` ends the value there (a number ends at a separator,
+/// a string at its first quote) and `plain` keeps it.
+#[inline]
+fn kept_as_written(kind: &Kind, line: &[u8], at: usize) -> Option<usize> {
+    let separator = |i: usize| line.get(i).is_none_or(|b| matches!(b, b',' | b'}' | b']') || b.is_ascii_whitespace());
+    let end = match (kind, *line.get(at)?) {
+        (Kind::Time(t), b'"') => {
+            // Text up to the first quote: no escape, no control character.
+            let text = &line[at + 1..];
+            let close = json_members::quote_backslash_or_control(text)?;
+            if text[close] != b'"' || !t.keeps_all(&text[..close]) {
+                return None;
+            }
+            at + 1 + close + 1
+        }
+        (_, b'n') => (line.get(at..at + 4)? == b"null" && separator(at + 4)).then_some(at + 4)?,
+        (Kind::Int { min, max }, first @ (b'-' | b'0'..=b'9')) => {
+            let (n, end) = whole_number(line, at + usize::from(first == b'-'))?;
+            let n = if first == b'-' { -i128::from(n) } else { i128::from(n) };
+            (*min <= n && n <= *max && separator(end)).then_some(end)?
+        }
+        (Kind::Float { mantissa }, first @ (b'-' | b'0'..=b'9')) => {
+            let (n, end) = whole_number(line, at + usize::from(first == b'-'))?;
+            match line.get(end) {
+                // 18 digits are far inside float32's range; float16's is judged by the parse.
+                Some(b'.') if *mantissa >= 24 => {
+                    let fraction = line[end + 1..].iter().take_while(|b| b.is_ascii_digit()).count();
+                    (fraction > 0 && separator(end + 1 + fraction)).then_some(end + 1 + fraction)?
+                }
+                _ => (separator(end) && kind.integer(i128::from(n)).is_ok()).then_some(end)?,
+            }
+        }
+        _ => return None,
+    };
+    debug_assert_eq!(json_members::value_end(line, at), Some(end), "delimited as the walk delimits it");
+    debug_assert!(matches!(plain(*kind, &line[at..end]), Some(Ok(()))), "kept as plain keeps it");
+    Some(end)
+}
+
+/// The digits from `at`: their value and end, if they are 1 to 18 digits
+/// (an i64 holds them) without a leading zero.
+#[inline]
+fn whole_number(line: &[u8], at: usize) -> Option<(i64, usize)> {
+    let digits = line.get(at..)?.iter().take(19).take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 || digits > 18 || (digits > 1 && line[at] == b'0') {
+        return None;
+    }
+    let n = line[at..at + digits].iter().fold(0i64, |n, d| n * 10 + i64::from(d - b'0'));
+    Some((n, at + digits))
+}
+
+/// `a == b` a word at a time (the last word overlapping the one before):
+/// gaps are a few bytes, too short for a call to `memcmp` to pay off.
+#[inline]
 fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len()
-        && a.chunks(8).zip(b.chunks(8)).all(|(x, y)| match (<[u8; 8]>::try_from(x), <[u8; 8]>::try_from(y)) {
-            (Ok(x), Ok(y)) => u64::from_ne_bytes(x) == u64::from_ne_bytes(y),
-            _ => x.iter().zip(y).all(|(p, q)| p == q),
-        })
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    let word = |s: &[u8], i: usize| u64::from_ne_bytes(s[i..i + 8].try_into().expect("eight bytes"));
+    let half = |s: &[u8], i: usize| u32::from_ne_bytes(s[i..i + 4].try_into().expect("four bytes"));
+    match n {
+        0..4 => a.iter().zip(b).all(|(x, y)| x == y),
+        4..8 => half(a, 0) == half(b, 0) && half(a, n - 4) == half(b, n - 4),
+        _ => (0..n - 8).step_by(8).all(|i| word(a, i) == word(b, i)) && word(a, n - 8) == word(b, n - 8),
+    }
 }
 
 fn length_bit(len: usize) -> u64 {

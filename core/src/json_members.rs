@@ -106,6 +106,20 @@ fn string_end(s: &[u8], i: usize) -> Option<(usize, bool)> {
 /// neither has no high bit left in its mask; the lowest one set is the first
 /// match (only bytes after a match can show false ones).
 fn quote_or_backslash(s: &[u8]) -> Option<usize> {
+    first_of(s, false)
+}
+
+/// The first `"`, `\\` or control character in `s`: where a string's text
+/// ends, or stops being plain.
+pub(crate) fn quote_backslash_or_control(s: &[u8]) -> Option<usize> {
+    first_of(s, true)
+}
+
+/// The first `"` or `\\` (or control character, if `controls`) in `s`.
+/// A byte below `0x20` has no high bit and borrows in `word - 0x20...`, so
+/// it too leaves one in the mask (a byte from `0x80` up has none in `!word`).
+#[inline]
+fn first_of(s: &[u8], controls: bool) -> Option<usize> {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGHS: u64 = 0x8080_8080_8080_8080;
     let matches = |word: u64, byte: u8| {
@@ -115,13 +129,16 @@ fn quote_or_backslash(s: &[u8]) -> Option<usize> {
     let mut at = 0;
     while let Some(chunk) = s.get(at..at + 8) {
         let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
-        let hits = matches(word, b'"') | matches(word, b'\\');
+        let mut hits = matches(word, b'"') | matches(word, b'\\');
+        if controls {
+            hits |= word.wrapping_sub(ONES * 0x20) & !word & HIGHS;
+        }
         if hits != 0 {
             return Some(at + hits.trailing_zeros() as usize / 8);
         }
         at += 8;
     }
-    s[at..].iter().position(|&b| b == b'"' || b == b'\\').map(|n| at + n)
+    s[at..].iter().position(|&b| b == b'"' || b == b'\\' || (controls && b < 0x20)).map(|n| at + n)
 }
 
 /// The end (exclusive) of the value starting at `i`, as [`walk`] delimits
@@ -232,6 +249,29 @@ mod tests {
                 assert_eq!(&serde_json::from_str::<Value>(value).unwrap(), want_value, "{line}");
                 assert!(text.starts_with('"') && text.ends_with(value.as_str()), "{line}");
             }
+        }
+    }
+
+    /// The word-at-a-time search finds the first byte a byte-by-byte one finds,
+    /// wherever it falls in a word and whatever bytes (UTF-8 ones too) surround it.
+    #[test]
+    fn word_searches_find_the_first_byte_sought() {
+        let mut rng = 0x0b1e_u64;
+        let alphabet = [b'"', b'\\', 0x00, 0x1f, b' ', b'a', 0x7f, 0x80, 0xc3, 0xff, b'0', b'!'];
+        for round in 0..20_000 {
+            let len = round % 40;
+            let s: Vec<u8> = (0..len)
+                .map(|_| {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    // Mostly plain bytes, so the first one sought falls anywhere.
+                    if rng % 8 == 0 { alphabet[(rng >> 8) as usize % alphabet.len()] } else { b'a' + (rng >> 16) as u8 % 26 }
+                })
+                .collect();
+            let naive = |controls: bool| s.iter().position(|&b| b == b'"' || b == b'\\' || (controls && b < 0x20));
+            assert_eq!(quote_or_backslash(&s), naive(false), "{s:?}");
+            assert_eq!(quote_backslash_or_control(&s), naive(true), "{s:?}");
         }
     }
 }
