@@ -226,12 +226,13 @@ fn kept_as_written(kind: &Kind, line: &[u8], at: usize) -> Option<usize> {
 /// (an i64 holds them) without a leading zero.
 #[inline]
 fn whole_number(line: &[u8], at: usize) -> Option<(i64, usize)> {
-    let digits = line.get(at..)?.iter().take(19).take_while(|b| b.is_ascii_digit()).count();
-    if digits == 0 || digits > 18 || (digits > 1 && line[at] == b'0') {
-        return None;
+    let text = line.get(at..)?;
+    let (mut n, mut digits) = (0i64, 0);
+    for &d in text.iter().take(18).take_while(|d| d.is_ascii_digit()) {
+        (n, digits) = (n * 10 + i64::from(d - b'0'), digits + 1);
     }
-    let n = line[at..at + digits].iter().fold(0i64, |n, d| n * 10 + i64::from(d - b'0'));
-    Some((n, at + digits))
+    let more = text.get(digits).is_some_and(u8::is_ascii_digit);
+    (digits > 0 && !more && (digits == 1 || text[0] != b'0')).then_some((n, at + digits))
 }
 
 /// `a == b` a word at a time (the last word overlapping the one before):
