@@ -223,7 +223,7 @@ fn kept_as_written(kind: &Kind, line: &[u8], at: usize) -> Option<usize> {
 }
 
 /// The digits from `at`: their value and end, if they are 1 to 18 digits
-/// (an i64 holds them) without a leading zero.
+/// (an i64 holds them) without a leading zero (`01`).
 #[inline]
 fn whole_number(line: &[u8], at: usize) -> Option<(i64, usize)> {
     let text = line.get(at..)?;
@@ -347,7 +347,6 @@ fn by_parse(kind: Kind, value: &[u8]) -> Result<(), Problem> {
 /// without exponent into a float column, and text without escapes or control
 /// characters into a time column. `None`: anything else, left to [`by_parse`].
 fn plain(kind: Kind, value: &[u8]) -> Option<Result<(), Problem>> {
-    let digits = |s: &[u8]| s.iter().take_while(|b| b.is_ascii_digit()).count();
     match (kind, value.first()?) {
         (Kind::Time(t), b'"') => {
             let text = value.strip_suffix(b"\"").filter(|_| value.len() >= 2)?.get(1..)?;
@@ -360,18 +359,13 @@ fn plain(kind: Kind, value: &[u8]) -> Option<Result<(), Problem>> {
             Some(t.check(std::str::from_utf8(text).ok()?).map_err(Problem::Time))
         }
         (_, b'n') => (value == b"null").then_some(Ok(())),
-        (Kind::Int { .. } | Kind::Float { .. }, b'-' | b'0'..=b'9') => {
-            let body = value.strip_prefix(b"-").unwrap_or(value);
-            let whole = digits(body);
-            // No leading zero (`01`), and few enough digits that an i64 holds them.
-            if whole == 0 || whole > 18 || (whole > 1 && body[0] == b'0') {
-                return None;
-            }
-            let n = body[..whole].iter().fold(0i64, |n, d| n * 10 + i64::from(d - b'0'));
-            match &body[whole..] {
-                [] => Some(kind.integer(if body.len() < value.len() { -i128::from(n) } else { i128::from(n) })),
+        (Kind::Int { .. } | Kind::Float { .. }, &first @ (b'-' | b'0'..=b'9')) => {
+            let negative = first == b'-';
+            let (n, end) = whole_number(value, usize::from(negative))?;
+            match &value[end..] {
+                [] => Some(kind.integer(if negative { -i128::from(n) } else { i128::from(n) })),
                 // 18 digits are far inside float32's range; float16's is judged by the parse.
-                [b'.', fraction @ ..] if matches!(kind, Kind::Float { mantissa: 24.. }) && !fraction.is_empty() && digits(fraction) == fraction.len() => Some(Ok(())),
+                [b'.', fraction @ ..] if matches!(kind, Kind::Float { mantissa: 24.. }) && !fraction.is_empty() && fraction.iter().all(u8::is_ascii_digit) => Some(Ok(())),
                 _ => None,
             }
         }

@@ -101,10 +101,7 @@ fn string_end(s: &[u8], i: usize) -> Option<(usize, bool)> {
     }
 }
 
-/// The first `"` or `\\` in `s`, eight bytes at a time: most strings are
-/// too short for a call to `memchr` to pay off. A byte of the word equal to
-/// neither has no high bit left in its mask; the lowest one set is the first
-/// match (only bytes after a match can show false ones).
+/// The first `"` or `\\` in `s`.
 fn quote_or_backslash(s: &[u8]) -> Option<usize> {
     first_of(s, false)
 }
@@ -115,9 +112,13 @@ pub(crate) fn quote_backslash_or_control(s: &[u8]) -> Option<usize> {
     first_of(s, true)
 }
 
-/// The first `"` or `\\` (or control character, if `controls`) in `s`.
-/// A byte below `0x20` has no high bit and borrows in `word - 0x20...`, so
-/// it too leaves one in the mask (a byte from `0x80` up has none in `!word`).
+/// The first `"` or `\\` (or control character, if `controls`) in `s`,
+/// eight bytes at a time: most strings are too short for a call to `memchr`
+/// to pay off. A byte of the word equal to neither has no high bit left in
+/// its mask; the lowest one set is the first match (only bytes after a
+/// match can show false ones). A byte below `0x20` has no high bit and
+/// borrows in `word - 0x20...`, so it too leaves one in the mask (a byte
+/// from `0x80` up has none in `!word`).
 #[inline]
 fn first_of(s: &[u8], controls: bool) -> Option<usize> {
     const ONES: u64 = 0x0101_0101_0101_0101;
